@@ -1,0 +1,378 @@
+"""The distributor contract: how dm runs executions on pluggable back ends.
+
+A *distributor* runs one execution of a quest somewhere (a local process, a
+simulated job, a remote task service) and tells dm when it has ended. dm
+talks to it only through :class:`D`, built per use by a :class:`Factory` from
+a :class:`Config`. Implementations live in the top-level ``distributors``
+package (``fake``, ``jobsim``, ``local``, ...) and are found through the
+:class:`Registry`, filled from ``importlib.metadata`` entry points in the
+group ``dm.distributors``; dm itself imports none of them by name.
+
+Errors: raise :class:`TransientError` for a failure that may pass (dm tries
+again later, with backoff); any other exception is final (from ``run`` the
+execution becomes REJECTED).
+
+The retry and timeout rules dm applies around these calls are the constants
+and helpers at the end of this module.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from google.protobuf import any_pb2, json_format, message
+
+from dmcore.errors import InvalidArgument
+from dmcore.ids import ExecutionID
+from dmcore.proto import config_pb2, dm_pb2
+
+log = logging.getLogger("dm.distributor")
+
+ENTRY_POINT_GROUP = "dm.distributors"
+
+
+class TransientError(Exception):
+    """A distributor failure that may pass; dm retries the call later."""
+
+
+class UnknownConfig(InvalidArgument):
+    """No distributor config of that name (or a broken alias)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Notification:
+    """A message from a distributor about one execution (Pub/Sub or task queue)."""
+
+    execution_id: ExecutionID
+    data: bytes = b""
+    attrs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Started:
+    """What :meth:`D.run` returns.
+
+    ``token`` identifies the distributor's task (opaque to dm). A positive
+    ``poll_timeout`` replaces the quest's stop timeout: dm polls
+    :meth:`D.get_status` that long after the execution stops.
+    """
+
+    token: str
+    poll_timeout: datetime.timedelta = datetime.timedelta(0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskRequest:
+    """A task-queue task delivered back to its distributor (see Config.enqueue_task)."""
+
+    body: bytes
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Config:
+    """What a distributor is built from.
+
+    ``name`` is the config name the quest asked for (possibly an alias);
+    ``kind`` the registered implementation; ``content`` its config message.
+    ``prepare_topic`` and ``enqueue_task`` are wired by dm to its notification
+    and task-queue back ends.
+    """
+
+    name: str
+    kind: str
+    version: str
+    content: message.Message
+    dm_host: str = ""
+    _prepare_topic: Callable[[str, ExecutionID], tuple[str, str]] | None = None
+    _enqueue_task: Callable[[str, bytes, float], None] | None = None
+
+    def prepare_topic(self, eid: ExecutionID) -> tuple[str, str]:
+        """The Pub/Sub topic to publish notifications for ``eid`` to, and the
+        ``auth_token`` attribute each message must carry."""
+        if self._prepare_topic is None:
+            raise TransientError("no notification back end configured")
+        return self._prepare_topic(self.name, eid)
+
+    def enqueue_task(self, body: bytes, *, delay_s: float = 0.0) -> None:
+        """Queue ``body`` for this distributor's :meth:`D.handle_task_queue_task`."""
+        if self._enqueue_task is None:
+            raise TransientError("no task queue configured")
+        self._enqueue_task(self.name, body, delay_s)
+
+
+class D(abc.ABC):
+    """One distributor, built for one config (and usually one request)."""
+
+    @abc.abstractmethod
+    def run(
+        self,
+        desc: dm_pb2.Quest.Desc,
+        auth: dm_pb2.Execution.Auth,
+        prev_result: dm_pb2.JsonResult | None,
+    ) -> Started:
+        """Start a task for execution ``auth.id``.
+
+        The task must get ``auth`` (execution ID + activation token) and the
+        dm address, and should use ``prev_result`` (the distributor result of
+        the attempt's last execution that ended normally). Calling it again
+        for the same execution should return the same token. Never called
+        inside a store transaction.
+        """
+
+    @abc.abstractmethod
+    def cancel(self, desc: dm_pb2.Quest.Desc, token: str) -> None:
+        """Cancel the task; cancelling a finished or cancelled task is fine."""
+
+    @abc.abstractmethod
+    def get_status(self, desc: dm_pb2.Quest.Desc, token: str) -> dm_pb2.Result | None:
+        """None while the task runs; a Result with data (normal end) or abnormal_finish."""
+
+    @abc.abstractmethod
+    def info_url(self, token: str) -> str:
+        """A URL a person can open to see the task (computed locally)."""
+
+    @abc.abstractmethod
+    def handle_notification(
+        self, desc: dm_pb2.Quest.Desc, notification: Notification
+    ) -> dm_pb2.Result | None:
+        """Interpret a notification; None means "ignore it"."""
+
+    @abc.abstractmethod
+    def handle_task_queue_task(self, request: TaskRequest) -> list[Notification]:
+        """Handle a task this distributor queued; returned notifications are
+        then processed like any other."""
+
+    @abc.abstractmethod
+    def validate(self, distributor_parameters: str) -> None:
+        """Check a quest's (already normalised) distributor parameters.
+
+        Raise ValueError (or InvalidArgument) with a message naming the problem.
+        """
+
+
+Factory = Callable[[Config], D]
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """A registered distributor implementation."""
+
+    name: str
+    config_type: type[message.Message]
+    factory: Factory
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """The config an execution was started with, stored on it (W-11)."""
+
+    name: str
+    kind: str
+    version: str
+    content: dict[str, Any]
+
+    def to_doc(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_doc(cls, d: Mapping[str, Any]) -> Snapshot:
+        return cls(str(d["name"]), str(d["kind"]), str(d["version"]), dict(d["content"]))
+
+
+def _type_url(t: type[message.Message]) -> str:
+    return "type.googleapis.com/" + t.DESCRIPTOR.full_name
+
+
+class Registry:
+    """Distributor kinds (implementations) and the service's named configs.
+
+    Kinds are registered by name (``register``) or found through entry
+    points (``load_entry_points``). Configs come from a ``Config`` message or
+    a JSON/YAML document (``set_config`` / ``config_from_dict``).
+    """
+
+    def __init__(self, *, dm_host: str = "") -> None:
+        self.dm_host = dm_host
+        self._kinds: dict[str, Kind] = {}
+        self._by_type_url: dict[str, Kind] = {}
+        self._configs: dict[str, config_pb2.Distributor] = {}
+        self.version = ""
+        self.prepare_topic: Callable[[str, ExecutionID], tuple[str, str]] | None = None
+        self.enqueue_task: Callable[[str, bytes, float], None] | None = None
+
+    # -- kinds ---------------------------------------------------------------
+
+    def register(self, name: str, config_type: type[message.Message], factory: Factory) -> None:
+        """Register implementation ``name``, configured by ``config_type``."""
+        if name == "alias":
+            raise ValueError("'alias' is reserved")
+        kind = Kind(name, config_type, factory)
+        self._kinds[name] = kind
+        self._by_type_url[_type_url(config_type)] = kind
+
+    def load_entry_points(self) -> list[str]:
+        """Call ``register(registry)`` of every installed ``dm.distributors`` entry point."""
+        loaded = []
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            register: Callable[[Registry], None] = ep.load()
+            register(self)
+            loaded.append(ep.name)
+        return loaded
+
+    @property
+    def kinds(self) -> Mapping[str, Kind]:
+        return dict(self._kinds)
+
+    # -- configs -------------------------------------------------------------
+
+    def set_config(self, cfg: config_pb2.Config, version: str) -> None:
+        """Replace the named configs (checked first: nothing changes on error)."""
+        for name, dist in cfg.distributor_configs.items():
+            self._check_entry(name, dist, cfg)
+        self._configs = dict(cfg.distributor_configs)
+        self.version = version
+
+    def config_from_dict(self, data: Any) -> config_pb2.Config:
+        """Parse a config document.
+
+        Accepts ``{"distributor_configs": {NAME: ENTRY}}`` where ENTRY is
+        ``{"alias": {"other_config": NAME}}``, ``{KIND: {...kind's config in
+        protobuf JSON...}}`` for a registered kind, or the protobuf JSON form
+        ``{"config": {"@type": ..., ...}}``.
+        """
+        if not isinstance(data, Mapping) or set(data) - {"distributor_configs"}:
+            raise InvalidArgument("config: expected an object with only 'distributor_configs'")
+        entries = data.get("distributor_configs") or {}
+        if not isinstance(entries, Mapping):
+            raise InvalidArgument("distributor_configs: must be an object")
+        cfg = config_pb2.Config()
+        for name, entry in entries.items():
+            where = f"distributor_configs.{name}"
+            if not isinstance(entry, Mapping) or len(entry) != 1:
+                raise InvalidArgument(f"{where}: must have exactly one key (alias or a kind)")
+            ((key, body),) = entry.items()
+            dist = cfg.distributor_configs[name]
+            try:
+                if key == "alias":
+                    json_format.ParseDict(body, dist.alias)
+                elif key == "config":
+                    json_format.ParseDict(body, dist.config)
+                elif key in self._kinds:
+                    msg = self._kinds[key].config_type()
+                    json_format.ParseDict(body if body is not None else {}, msg)
+                    dist.config.Pack(msg)
+                else:
+                    raise InvalidArgument(
+                        f"{where}: unknown distributor kind {key!r} "
+                        f"(known: {', '.join(sorted(self._kinds)) or 'none'})"
+                    )
+            except json_format.ParseError as e:
+                raise InvalidArgument(f"{where}.{key}: {e}") from None
+        for name, dist in cfg.distributor_configs.items():
+            self._check_entry(name, dist, cfg)
+        return cfg
+
+    def _check_entry(self, name: str, dist: config_pb2.Distributor, cfg: config_pb2.Config) -> None:
+        where = f"distributor_configs.{name}"
+        which = dist.WhichOneof("distributor_type")
+        if which is None:
+            raise InvalidArgument(f"{where}: has no distributor type")
+        if which == "alias":
+            other = cfg.distributor_configs.get(dist.alias.other_config)
+            if other is None:
+                raise InvalidArgument(
+                    f"{where}: alias to unknown config {dist.alias.other_config!r}"
+                )
+            if other.WhichOneof("distributor_type") == "alias":
+                raise InvalidArgument(f"{where}: alias to an alias: too many levels of indirection")
+            return
+        if dist.config.type_url not in self._by_type_url:
+            raise InvalidArgument(f"{where}: no registered distributor for {dist.config.type_url}")
+
+    @property
+    def config_names(self) -> list[str]:
+        return sorted(self._configs)
+
+    def snapshot(self, name: str) -> Snapshot:
+        """Resolve ``name`` (one alias level) to the config to store on an execution."""
+        dist = self._configs.get(name)
+        if dist is None:
+            raise UnknownConfig(f"unknown distributor config {name!r}")
+        if dist.WhichOneof("distributor_type") == "alias":
+            target = self._configs.get(dist.alias.other_config)
+            if target is None or target.WhichOneof("distributor_type") != "config":
+                raise UnknownConfig(f"distributor config {name!r}: broken alias")
+            dist = target
+        kind = self._by_type_url.get(dist.config.type_url)
+        if kind is None:
+            raise UnknownConfig(f"distributor config {name!r}: no registered implementation")
+        msg = kind.config_type()
+        dist.config.Unpack(msg)
+        content = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+        return Snapshot(name=name, kind=kind.name, version=self.version, content=content)
+
+    def build(self, snap: Snapshot) -> tuple[D, Config]:
+        """Build the distributor for a snapshot (what executions use all their life)."""
+        kind = self._kinds.get(snap.kind)
+        if kind is None:
+            raise UnknownConfig(f"distributor kind {snap.kind!r} is not installed")
+        msg = kind.config_type()
+        json_format.ParseDict(snap.content, msg)
+        cfg = Config(
+            name=snap.name,
+            kind=snap.kind,
+            version=snap.version,
+            content=msg,
+            dm_host=self.dm_host,
+            _prepare_topic=self.prepare_topic,
+            _enqueue_task=self.enqueue_task,
+        )
+        return kind.factory(cfg), cfg
+
+    def build_named(self, name: str) -> tuple[D, Config]:
+        return self.build(self.snapshot(name))
+
+
+def any_config(msg: message.Message) -> any_pb2.Any:
+    """Pack a kind's config message for a ``Distributor.config`` entry."""
+    a = any_pb2.Any()
+    a.Pack(msg)
+    return a
+
+
+# -- retry and timeout rules --------------------------------------------------
+
+RUN_TRANSIENT_RETRIES = 10
+"""How many times a transient ``run`` error is retried (with backoff) before
+the execution is REJECTED."""
+
+GET_STATUS_GRACE = datetime.timedelta(seconds=30)
+"""A non-transient get_status error within this long after run is treated as
+transient; later it means the task is MISSING."""
+
+STOPPING_REPOLLS = 3
+STOPPING_REPOLL_INTERVAL = datetime.timedelta(seconds=30)
+"""After the stop timeout, get_status is polled once and then up to 3 more
+times, 30 s apart, before the execution is TIMED_OUT."""
+
+DEFAULT_STOP_HEDGE = datetime.timedelta(hours=12)
+"""Stop timeout used when neither the quest nor the distributor set one (W-10)."""
+
+
+def backoff(attempt: int, *, base_s: float = 1.0, cap_s: float = 300.0) -> float:
+    """Seconds to wait before retry number ``attempt`` (1, 2, ...): exponential, capped."""
+    return float(min(cap_s, base_s * 2 ** max(0, attempt - 1)))
+
+
+def result_json(obj: Any) -> dm_pb2.JsonResult:
+    """A JsonResult holding ``obj`` serialised (convenience for distributors)."""
+    text = json.dumps(obj, separators=(",", ":"), sort_keys=True)
+    return dm_pb2.JsonResult(object=text, size=len(text.encode()))

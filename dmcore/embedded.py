@@ -1,0 +1,130 @@
+"""dm on one machine: SQLite store, local persistent queue, in-process worker.
+
+``Embedded(home)`` keeps everything under ``home`` (default ``.dm/``):
+``dm.sqlite`` (the store), ``queue.sqlite`` (the task queue) and ``secret``
+(the notification HMAC key, created on first use, readable by the owner
+only). :meth:`Embedded.work` drains due tasks; :meth:`Embedded.drive` runs
+the worker until a condition holds, sleeping until the next task is due.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from dmcore.distributor import Registry, backoff
+from dmcore.engine.core import Engine, Settings
+from dmcore.queue.local import LocalQueue
+from dmcore.service import Service
+from dmcore.store.sqlite import SqliteStore
+
+log = logging.getLogger("dm.embedded")
+
+
+def wall_clock_us() -> int:
+    return time.time_ns() // 1000
+
+
+def load_secret(path: pathlib.Path) -> bytes:
+    """The notification secret at ``path``, created (32 random bytes, mode 600) if absent."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(32))
+    return path.read_bytes()
+
+
+class Embedded:
+    """An engine, its service and a worker over files in ``home``."""
+
+    def __init__(
+        self,
+        home: str | os.PathLike[str],
+        registry: Registry,
+        *,
+        clock: Callable[[], int] = wall_clock_us,
+        rand: Callable[[int], bytes] = os.urandom,
+        settings: Settings | None = None,
+    ) -> None:
+        self.home = pathlib.Path(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.clock = clock
+        self.store = SqliteStore(self.home / "dm.sqlite")
+        self.queue = LocalQueue(self.home / "queue.sqlite", clock=clock)
+        settings = settings or Settings()
+        if not settings.notify_secret:
+            settings.notify_secret = load_secret(self.home / "secret")
+        self.engine = Engine(
+            self.store, self.queue, registry, clock=clock, rand=rand, settings=settings
+        )
+        self.service = Service(self.engine)
+
+    def work(self, limit: int = 100) -> int:
+        """Run the tasks due now (one leased batch); returns how many ran."""
+        leased = self.queue.lease(limit)
+        done: list[str] = []
+        for lt in leased:
+            t = lt.task
+            try:
+                self.engine.handle_task(t.target, t.payload, lt.attempt, t.name)
+            except Exception:
+                log.exception("task %s (%s) failed, delivery %d", t.name, t.target, lt.attempt)
+                retry_at = self.clock() + int(backoff(lt.attempt, cap_s=60) * 1_000_000)
+                self.queue.nack(t.name, retry_at)
+            else:
+                done.append(t.name)
+        if done:
+            self.queue.ack(done)
+        return len(leased)
+
+    def drain(self, max_rounds: int = 1_000_000) -> int:
+        """Run tasks until none is due now (never waits); returns how many ran."""
+        total = 0
+        for _ in range(max_rounds):
+            n = self.work()
+            if n == 0:
+                break
+            total += n
+        return total
+
+    def drive(
+        self,
+        until: Callable[[], bool],
+        *,
+        timeout_s: float | None = None,
+        tick: Callable[[], Any] | None = None,
+        sweep_every_s: float = 5.0,
+    ) -> bool:
+        """Work (and sweep) until ``until()`` is true or ``timeout_s`` passes.
+
+        Sleeps, when idle, until the next task is due (at most 0.2 s at a
+        time, so processes finishing elsewhere are noticed). Returns whether
+        ``until()`` became true.
+        """
+        start = time.monotonic()
+        last_sweep = start
+        while True:
+            ran = self.drain()
+            if tick is not None:
+                tick()
+            if until():
+                return True
+            now = time.monotonic()
+            if timeout_s is not None and now - start > timeout_s:
+                return False
+            if now - last_sweep >= sweep_every_s:
+                self.engine.sweep()
+                last_sweep = now
+            if ran == 0:
+                nxt = self.queue.next_due_us()
+                wait = 0.2 if nxt is None else max(0.0, min(0.2, (nxt - self.clock()) / 1e6))
+                time.sleep(wait)
+
+    def close(self) -> None:
+        self.queue.close()
+        self.store.close()

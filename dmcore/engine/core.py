@@ -1,0 +1,446 @@
+"""The mutation runner: transactional steps, the outbox, dispatch and the sweep.
+
+dm changes state only through *mutations* (spec §7). A transactional mutation
+runs in one store transaction on one root record and returns follow-ups.
+Follow-ups on the same root that are due now run inline in the same
+transaction (DM's tail call); the others are written as outbox records in
+that transaction, so a step and its continuation commit together. After the
+commit the outbox records are handed to the task queue as *named* tasks and
+deleted; the sweep re-dispatches records left behind by a crash between
+commit and dispatch. Delivery is at least once, so every mutation is
+idempotent by state guards.
+
+Some steps must not run in a transaction (calling a distributor); those are
+*actions*: they read outside a transaction, call out, then run mutations.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
+
+from dmcore.distributor import Registry, TransientError
+from dmcore.engine import docs
+from dmcore.ids import ExecutionID
+from dmcore.notify import tokens
+from dmcore.proto import dm_pb2
+from dmcore.queue.base import Task, TaskQueue
+from dmcore.store.base import Doc, Store, Transaction
+
+log = logging.getLogger("dm.engine")
+
+MUTATION_TARGET = "mutation"
+DISTRIBUTOR_TARGET_PREFIX = "distributor/"
+OUTBOX_STALE_US = 5_000_000
+MAX_INLINE = 256
+
+M = TypeVar("M", bound="Step")
+
+
+class Step(abc.ABC):
+    """A unit of work the engine can queue: a mutation or an action."""
+
+    KIND: ClassVar[str]
+    _registry: ClassVar[dict[str, type[Step]]] = {}
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if "KIND" in cls.__dict__:
+            Step._registry[cls.KIND] = cls
+
+    def to_payload(self) -> dict[str, Any]:
+        assert dataclasses.is_dataclass(self)
+        return {"kind": self.KIND, **dataclasses.asdict(self)}
+
+    @staticmethod
+    def from_payload(payload: Mapping[str, Any]) -> Step:
+        data = dict(payload)
+        kind = data.pop("kind", None)
+        cls = Step._registry.get(str(kind))
+        if cls is None:
+            raise ValueError(f"unknown step kind {kind!r}")
+        return cls(**data)
+
+
+class Mutation(Step):
+    """A transactional step on one root record."""
+
+    @abc.abstractmethod
+    def root(self) -> str:
+        """Path of the record this mutation is about (for inline tail calls)."""
+
+    @abc.abstractmethod
+    def roll_forward(self, ctx: Ctx) -> list[Step | Later]:
+        """Apply the change through ``ctx``; return follow-ups."""
+
+
+class Action(Step):
+    """A step that runs outside any transaction (e.g. calls a distributor)."""
+
+    @abc.abstractmethod
+    def execute(self, engine: Engine, delivery: int) -> None:
+        """Do the work; ``delivery`` counts deliveries of this task (1 = first)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Later:
+    """A follow-up that must wait until ``eta_us``, optionally with a fixed task name."""
+
+    step: Step
+    eta_us: int = 0
+    name: str | None = None
+
+
+class Uow:
+    """Reads through a cache, buffers writes until the end of the step.
+
+    Store transactions must read before they write; buffering lets a mutation
+    (and its inline tail calls) read and write in any order.
+    """
+
+    def __init__(self, tx: Transaction) -> None:
+        self._tx = tx
+        self._cache: dict[str, Doc | None] = {}
+        self._dirty: dict[str, str] = {}  # path -> "set" | "create" | "delete"
+
+    def get(self, path: str) -> Doc | None:
+        if path not in self._cache:
+            self._cache[path] = self._tx.get(path)
+        return self._cache[path]
+
+    def get_many(self, paths: Sequence[str]) -> dict[str, Doc | None]:
+        missing = [p for p in paths if p not in self._cache]
+        if missing:
+            self._cache.update(self._tx.get_many(missing))
+        return {p: self._cache[p] for p in paths}
+
+    def query(
+        self,
+        collection: str,
+        where: Mapping[str, Any] | None = None,
+        order_by: str | None = None,
+        limit: int | None = None,
+    ) -> list[tuple[str, Doc]]:
+        """Query the store, seeing this step's own buffered writes."""
+        dirty_here = [p for p in self._dirty if p.rsplit("/", 1)[0] == collection]
+        fetch_limit = None if (limit is None or dirty_here) else limit
+        rows = dict(self._tx.query(collection, where, order_by=order_by, limit=fetch_limit))
+        for p in dirty_here:
+            doc = self._cache.get(p)
+            rows.pop(p, None)
+            if doc is not None and _matches(doc, where or {}):
+                rows[p] = doc
+        for p in list(rows):
+            if p in self._cache and p not in self._dirty:
+                cached = self._cache[p]
+                if cached is not None:
+                    rows[p] = cached
+            else:
+                self._cache.setdefault(p, rows[p])
+        items = sorted(rows.items())
+        if order_by is not None:
+            items = [kv for kv in items if _field(kv[1], order_by) is not _MISSING]
+            items.sort(key=lambda kv: _field(kv[1], order_by))
+        return items[:limit] if limit is not None else items
+
+    def put(self, path: str, doc: Doc) -> None:
+        self._cache[path] = doc
+        if self._dirty.get(path) != "create":
+            self._dirty[path] = "set"
+
+    def create(self, path: str, doc: Doc) -> None:
+        self._cache[path] = doc
+        self._dirty[path] = "create"
+
+    def delete(self, path: str) -> None:
+        self._cache[path] = None
+        self._dirty[path] = "delete"
+
+    def flush(self) -> None:
+        for path, op in self._dirty.items():
+            doc = self._cache[path]
+            if op == "delete" or doc is None:
+                self._tx.delete(path)
+            elif op == "create":
+                self._tx.create(path, doc)
+            else:
+                self._tx.set(path, doc)
+
+
+_MISSING = object()
+
+
+def _field(doc: Mapping[str, Any], dotted: str) -> Any:
+    cur: Any = doc
+    for part in dotted.split("."):
+        if not isinstance(cur, Mapping) or part not in cur:
+            return _MISSING
+        cur = cur[part]
+    return cur
+
+
+def _matches(doc: Mapping[str, Any], where: Mapping[str, Any]) -> bool:
+    for k, v in where.items():
+        got = _field(doc, k)
+        if got is _MISSING or got != v or type(got) is not type(v):
+            return False
+    return True
+
+
+@dataclasses.dataclass
+class Ctx:
+    """What a mutation sees: the unit of work, the time, and the engine."""
+
+    uow: Uow
+    now_us: int
+    engine: Engine
+
+
+def task_name(*parts: str) -> str:
+    """A queue task name derived from ``parts`` (deterministic, URL-safe)."""
+    digest = hashlib.sha256("\x00".join(parts).encode()).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+@dataclasses.dataclass
+class Settings:
+    """Engine knobs; defaults suit both back ends."""
+
+    outbox_stale_us: int = OUTBOX_STALE_US
+    sweep_batch: int = 200
+    notify_topic: str = "dm-distributor-notify"
+    notify_secret: bytes = b""
+    """HMAC key of notification auth tokens (from configuration, never code)."""
+
+
+class Engine:
+    """Runs mutations against a store, queueing follow-ups through a task queue."""
+
+    def __init__(
+        self,
+        store: Store,
+        queue: TaskQueue,
+        registry: Registry,
+        *,
+        clock: Callable[[], int],
+        rand: Callable[[int], bytes],
+        settings: Settings | None = None,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.registry = registry
+        self.clock = clock
+        self.rand = rand
+        self.settings = settings or Settings()
+        self._quests: dict[str, dm_pb2.Quest.Desc] = {}
+        self.stats: dict[str, int] = {}
+        registry.prepare_topic = self._prepare_topic
+        registry.enqueue_task = self._enqueue_distributor_task
+
+    # -- distributor hooks ---------------------------------------------------------
+
+    def _prepare_topic(self, config_name: str, eid: ExecutionID) -> tuple[str, str]:
+        if not self.settings.notify_secret:
+            raise TransientError("no notification secret configured")
+        token = tokens.mint(self.settings.notify_secret, eid, config_name, self.clock())
+        return self.settings.notify_topic, token
+
+    def _enqueue_distributor_task(self, config_name: str, body: bytes, delay_s: float) -> None:
+        name = base64.urlsafe_b64encode(self.rand(18)).decode()
+        self.queue.enqueue(
+            Task(
+                name=name,
+                target=DISTRIBUTOR_TARGET_PREFIX + config_name,
+                payload={"body_b64": base64.b64encode(body).decode()},
+                eta_us=self.clock() + int(delay_s * 1_000_000) if delay_s > 0 else 0,
+            )
+        )
+
+    def receive_notification(self, data: bytes, attrs: Mapping[str, str]) -> str:
+        """Process a distributor notification (Pub/Sub message or in-process).
+
+        Returns "ok" or why it was dropped. A bad, expired or foreign
+        ``auth_token`` is dropped, not retried; processing errors raise (the
+        caller answers 5xx so the message is delivered again).
+        """
+        from dmcore.engine.mutations import NotifyExecution
+
+        token = attrs.get("auth_token", "")
+        if not token:
+            return "dropped: no auth_token"
+        try:
+            eid, config_name = tokens.verify(self.settings.notify_secret, token, self.clock())
+        except tokens.BadToken as e:
+            log.warning("notification dropped: %s", e)
+            return f"dropped: {e}"
+        rest = {k: v for k, v in attrs.items() if k != "auth_token"}
+        NotifyExecution(
+            eid=str(eid),
+            data_b64=base64.b64encode(data).decode(),
+            attrs=rest,
+            config_name=config_name,
+        ).execute(self, 1)
+        return "ok"
+
+    # -- quests (immutable, so cached) -----------------------------------------
+
+    def quest_desc(self, qid: str, doc: Doc | None = None) -> dm_pb2.Quest.Desc | None:
+        desc = self._quests.get(qid)
+        if desc is None:
+            if doc is None:
+                doc = self.store.get(docs.quest_path(qid))
+            if doc is None:
+                return None
+            desc = dm_pb2.Quest.Desc.FromString(base64.b64decode(doc["desc"]))
+            self._quests[qid] = desc
+        return desc
+
+    # -- running steps ------------------------------------------------------------
+
+    def run(self, mutation: Mutation, *, origin: str | None = None) -> None:
+        """Run ``mutation`` now in a transaction, then dispatch its follow-ups.
+
+        Errors raised by the mutation propagate and nothing is written.
+        """
+        origin = origin or base64.urlsafe_b64encode(self.rand(16)).decode().rstrip("=")
+        outbox = self.store.transaction(lambda tx: self._roll(tx, mutation, origin))
+        self.dispatch(outbox)
+
+    def run_many(self, mutations: Iterable[Mutation]) -> None:
+        for m in mutations:
+            self.run(m)
+
+    def _roll(self, tx: Transaction, first: Mutation, origin: str) -> list[tuple[str, Task]]:
+        uow = Uow(tx)
+        ctx = Ctx(uow=uow, now_us=self.clock(), engine=self)
+        root = first.root()
+        pending: list[Step | Later] = [first]
+        later: list[Step | Later] = []
+        ran = 0
+        while pending:
+            step = pending.pop(0)
+            if isinstance(step, Mutation) and step.root() == root and ran < MAX_INLINE:
+                ran += 1
+                self.stats[step.KIND] = self.stats.get(step.KIND, 0) + 1
+                pending[0:0] = step.roll_forward(ctx)
+            else:
+                later.append(step)
+        outbox: list[tuple[str, Task]] = []
+        for i, item in enumerate(later):
+            task = self._task_for(item, origin, i, ctx.now_us)
+            path = docs.outbox_path(task.name)
+            uow.put(path, {"task": _task_doc(task), "created_us": ctx.now_us})
+            outbox.append((path, task))
+        uow.flush()
+        return outbox
+
+    def _task_for(self, item: Step | Later, origin: str, i: int, now_us: int) -> Task:
+        if isinstance(item, Later):
+            step, eta, name = item.step, item.eta_us, item.name
+        else:
+            step, eta, name = item, 0, None
+        return Task(
+            name=name or task_name(origin, str(i)),
+            target=step_target(step),
+            payload=step.to_payload(),
+            eta_us=eta,
+        )
+
+    def dispatch(self, outbox: Sequence[tuple[str, Task]]) -> None:
+        """Queue committed follow-ups, then delete their outbox records."""
+        if not outbox:
+            return
+        try:
+            self.queue.enqueue_many([t for _, t in outbox])
+        except Exception:
+            # Committed already: the sweep re-dispatches the outbox records.
+            log.warning(
+                "dispatch of %d follow-ups failed; left to the sweep", len(outbox), exc_info=True
+            )
+            return
+        paths = [p for p, _ in outbox]
+
+        def drop(tx: Transaction) -> None:
+            for p in paths:
+                tx.delete(p)
+
+        self.store.transaction(drop)
+
+    def enqueue(self, step: Step, *, eta_us: int = 0, name: str | None = None) -> None:
+        """Queue a step directly (no transaction to tie it to)."""
+        origin = base64.urlsafe_b64encode(self.rand(16)).decode().rstrip("=")
+        self.queue.enqueue(self._task_for(Later(step, eta_us, name), origin, 0, self.clock()))
+
+    def handle_task(
+        self, target: str, payload: Mapping[str, Any], delivery: int = 1, name: str = ""
+    ) -> None:
+        """Run one delivered task (the queue's handler, also dm_tasks').
+
+        ``delivery`` counts deliveries of this task (1 = first); ``name`` is the
+        task's name, from which follow-up names derive (so a redelivered task
+        produces the same follow-up names, refused as duplicates).
+        """
+        if target.startswith(DISTRIBUTOR_TARGET_PREFIX):
+            from dmcore.engine.mutations import HandleDistributorTask
+
+            HandleDistributorTask(
+                config_name=target[len(DISTRIBUTOR_TARGET_PREFIX) :],
+                body_b64=str(payload.get("body_b64", "")),
+            ).execute(self, delivery)
+            return
+        if target != MUTATION_TARGET:
+            raise ValueError(f"unknown task target {target!r}")
+        step = Step.from_payload(payload)
+        if isinstance(step, Mutation):
+            self.run(step, origin=name or None)
+        else:
+            assert isinstance(step, Action)
+            step.execute(self, delivery)
+
+    # -- the sweep ------------------------------------------------------------------
+
+    def sweep(self) -> dict[str, int]:
+        """Re-dispatch stale outbox records and fire due timers (idempotent)."""
+        from dmcore.engine.mutations import timer_step
+
+        now = self.clock()
+        stale: list[tuple[str, Task]] = []
+        for path, doc in self.store.query(
+            docs.OUTBOX, order_by="created_us", limit=self.settings.sweep_batch
+        ):
+            if doc["created_us"] > now - self.settings.outbox_stale_us:
+                break
+            stale.append((path, _task_from_doc(doc["task"])))
+        self.dispatch(stale)
+        fired = 0
+        for _, doc in self.store.query(
+            docs.TIMERS, order_by="deadline_us", limit=self.settings.sweep_batch
+        ):
+            if doc["deadline_us"] > now:
+                break
+            step, name = timer_step(doc)
+            self.queue.enqueue(Task(name, step_target(step), step.to_payload(), doc["deadline_us"]))
+            fired += 1
+        return {"outbox": len(stale), "timers": fired}
+
+
+def step_target(step: Step) -> str:
+    return MUTATION_TARGET
+
+
+def _task_doc(task: Task) -> dict[str, Any]:
+    return {
+        "name": task.name,
+        "target": task.target,
+        "payload": task.payload,
+        "eta_us": task.eta_us,
+    }
+
+
+def _task_from_doc(d: Mapping[str, Any]) -> Task:
+    return Task(str(d["name"]), str(d["target"]), dict(d["payload"]), int(d["eta_us"]))

@@ -1,0 +1,65 @@
+"""The TaskQueue port: named, delayed, at-least-once tasks.
+
+dm hands follow-up work (mutations, timers, distributor tasks) to a queue as
+*named* tasks. A name that the queue has already seen is refused, which is how
+a re-dispatched outbox record or a duplicated timer does not run twice in a
+row (delivery is still at least once: handlers must be idempotent).
+
+Adapters: ``local`` (persistent, SQLite, embedded mode) and ``cloudtasks``
+(Google Cloud Tasks, HTTP tasks to the ``dm_tasks`` function).
+
+A task has a *target* saying which handler runs it (``"mutation"``,
+``"distributor/<config name>"``, ...), a JSON *payload* and a due time in
+integer microseconds since the Unix epoch (UTC).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import re
+from collections.abc import Sequence
+from typing import Any
+
+TASK_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,500}$")
+
+
+class QueueError(Exception):
+    """Base class of queue errors."""
+
+
+class InvalidTask(QueueError, ValueError):
+    """A task is malformed (bad name, payload not JSON, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One unit of queued work."""
+
+    name: str
+    target: str
+    payload: dict[str, Any]
+    eta_us: int = 0
+    """Due time, microseconds since the epoch; 0 = as soon as possible."""
+
+    def __post_init__(self) -> None:
+        if not TASK_NAME_RE.match(self.name):
+            raise InvalidTask(f"task name must match {TASK_NAME_RE.pattern}: {self.name!r}")
+        if not self.target:
+            raise InvalidTask("task target must not be empty")
+
+
+class TaskQueue(abc.ABC):
+    """Where dm puts named tasks. Implementations deliver each at least once."""
+
+    @abc.abstractmethod
+    def enqueue(self, task: Task) -> bool:
+        """Queue ``task``. Returns False if a task of that name was already seen.
+
+        A refused duplicate is not an error: the work is already queued (or
+        done). Other failures raise and the caller retries later.
+        """
+
+    def enqueue_many(self, tasks: Sequence[Task]) -> list[bool]:
+        """Queue several tasks; per task, what :meth:`enqueue` would return."""
+        return [self.enqueue(t) for t in tasks]

@@ -1,0 +1,414 @@
+"""The ``local`` TaskQueue adapter: a persistent task queue in its own SQLite file.
+
+Embedded mode has no Cloud Tasks, so follow-up work goes to a table in a
+SQLite file that survives a process restart. Delivery is *at least once*:
+
+* :meth:`LocalQueue.lease` hides a task for ``lease_us``; a worker that
+  crashes before :meth:`LocalQueue.ack` gets the task redelivered once the
+  lease runs out (with ``attempt`` + 1).
+* An acked task is not deleted but kept as a *tombstone* for
+  ``tombstone_us`` (as Cloud Tasks does), so a re-sent task of the same name is
+  refused instead of running twice in a row.
+
+Time comes only from the injected ``clock`` (integer microseconds since the
+epoch), so tests drive the queue with a fake clock; :meth:`LocalQueue.next_due_us`
+tells a driver loop how far to sleep (or to advance a fake clock).
+
+Several threads and processes may share one file: each thread has its own
+connection, and every write runs in a ``BEGIN IMMEDIATE`` transaction so two
+leasers never get the same task while its lease holds.
+
+:class:`QueueWorker` drains a queue by calling handlers chosen by target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from dmcore.queue.base import TASK_NAME_RE, InvalidTask, QueueError, Task, TaskQueue
+
+logger = logging.getLogger("dm.queue")
+
+Clock = Callable[[], int]
+"""Returns now in integer microseconds since the Unix epoch."""
+
+Handler = Callable[[Task], None]
+
+DEFAULT_LEASE_US = 60 * 1_000_000
+DEFAULT_TOMBSTONE_US = 3600 * 1_000_000
+_BUSY_TIMEOUT_MS = 30_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    name TEXT PRIMARY KEY,
+    target TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    eta_us INTEGER NOT NULL,
+    leased_until INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    done_us INTEGER NULL
+);
+-- Pending tasks by due time: what lease() scans.
+CREATE INDEX IF NOT EXISTS tasks_pending ON tasks (eta_us, name) WHERE done_us IS NULL;
+-- Tombstones by age: what purge_tombstones() deletes.
+CREATE INDEX IF NOT EXISTS tasks_done ON tasks (done_us) WHERE done_us IS NOT NULL;
+"""
+
+# Insert, or take over a name whose tombstone has expired (but was not purged
+# yet); a pending task or a live tombstone leaves the row alone (0 changes).
+_INSERT = """
+INSERT INTO tasks (name, target, payload, eta_us, leased_until, attempts, done_us)
+VALUES (:name, :target, :payload, :eta_us, 0, 0, NULL)
+ON CONFLICT (name) DO UPDATE SET
+    target = excluded.target,
+    payload = excluded.payload,
+    eta_us = excluded.eta_us,
+    leased_until = 0,
+    attempts = 0,
+    done_us = NULL
+WHERE tasks.done_us IS NOT NULL AND tasks.done_us + :tombstone_us <= :now
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class LeasedTask:
+    """A task handed to a worker, hidden from other leasers until acked or expired."""
+
+    task: Task
+    attempt: int
+    """1 on the first delivery, +1 on each redelivery (nack or lease expiry)."""
+
+
+def _encode(task: Task) -> dict[str, Any]:
+    """Validates ``task`` and returns its row; raises InvalidTask before any write."""
+    # Task checks name and target in __post_init__; check again here since a
+    # frozen dataclass can still be bypassed, and the payload is not checked.
+    if not isinstance(task.name, str) or not TASK_NAME_RE.match(task.name):
+        raise InvalidTask(f"task name must match {TASK_NAME_RE.pattern}: {task.name!r}")
+    if not isinstance(task.target, str) or not task.target:
+        raise InvalidTask(f"task {task.name}: target must be a non-empty string")
+    if not isinstance(task.eta_us, int) or isinstance(task.eta_us, bool) or task.eta_us < 0:
+        raise InvalidTask(f"task {task.name}: eta_us must be an int >= 0: {task.eta_us!r}")
+    if not isinstance(task.payload, dict):
+        raise InvalidTask(f"task {task.name}: payload must be a dict")
+    try:
+        payload = json.dumps(task.payload, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as e:
+        raise InvalidTask(f"task {task.name}: payload is not JSON: {e}") from e
+    return {"name": task.name, "target": task.target, "payload": payload, "eta_us": task.eta_us}
+
+
+class LocalQueue(TaskQueue):
+    """A persistent, at-least-once task queue in a SQLite file (embedded mode)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Clock,
+        lease_us: int = DEFAULT_LEASE_US,
+        tombstone_us: int = DEFAULT_TOMBSTONE_US,
+    ) -> None:
+        path = os.fspath(path)
+        if path == ":memory:" or not path:
+            # Each thread has its own connection, so an in-memory db would not be shared.
+            raise ValueError("LocalQueue needs a file path")
+        if lease_us <= 0 or tombstone_us < 0:
+            raise ValueError("lease_us must be > 0 and tombstone_us >= 0")
+        self.path = path
+        self.clock = clock
+        self.lease_us = lease_us
+        self.tombstone_us = tombstone_us
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._closed = False
+        with self._write() as conn:
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+
+    # -- connections and transactions --
+
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection (sqlite3 connections must not be shared)."""
+        if self._closed:
+            raise QueueError("queue is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+            # check_same_thread=False only so close() may close it from any thread.
+            conn = sqlite3.connect(
+                self.path,
+                timeout=_BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            with self._conns_lock:
+                self._conns.append(conn)
+            self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the write lock up front.
+
+        BEGIN IMMEDIATE (not deferred) so that a read-then-write such as lease()
+        cannot be overtaken by another writer between its read and its write.
+        """
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        """Closes every thread's connection; the queue is unusable afterwards."""
+        with self._conns_lock:
+            self._closed = True
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+
+    def __enter__(self) -> LocalQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- TaskQueue --
+
+    def enqueue(self, task: Task) -> bool:
+        """Queues ``task``; False if the name is pending or has a live tombstone."""
+        return self.enqueue_many([task])[0]
+
+    def enqueue_many(self, tasks: Sequence[Task]) -> list[bool]:
+        """Queues ``tasks`` in one transaction; per task, True if it was new.
+
+        A name repeated inside the batch is refused after its first occurrence.
+        All tasks are validated first: an invalid one raises InvalidTask and
+        nothing is written.
+        """
+        rows = [_encode(t) for t in tasks]
+        if not rows:
+            return []
+        out: list[bool] = []
+        with self._write() as conn:
+            now = self.clock()
+            for row in rows:
+                cur = conn.execute(_INSERT, {**row, "now": now, "tombstone_us": self.tombstone_us})
+                out.append(cur.rowcount == 1)
+        return out
+
+    # -- consuming --
+
+    def lease(self, limit: int = 100, target_prefix: str | None = None) -> list[LeasedTask]:
+        """Leases up to ``limit`` due tasks (by eta, then name) for ``lease_us``.
+
+        The tasks stay hidden from other leasers until the lease runs out; the
+        caller must :meth:`ack` (or :meth:`nack`) them before then, otherwise
+        they are delivered again.
+        """
+        if limit <= 0:
+            return []
+        sql = (
+            "SELECT name, target, payload, eta_us, attempts FROM tasks"
+            " WHERE done_us IS NULL AND eta_us <= :now AND leased_until <= :now"
+        )
+        params: dict[str, Any] = {"limit": limit}
+        if target_prefix:
+            sql += " AND substr(target, 1, length(:prefix)) = :prefix"
+            params["prefix"] = target_prefix
+        sql += " ORDER BY eta_us, name LIMIT :limit"
+        with self._write() as conn:
+            now = self.clock()
+            params["now"] = now
+            rows = conn.execute(sql, params).fetchall()
+            conn.executemany(
+                "UPDATE tasks SET leased_until = ?, attempts = attempts + 1 WHERE name = ?",
+                [(now + self.lease_us, r[0]) for r in rows],
+            )
+        return [
+            LeasedTask(
+                task=Task(name=name, target=target, payload=json.loads(payload), eta_us=eta_us),
+                attempt=attempts + 1,
+            )
+            for name, target, payload, eta_us, attempts in rows
+        ]
+
+    def ack(self, names: Sequence[str]) -> None:
+        """Marks tasks done, keeping tombstones; unknown or already-done names are ignored."""
+        if not names:
+            return
+        with self._write() as conn:
+            now = self.clock()
+            conn.executemany(
+                "UPDATE tasks SET done_us = ?, leased_until = 0 WHERE name = ? AND done_us IS NULL",
+                [(now, n) for n in names],
+            )
+
+    def nack(self, name: str, retry_at_us: int) -> None:
+        """Releases the lease on ``name`` and makes it due again at ``retry_at_us``."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE tasks SET eta_us = ?, leased_until = 0 WHERE name = ? AND done_us IS NULL",
+                (retry_at_us, name),
+            )
+
+    # -- housekeeping and introspection --
+
+    def purge_tombstones(self) -> int:
+        """Deletes tombstones older than ``tombstone_us``; returns how many."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "DELETE FROM tasks WHERE done_us IS NOT NULL AND done_us + ? <= ?",
+                (self.tombstone_us, self.clock()),
+            )
+            return cur.rowcount
+
+    def next_due_us(self) -> int | None:
+        """When the earliest pending task becomes deliverable (may be in the past).
+
+        That is max(eta, lease end) over pending tasks; None if none is pending.
+        """
+        row = (
+            self._conn()
+            .execute("SELECT MIN(MAX(eta_us, leased_until)) FROM tasks WHERE done_us IS NULL")
+            .fetchone()
+        )
+        due: int | None = row[0]
+        return due
+
+    def pending_count(self) -> int:
+        """Tasks not done yet, leased or not."""
+        row = self._conn().execute("SELECT COUNT(*) FROM tasks WHERE done_us IS NULL").fetchone()
+        count: int = row[0]
+        return count
+
+
+def default_backoff(attempt: int) -> int:
+    """Delay before retry ``attempt`` + 1: 1 s, 2 s, 4 s, ... capped at 60 s (in µs)."""
+    return min(1_000_000 << min(max(attempt - 1, 0), 6), 60_000_000)
+
+
+class QueueWorker:
+    """Runs leased tasks through handlers chosen by target; acks or retries each.
+
+    ``handlers`` is one callable for every target, or a mapping from target to
+    handler: an exact key wins, else the longest key ending in ``"/"`` that
+    prefixes the target (``"distributor/"`` handles ``"distributor/jobsim"``).
+    A task whose handler raises, or that has no handler, is nacked to run again
+    after ``backoff(attempt)`` microseconds; it is never dropped.
+    """
+
+    def __init__(
+        self,
+        queue: LocalQueue,
+        handlers: Mapping[str, Handler] | Handler,
+        *,
+        clock: Clock | None = None,
+        backoff: Callable[[int], int] | None = None,
+    ) -> None:
+        self.queue = queue
+        self.clock: Clock = clock if clock is not None else queue.clock
+        self.backoff: Callable[[int], int] = backoff if backoff is not None else default_backoff
+        self._default: Handler | None = None
+        self._exact: dict[str, Handler] = {}
+        self._prefixes: list[tuple[str, Handler]] = []
+        if isinstance(handlers, Mapping):
+            self._exact = dict(handlers)
+            # Longest first, so the most specific prefix wins.
+            self._prefixes = sorted(
+                ((k, h) for k, h in handlers.items() if k.endswith("/")),
+                key=lambda kh: len(kh[0]),
+                reverse=True,
+            )
+        else:
+            self._default = handlers
+
+    def handler_for(self, target: str) -> Handler | None:
+        """The handler that runs tasks of ``target``, or None."""
+        if self._default is not None:
+            return self._default
+        h = self._exact.get(target)
+        if h is not None:
+            return h
+        for prefix, h in self._prefixes:
+            if target.startswith(prefix):
+                return h
+        return None
+
+    def run_once(self, limit: int = 100) -> int:
+        """Leases up to ``limit`` due tasks and runs them; returns how many were run.
+
+        Successes are acked together at the end (in one transaction), also when
+        a BaseException such as KeyboardInterrupt stops the batch early.
+        """
+        leased = self.queue.lease(limit)
+        done: list[str] = []
+        try:
+            for lt in leased:
+                task = lt.task
+                handler = self.handler_for(task.target)
+                if handler is None:
+                    retry_at = self._retry_at(lt.attempt)
+                    logger.error(
+                        "no handler for task %s (target %r, attempt %d); retry at %d",
+                        task.name,
+                        task.target,
+                        lt.attempt,
+                        retry_at,
+                    )
+                    self.queue.nack(task.name, retry_at)
+                    continue
+                try:
+                    handler(task)
+                except Exception:
+                    retry_at = self._retry_at(lt.attempt)
+                    logger.exception(
+                        "task %s (target %r, attempt %d) failed; retry at %d",
+                        task.name,
+                        task.target,
+                        lt.attempt,
+                        retry_at,
+                    )
+                    self.queue.nack(task.name, retry_at)
+                else:
+                    done.append(task.name)
+        finally:
+            self.queue.ack(done)
+        return len(leased)
+
+    def drain(self, max_tasks: int | None = None) -> int:
+        """Runs batches until no task is due now (or ``max_tasks`` ran); returns the count.
+
+        Does not advance time: tasks due later, including retries, stay queued.
+        ``max_tasks`` bounds a drain whose handlers keep enqueueing due work (or
+        that fail with a zero backoff, which makes the retry due at once).
+        """
+        total = 0
+        while max_tasks is None or total < max_tasks:
+            batch = 100 if max_tasks is None else min(100, max_tasks - total)
+            n = self.run_once(batch)
+            if n == 0:
+                break
+            total += n
+        return total
+
+    def _retry_at(self, attempt: int) -> int:
+        return self.clock() + max(0, self.backoff(attempt))

@@ -1,0 +1,591 @@
+"""The dm.Deps operations: EnsureGraphData, ActivateExecution, FinishAttempt,
+WalkGraph and CancelAttempt (spec §3), on top of the engine.
+
+Every request is validated before anything is written; bad input raises
+:class:`~dmcore.errors.InvalidArgument` naming the field, auth failures
+``Unauthenticated`` / ``PermissionDenied``. Entry points (CLI, functions)
+only decode, call these and encode.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from dmcore import distributor as dist
+from dmcore import ids, jsonnorm
+from dmcore.engine import docs
+from dmcore.engine import mutations as mu
+from dmcore.engine.core import Engine
+from dmcore.errors import InvalidArgument, PermissionDenied, Unauthenticated, Unavailable
+from dmcore.ids import AttemptID, ExecutionID
+from dmcore.proto import dm_pb2
+from dmcore.states import AbnormalStatus, AttemptState, ExecutionState, is_terminal_attempt
+
+MAX_DATA_SIZE_DEFAULT = 16 * 1024 * 1024
+MAX_DATA_SIZE_CAP = 30 * 1024 * 1024
+MAX_WALK_TIME_US = 55_000_000
+MIN_EXECUTION_TOKEN = 32
+MAX_CYCLE_WALK = 10_000
+QUEST_CHUNK = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    """Who is calling, and what the ACLs (spec §3.7) let them do without a token."""
+
+    identity: str
+    can_read: bool
+    can_write: bool
+
+    @classmethod
+    def trusted(cls, identity: str = "local") -> Caller:
+        """A local caller with every right (embedded mode, tests)."""
+        return cls(identity, True, True)
+
+    @classmethod
+    def anonymous(cls) -> Caller:
+        return cls("anonymous", False, False)
+
+
+def _ts(us: int) -> timestamp_pb2.Timestamp:
+    t = timestamp_pb2.Timestamp()
+    t.FromMicroseconds(int(us))
+    return t
+
+
+def _data_limit(requested: int, field: str) -> int:
+    if requested == 0:
+        return MAX_DATA_SIZE_DEFAULT
+    return min(int(requested), MAX_DATA_SIZE_CAP)
+
+
+def _check_nums(nums: Iterable[int], field: str, *, allow_all: bool) -> list[int]:
+    """AttemptList normalisation: descending, unique; [] / [0] = all (when allowed)."""
+    got = sorted(set(int(n) for n in nums), reverse=True)
+    if got in ([], [0]):
+        if not allow_all:
+            raise InvalidArgument(f"{field}: must list attempt numbers (>= 1)")
+        return []
+    if 0 in got:
+        raise InvalidArgument(f"{field}: 0 (all attempts) cannot be mixed with attempt numbers")
+    return got
+
+
+def _auth_eid(auth: dm_pb2.Execution.Auth, field: str) -> ExecutionID:
+    if not auth.HasField("id"):
+        raise InvalidArgument(f"{field}.id: required")
+    return ExecutionID.from_proto(auth.id, f"{field}.id")
+
+
+class Service:
+    """dm.Deps bound to one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- EnsureGraphData --------------------------------------------------------------
+
+    def ensure_graph_data(
+        self, req: dm_pb2.EnsureGraphDataReq, caller: Caller
+    ) -> dm_pb2.EnsureGraphDataRsp:
+        eng = self.engine
+        if len(req.quest) != len(req.quest_attempt):
+            raise InvalidArgument("quest, quest_attempt: must have the same length")
+        if req.template_quest or req.template_attempt:
+            raise InvalidArgument("template_quest: quest templates are not supported")
+        if not req.quest and not req.raw_attempts.to:
+            raise InvalidArgument("quest, raw_attempts: at least one must be non-empty")
+        max_size = _data_limit(req.limit.max_data_size, "limit.max_data_size")
+        eid: ExecutionID | None = None
+        if req.HasField("for_execution"):
+            eid = _auth_eid(req.for_execution, "for_execution")
+        elif not caller.can_write:
+            raise PermissionDenied(f"{caller.identity} may not create quests (not a writer)")
+
+        # Render every quest first: nothing is written unless all are valid.
+        rsp = dm_pb2.EnsureGraphDataRsp()
+        supplied: dict[str, dm_pb2.Quest.Desc] = {}
+        wanted: dict[AttemptID, None] = {}
+        for i, (desc, nums) in enumerate(zip(req.quest, req.quest_attempt, strict=True)):
+            try:
+                norm = ids.normalize_desc(desc)
+            except InvalidArgument as e:
+                raise InvalidArgument(f"quest[{i}].{e.message}") from None
+            qid = ids.quest_id_of_normalized(norm)
+            self._validate_distributor(norm, f"quest[{i}]")
+            supplied[qid] = norm
+            rsp.quest_ids.add(id=qid)
+            for n in _check_nums(nums.nums, f"quest_attempt[{i}]", allow_all=False):
+                wanted[AttemptID(qid, n)] = None
+        for qid, nums in sorted(req.raw_attempts.to.items()):
+            ids.check_quest_id(qid, f"raw_attempts[{qid}]")
+            for n in _check_nums(nums.nums, f"raw_attempts[{qid}]", allow_all=False):
+                wanted[AttemptID(qid, n)] = None
+
+        qids = sorted({a.quest for a in wanted} | set(supplied))
+        existing_quests = eng.store.get_many([docs.quest_path(q) for q in qids])
+        for q in qids:
+            if existing_quests[docs.quest_path(q)] is None and q not in supplied:
+                raise InvalidArgument(f'cannot create attempts for absent quest "{q}"')
+        aids = list(wanted)
+        existing = eng.store.get_many([docs.attempt_path(a) for a in aids])
+        new_quests = {
+            q: base64.b64encode(d.SerializeToString()).decode()
+            for q, d in supplied.items()
+            if existing_quests[docs.quest_path(q)] is None
+        }
+        new_attempts = [a for a in aids if existing[docs.attempt_path(a)] is None]
+
+        if eid is not None:
+            return self._declare_deps(
+                req, rsp, eid, aids, existing, new_quests, new_attempts, max_size
+            )
+
+        # Without an execution: create what is missing, report the state before.
+        rsp.accepted = True
+        rsp.result.CopyFrom(self._snapshot_graph(aids, req.include.attempt.result, max_size))
+        by_quest: dict[str, list[str]] = collections.defaultdict(list)
+        for a in new_attempts:
+            by_quest[a.quest].append(a.encoded)
+        for q in new_quests:
+            by_quest.setdefault(q, [])
+        for q, encs in by_quest.items():
+            for start in range(0, max(1, len(encs)), QUEST_CHUNK):
+                chunk = encs[start : start + QUEST_CHUNK]
+                then = [mu.EnsureAttempt(aid=a).to_payload() for a in chunk]
+                eng.run(mu.MergeQuest(qid=q, desc_b64=new_quests.get(q, ""), and_then=then))
+        return rsp
+
+    def _validate_distributor(self, desc: dm_pb2.Quest.Desc, field: str) -> None:
+        try:
+            d, _ = self.engine.registry.build_named(desc.distributor_config_name)
+        except dist.UnknownConfig as e:
+            raise InvalidArgument(f"{field}.distributor_config_name: {e.message}") from None
+        try:
+            d.validate(desc.distributor_parameters)
+        except (ValueError, InvalidArgument) as e:
+            raise InvalidArgument(f"{field}.distributor_parameters: {e}") from None
+
+    def _declare_deps(  # noqa: PLR0917 - internal, called once
+        self,
+        req: dm_pb2.EnsureGraphDataReq,
+        rsp: dm_pb2.EnsureGraphDataRsp,
+        eid: ExecutionID,
+        aids: list[AttemptID],
+        existing: Mapping[str, docs.Doc | None],
+        new_quests: dict[str, str],
+        new_attempts: list[AttemptID],
+        max_size: int,
+    ) -> dm_pb2.EnsureGraphDataRsp:
+        me = eid.attempt_id
+        if me in aids:
+            raise InvalidArgument(f"attempt {me}: an attempt cannot depend on itself")
+        terminal = [
+            a.encoded
+            for a in aids
+            if (doc := existing[docs.attempt_path(a)]) is not None
+            and is_terminal_attempt(AttemptState(doc["state"]))
+        ]
+        self._reject_cycles(me, [a for a in aids if a.encoded not in set(terminal)])
+        step = mu.DeclareDeps(
+            eid=str(eid),
+            token_b64=base64.b64encode(req.for_execution.token).decode(),
+            deps=[a.encoded for a in aids],
+            terminal=terminal,
+            new_quests=new_quests,
+            new_attempts=[a.encoded for a in new_attempts],
+        )
+        self.engine.run(step)
+        rsp.accepted = True
+        if step.halted:
+            rsp.should_halt = True
+            return rsp
+        rsp.result.CopyFrom(self._snapshot_graph(aids, req.include.attempt.result, max_size))
+        return rsp
+
+    def _reject_cycles(self, me: AttemptID, dependees: list[AttemptID]) -> None:
+        """Refuse an edge that would close a cycle through unfinished attempts."""
+        seen: set[AttemptID] = set()
+        todo = list(dependees)
+        store = self.engine.store
+        while todo and len(seen) < MAX_CYCLE_WALK:
+            a = todo.pop()
+            if a in seen:
+                continue
+            seen.add(a)
+            for path, _ in store.query(docs.fwd_deps_collection(a), {"satisfied": False}):
+                nxt = AttemptID.decode(docs.last_id(path))
+                if nxt == me:
+                    raise InvalidArgument(
+                        f"depending on {dependees[0] if len(dependees) == 1 else 'these attempts'}"
+                        f" would close a cycle through {a}"
+                    )
+                todo.append(nxt)
+
+    def _snapshot_graph(
+        self, aids: list[AttemptID], results: bool, max_size: int
+    ) -> dm_pb2.GraphData:
+        req = dm_pb2.WalkGraphReq()
+        for a in aids:
+            req.query.attempt_list.to[a.quest].nums.append(a.num)
+        req.limit.max_depth = 0
+        req.limit.max_data_size = max_size
+        req.include.quest.data = True
+        req.include.attempt.data = True
+        req.include.attempt.result = results
+        req.include.attempt.abnormal = True
+        req.include.attempt.expired = True
+        return self._walk(req, authorized_all=True)
+
+    # -- ActivateExecution / FinishAttempt ----------------------------------------------------
+
+    def activate_execution(self, req: dm_pb2.ActivateExecutionReq) -> None:
+        eid = _auth_eid(req.auth, "auth")
+        if len(req.execution_token) < MIN_EXECUTION_TOKEN:
+            raise InvalidArgument(
+                f"execution_token: must be at least {MIN_EXECUTION_TOKEN} bytes, "
+                f"got {len(req.execution_token)}"
+            )
+        self.engine.run(
+            mu.ActivateExecution(
+                eid=str(eid),
+                activation_b64=base64.b64encode(req.auth.token).decode(),
+                execution_token_b64=base64.b64encode(req.execution_token).decode(),
+            )
+        )
+
+    def finish_attempt(self, req: dm_pb2.FinishAttemptReq) -> None:
+        eid = _auth_eid(req.auth, "auth")
+        try:
+            obj, size = jsonnorm.normalize_result(req.data.object)
+        except jsonnorm.JsonError as e:
+            raise InvalidArgument(f"data.object: {e}") from None
+        if not obj:
+            raise InvalidArgument("data.object: required (a JSON object)")
+        exp = req.data.expiration.ToMicroseconds() if req.data.HasField("expiration") else None
+        self.engine.run(
+            mu.FinishAttempt(
+                eid=str(eid),
+                token_b64=base64.b64encode(req.auth.token).decode(),
+                object=obj,
+                size=size,
+                expiration_us=exp,
+            )
+        )
+
+    # -- CancelAttempt -------------------------------------------------------------------------
+
+    def cancel_attempt(self, req: dm_pb2.CancelAttemptReq, caller: Caller) -> None:
+        if not caller.can_write:
+            raise PermissionDenied(f"{caller.identity} may not cancel attempts (not a writer)")
+        if not req.HasField("attempt"):
+            raise InvalidArgument("attempt: required")
+        aid = AttemptID.from_proto(req.attempt)
+        reason = req.reason or f"cancelled by {caller.identity}"
+        eng = self.engine
+        att = eng.store.get(docs.attempt_path(aid))
+        if att is None:
+            raise InvalidArgument(f"attempt {aid}: does not exist")
+        state = AttemptState(att["state"])
+        if is_terminal_attempt(state):
+            return
+        if state != AttemptState.EXECUTING:
+            eng.run(mu.CancelWaiting(aid=aid.encoded, reason=reason))
+            # It may have started executing meanwhile; then cancel that execution.
+            att = eng.store.get(docs.attempt_path(aid)) or att
+            if AttemptState(att["state"]) != AttemptState.EXECUTING:
+                return
+        eid = aid.execution(int(att["cur_execution"]))
+        ex = eng.store.get(docs.execution_path(eid))
+        if ex is not None and ex.get("dist_token") and ex.get("config"):
+            d, _ = eng.registry.build(dist.Snapshot.from_doc(ex["config"]))
+            desc = eng.quest_desc(aid.quest)
+            assert desc is not None
+            try:
+                d.cancel(desc, ex["dist_token"])
+            except dist.TransientError as e:
+                raise Unavailable(f"distributor could not cancel yet: {e}") from None
+        eng.run(
+            mu.FinishExecution(eid=str(eid), result=mu.abnormal(AbnormalStatus.CANCELLED, reason))
+        )
+
+    # -- WalkGraph ---------------------------------------------------------------------------------
+
+    def walk_graph(self, req: dm_pb2.WalkGraphReq, caller: Caller) -> dm_pb2.GraphData:
+        me: AttemptID | None = None
+        if req.HasField("auth"):
+            eid = _auth_eid(req.auth, "auth")
+            ex = self.engine.store.get(docs.execution_path(eid))
+            att = self.engine.store.get(docs.attempt_path(eid.attempt_id))
+            if (
+                ex is None
+                or att is None
+                or att["cur_execution"] != eid.num
+                or ex["state"] != ExecutionState.RUNNING
+                or ex.get("token_state") != "execution"
+                or not mu.token_matches(ex, req.auth.token)
+            ):
+                raise Unauthenticated("bad execution auth")
+            me = eid.attempt_id
+        elif not (caller.can_read or caller.can_write):
+            raise PermissionDenied(f"{caller.identity} may not read the graph (not a reader)")
+        if not req.HasField("query"):
+            raise InvalidArgument("query: required")
+        if req.query.search:
+            raise InvalidArgument("query.search: not implemented")
+        if req.limit.max_depth < -1:
+            raise InvalidArgument("limit.max_depth: must be -1 (unlimited) or more")
+        if req.limit.max_time.seconds < 0 or req.limit.max_time.nanos < 0:
+            raise InvalidArgument("limit.max_time: must not be negative")
+        for opt in ("result", "abnormal", "expired"):
+            if getattr(req.include.quest, opt):
+                raise InvalidArgument(f"include.quest.{opt}: not allowed for quests")
+        for i, r in enumerate(req.query.attempt_range):
+            ids.check_quest_id(r.quest, f"query.attempt_range[{i}].quest")
+            if r.low < 1 or r.high <= r.low:
+                raise InvalidArgument(f"query.attempt_range[{i}]: need 1 <= low < high")
+        for q, nums in req.query.attempt_list.to.items():
+            ids.check_quest_id(q, f"query.attempt_list[{q}]")
+            _check_nums(nums.nums, f"query.attempt_list[{q}]", allow_all=True)
+        return self._walk(req, authorized_all=me is None, me=me)
+
+    def _walk(
+        self, req: dm_pb2.WalkGraphReq, *, authorized_all: bool, me: AttemptID | None = None
+    ) -> dm_pb2.GraphData:
+        eng = self.engine
+        store = eng.store
+        inc = req.include
+        out = dm_pb2.GraphData()
+        budget = _data_limit(req.limit.max_data_size, "limit.max_data_size")
+        max_time = mu.duration_us(req.limit.max_time) if req.limit.HasField("max_time") else 0
+        if max_time <= 0 or max_time > MAX_WALK_TIME_US:
+            max_time = MAX_WALK_TIME_US
+        deadline = eng.clock() + max_time
+        excluded_quests = set(req.exclude.quests)
+        excluded: set[AttemptID] = set()
+        excluded_all: set[str] = set()
+        for q, nums in req.exclude.attempts.to.items():
+            if not nums.nums or list(nums.nums) == [0]:
+                excluded_all.add(q)
+            excluded.update(AttemptID(q, n) for n in nums.nums if n)
+        direction = req.mode.direction
+        want_data = inc.attempt.data or inc.attempt.result
+
+        # (attempt, depth, reached forward from the caller's attempt)
+        todo: collections.deque[tuple[AttemptID, int, bool]] = collections.deque()
+        for q, nums in sorted(req.query.attempt_list.to.items()):
+            listed = _check_nums(nums.nums, "query", allow_all=True)
+            if listed:
+                todo.extend((AttemptID(q, n), 0, False) for n in listed)
+            else:
+                self._quest_entry(out, q, inc, excluded_quests)
+                for _, doc in store.query(docs.ATTEMPTS, {"quest": q}, order_by="num"):
+                    if doc.get("is_abnormal") and not inc.attempt.abnormal:
+                        continue
+                    if doc.get("is_expired") and not inc.attempt.expired:
+                        continue
+                    todo.append((AttemptID(q, int(doc["num"])), 0, False))
+        for r in req.query.attempt_range:
+            todo.extend((AttemptID(r.quest, n), 0, False) for n in range(r.low, r.high))
+        if me is not None:
+            todo = collections.deque((a, d, a == me) for a, d, _ in todo)
+
+        seen: set[AttemptID] = set()
+        infos: dict[tuple[str, str], dist.D | None] = {}
+        while todo:
+            if eng.clock() > deadline:
+                out.had_more = True
+                break
+            aid, depth, forward_of_me = todo.pop() if req.mode.dfs else todo.popleft()
+            if aid in seen or aid in excluded or aid.quest in excluded_all:
+                continue
+            seen.add(aid)
+            quest = self._quest_entry(out, aid.quest, inc, excluded_quests)
+            att_msg = quest.attempts[aid.num]
+            got = store.get(docs.attempt_path(aid))
+            if got is None:
+                att_msg.DNE = True
+                continue
+            doc = got
+            if (doc.get("is_abnormal") and not inc.attempt.abnormal) or (
+                doc.get("is_expired") and not inc.attempt.expired
+            ):
+                continue  # a placeholder, not walked through
+            if inc.attempt.ids:
+                att_msg.id.CopyFrom(aid.to_proto())
+            if want_data:
+                self._fill_attempt(att_msg, aid, doc)
+            if inc.attempt.result and doc["state"] == AttemptState.FINISHED:
+                authorized = (
+                    authorized_all
+                    or forward_of_me
+                    or aid == me
+                    or (me is not None and store.get(docs.fwd_dep_path(me, aid)) is not None)
+                )
+                size = int((doc.get("result") or {}).get("size", 0))
+                if not authorized:
+                    att_msg.partial.result = dm_pb2.Attempt.Partial.NOT_AUTHORIZED
+                elif size > budget:
+                    att_msg.partial.result = dm_pb2.Attempt.Partial.DATA_SIZE_LIMIT
+                else:
+                    res = store.get(docs.result_path(aid))
+                    if res is not None:
+                        budget -= len(res["object"].encode())
+                        att_msg.data.finished.data.object = res["object"]
+            if inc.num_executions:
+                self._fill_executions(att_msg, aid, doc, inc, infos)
+                if inc.execution.result and not (authorized_all or forward_of_me or aid == me):
+                    for e in att_msg.executions.values():
+                        if e.data.HasField("finished"):
+                            e.data.finished.data.object = ""
+                            e.partial.result = dm_pb2.Attempt.Partial.NOT_AUTHORIZED
+                    budget_used = 0
+                else:
+                    budget_used = sum(
+                        len(e.data.finished.data.object.encode())
+                        for e in att_msg.executions.values()
+                        if e.data.HasField("finished")
+                    )
+                budget -= budget_used
+            fwd: list[AttemptID] = []
+            back: list[AttemptID] = []
+            walk_fwd = direction in (
+                dm_pb2.WalkGraphReq.Mode.FORWARDS,
+                dm_pb2.WalkGraphReq.Mode.BOTH,
+            )
+            walk_back = direction in (
+                dm_pb2.WalkGraphReq.Mode.BACKWARDS,
+                dm_pb2.WalkGraphReq.Mode.BOTH,
+            )
+            if inc.fwd_deps or walk_fwd:
+                fwd = [
+                    AttemptID.decode(docs.last_id(p))
+                    for p, _ in store.query(docs.fwd_deps_collection(aid))
+                ]
+            if inc.back_deps or walk_back:
+                back = [
+                    AttemptID.decode(docs.last_id(p))
+                    for p, _ in store.query(docs.back_deps_collection(aid))
+                ]
+            if inc.fwd_deps:
+                for a in fwd:
+                    att_msg.fwd_deps.to[a.quest].nums.append(a.num)
+            if inc.back_deps:
+                for a in back:
+                    att_msg.back_deps.to[a.quest].nums.append(a.num)
+            if req.limit.max_depth == -1 or depth < req.limit.max_depth:
+                if walk_fwd:
+                    todo.extend((a, depth + 1, forward_of_me or aid == me) for a in fwd)
+                if walk_back:
+                    todo.extend((a, depth + 1, False) for a in back)
+        return out
+
+    def _quest_entry(
+        self,
+        out: dm_pb2.GraphData,
+        qid: str,
+        inc: dm_pb2.WalkGraphReq.Include,
+        excluded: set[str],
+    ) -> dm_pb2.Quest:
+        if qid in out.quests:
+            return out.quests[qid]
+        q = out.quests[qid]
+        if inc.quest.ids:
+            q.id.id = qid
+        if inc.quest.data and qid not in excluded:
+            doc = self.engine.store.get(docs.quest_path(qid))
+            if doc is None:
+                q.DNE = True
+            else:
+                desc = self.engine.quest_desc(qid, doc)
+                assert desc is not None
+                q.data.created.CopyFrom(_ts(doc["created"]))
+                q.data.desc.CopyFrom(desc)
+        return q
+
+    def _fill_attempt(self, msg: dm_pb2.Attempt, aid: AttemptID, doc: Mapping[str, Any]) -> None:
+        d = msg.data
+        d.created.CopyFrom(_ts(doc["created"]))
+        d.modified.CopyFrom(_ts(doc["modified"]))
+        d.num_executions = int(doc["cur_execution"])
+        state = AttemptState(doc["state"])
+        if state == AttemptState.SCHEDULING:
+            d.scheduling.SetInParent()
+        elif state == AttemptState.EXECUTING:
+            d.executing.cur_execution_id = int(doc["cur_execution"])
+        elif state == AttemptState.WAITING:
+            rows = self.engine.store.query(
+                docs.fwd_deps_collection(aid),
+                {"for_execution": int(doc["cur_execution"]), "satisfied": False},
+            )
+            d.waiting.num_waiting = len(rows)
+        elif state == AttemptState.FINISHED:
+            r = doc.get("result") or {}
+            d.finished.data.size = int(r.get("size", 0))
+            if r.get("expiration_us") is not None:
+                d.finished.data.expiration.CopyFrom(_ts(r["expiration_us"]))
+        else:
+            ab = doc.get("abnormal") or {}
+            d.abnormal_finish.status = int(ab.get("status", 0))  # type: ignore[assignment]
+            d.abnormal_finish.reason = str(ab.get("reason", ""))
+
+    def _fill_executions(
+        self,
+        msg: dm_pb2.Attempt,
+        aid: AttemptID,
+        doc: Mapping[str, Any],
+        inc: dm_pb2.WalkGraphReq.Include,
+        infos: dict[tuple[str, str], dist.D | None],
+    ) -> None:
+        rows = self.engine.store.query(docs.executions_collection(aid), order_by="num", limit=None)[
+            -int(inc.num_executions) :
+        ]
+        for _, ex in reversed(rows):
+            if ex.get("is_abnormal") and not inc.execution.abnormal:
+                continue
+            em = msg.executions[int(ex["num"])]
+            if inc.execution.ids:
+                em.id.CopyFrom(aid.execution(int(ex["num"])).to_proto())
+            if not (inc.execution.data or inc.execution.result):
+                continue
+            ed = em.data
+            ed.created.CopyFrom(_ts(ex["created"]))
+            ed.modified.CopyFrom(_ts(ex["modified"]))
+            cfg = ex.get("config") or {}
+            info = ed.distributor_info
+            info.config_name = str(cfg.get("name", ""))
+            info.config_version = str(cfg.get("version", ""))
+            info.token = str(ex.get("dist_token", ""))
+            if info.token and cfg:
+                key = (info.config_name, info.config_version)
+                if key not in infos:
+                    try:
+                        infos[key] = self.engine.registry.build(dist.Snapshot.from_doc(cfg))[0]
+                    except Exception:
+                        infos[key] = None
+                d = infos[key]
+                if d is not None:
+                    info.url = d.info_url(info.token)
+            state = ExecutionState(ex["state"])
+            if state == ExecutionState.SCHEDULING:
+                ed.scheduling.SetInParent()
+            elif state == ExecutionState.RUNNING:
+                ed.running.SetInParent()
+            elif state == ExecutionState.STOPPING:
+                ed.stopping.SetInParent()
+            elif state == ExecutionState.FINISHED:
+                data = (ex.get("result") or {}).get("data") or {}
+                jr = mu.json_result(data) or dm_pb2.JsonResult()
+                if not inc.execution.result:
+                    jr.object = ""
+                ed.finished.data.CopyFrom(jr)
+            else:
+                ab = ex.get("abnormal") or {}
+                ed.abnormal_finish.status = int(ab.get("status", 0))  # type: ignore[assignment]
+                ed.abnormal_finish.reason = str(ab.get("reason", ""))

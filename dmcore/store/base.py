@@ -1,0 +1,146 @@
+"""The Store port: documents by path, with Firestore's transaction semantics.
+
+A *document* is a JSON-serialisable ``dict`` stored at a *path* of alternating
+collection and document ids, e.g. ``attempts/<aid>`` or
+``attempts/<aid>/executions/00000001``. A *collection* is a path with an odd
+number of segments (``attempts`` or ``attempts/<aid>/fwd_deps``); queries
+look at the documents directly inside one collection.
+
+Why Firestore's shape: the same engine runs on SQLite (embedded) and on
+Firestore (Google Cloud), and a contract test suite holds every adapter to the
+rules written here:
+
+* A transaction reads first and writes after: any read after the first write
+  raises :class:`ReadAfterWrite` (Firestore refuses it too).
+* Writes are buffered and applied atomically at commit; nothing is visible to
+  other readers before commit, and nothing at all if the function raises.
+* ``create`` fails the commit with :class:`AlreadyExists` when the document is
+  there; ``set`` overwrites; ``delete`` of a missing document is fine.
+* :meth:`Store.transaction` retries the function on contention
+  (:class:`Contention`) up to ``attempts`` times, so the function must have no
+  effects outside the transaction other than through it.
+* Queries are equality filters (``where`` = field -> value, fields may be
+  dotted paths into nested maps), optionally ordered by one field and limited.
+  Results are ``(path, doc)`` pairs; ties in ``order_by`` and unordered
+  results come in path order.
+
+Values must be JSON types (str, int, float, bool, None, list, dict). Bytes are
+stored by callers as base64 strings; times as integer microseconds.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+Doc = dict[str, Any]
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    """Base class of errors raised by a store adapter."""
+
+
+class AlreadyExists(StoreError):
+    """``create`` found a document already at the path."""
+
+
+class Contention(StoreError):
+    """The transaction lost a race; running it again may succeed (transient)."""
+
+
+class ReadAfterWrite(StoreError):
+    """A transaction tried to read after it had written (not allowed)."""
+
+
+class InvalidPath(StoreError, ValueError):
+    """A document or collection path is malformed."""
+
+
+def check_doc_path(path: str) -> None:
+    """Raise :class:`InvalidPath` unless ``path`` names a document."""
+    parts = path.split("/")
+    if len(parts) % 2 != 0 or any(not p for p in parts):
+        raise InvalidPath(f"not a document path: {path!r}")
+
+
+def check_collection_path(path: str) -> None:
+    """Raise :class:`InvalidPath` unless ``path`` names a collection."""
+    parts = path.split("/")
+    if len(parts) % 2 != 1 or any(not p for p in parts):
+        raise InvalidPath(f"not a collection path: {path!r}")
+
+
+class Transaction(abc.ABC):
+    """One read-then-write transaction. Obtain it from :meth:`Store.transaction`."""
+
+    @abc.abstractmethod
+    def get(self, path: str) -> Doc | None:
+        """The document at ``path``, or None."""
+
+    @abc.abstractmethod
+    def get_many(self, paths: Sequence[str]) -> dict[str, Doc | None]:
+        """Several documents at once (one round trip where the backend allows)."""
+
+    @abc.abstractmethod
+    def query(
+        self,
+        collection: str,
+        where: Mapping[str, Any] | None = None,
+        order_by: str | None = None,
+        descending: bool = False,
+        limit: int | None = None,
+    ) -> list[tuple[str, Doc]]:
+        """Documents directly in ``collection`` matching every equality in ``where``."""
+
+    @abc.abstractmethod
+    def set(self, path: str, doc: Doc) -> None:
+        """Write ``doc`` at ``path`` at commit, replacing what is there."""
+
+    @abc.abstractmethod
+    def create(self, path: str, doc: Doc) -> None:
+        """Write ``doc`` at ``path`` at commit; the commit fails with AlreadyExists if present."""
+
+    @abc.abstractmethod
+    def delete(self, path: str) -> None:
+        """Delete the document at ``path`` at commit (no error if absent)."""
+
+
+class Store(abc.ABC):
+    """A document store with transactions. Adapters: ``sqlite``, ``firestore``."""
+
+    @abc.abstractmethod
+    def transaction(self, fn: Callable[[Transaction], T], *, attempts: int = 10) -> T:
+        """Run ``fn`` in a transaction and commit; retry on :class:`Contention`.
+
+        Returns what ``fn`` returned. If ``fn`` raises, nothing is written and
+        the exception propagates. After ``attempts`` lost races, raises
+        :class:`Contention`.
+        """
+
+    @abc.abstractmethod
+    def get(self, path: str) -> Doc | None:
+        """Read one document outside any transaction (a consistent snapshot)."""
+
+    @abc.abstractmethod
+    def get_many(self, paths: Sequence[str]) -> dict[str, Doc | None]:
+        """Read several documents outside any transaction."""
+
+    @abc.abstractmethod
+    def query(
+        self,
+        collection: str,
+        where: Mapping[str, Any] | None = None,
+        order_by: str | None = None,
+        descending: bool = False,
+        limit: int | None = None,
+    ) -> list[tuple[str, Doc]]:
+        """Query outside any transaction; same rules as :meth:`Transaction.query`."""
+
+    @abc.abstractmethod
+    def count(self, collection: str, where: Mapping[str, Any] | None = None) -> int:
+        """How many documents in ``collection`` match ``where``."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. Default: nothing to release."""

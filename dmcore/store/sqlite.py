@@ -1,0 +1,529 @@
+"""The Store port on one SQLite file: the embedded backend.
+
+Why this shape:
+
+* WAL mode lets readers run while one writer commits, across threads and
+  processes; ``synchronous=NORMAL`` is durable against process crashes and is
+  the usual WAL setting (a power loss may drop the last commits, never corrupt).
+* Every transaction starts with ``BEGIN IMMEDIATE``: it takes the write lock
+  up front, so writers are serialised by SQLite itself. Reads inside see a
+  stable snapshot and read-modify-write cannot lose updates. A writer waiting
+  longer than the busy timeout becomes :class:`Contention` and is retried.
+  Within one process, transactions first queue on a Python lock, which hands
+  over promptly instead of relying on SQLite's polling busy handler.
+* One connection per thread (``threading.local``); connections are never
+  shared between threads, they are only closed from elsewhere by :meth:`close`.
+  Do not carry a store across ``fork``: make a new one in the child.
+* Documents are compact JSON in one table keyed by ``(collection, id)``;
+  queries filter and sort with SQLite's JSON functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import random
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dmcore.store.base import (
+    AlreadyExists,
+    Contention,
+    Doc,
+    ReadAfterWrite,
+    Store,
+    StoreError,
+    Transaction,
+    check_collection_path,
+    check_doc_path,
+)
+
+__all__ = ["SqliteStore"]
+
+T = TypeVar("T")
+
+# SQLite's bound-parameter ceiling is well above this; 500 keeps statements small.
+_CHUNK = 500
+_BUSY_TIMEOUT_S = 30.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS docs (
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    body TEXT NOT NULL,  -- compact JSON object
+    PRIMARY KEY (collection, id)
+)
+"""
+# The primary key doubles as the (collection, id) index that queries scan, so
+# a write touches two b-trees only; a document's path is collection + "/" + id.
+
+_GET = "SELECT body FROM docs WHERE collection = ? AND id = ?"
+_UPSERT = (
+    "INSERT INTO docs (collection, id, body) VALUES (?, ?, ?) "
+    "ON CONFLICT (collection, id) DO UPDATE SET body = excluded.body"
+)
+_INSERT = "INSERT INTO docs (collection, id, body) VALUES (?, ?, ?)"
+_DELETE = "DELETE FROM docs WHERE collection = ? AND id = ?"
+
+
+def _encode(doc: Doc) -> str:
+    """Serialise a document, refusing anything a JSON reader could not load back.
+
+    ``ensure_ascii=False`` keeps non-ASCII keys unescaped, so that JSON paths in
+    queries (compared against the raw key text by SQLite) match them.
+    """
+    if not isinstance(doc, dict):
+        raise TypeError(f"a document must be a dict, not {type(doc).__name__}")
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _split(path: str) -> tuple[str, str]:
+    """Validated document path -> (collection, id)."""
+    check_doc_path(path)
+    collection, _, doc_id = path.rpartition("/")
+    return collection, doc_id
+
+
+@functools.lru_cache(maxsize=1024)
+def _json_path(field: str) -> str:
+    """A dotted field path as a quoted SQL literal of a JSON path: ``'$."a"."b"'``.
+
+    Inlined (not bound) so an expression index on the same text could serve it.
+    Characters that SQLite's path syntax cannot express, or that JSON escapes
+    (so the raw key text would differ), are refused.
+    """
+    if not isinstance(field, str) or not field:
+        raise ValueError(f"bad field path: {field!r}")
+    labels = []
+    for seg in field.split("."):
+        if not seg or '"' in seg or "\\" in seg or any(ord(c) < 0x20 for c in seg):
+            raise ValueError(f"bad field path: {field!r}")
+        labels.append(f'"{seg}"')
+    return "'" + ("$." + ".".join(labels)).replace("'", "''") + "'"
+
+
+def _filters(collection: str, where: Mapping[str, Any] | None) -> tuple[list[str], list[Any]]:
+    """WHERE clauses and parameters for a collection plus equality filters.
+
+    Types are matched as Firestore does: True never equals 1, a string never
+    equals an embedded map's JSON text, and ``None`` matches an explicit null
+    only (a missing field gives SQL NULL from json_type, not ``'null'``).
+    """
+    check_collection_path(collection)
+    clauses = ["collection = ?"]
+    params: list[Any] = [collection]
+    for field, value in (where or {}).items():
+        p = _json_path(field)
+        if value is None:
+            clauses.append(f"json_type(body, {p}) = 'null'")
+        elif value is True:
+            clauses.append(f"json_type(body, {p}) = 'true'")
+        elif value is False:
+            clauses.append(f"json_type(body, {p}) = 'false'")
+        elif isinstance(value, int | float):
+            # 1 == 1.0 as in Firestore; the type check keeps true/false (1/0) out.
+            clauses.append(
+                f"json_extract(body, {p}) = ? AND json_type(body, {p}) IN ('integer', 'real')"
+            )
+            params.append(value)
+        elif isinstance(value, str):
+            clauses.append(f"json_extract(body, {p}) = ? AND json_type(body, {p}) = 'text'")
+            params.append(value)
+        else:
+            raise TypeError(
+                f"where[{field!r}]: only str, int, float, bool and None can be compared, "
+                f"not {type(value).__name__}"
+            )
+    return clauses, params
+
+
+def _select(
+    collection: str,
+    where: Mapping[str, Any] | None,
+    order_by: str | None,
+    descending: bool,
+    limit: int | None,
+) -> tuple[str, list[Any]]:
+    """SQL and parameters for :meth:`Store.query`."""
+    clauses, params = _filters(collection, where)
+    if order_by is None:
+        order = "id"
+    else:
+        p = _json_path(order_by)
+        # Firestore leaves out documents without the field, and orders values
+        # by type first: null < bool < number < string < array < map.
+        clauses.append(f"json_type(body, {p}) IS NOT NULL")
+        d = " DESC" if descending else ""
+        order = (
+            f"CASE json_type(body, {p}) WHEN 'null' THEN 0 WHEN 'false' THEN 1"
+            f" WHEN 'true' THEN 1 WHEN 'integer' THEN 2 WHEN 'real' THEN 2"
+            f" WHEN 'text' THEN 3 WHEN 'array' THEN 4 ELSE 5 END{d},"
+            f" json_extract(body, {p}){d}, id"
+        )
+    sql = f"SELECT id, body FROM docs WHERE {' AND '.join(clauses)} ORDER BY {order}"
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be a non-negative int, not {limit!r}")
+        sql += " LIMIT ?"
+        params.append(limit)
+    return sql, params
+
+
+@functools.lru_cache(maxsize=64)
+def _get_many_sql(n: int) -> str:
+    return f"SELECT id, body FROM docs WHERE collection = ? AND id IN ({','.join('?' * n)})"
+
+
+def _fetch_bodies(conn: sqlite3.Connection, paths: Iterable[str]) -> dict[str, str]:
+    """Raw JSON bodies of the present documents among ``paths``, one query per chunk.
+
+    Several statements run in one read transaction, so the result is one snapshot.
+    """
+    by_coll: dict[str, list[str]] = {}
+    for path in paths:
+        collection, doc_id = _split(path)
+        by_coll.setdefault(collection, []).append(doc_id)
+    batches = [
+        (collection, ids[i : i + _CHUNK])
+        for collection, ids in by_coll.items()
+        for i in range(0, len(ids), _CHUNK)
+    ]
+    out: dict[str, str] = {}
+    own_tx = len(batches) > 1 and not conn.in_transaction
+    if own_tx:
+        conn.execute("BEGIN")
+    try:
+        for collection, ids in batches:
+            rows = conn.execute(_get_many_sql(len(ids)), [collection, *ids])
+            for doc_id, body in rows:
+                out[f"{collection}/{doc_id}"] = body
+    finally:
+        if own_tx:
+            conn.execute("COMMIT")
+    return out
+
+
+def _get(conn: sqlite3.Connection, path: str) -> Doc | None:
+    row = conn.execute(_GET, _split(path)).fetchone()
+    return None if row is None else _decode(row[0])
+
+
+def _get_many(conn: sqlite3.Connection, paths: Sequence[str]) -> dict[str, Doc | None]:
+    if isinstance(paths, str):  # a str is a Sequence[str]; almost surely a mistake
+        raise TypeError("get_many takes a sequence of paths, not one path")
+    bodies = _fetch_bodies(conn, paths)
+    return {p: (_decode(bodies[p]) if p in bodies else None) for p in paths}
+
+
+def _query(
+    conn: sqlite3.Connection,
+    collection: str,
+    *,
+    where: Mapping[str, Any] | None,
+    order_by: str | None,
+    descending: bool,
+    limit: int | None,
+) -> list[tuple[str, Doc]]:
+    sql, params = _select(collection, where, order_by, descending, limit)
+    prefix = collection + "/"
+    return [(prefix + doc_id, _decode(body)) for doc_id, body in conn.execute(sql, params)]
+
+
+def _decode(body: str) -> Doc:
+    doc: Doc = json.loads(body)
+    return doc
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    msg = str(exc).lower()
+    return "locked" in msg or "busy" in msg
+
+
+class _Write:
+    """The net effect of a transaction's writes to one path."""
+
+    __slots__ = ("body", "doomed", "must_be_absent")
+
+    def __init__(self, body: str | None, must_be_absent: bool, doomed: bool) -> None:
+        self.body = body  # None: delete
+        self.must_be_absent = must_be_absent  # a create came first: path must not exist now
+        self.doomed = doomed  # a create followed a set in this transaction: always fails
+
+
+class _SqliteTransaction(Transaction):
+    """Reads go to the connection (inside BEGIN IMMEDIATE); writes are buffered."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._writes: dict[str, _Write] = {}
+        self._live = True
+
+    # -- reads
+
+    def _before_read(self) -> None:
+        if not self._live:
+            raise StoreError("transaction used after it ended")
+        if self._writes:
+            raise ReadAfterWrite("a transaction cannot read after it has written")
+
+    def get(self, path: str) -> Doc | None:
+        self._before_read()
+        return _get(self._conn, path)
+
+    def get_many(self, paths: Sequence[str]) -> dict[str, Doc | None]:
+        self._before_read()
+        return _get_many(self._conn, paths)
+
+    def query(
+        self,
+        collection: str,
+        where: Mapping[str, Any] | None = None,
+        order_by: str | None = None,
+        descending: bool = False,
+        limit: int | None = None,
+    ) -> list[tuple[str, Doc]]:
+        self._before_read()
+        return _query(
+            self._conn,
+            collection,
+            where=where,
+            order_by=order_by,
+            descending=descending,
+            limit=limit,
+        )
+
+    # -- writes (buffered; validated and serialised now, so later mutation of
+    # the caller's dict has no effect and bad input fails before commit)
+
+    def _before_write(self, path: str) -> _Write | None:
+        if not self._live:
+            raise StoreError("transaction used after it ended")
+        check_doc_path(path)
+        return self._writes.get(path)
+
+    def set(self, path: str, doc: Doc) -> None:
+        prev = self._before_write(path)
+        body = _encode(doc)
+        self._writes[path] = _Write(
+            body, prev is not None and prev.must_be_absent, prev is not None and prev.doomed
+        )
+
+    def create(self, path: str, doc: Doc) -> None:
+        prev = self._before_write(path)
+        body = _encode(doc)
+        if prev is None:
+            self._writes[path] = _Write(body, True, False)
+        else:
+            # After a delete in this transaction the path is free; after a set it is not.
+            self._writes[path] = _Write(
+                body, prev.must_be_absent, prev.doomed or prev.body is not None
+            )
+
+    def delete(self, path: str) -> None:
+        prev = self._before_write(path)
+        self._writes[path] = _Write(
+            None, prev is not None and prev.must_be_absent, prev is not None and prev.doomed
+        )
+
+    # -- commit
+
+    def _apply(self) -> None:
+        """Write the buffer; the caller holds the write lock and commits or rolls back."""
+        self._live = False
+        writes = self._writes
+        if not writes:
+            return
+        doomed = [p for p, w in writes.items() if w.doomed]
+        if doomed:
+            raise AlreadyExists(f"create of a document set earlier in the transaction: {doomed}")
+        must_be_absent = [p for p, w in writes.items() if w.must_be_absent]
+        if must_be_absent:
+            present = sorted(_fetch_bodies(self._conn, must_be_absent))
+            if present:
+                raise AlreadyExists(f"document(s) already exist: {', '.join(present)}")
+        upserts: list[tuple[str, str, str]] = []
+        inserts: list[tuple[str, str, str]] = []
+        deletes: list[tuple[str, str]] = []
+        for path, w in writes.items():
+            collection, _, doc_id = path.rpartition("/")
+            if w.body is None:
+                deletes.append((collection, doc_id))
+            elif w.must_be_absent:
+                inserts.append((collection, doc_id, w.body))
+            else:
+                upserts.append((collection, doc_id, w.body))
+        # Paths are distinct, so the three batches commute.
+        if deletes:
+            self._conn.executemany(_DELETE, deletes)
+        if inserts:
+            try:
+                self._conn.executemany(_INSERT, inserts)
+            except sqlite3.IntegrityError as e:  # unreachable under the write lock; kept as a guard
+                raise AlreadyExists(str(e)) from e
+        if upserts:
+            self._conn.executemany(_UPSERT, upserts)
+
+
+class _Local(threading.local):
+    """Per-thread state; class attributes are the per-thread defaults."""
+
+    holder: _ConnHolder | None = None
+    in_tx: bool = False
+
+
+class _ConnHolder:
+    """Owns one thread's connection; when the thread ends and drops it, a finalizer closes it."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+
+class SqliteStore(Store):
+    """A :class:`Store` in one SQLite file, safe for many threads and processes."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, busy_timeout: float = _BUSY_TIMEOUT_S
+    ) -> None:
+        self._path = Path(path)
+        self._busy_timeout = busy_timeout
+        self._local = _Local()
+        self._lock = threading.Lock()  # guards _finalizers
+        self._tx_lock = threading.Lock()  # one transaction at a time per process (see _run_once)
+        self._finalizers: list[weakref.finalize[Any, Any]] = []
+        self._closed = False
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._conn()
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"could not put {self._path} in WAL mode (got {mode!r})")
+        conn.execute(_SCHEMA)
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        holder = self._local.holder
+        if self._closed:
+            raise StoreError("store is closed")
+        if holder is not None:
+            return holder.conn
+        # check_same_thread=False only so close() may close every thread's
+        # connection; each connection is otherwise used by its own thread only.
+        conn = sqlite3.connect(
+            self._path,
+            timeout=self._busy_timeout,
+            isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+            check_same_thread=False,
+            cached_statements=256,
+        )
+        conn.execute("PRAGMA synchronous=NORMAL")
+        holder = _ConnHolder(conn)
+        fin = weakref.finalize(holder, conn.close)
+        with self._lock:
+            self._finalizers = [f for f in self._finalizers if f.alive]
+            self._finalizers.append(fin)
+        self._local.holder = holder
+        return conn
+
+    def transaction(self, fn: Callable[[Transaction], T], *, attempts: int = 10) -> T:
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        local = self._local
+        if local.in_tx:
+            raise StoreError("nested transaction: store.transaction() called inside a transaction")
+        conn = self._conn()
+        last: Exception | None = None
+        for attempt in range(attempts):
+            if attempt:
+                # Jittered exponential backoff: 10 ms, 20 ms, ... capped at 0.5 s.
+                time.sleep(min(0.01 * 2 ** (attempt - 1), 0.5) * random.uniform(0.5, 1.5))
+            local.in_tx = True
+            try:
+                return self._run_once(conn, fn)
+            except Contention as e:
+                last = e
+            except sqlite3.OperationalError as e:
+                if not _is_busy(e):
+                    raise
+                last = e
+            finally:
+                local.in_tx = False
+        raise Contention(f"transaction gave up after {attempts} attempts: {last}") from last
+
+    def _run_once(self, conn: sqlite3.Connection, fn: Callable[[Transaction], T]) -> T:
+        # Writers queue on a Python lock first: it wakes a waiter as soon as it
+        # is released, where SQLite's busy handler polls with growing sleeps and
+        # lets busy threads starve a waiting one. Holding SQLite's write lock
+        # serialises writers anyway, so this costs no parallelism.
+        if not self._tx_lock.acquire(timeout=self._busy_timeout):
+            raise Contention("timed out waiting for this process's other transactions")
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # waits up to busy_timeout for other processes
+            tx = _SqliteTransaction(conn)
+            try:
+                result = fn(tx)
+                tx._apply()
+                conn.execute("COMMIT")
+            except BaseException:
+                tx._live = False
+                if conn.in_transaction:
+                    # Never mask the original exception with a rollback failure.
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+            return result
+        finally:
+            self._tx_lock.release()
+
+    def get(self, path: str) -> Doc | None:
+        return _get(self._conn(), path)
+
+    def get_many(self, paths: Sequence[str]) -> dict[str, Doc | None]:
+        return _get_many(self._conn(), paths)
+
+    def query(
+        self,
+        collection: str,
+        where: Mapping[str, Any] | None = None,
+        order_by: str | None = None,
+        descending: bool = False,
+        limit: int | None = None,
+    ) -> list[tuple[str, Doc]]:
+        return _query(
+            self._conn(),
+            collection,
+            where=where,
+            order_by=order_by,
+            descending=descending,
+            limit=limit,
+        )
+
+    def count(self, collection: str, where: Mapping[str, Any] | None = None) -> int:
+        clauses, params = _filters(collection, where)
+        sql = f"SELECT count(*) FROM docs WHERE {' AND '.join(clauses)}"
+        n: int = self._conn().execute(sql, params).fetchone()[0]
+        return n
+
+    def close(self) -> None:
+        """Close every thread's connection; the store cannot be used afterwards."""
+        with self._lock:
+            self._closed = True
+            finalizers, self._finalizers = self._finalizers, []
+        for fin in finalizers:
+            fin()
+        self._local.holder = None
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self._path)!r})"

@@ -1,0 +1,286 @@
+"""A test bench for the engine: fake clock, seeded randomness, the fake distributor.
+
+``Harness(tmp_path)`` runs the real engine on a real SQLite store with either
+the real local queue (``queue="local"``) or :class:`ChaosQueue`, an in-memory
+test double of the TaskQueue port that delivers due tasks in random order,
+delivers some twice, delays some, and can fail a dispatch after the commit
+(as a process crash between commit and enqueue would).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from distributors.fake import FakeWorld, Job
+from dmcore import ids
+from dmcore.distributor import Registry, backoff
+from dmcore.engine import docs
+from dmcore.engine.core import Engine, Settings
+from dmcore.ids import AttemptID, ExecutionID
+from dmcore.proto import dm_pb2
+from dmcore.queue.base import Task, TaskQueue
+from dmcore.queue.local import LocalQueue
+from dmcore.service import Caller, Service
+from dmcore.states import AttemptState, ExecutionState
+from dmcore.store.sqlite import SqliteStore
+
+START_US = 1_700_000_000_000_000
+SECRET = b"test-notify-secret-0123456789abc"
+
+
+class FakeClock:
+    def __init__(self, start_us: int = START_US) -> None:
+        self.now_us = start_us
+
+    def __call__(self) -> int:
+        return self.now_us
+
+    def advance(self, seconds: float) -> None:
+        self.now_us += int(seconds * 1_000_000)
+
+
+@dataclasses.dataclass
+class Chaos:
+    """Fault rates of the ChaosQueue (0 = never)."""
+
+    duplicate: float = 0.0
+    delay: float = 0.0
+    fail_dispatch: float = 0.0
+    reorder: bool = True
+
+
+class ChaosQueue(TaskQueue):
+    """In-memory TaskQueue test double with injected faults (names deduplicated forever)."""
+
+    def __init__(self, clock: FakeClock, rng: random.Random, chaos: Chaos) -> None:
+        self.clock = clock
+        self.rng = rng
+        self.chaos = chaos
+        self.pending: list[tuple[Task, int]] = []
+        self.seen: set[str] = set()
+        self.delivered = 0
+
+    def enqueue(self, task: Task) -> bool:
+        return self.enqueue_many([task])[0]
+
+    def enqueue_many(self, tasks: Sequence[Task]) -> list[bool]:
+        if self.chaos.fail_dispatch and self.rng.random() < self.chaos.fail_dispatch:
+            raise ConnectionError("chaos: dispatch failed")
+        out = []
+        for t in tasks:
+            if t.name in self.seen:
+                out.append(False)
+                continue
+            self.seen.add(t.name)
+            eta = t.eta_us
+            if self.chaos.delay and self.rng.random() < self.chaos.delay:
+                eta = max(eta, self.clock()) + self.rng.randint(1, 3_000_000)
+            self.pending.append((dataclasses.replace(t, eta_us=eta), 1))
+            out.append(True)
+        return out
+
+    def next_due_us(self) -> int | None:
+        return min((t.eta_us for t, _ in self.pending), default=None)
+
+    def take(self) -> tuple[Task, int] | None:
+        now = self.clock()
+        due = [i for i, (t, _) in enumerate(self.pending) if t.eta_us <= now]
+        if not due:
+            return None
+        i = self.rng.choice(due) if self.chaos.reorder else due[0]
+        return self.pending.pop(i)
+
+    def retry(self, task: Task, delivery: int, at_us: int) -> None:
+        self.pending.append((dataclasses.replace(task, eta_us=at_us), delivery + 1))
+
+    def maybe_duplicate(self, task: Task, delivery: int) -> None:
+        if self.chaos.duplicate and self.rng.random() < self.chaos.duplicate:
+            self.pending.append((task, delivery + 1))
+
+
+class Harness:
+    """The engine + service + fake distributor, driven step by step by a test."""
+
+    def __init__(
+        self,
+        tmp_path: Any,
+        *,
+        queue: str = "local",
+        seed: int = 0,
+        chaos: Chaos | None = None,
+        configs: dict[str, Any] | None = None,
+    ) -> None:
+        self.clock = FakeClock()
+        self.rng = random.Random(seed)
+        self.store = SqliteStore(tmp_path / "dm.sqlite")
+        self.local: LocalQueue | None = None
+        self.chaos: ChaosQueue | None = None
+        q: TaskQueue
+        if queue == "local":
+            self.local = LocalQueue(tmp_path / "queue.sqlite", clock=self.clock)
+            q = self.local
+        else:
+            self.chaos = ChaosQueue(self.clock, self.rng, chaos or Chaos(duplicate=0.3, delay=0.2))
+            q = self.chaos
+        self.registry = Registry(dm_host="dm.test")
+        self.world = FakeWorld(self.rng.randbytes)
+        self.world.install(self.registry)
+        self.registry.set_config(
+            self.registry.config_from_dict(
+                {
+                    "distributor_configs": configs
+                    or {
+                        "fake": {"fake": {}},
+                        "fake_poll": {"fake": {"poll_timeout": "60s"}},
+                        "fake_alias": {"alias": {"other_config": "fake"}},
+                    }
+                }
+            ),
+            version="v1",
+        )
+        self.engine = Engine(
+            self.store,
+            q,
+            self.registry,
+            clock=self.clock,
+            rand=self.rng.randbytes,
+            settings=Settings(notify_secret=SECRET),
+        )
+        self.service = Service(self.engine)
+        self.world.service = self.service
+        self.inbox: list[tuple[bytes, dict[str, str]]] = []
+        self.world.publish = lambda topic, data, attrs: self.inbox.append((data, dict(attrs)))
+        self.failures: list[str] = []
+
+    # -- driving ------------------------------------------------------------------
+
+    def _deliver_inbox(self) -> int:
+        n = 0
+        while self.inbox:
+            i = self.rng.randrange(len(self.inbox)) if self.chaos else 0
+            data, attrs = self.inbox.pop(i)
+            self.engine.receive_notification(data, attrs)
+            if (
+                self.chaos
+                and self.chaos.chaos.duplicate
+                and self.rng.random() < self.chaos.chaos.duplicate
+            ):
+                self.engine.receive_notification(data, attrs)
+            n += 1
+        return n
+
+    def drain(self, max_tasks: int = 100_000) -> int:
+        """Deliver notifications and run every task due now; returns how many ran."""
+        total = 0
+        while total < max_tasks:
+            n = self._deliver_inbox()
+            if self.local is not None:
+                leased = self.local.lease(50)
+                for lt in leased:
+                    try:
+                        self.engine.handle_task(
+                            lt.task.target, lt.task.payload, lt.attempt, lt.task.name
+                        )
+                    except Exception as e:
+                        self.failures.append(f"{lt.task.payload.get('kind')}: {e!r}")
+                        self.local.nack(lt.task.name, self.clock() + int(backoff(lt.attempt) * 1e6))
+                    else:
+                        self.local.ack([lt.task.name])
+                n += len(leased)
+            else:
+                assert self.chaos is not None
+                while (item := self.chaos.take()) is not None:
+                    task, delivery = item
+                    try:
+                        self.engine.handle_task(task.target, task.payload, delivery, task.name)
+                    except Exception as e:
+                        self.failures.append(f"{task.payload.get('kind')}: {e!r}")
+                        self.chaos.retry(
+                            task, delivery, self.clock() + int(backoff(delivery) * 1e6)
+                        )
+                    else:
+                        self.chaos.maybe_duplicate(task, delivery)
+                    n += 1
+            if n == 0:
+                break
+            total += n
+        return total
+
+    def next_due_us(self) -> int | None:
+        return (
+            self.local.next_due_us()
+            if self.local
+            else self.chaos.next_due_us()
+            if self.chaos
+            else None
+        )
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.drain()
+
+    def settle(self, max_seconds: float = 3600) -> None:
+        """Drain, sweep and move the clock to each next due task, up to ``max_seconds``."""
+        end = self.clock() + int(max_seconds * 1e6)
+        while True:
+            self.drain()
+            self.clock.advance(6)  # past the outbox staleness limit
+            self.engine.sweep()
+            if self.drain():
+                continue
+            nxt = self.next_due_us()
+            if nxt is None or nxt > end:
+                return
+            self.clock.now_us = max(self.clock.now_us, nxt)
+
+    # -- the API as a user would call it ----------------------------------------------
+
+    def ensure(self, *descs: dm_pb2.Quest.Desc, attempts: Sequence[int] = (1,)) -> list[str]:
+        req = dm_pb2.EnsureGraphDataReq()
+        for d in descs:
+            req.quest.append(d)
+            req.quest_attempt.add(nums=list(attempts))
+        rsp = self.service.ensure_graph_data(req, Caller.trusted())
+        assert rsp.accepted
+        self.drain()
+        return [q.id for q in rsp.quest_ids]
+
+    def attempt(self, aid: AttemptID) -> dict[str, Any]:
+        doc = self.store.get(docs.attempt_path(aid))
+        assert doc is not None, f"no attempt {aid}"
+        return doc
+
+    def state(self, aid: AttemptID) -> AttemptState:
+        return AttemptState(self.attempt(aid)["state"])
+
+    def execution(self, eid: ExecutionID) -> dict[str, Any]:
+        doc = self.store.get(docs.execution_path(eid))
+        assert doc is not None, f"no execution {eid}"
+        return doc
+
+    def exec_state(self, eid: ExecutionID) -> ExecutionState:
+        return ExecutionState(self.execution(eid)["state"])
+
+    def result(self, aid: AttemptID) -> Any:
+        import json
+
+        doc = self.store.get(docs.result_path(aid))
+        return None if doc is None else json.loads(doc["object"])
+
+    def play(self, eid: ExecutionID, callback: Callable[[Job], None]) -> dm_pb2.Result:
+        """Play one execution and let the engine react."""
+        r = self.world.run_task(eid, callback)
+        self.drain()
+        return r
+
+    def close(self) -> None:
+        if self.local:
+            self.local.close()
+        self.store.close()
+
+
+def qid_of(desc: dm_pb2.Quest.Desc) -> str:
+    return ids.quest_id(desc)

@@ -1,0 +1,156 @@
+"""Quest IDs (DM's test vectors) and attempt/execution encodings."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest
+
+from dmcore import ids
+from dmcore.errors import InvalidArgument
+from dmcore.proto import dm_pb2
+
+VECTOR_1 = "1258phYs8GW6qM5AQopQ_L3A5cZhO7iaYQZyFkNusVw"
+VECTOR_2 = "IMTBeXfkZgGntgNfWMuLa_YQA62o9dzxi0EoLCYXbsE"
+
+
+def _desc(params: str, dist: str = "{  }") -> dm_pb2.Quest.Desc:
+    return dm_pb2.Quest.Desc(
+        distributor_config_name="swarming", parameters=params, distributor_parameters=dist
+    )
+
+
+def test_vector_1() -> None:
+    assert ids.quest_id(_desc('{  "key"  :  ["value"]}')) == VECTOR_1
+
+
+def test_vector_2() -> None:
+    assert ids.quest_id(_desc('{"key":["value"], "abc": true}')) == VECTOR_2
+
+
+def test_vector_from_json_dict_form() -> None:
+    d = {
+        "distributor_config_name": "swarming",
+        "parameters": '{  "key"  :  ["value"]}',
+        "distributor_parameters": "{  }",
+    }
+    assert ids.quest_id(d) == VECTOR_1
+    # Parameters may be given as objects too.
+    assert (
+        ids.quest_id({**d, "parameters": {"key": ["value"]}, "distributor_parameters": {}})
+        == VECTOR_1
+    )
+
+
+def _raw_hash(desc: dm_pb2.Quest.Desc) -> str:
+    digest = hashlib.sha256(desc.SerializeToString()).digest()
+    return base64.urlsafe_b64encode(digest).decode()[:-1]
+
+
+def test_meta_without_empty_submessages_differs() -> None:
+    d = _desc('{"key":["value"]}', "{}")
+    d.meta.SetInParent()
+    assert _raw_hash(d) == "pTK6uvJl3rgOmuEdsMemCZ_3l6sn-yOpLFVDg_VFy4o"
+    assert (
+        _raw_hash(_desc('{"key":["value"]}', "{}")) == "KS5LstzfuJ9-Uj1Jc52k7WKijG2xhWepmO7N0LA-Egk"
+    )
+    assert ids.quest_id(d) == VECTOR_1
+
+
+def test_normalized_desc_always_has_meta() -> None:
+    n = ids.normalize_desc(_desc('{"a":1}'))
+    assert n.HasField("meta") and n.meta.HasField("retry") and n.meta.HasField("timeouts")
+    assert n.parameters == '{"a":1}' and n.distributor_parameters == "{}"
+
+
+def test_id_shape() -> None:
+    qid = ids.quest_id(_desc("{}"))
+    assert len(qid) == 43 and ids.QUEST_ID_RE.match(qid)
+
+
+def test_explicit_zero_timeout_changes_id() -> None:
+    a = _desc("{}")
+    b = _desc("{}")
+    b.meta.timeouts.start.SetInParent()
+    assert ids.quest_id(a) != ids.quest_id(b)
+
+
+def test_unknown_fields_are_not_hashed() -> None:
+    d = _desc("{}")
+    raw = d.SerializeToString() + b"\xa8\x06\x01"  # field 101, varint 1
+    with_unknown = dm_pb2.Quest.Desc.FromString(raw)
+    assert ids.quest_id(with_unknown) == ids.quest_id(d)
+
+
+@pytest.mark.parametrize(
+    ("params", "dist", "match"),
+    [
+        ("[1]", "{}", r"parameters: .*object"),
+        ('{"a":1} x', "{}", r"parameters: .*(junk|extra)"),
+        ("", "{}", "parameters: "),
+        ("{}", "7", r"distributor_parameters: .*object"),
+        ('{"a":NaN}', "{}", "parameters: "),
+    ],
+)
+def test_bad_json_names_the_field(params: str, dist: str, match: str) -> None:
+    with pytest.raises(InvalidArgument, match=match):
+        ids.quest_id(_desc(params, dist))
+
+
+def test_payload_limit() -> None:
+    big = '{"a":"' + "x" * (262_144 - 8) + '"}'
+    with pytest.raises(InvalidArgument, match="262144-byte limit"):
+        ids.quest_id(_desc(big, "{}"))
+    ok = '{"a":"' + "x" * (262_144 - 10) + '"}'
+    assert len(ok) + 2 == 262_144
+    assert len(ids.quest_id(_desc(ok, "{}"))) == 43
+
+
+def test_negative_timeout() -> None:
+    d = _desc("{}")
+    d.meta.timeouts.run.seconds = -1
+    with pytest.raises(InvalidArgument, match=r"meta\.timeouts\.run: must not be negative"):
+        ids.quest_id(d)
+
+
+def test_missing_config_name() -> None:
+    with pytest.raises(InvalidArgument, match="distributor_config_name: required"):
+        ids.quest_id({"parameters": "{}", "distributor_parameters": "{}"})
+
+
+def test_unknown_json_field() -> None:
+    with pytest.raises(InvalidArgument, match=r"quest: .*bogus"):
+        ids.quest_id({"distributor_config_name": "x", "bogus": 1})
+
+
+def test_attempt_encoding_sorts_newest_first() -> None:
+    q = ids.quest_id(_desc("{}"))
+    a1, a2 = ids.AttemptID(q, 1), ids.AttemptID(q, 2)
+    assert a1.encoded == f"{q}|fffffffe"
+    assert a2.encoded < a1.encoded
+    assert f"{q}|" < a1.encoded < f"{q}~"
+    assert ids.AttemptID.decode(a2.encoded) == a2
+    assert str(a1) == f"{q}|1" and ids.AttemptID.parse(str(a1)) == a1
+
+
+def test_execution_ids() -> None:
+    q = ids.quest_id(_desc("{}"))
+    e = ids.ExecutionID(q, 3, 2)
+    assert str(e) == f"{q}|3|2"
+    assert ids.ExecutionID.parse(str(e)) == e
+    assert e.encoded_num == "fffffffd"
+    assert ids.ExecutionID.decode_num(e.attempt_id, e.encoded_num) == e
+    assert ids.ExecutionID.from_proto(e.to_proto()) == e
+
+
+@pytest.mark.parametrize("n", [0, -1, 2**32, True])
+def test_bad_attempt_numbers(n: int) -> None:
+    with pytest.raises(InvalidArgument, match="attempt: must be a number"):
+        ids.AttemptID("q" * 43, n)
+
+
+@pytest.mark.parametrize("text", ["nope", "a|b", "short|1", "x" * 43 + "|1|x"])
+def test_bad_text_forms(text: str) -> None:
+    with pytest.raises(InvalidArgument):
+        ids.ExecutionID.parse(text)

@@ -1,0 +1,571 @@
+"""Tests of the local (SQLite) TaskQueue adapter and its QueueWorker."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from dmcore.queue.base import InvalidTask, QueueError, Task
+from dmcore.queue.local import (
+    DEFAULT_LEASE_US,
+    LeasedTask,
+    LocalQueue,
+    QueueWorker,
+    default_backoff,
+)
+
+SEC = 1_000_000
+T0 = 1_700_000_000 * SEC
+TOMBSTONE_US = 3600 * SEC
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now_us: int = T0) -> None:
+        self.now_us = now_us
+
+    def __call__(self) -> int:
+        return self.now_us
+
+    def advance(self, us: int) -> None:
+        self.now_us += us
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "queue.sqlite"
+
+
+@pytest.fixture
+def q(db_path: Path, clock: FakeClock) -> Iterator[LocalQueue]:
+    queue = LocalQueue(db_path, clock=clock)
+    yield queue
+    queue.close()
+
+
+def task(name: str, target: str = "mutation", eta_us: int = 0, **payload: Any) -> Task:
+    return Task(name=name, target=target, payload=payload, eta_us=eta_us)
+
+
+def advance_to_next_due(q: LocalQueue, clock: FakeClock) -> None:
+    """What a driver loop with a fake clock does instead of sleeping."""
+    due = q.next_due_us()
+    assert due is not None
+    clock.now_us = max(clock.now_us, due)
+
+
+def names(leased: list[LeasedTask]) -> list[str]:
+    return [lt.task.name for lt in leased]
+
+
+# -- LocalQueue --
+
+
+def test_enqueue_lease_ack(q: LocalQueue) -> None:
+    t = task("a", target="distributor/jobsim", x=1, nested={"l": [1, "two", None]})
+    assert q.enqueue(t)
+    assert q.pending_count() == 1
+    [lt] = q.lease()
+    assert lt == LeasedTask(task=t, attempt=1)
+    assert q.lease() == []  # hidden while leased
+    q.ack(["a"])
+    assert q.pending_count() == 0
+    assert q.next_due_us() is None
+    assert q.lease() == []
+
+
+def test_duplicate_refused_pending_done_and_accepted_after_tombstone(
+    q: LocalQueue, clock: FakeClock
+) -> None:
+    assert q.enqueue(task("a", v=1))
+    assert not q.enqueue(task("a", v=2))  # pending
+    [lt] = q.lease()
+    assert not q.enqueue(task("a", v=3))  # leased
+    q.ack([lt.task.name])
+    assert not q.enqueue(task("a", v=4))  # tombstone
+    clock.advance(TOMBSTONE_US - 1)
+    assert q.purge_tombstones() == 0
+    assert not q.enqueue(task("a", v=5))  # tombstone still live
+    clock.advance(1)
+    assert q.purge_tombstones() == 1
+    assert q.enqueue(task("a", v=6))
+    [lt] = q.lease()
+    assert lt.task.payload == {"v": 6}
+    assert lt.attempt == 1
+
+
+def test_expired_tombstone_not_yet_purged_is_replaced(q: LocalQueue, clock: FakeClock) -> None:
+    q.enqueue(task("a", v=1))
+    q.lease()
+    q.ack(["a"])
+    clock.advance(TOMBSTONE_US)
+    assert q.enqueue(task("a", v=2))  # expired even though purge has not run
+    [lt] = q.lease()
+    assert (lt.task.payload, lt.attempt) == ({"v": 2}, 1)
+
+
+def test_eta_respected(q: LocalQueue, clock: FakeClock) -> None:
+    q.enqueue(task("later", eta_us=T0 + 10 * SEC))
+    assert q.lease() == []
+    assert q.next_due_us() == T0 + 10 * SEC
+    clock.advance(10 * SEC - 1)
+    assert q.lease() == []
+    clock.advance(1)
+    assert names(q.lease()) == ["later"]
+
+
+def test_lease_orders_by_eta_then_name_and_limits(q: LocalQueue, clock: FakeClock) -> None:
+    q.enqueue_many(
+        [
+            task("c", eta_us=T0 - 1),
+            task("b", eta_us=T0 - 5),
+            task("a", eta_us=T0 - 1),
+            task("d", eta_us=0),
+            task("future", eta_us=T0 + 1),
+        ]
+    )
+    assert names(q.lease(limit=2)) == ["d", "b"]
+    assert names(q.lease()) == ["a", "c"]
+    assert q.lease(limit=0) == []
+
+
+def test_lease_target_prefix(q: LocalQueue) -> None:
+    q.enqueue_many([task("m", target="mutation"), task("d", target="distributor/jobsim")])
+    assert names(q.lease(target_prefix="distributor/")) == ["d"]
+    assert names(q.lease(target_prefix="distributor/")) == []
+    assert names(q.lease()) == ["m"]
+
+
+def test_unacked_lease_expires_and_task_is_redelivered(q: LocalQueue, clock: FakeClock) -> None:
+    q.enqueue(task("a"))
+    [first] = q.lease()
+    assert first.attempt == 1
+    # The worker "crashes": no ack. The task stays hidden for the lease.
+    assert q.next_due_us() == T0 + DEFAULT_LEASE_US
+    clock.advance(DEFAULT_LEASE_US - 1)
+    assert q.lease() == []
+    clock.advance(1)
+    [second] = q.lease()
+    assert second.task == first.task
+    assert second.attempt == 2
+    q.ack(["a"])
+    assert q.pending_count() == 0
+
+
+def test_nack_sets_retry_time(q: LocalQueue, clock: FakeClock) -> None:
+    q.enqueue(task("a"))
+    q.lease()
+    q.nack("a", T0 + 5 * SEC)  # earlier than the lease end: the lease is released
+    assert q.next_due_us() == T0 + 5 * SEC
+    clock.advance(5 * SEC - 1)
+    assert q.lease() == []
+    clock.advance(1)
+    [lt] = q.lease()
+    assert lt.attempt == 2
+
+
+def test_ack_and_nack_of_unknown_or_done_names_are_ignored(q: LocalQueue, clock: FakeClock) -> None:
+    q.ack([])
+    q.ack(["nope"])
+    q.nack("nope", T0)
+    q.enqueue(task("a"))
+    q.lease()
+    q.ack(["a"])
+    q.nack("a", T0)  # a late nack does not revive a done task
+    clock.advance(1)
+    q.ack(["a"])  # nor does a second ack extend the tombstone
+    assert q.pending_count() == 0
+    clock.advance(TOMBSTONE_US - 1)
+    assert q.purge_tombstones() == 1
+
+
+def test_survives_restart(db_path: Path, clock: FakeClock) -> None:
+    q1 = LocalQueue(db_path, clock=clock)
+    q1.enqueue_many([task("done"), task("leased"), task("later", eta_us=T0 + SEC)])
+    [lt] = q1.lease(limit=1)
+    assert lt.task.name == "done"
+    q1.ack(["done"])
+    q1.lease(limit=1)  # "leased", never acked
+    q1.close()
+    with pytest.raises(QueueError):
+        q1.pending_count()
+
+    q2 = LocalQueue(db_path, clock=clock)
+    try:
+        assert q2.pending_count() == 2
+        assert not q2.enqueue(task("done"))  # tombstone survived
+        assert not q2.enqueue(task("later"))
+        clock.advance(DEFAULT_LEASE_US)
+        got = q2.lease()
+        assert [(lt.task.name, lt.attempt) for lt in got] == [("leased", 2), ("later", 1)]
+    finally:
+        q2.close()
+
+
+def test_enqueue_many_per_task_results(q: LocalQueue) -> None:
+    q.enqueue(task("old"))
+    assert q.enqueue_many([]) == []
+    result = q.enqueue_many([task("x", v=1), task("old"), task("x", v=2), task("y")])
+    assert result == [True, False, False, True]
+    got = {lt.task.name: lt.task.payload for lt in q.lease()}
+    assert got == {"old": {}, "x": {"v": 1}, "y": {}}
+
+
+@pytest.mark.parametrize("bad_name", ["", "has space", "slash/no", "x" * 501, "dot.no"])
+def test_invalid_task_name_rejected_by_task(bad_name: str) -> None:
+    with pytest.raises(InvalidTask):
+        Task(name=bad_name, target="mutation", payload={})
+
+
+def test_invalid_task_rejected_with_nothing_written(q: LocalQueue) -> None:
+    with pytest.raises(InvalidTask):
+        Task(name="ok", target="", payload={})
+    bad_payload = Task(name="bad", target="mutation", payload={"x": object()})
+    with pytest.raises(InvalidTask):
+        q.enqueue_many([task("good"), bad_payload])
+    nan_payload = Task(name="nan", target="mutation", payload={"x": float("nan")})
+    with pytest.raises(InvalidTask):
+        q.enqueue(nan_payload)
+    # A name that slipped past Task's own check (frozen dataclasses can be bypassed).
+    sneaky = task("sneaky")
+    object.__setattr__(sneaky, "name", "bad name")
+    with pytest.raises(InvalidTask):
+        q.enqueue_many([task("good"), sneaky])
+    assert q.pending_count() == 0
+    assert q.enqueue(task("good"))
+
+
+def test_next_due_us(q: LocalQueue, clock: FakeClock) -> None:
+    assert q.next_due_us() is None
+    q.enqueue(task("late", eta_us=T0 + 100 * SEC))
+    assert q.next_due_us() == T0 + 100 * SEC
+    q.enqueue(task("past", eta_us=T0 - SEC))
+    assert q.next_due_us() == T0 - SEC  # may be in the past: due now
+    q.lease(limit=1)  # leases "past"
+    assert q.next_due_us() == T0 + DEFAULT_LEASE_US
+    q.ack(["past"])
+    assert q.next_due_us() == T0 + 100 * SEC
+
+
+def test_constructor_rejects_memory_and_bad_durations(db_path: Path, clock: FakeClock) -> None:
+    with pytest.raises(ValueError):
+        LocalQueue(":memory:", clock=clock)
+    with pytest.raises(ValueError):
+        LocalQueue(db_path, clock=clock, lease_us=0)
+
+
+def test_threads_have_their_own_connections(q: LocalQueue) -> None:
+    q.enqueue_many([task(f"t{i:02d}") for i in range(20)])
+    got: list[list[str]] = [[], []]
+
+    def lease_all(i: int) -> None:
+        while batch := q.lease(limit=1):
+            got[i].extend(names(batch))
+
+    threads = [threading.Thread(target=lease_all, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got[0] + got[1]) == [f"t{i:02d}" for i in range(20)]
+
+
+# -- two processes --
+
+_MP_NOW = T0
+
+
+def _mp_clock() -> int:
+    return _MP_NOW
+
+
+def _mp_lease_all(path: str, barrier: Any, results: Any) -> None:
+    """Child process: lease one task at a time until none is left."""
+    queue = LocalQueue(path, clock=_mp_clock)
+    got: list[str] = []
+    barrier.wait()
+    while batch := queue.lease(limit=2):
+        got.extend(names(batch))
+    queue.close()
+    results.put(got)
+
+
+def test_two_processes_never_lease_the_same_task(db_path: Path) -> None:
+    n = 60
+    q = LocalQueue(db_path, clock=_mp_clock)
+    q.enqueue_many([task(f"p{i:03d}") for i in range(n)])
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=_mp_lease_all, args=(str(db_path), barrier, results)) for _ in range(2)
+    ]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=60), results.get(timeout=60)]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    all_leased = got[0] + got[1]
+    assert len(all_leased) == n  # each exactly once
+    assert sorted(all_leased) == [f"p{i:03d}" for i in range(n)]
+    assert q.lease() == []  # all still leased
+    q.close()
+
+
+# -- QueueWorker --
+
+
+def test_worker_exact_and_prefix_handlers(q: LocalQueue, clock: FakeClock) -> None:
+    seen: list[tuple[str, str]] = []
+    w = QueueWorker(
+        q,
+        {
+            "mutation": lambda t: seen.append(("mutation", t.name)),
+            "distributor/": lambda t: seen.append(("distributor/", t.name)),
+            "distributor/special/": lambda t: seen.append(("special/", t.name)),
+            "distributor/exact": lambda t: seen.append(("exact", t.name)),
+        },
+        clock=clock,
+    )
+    q.enqueue_many(
+        [
+            task("a", target="mutation"),
+            task("b", target="distributor/jobsim"),
+            task("c", target="distributor/special/x"),
+            task("d", target="distributor/exact"),
+        ]
+    )
+    assert w.run_once() == 4
+    assert seen == [
+        ("mutation", "a"),
+        ("distributor/", "b"),
+        ("special/", "c"),
+        ("exact", "d"),
+    ]
+    assert q.pending_count() == 0
+    assert w.handler_for("mutation/x") is None  # "mutation" is exact only
+
+
+def test_worker_single_callable_handles_everything(q: LocalQueue, clock: FakeClock) -> None:
+    seen: list[str] = []
+    w = QueueWorker(q, lambda t: seen.append(t.target), clock=clock)
+    q.enqueue_many([task("a", target="x"), task("b", target="y/z")])
+    assert w.drain() == 2
+    assert seen == ["x", "y/z"]
+
+
+def test_worker_failing_handler_retried_with_backoff(
+    q: LocalQueue, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[int] = []
+
+    def flaky(t: Task) -> None:
+        calls.append(clock())
+        if len(calls) < 3:
+            raise RuntimeError("boom")
+
+    w = QueueWorker(q, {"mutation": flaky}, clock=clock)
+    q.enqueue(task("a"))
+    with caplog.at_level(logging.ERROR, logger="dm.queue"):
+        assert w.run_once() == 1
+    assert "boom" in caplog.text
+    assert q.pending_count() == 1
+    assert q.next_due_us() == T0 + default_backoff(1) == T0 + SEC
+    assert w.drain() == 0  # not due yet
+    advance_to_next_due(q, clock)
+    assert w.drain() == 1  # fails again, attempt 2
+    assert q.next_due_us() == clock() + 2 * SEC
+    advance_to_next_due(q, clock)
+    assert w.drain() == 1  # attempt 3 succeeds
+    assert calls == [T0, T0 + SEC, T0 + 3 * SEC]
+    assert q.pending_count() == 0
+
+
+def test_default_backoff() -> None:
+    assert [default_backoff(a) for a in (1, 2, 3, 6, 7, 8, 1000)] == [
+        SEC,
+        2 * SEC,
+        4 * SEC,
+        32 * SEC,
+        60 * SEC,
+        60 * SEC,
+        60 * SEC,
+    ]
+
+
+def test_worker_custom_backoff(q: LocalQueue, clock: FakeClock) -> None:
+    def fail(t: Task) -> None:
+        raise ValueError("no")
+
+    w = QueueWorker(q, {"mutation": fail}, clock=clock, backoff=lambda attempt: attempt * 7)
+    q.enqueue(task("a"))
+    w.run_once()
+    assert q.next_due_us() == T0 + 7
+
+
+def test_worker_unknown_target_not_lost(
+    q: LocalQueue, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = QueueWorker(q, {"mutation": lambda t: None}, clock=clock)
+    q.enqueue(task("a", target="nobody"))
+    with caplog.at_level(logging.ERROR, logger="dm.queue"):
+        assert w.run_once() == 1
+    assert "no handler" in caplog.text
+    assert q.pending_count() == 1
+    assert q.next_due_us() == T0 + SEC
+    clock.advance(SEC)
+    [lt] = q.lease()
+    assert (lt.task.name, lt.attempt) == ("a", 2)
+
+
+def test_worker_drain_runs_tasks_enqueued_by_handlers(q: LocalQueue, clock: FakeClock) -> None:
+    seen: list[str] = []
+
+    def chain(t: Task) -> None:
+        seen.append(t.name)
+        n = t.payload["n"]
+        if n < 5:
+            q.enqueue(task(f"step{n + 1}", n=n + 1))
+            q.enqueue(task(f"later{n + 1}", eta_us=T0 + SEC, n=99))
+
+    w = QueueWorker(q, {"mutation": chain}, clock=clock)
+    q.enqueue(task("step0", n=0))
+    assert w.drain() == 6
+    assert seen == [f"step{i}" for i in range(6)]
+    assert q.pending_count() == 5  # the "later" tasks wait for the clock
+    clock.advance(SEC)
+    assert w.drain() == 5
+
+
+def test_worker_drain_max_tasks(q: LocalQueue, clock: FakeClock) -> None:
+    w = QueueWorker(q, {"mutation": lambda t: None}, clock=clock)
+    q.enqueue_many([task(f"t{i}") for i in range(5)])
+    assert w.drain(max_tasks=3) == 3
+    assert q.pending_count() == 2
+    assert w.drain(max_tasks=0) == 0
+    assert w.drain() == 2
+
+
+def test_worker_acks_successes_when_interrupted(q: LocalQueue, clock: FakeClock) -> None:
+    def handler(t: Task) -> None:
+        if t.name == "b":
+            raise KeyboardInterrupt
+
+    w = QueueWorker(q, {"mutation": handler}, clock=clock)
+    q.enqueue_many([task("a"), task("b"), task("c")])
+    with pytest.raises(KeyboardInterrupt):
+        w.run_once()
+    # "a" was acked; "b" and "c" stay leased and come back after the lease.
+    assert q.pending_count() == 2
+    clock.advance(DEFAULT_LEASE_US)
+    assert names(q.lease()) == ["b", "c"]
+
+
+# -- model-based check against a plain-Python model of the semantics --
+
+
+class QueueModel(RuleBasedStateMachine):
+    """Random enqueue/lease/ack/nack/purge/clock moves agree with a dict model."""
+
+    NAMES = st.sampled_from(["a", "b", "c", "d"])
+    LEASE_US = 10
+    TOMB_US = 30
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = tempfile.TemporaryDirectory()
+        self.clock = FakeClock(1000)
+        self.q = LocalQueue(
+            Path(self.tmp.name) / "q.sqlite",
+            clock=self.clock,
+            lease_us=self.LEASE_US,
+            tombstone_us=self.TOMB_US,
+        )
+        # name -> [eta, leased_until, attempts, done_us | None]
+        self.model: dict[str, list[Any]] = {}
+
+    def teardown(self) -> None:
+        self.q.close()
+        self.tmp.cleanup()
+
+    def _live(self, name: str) -> bool:
+        row = self.model.get(name)
+        return row is not None and (row[3] is None or row[3] + self.TOMB_US > self.clock())
+
+    @rule(name=NAMES, delay=st.integers(0, 20))
+    def enqueue(self, name: str, delay: int) -> None:
+        expected = not self._live(name)
+        assert self.q.enqueue(task(name, eta_us=self.clock() + delay)) == expected
+        if expected:
+            self.model[name] = [self.clock() + delay, 0, 0, None]
+
+    @rule(limit=st.integers(1, 4))
+    def lease(self, limit: int) -> None:
+        now = self.clock()
+        due = sorted(
+            (r[0], n) for n, r in self.model.items() if r[3] is None and max(r[0], r[1]) <= now
+        )[:limit]
+        got = self.q.lease(limit)
+        assert [(lt.task.eta_us, lt.task.name) for lt in got] == due
+        for lt in got:
+            row = self.model[lt.task.name]
+            row[1] = now + self.LEASE_US
+            row[2] += 1
+            assert lt.attempt == row[2]
+
+    @rule(name=NAMES)
+    def ack(self, name: str) -> None:
+        self.q.ack([name])
+        row = self.model.get(name)
+        if row is not None and row[3] is None:
+            row[3] = self.clock()
+
+    @rule(name=NAMES, delay=st.integers(0, 20))
+    def nack(self, name: str, delay: int) -> None:
+        self.q.nack(name, self.clock() + delay)
+        row = self.model.get(name)
+        if row is not None and row[3] is None:
+            row[0], row[1] = self.clock() + delay, 0
+
+    @rule()
+    def purge(self) -> None:
+        dead = [
+            n
+            for n, r in self.model.items()
+            if r[3] is not None and r[3] + self.TOMB_US <= self.clock()
+        ]
+        assert self.q.purge_tombstones() == len(dead)
+        for n in dead:
+            del self.model[n]
+
+    @rule(dt=st.integers(1, 25))
+    def tick(self, dt: int) -> None:
+        self.clock.advance(dt)
+
+    @invariant()
+    def counts_agree(self) -> None:
+        pending = [r for r in self.model.values() if r[3] is None]
+        assert self.q.pending_count() == len(pending)
+        expected = min((max(r[0], r[1]) for r in pending), default=None)
+        assert self.q.next_due_us() == expected
+
+
+QueueModel.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+test_queue_model = QueueModel.TestCase

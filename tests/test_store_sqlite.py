@@ -1,0 +1,275 @@
+"""SqliteStore: the shared Store contract plus SQLite-specific behaviour."""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dmcore.store.base import AlreadyExists, Contention, Store, StoreError, Transaction
+from dmcore.store.sqlite import SqliteStore
+from tests.store_contract import StoreContract, put, run_threads
+
+
+class TestSqliteContract(StoreContract):
+    """Run every contract test against a fresh database file."""
+
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Iterator[Store]:
+        s = SqliteStore(tmp_path / "dm.sqlite")
+        yield s
+        s.close()
+
+
+@pytest.fixture
+def sq(tmp_path: Path) -> Iterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "dm.sqlite")
+    yield s
+    s.close()
+
+
+def _inc(tx: Transaction) -> None:
+    doc = tx.get("counters/c")
+    tx.set("counters/c", {"n": (0 if doc is None else doc["n"]) + 1})
+
+
+def _increment_in_process(path: str, n: int) -> None:
+    """Child-process body (module level so the spawn context can import it)."""
+    store = SqliteStore(path)
+    try:
+        for _ in range(n):
+            store.transaction(_inc, attempts=100)
+    finally:
+        store.close()
+
+
+def test_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "dir" / "dm.sqlite"  # parent dirs are created
+    s1 = SqliteStore(path)
+    put(s1, "a/b", {"v": [1, {"x": "ü"}]})
+    s1.close()
+    s2 = SqliteStore(str(path))
+    try:
+        assert s2.get("a/b") == {"v": [1, {"x": "ü"}]}
+        assert s2.count("a") == 1
+    finally:
+        s2.close()
+
+
+def test_wal_mode(sq: SqliteStore) -> None:
+    put(sq, "a/b", {})
+    raw = sqlite3.connect(sq.path)
+    try:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        raw.close()
+
+
+def test_no_lost_updates_across_processes(tmp_path: Path) -> None:
+    path = str(tmp_path / "dm.sqlite")
+    SqliteStore(path).close()  # create the schema first
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_increment_in_process, args=(path, 100)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+        assert p.exitcode == 0
+    s = SqliteStore(path)
+    try:
+        assert s.get("counters/c") == {"n": 200}
+    finally:
+        s.close()
+
+
+def test_nested_transaction_refused(sq: SqliteStore) -> None:
+    def outer(tx: Transaction) -> None:
+        tx.set("a/outer", {})
+        sq.transaction(lambda inner: inner.set("a/inner", {}))
+
+    with pytest.raises(StoreError, match="nested"):
+        sq.transaction(outer)
+    assert sq.get("a/outer") is None
+    assert sq.get("a/inner") is None
+    put(sq, "a/after", {"ok": 1})  # the flag was reset
+    assert sq.get("a/after") == {"ok": 1}
+
+
+def test_busy_becomes_contention(tmp_path: Path) -> None:
+    path = tmp_path / "dm.sqlite"
+    s = SqliteStore(path, busy_timeout=0.05)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # hold the write lock
+        calls: list[int] = []
+
+        def fn(tx: Transaction) -> None:
+            calls.append(1)
+
+        with pytest.raises(Contention):
+            s.transaction(fn, attempts=2)
+        assert calls == []  # fn never ran without the lock
+        assert s.get("a/b") is None  # readers are not blocked in WAL mode
+        blocker.execute("ROLLBACK")
+        put(s, "a/b", {"v": 1})
+        assert s.get("a/b") == {"v": 1}
+    finally:
+        blocker.close()
+        s.close()
+
+
+def test_contention_retry_then_success(tmp_path: Path) -> None:
+    """A writer released mid-retry lets the transaction through."""
+    path = tmp_path / "dm.sqlite"
+    s = SqliteStore(path, busy_timeout=0.02)
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")
+    timer = threading.Timer(0.1, lambda: blocker.execute("ROLLBACK"))
+    timer.start()
+    try:
+
+        def fn(tx: Transaction) -> str:
+            tx.set("a/b", {"v": 1})
+            return "ok"
+
+        assert s.transaction(fn, attempts=20) == "ok"
+        assert s.get("a/b") == {"v": 1}
+    finally:
+        timer.join()
+        blocker.close()
+        s.close()
+
+
+def test_same_path_writes_compose(sq: SqliteStore) -> None:
+    put(sq, "c/exists", {"v": 0})
+
+    def fn(tx: Transaction) -> None:
+        tx.set("c/a", {"v": 1})
+        tx.set("c/a", {"v": 2})  # last write wins
+        tx.set("c/b", {"v": 1})
+        tx.delete("c/b")
+        tx.delete("c/exists")
+        tx.create("c/exists", {"v": "recreated"})  # free again after the delete
+        tx.create("c/new", {"v": 1})
+        tx.set("c/new", {"v": 2})
+
+    sq.transaction(fn)
+    assert sq.get_many(["c/a", "c/b", "c/exists", "c/new"]) == {
+        "c/a": {"v": 2},
+        "c/b": None,
+        "c/exists": {"v": "recreated"},
+        "c/new": {"v": 2},
+    }
+
+
+def test_create_conflicts_within_transaction(sq: SqliteStore) -> None:
+    put(sq, "c/exists", {"v": 0})
+
+    def set_then_create(tx: Transaction) -> None:
+        tx.set("c/x", {"v": 1})
+        tx.create("c/x", {"v": 2})
+
+    def create_then_delete_existing(tx: Transaction) -> None:
+        tx.create("c/exists", {"v": 1})
+        tx.delete("c/exists")
+
+    for fn in (set_then_create, create_then_delete_existing):
+        with pytest.raises(AlreadyExists):
+            sq.transaction(fn)
+    assert sq.get("c/x") is None
+    assert sq.get("c/exists") == {"v": 0}
+
+
+def test_unstorable_values_rejected(sq: SqliteStore) -> None:
+    def write(tx: Transaction, doc: dict[str, object]) -> None:
+        tx.set("c/x", doc)
+
+    bads: list[dict[str, object]] = [{"f": float("nan")}, {"f": float("inf")}, {"o": object()}]
+    for bad in bads:
+        with pytest.raises((TypeError, ValueError)):
+            sq.transaction(functools.partial(write, doc=bad))
+    assert sq.get("c/x") is None
+
+
+def test_where_value_and_field_checks(sq: SqliteStore) -> None:
+    with pytest.raises(TypeError):
+        sq.query("c", where={"a": [1]})
+    for field in ("", "a..b", 'a"b', "a\\b", ".a"):
+        with pytest.raises(ValueError):
+            sq.query("c", where={field: 1})
+    with pytest.raises(ValueError):
+        sq.query("c", limit=-1)
+    with pytest.raises(TypeError):
+        sq.get_many("c/x")
+
+
+def test_unusual_field_names_queryable(sq: SqliteStore) -> None:
+    put(sq, "c/1", {"ünï": {"it's": 1}, "sp ace": "x"})
+    put(sq, "c/2", {"ünï": {"it's": 2}})
+    assert [p for p, _ in sq.query("c", where={"ünï.it's": 1})] == ["c/1"]
+    assert [p for p, _ in sq.query("c", where={"sp ace": "x"})] == ["c/1"]
+    assert [p for p, _ in sq.query("c", order_by="ünï.it's", descending=True)] == ["c/2", "c/1"]
+
+
+def test_order_by_mixed_types(sq: SqliteStore) -> None:
+    """Firestore's type order: null < bool < number < string < array < map."""
+    values = [{"k": 1}, [1], "s", 2.5, 1, True, False, None]
+    for i, v in enumerate(values):
+        put(sq, f"m/{i}", {"v": v})
+    got = [d["v"] for _, d in sq.query("m", order_by="v")]
+    assert got == [None, False, True, 1, 2.5, "s", [1], {"k": 1}]
+
+
+def test_get_many_spanning_chunks_is_one_snapshot(sq: SqliteStore) -> None:
+    paths = [f"big/{i:04d}" for i in range(1100)] + ["other/x"]
+
+    def fill(tx: Transaction) -> None:
+        for p in paths:
+            tx.set(p, {"v": 0})
+
+    sq.transaction(fill)
+    stop = threading.Event()
+
+    def bump_all(tx: Transaction) -> None:
+        v = tx.get("other/x")
+        assert v is not None
+        for p in paths:
+            tx.set(p, {"v": v["v"] + 1})
+
+    def work(i: int) -> None:
+        if i == 0:
+            try:
+                for _ in range(5):
+                    sq.transaction(bump_all)
+            finally:
+                stop.set()
+        else:
+            while not stop.is_set():
+                got = sq.get_many(paths)
+                assert len({d["v"] for d in got.values() if d is not None}) == 1
+
+    run_threads(2, work)
+    assert sq.get("big/0000") == {"v": 5}
+
+
+def test_threads_use_own_connections(sq: SqliteStore) -> None:
+    conns: list[object] = []
+    run_threads(3, lambda _: conns.append(sq._conn()))
+    conns.append(sq._conn())
+    assert len({id(c) for c in conns}) == 4
+
+
+def test_closed_store_refuses_use(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "dm.sqlite")
+    put(s, "a/b", {})
+    s.close()
+    with pytest.raises(StoreError):
+        s.get("a/b")
+    with pytest.raises(StoreError):
+        put(s, "a/b", {})
+    s.close()  # idempotent
