@@ -93,6 +93,13 @@ class Config:
     dm_host: str = ""
     _prepare_topic: Callable[[str, ExecutionID], tuple[str, str]] | None = None
     _enqueue_task: Callable[[str, bytes, float], None] | None = None
+    _client: Callable[[], Any] | None = None
+
+    def client(self) -> Any:
+        """A ``dmcore.client.Client`` for jobs this distributor runs in-process."""
+        if self._client is None:
+            raise TransientError("no dm client available in this process")
+        return self._client()
 
     def prepare_topic(self, eid: ExecutionID) -> tuple[str, str]:
         """The Pub/Sub topic to publish notifications for ``eid`` to, and the
@@ -207,6 +214,7 @@ class Registry:
         self.version = ""
         self.prepare_topic: Callable[[str, ExecutionID], tuple[str, str]] | None = None
         self.enqueue_task: Callable[[str, bytes, float], None] | None = None
+        self.client: Callable[[], Any] | None = None
 
     # -- kinds ---------------------------------------------------------------
 
@@ -334,6 +342,7 @@ class Registry:
             dm_host=self.dm_host,
             _prepare_topic=self.prepare_topic,
             _enqueue_task=self.enqueue_task,
+            _client=self.client,
         )
         return kind.factory(cfg), cfg
 

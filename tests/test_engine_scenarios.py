@@ -6,27 +6,10 @@ duplicates, reorders and delays deliveries: the outcome must be the same.
 
 from __future__ import annotations
 
-import pathlib
-from collections.abc import Iterator
-
-import pytest
-
 from distributors.fake import Job, quest_desc
 from dmcore.ids import AttemptID
 from dmcore.states import AttemptState, ExecutionState
-from tests.harness import Chaos, Harness, qid_of
-
-
-@pytest.fixture(params=["local", "chaos"])
-def h(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Harness]:
-    harness = Harness(
-        tmp_path,
-        queue=request.param,
-        seed=7,
-        chaos=Chaos(duplicate=0.5, delay=0.3, fail_dispatch=0.1),
-    )
-    yield harness
-    harness.close()
+from tests.harness import Harness, qid_of
 
 
 def test_worked_sequence(h: Harness) -> None:

@@ -1,0 +1,27 @@
+"""Shared fixtures: the engine harness on the real local queue and on the ChaosQueue."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Iterator
+
+import pytest
+
+from tests.harness import Chaos, Harness
+
+
+@pytest.fixture(params=["local", "chaos"])
+def h(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Harness]:
+    """The engine with the fake distributor, once per queue kind.
+
+    ``chaos`` duplicates half the deliveries, delays and reorders them, and
+    fails one dispatch in ten after the commit (left to the sweep).
+    """
+    harness = Harness(
+        tmp_path,
+        queue=request.param,
+        seed=7,
+        chaos=Chaos(duplicate=0.5, delay=0.3, fail_dispatch=0.1),
+    )
+    yield harness
+    harness.close()
