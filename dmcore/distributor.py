@@ -32,6 +32,7 @@ from google.protobuf import any_pb2, json_format, message
 from dmcore.errors import InvalidArgument
 from dmcore.ids import ExecutionID
 from dmcore.proto import config_pb2, dm_pb2
+from dmcore.store.base import Store
 
 log = logging.getLogger("dm.distributor")
 
@@ -94,6 +95,17 @@ class Config:
     _prepare_topic: Callable[[str, ExecutionID], tuple[str, str]] | None = None
     _enqueue_task: Callable[[str, bytes, float], None] | None = None
     _client: Callable[[], Any] | None = None
+    _store: Store | None = None
+
+    def store(self) -> Store:
+        """dm's document store, for a distributor's own records.
+
+        Use collections named after the distributor (``jobsim_tasks/...``);
+        dm's collections are not yours to touch.
+        """
+        if self._store is None:
+            raise TransientError("no store available to distributors in this process")
+        return self._store
 
     def client(self) -> Any:
         """A ``dmcore.client.Client`` for jobs this distributor runs in-process."""
@@ -215,6 +227,7 @@ class Registry:
         self.prepare_topic: Callable[[str, ExecutionID], tuple[str, str]] | None = None
         self.enqueue_task: Callable[[str, bytes, float], None] | None = None
         self.client: Callable[[], Any] | None = None
+        self.store: Store | None = None
 
     # -- kinds ---------------------------------------------------------------
 
@@ -343,6 +356,7 @@ class Registry:
             _prepare_topic=self.prepare_topic,
             _enqueue_task=self.enqueue_task,
             _client=self.client,
+            _store=self.store,
         )
         return kind.factory(cfg), cfg
 

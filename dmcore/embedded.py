@@ -9,11 +9,13 @@ the worker until a condition holds, sleeping until the next task is due.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from dmcore.distributor import Registry, backoff
@@ -23,6 +25,42 @@ from dmcore.service import Service
 from dmcore.store.sqlite import SqliteStore
 
 log = logging.getLogger("dm.embedded")
+
+
+DEFAULT_HOME = ".dm"
+DEFAULT_CONFIG: dict[str, Any] = {
+    "distributor_configs": {
+        "jobsim": {"jobsim": {"pool": "local"}},
+        "local": {"local": {}},
+    }
+}
+"""Built-in distributor configs of embedded mode (``dm run --config`` replaces them)."""
+
+
+def home_registry(
+    home: str | os.PathLike[str], config: Mapping[str, Any] | None = None
+) -> Registry:
+    """A registry with every installed distributor and the home's configs.
+
+    With ``config``, it is checked, then saved in the home (``config.json``) so
+    that job processes opening the same home see the same configs. Without,
+    the saved one is used, or the built-in :data:`DEFAULT_CONFIG`.
+    """
+    path = pathlib.Path(home) / "config.json"
+    registry = Registry(dm_host=f"file://{pathlib.Path(home).resolve()}")
+    registry.load_entry_points()
+    if config is None:
+        config = json.loads(path.read_text()) if path.exists() else DEFAULT_CONFIG
+    text = json.dumps(config, sort_keys=True)
+    registry.set_config(
+        registry.config_from_dict(config), hashlib.sha256(text.encode()).hexdigest()[:12]
+    )
+    if path.exists() is False or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return registry
 
 
 def wall_clock_us() -> int:

@@ -241,6 +241,7 @@ class Engine:
         self.stats: dict[str, int] = {}
         registry.prepare_topic = self._prepare_topic
         registry.enqueue_task = self._enqueue_distributor_task
+        registry.store = store
 
     # -- distributor hooks ---------------------------------------------------------
 
