@@ -12,7 +12,7 @@ setup:
 	@$(UV) sync --locked --quiet
 
 run: setup
-	$(UV) run dm quest-id examples/hello_quest.json
+	$(UV) run dm run examples/wordcount/run.yaml
 
 lint: setup
 	$(UV) run ruff check .

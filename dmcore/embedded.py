@@ -37,6 +37,17 @@ DEFAULT_CONFIG: dict[str, Any] = {
 """Built-in distributor configs of embedded mode (``dm run --config`` replaces them)."""
 
 
+def build_registry(config: Mapping[str, Any], *, dm_host: str = "") -> Registry:
+    """A registry with every installed distributor and ``config`` (checked; no I/O)."""
+    registry = Registry(dm_host=dm_host)
+    registry.load_entry_points()
+    text = json.dumps(config, sort_keys=True)
+    registry.set_config(
+        registry.config_from_dict(config), hashlib.sha256(text.encode()).hexdigest()[:12]
+    )
+    return registry
+
+
 def home_registry(
     home: str | os.PathLike[str], config: Mapping[str, Any] | None = None
 ) -> Registry:
@@ -47,15 +58,11 @@ def home_registry(
     the saved one is used, or the built-in :data:`DEFAULT_CONFIG`.
     """
     path = pathlib.Path(home) / "config.json"
-    registry = Registry(dm_host=f"file://{pathlib.Path(home).resolve()}")
-    registry.load_entry_points()
     if config is None:
         config = json.loads(path.read_text()) if path.exists() else DEFAULT_CONFIG
+    registry = build_registry(config, dm_host=f"file://{pathlib.Path(home).resolve()}")
     text = json.dumps(config, sort_keys=True)
-    registry.set_config(
-        registry.config_from_dict(config), hashlib.sha256(text.encode()).hexdigest()[:12]
-    )
-    if path.exists() is False or path.read_text() != text:
+    if not path.exists() or path.read_text() != text:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)

@@ -1,0 +1,248 @@
+"""Read-only views of the graph for people: tables, "why is this stuck", the HTML page.
+
+Reads the store directly (no API call), so it works on any dm home, running
+or not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import importlib.resources
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from dmcore import distributor as dist
+from dmcore.engine import docs
+from dmcore.engine.core import Engine
+from dmcore.ids import AttemptID
+from dmcore.states import AbnormalStatus, AttemptState, ExecutionState, is_terminal_attempt
+
+
+@dataclasses.dataclass
+class AttemptView:
+    """One attempt as a person wants to see it."""
+
+    aid: AttemptID
+    name: str
+    state: AttemptState
+    num_executions: int
+    config_name: str = ""
+    execution_state: ExecutionState | None = None
+    dist_token: str = ""
+    info_url: str = ""
+    result: Any = None
+    abnormal: str = ""
+    timer_state: ExecutionState | None = None
+    timer_deadline_us: int | None = None
+    deps: list[tuple[AttemptID, bool]] = dataclasses.field(default_factory=list)
+    """Dependencies declared by the current execution: (attempt, satisfied)."""
+    all_deps: list[AttemptID] = dataclasses.field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        return is_terminal_attempt(self.state)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "quest": self.aid.quest,
+            "attempt": self.aid.num,
+            "name": self.name,
+            "state": self.state.name,
+            "executions": self.num_executions,
+        }
+        if self.result is not None:
+            out["result"] = self.result
+        if self.abnormal:
+            out["abnormal"] = self.abnormal
+        if self.all_deps:
+            out["deps"] = [str(a) for a in self.all_deps]
+        return out
+
+
+def quest_name(engine: Engine, qid: str) -> str:
+    """A short human name for a quest: its parameters' "name", else the ID's head."""
+    desc = engine.quest_desc(qid)
+    if desc is not None:
+        try:
+            params = json.loads(desc.parameters)
+        except ValueError:
+            params = None
+        if isinstance(params, dict):
+            for key in ("name", "step", "task"):
+                if isinstance(params.get(key), str):
+                    return str(params[key])
+    return qid[:10]
+
+
+def view(engine: Engine, aid: AttemptID, *, with_result: bool = True) -> AttemptView | None:
+    store = engine.store
+    doc = store.get(docs.attempt_path(aid))
+    if doc is None:
+        return None
+    v = AttemptView(
+        aid=aid,
+        name=quest_name(engine, aid.quest),
+        state=AttemptState(doc["state"]),
+        num_executions=int(doc["cur_execution"]),
+    )
+    if doc.get("abnormal"):
+        ab = doc["abnormal"]
+        v.abnormal = f"{AbnormalStatus(ab['status']).name}: {ab['reason']}"
+    if with_result and v.state == AttemptState.FINISHED:
+        res = store.get(docs.result_path(aid))
+        if res is not None:
+            v.result = json.loads(res["object"])
+    cur = int(doc["cur_execution"])
+    if cur:
+        eid = aid.execution(cur)
+        ex = store.get(docs.execution_path(eid))
+        if ex is not None:
+            v.execution_state = ExecutionState(ex["state"])
+            cfg = ex.get("config") or {}
+            v.config_name = str(cfg.get("name", ""))
+            v.dist_token = str(ex.get("dist_token", ""))
+            if v.dist_token and cfg:
+                try:
+                    d, _ = engine.registry.build(dist.Snapshot.from_doc(cfg))
+                    v.info_url = d.info_url(v.dist_token)
+                except Exception:
+                    v.info_url = ""
+        timer = store.get(docs.timer_path(eid))
+        if timer is not None:
+            v.timer_state = ExecutionState(timer["state"])
+            v.timer_deadline_us = int(timer["deadline_us"])
+    for path, edge in store.query(docs.fwd_deps_collection(aid)):
+        dep = AttemptID.decode(docs.last_id(path))
+        v.all_deps.append(dep)
+        if edge["for_execution"] == cur:
+            v.deps.append((dep, bool(edge["satisfied"])))
+    return v
+
+
+def walk(
+    engine: Engine, roots: Iterable[AttemptID], max_depth: int = -1
+) -> dict[AttemptID, AttemptView]:
+    """Views of ``roots`` and, up to ``max_depth`` hops (-1: all), their dependencies."""
+    out: dict[AttemptID, AttemptView] = {}
+    todo = [(a, 0) for a in roots]
+    while todo:
+        aid, depth = todo.pop(0)
+        if aid in out:
+            continue
+        v = view(engine, aid)
+        if v is None:
+            continue
+        out[aid] = v
+        if max_depth == -1 or depth < max_depth:
+            todo += [(d, depth + 1) for d in v.all_deps]
+    return out
+
+
+def all_attempts(engine: Engine) -> list[AttemptID]:
+    return sorted(
+        AttemptID(str(doc["quest"]), int(doc["num"]))
+        for _, doc in engine.store.query(docs.ATTEMPTS)
+    )
+
+
+def blockers(engine: Engine, aid: AttemptID) -> list[tuple[int, AttemptView]]:
+    """What ``aid`` waits on, down to the leaves: (depth, view) in tree order."""
+    out: list[tuple[int, AttemptView]] = []
+    seen: set[AttemptID] = set()
+
+    def visit(a: AttemptID, depth: int) -> None:
+        if a in seen:
+            return
+        seen.add(a)
+        v = view(engine, a, with_result=False)
+        if v is None:
+            return
+        out.append((depth, v))
+        if v.state in (AttemptState.WAITING, AttemptState.EXECUTING):
+            for dep, satisfied in v.deps:
+                if not satisfied:
+                    visit(dep, depth + 1)
+
+    visit(aid, 0)
+    return out
+
+
+STATE_COLOURS = {
+    AttemptState.SCHEDULING: "#9e9e9e",
+    AttemptState.EXECUTING: "#1e88e5",
+    AttemptState.WAITING: "#fb8c00",
+    AttemptState.FINISHED: "#43a047",
+    AttemptState.ABNORMAL_FINISHED: "#e53935",
+}
+
+
+def graph_html(views: dict[AttemptID, AttemptView], title: str = "dm graph") -> str:
+    """A self-contained page drawing the graph (vendored cytoscape.js, no network)."""
+    js = (importlib.resources.files("dmcore.web") / "vendor" / "cytoscape.min.js").read_text()
+    elements: list[dict[str, Any]] = []
+    for aid, v in views.items():
+        details = v.to_json()
+        if v.execution_state is not None:
+            details["execution_state"] = v.execution_state.name
+        if v.config_name:
+            details["distributor"] = v.config_name
+        if v.info_url:
+            details["info_url"] = v.info_url
+        elements.append(
+            {
+                "data": {
+                    "id": str(aid),
+                    "label": f"{v.name}#{aid.num}",
+                    "state": v.state.name,
+                    "colour": STATE_COLOURS[v.state],
+                    "details": json.dumps(details, indent=2, sort_keys=True),
+                }
+            }
+        )
+        for dep in v.all_deps:
+            if dep in views:
+                elements.append(
+                    {"data": {"id": f"{aid}->{dep}", "source": str(aid), "target": str(dep)}}
+                )
+    data = json.dumps(elements).replace("</", "<\\/")
+    legend = " ".join(
+        f'<span class="key" style="background:{c}">{s.name}</span>'
+        for s, c in STATE_COLOURS.items()
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 0; display: flex; height: 100vh; }}
+#cy {{ flex: 1; }}
+#side {{ width: 32em; padding: 1em; border-left: 1px solid #ddd; overflow: auto; }}
+pre {{ white-space: pre-wrap; word-break: break-all; font-size: 12px; }}
+.key {{ color: white; padding: 2px 6px; border-radius: 3px; font-size: 12px; }}
+</style></head>
+<body><div id="cy"></div>
+<div id="side"><h1>{html.escape(title)}</h1><p>{legend}</p>
+<p id="count"></p><h2>Details</h2><pre id="details">Click an attempt.</pre></div>
+<script>{js}</script>
+<script>
+const elements = {data};
+const cy = cytoscape({{
+  container: document.getElementById('cy'),
+  elements: elements,
+  layout: {{ name: 'breadthfirst', directed: true, spacingFactor: 1.2 }},
+  style: [
+    {{ selector: 'node', style: {{ 'background-color': 'data(colour)', 'label': 'data(label)',
+       'font-size': 10, 'text-valign': 'bottom' }} }},
+    {{ selector: 'edge', style: {{ 'width': 1.5, 'curve-style': 'bezier',
+       'target-arrow-shape': 'triangle' }} }},
+    {{ selector: ':selected', style: {{ 'border-width': 3, 'border-color': '#000' }} }}
+  ]
+}});
+cy.on('tap', 'node', (e) => {{
+  document.getElementById('details').textContent = e.target.data('details');
+}});
+document.getElementById('count').textContent = cy.nodes().length + ' attempts, ' +
+  cy.edges().length + ' dependencies';
+document.title = '{html.escape(title)} (' + cy.nodes().length + ' attempts)';
+</script></body></html>
+"""
