@@ -25,3 +25,6 @@ def h(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Harnes
     )
     yield harness
     harness.close()
+
+
+pytest_plugins = ["tests.emulator_fixtures"]
