@@ -4,7 +4,7 @@ JSON or YAML::
 
     quests:
       - distributor_config_name: local
-        parameters: {corpus: data/corpus.txt}       # an object (or a JSON string)
+        parameters: {corpus: data/corpus.txt}       # an object (or a JSON string); default {}
         distributor_parameters: {command: [python3, merge.py]}
         meta: {retry: {failed: 2}, timeouts: {run: 600s}}
         attempts: [1]                                 # default [1]
@@ -75,6 +75,9 @@ def parse_run_file(path: pathlib.Path) -> RunRequest:
         if not isinstance(entry, dict):
             raise BadFile(f"{where}: must be an object")
         q = dict(entry)
+        # Convenience of the file format: absent JSON parameters mean {}.
+        q.setdefault("parameters", {})
+        q.setdefault("distributor_parameters", {})
         attempts = q.pop("attempts", [1])
         if (
             not isinstance(attempts, list)

@@ -214,7 +214,11 @@ class Service:
         return rsp
 
     def _reject_cycles(self, me: AttemptID, dependees: list[AttemptID]) -> None:
-        """Refuse an edge that would close a cycle through unfinished attempts."""
+        """Refuse an edge that would close a cycle through unfinished attempts.
+
+        An attempt waits only on the open edges of its current execution; edges
+        left by an earlier execution that ended abnormally (W-2) are stale.
+        """
         seen: set[AttemptID] = set()
         todo = list(dependees)
         store = self.engine.store
@@ -223,7 +227,11 @@ class Service:
             if a in seen:
                 continue
             seen.add(a)
-            for path, _ in store.query(docs.fwd_deps_collection(a), {"satisfied": False}):
+            att = store.get(docs.attempt_path(a))
+            if att is None or is_terminal_attempt(AttemptState(att["state"])):
+                continue
+            open_edges = {"satisfied": False, "for_execution": int(att["cur_execution"])}
+            for path, _ in store.query(docs.fwd_deps_collection(a), open_edges):
                 nxt = AttemptID.decode(docs.last_id(path))
                 if nxt == me:
                     raise InvalidArgument(
@@ -425,13 +433,12 @@ class Service:
                 att_msg.id.CopyFrom(aid.to_proto())
             if want_data:
                 self._fill_attempt(att_msg, aid, doc)
+            authorized: bool | None = None  # may the caller see this attempt's results?
+            if authorized_all or forward_of_me or aid == me:
+                authorized = True
             if inc.attempt.result and doc["state"] == AttemptState.FINISHED:
-                authorized = (
-                    authorized_all
-                    or forward_of_me
-                    or aid == me
-                    or (me is not None and store.get(docs.fwd_dep_path(me, aid)) is not None)
-                )
+                if authorized is None:
+                    authorized = self._depends_on(me, aid)
                 size = int((doc.get("result") or {}).get("size", 0))
                 if not authorized:
                     att_msg.partial.result = dm_pb2.Attempt.Partial.NOT_AUTHORIZED
@@ -444,19 +451,22 @@ class Service:
                         att_msg.data.finished.data.object = res["object"]
             if inc.num_executions:
                 self._fill_executions(att_msg, aid, doc, inc, infos)
-                if inc.execution.result and not (authorized_all or forward_of_me or aid == me):
-                    for e in att_msg.executions.values():
-                        if e.data.HasField("finished"):
-                            e.data.finished.data.object = ""
-                            e.partial.result = dm_pb2.Attempt.Partial.NOT_AUTHORIZED
-                    budget_used = 0
-                else:
-                    budget_used = sum(
-                        len(e.data.finished.data.object.encode())
-                        for e in att_msg.executions.values()
-                        if e.data.HasField("finished")
-                    )
-                budget -= budget_used
+                # Execution result objects: the same visibility and budget as the attempt's.
+                for num in sorted(att_msg.executions, reverse=True):
+                    e = att_msg.executions[num]
+                    if not e.data.HasField("finished") or not e.data.finished.data.object:
+                        continue
+                    if authorized is None:
+                        authorized = self._depends_on(me, aid)
+                    used = len(e.data.finished.data.object.encode())
+                    if not authorized:
+                        e.data.finished.data.object = ""
+                        e.partial.result = dm_pb2.Attempt.Partial.NOT_AUTHORIZED
+                    elif used > budget:
+                        e.data.finished.data.object = ""
+                        e.partial.result = dm_pb2.Attempt.Partial.DATA_SIZE_LIMIT
+                    else:
+                        budget -= used
             fwd: list[AttemptID] = []
             back: list[AttemptID] = []
             walk_fwd = direction in (
@@ -489,6 +499,10 @@ class Service:
                 if walk_back:
                     todo.extend((a, depth + 1, False) for a in back)
         return out
+
+    def _depends_on(self, me: AttemptID | None, aid: AttemptID) -> bool:
+        """Whether execution caller ``me`` has a FwdDep on ``aid`` (so may see its results)."""
+        return me is not None and self.engine.store.get(docs.fwd_dep_path(me, aid)) is not None
 
     def _quest_entry(
         self,

@@ -1,0 +1,806 @@
+"""The jobsim distributor end to end (spec §5.2): the real engine, the task-queue
+path, a fake clock.
+
+Jobs run as queued distributor tasks that talk to dm through its client; most
+tests run on the real local queue and on the ChaosQueue (duplicated,
+reordered, delayed deliveries, dispatches failing after the commit), and the
+outcome must not change. Expected values are computed here independently of
+the implementation (our own FNV-64a, our own seed draws).
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import json
+import pathlib
+import random
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from distributors import jobsim
+from distributors.jobsim import config_pb2
+from dmcore import distributor as dist
+from dmcore.engine import docs
+from dmcore.engine.mutations import NotifyExecution, b64
+from dmcore.errors import InvalidArgument
+from dmcore.ids import AttemptID, ExecutionID
+from dmcore.proto import dm_pb2
+from dmcore.service import Caller
+from dmcore.states import AbnormalStatus, AttemptState, ExecutionState
+from tests.harness import Chaos, Harness
+
+CONFIGS = {
+    "fake": {"fake": {}},
+    "jobsim": {"jobsim": {"pool": "p"}},
+    "jobsim_poll": {"jobsim": {"pool": "p/poll", "do_pollback": True}},
+    "jobsim_alias": {"alias": {"other_config": "jobsim"}},
+}
+
+FANOUT = (
+    '{"name":"hello","stages":[{"deps":{"deps":[{"shards":6,"attempts":{"items":'
+    '[{"single":1}]},"mix_seed":true,"phrase":{"name":"leaf","return_stage":{"retval":3}}}]}}]}'
+)
+
+
+# -- the bench -----------------------------------------------------------------------------
+
+
+def bench(
+    tmp_path: pathlib.Path, queue: str = "local", *, seed: int = 7, chaos: Chaos | None = None
+) -> Harness:
+    """The engine harness with jobsim registered before its configs are set."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    h = Harness(tmp_path, queue=queue, seed=seed, chaos=chaos)
+    jobsim.register(h.registry)
+    h.registry.set_config(
+        h.registry.config_from_dict({"distributor_configs": CONFIGS}), version="v1"
+    )
+    return h
+
+
+@pytest.fixture(params=["local", "chaos"])
+def jh(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Harness]:
+    h = bench(
+        tmp_path,
+        request.param,
+        chaos=Chaos(duplicate=0.5, delay=0.3, fail_dispatch=0.1),
+    )
+    yield h
+    h.close()
+
+
+@pytest.fixture
+def lh(tmp_path: pathlib.Path) -> Iterator[Harness]:
+    """The local queue only (tests that check timing to the second)."""
+    h = bench(tmp_path)
+    yield h
+    h.close()
+
+
+def settle(h: Harness, max_seconds: float = 3600) -> None:
+    """``h.settle()`` until no outbox record is left.
+
+    (On the ChaosQueue, Harness.settle returns early when a sweep's dispatch
+    of outbox records fails, and raises when its enqueue of a due timer does.)
+    """
+    for _ in range(50):
+        try:
+            h.settle(max_seconds)
+        except ConnectionError:
+            continue
+        if not h.store.query(docs.OUTBOX, limit=1):
+            return
+    raise AssertionError("the outbox never emptied")
+
+
+def start(
+    h: Harness, phrase: Any, config: str = "jobsim", attempts: tuple[int, ...] = (1,)
+) -> AttemptID:
+    desc = jobsim.quest_desc(phrase, config)
+    (qid,) = h.ensure(desc, attempts=attempts)
+    return AttemptID(qid, attempts[0])
+
+
+def play(h: Harness, phrase: Any, config: str = "jobsim") -> tuple[AttemptID, Any]:
+    """Run ``phrase`` as a root attempt until nothing is left to do; its result."""
+    aid = start(h, phrase, config)
+    settle(h)
+    assert h.state(aid) == AttemptState.FINISHED, h.attempt(aid)
+    return aid, h.result(aid)
+
+
+def task(h: Harness, eid: ExecutionID, pool: str = "p") -> dict[str, Any]:
+    doc = h.store.get(jobsim.task_path(f"{pool}|{eid}"))
+    assert doc is not None
+    return doc
+
+
+def jobsim_quests(h: Harness) -> dict[str, dict[str, Any]]:
+    """Every jobsim quest's parameters by phrase name."""
+    out = {}
+    for _, doc in h.store.query(docs.QUESTS):
+        desc = dm_pb2.Quest.Desc.FromString(base64.b64decode(doc["desc"]))
+        if desc.distributor_config_name.startswith("jobsim"):
+            params = json.loads(desc.parameters)
+            out[params["name"]] = {"params": params, "desc": desc}
+    return out
+
+
+# -- independent references ----------------------------------------------------------------
+
+
+def ref_fnv64a(*values: int) -> int:
+    """FNV-64a over int64 values packed little-endian, as a signed int64 (reference)."""
+    h = 0xCBF29CE484222325
+    for v in values:
+        for b in struct.pack("<q", ctypes.c_int64(v).value):
+            h ^= b
+            h = (h * 0x100000001B3) % (1 << 64)
+    return ctypes.c_int64(h).value
+
+
+def ref_roll(seed: int, attempt: int, stage: int) -> float:
+    """The documented failure roll: Random(fnv(seed, attempt, stage) as uint64).random()."""
+    return random.Random(ref_fnv64a(seed, attempt, stage) % (1 << 64)).random()
+
+
+def seed_where(pattern: list[bool], chance: float = 0.5) -> int:
+    """The first seed whose failure stage fails (True) / passes (False) per attempt 1, 2, ..."""
+    for s in range(1, 10_000):
+        if [ref_roll(s, a, 0) < chance for a in range(1, len(pattern) + 1)] == pattern:
+            return s
+    raise AssertionError("no such seed")
+
+
+def test_references_agree_with_known_vectors() -> None:
+    assert ref_fnv64a() == ctypes.c_int64(0xCBF29CE484222325).value
+    assert jobsim.fast_hash(0) == ref_fnv64a(0)
+    for vals in [(1, 2, 3), (-5, 1 << 62, 0), (42 * 2147483647, 7, 0)]:
+        assert jobsim.fast_hash(*vals) == ref_fnv64a(*vals)
+    assert jobsim.failure_roll(99, 2, 1) == ref_roll(99, 2, 1)
+
+
+# -- return stage --------------------------------------------------------------------------
+
+
+def test_default_return_value_is_a_json_number_without_expiration(jh: Harness) -> None:
+    aid, result = play(jh, {"name": "plain"})
+    assert result == {"success": True, "value": 1}
+    raw = jh.store.get(docs.result_path(aid))
+    assert raw is not None
+    assert raw["object"] == '{"success":true,"value":1}'  # a number, not "1"
+    assert "expiration_us" not in raw  # no epoch default
+    assert "expiration_us" not in jh.attempt(aid)["result"]
+
+
+def test_return_stage_retval_and_expiration(jh: Harness) -> None:
+    aid, result = play(
+        jh,
+        {"name": "exp", "return_stage": {"retval": 41, "expiration": "2030-01-02T03:04:05Z"}},
+    )
+    assert result == {"success": True, "value": 41}
+    raw = jh.store.get(docs.result_path(aid))
+    assert raw is not None
+    assert raw["expiration_us"] == 1893553445 * 1_000_000
+
+
+def test_execution_result_is_the_job_state(jh: Harness) -> None:
+    aid, _ = play(jh, {"name": "st", "stages": [{"failure": {"chance": 0}}]})
+    ex = jh.execution(aid.execution(1))
+    assert json.loads(ex["result"]["data"]["object"]) == {"Stage": 1, "Sum": 0}
+    assert task(jh, aid.execution(1))["status"] == jobsim.FINISHED
+
+
+# -- failure stage -------------------------------------------------------------------------
+
+
+def test_failure_chance_zero_never_fails(jh: Harness) -> None:
+    _, result = play(jh, {"name": "f0", "seed": 3, "stages": [{"failure": {"chance": 0}}]})
+    assert result == {"success": True, "value": 1}
+
+
+def test_failure_chance_one_always_fails_but_the_attempt_finishes(jh: Harness) -> None:
+    aid, result = play(
+        jh,
+        {
+            "name": "f1",
+            "stages": [{"failure": {"chance": 1}}],
+            "return_stage": {"retval": 5},
+        },
+    )
+    assert result == {"success": False, "value": 0}
+    assert h_state_is_finished_normally(jh, aid)
+
+
+def h_state_is_finished_normally(h: Harness, aid: AttemptID) -> bool:
+    att = h.attempt(aid)
+    return att["state"] == AttemptState.FINISHED and not att.get("is_abnormal")
+
+
+def test_failure_mid_chance_follows_the_seed(jh: Harness) -> None:
+    s_fail, s_pass = seed_where([True]), seed_where([False])
+    for s, expect in [(s_fail, False), (s_pass, True)]:
+        _, result = play(
+            jh, {"name": f"mid{s}", "seed": s, "stages": [{"failure": {"chance": 0.5}}]}
+        )
+        assert result["success"] is expect, s
+
+
+def test_same_phrase_and_seed_give_the_same_outcome(tmp_path: pathlib.Path) -> None:
+    phrase = {
+        "name": "again",
+        "seed": 12345,
+        "stages": [
+            {"failure": {"chance": 0.3}},
+            {
+                "deps": {
+                    "deps": [
+                        {
+                            "shards": 3,
+                            "mix_seed": True,
+                            "phrase": {
+                                "name": "sub",
+                                "stages": [{"failure": {"chance": 0.5}}],
+                                "return_stage": {"retval": 10},
+                            },
+                        }
+                    ]
+                }
+            },
+            {"failure": {"chance": 0.3}},
+        ],
+    }
+    outcomes = []
+    for i, queue in enumerate(["local", "chaos", "local"]):
+        h = bench(tmp_path / str(i), queue, seed=i)
+        try:
+            aid, result = play(h, phrase)
+            outcomes.append((aid, result, sorted(jobsim_quests(h))))
+        finally:
+            h.close()
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+
+
+# -- stall stage ---------------------------------------------------------------------------
+
+
+def test_stall_requeues_on_dms_clock_and_completes_later(lh: Harness) -> None:
+    aid = start(
+        lh, {"name": "nap", "stages": [{"stall": {"delay": "30s"}}], "return_stage": {"retval": 4}}
+    )
+    lh.drain()
+    eid = aid.execution(1)
+    assert lh.exec_state(eid) == ExecutionState.RUNNING
+    t = task(lh, eid)
+    assert t["status"] == jobsim.STALLED
+    assert json.loads(t["state"]) == {"Stage": 1, "Sum": 0}
+    due = lh.next_due_us()
+    assert due is not None and due - lh.clock() == 30_000_000
+    lh.advance(29)
+    assert task(lh, eid)["status"] == jobsim.STALLED
+    assert lh.state(aid) == AttemptState.EXECUTING
+    lh.advance(1)
+    assert lh.state(aid) == AttemptState.FINISHED
+    assert lh.result(aid) == {"success": True, "value": 4}
+    assert lh.attempt(aid)["cur_execution"] == 1  # one execution, kept RUNNING meanwhile
+    assert lh.failures == []
+
+
+def test_stall_then_deps_on_both_queues(jh: Harness) -> None:
+    _, result = play(
+        jh,
+        {
+            "name": "slow",
+            "stages": [
+                {"stall": {"delay": "5s"}},
+                {"deps": {"deps": [{"phrase": {"name": "x", "return_stage": {"retval": 2}}}]}},
+                {"stall": {"delay": "1.5s"}},
+            ],
+        },
+    )
+    assert result == {"success": True, "value": 3}
+
+
+def test_stall_past_the_run_timeout_times_out_and_the_wakeup_quits_quietly(lh: Harness) -> None:
+    desc = jobsim.quest_desc({"name": "late", "stages": [{"stall": {"delay": "60s"}}]})
+    desc.meta.timeouts.run.FromSeconds(10)
+    (qid,) = lh.ensure(desc)
+    aid = AttemptID(qid, 1)
+    settle(lh)
+    assert lh.state(aid) == AttemptState.ABNORMAL_FINISHED
+    assert lh.attempt(aid)["abnormal"]["status"] == AbnormalStatus.TIMED_OUT
+    t = task(lh, aid.execution(1))
+    assert t["status"] == jobsim.FAILED and "activation refused" in t["reason"]
+    assert lh.failures == []
+
+
+def test_empty_deps_and_zero_stall_are_no_ops(jh: Harness) -> None:
+    aid, result = play(
+        jh, {"name": "noop", "stages": [{"deps": {}}, {"stall": {"delay": "0s"}}, {"stall": {}}]}
+    )
+    assert result == {"success": True, "value": 1}
+    assert jh.attempt(aid)["cur_execution"] == 1
+
+
+# -- deps stage ----------------------------------------------------------------------------
+
+
+def test_deps_with_shards_sum_successful_values(jh: Harness) -> None:
+    aid, result = play(
+        jh,
+        {
+            "name": "root",
+            "stages": [
+                {
+                    "deps": {
+                        "deps": [
+                            {
+                                "shards": 3,
+                                "phrase": {"name": "leaf", "return_stage": {"retval": 2}},
+                            },
+                            {"phrase": {"name": "solo", "return_stage": {"retval": 10}}},
+                            {"phrase": {"name": "bad", "stages": [{"failure": {"chance": 1}}]}},
+                        ]
+                    }
+                }
+            ],
+            "return_stage": {},
+        },
+    )
+    assert result == {"success": True, "value": 3 * 2 + 10}  # "bad" adds nothing; retval 0
+    quests = jobsim_quests(jh)
+    assert sorted(quests) == ["bad", "leaf_0", "leaf_1", "leaf_2", "root", "solo"]
+    for q in quests.values():
+        assert q["desc"].distributor_config_name == "jobsim"
+        assert q["desc"].distributor_parameters == "{}"
+    # Halted once for the deps, then resumed with the saved state.
+    assert jh.attempt(aid)["cur_execution"] == 2
+    first = jh.execution(aid.execution(1))["result"]["data"]["object"]
+    assert json.loads(first) == {"Stage": 0, "Sum": 0}
+
+
+def test_stages_accumulate_across_executions(jh: Harness) -> None:
+    aid, result = play(
+        jh,
+        {
+            "name": "multi",
+            "stages": [
+                {"deps": {"deps": [{"phrase": {"name": "a", "return_stage": {"retval": 2}}}]}},
+                {"failure": {"chance": 0}},
+                {"deps": {"deps": [{"phrase": {"name": "b", "return_stage": {"retval": 5}}}]}},
+            ],
+        },
+    )
+    assert result == {"success": True, "value": 2 + 5 + 1}
+    assert jh.attempt(aid)["cur_execution"] == 3
+    second = jh.execution(aid.execution(2))["result"]["data"]["object"]
+    assert json.loads(second) == {"Stage": 2, "Sum": 2}
+
+
+def test_fanout_example_from_the_spec(jh: Harness) -> None:
+    _, result = play(jh, FANOUT)
+    leaves, retval, default_retval = 6, 3, 1
+    assert result == {"success": True, "value": leaves * retval + default_retval}  # 19
+    # The leaves' seeds are draws from a Random seeded with the root's seed (0).
+    rnd = random.Random(0)
+    want = {f"leaf_{i}": rnd.getrandbits(63) for i in range(leaves)}
+    quests = jobsim_quests(jh)
+    got = {n: int(q["params"]["seed"]) for n, q in quests.items() if n.startswith("leaf")}
+    assert got == want
+    for n in want:
+        assert jh.state(AttemptID(_qid(jh, n), 1)) == AttemptState.FINISHED
+
+
+def _qid(h: Harness, name: str) -> str:
+    from dmcore import ids
+
+    return ids.quest_id(jobsim_quests(h)[name]["desc"])
+
+
+def test_sparse_attempts_each_count(jh: Harness) -> None:
+    _, result = play(
+        jh,
+        {
+            "name": "sparse",
+            "stages": [
+                {
+                    "deps": {
+                        "deps": [
+                            {
+                                "attempts": {
+                                    "items": [{"single": 1}, {"range": {"low": 3, "high": 4}}]
+                                },
+                                "phrase": {"name": "leaf", "return_stage": {"retval": 2}},
+                            }
+                        ]
+                    }
+                }
+            ],
+        },
+    )
+    assert result == {"success": True, "value": 3 * 2 + 1}
+    qid = _qid(jh, "leaf")
+    for n, exists in [(1, True), (2, False), (3, True), (4, True)]:
+        assert (jh.store.get(docs.attempt_path(AttemptID(qid, n))) is not None) is exists
+
+
+def test_sub_quests_use_the_requested_config_name(jh: Harness) -> None:
+    play(
+        jh,
+        {"name": "al", "stages": [{"deps": {"deps": [{"phrase": {"name": "kid"}}]}}]},
+        config="jobsim_alias",
+    )
+    assert jobsim_quests(jh)["kid"]["desc"].distributor_config_name == "jobsim_alias"
+
+
+# -- retries strategy ----------------------------------------------------------------------
+
+
+def flaky_parent(retries: int, seed: int) -> dict[str, Any]:
+    return {
+        "name": f"parent{retries}",
+        "stages": [
+            {
+                "deps": {
+                    "deps": [
+                        {
+                            "retries": retries,
+                            "phrase": {
+                                "name": "flaky",
+                                "seed": seed,
+                                "stages": [{"failure": {"chance": 0.5}}],
+                                "return_stage": {"retval": 7},
+                            },
+                        }
+                    ]
+                }
+            }
+        ],
+    }
+
+
+def test_retries_depend_on_the_next_attempt_until_one_succeeds(jh: Harness) -> None:
+    seed = seed_where([True, True, False])  # fails on attempts 1 and 2, passes on 3
+    _, result = play(jh, flaky_parent(2, seed))
+    assert result == {"success": True, "value": 7 + 1}  # only attempt 3's value
+    qid = _qid(jh, "flaky")
+    got = [jh.result(AttemptID(qid, n)) for n in (1, 2, 3)]
+    assert got == [
+        {"success": False, "value": 0},
+        {"success": False, "value": 0},
+        {"success": True, "value": 7},
+    ]
+    assert jh.store.get(docs.attempt_path(AttemptID(qid, 4))) is None
+
+
+def test_retries_exhausted_count_the_failure(jh: Harness) -> None:
+    seed = seed_where([True, True, False])
+    _, result = play(jh, flaky_parent(1, seed))
+    assert result == {"success": True, "value": 1}  # the dependency added nothing
+    qid = _qid(jh, "flaky")
+    assert jh.result(AttemptID(qid, 2)) == {"success": False, "value": 0}
+    assert jh.store.get(docs.attempt_path(AttemptID(qid, 3))) is None
+
+
+def test_retries_stop_at_the_first_success(jh: Harness) -> None:
+    seed = seed_where([False])
+    _, result = play(jh, flaky_parent(5, seed))
+    assert result == {"success": True, "value": 8}
+    assert jh.store.get(docs.attempt_path(AttemptID(_qid(jh, "flaky"), 2))) is None
+
+
+# -- seeds ---------------------------------------------------------------------------------
+
+
+def _seed_of(h: Harness, mix: bool, own: int, parent: int = 42) -> int:
+    phrase = {
+        "name": f"p{mix}{own}",
+        "seed": parent,
+        "stages": [
+            {"deps": {"deps": [{"mix_seed": mix, "phrase": {"name": f"k{mix}{own}", "seed": own}}]}}
+        ],
+    }
+    play(h, phrase)
+    return int(jobsim_quests(h)[f"k{mix}{own}"]["params"].get("seed", 0))
+
+
+def test_derived_seeds(jh: Harness) -> None:
+    assert _seed_of(jh, False, 7) == 7  # own seed
+    assert _seed_of(jh, False, 0) == 42  # parent's seed
+    assert _seed_of(jh, True, 7) == ref_fnv64a(42 * 2147483647, 7, 0)  # blend
+    assert _seed_of(jh, True, 0) == random.Random(42).getrandbits(63)  # seeded draw
+
+
+def test_mix_seed_changes_the_outcome_deterministically() -> None:
+    dep = config_pb2.Dependency()
+    dep.phrase.name = "x"
+    dep.phrase.seed = 9
+    plain = jobsim.derive_seed(dep, 5, 0, random.Random(0))
+    dep.mix_seed = True
+    mixed = [jobsim.derive_seed(dep, 5, i, random.Random(0)) for i in range(3)]
+    assert plain == 9
+    assert len(set(mixed)) == 3 and 9 not in mixed
+    assert mixed[0] == ref_fnv64a(ctypes.c_int64(5 * 2147483647).value, 9, 0)
+    # Negative parent seeds wrap like Go's int64 multiplication.
+    assert jobsim.derive_seed(dep, -(1 << 62), 1, random.Random(0)) == ref_fnv64a(
+        ctypes.c_int64(-(1 << 62) * 2147483647).value, 9, 1
+    )
+
+
+# -- cancel, idempotence, duplicates ---------------------------------------------------------
+
+
+def _distributor(h: Harness, name: str = "jobsim") -> jobsim.JobsimDistributor:
+    d, _ = h.registry.build_named(name)
+    assert isinstance(d, jobsim.JobsimDistributor)
+    return d
+
+
+def _fake_auth(n: int = 1) -> dm_pb2.Execution.Auth:
+    eid = ExecutionID("A" * 43, 1, n)
+    return dm_pb2.Execution.Auth(id=eid.to_proto(), token=b"t" * 32)
+
+
+def test_run_is_idempotent_per_execution(lh: Harness) -> None:
+    calls: list[bytes] = []
+    inner = lh.registry.enqueue_task
+    assert inner is not None
+
+    def counting(name: str, body: bytes, delay: float) -> None:
+        calls.append(body)
+        inner(name, body, delay)
+
+    lh.registry.enqueue_task = counting
+    d = _distributor(lh)
+    desc = jobsim.quest_desc({"name": "once"})
+    a = d.run(desc, _fake_auth(), None)
+    b = d.run(desc, _fake_auth(), None)
+    assert a == b == dist.Started(f"p|{'A' * 43}|1|1", a.poll_timeout)
+    assert a.poll_timeout.total_seconds() == 0
+    assert calls == [a.token.encode()]
+    assert "/" not in jobsim.task_path("x/y|z").split("/", 1)[1]
+
+
+def test_enqueue_failure_in_run_is_transient_and_retried(lh: Harness) -> None:
+    inner = lh.registry.enqueue_task
+    assert inner is not None
+    fail = [True]
+
+    def flaky(name: str, body: bytes, delay: float) -> None:
+        if fail.pop(0) if fail else False:
+            raise ConnectionError("queue down")
+        inner(name, body, delay)
+
+    lh.registry.enqueue_task = flaky
+    d = _distributor(lh)
+    desc = jobsim.quest_desc({"name": "retry-enqueue"})
+    with pytest.raises(dist.TransientError):
+        d.run(desc, _fake_auth(), None)
+    d.run(desc, _fake_auth(), None)  # stored already, queued now
+    assert jobsim_task_doc(lh, f"p|{'A' * 43}|1|1")["queued"] is True
+
+
+def jobsim_task_doc(h: Harness, token: str) -> dict[str, Any]:
+    doc = h.store.get(jobsim.task_path(token))
+    assert doc is not None
+    return doc
+
+
+def test_cancel_runnable_is_idempotent_and_the_task_never_runs(lh: Harness) -> None:
+    d = _distributor(lh)
+    desc = jobsim.quest_desc({"name": "never"})
+    tok = d.run(desc, _fake_auth(), None).token
+    assert d.get_status(desc, tok) is None
+    d.cancel(desc, tok)
+    d.cancel(desc, tok)
+    r = d.get_status(desc, tok)
+    assert r is not None and r.abnormal_finish.status == dm_pb2.AbnormalFinish.CANCELLED
+    lh.drain()  # the queued task finds it cancelled and does nothing
+    assert jobsim_task_doc(lh, tok)["status"] == jobsim.CANCELLED
+    assert lh.failures == []
+
+
+def test_cancel_leaves_a_finished_task_finished(jh: Harness) -> None:
+    aid, _ = play(jh, {"name": "done"})
+    d = _distributor(jh)
+    tok = f"p|{aid.execution(1)}"
+    d.cancel(dm_pb2.Quest.Desc(), tok)
+    r = d.get_status(dm_pb2.Quest.Desc(), tok)
+    assert r is not None and json.loads(r.data.object) == {"Stage": 0, "Sum": 0}
+
+
+def test_cancel_unknown_token_is_a_no_op_and_status_is_missing(lh: Harness) -> None:
+    d = _distributor(lh)
+    d.cancel(dm_pb2.Quest.Desc(), "p|nope")
+    r = d.get_status(dm_pb2.Quest.Desc(), "p|nope")
+    assert r is not None and r.abnormal_finish.status == dm_pb2.AbnormalFinish.MISSING
+
+
+def test_cancel_attempt_while_stalled(lh: Harness) -> None:
+    aid = start(lh, {"name": "zzz", "stages": [{"stall": {"delay": "3600s"}}]})
+    lh.drain()
+    assert task(lh, aid.execution(1))["status"] == jobsim.STALLED
+    lh.service.cancel_attempt(
+        dm_pb2.CancelAttemptReq(attempt=aid.to_proto(), reason="bored"), Caller.trusted()
+    )
+    assert lh.state(aid) == AttemptState.ABNORMAL_FINISHED
+    assert lh.attempt(aid)["abnormal"]["status"] == AbnormalStatus.CANCELLED
+    settle(lh, max_seconds=2 * 3600)  # the wake-up comes and finds it cancelled
+    assert task(lh, aid.execution(1))["status"] == jobsim.CANCELLED
+    assert lh.failures == []
+
+
+def test_duplicate_task_delivery_is_harmless(lh: Harness) -> None:
+    aid, result = play(lh, {"name": "dup", "stages": [{"failure": {"chance": 0}}]})
+    d = _distributor(lh)
+    tok = f"p|{aid.execution(1)}"
+    before = (lh.attempt(aid), lh.execution(aid.execution(1)), task(lh, aid.execution(1)))
+    notes = d.handle_task_queue_task(dist.TaskRequest(tok.encode()))
+    # The delivery that ended the job reports again (in case that report was lost) ...
+    assert [json.loads(n.data) for n in notes] == [
+        {"Status": "finished", "StateOrReason": '{"Stage":1,"Sum":0}'}
+    ]
+    for n in notes:  # processed as dm processes a distributor task's notifications
+        NotifyExecution(eid=str(n.execution_id), data_b64=b64(n.data), attrs={}).execute(
+            lh.engine, 1
+        )
+    settle(lh)
+    # ... and nothing ran twice.
+    after = (lh.attempt(aid), lh.execution(aid.execution(1)), task(lh, aid.execution(1)))
+    assert after == before
+    assert lh.result(aid) == result
+    # A delivery while the job runs (another worker has it) does nothing.
+    lh.store.transaction(
+        lambda tx: tx.set(
+            jobsim.task_path(tok), {**task(lh, aid.execution(1)), "status": "running"}
+        )
+    )
+    assert d.handle_task_queue_task(dist.TaskRequest(tok.encode())) == []
+
+
+def test_many_duplicates_on_the_chaos_queue(tmp_path: pathlib.Path) -> None:
+    h = bench(tmp_path, "chaos", seed=3, chaos=Chaos(duplicate=0.9, delay=0.5, fail_dispatch=0.2))
+    try:
+        _, result = play(h, FANOUT)
+        assert result == {"success": True, "value": 19}
+        for name in ["hello", *(f"leaf_{i}" for i in range(6))]:
+            att = h.attempt(AttemptID(_qid(h, name), 1))
+            assert att["cur_execution"] == (2 if name == "hello" else 1)
+    finally:
+        h.close()
+
+
+# -- errors, validation, polling ---------------------------------------------------------------
+
+
+def test_bad_phrase_is_rejected_by_run(jh: Harness) -> None:
+    cases: list[dict[str, Any]] = [
+        {"nme": "typo"},
+        {"name": ""},
+        {"name": "x", "stages": [{}]},
+        {"name": "x", "stages": [{"failure": {"chance": 1.5}}]},
+        {
+            "name": "x",
+            "stages": [
+                {
+                    "deps": {
+                        "deps": [
+                            {
+                                "attempts": {"items": [{"single": 2}, {"single": 2}]},
+                                "phrase": {"name": "y"},
+                            }
+                        ]
+                    }
+                }
+            ],
+        },
+        {
+            "name": "x",
+            "stages": [
+                {
+                    "deps": {
+                        "deps": [
+                            {
+                                "phrase": {"name": "y"},
+                                "attempts": {"items": [{"range": {"low": 3, "high": 3}}]},
+                            }
+                        ]
+                    }
+                }
+            ],
+        },
+        {"name": "x", "stages": [{"deps": {"deps": [{"shards": 2}]}}]},
+    ]
+    for i, params in enumerate(cases):
+        desc = jobsim.quest_desc(params)
+        desc.meta.as_account = str(i)
+        (qid,) = jh.ensure(desc)
+        aid = AttemptID(qid, 1)
+        settle(jh)
+        att = jh.attempt(aid)
+        assert att["state"] == AttemptState.ABNORMAL_FINISHED, params
+        assert att["abnormal"]["status"] == AbnormalStatus.REJECTED
+        assert "phrase" in att["abnormal"]["reason"], att["abnormal"]["reason"]
+
+
+def test_validate_accepts_only_empty_distributor_parameters(lh: Harness) -> None:
+    d = _distributor(lh)
+    d.validate("{}")
+    for bad in ['{"pool":"x"}', "[]", "null", "nope"]:
+        with pytest.raises(ValueError):
+            d.validate(bad)
+    desc = jobsim.quest_desc({"name": "v"})
+    desc.distributor_parameters = '{"extra": 1}'
+    req = dm_pb2.EnsureGraphDataReq()
+    req.quest.append(desc)
+    req.quest_attempt.add(nums=[1])
+    with pytest.raises(InvalidArgument, match="distributor_parameters"):
+        lh.service.ensure_graph_data(req, Caller.trusted())
+
+
+def test_unexpected_job_error_fails_the_execution_with_its_text(lh: Harness) -> None:
+    from dmcore.client import LocalClient
+
+    class Broken(LocalClient):
+        def ensure_graph_data(self, req: dm_pb2.EnsureGraphDataReq) -> dm_pb2.EnsureGraphDataRsp:
+            raise RuntimeError("boom in the client")
+
+    lh.registry.client = lambda: Broken(lh.service)
+    aid = start(lh, {"name": "err", "stages": [{"deps": {"deps": [{"phrase": {"name": "k"}}]}}]})
+    settle(lh)
+    att = lh.attempt(aid)
+    assert att["state"] == AttemptState.ABNORMAL_FINISHED
+    assert att["abnormal"]["status"] == AbnormalStatus.FAILED
+    assert "boom in the client" in att["abnormal"]["reason"]
+    t = task(lh, aid.execution(1))
+    assert t["status"] == jobsim.FAILED and "boom in the client" in t["reason"]
+
+
+def test_pollback_config_ends_executions_through_get_status(jh: Harness) -> None:
+    aid = start(jh, FANOUT, config="jobsim_poll")
+    settle(jh)
+    assert jh.state(aid) == AttemptState.FINISHED
+    assert jh.result(aid) == {"success": True, "value": 19}
+    assert task(jh, aid.execution(1), pool="p/poll")["status"] == jobsim.FINISHED
+
+
+def test_notifications_and_status(lh: Harness) -> None:
+    d = _distributor(lh)
+    desc = dm_pb2.Quest.Desc()
+    eid = ExecutionID("B" * 43, 2, 3)
+
+    def note(obj: Any) -> dm_pb2.Result | None:
+        data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+        return d.handle_notification(desc, dist.Notification(eid, data))
+
+    assert note({"Status": "running", "StateOrReason": ""}) is None
+    fin = note({"Status": "finished", "StateOrReason": '{"Stage":2,"Sum":5}'})
+    assert fin is not None and fin.data.object == '{"Stage":2,"Sum":5}'
+    bad = note({"Status": "failed", "StateOrReason": "it broke"})
+    assert bad is not None and bad.abnormal_finish.status == dm_pb2.AbnormalFinish.FAILED
+    assert bad.abnormal_finish.reason == "it broke"
+    can = note({"Status": "cancelled", "StateOrReason": ""})
+    assert can is not None and can.abnormal_finish.status == dm_pb2.AbnormalFinish.CANCELLED
+    # Unreadable: ask the store (no such task -> MISSING).
+    miss = note(b"garbage")
+    assert miss is not None and miss.abnormal_finish.status == dm_pb2.AbnormalFinish.MISSING
+    assert d.info_url("p|x|1|1") == "jobsim://jobsim/ver/v1/tok/p|x|1|1"
+
+
+def test_job_state_parsing() -> None:
+    assert jobsim.JobState.parse("") == jobsim.JobState(0, 0)
+    assert jobsim.JobState.parse('{"Stage":3,"Sum":-4}') == jobsim.JobState(3, -4)
+    assert jobsim.JobState(1, 2).to_json() == '{"Stage":1,"Sum":2}'
+    for bad in ["[]", '{"Stage":"1"}', '{"Stage":-1}', '{"Sum":true}']:
+        with pytest.raises(ValueError):
+            jobsim.JobState.parse(bad)
+
+
+def test_entry_point_registers_the_kind() -> None:
+    reg = dist.Registry()
+    jobsim.register(reg)
+    assert reg.kinds["jobsim"].config_type is config_pb2.Config
