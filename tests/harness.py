@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from distributors.fake import FakeWorld, Job
 from dmcore import ids
@@ -25,6 +25,7 @@ from dmcore.queue.base import Task, TaskQueue
 from dmcore.queue.local import LocalQueue
 from dmcore.service import Caller, Service
 from dmcore.states import AttemptState, ExecutionState
+from dmcore.store.base import Store
 from dmcore.store.sqlite import SqliteStore
 
 START_US = 1_700_000_000_000_000
@@ -112,10 +113,15 @@ class Harness:
         seed: int = 0,
         chaos: Chaos | None = None,
         configs: dict[str, Any] | None = None,
+        store: Store | None = None,
     ) -> None:
         self.clock = FakeClock()
         self.rng = random.Random(seed)
-        self.store = SqliteStore(tmp_path / "dm.sqlite")
+        # Typed as the default SqliteStore so tests that reach into the SQLite file keep
+        # type-checking; a store passed in is used through the Store port only.
+        self.store = (
+            SqliteStore(tmp_path / "dm.sqlite") if store is None else cast(SqliteStore, store)
+        )
         self.local: LocalQueue | None = None
         self.chaos: ChaosQueue | None = None
         q: TaskQueue
@@ -231,6 +237,8 @@ class Harness:
             self.engine.sweep()
             if self.drain():
                 continue
+            if self.store.count(docs.OUTBOX):
+                continue  # a re-dispatch failed (chaos): sweep again
             nxt = self.next_due_us()
             if nxt is None or nxt > end:
                 return

@@ -856,15 +856,6 @@ def test_halting_ensure_graph_data_retry(h: Harness) -> None:
     assert h.world.pending() == [a1.execution(2)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine bug (dmcore/engine/mutations.py DeclareDeps): a dependee seen terminal whose "
-        "FwdDep from an older execution is not yet acked keeps for_execution=<old>, "
-        "satisfied=False; the retry guard then requires satisfied or for_execution == "
-        "current, so an identical retry of the halting call gets Unauthenticated (W-6)"
-    ),
-)
 def test_halting_retry_with_a_stale_edge_to_a_just_finished_dependee(
     tmp_path: pathlib.Path,
 ) -> None:

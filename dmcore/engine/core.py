@@ -425,7 +425,14 @@ class Engine:
             if doc["deadline_us"] > now:
                 break
             step, name = timer_step(doc)
-            self.queue.enqueue(Task(name, step_target(step), step.to_payload(), doc["deadline_us"]))
+            try:
+                self.queue.enqueue(
+                    Task(name, step_target(step), step.to_payload(), doc["deadline_us"])
+                )
+            except Exception:
+                # The timer stays armed: the next sweep fires it (like dispatch above).
+                log.warning("firing timer %s failed; left to the next sweep", name, exc_info=True)
+                continue
             fired += 1
         return {"outbox": len(stale), "timers": fired}
 

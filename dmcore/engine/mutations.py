@@ -521,9 +521,11 @@ class DeclareDeps(Mutation):
         ):
             # A retry of the halting call after a lost response (W-6).
             edges = ctx.uow.get_many(paths)
+            finished = set(self.terminal)
             if all(
-                e is not None and (e["satisfied"] or e["for_execution"] == eid.num)
-                for e in edges.values()
+                e is not None
+                and (e["satisfied"] or e["for_execution"] == eid.num or d.encoded in finished)
+                for d, e in zip(dependees, (edges[p] for p in paths), strict=True)
             ):
                 self.halted = True
                 return []
@@ -541,8 +543,13 @@ class DeclareDeps(Mutation):
         for d, p in zip(dependees, paths, strict=True):
             e = edges[p]
             done = d.encoded in terminal or (e is not None and bool(e["satisfied"]))
-            if e is not None and (done or e["for_execution"] == eid.num):
+            if e is not None and (e["satisfied"] or (e["for_execution"] == eid.num and not done)):
                 continue  # recorded already (and satisfied, or armed for this execution)
+            if e is not None and done:
+                # The dependee ended before its completion reached this edge:
+                # mark it now (its back edge exists and will ack harmlessly).
+                ctx.uow.put(p, {**e, "for_execution": eid.num, "satisfied": True})
+                continue
             ctx.uow.put(
                 p,
                 {"quest": d.quest, "num": d.num, "for_execution": eid.num, "satisfied": done},
