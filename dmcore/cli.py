@@ -199,6 +199,11 @@ def run(
                 _short(v.result) if v.result is not None else v.abnormal,
             )
         out.print(t)
+        if len(views) <= 3:  # few results: show them whole
+            for a, v in views.items():
+                if v is not None and v.result is not None:
+                    out.print(f"{v.name} ({a}):", highlight=False)
+                    out.print_json(json.dumps(v.result, sort_keys=True))
         out.print(
             f"reused {reused} of {len(rr.attempts)} requested result(s); "
             f"ran {ran} execution(s) in {elapsed:.2f}s",

@@ -16,7 +16,9 @@ def main() -> int:
     job = Job.from_env()
     job.activate()
     chunk = json.loads(os.environ["DM_QUEST_PARAMETERS"])["chunk"]
-    text = (pathlib.Path(os.environ["DM_HOME"]) / "blobs" / chunk["sha256"]).read_text(encoding="utf-8")
+    text = (pathlib.Path(os.environ["DM_HOME"]) / "blobs" / chunk["sha256"]).read_text(
+        encoding="utf-8"
+    )
     counts = collections.Counter(re.findall(r"[a-z']+", text.lower()))
     job.finish({"counts": dict(counts)})
     return 0

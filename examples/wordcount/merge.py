@@ -27,7 +27,9 @@ def main() -> int:
     job.activate()
     params = json.loads(os.environ["DM_QUEST_PARAMETERS"])
 
-    split = job.depend([step("split", "split.py", corpus=params["corpus"], chunks=params["chunks"])])
+    split = job.depend(
+        [step("split", "split.py", corpus=params["corpus"], chunks=params["chunks"])]
+    )
     if split.should_halt:
         return 0  # dm runs this again once `split` has finished
     ((chunks_result),) = split.results.values()
@@ -44,7 +46,9 @@ def main() -> int:
     total: collections.Counter[str] = collections.Counter()
     for r in counts.results.values():
         total.update(r["counts"])
-    top = [[w, n] for w, n in sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))[: params["top"]]]
+    top = [
+        [w, n] for w, n in sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))[: params["top"]]
+    ]
     job.finish({"words": sum(total.values()), "distinct": len(total), "top": top})
     return 0
 
