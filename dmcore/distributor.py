@@ -62,11 +62,15 @@ class Started:
 
     ``token`` identifies the distributor's task (opaque to dm). A positive
     ``poll_timeout`` replaces the quest's stop timeout: dm polls
-    :meth:`D.get_status` that long after the execution stops.
+    :meth:`D.get_status` that long after the execution stops. A positive
+    ``poll_interval`` makes dm also poll :meth:`D.get_status` that often while
+    the execution is scheduled or running, for distributors whose
+    notification can be lost (a supervisor process that dies, a lost message).
     """
 
     token: str
     poll_timeout: datetime.timedelta = datetime.timedelta(0)
+    poll_interval: datetime.timedelta = datetime.timedelta(0)
 
 
 @dataclasses.dataclass(frozen=True)

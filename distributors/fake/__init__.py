@@ -193,7 +193,11 @@ class FakeDistributor(dist.D):
             )
         self.world.runs += 1
         assert isinstance(self.cfg.content, config_pb2.Config)
-        return dist.Started(token, self.cfg.content.poll_timeout.ToTimedelta())
+        return dist.Started(
+            token,
+            self.cfg.content.poll_timeout.ToTimedelta(),
+            self.cfg.content.poll_interval.ToTimedelta(),
+        )
 
     def cancel(self, desc: dm_pb2.Quest.Desc, token: str) -> None:
         task = self.world.tasks.get(token)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x64istributors/fake/config.proto\x12\x14\x64m.distributors.fake\x1a\x1egoogle/protobuf/duration.proto\"9\n\x06\x43onfig\x12/\n\x0cpoll_timeout\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Durationb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x64istributors/fake/config.proto\x12\x14\x64m.distributors.fake\x1a\x1egoogle/protobuf/duration.proto\"k\n\x06\x43onfig\x12/\n\x0cpoll_timeout\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rpoll_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Durationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'distributors.fake.config_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CONFIG']._serialized_start=88
-  _globals['_CONFIG']._serialized_end=145
+  _globals['_CONFIG']._serialized_end=195
 # @@protoc_insertion_point(module_scope)

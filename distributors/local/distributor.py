@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -130,6 +131,10 @@ def previous_state(prev: dm_pb2.JsonResult | None) -> str:
 # -- the distributor ------------------------------------------------------------------
 
 
+POLL_INTERVAL = datetime.timedelta(seconds=30)
+"""How often dm asks how a running command is doing (in case its supervisor died)."""
+
+
 class LocalDistributor(dist.D):
     """Runs a quest's command as a local subprocess under a supervisor."""
 
@@ -170,7 +175,7 @@ class LocalDistributor(dist.D):
         path = tasks.task_path(token)
         store = self.cfg.store()
         if store.get(path) is not None:
-            return dist.Started(token)
+            return dist.Started(token, poll_interval=POLL_INTERVAL)
         params = parse_parameters(desc.distributor_parameters)
         home = self.home()
         cwd = pathlib.Path(os.path.abspath(params.cwd or os.getcwd()))
@@ -204,7 +209,9 @@ class LocalDistributor(dist.D):
             "state_error": "",
         }
         if not self._claim(store, path, doc):
-            return dist.Started(token)  # another run() of this execution got there first
+            return dist.Started(
+                token, poll_interval=POLL_INTERVAL
+            )  # another run() of this execution got there first
         env = dict(os.environ)
         env.pop(dmjob.ENV_HOST, None)
         env.update(params.env)
@@ -244,7 +251,7 @@ class LocalDistributor(dist.D):
             tx.set(path, cur)
 
         _transaction(store, started)
-        return dist.Started(token)
+        return dist.Started(token, poll_interval=POLL_INTERVAL)
 
     @staticmethod
     def _claim(store: Store, path: str, doc: Doc) -> bool:

@@ -407,7 +407,7 @@ class Engine:
 
     def sweep(self) -> dict[str, int]:
         """Re-dispatch stale outbox records and fire due timers (idempotent)."""
-        from dmcore.engine.mutations import timer_step
+        from dmcore.engine.mutations import poll_later, timer_step
 
         now = self.clock()
         stale: list[tuple[str, Task]] = []
@@ -434,7 +434,22 @@ class Engine:
                 log.warning("firing timer %s failed; left to the next sweep", name, exc_info=True)
                 continue
             fired += 1
-        return {"outbox": len(stale), "timers": fired}
+        polled = 0
+        for _, doc in self.store.query(
+            docs.POLLS, order_by="due_us", limit=self.settings.sweep_batch
+        ):
+            if doc["due_us"] > now:
+                break
+            later = poll_later(doc)
+            try:
+                self.queue.enqueue(self._task_for(later, "", 0, now))
+            except Exception:
+                log.warning(
+                    "queueing poll of %s failed; left to the next sweep", doc["eid"], exc_info=True
+                )
+                continue
+            polled += 1
+        return {"outbox": len(stale), "timers": fired, "polls": polled}
 
 
 def step_target(step: Step) -> str:

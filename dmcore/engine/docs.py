@@ -10,6 +10,7 @@ Layout (DESIGN.md §4; SQLite mirrors Firestore)::
     back_dep_groups/{aid}                          attempt_finished (terminal) flag
     back_dep_groups/{aid}/back_deps/{depender aid} reverse edge: propagated
     timers/{aid}|{eid}                             the execution's single armed timer
+    polls/{aid}|{eid}                              when to poll a running execution's status
     outbox/{id}                                    follow-up tasks committed with their step
 
 ``aid`` is the encoded attempt ID (``<qid>|<inverted hex>``), ``eid`` the
@@ -29,6 +30,7 @@ ATTEMPTS = "attempts"
 RESULTS = "results"
 BACK_DEP_GROUPS = "back_dep_groups"
 TIMERS = "timers"
+POLLS = "polls"
 OUTBOX = "outbox"
 
 
@@ -74,6 +76,10 @@ def back_dep_path(dependee: AttemptID, depender: AttemptID) -> str:
 
 def timer_path(eid: ExecutionID) -> str:
     return f"{TIMERS}/{eid.attempt_id.encoded}|{eid.encoded_num}"
+
+
+def poll_path(eid: ExecutionID) -> str:
+    return f"{POLLS}/{eid.attempt_id.encoded}|{eid.encoded_num}"
 
 
 def outbox_path(oid: str) -> str:

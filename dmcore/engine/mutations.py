@@ -358,7 +358,15 @@ class RunExecution(Action):
             )
             return
         poll_us = int(started.poll_timeout.total_seconds() * US)
-        engine.run(RecordRun(eid=self.eid, dist_token=started.token, poll_timeout_us=poll_us))
+        interval_us = int(started.poll_interval.total_seconds() * US)
+        engine.run(
+            RecordRun(
+                eid=self.eid,
+                dist_token=started.token,
+                poll_timeout_us=poll_us,
+                poll_interval_us=interval_us,
+            )
+        )
 
 
 @dataclasses.dataclass
@@ -369,6 +377,7 @@ class RecordRun(Mutation):
     eid: str
     dist_token: str
     poll_timeout_us: int
+    poll_interval_us: int = 0
 
     def root(self) -> str:
         return docs.attempt_path(ExecutionID.parse(self.eid).attempt_id)
@@ -382,8 +391,94 @@ class RecordRun(Mutation):
         ex["poll_timeout_us"] = max(0, self.poll_timeout_us)
         ex["run_at_us"] = ctx.now_us
         ctx.uow.put(docs.execution_path(eid), ex)
+        out: list[Step | Later] = []
+        if self.poll_interval_us > 0 and not is_terminal_execution(ExecutionState(ex["state"])):
+            poll = {"eid": self.eid, "interval_us": self.poll_interval_us}
+            out += schedule_poll(ctx, eid, poll, ctx.now_us + self.poll_interval_us)
         if ex["state"] == ExecutionState.SCHEDULING:
-            return arm_timer(ctx, eid, ExecutionState.SCHEDULING, ex["timeouts"]["start"])
+            out += arm_timer(ctx, eid, ExecutionState.SCHEDULING, ex["timeouts"]["start"])
+        return out
+
+
+def schedule_poll(
+    ctx: Ctx, eid: ExecutionID, poll: Mapping[str, Any], due_us: int
+) -> list[Step | Later]:
+    """(Re)write the execution's poll record and queue the poll at ``due_us``."""
+    doc = {**poll, "due_us": due_us}
+    ctx.uow.put(docs.poll_path(eid), doc)
+    return [poll_later(doc)]
+
+
+def poll_later(poll: Mapping[str, Any]) -> Later:
+    step = PollExecution(eid=str(poll["eid"]), due_us=int(poll["due_us"]))
+    return Later(step, eta_us=step.due_us, name=task_name("poll", step.eid, str(step.due_us)))
+
+
+@dataclasses.dataclass
+class PollExecution(Action):
+    """Ask the distributor how a scheduled or running execution is doing."""
+
+    KIND = "PollExecution"
+    eid: str
+    due_us: int
+
+    def execute(self, engine: Engine, delivery: int) -> None:
+        eid = ExecutionID.parse(self.eid)
+        got = engine.store.get_many([docs.poll_path(eid), docs.execution_path(eid)])
+        poll, ex = got[docs.poll_path(eid)], got[docs.execution_path(eid)]
+        if poll is None or poll["due_us"] != self.due_us:
+            return  # a newer poll is scheduled, or polling ended
+        step = PollDone(eid=self.eid, due_us=self.due_us)
+        if ex is not None and ex["state"] in (ExecutionState.SCHEDULING, ExecutionState.RUNNING):
+            res: dm_pb2.Result | None = None
+            try:
+                d, _ = engine.registry.build(dist.Snapshot.from_doc(ex["config"]))
+                desc = engine.quest_desc(eid.quest)
+                assert desc is not None
+                res = d.get_status(desc, ex["dist_token"])
+            except dist.TransientError as e:
+                log.warning("polling %s failed (transient): %s; polling again later", eid, e)
+            except Exception as e:  # non-transient: MISSING once 30 s have passed since run
+                grace = int(dist.GET_STATUS_GRACE.total_seconds() * US)
+                if ex["run_at_us"] and engine.clock() - int(ex["run_at_us"]) > grace:
+                    res = dm_pb2.Result(
+                        abnormal_finish=dm_pb2.AbnormalFinish(
+                            status=dm_pb2.AbnormalFinish.MISSING, reason=f"get_status: {e}"
+                        )
+                    )
+                else:
+                    log.warning("polling %s failed within 30 s of run: %s", eid, e)
+            if res is not None:
+                step.result = result_doc_from_proto(res)
+            else:
+                step.again = True
+        engine.run(step)
+
+
+@dataclasses.dataclass
+class PollDone(Mutation):
+    """Apply a poll: end the execution, poll again later, or stop polling."""
+
+    KIND = "PollDone"
+    eid: str
+    due_us: int
+    result: dict[str, Any] | None = None
+    again: bool = False
+
+    def root(self) -> str:
+        return docs.attempt_path(ExecutionID.parse(self.eid).attempt_id)
+
+    def roll_forward(self, ctx: Ctx) -> list[Step | Later]:
+        eid = ExecutionID.parse(self.eid)
+        path = docs.poll_path(eid)
+        poll = ctx.uow.get(path)
+        if poll is None or poll["due_us"] != self.due_us:
+            return []
+        if self.result is not None:
+            return [FinishExecution(eid=self.eid, result=self.result)]
+        if self.again:
+            return schedule_poll(ctx, eid, poll, ctx.now_us + int(poll["interval_us"]))
+        ctx.uow.delete(path)
         return []
 
 
@@ -765,6 +860,7 @@ class FinishExecution(Mutation):
                 f"distributor finished execution while it was in the {state} state.",
             )
         ctx.uow.delete(docs.timer_path(eid))
+        ctx.uow.delete(docs.poll_path(eid))
         out: list[Step | Later] = []
         if "abnormal" in result:
             ex["abnormal"] = result["abnormal"]

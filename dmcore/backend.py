@@ -1,0 +1,273 @@
+"""Which engine the functions run on, built from environment variables (cached per process).
+
+Cloud Functions configure a process through its environment (and Secret
+Manager secrets mounted as variables or files), so this is the one place
+that reads it:
+
+``DM_BACKEND``        ``embedded`` (default: SQLite + local queue in ``DM_HOME``, default
+                      ``.dm``) or ``gcp`` (Firestore + Cloud Tasks + Pub/Sub).
+``GOOGLE_CLOUD_PROJECT``, ``DM_FIRESTORE_DATABASE``   the Firestore database (gcp).
+``DM_TASKS_QUEUE``    ``projects/P/locations/L/queues/Q`` (gcp).
+``DM_TASKS_URL``      the ``dm_tasks`` function's URL, tasks POST to ``URL/<target>`` (gcp).
+``DM_TASKS_SERVICE_ACCOUNT``  the identity Cloud Tasks signs its OIDC tokens as (gcp).
+``DM_NOTIFY_TOPIC``   ``projects/P/topics/dm-distributor-notify`` (required on gcp;
+                      embedded: optional, e.g. the Pub/Sub emulator's topic).
+``DM_NOTIFY_SECRET`` / ``DM_NOTIFY_SECRET_FILE``  HMAC key of notification tokens;
+                      required on gcp, never defaulted in code (embedded: ``DM_HOME/secret``).
+``DM_CONFIG``         distributor configs: a JSON/YAML file path or inline JSON
+                      (default: the home's saved config, else ``DEFAULT_CONFIG``).
+``DM_HOST``           the ``dm_api`` URL handed to distributors (gcp, optional).
+``DM_WRITERS`` / ``DM_READERS``  comma-separated emails (``user:``/``serviceAccount:``
+                      prefixes allowed) for the API's ACLs (spec §3.7).
+``DM_AUTH``           ``none`` (local ``dm serve`` only: everyone is a writer) or ``oidc``
+                      (the default on gcp): verify Google ID tokens against
+                      ``DM_OIDC_AUDIENCE`` (comma-separated); ``DM_INVOKER_SERVICE_ACCOUNT``
+                      is the only identity ``dm_tasks`` and ``dm_sweep`` accept.
+
+A bad or missing setting raises :class:`ConfigError` when the backend is
+first built: the function refuses to start rather than run half-configured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import pathlib
+import re
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from dmcore.embedded import DEFAULT_CONFIG, Embedded, build_registry, home_registry, wall_clock_us
+from dmcore.engine.core import Engine, Settings
+from dmcore.errors import InvalidArgument
+from dmcore.service import Service
+
+log = logging.getLogger("dm.backend")
+
+AUTH_NONE = "none"
+_QUEUE_PATH = re.compile(r"^projects/([^/]+)/locations/([^/]+)/queues/([^/]+)$")
+AUTH_OIDC = "oidc"
+
+
+class ConfigError(Exception):
+    """The environment does not describe a usable backend."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthConfig:
+    """Who may call what (the functions' side of spec §3.7)."""
+
+    mode: str = AUTH_NONE
+    audiences: tuple[str, ...] = ()
+    writers: frozenset[str] = frozenset()
+    readers: frozenset[str] = frozenset()
+    invoker: str = ""
+    """The only identity allowed to call dm_tasks and dm_sweep (mode oidc)."""
+
+
+@dataclasses.dataclass
+class Backend:
+    """An engine and its service, plus how callers are checked."""
+
+    engine: Engine
+    service: Service
+    auth: AuthConfig
+    kind: str
+    embedded: Embedded | None = None
+    closers: list[Callable[[], None]] = dataclasses.field(default_factory=list)
+
+    def close(self) -> None:
+        for close in reversed(self.closers):
+            try:
+                close()
+            except Exception:
+                log.warning("closing the backend failed", exc_info=True)
+        self.closers.clear()
+
+
+_lock = threading.Lock()
+_cache: dict[str, Backend] = {}
+
+
+def get() -> Backend:
+    """The process's backend, built from ``os.environ`` on first use."""
+    b = _cache.get("backend")
+    if b is None:
+        with _lock:
+            b = _cache.get("backend")
+            if b is None:
+                b = _cache["backend"] = from_env(os.environ)
+    return b
+
+
+def reset() -> None:
+    """Close and forget the cached backend (tests; ``dm serve`` restarts)."""
+    with _lock:
+        b = _cache.pop("backend", None)
+    if b is not None:
+        b.close()
+
+
+def set_backend(backend: Backend) -> None:
+    """Use ``backend`` as the process's backend (``dm serve``, tests)."""
+    with _lock:
+        old = _cache.get("backend")
+        _cache["backend"] = backend
+    if old is not None and old is not backend:
+        old.close()
+
+
+def from_env(env: Mapping[str, str]) -> Backend:
+    """Build a backend from ``env`` (see the module docstring)."""
+    kind = env.get("DM_BACKEND", "embedded").strip() or "embedded"
+    if kind not in ("embedded", "gcp"):
+        raise ConfigError(f"DM_BACKEND: expected 'embedded' or 'gcp', got {kind!r}")
+    b = _embedded(env) if kind == "embedded" else _gcp(env)
+    if b.auth.mode == AUTH_NONE:
+        log.warning("DM_AUTH=none: identity checks are OFF, every caller is a writer (local only)")
+    return b
+
+
+def auth_from_env(env: Mapping[str, str], *, default: str) -> AuthConfig:
+    mode = env.get("DM_AUTH", "").strip().lower() or default
+    writers = _principals(env.get("DM_WRITERS", ""))
+    readers = _principals(env.get("DM_READERS", ""))
+    if mode == AUTH_NONE:
+        return AuthConfig(AUTH_NONE, (), writers, readers, "")
+    if mode != AUTH_OIDC:
+        raise ConfigError(f"DM_AUTH: expected 'none' or 'oidc', got {mode!r}")
+    audiences = tuple(a.strip() for a in env.get("DM_OIDC_AUDIENCE", "").split(",") if a.strip())
+    if not audiences:
+        raise ConfigError("DM_OIDC_AUDIENCE: required with DM_AUTH=oidc")
+    invoker = _strip_principal(env.get("DM_INVOKER_SERVICE_ACCOUNT", "").strip())
+    if not invoker:
+        raise ConfigError("DM_INVOKER_SERVICE_ACCOUNT: required with DM_AUTH=oidc")
+    return AuthConfig(AUTH_OIDC, audiences, writers, readers, invoker)
+
+
+def _strip_principal(p: str) -> str:
+    for prefix in ("user:", "serviceAccount:"):
+        if p.startswith(prefix):
+            return p[len(prefix) :]
+    return p
+
+
+def _principals(text: str) -> frozenset[str]:
+    return frozenset(_strip_principal(p.strip()).lower() for p in text.split(",") if p.strip())
+
+
+def load_config(value: str) -> dict[str, Any]:
+    """``DM_CONFIG``: inline JSON (starts with ``{``) or a JSON/YAML file path."""
+    from dmcore.runfile import BadFile, load_document
+
+    text = value.strip()
+    if text.startswith("{"):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"DM_CONFIG: not valid JSON: {e}") from None
+    else:
+        try:
+            doc = load_document(pathlib.Path(text))
+        except BadFile as e:
+            raise ConfigError(f"DM_CONFIG: {e}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError("DM_CONFIG: expected an object with 'distributor_configs'")
+    return doc
+
+
+def load_secret(env: Mapping[str, str]) -> bytes:
+    """``DM_NOTIFY_SECRET`` or the file ``DM_NOTIFY_SECRET_FILE``; empty if neither."""
+    value = env.get("DM_NOTIFY_SECRET", "")
+    if value:
+        return value.encode()
+    path = env.get("DM_NOTIFY_SECRET_FILE", "")
+    if path:
+        try:
+            data = pathlib.Path(path).read_bytes().strip()
+        except OSError as e:
+            raise ConfigError(f"DM_NOTIFY_SECRET_FILE: cannot read {path}: {e.strerror}") from None
+        if not data:
+            raise ConfigError(f"DM_NOTIFY_SECRET_FILE: {path} is empty")
+        return data
+    return b""
+
+
+def _embedded(env: Mapping[str, str]) -> Backend:
+    auth = auth_from_env(env, default=AUTH_NONE)
+    home = env.get("DM_HOME", "").strip() or ".dm"
+    config = load_config(env["DM_CONFIG"]) if env.get("DM_CONFIG", "").strip() else None
+    try:
+        registry = home_registry(home, config)
+    except InvalidArgument as e:
+        raise ConfigError(f"DM_CONFIG: {e.message}") from None
+    settings = Settings(notify_secret=load_secret(env))
+    if env.get("DM_NOTIFY_TOPIC", "").strip():
+        settings.notify_topic = env["DM_NOTIFY_TOPIC"].strip()
+    emb = Embedded(home, registry, settings=settings)
+    return Backend(emb.engine, emb.service, auth, "embedded", emb, [emb.close])
+
+
+def _gcp(env: Mapping[str, str]) -> Backend:
+    auth = auth_from_env(env, default=AUTH_OIDC)
+
+    def need(name: str) -> str:
+        value = env.get(name, "").strip()
+        if not value:
+            raise ConfigError(f"{name}: required with DM_BACKEND=gcp")
+        return value
+
+    project = need("GOOGLE_CLOUD_PROJECT")
+    queue_path = need("DM_TASKS_QUEUE")
+    tasks_url = need("DM_TASKS_URL")
+    topic = need("DM_NOTIFY_TOPIC")
+    secret = load_secret(env)
+    if not secret:
+        raise ConfigError(
+            "DM_NOTIFY_SECRET or DM_NOTIFY_SECRET_FILE: required with DM_BACKEND=gcp "
+            "(mount the Secret Manager secret)"
+        )
+    config = load_config(env["DM_CONFIG"]) if env.get("DM_CONFIG", "").strip() else DEFAULT_CONFIG
+    try:
+        registry = build_registry(config, dm_host=env.get("DM_HOST", ""))
+    except InvalidArgument as e:
+        raise ConfigError(f"DM_CONFIG: {e.message}") from None
+
+    m = _QUEUE_PATH.match(queue_path)
+    if m is None:
+        raise ConfigError(
+            f"DM_TASKS_QUEUE: expected projects/P/locations/L/queues/Q, got {queue_path!r}"
+        )
+    if not tasks_url.startswith(("https://", "http://")):
+        raise ConfigError(f"DM_TASKS_URL: expected an http(s) URL, got {tasks_url!r}")
+
+    # Imported by name, lazily: the Google client libraries load only on gcp,
+    # and only inside their adapters.
+    firestore = importlib.import_module("dmcore.store.firestore")
+    cloudtasks = importlib.import_module("dmcore.queue.cloudtasks")
+    store = firestore.FirestoreStore(
+        project=project, database=env.get("DM_FIRESTORE_DATABASE", "").strip() or "(default)"
+    )
+    queue = cloudtasks.CloudTasksQueue(
+        cloudtasks.tasks_v2.CloudTasksClient(),
+        project=m.group(1),
+        location=m.group(2),
+        queue=m.group(3),
+        url=tasks_url,
+        service_account_email=env.get("DM_TASKS_SERVICE_ACCOUNT", "").strip() or None,
+        clock=wall_clock_us,
+    )
+    engine = Engine(
+        store,
+        queue,
+        registry,
+        clock=wall_clock_us,
+        rand=os.urandom,
+        settings=Settings(notify_topic=topic, notify_secret=secret),
+    )
+    closers = [x.close for x in (queue, store) if callable(getattr(x, "close", None))]
+    return Backend(engine, Service(engine), auth, "gcp", None, closers)

@@ -1,0 +1,77 @@
+"""The logic behind dm's Cloud Functions, independent of any web framework.
+
+Each handler takes a :class:`~dmcore.server.http.Request` (or a CloudEvent's
+data) and returns a :class:`~dmcore.server.http.Response`, using the
+process's backend (:func:`dmcore.backend.get`) unless one is passed. The
+entry points in ``functions/`` only convert Flask's request and response.
+
+=============  ==========================================================
+``api``        dm.Deps over pRPC (:mod:`dmcore.server.prpc`)
+``tasks``      Cloud Tasks deliveries (:mod:`dmcore.server.tasks`)
+``sweep``      Cloud Scheduler's tick (:mod:`dmcore.server.tasks`)
+``notify``     Pub/Sub notifications (:mod:`dmcore.server.notify`)
+=============  ==========================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from dmcore import backend as backends
+from dmcore import logs
+from dmcore.errors import Code
+from dmcore.server import notify as _notify
+from dmcore.server import prpc as _prpc
+from dmcore.server import tasks as _tasks
+from dmcore.server.http import Request, Response
+
+__all__ = ["Request", "Response", "api", "notify", "start", "sweep", "tasks"]
+
+log = logs.get("dm.server")
+
+
+def start() -> backends.Backend:
+    """Configure logs and build the backend now (a cold start refuses a bad config)."""
+    logs.configure()
+    return backends.get()
+
+
+def _backend() -> backends.Backend | Response:
+    try:
+        return start()
+    except backends.ConfigError as e:
+        log.critical("dm is misconfigured", reason=str(e))
+        return Response.error(Code.INTERNAL, "internal error (dm is misconfigured; see logs)")
+
+
+def _http(req: Request, fn: Any, backend: backends.Backend | None) -> Response:
+    b = backend or _backend()
+    if isinstance(b, Response):
+        return b
+    with logs.request_context(req.headers):
+        out: Response = fn(b, req)
+        return out
+
+
+def api(req: Request, backend: backends.Backend | None = None) -> Response:
+    """dm_api: ``POST /prpc/dm.Deps/<Method>``."""
+    return _http(req, _prpc.handle, backend)
+
+
+def tasks(req: Request, backend: backends.Backend | None = None) -> Response:
+    """dm_tasks: ``POST /mutation`` or ``/distributor/<config name>``."""
+    return _http(req, _tasks.handle_task, backend)
+
+
+def sweep(req: Request, backend: backends.Backend | None = None) -> Response:
+    """dm_sweep: ``POST /``."""
+    return _http(req, _tasks.handle_sweep, backend)
+
+
+def notify(
+    data: Any, ce_attributes: Mapping[str, Any], backend: backends.Backend | None = None
+) -> str:
+    """dm_notify: one Pub/Sub message; raises when it should be delivered again."""
+    b = backend or start()
+    return _notify.handle(b, data, ce_attributes)

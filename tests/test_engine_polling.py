@@ -1,0 +1,148 @@
+"""Polling scheduled and running executions (Started.poll_interval).
+
+A distributor whose notification can be lost (a supervisor that dies) asks dm
+to poll get_status while the execution runs; a result ends the execution, and
+the 30 s GetStatus rule applies to errors.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pathlib
+from collections.abc import Iterator
+
+import pytest
+
+from distributors.fake import Crash, FakeDistributor, Job, quest_desc
+from dmcore import distributor as dist
+from dmcore.engine import docs
+from dmcore.ids import AttemptID, ExecutionID
+from dmcore.proto import dm_pb2
+from dmcore.states import AbnormalStatus, AttemptState, ExecutionState
+from tests.harness import Chaos, Harness
+
+CONFIGS = {"fake": {"fake": {"poll_interval": "30s"}}}
+
+
+@pytest.fixture(params=["local", "chaos"])
+def hp(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Harness]:
+    h = Harness(
+        tmp_path,
+        queue=request.param,
+        seed=3,
+        chaos=Chaos(duplicate=0.5, delay=0.3),
+        configs=CONFIGS,
+    )
+    yield h
+    h.close()
+
+
+def _start(h: Harness, crashed: int = 0) -> AttemptID:
+    (qid,) = h.ensure(quest_desc("polled", crashed=crashed))
+    h.settle(max_seconds=1)
+    return AttemptID(qid, 1)
+
+
+def _polls(h: Harness, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    seen: list[int] = []
+    real = FakeDistributor.get_status
+
+    def spy(self: FakeDistributor, desc: dm_pb2.Quest.Desc, token: str) -> dm_pb2.Result | None:
+        seen.append(h.clock())
+        return real(self, desc, token)
+
+    monkeypatch.setattr(FakeDistributor, "get_status", spy)
+    return seen
+
+
+def test_lost_notification_found_by_polling(hp: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    a1 = _start(hp, crashed=1)
+    polls = _polls(hp, monkeypatch)
+
+    def crash(job: Job) -> None:
+        job.activate()
+        raise Crash("boom")
+
+    hp.world.run_task(a1.execution(1), crash, notify=False)  # the report is lost
+    hp.drain()
+    assert hp.exec_state(a1.execution(1)) == ExecutionState.RUNNING
+    run_at = hp.execution(a1.execution(1))["run_at_us"]
+    hp.settle(max_seconds=40)
+    assert polls and polls[0] >= run_at + 30_000_000  # not before the interval
+    ex = hp.execution(a1.execution(1))
+    assert ex["state"] == ExecutionState.ABNORMAL_FINISHED
+    assert ex["abnormal"]["status"] == AbnormalStatus.CRASHED
+    # Retried (retry.crashed = 1) and polling ended for the old execution.
+    assert hp.attempt(a1)["cur_execution"] == 2
+    assert hp.store.get(docs.poll_path(a1.execution(1))) is None
+
+
+def test_polls_repeat_while_running_and_stop_when_stopping(
+    hp: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a1 = _start(hp)
+    polls = _polls(hp, monkeypatch)
+    jobs: dict[str, Job] = {}
+
+    def activate_only(job: Job) -> None:
+        job.activate()
+        jobs["j"] = job
+
+    hp.world.run_task(a1.execution(1), activate_only, notify=False)
+    hp.world.task(a1.execution(1)).result = None  # still running, as far as the fake says
+    run_at = hp.execution(a1.execution(1))["run_at_us"]
+    hp.settle(max_seconds=100)
+    assert len(polls) >= 2
+    assert polls[0] >= run_at + 30_000_000
+    assert all(b - a >= 30_000_000 for a, b in itertools.pairwise(polls))
+    assert hp.exec_state(a1.execution(1)) == ExecutionState.RUNNING
+    jobs["j"].finish({"ok": True})
+    hp.drain()
+    assert hp.exec_state(a1.execution(1)) == ExecutionState.STOPPING
+    before = len(polls)
+    hp.settle(max_seconds=60)
+    assert len(polls) <= before + 1  # at most one already-queued poll sees STOPPING and stops
+    assert hp.store.get(docs.poll_path(a1.execution(1))) is None
+
+
+def test_poll_error_within_30s_is_transient_then_missing(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = Harness(tmp_path, configs={"fake": {"fake": {"poll_interval": "20s"}}})
+    a1 = _start(h)
+    calls: list[int] = []
+
+    def broken(self: FakeDistributor, desc: dm_pb2.Quest.Desc, token: str) -> dm_pb2.Result | None:
+        calls.append(h.clock())
+        raise ValueError("no such task")
+
+    monkeypatch.setattr(FakeDistributor, "get_status", broken)
+    eid = a1.execution(1)
+    run_at = h.execution(eid)["run_at_us"]
+    h.settle(max_seconds=21)
+    assert len(calls) == 1 and calls[0] - run_at <= 30_000_000
+    assert h.exec_state(eid) == ExecutionState.SCHEDULING  # within 30 s: transient
+    h.settle(max_seconds=20)
+    assert len(calls) == 2 and calls[1] - run_at > 30_000_000
+    ex = h.execution(eid)
+    assert ex["abnormal"]["status"] == AbnormalStatus.MISSING
+    assert h.state(a1) == AttemptState.ABNORMAL_FINISHED
+    h.close()
+
+
+def test_transient_poll_errors_keep_polling(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = Harness(tmp_path, configs=CONFIGS)
+    a1 = _start(h)
+    calls: list[int] = []
+
+    def flaky(self: FakeDistributor, desc: dm_pb2.Quest.Desc, token: str) -> dm_pb2.Result | None:
+        calls.append(h.clock())
+        raise dist.TransientError("try later")
+
+    monkeypatch.setattr(FakeDistributor, "get_status", flaky)
+    h.settle(max_seconds=125)
+    assert len(calls) == 4
+    assert h.exec_state(ExecutionID(a1.quest, 1, 1)) == ExecutionState.SCHEDULING
+    h.close()
