@@ -28,3 +28,10 @@ def h(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Harnes
 
 
 pytest_plugins = ["tests.emulator_fixtures"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Options of the seeded simulation in tests/sim (registered here: root conftest)."""
+    group = parser.getgroup("dm simulation")
+    group.addoption("--seeds", type=int, default=200, help="run simulation seeds 0..N-1")
+    group.addoption("--seed", type=int, default=None, help="run only simulation seed S")

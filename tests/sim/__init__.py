@@ -1,0 +1,1 @@
+"""Deterministic, seeded whole-engine simulation (see ``tests/sim/sim.py``)."""
