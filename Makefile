@@ -5,7 +5,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint typecheck pytest protos clean
+.PHONY: setup run test lint typecheck pytest protos clean browser
 
 setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -21,7 +21,15 @@ lint: setup
 typecheck: setup
 	$(UV) run mypy
 
-pytest: setup
+# Headless Chromium opens the `dm graph` page in a test; installed where we can.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
+	  echo "note: chromium is not installed; the graph page test will be skipped"
+
+# Tests marked `emulator` start the gcloud Firestore/Pub/Sub emulators themselves.
+pytest: setup browser
 	$(UV) run pytest -n 2 $(PYTEST_ARGS)
 
 test: lint typecheck pytest
