@@ -1,0 +1,21 @@
+"""The Cloud Functions entry points (deployed with ``--source`` this file's folder).
+
+Only re-exports; each function lives in its own module. On Cloud Run
+(``K_SERVICE`` set) the backend is built at import, so a misconfigured
+deployment fails to start instead of failing every request.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dmcore import server
+from functions.dm_api import dm_api
+from functions.dm_notify import dm_notify
+from functions.dm_sweep import dm_sweep
+from functions.dm_tasks import dm_tasks
+
+__all__ = ["dm_api", "dm_notify", "dm_sweep", "dm_tasks"]
+
+if os.environ.get("K_SERVICE"):
+    server.start()

@@ -1,0 +1,131 @@
+"""The functions' configuration: environment variables -> backend (or a refusal to start)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from dmcore import backend as backends
+from dmcore.backend import AUTH_NONE, AUTH_OIDC, ConfigError, from_env
+from tests.test_functions_support import CONFIG, clean_env
+
+GCP = {
+    "DM_BACKEND": "gcp",
+    "GOOGLE_CLOUD_PROJECT": "demo",
+    "DM_TASKS_QUEUE": "projects/demo/locations/europe-west1/queues/dm",
+    "DM_TASKS_URL": "https://dm-tasks.example.run.app",
+    "DM_NOTIFY_TOPIC": "projects/demo/topics/dm-distributor-notify",
+    "DM_OIDC_AUDIENCE": "https://dm-api.example.run.app",
+    "DM_INVOKER_SERVICE_ACCOUNT": "invoker@demo.iam.gserviceaccount.com",
+}
+
+
+@pytest.fixture(autouse=True)
+def _clean(monkeypatch: pytest.MonkeyPatch) -> None:
+    clean_env(monkeypatch)
+
+
+def embedded(tmp_path: pathlib.Path, **env: str) -> backends.Backend:
+    return from_env({"DM_HOME": str(tmp_path / "home"), **env})
+
+
+def test_embedded_defaults(tmp_path: pathlib.Path) -> None:
+    b = embedded(tmp_path)
+    try:
+        assert b.kind == "embedded"
+        assert b.auth.mode == AUTH_NONE
+        assert b.embedded is not None
+        assert b.engine.settings.notify_secret  # the home's generated secret
+        assert "local" in b.engine.registry.config_names
+    finally:
+        b.close()
+
+
+def test_config_inline_file_and_yaml(tmp_path: pathlib.Path) -> None:
+    b = embedded(tmp_path, DM_CONFIG=json.dumps(CONFIG), DM_NOTIFY_SECRET="s3cret")
+    assert b.engine.registry.config_names == ["fake"]
+    assert b.engine.settings.notify_secret == b"s3cret"
+    b.close()
+    yml = tmp_path / "dm.yaml"
+    yml.write_text("distributor_configs:\n  f2:\n    fake: {}\n")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("from-a-file\n")
+    b = embedded(
+        tmp_path, DM_CONFIG=str(yml), DM_NOTIFY_SECRET_FILE=str(secret), DM_NOTIFY_TOPIC="t"
+    )
+    assert b.engine.registry.config_names == ["f2"]
+    assert b.engine.settings.notify_secret == b"from-a-file"
+    assert b.engine.settings.notify_topic == "t"
+    b.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"DM_BACKEND": "cloud"}, "DM_BACKEND"),
+        ({"DM_CONFIG": "{nope"}, "DM_CONFIG: not valid JSON"),
+        ({"DM_CONFIG": "/nowhere/dm.yaml"}, "no such file"),
+        ({"DM_CONFIG": '{"distributor_configs": {"x": {"warp": {}}}}'}, "warp"),
+        ({"DM_CONFIG": '{"other": 1}'}, "distributor_configs"),
+        ({"DM_AUTH": "maybe"}, "DM_AUTH"),
+        ({"DM_AUTH": "oidc"}, "DM_OIDC_AUDIENCE"),
+        ({"DM_AUTH": "oidc", "DM_OIDC_AUDIENCE": "a"}, "DM_INVOKER_SERVICE_ACCOUNT"),
+        ({"DM_NOTIFY_SECRET_FILE": "/nowhere/secret"}, "cannot read"),
+    ],
+)
+def test_bad_embedded_config_refuses_to_start(
+    tmp_path: pathlib.Path, env: dict[str, str], says: str
+) -> None:
+    with pytest.raises(ConfigError, match=says):
+        embedded(tmp_path, **env)
+
+
+def test_acls_and_oidc_settings(tmp_path: pathlib.Path) -> None:
+    b = embedded(
+        tmp_path,
+        DM_AUTH="oidc",
+        DM_OIDC_AUDIENCE="https://a.example, https://b.example",
+        DM_INVOKER_SERVICE_ACCOUNT="serviceAccount:Inv@demo.iam.gserviceaccount.com",
+        DM_WRITERS="user:Ann@example.com, bob@example.com",
+        DM_READERS="carol@example.com,,",
+    )
+    try:
+        assert b.auth.mode == AUTH_OIDC
+        assert b.auth.audiences == ("https://a.example", "https://b.example")
+        assert b.auth.invoker == "Inv@demo.iam.gserviceaccount.com"
+        assert b.auth.writers == {"ann@example.com", "bob@example.com"}
+        assert b.auth.readers == {"carol@example.com"}
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize(
+    ("drop", "change", "says"),
+    [
+        ("DM_TASKS_QUEUE", {}, "DM_TASKS_QUEUE"),
+        ("GOOGLE_CLOUD_PROJECT", {}, "GOOGLE_CLOUD_PROJECT"),
+        ("DM_NOTIFY_TOPIC", {}, "DM_NOTIFY_TOPIC"),
+        ("", {}, "DM_NOTIFY_SECRET"),  # no secret: never a default in code
+        ("", {"DM_NOTIFY_SECRET": "s", "DM_TASKS_QUEUE": "dm"}, "projects/P/locations"),
+        ("", {"DM_NOTIFY_SECRET": "s", "DM_TASKS_URL": "dm-tasks"}, "http"),
+        ("DM_OIDC_AUDIENCE", {"DM_NOTIFY_SECRET": "s"}, "DM_OIDC_AUDIENCE"),  # oidc by default
+    ],
+)
+def test_gcp_refuses_to_start_half_configured(drop: str, change: dict[str, str], says: str) -> None:
+    env = {k: v for k, v in GCP.items() if k != drop} | change
+    with pytest.raises(ConfigError, match=says):
+        from_env(env)
+
+
+def test_cache_and_reset(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DM_HOME", str(tmp_path / "home"))
+    try:
+        first = backends.get()
+        assert backends.get() is first
+        backends.reset()
+        second = backends.get()
+        assert second is not first
+    finally:
+        backends.reset()
