@@ -203,7 +203,7 @@ def run(
             for a, v in views.items():
                 if v is not None and v.result is not None:
                     out.print(f"{v.name} ({a}):", highlight=False)
-                    out.print_json(json.dumps(v.result, sort_keys=True))
+                    out.print_json(json.dumps(v.result, sort_keys=True), indent=None)
         out.print(
             f"reused {reused} of {len(rr.attempts)} requested result(s); "
             f"ran {ran} execution(s) in {elapsed:.2f}s",
@@ -348,6 +348,31 @@ def graph(
         views = report.walk(emb.engine, report.all_attempts(emb.engine), 0)
     output.write_text(report.graph_html(views), encoding="utf-8")
     out.print(f"wrote {output} ({len(views)} attempts)", highlight=False)
+
+
+@app.command()
+def serve(
+    home: HomeOpt = pathlib.Path(DEFAULT_HOME),
+    port: Annotated[
+        int, typer.Option(help="Port of dm_api (the other functions share it).")
+    ] = 8080,
+    config: Annotated[
+        pathlib.Path | None,
+        typer.Option("--config", help="Distributor configs replacing the built-in ones."),
+    ] = None,
+    emulators: Annotated[
+        bool,
+        typer.Option("--emulators", help="Deliver notifications through a local Pub/Sub emulator."),
+    ] = False,
+) -> None:
+    """Run the four Cloud Functions locally (functions-framework), WITHOUT identity checks."""
+    from dmcore.serve import serve as run_server
+
+    try:
+        cfg = _config(config) if config is not None else None
+    except BadFile as e:
+        raise fail(str(e)) from None
+    run_server(port, home, emulators, config=cfg)
 
 
 @config_app.command("validate")

@@ -275,3 +275,10 @@ def test_graph_html_renders_in_chromium(tmp_path: pathlib.Path) -> None:
     ).stdout
     # The page's script counted the graph it drew.
     assert "7 attempts, 6 dependencies" in dom
+
+
+def test_serve_refuses_a_bad_config(tmp_path: pathlib.Path) -> None:
+    bad = write(tmp_path / "cfg.json", {"distributor_configs": {"a": {"nokind": {}}}})
+    code, _, err = dm("serve", "--home", str(tmp_path / "h"), "--config", str(bad))
+    assert code == 2 and "unknown distributor kind 'nokind'" in err
+    assert not (tmp_path / "h").exists()
