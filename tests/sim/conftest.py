@@ -26,6 +26,10 @@ terminal dependee) until commit 298cd3c fixed DeclareDeps.
 """
 
 
+FIRESTORE_SEEDS = (0, 1, 2)
+"""Seeds also run on the Firestore emulator (slower: a few are enough)."""
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     one = metafunc.config.getoption("seed", None)
     names = metafunc.fixturenames
@@ -40,6 +44,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 for s in range(int(metafunc.config.getoption("seeds", 200)))
             ]
         metafunc.parametrize("seed", seeds, ids=lambda s: f"seed-{s}")
+    if "firestore_seed" in names:
+        fs = [int(one)] if one is not None else list(FIRESTORE_SEEDS)
+        metafunc.parametrize("firestore_seed", fs, ids=lambda s: f"seed-{s}")
     if "local_seed" in names:
         local = [int(one)] if one is not None else list(LOCAL_SEEDS)
         metafunc.parametrize("local_seed", local, ids=lambda s: f"seed-{s}")

@@ -20,15 +20,16 @@ from distributors.fake import Crash, Job, quest_desc
 from dmcore.engine import docs
 from dmcore.ids import AttemptID
 from dmcore.states import AttemptState
-from dmcore.store.base import Transaction
+from dmcore.store.base import Store, Transaction
+from dmcore.store.firestore import FirestoreStore
 from tests.harness import Harness, qid_of
 from tests.sim.sim import NotConverged, Sim, make_plan, replay_hint
 
 
-def simulate(seed: int, tmp_path: pathlib.Path, *, queue: str) -> str:
+def simulate(seed: int, tmp_path: pathlib.Path, *, queue: str, store: Store | None = None) -> str:
     """Run and check one seed; returns a fingerprint of the run (trace and outcome)."""
     plan = make_plan(seed)
-    h = Harness(tmp_path, queue=queue, seed=seed, chaos=plan.chaos)
+    h = Harness(tmp_path, queue=queue, seed=seed, chaos=plan.chaos, store=store)
     try:
         sim = Sim(plan, h)
         try:
@@ -71,6 +72,14 @@ def test_simulation(seed: int, tmp_path: pathlib.Path) -> None:
 
 def test_simulation_local(local_seed: int, tmp_path: pathlib.Path) -> None:
     simulate(local_seed, tmp_path, queue="local")
+
+
+@pytest.mark.emulator
+def test_simulation_firestore(
+    firestore_seed: int, tmp_path: pathlib.Path, firestore_store: FirestoreStore
+) -> None:
+    """The same seeds on the Firestore backend (the emulator), chaos queue."""
+    simulate(firestore_seed, tmp_path, queue="chaos", store=firestore_store)
 
 
 def test_checker_catches_tampering(tmp_path: pathlib.Path) -> None:
