@@ -14,14 +14,15 @@ from tests.harness import Chaos, Harness
 def h(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Harness]:
     """The engine with the fake distributor, once per queue kind.
 
-    ``chaos`` duplicates half the deliveries, delays and reorders them, and
-    fails one dispatch in ten after the commit (left to the sweep).
+    ``chaos`` delivers every task twice (and every notification), delays and
+    reorders deliveries, and fails one dispatch in ten after the commit (left
+    to the sweep).
     """
     harness = Harness(
         tmp_path,
         queue=request.param,
         seed=7,
-        chaos=Chaos(duplicate=0.5, delay=0.3, fail_dispatch=0.1),
+        chaos=Chaos(duplicate=1.0, delay=0.3, fail_dispatch=0.1),
     )
     yield harness
     harness.close()

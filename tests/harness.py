@@ -98,7 +98,9 @@ class ChaosQueue(TaskQueue):
         self.pending.append((dataclasses.replace(task, eta_us=at_us), delivery + 1))
 
     def maybe_duplicate(self, task: Task, delivery: int) -> None:
-        if self.chaos.duplicate and self.rng.random() < self.chaos.duplicate:
+        """Deliver a task once more (a first delivery only, so duplicate=1.0 means
+        "every task twice"), at a random later point among the due tasks."""
+        if delivery == 1 and self.chaos.duplicate and self.rng.random() < self.chaos.duplicate:
             self.pending.append((task, delivery + 1))
 
 
