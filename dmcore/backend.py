@@ -10,8 +10,13 @@ that reads it:
 ``DM_TASKS_QUEUE``    ``projects/P/locations/L/queues/Q`` (gcp).
 ``DM_TASKS_URL``      the ``dm_tasks`` function's URL, tasks POST to ``URL/<target>`` (gcp).
 ``DM_TASKS_SERVICE_ACCOUNT``  the identity Cloud Tasks signs its OIDC tokens as (gcp).
+``DM_TASKS_EMULATOR_HOST``    ``host:port`` of a local Cloud Tasks stand-in (plain gRPC, no
+                      credentials), as ``FIRESTORE_EMULATOR_HOST`` and ``PUBSUB_EMULATOR_HOST``
+                      (which the Google clients read themselves) for Firestore and Pub/Sub.
 ``DM_NOTIFY_TOPIC``   ``projects/P/topics/dm-distributor-notify`` (required on gcp;
-                      embedded: optional, e.g. the Pub/Sub emulator's topic).
+                      embedded: optional, e.g. the Pub/Sub emulator's topic). On gcp the
+                      notifications of in-process distributors (``handle_task_queue_task``)
+                      are published there too, and reach ``dm_notify`` like any other.
 ``DM_NOTIFY_SECRET`` / ``DM_NOTIFY_SECRET_FILE``  HMAC key of notification tokens;
                       required on gcp, never defaulted in code (embedded: ``DM_HOME/secret``).
 ``DM_CONFIG``         distributor configs: a JSON/YAML file path or inline JSON
@@ -249,17 +254,20 @@ def _gcp(env: Mapping[str, str]) -> Backend:
     # and only inside their adapters.
     firestore = importlib.import_module("dmcore.store.firestore")
     cloudtasks = importlib.import_module("dmcore.queue.cloudtasks")
+    pubsub = importlib.import_module("dmcore.notify.pubsub")
+    try:
+        publisher = pubsub.PubSubPublisher(topic)
+    except ValueError as e:
+        raise ConfigError(f"DM_NOTIFY_TOPIC: {e}") from None
     store = firestore.FirestoreStore(
         project=project, database=env.get("DM_FIRESTORE_DATABASE", "").strip() or "(default)"
     )
-    queue = cloudtasks.CloudTasksQueue(
-        cloudtasks.tasks_v2.CloudTasksClient(),
-        project=m.group(1),
-        location=m.group(2),
-        queue=m.group(3),
+    queue = cloudtasks.CloudTasksQueue.from_queue_path(
+        queue_path,
         url=tasks_url,
         service_account_email=env.get("DM_TASKS_SERVICE_ACCOUNT", "").strip() or None,
         clock=wall_clock_us,
+        emulator_host=env.get("DM_TASKS_EMULATOR_HOST", "").strip() or None,
     )
     engine = Engine(
         store,
@@ -269,5 +277,10 @@ def _gcp(env: Mapping[str, str]) -> Backend:
         rand=os.urandom,
         settings=Settings(notify_topic=topic, notify_secret=secret),
     )
-    closers = [x.close for x in (queue, store) if callable(getattr(x, "close", None))]
+
+    def publish(data: bytes, attrs: dict[str, str]) -> None:
+        publisher.publish(data, attrs)
+
+    engine.publish = publish
+    closers = [x.close for x in (publisher, queue, store) if callable(getattr(x, "close", None))]
     return Backend(engine, Service(engine), auth, "gcp", None, closers)

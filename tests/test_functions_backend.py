@@ -129,3 +129,23 @@ def test_cache_and_reset(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
         assert second is not first
     finally:
         backends.reset()
+
+
+def test_gcp_on_emulators_needs_no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the three emulator variables set the gcp backend builds without ADC.
+
+    Nothing is contacted: the clients connect lazily. Firestore and Pub/Sub
+    read their variables from the process environment themselves.
+    """
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", "127.0.0.1:1")
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:1")
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    b = from_env(
+        GCP | {"DM_NOTIFY_SECRET": "s", "DM_AUTH": "none", "DM_TASKS_EMULATOR_HOST": "127.0.0.1:1"}
+    )
+    try:
+        assert b.kind == "gcp"
+        assert b.engine.publish is not None  # notifications travel through the topic
+        assert len(b.closers) == 3  # publisher, queue, store
+    finally:
+        b.close()

@@ -570,3 +570,39 @@ def test_malformed_delivery_answers_400_and_is_retried(
     assert got.error is not None and "not JSON" in got.error
     assert got.headers["Content-Type"] == "application/octet-stream"
     assert fake.dispatches[-1].status == 400
+
+
+# -- the factory the gcp backend uses --------------------------------------------
+
+
+def test_from_queue_path_with_emulator_host(
+    fake: FakeCloudTasksServer, clock: FakeClock, receiver: Receiver
+) -> None:
+    """``emulator_host`` (DM_TASKS_EMULATOR_HOST): plain gRPC, no credentials needed."""
+    q = CloudTasksQueue.from_queue_path(
+        QUEUE_PATH,
+        url=receiver.url,
+        service_account_email=None,
+        clock=clock,
+        emulator_host=fake.address,
+    )
+    try:
+        assert (q.project, q.location, q.queue) == (PROJECT, LOCATION, QUEUE)
+        assert q.enqueue(task("via-factory", a=1))
+        assert not q.enqueue(task("via-factory", a=1))  # the fake's name dedup
+        assert fake.run_due() == 1
+        assert receiver.got[0].decoded == ("mutation", {"a": 1}, 1, "via-factory")
+        assert "Authorization" not in receiver.got[0].headers  # no invoker: no OIDC token
+    finally:
+        q.close()
+
+
+def test_from_queue_path_refuses_a_malformed_path(clock: FakeClock) -> None:
+    with pytest.raises(ValueError, match="projects/P/locations/L/queues/Q"):
+        CloudTasksQueue.from_queue_path(
+            "queues/dm",
+            url="https://x.example",
+            service_account_email=None,
+            clock=clock,
+            emulator_host="127.0.0.1:1",
+        )

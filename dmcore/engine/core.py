@@ -41,6 +41,9 @@ MAX_INLINE = 256
 
 M = TypeVar("M", bound="Step")
 
+Publish = Callable[[bytes, dict[str, str]], None]
+"""Publish one message (data, attributes) to the notification topic; raise on failure."""
+
 
 class Step(abc.ABC):
     """A unit of work the engine can queue: a mutation or an action."""
@@ -239,6 +242,15 @@ class Engine:
         self.settings = settings or Settings()
         self._quests: dict[str, dm_pb2.Quest.Desc] = {}
         self.stats: dict[str, int] = {}
+        self.publish: Publish | None = None
+        """Where notifications returned by ``handle_task_queue_task`` go.
+
+        None (embedded default): processed inline by the task. Set (the gcp
+        backend: the notification topic's publisher): each is published with
+        an ``auth_token`` minted here, so it travels Pub/Sub -> ``dm_notify``
+        like any external distributor's message. Raising fails the task
+        (its queue delivers it again).
+        """
         registry.prepare_topic = self._prepare_topic
         registry.enqueue_task = self._enqueue_distributor_task
         registry.store = store
@@ -261,6 +273,13 @@ class Engine:
                 eta_us=self.clock() + int(delay_s * 1_000_000) if delay_s > 0 else 0,
             )
         )
+
+    def notification_attrs(
+        self, config_name: str, eid: ExecutionID, attrs: Mapping[str, str]
+    ) -> dict[str, str]:
+        """``attrs`` plus the ``auth_token`` for ``eid`` under ``config_name`` (to publish)."""
+        _, token = self._prepare_topic(config_name, eid)
+        return {**attrs, "auth_token": token}
 
     def receive_notification(self, data: bytes, attrs: Mapping[str, str]) -> str:
         """Process a distributor notification (Pub/Sub message or in-process).

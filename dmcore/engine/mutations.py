@@ -1068,6 +1068,15 @@ class HandleDistributorTask(Action):
             log.error("task for unknown distributor config %r dropped", self.config_name)
             return
         notes = d.handle_task_queue_task(dist.TaskRequest(unb64(self.body_b64)))
+        if engine.publish is not None:
+            # Through the notification topic, as any external distributor reports. A
+            # failure fails the task: redelivered, jobsim (and any distributor
+            # following the contract) hands the same notifications back.
+            for n in notes:
+                engine.publish(
+                    n.data, engine.notification_attrs(self.config_name, n.execution_id, n.attrs)
+                )
+            return
         for n in notes:
             step = NotifyExecution(
                 eid=str(n.execution_id), data_b64=b64(n.data), attrs=dict(n.attrs)

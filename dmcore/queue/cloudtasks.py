@@ -34,13 +34,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+import grpc  # type: ignore[import-untyped,unused-ignore]
 from google.api_core import exceptions as gexc
 from google.cloud import tasks_v2
+from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from dmcore.queue.base import TASK_NAME_RE, InvalidTask, Task, TaskQueue
@@ -58,6 +61,9 @@ DEFAULT_MAX_WORKERS = 8
 """Parallel CreateTask calls in :meth:`CloudTasksQueue.enqueue_many`."""
 
 _US = 1_000_000
+
+
+_QUEUE_PATH = re.compile(r"^projects/([^/]+)/locations/([^/]+)/queues/([^/]+)$")
 
 
 def task_id(name: str) -> str:
@@ -147,6 +153,48 @@ class CloudTasksQueue(TaskQueue):
         self.dispatch_deadline_s = dispatch_deadline_s
         self.clock = clock
         self.max_workers = max_workers
+
+    @classmethod
+    def from_queue_path(
+        cls,
+        queue_path: str,
+        *,
+        url: str,
+        service_account_email: str | None,
+        clock: Clock,
+        emulator_host: str | None = None,
+        dispatch_deadline_s: int = 600,
+    ) -> CloudTasksQueue:
+        """A queue on ``projects/P/locations/L/queues/Q`` with its own client.
+
+        ``emulator_host`` (``host:port``, the ``DM_TASKS_EMULATOR_HOST`` of the
+        backend) talks plain gRPC to a local stand-in without credentials, as
+        ``FIRESTORE_EMULATOR_HOST`` / ``PUBSUB_EMULATOR_HOST`` do for the other
+        clients; otherwise the client uses Application Default Credentials.
+        Raises ValueError for a malformed queue path.
+        """
+        m = _QUEUE_PATH.match(queue_path)
+        if m is None:
+            raise ValueError(f"expected projects/P/locations/L/queues/Q, got {queue_path!r}")
+        if emulator_host:
+            channel = grpc.insecure_channel(emulator_host)
+            client = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+        else:
+            client = tasks_v2.CloudTasksClient()
+        return cls(
+            client,
+            project=m.group(1),
+            location=m.group(2),
+            queue=m.group(3),
+            url=url,
+            service_account_email=service_account_email,
+            dispatch_deadline_s=dispatch_deadline_s,
+            clock=clock,
+        )
+
+    def close(self) -> None:
+        """Close the client's channel (the queue cannot be used afterwards)."""
+        self.client.transport.close()  # type: ignore[no-untyped-call]
 
     def task_path(self, name: str) -> str:
         """The full Cloud Tasks name of dm task ``name``."""
