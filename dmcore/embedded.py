@@ -1,27 +1,40 @@
 """dm on one machine: SQLite store, local persistent queue, in-process worker.
 
 ``Embedded(home)`` keeps everything under ``home`` (default ``.dm/``):
-``dm.sqlite`` (the store), ``queue.sqlite`` (the task queue) and ``secret``
-(the notification HMAC key, created on first use, readable by the owner
-only). :meth:`Embedded.work` drains due tasks; :meth:`Embedded.drive` runs
-the worker until a condition holds, sleeping until the next task is due.
+``dm.sqlite`` (the store, with the task queue as a table of the same file)
+and ``secret`` (the notification HMAC key, created on first use, readable by
+the owner only). :meth:`Embedded.work` runs a leased batch of due tasks in
+one commit; :meth:`Embedded.drive` runs the worker until a condition holds,
+sleeping until the next task is due.
+
+Why one file and one commit per batch: a SQLite commit costs about as much as
+the small transaction it ends, and an execution takes a dozen steps. With the
+queue in the store's file a step and the tasks it queues commit together (no
+outbox records), and the worker's batch turns each step's commit into a
+savepoint. Durability is unchanged: a task is acknowledged in the same commit
+as its effects, so a crash before it redelivers the task, which every step
+tolerates (delivery is at least once).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import pathlib
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from dmcore.distributor import Registry, backoff
 from dmcore.engine.core import Engine, Settings
+from dmcore.queue.base import Task
 from dmcore.queue.local import LocalQueue
 from dmcore.service import Service
+from dmcore.store.base import Store
 from dmcore.store.sqlite import SqliteStore
 
 log = logging.getLogger("dm.embedded")
@@ -95,12 +108,18 @@ class Embedded:
         clock: Callable[[], int] = wall_clock_us,
         rand: Callable[[int], bytes] = os.urandom,
         settings: Settings | None = None,
+        store: Store | None = None,
     ) -> None:
+        """``store``: another Store than ``home/dm.sqlite`` (the queue stays in ``home``)."""
         self.home = pathlib.Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         self.clock = clock
-        self.store = SqliteStore(self.home / "dm.sqlite")
-        self.queue = LocalQueue(self.home / "queue.sqlite", clock=clock)
+        self.store: Store = SqliteStore(self.home / "dm.sqlite") if store is None else store
+        if isinstance(self.store, SqliteStore):
+            self.queue = LocalQueue(store=self.store, clock=clock)
+            _adopt_old_queue(self.home / "queue.sqlite", self.queue)
+        else:
+            self.queue = LocalQueue(self.home / "queue.sqlite", clock=clock)
         settings = settings or Settings()
         if not settings.notify_secret:
             settings.notify_secret = load_secret(self.home / "secret")
@@ -110,22 +129,8 @@ class Embedded:
         self.service = Service(self.engine)
 
     def work(self, limit: int = 100) -> int:
-        """Run the tasks due now (one leased batch); returns how many ran."""
-        leased = self.queue.lease(limit)
-        done: list[str] = []
-        for lt in leased:
-            t = lt.task
-            try:
-                self.engine.handle_task(t.target, t.payload, lt.attempt, t.name)
-            except Exception:
-                log.exception("task %s (%s) failed, delivery %d", t.name, t.target, lt.attempt)
-                retry_at = self.clock() + int(backoff(lt.attempt, cap_s=60) * 1_000_000)
-                self.queue.nack(t.name, retry_at)
-            else:
-                done.append(t.name)
-        if done:
-            self.queue.ack(done)
-        return len(leased)
+        """Run the tasks due now (one leased batch, one commit); returns how many ran."""
+        return run_batch(self.engine, self.queue, limit)
 
     def drain(self, max_rounds: int = 1_000_000) -> int:
         """Run tasks until none is due now (never waits); returns how many ran."""
@@ -172,4 +177,62 @@ class Embedded:
 
     def close(self) -> None:
         self.queue.close()
-        self.store.close()
+        close = getattr(self.store, "close", None)
+        if callable(close):
+            close()
+
+
+def run_batch(
+    engine: Engine,
+    queue: LocalQueue,
+    limit: int = 100,
+    on_failure: Callable[[Task, Exception], None] | None = None,
+) -> int:
+    """Lease up to ``limit`` due tasks, run them, acknowledge them; returns how many.
+
+    On a queue in a SQLite store's file all of it is one commit of the store
+    (:meth:`SqliteStore.batch`): each task's transactions become savepoints
+    and a failing task undoes only its own. Distributor calls (``D.run`` and
+    friends) are still never made inside a store transaction: they run between
+    savepoints, and a task whose effects are lost with the batch is delivered
+    again, as after any crash. A failed task is put back with backoff.
+    """
+    batch = queue.store.batch() if queue.store is not None else contextlib.nullcontext()
+    with batch:
+        leased = queue.lease(limit)
+        done: list[str] = []
+        for lt in leased:
+            t = lt.task
+            try:
+                engine.handle_task(t.target, t.payload, lt.attempt, t.name)
+            except Exception as e:
+                log.exception("task %s (%s) failed, delivery %d", t.name, t.target, lt.attempt)
+                if on_failure is not None:
+                    on_failure(t, e)
+                retry_at = engine.clock() + int(backoff(lt.attempt, cap_s=60) * 1_000_000)
+                queue.nack(t.name, retry_at)
+            else:
+                done.append(t.name)
+        if done:
+            queue.ack(done)
+    return len(leased)
+
+
+def _adopt_old_queue(path: pathlib.Path, queue: LocalQueue) -> None:
+    """Move pending tasks of a home's former ``queue.sqlite`` into ``queue``, then drop it."""
+    if not path.exists():
+        return
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute(
+            "SELECT name, target, payload, eta_us FROM tasks WHERE done_us IS NULL"
+        ).fetchall()
+    except sqlite3.Error:
+        rows = []
+    finally:
+        conn.close()
+    queue.enqueue_many([Task(n, t, json.loads(p), eta) for n, t, p, eta in rows])
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(f"{path}{suffix}")
+    log.info("moved %d pending task(s) from %s into the store's file", len(rows), path)

@@ -17,6 +17,7 @@ from typing import Any, cast
 from distributors.fake import FakeWorld, Job
 from dmcore import ids
 from dmcore.distributor import Registry, backoff
+from dmcore.embedded import run_batch
 from dmcore.engine import docs
 from dmcore.engine.core import Engine, Settings
 from dmcore.ids import AttemptID, ExecutionID
@@ -128,7 +129,14 @@ class Harness:
         self.chaos: ChaosQueue | None = None
         q: TaskQueue
         if queue == "local":
-            self.local = LocalQueue(tmp_path / "queue.sqlite", clock=self.clock)
+            # As embedded mode has it: on SQLite the queue is a table of the store's
+            # file (tasks commit with their step, batches commit once); on another
+            # store a file of its own (the engine's outbox carries the follow-ups).
+            self.local = (
+                LocalQueue(store=self.store, clock=self.clock)
+                if isinstance(self.store, SqliteStore)
+                else LocalQueue(tmp_path / "queue.sqlite", clock=self.clock)
+            )
             q = self.local
         else:
             self.chaos = ChaosQueue(self.clock, self.rng, chaos or Chaos(duplicate=0.3, delay=0.2))
@@ -186,18 +194,7 @@ class Harness:
         while total < max_tasks:
             n = self._deliver_inbox()
             if self.local is not None:
-                leased = self.local.lease(50)
-                for lt in leased:
-                    try:
-                        self.engine.handle_task(
-                            lt.task.target, lt.task.payload, lt.attempt, lt.task.name
-                        )
-                    except Exception as e:
-                        self.failures.append(f"{lt.task.payload.get('kind')}: {e!r}")
-                        self.local.nack(lt.task.name, self.clock() + int(backoff(lt.attempt) * 1e6))
-                    else:
-                        self.local.ack([lt.task.name])
-                n += len(leased)
+                n += run_batch(self.engine, self.local, 50, self._failed)
             else:
                 assert self.chaos is not None
                 while (item := self.chaos.take()) is not None:
@@ -216,6 +213,9 @@ class Harness:
                 break
             total += n
         return total
+
+    def _failed(self, task: Task, e: Exception) -> None:
+        self.failures.append(f"{task.payload.get('kind')}: {e!r}")
 
     def next_due_us(self) -> int | None:
         return (

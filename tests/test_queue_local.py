@@ -23,6 +23,7 @@ from dmcore.queue.local import (
     QueueWorker,
     default_backoff,
 )
+from dmcore.store.sqlite import SqliteStore
 
 SEC = 1_000_000
 T0 = 1_700_000_000 * SEC
@@ -52,11 +53,19 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "queue.sqlite"
 
 
-@pytest.fixture
-def q(db_path: Path, clock: FakeClock) -> Iterator[LocalQueue]:
-    queue = LocalQueue(db_path, clock=clock)
+@pytest.fixture(params=["file", "store"])
+def q(request: pytest.FixtureRequest, db_path: Path, clock: FakeClock) -> Iterator[LocalQueue]:
+    """The queue in a file of its own, and as a table of a SqliteStore's file."""
+    if request.param == "file":
+        queue = LocalQueue(db_path, clock=clock)
+        yield queue
+        queue.close()
+        return
+    store = SqliteStore(db_path)
+    queue = LocalQueue(store=store, clock=clock)
     yield queue
     queue.close()
+    store.close()
 
 
 def task(name: str, target: str = "mutation", eta_us: int = 0, **payload: Any) -> Task:
@@ -569,3 +578,90 @@ class QueueModel(RuleBasedStateMachine):
 
 QueueModel.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
 test_queue_model = QueueModel.TestCase
+
+
+# -- a queue in a store's file: tasks that commit with a store transaction ------------------
+
+
+@pytest.fixture
+def store_q(tmp_path: Path, clock: FakeClock) -> Iterator[tuple[SqliteStore, LocalQueue]]:
+    store = SqliteStore(tmp_path / "dm.sqlite")
+    queue = LocalQueue(store=store, clock=clock)
+    yield store, queue
+    queue.close()
+    store.close()
+
+
+def test_enqueue_in_commits_with_the_transaction(
+    store_q: tuple[SqliteStore, LocalQueue],
+) -> None:
+    store, queue = store_q
+
+    def step(tx: Any) -> None:
+        tx.set("a/1", {"n": 1})
+        assert queue.enqueue_in(tx, [task("t1"), task("t2")])
+
+    store.transaction(step)
+    assert store.get("a/1") == {"n": 1}
+    assert sorted(lt.task.name for lt in queue.lease(10)) == ["t1", "t2"]
+
+
+def test_enqueue_in_nothing_when_the_transaction_fails(
+    store_q: tuple[SqliteStore, LocalQueue],
+) -> None:
+    store, queue = store_q
+
+    def step(tx: Any) -> None:
+        tx.set("a/1", {"n": 1})
+        queue.enqueue_in(tx, [task("t1")])
+        raise RuntimeError("the step failed")
+
+    with pytest.raises(RuntimeError):
+        store.transaction(step)
+    assert store.get("a/1") is None
+    assert queue.pending_count() == 0
+
+
+def test_enqueue_in_refuses_known_names(store_q: tuple[SqliteStore, LocalQueue]) -> None:
+    store, queue = store_q
+    assert queue.enqueue(task("t1", n=1))
+    store.transaction(lambda tx: queue.enqueue_in(tx, [task("t1", n=2), task("t2")]))
+    got = {lt.task.name: lt.task.payload for lt in queue.lease(10)}
+    assert got == {"t1": {"n": 1}, "t2": {}}
+
+
+def test_enqueue_in_invalid_task_writes_nothing(store_q: tuple[SqliteStore, LocalQueue]) -> None:
+    store, queue = store_q
+
+    def step(tx: Any) -> None:
+        tx.set("a/1", {"n": 1})
+        queue.enqueue_in(tx, [task("t1", bad=float("nan"))])
+
+    with pytest.raises(InvalidTask):
+        store.transaction(step)
+    assert store.get("a/1") is None
+    assert queue.pending_count() == 0
+
+
+def test_enqueue_in_other_transactions_declined(
+    q: LocalQueue, tmp_path: Path, clock: FakeClock
+) -> None:
+    other = SqliteStore(tmp_path / "other.sqlite")
+    try:
+        assert other.transaction(lambda tx: q.enqueue_in(tx, [task("t1")])) is False
+    finally:
+        other.close()
+    assert q.pending_count() == 0
+
+
+def test_queue_writes_join_a_store_batch(store_q: tuple[SqliteStore, LocalQueue]) -> None:
+    store, queue = store_q
+    queue.enqueue(task("t1"))
+    with pytest.raises(RuntimeError), store.batch():
+        assert [lt.task.name for lt in queue.lease(10)] == ["t1"]
+        queue.ack(["t1"])
+        queue.enqueue(task("t2"))
+        raise RuntimeError("the worker died mid-batch")
+    # Lease, ack and enqueue went with the batch: t1 is due again, t2 never existed.
+    assert [lt.task.name for lt in queue.lease(10)] == ["t1"]
+    assert queue.pending_count() == 1

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from dmcore.store.base import AlreadyExists, Contention, Store, StoreError, Transaction
+from dmcore.store.base import (
+    AlreadyExists,
+    Contention,
+    ReadAfterWrite,
+    Store,
+    StoreError,
+    Transaction,
+)
 from dmcore.store.sqlite import SqliteStore
 from tests.store_contract import StoreContract, put, run_threads
 
@@ -273,3 +280,138 @@ def test_closed_store_refuses_use(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
         put(s, "a/b", {})
     s.close()  # idempotent
+
+
+# -- batch(): many transactions, one commit -------------------------------------------------
+
+
+def _outside(path: Path) -> set[str]:
+    """Document paths a separate connection sees (what is committed)."""
+    conn = sqlite3.connect(path)
+    try:
+        return {f"{c}/{i}" for c, i in conn.execute("SELECT collection, id FROM docs")}
+    finally:
+        conn.close()
+
+
+def test_batch_commits_at_its_end(sq: SqliteStore) -> None:
+    with sq.batch():
+        sq.transaction(lambda tx: tx.set("a/1", {"n": 1}))
+        sq.transaction(lambda tx: tx.set("a/2", {"n": tx.get("a/1")["n"] + 1}))  # type: ignore[index]
+        assert sq.get("a/2") == {"n": 2}  # the batch reads its own writes
+        assert _outside(sq.path) == set()  # nobody else does yet
+    assert _outside(sq.path) == {"a/1", "a/2"}
+
+
+def test_batch_failed_transaction_undoes_only_its_own(sq: SqliteStore) -> None:
+    def boom(tx: Transaction) -> None:
+        tx.set("a/2", {"n": 2})
+        raise RuntimeError("boom")
+
+    with sq.batch():
+        sq.transaction(lambda tx: tx.set("a/1", {"n": 1}))
+        with pytest.raises(RuntimeError):
+            sq.transaction(boom)
+        with pytest.raises(AlreadyExists):
+            sq.transaction(lambda tx: tx.create("a/1", {"n": 9}))
+        sq.transaction(lambda tx: tx.set("a/3", {"n": 3}))
+    assert _outside(sq.path) == {"a/1", "a/3"}
+    assert sq.get("a/1") == {"n": 1}
+
+
+def test_batch_exception_rolls_everything_back(sq: SqliteStore) -> None:
+    with pytest.raises(RuntimeError), sq.batch():
+        sq.transaction(lambda tx: tx.set("a/1", {"n": 1}))
+        raise RuntimeError("the worker died")
+    assert sq.get("a/1") is None
+    sq.transaction(lambda tx: tx.set("a/2", {"n": 2}))  # the store is usable again
+    assert _outside(sq.path) == {"a/2"}
+
+
+def test_batch_refused_inside_transaction_or_batch(sq: SqliteStore) -> None:
+    def nested(tx: Transaction) -> None:
+        with sq.batch():
+            pass
+
+    with pytest.raises(StoreError, match="batch"):
+        sq.transaction(nested)
+    with sq.batch(), pytest.raises(StoreError, match="batch"), sq.batch():
+        pass
+
+
+def test_batch_makes_other_threads_wait(sq: SqliteStore) -> None:
+    order: list[str] = []
+    started = threading.Event()
+
+    def other() -> None:
+        started.set()
+        sq.transaction(lambda tx: tx.set("a/other", {"seen": tx.get("a/1") is not None}))
+        order.append("other")
+
+    with sq.batch():
+        sq.transaction(lambda tx: tx.set("a/1", {"n": 1}))
+        t = threading.Thread(target=other)
+        t.start()
+        started.wait()
+        order.append("batch")
+    t.join(30)
+    assert order == ["batch", "other"]
+    assert sq.get("a/other") == {"seen": True}
+
+
+def test_join_transaction_commits_with_it(sq: SqliteStore) -> None:
+    sq.connection().execute("CREATE TABLE extra (v TEXT)")
+
+    def write(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO extra VALUES ('x')")
+
+    def ok(tx: Transaction) -> None:
+        tx.set("a/1", {"n": 1})
+        assert sq.join_transaction(tx, write)
+
+    def fails(tx: Transaction) -> None:
+        tx.set("a/2", {"n": 2})
+        sq.join_transaction(tx, write)
+        raise RuntimeError("after joining")
+
+    sq.transaction(ok)
+    with pytest.raises(RuntimeError):
+        sq.transaction(fails)
+    rows = sq.connection().execute("SELECT count(*) FROM extra").fetchone()[0]
+    assert rows == 1
+    assert sq.get("a/2") is None
+
+
+def test_join_transaction_failure_fails_the_transaction(sq: SqliteStore) -> None:
+    def bad(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+    def fn(tx: Transaction) -> None:
+        tx.set("a/1", {"n": 1})
+        sq.join_transaction(tx, bad)
+
+    with pytest.raises(sqlite3.OperationalError):
+        sq.transaction(fn)
+    assert sq.get("a/1") is None
+
+
+def test_join_transaction_of_another_store_refused(sq: SqliteStore, tmp_path: Path) -> None:
+    other = SqliteStore(tmp_path / "other.sqlite")
+    called: list[int] = []
+    try:
+        assert (
+            other.transaction(lambda tx: sq.join_transaction(tx, lambda c: called.append(1)))
+            is False
+        )
+    finally:
+        other.close()
+    assert called == []
+
+
+def test_read_after_join_refused(sq: SqliteStore) -> None:
+    def fn(tx: Transaction) -> None:
+        sq.join_transaction(tx, lambda conn: None)
+        tx.get("a/1")
+
+    with pytest.raises(ReadAfterWrite):
+        sq.transaction(fn)

@@ -7,8 +7,11 @@ transaction (DM's tail call); the others are written as outbox records in
 that transaction, so a step and its continuation commit together. After the
 commit the outbox records are handed to the task queue as *named* tasks and
 deleted; the sweep re-dispatches records left behind by a crash between
-commit and dispatch. Delivery is at least once, so every mutation is
-idempotent by state guards.
+commit and dispatch. A queue that lives in the store's own file (the
+embedded queue) takes the tasks in that same commit instead
+(:meth:`TaskQueue.enqueue_in`): the task row is its own outbox record, and
+two writes and a transaction per follow-up go away. Delivery is at least
+once, so every mutation is idempotent by state guards.
 
 Some steps must not run in a transaction (calling a distributor); those are
 *actions*: they read outside a transaction, call out, then run mutations.
@@ -350,13 +353,15 @@ class Engine:
                 pending[0:0] = step.roll_forward(ctx)
             else:
                 later.append(step)
-        outbox: list[tuple[str, Task]] = []
-        for i, item in enumerate(later):
-            task = self._task_for(item, origin, i, ctx.now_us)
-            path = docs.outbox_path(task.name)
-            uow.put(path, {"task": _task_doc(task), "created_us": ctx.now_us})
-            outbox.append((path, task))
+        tasks = [self._task_for(item, origin, i, ctx.now_us) for i, item in enumerate(later)]
         uow.flush()
+        if not tasks or self.queue.enqueue_in(tx, tasks):
+            return []  # queued by this very commit (a queue in the store's file)
+        outbox: list[tuple[str, Task]] = []
+        for task in tasks:
+            path = docs.outbox_path(task.name)
+            tx.set(path, {"task": _task_doc(task), "created_us": ctx.now_us})
+            outbox.append((path, task))
         return outbox
 
     def _task_for(self, item: Step | Later, origin: str, i: int, now_us: int) -> Task:

@@ -19,7 +19,10 @@ import abc
 import dataclasses
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dmcore.store.base import Transaction
 
 TASK_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,500}$")
 
@@ -63,3 +66,13 @@ class TaskQueue(abc.ABC):
     def enqueue_many(self, tasks: Sequence[Task]) -> list[bool]:
         """Queue several tasks; per task, what :meth:`enqueue` would return."""
         return [self.enqueue(t) for t in tasks]
+
+    def enqueue_in(self, tx: Transaction, tasks: Sequence[Task]) -> bool:
+        """Queue ``tasks`` as part of the commit of store transaction ``tx``, if possible.
+
+        True: the tasks are queued exactly when ``tx`` commits (duplicate names
+        refused as by :meth:`enqueue`), so the engine writes no outbox record
+        for them. False (the default: a queue apart from the store, such as
+        Cloud Tasks): nothing was done; the engine uses its outbox.
+        """
+        return False

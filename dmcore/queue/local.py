@@ -18,6 +18,13 @@ Several threads and processes may share one file: each thread has its own
 connection, and every write runs in a ``BEGIN IMMEDIATE`` transaction so two
 leasers never get the same task while its lease holds.
 
+Built on a :class:`~dmcore.store.sqlite.SqliteStore` (``LocalQueue(store=...)``,
+the embedded default) the queue is a table of the store's own file and uses
+the store's connections: its writes join the store's
+:meth:`~dmcore.store.sqlite.SqliteStore.batch`, and :meth:`LocalQueue.enqueue_in`
+queues tasks in the same commit as a store transaction, so the engine needs
+no outbox record for them.
+
 :class:`QueueWorker` drains a queue by calling handlers chosen by target.
 """
 
@@ -34,6 +41,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from dmcore.queue.base import TASK_NAME_RE, InvalidTask, QueueError, Task, TaskQueue
+from dmcore.store.base import Transaction
+from dmcore.store.sqlite import SqliteStore
 
 logger = logging.getLogger("dm.queue")
 
@@ -111,13 +120,18 @@ class LocalQueue(TaskQueue):
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | None = None,
         *,
         clock: Clock,
         lease_us: int = DEFAULT_LEASE_US,
         tombstone_us: int = DEFAULT_TOMBSTONE_US,
+        store: SqliteStore | None = None,
     ) -> None:
-        path = os.fspath(path)
+        """A queue in ``path``, or (``store``) in the store's file on its connections."""
+        if (path is None) == (store is None):
+            raise ValueError("LocalQueue needs exactly one of path and store")
+        self.store = store
+        path = os.fspath(store.path if store is not None else path)  # type: ignore[arg-type]
         if path == ":memory:" or not path:
             # Each thread has its own connection, so an in-memory db would not be shared.
             raise ValueError("LocalQueue needs a file path")
@@ -142,6 +156,8 @@ class LocalQueue(TaskQueue):
         """This thread's connection (sqlite3 connections must not be shared)."""
         if self._closed:
             raise QueueError("queue is closed")
+        if self.store is not None:
+            return self.store.connection()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves.
@@ -167,6 +183,12 @@ class LocalQueue(TaskQueue):
         BEGIN IMMEDIATE (not deferred) so that a read-then-write such as lease()
         cannot be overtaken by another writer between its read and its write.
         """
+        if self._closed:
+            raise QueueError("queue is closed")
+        if self.store is not None:
+            with self.store.write_scope() as conn:
+                yield conn
+            return
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -207,13 +229,27 @@ class LocalQueue(TaskQueue):
         rows = [_encode(t) for t in tasks]
         if not rows:
             return []
-        out: list[bool] = []
         with self._write() as conn:
-            now = self.clock()
-            for row in rows:
-                cur = conn.execute(_INSERT, {**row, "now": now, "tombstone_us": self.tombstone_us})
-                out.append(cur.rowcount == 1)
+            return self._insert(conn, rows)
+
+    def _insert(self, conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> list[bool]:
+        now = self.clock()
+        out: list[bool] = []
+        for row in rows:
+            cur = conn.execute(_INSERT, {**row, "now": now, "tombstone_us": self.tombstone_us})
+            out.append(cur.rowcount == 1)
         return out
+
+    def enqueue_in(self, tx: Transaction, tasks: Sequence[Task]) -> bool:
+        """Queue ``tasks`` in the commit of ``tx``, a transaction of this queue's store."""
+        if self.store is None or self._closed:
+            return False
+        rows = [_encode(t) for t in tasks]
+
+        def write(conn: sqlite3.Connection) -> None:
+            self._insert(conn, rows)
+
+        return self.store.join_transaction(tx, write)
 
     # -- consuming --
 

@@ -11,6 +11,13 @@ Why this shape:
   longer than the busy timeout becomes :class:`Contention` and is retried.
   Within one process, transactions first queue on a Python lock, which hands
   over promptly instead of relying on SQLite's polling busy handler.
+* :meth:`SqliteStore.batch` groups one thread's transactions into a single
+  commit (each becomes a savepoint): a commit costs about as much as the rest
+  of a small transaction, so the embedded worker runs a leased batch of tasks
+  in one. Other tables in the same file (the local queue) can join a batch
+  and a transaction (:meth:`SqliteStore.write_scope`,
+  :meth:`SqliteStore.join_transaction`), so a step and the tasks it queues
+  commit together.
 * One connection per thread (``threading.local``); connections are never
   shared between threads, they are only closed from elsewhere by :meth:`close`.
   Do not carry a store across ``fork``: make a new one in the child.
@@ -29,7 +36,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -260,9 +267,11 @@ class _Write:
 class _SqliteTransaction(Transaction):
     """Reads go to the connection (inside BEGIN IMMEDIATE); writes are buffered."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, store: SqliteStore) -> None:
         self._conn = conn
+        self._store = store
         self._writes: dict[str, _Write] = {}
+        self._joined: list[Callable[[sqlite3.Connection], None]] = []
         self._live = True
 
     # -- reads
@@ -270,7 +279,7 @@ class _SqliteTransaction(Transaction):
     def _before_read(self) -> None:
         if not self._live:
             raise StoreError("transaction used after it ended")
-        if self._writes:
+        if self._writes or self._joined:
             raise ReadAfterWrite("a transaction cannot read after it has written")
 
     def get(self, path: str) -> Doc | None:
@@ -338,8 +347,12 @@ class _SqliteTransaction(Transaction):
         """Write the buffer; the caller holds the write lock and commits or rolls back."""
         self._live = False
         writes = self._writes
-        if not writes:
-            return
+        if writes:
+            self._apply_docs(writes)
+        for fn in self._joined:
+            fn(self._conn)
+
+    def _apply_docs(self, writes: dict[str, _Write]) -> None:
         doomed = [p for p, w in writes.items() if w.doomed]
         if doomed:
             raise AlreadyExists(f"create of a document set earlier in the transaction: {doomed}")
@@ -376,6 +389,7 @@ class _Local(threading.local):
 
     holder: _ConnHolder | None = None
     in_tx: bool = False
+    in_batch: bool = False
 
 
 class _ConnHolder:
@@ -444,6 +458,20 @@ class SqliteStore(Store):
         if local.in_tx:
             raise StoreError("nested transaction: store.transaction() called inside a transaction")
         conn = self._conn()
+        if local.in_batch:
+            # This thread holds the write lock already: no contention, no retry.
+            local.in_tx = True
+            try:
+                with self._savepoint(conn, "dm_tx"):
+                    tx = _SqliteTransaction(conn, self)
+                    try:
+                        result = fn(tx)
+                        tx._apply()
+                    finally:
+                        tx._live = False
+                    return result
+            finally:
+                local.in_tx = False
         last: Exception | None = None
         for attempt in range(attempts):
             if attempt:
@@ -471,7 +499,7 @@ class SqliteStore(Store):
             raise Contention("timed out waiting for this process's other transactions")
         try:
             conn.execute("BEGIN IMMEDIATE")  # waits up to busy_timeout for other processes
-            tx = _SqliteTransaction(conn)
+            tx = _SqliteTransaction(conn, self)
             try:
                 result = fn(tx)
                 tx._apply()
@@ -486,6 +514,102 @@ class SqliteStore(Store):
             return result
         finally:
             self._tx_lock.release()
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _savepoint(conn: sqlite3.Connection, name: str) -> Iterator[None]:
+        conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            # Never mask the original exception with a rollback failure.
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute(f"ROLLBACK TO {name}")
+                conn.execute(f"RELEASE {name}")
+            raise
+        conn.execute(f"RELEASE {name}")
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Commit everything this thread writes inside the block at once, at its end.
+
+        The write lock is taken at the start and held to the end; each
+        :meth:`transaction` inside becomes a savepoint (its failure undoes its
+        own writes only, as a failed transaction would), and reads see the
+        batch's earlier writes. An exception out of the block rolls the whole
+        batch back. Other processes and threads wait for the commit, so keep
+        batches short (the embedded worker: one leased batch of tasks).
+        """
+        local = self._local
+        if local.in_tx or local.in_batch:
+            raise StoreError("batch() inside a transaction or another batch")
+        conn = self._conn()
+        if not self._tx_lock.acquire(timeout=self._busy_timeout):
+            raise Contention("timed out waiting for this process's other transactions")
+        try:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                if _is_busy(e):
+                    raise Contention(f"batch could not take the write lock: {e}") from e
+                raise
+            local.in_batch = True
+            try:
+                yield
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            finally:
+                local.in_batch = False
+            conn.execute("COMMIT")
+        finally:
+            self._tx_lock.release()
+
+    @contextlib.contextmanager
+    def write_scope(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction of this file for another table (the local queue).
+
+        On its own it is ``BEGIN IMMEDIATE`` ... ``COMMIT`` on this thread's
+        connection; inside :meth:`batch` it is a savepoint of the batch.
+        """
+        local = self._local
+        if local.in_tx:
+            raise StoreError("write_scope() inside a store transaction")
+        conn = self._conn()
+        if local.in_batch:
+            with self._savepoint(conn, "dm_scope"):
+                yield conn
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (for reads of other tables in the file)."""
+        return self._conn()
+
+    def join_transaction(
+        self, tx: Transaction, write: Callable[[sqlite3.Connection], None]
+    ) -> bool:
+        """Have ``write(conn)`` commit with ``tx``, if ``tx`` is a transaction of this store.
+
+        ``write`` runs after ``tx``'s document writes, under its write lock,
+        and its failure fails the transaction. Returns False (and does
+        nothing) for any other transaction.
+        """
+        if not isinstance(tx, _SqliteTransaction) or tx._store is not self:
+            return False
+        if not tx._live:
+            raise StoreError("transaction used after it ended")
+        tx._joined.append(write)
+        return True
 
     def get(self, path: str) -> Doc | None:
         return _get(self._conn(), path)

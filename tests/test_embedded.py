@@ -1,0 +1,98 @@
+"""Embedded mode's worker: one leased batch of tasks per commit, and the home's files."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from dmcore.embedded import Embedded, build_registry, run_batch
+from dmcore.proto import dm_pb2
+from dmcore.queue.base import Task
+from dmcore.queue.local import LocalQueue
+from dmcore.service import Caller
+from dmcore.states import AttemptState
+
+CONFIG = {"distributor_configs": {"jobsim": {"jobsim": {"pool": "t"}}}}
+
+
+def _ensure(emb: Embedded, name: str, retval: int) -> str:
+    req = dm_pb2.EnsureGraphDataReq()
+    req.quest.add(
+        distributor_config_name="jobsim",
+        parameters=json.dumps({"name": name, "return_stage": {"retval": retval}}),
+        distributor_parameters="{}",
+    )
+    req.quest_attempt.add(nums=[1])
+    rsp = emb.service.ensure_graph_data(req, Caller.trusted())
+    return str(rsp.quest_ids[0].id)
+
+
+def _state(emb: Embedded, qid: str) -> AttemptState:
+    doc = emb.store.get(f"attempts/{qid}|fffffffe")
+    assert doc is not None
+    return AttemptState(doc["state"])
+
+
+def test_a_failing_task_is_put_back_the_others_commit(tmp_path: Path) -> None:
+    emb = Embedded(tmp_path, build_registry(CONFIG))
+    try:
+        qid = _ensure(emb, "ok", 5)
+        emb.queue.enqueue(Task("broken", "no-such-target", {}))
+        failed: list[str] = []
+        ran = run_batch(emb.engine, emb.queue, 100, lambda t, e: failed.append(t.name))
+        assert ran >= 2
+        assert failed == ["broken"]
+        # The batch committed: another connection sees the quest's progress and
+        # the broken task due again later, with its delivery counted.
+        conn = sqlite3.connect(emb.store.path)  # type: ignore[attr-defined]
+        try:
+            row = conn.execute(
+                "SELECT attempts, eta_us > ?, done_us FROM tasks WHERE name = 'broken'",
+                (emb.clock(),),
+            ).fetchone()
+        finally:
+            conn.close()
+        assert row == (1, 1, None)
+        assert emb.drive(lambda: _state(emb, qid) == AttemptState.FINISHED, timeout_s=60)
+    finally:
+        emb.close()
+
+
+def test_tasks_commit_with_their_step_no_outbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emb = Embedded(tmp_path, build_registry(CONFIG))
+    try:
+
+        def unreachable(tasks: object) -> list[bool]:
+            raise RuntimeError("a separate dispatch: the queue is down")
+
+        # Were follow-ups dispatched after the commit, this failure would leave them
+        # as outbox records for the sweep; here they are queued by the commit itself.
+        monkeypatch.setattr(emb.queue, "enqueue_many", unreachable)
+        qid = _ensure(emb, "leaf", 1)
+        assert emb.store.query("outbox") == []
+        assert emb.queue.pending_count() > 0
+        monkeypatch.undo()
+        assert emb.drive(lambda: _state(emb, qid) == AttemptState.FINISHED, timeout_s=60)
+        assert emb.store.query("outbox") == []
+    finally:
+        emb.close()
+
+
+def test_pending_tasks_of_a_former_queue_file_are_kept(tmp_path: Path) -> None:
+    old = LocalQueue(tmp_path / "queue.sqlite", clock=lambda: 1)
+    old.enqueue(Task("pending", "mutation", {"kind": "x"}, eta_us=7))
+    old.enqueue(Task("done", "mutation", {}))
+    old.ack([lt.task.name for lt in old.lease(10) if lt.task.name == "done"])
+    old.close()
+    emb = Embedded(tmp_path, build_registry(CONFIG))
+    try:
+        assert not (tmp_path / "queue.sqlite").exists()
+        got = [lt.task for lt in emb.queue.lease(10)]
+        assert got == [Task("pending", "mutation", {"kind": "x"}, eta_us=7)]
+    finally:
+        emb.close()
