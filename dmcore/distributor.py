@@ -86,7 +86,8 @@ class Config:
     """What a distributor is built from.
 
     ``name`` is the config name the quest asked for (possibly an alias);
-    ``kind`` the registered implementation; ``content`` its config message.
+    ``kind`` the registered implementation; ``content`` its config message
+    (shared between builds of the same config: read it, never change it).
     ``prepare_topic`` and ``enqueue_task`` are wired by dm to its notification
     and task-queue back ends.
     """
@@ -227,6 +228,11 @@ class Registry:
         self._kinds: dict[str, Kind] = {}
         self._by_type_url: dict[str, Kind] = {}
         self._configs: dict[str, config_pb2.Distributor] = {}
+        # Parsing configs is a sizeable part of a short execution's cost, and both
+        # are immutable: snapshots per config name (until set_config), parsed
+        # config messages per snapshot content.
+        self._snapshots: dict[str, Snapshot] = {}
+        self._parsed: dict[tuple[str, str], message.Message] = {}
         self.version = ""
         self.prepare_topic: Callable[[str, ExecutionID], tuple[str, str]] | None = None
         self.enqueue_task: Callable[[str, bytes, float], None] | None = None
@@ -264,6 +270,7 @@ class Registry:
             self._check_entry(name, dist, cfg)
         self._configs = dict(cfg.distributor_configs)
         self.version = version
+        self._snapshots.clear()
 
     def config_from_dict(self, data: Any) -> config_pb2.Config:
         """Parse a config document.
@@ -328,6 +335,12 @@ class Registry:
 
     def snapshot(self, name: str) -> Snapshot:
         """Resolve ``name`` (one alias level) to the config to store on an execution."""
+        snap = self._snapshots.get(name)
+        if snap is None:
+            snap = self._snapshots[name] = self._snapshot(name)
+        return snap
+
+    def _snapshot(self, name: str) -> Snapshot:
         dist = self._configs.get(name)
         if dist is None:
             raise UnknownConfig(f"unknown distributor config {name!r}")
@@ -349,8 +362,14 @@ class Registry:
         kind = self._kinds.get(snap.kind)
         if kind is None:
             raise UnknownConfig(f"distributor kind {snap.kind!r} is not installed")
-        msg = kind.config_type()
-        json_format.ParseDict(snap.content, msg)
+        key = (snap.kind, json.dumps(snap.content, sort_keys=True))
+        msg = self._parsed.get(key)
+        if msg is None:
+            msg = kind.config_type()
+            json_format.ParseDict(snap.content, msg)
+            if len(self._parsed) > 1000:  # configs change rarely; never grow without bound
+                self._parsed.clear()
+            self._parsed[key] = msg
         cfg = Config(
             name=snap.name,
             kind=snap.kind,

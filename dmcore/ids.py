@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -136,7 +137,7 @@ class AttemptID:
     def __post_init__(self) -> None:
         _check_num(self.num, "attempt")
 
-    @property
+    @functools.cached_property
     def encoded(self) -> str:
         """Storage key: ``<quest>|<inverted hex>``, newer attempts first."""
         return f"{self.quest}|{_encode_num(self.num)}"
@@ -183,11 +184,11 @@ class ExecutionID:
         _check_num(self.attempt, "attempt")
         _check_num(self.num, "execution")
 
-    @property
+    @functools.cached_property
     def attempt_id(self) -> AttemptID:
         return AttemptID(self.quest, self.attempt)
 
-    @property
+    @functools.cached_property
     def encoded_num(self) -> str:
         """Storage key of the execution under its attempt, newer executions first."""
         return _encode_num(self.num)
@@ -198,6 +199,10 @@ class ExecutionID:
     @classmethod
     def parse(cls, s: str) -> ExecutionID:
         """Parse the text form ``<quest>|<attempt>|<execution>``."""
+        return _parse_execution_id(s)
+
+    @classmethod
+    def _parse(cls, s: str) -> ExecutionID:
         parts = s.split("|")
         if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
             raise InvalidArgument(f"execution: expected QUEST|ATTEMPT|EXECUTION, got {s!r}")
@@ -216,3 +221,9 @@ class ExecutionID:
         return cls(
             p.quest, _check_num(p.attempt, f"{field}.attempt"), _check_num(p.id, f"{field}.id")
         )
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_execution_id(s: str) -> ExecutionID:
+    # IDs are immutable and a step parses the same few many times (payloads, paths).
+    return ExecutionID._parse(s)

@@ -10,6 +10,7 @@ delivers some twice, delays some, and can fail a dispatch after the commit
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -80,7 +81,9 @@ class ChaosQueue(TaskQueue):
             eta = t.eta_us
             if self.chaos.delay and self.rng.random() < self.chaos.delay:
                 eta = max(eta, self.clock()) + self.rng.randint(1, 3_000_000)
-            self.pending.append((dataclasses.replace(t, eta_us=eta), 1))
+            # Through JSON, as a real queue stores it: no object is shared with the step.
+            payload = json.loads(json.dumps(t.payload))
+            self.pending.append((dataclasses.replace(t, eta_us=eta, payload=payload), 1))
             out.append(True)
         return out
 

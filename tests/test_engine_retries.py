@@ -22,6 +22,7 @@ from dmcore import distributor as dist
 from dmcore import jsonnorm
 from dmcore.engine import docs
 from dmcore.engine.core import OUTBOX_STALE_US
+from dmcore.engine.mutations import TIMER_QUEUE_HORIZON_US
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
 from dmcore.service import Caller
@@ -55,6 +56,17 @@ def desc(
     if stop:
         d.meta.timeouts.stop.FromSeconds(stop)
     return d
+
+
+def queued_kinds(h: Harness) -> set[str]:
+    """The step kinds of the tasks waiting in the harness's queue."""
+    if h.local is not None:
+        rows = h.local.store.connection().execute(  # type: ignore[union-attr]
+            "SELECT payload FROM tasks WHERE done_us IS NULL"
+        )
+        return {json.loads(p).get("kind", "") for (p,) in rows}
+    assert h.chaos is not None
+    return {t.payload.get("kind", "") for t, _ in h.chaos.pending}
 
 
 def run_until(h: Harness, t_us: int) -> None:
@@ -804,6 +816,9 @@ def test_stop_hedge_when_no_stop_or_poll_timeout(h: Harness, spy: Spy) -> None:
     due = stop_quietly(h, eid, keep_result=True)
     hedge = int(dist.DEFAULT_STOP_HEDGE.total_seconds()) * S
     assert due == finished + hedge
+    # Beyond the queueing horizon: no delayed task waits 12 h, the sweep fires it.
+    assert hedge > TIMER_QUEUE_HORIZON_US
+    assert "TimeoutExecution" not in queued_kinds(h)
     run_until(h, finished + hedge - 60 * S)  # 11 h 59 min
     assert spy.polls == []
     assert h.exec_state(eid) == ExecutionState.STOPPING

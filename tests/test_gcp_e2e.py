@@ -383,8 +383,9 @@ def test_jobsim_fanout_on_gcp_emulators(
     assert len(distributor) >= EXECUTIONS  # one jobsim worker task per execution
     assert mutations
     assert not gcp.fake.tasks("failed")
-    # What is left are the stopping executions' hedge timers (W-10: 12 h), which
-    # would find their executions finished and do nothing.
+    # Nothing that runs is left (the stopping executions' 12 h hedge timers, W-10,
+    # are beyond the queueing horizon: only the sweep would fire them, and they
+    # were disarmed when their executions finished).
     left = [json.loads(bytes(t.created.http_request.body)) for t in gcp.fake.tasks("pending")]
     assert {d["payload"]["kind"] for d in left} <= {"TimeoutExecution"}
     assert all(d.headers["X-CloudTasks-QueueName"] == QUEUE for d in gcp.fake.dispatches)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import functools
 import json
 import logging
 import math
@@ -76,7 +77,16 @@ T = TypeVar("T")
 
 
 def parse_phrase(text: str) -> config_pb2.Phrase:
-    """Parse and check a phrase (strict protobuf JSON); ValueError names the problem."""
+    """Parse and check a phrase (strict protobuf JSON); ValueError names the problem.
+
+    The message is shared between callers parsing the same text (run and every
+    delivery of the job parse it): read it, never change it.
+    """
+    return _parse_phrase(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_phrase(text: str) -> config_pb2.Phrase:
     phrase = config_pb2.Phrase()
     try:
         json_format.Parse(text, phrase)

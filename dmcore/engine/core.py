@@ -22,6 +22,7 @@ from __future__ import annotations
 import abc
 import base64
 import dataclasses
+import functools
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -60,8 +61,10 @@ class Step(abc.ABC):
             Step._registry[cls.KIND] = cls
 
     def to_payload(self) -> dict[str, Any]:
-        assert dataclasses.is_dataclass(self)
-        return {"kind": self.KIND, **dataclasses.asdict(self)}
+        # Fields are JSON values; a shallow copy suffices (the payload is encoded
+        # or copied by the queue), where dataclasses.asdict deep-copies recursively.
+        names = _field_names(type(self))
+        return {"kind": self.KIND, **{n: getattr(self, n) for n in names}}
 
     @staticmethod
     def from_payload(payload: Mapping[str, Any]) -> Step:
@@ -71,6 +74,12 @@ class Step(abc.ABC):
         if cls is None:
             raise ValueError(f"unknown step kind {kind!r}")
         return cls(**data)
+
+
+@functools.cache
+def _field_names(cls: type[Step]) -> tuple[str, ...]:
+    assert dataclasses.is_dataclass(cls)
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 class Mutation(Step):

@@ -55,6 +55,13 @@ RETRY_FIELDS = {
 PROPAGATE_BATCH = 64
 US = 1_000_000
 
+TIMER_QUEUE_HORIZON_US = 3600 * US
+"""Timers due within this are queued as delayed tasks when armed; later ones
+(the 12 h STOPPING hedge, long run timeouts) only by the sweep once due: they
+usually end disarmed, a queued task for each would outlive its execution, and
+Cloud Tasks refuses schedule times more than 30 days ahead. The sweep runs
+every minute or so, which is precision enough for a deadline an hour away."""
+
 
 # -- small helpers ----------------------------------------------------------------
 
@@ -122,17 +129,33 @@ def json_result(d: Mapping[str, Any] | None) -> dm_pb2.JsonResult | None:
 
 
 def arm_timer(
-    ctx: Ctx, eid: ExecutionID, state: ExecutionState, after_us: int
+    ctx: Ctx, eid: ExecutionID, ex: docs.Doc, state: ExecutionState, after_us: int
 ) -> list[Step | Later]:
-    """Arm the execution's single timer (``after_us`` <= 0 disarms it)."""
+    """Arm the execution's single timer (``after_us`` <= 0 disarms it); ``ex`` is written."""
     path = docs.timer_path(eid)
+    ctx.uow.put(docs.execution_path(eid), ex)
     if after_us <= 0:
-        ctx.uow.delete(path)
+        disarm_timer(ctx, eid, ex)
         return []
+    ex["timer_armed"] = True
     deadline = ctx.now_us + after_us
     timer = {"eid": str(eid), "state": int(state), "deadline_us": deadline, "polls": 0}
     ctx.uow.put(path, timer)
+    if after_us > TIMER_QUEUE_HORIZON_US:
+        return []  # the sweep fires it when due (Engine.sweep reads the timers)
     return [timer_later(timer)]
+
+
+def disarm_timer(ctx: Ctx, eid: ExecutionID, ex: docs.Doc) -> None:
+    """Delete the execution's timer record, unless ``ex`` says there is none.
+
+    Executions note whether a timer (and a poll) record may exist, so that the
+    usual case, none, costs no delete (a billed write on Firestore). Older
+    execution records without the note get the delete.
+    """
+    if ex.get("timer_armed", True):
+        ctx.uow.delete(docs.timer_path(eid))
+        ex["timer_armed"] = False
 
 
 def timer_later(timer: Mapping[str, Any]) -> Later:
@@ -286,6 +309,8 @@ class ScheduleExecution(Mutation):
                 "token_state": "activation",
                 "dist_token": "",
                 "poll_timeout_us": 0,
+                "timer_armed": False,
+                "poll_armed": False,
                 "run_at_us": 0,
                 "timeouts": {
                     "start": duration_us(t.start),
@@ -394,9 +419,10 @@ class RecordRun(Mutation):
         out: list[Step | Later] = []
         if self.poll_interval_us > 0 and not is_terminal_execution(ExecutionState(ex["state"])):
             poll = {"eid": self.eid, "interval_us": self.poll_interval_us}
+            ex["poll_armed"] = True
             out += schedule_poll(ctx, eid, poll, ctx.now_us + self.poll_interval_us)
         if ex["state"] == ExecutionState.SCHEDULING:
-            out += arm_timer(ctx, eid, ExecutionState.SCHEDULING, ex["timeouts"]["start"])
+            out += arm_timer(ctx, eid, ex, ExecutionState.SCHEDULING, ex["timeouts"]["start"])
         return out
 
 
@@ -522,7 +548,7 @@ class ActivateExecution(Mutation):
         ):
             raise denied
         ctx.uow.put(docs.execution_path(eid), ex)
-        return arm_timer(ctx, eid, ExecutionState.RUNNING, ex["timeouts"]["run"])
+        return arm_timer(ctx, eid, ex, ExecutionState.RUNNING, ex["timeouts"]["run"])
 
 
 @dataclasses.dataclass
@@ -572,7 +598,7 @@ class FinishAttempt(Mutation):
         att["result"] = summary
         docs.bump_modified(att, ctx.now_us)
         ctx.uow.put(docs.attempt_path(eid.attempt_id), att)
-        return arm_timer(ctx, eid, ExecutionState.STOPPING, stop_timeout_us(ex))
+        return arm_timer(ctx, eid, ex, ExecutionState.STOPPING, stop_timeout_us(ex))
 
 
 @dataclasses.dataclass
@@ -678,7 +704,7 @@ class DeclareDeps(Mutation):
             att["deps_execution"] = eid.num
             docs.bump_modified(att, ctx.now_us)
             ctx.uow.put(docs.attempt_path(me), att)
-            chained += arm_timer(ctx, eid, ExecutionState.STOPPING, stop_timeout_us(ex))
+            chained += arm_timer(ctx, eid, ex, ExecutionState.STOPPING, stop_timeout_us(ex))
             self.halted = True
         return chained
 
@@ -859,8 +885,10 @@ class FinishExecution(Mutation):
                 AbnormalStatus.FAILED,
                 f"distributor finished execution while it was in the {state} state.",
             )
-        ctx.uow.delete(docs.timer_path(eid))
-        ctx.uow.delete(docs.poll_path(eid))
+        disarm_timer(ctx, eid, ex)
+        if ex.get("poll_armed", True):
+            ctx.uow.delete(docs.poll_path(eid))
+            ex["poll_armed"] = False
         out: list[Step | Later] = []
         if "abnormal" in result:
             ex["abnormal"] = result["abnormal"]

@@ -253,6 +253,14 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in msg or "busy" in msg
 
 
+def _execute(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[str, ...]]) -> None:
+    # executemany costs about twice execute for the one row most writes have.
+    if len(rows) == 1:
+        conn.execute(sql, rows[0])
+    else:
+        conn.executemany(sql, rows)
+
+
 class _Write:
     """The net effect of a transaction's writes to one path."""
 
@@ -374,14 +382,14 @@ class _SqliteTransaction(Transaction):
                 upserts.append((collection, doc_id, w.body))
         # Paths are distinct, so the three batches commute.
         if deletes:
-            self._conn.executemany(_DELETE, deletes)
+            _execute(self._conn, _DELETE, deletes)
         if inserts:
             try:
-                self._conn.executemany(_INSERT, inserts)
+                _execute(self._conn, _INSERT, inserts)
             except sqlite3.IntegrityError as e:  # unreachable under the write lock; kept as a guard
                 raise AlreadyExists(str(e)) from e
         if upserts:
-            self._conn.executemany(_UPSERT, upserts)
+            _execute(self._conn, _UPSERT, upserts)
 
 
 class _Local(threading.local):

@@ -569,6 +569,7 @@ class Sim:
         # Nothing left over.
         v += [f"outbox record left: {p}" for p, _ in store.query(docs.OUTBOX)]
         v += [f"timer left armed: {p}" for p, _ in store.query(docs.TIMERS)]
+        v += [f"poll left scheduled: {p}" for p, _ in store.query(docs.POLLS)]
         if self.h.next_due_us() is not None:
             v.append(f"queue still holds tasks (next due at {self.h.next_due_us()})")
         v += [f"{self.ename(e)}: handed to the fake, never played" for e in self.h.world.pending()]
