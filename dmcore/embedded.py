@@ -191,14 +191,13 @@ def run_batch(
     """Lease up to ``limit`` due tasks, run them, acknowledge them; returns how many.
 
     On a queue in a SQLite store's file all of it is one commit of the store
-    (:meth:`SqliteStore.batch`): each task's transactions become savepoints
+    (:meth:`Engine.batch`): each task's transactions become savepoints
     and a failing task undoes only its own. Distributor calls (``D.run`` and
     friends) are still never made inside a store transaction: they run between
     savepoints, and a task whose effects are lost with the batch is delivered
     again, as after any crash. A failed task is put back with backoff.
     """
-    batch = queue.store.batch() if queue.store is not None else contextlib.nullcontext()
-    with batch:
+    with engine.batch():
         leased = queue.lease(limit)
         done: list[str] = []
         for lt in leased:

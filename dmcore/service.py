@@ -159,11 +159,13 @@ class Service:
             by_quest[a.quest].append(a.encoded)
         for q in new_quests:
             by_quest.setdefault(q, [])
-        for q, encs in by_quest.items():
-            for start in range(0, max(1, len(encs)), QUEST_CHUNK):
-                chunk = encs[start : start + QUEST_CHUNK]
-                then = [mu.EnsureAttempt(aid=a).to_payload() for a in chunk]
-                eng.run(mu.MergeQuest(qid=q, desc_b64=new_quests.get(q, ""), and_then=then))
+        # One commit for the whole request where the backend allows (embedded).
+        with eng.batch():
+            for q, encs in by_quest.items():
+                for start in range(0, max(1, len(encs)), QUEST_CHUNK):
+                    chunk = encs[start : start + QUEST_CHUNK]
+                    then = [mu.EnsureAttempt(aid=a).to_payload() for a in chunk]
+                    eng.run(mu.MergeQuest(qid=q, desc_b64=new_quests.get(q, ""), and_then=then))
         return rsp
 
     def _validate_distributor(self, desc: dm_pb2.Quest.Desc, field: str) -> None:

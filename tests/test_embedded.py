@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,5 +95,40 @@ def test_pending_tasks_of_a_former_queue_file_are_kept(tmp_path: Path) -> None:
         assert not (tmp_path / "queue.sqlite").exists()
         got = [lt.task for lt in emb.queue.lease(10)]
         assert got == [Task("pending", "mutation", {"kind": "x"}, eta_us=7)]
+    finally:
+        emb.close()
+
+
+def test_ensure_graph_data_writes_all_or_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dmcore.engine import mutations as mu
+
+    emb = Embedded(tmp_path, build_registry(CONFIG))
+    try:
+        real = mu.MergeQuest.roll_forward
+        seen: list[str] = []
+
+        def third_fails(self: mu.MergeQuest, ctx: Any) -> Any:
+            seen.append(self.qid)
+            if len(seen) == 3:
+                raise OSError("disk full")
+            return real(self, ctx)
+
+        monkeypatch.setattr(mu.MergeQuest, "roll_forward", third_fails)
+        req = dm_pb2.EnsureGraphDataReq()
+        for i in range(5):
+            req.quest.add(
+                distributor_config_name="jobsim",
+                parameters=json.dumps({"name": f"q{i}"}),
+                distributor_parameters="{}",
+            )
+            req.quest_attempt.add(nums=[1])
+        with pytest.raises(OSError):
+            emb.service.ensure_graph_data(req, Caller.trusted())
+        # The two quests merged before the failure went with the request's one commit.
+        assert emb.store.query("quests") == []
+        assert emb.store.query("attempts") == []
+        assert emb.queue.pending_count() == 0
     finally:
         emb.close()

@@ -328,15 +328,22 @@ def test_batch_exception_rolls_everything_back(sq: SqliteStore) -> None:
     assert _outside(sq.path) == {"a/2"}
 
 
-def test_batch_refused_inside_transaction_or_batch(sq: SqliteStore) -> None:
+def test_batch_refused_inside_transaction(sq: SqliteStore) -> None:
     def nested(tx: Transaction) -> None:
         with sq.batch():
             pass
 
     with pytest.raises(StoreError, match="batch"):
         sq.transaction(nested)
-    with sq.batch(), pytest.raises(StoreError, match="batch"), sq.batch():
-        pass
+
+
+def test_batch_inside_batch_is_part_of_it(sq: SqliteStore) -> None:
+    with pytest.raises(RuntimeError), sq.batch():
+        with sq.batch():
+            sq.transaction(lambda tx: tx.set("a/1", {"n": 1}))
+        assert _outside(sq.path) == set()  # the inner block did not commit
+        raise RuntimeError("the outer batch fails")
+    assert sq.get("a/1") is None
 
 
 def test_batch_makes_other_threads_wait(sq: SqliteStore) -> None:

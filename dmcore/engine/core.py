@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 import base64
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -342,6 +343,17 @@ class Engine:
         origin = origin or base64.urlsafe_b64encode(self.rand(16)).decode().rstrip("=")
         outbox = self.store.transaction(lambda tx: self._roll(tx, mutation, origin))
         self.dispatch(outbox)
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """Commit the steps run in the block together, where the store and queue allow.
+
+        Only when the queue keeps its tasks in the store (:meth:`TaskQueue.commits_with`):
+        a step's follow-ups then wait for the same commit as the step. Otherwise
+        this does nothing and each step commits (and dispatches) on its own.
+        """
+        if self.queue.commits_with(self.store):
+            return self.store.batch()
+        return contextlib.nullcontext()
 
     def run_many(self, mutations: Iterable[Mutation]) -> None:
         for m in mutations:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dmcore.store.base import Transaction
+    from dmcore.store.base import Store, Transaction
 
 TASK_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,500}$")
 
@@ -66,6 +66,16 @@ class TaskQueue(abc.ABC):
     def enqueue_many(self, tasks: Sequence[Task]) -> list[bool]:
         """Queue several tasks; per task, what :meth:`enqueue` would return."""
         return [self.enqueue(t) for t in tasks]
+
+    def commits_with(self, store: Store) -> bool:
+        """Whether tasks queued while ``store`` is inside a batch commit with it.
+
+        True only for a queue kept in the store itself (the embedded queue):
+        then a batch of steps may hold back their commit, since their tasks wait
+        with them. Otherwise a task could be handed out before the state it is
+        about is committed, so the engine must not batch.
+        """
+        return False
 
     def enqueue_in(self, tx: Transaction, tasks: Sequence[Task]) -> bool:
         """Queue ``tasks`` as part of the commit of store transaction ``tx``, if possible.

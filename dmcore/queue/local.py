@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from dmcore.queue.base import TASK_NAME_RE, InvalidTask, QueueError, Task, TaskQueue
-from dmcore.store.base import Transaction
+from dmcore.store.base import Store, Transaction
 from dmcore.store.sqlite import SqliteStore
 
 logger = logging.getLogger("dm.queue")
@@ -239,6 +239,9 @@ class LocalQueue(TaskQueue):
             cur = conn.execute(_INSERT, {**row, "now": now, "tombstone_us": self.tombstone_us})
             out.append(cur.rowcount == 1)
         return out
+
+    def commits_with(self, store: Store) -> bool:
+        return self.store is not None and self.store is store
 
     def enqueue_in(self, tx: Transaction, tasks: Sequence[Task]) -> bool:
         """Queue ``tasks`` in the commit of ``tx``, a transaction of this queue's store."""

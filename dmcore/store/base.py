@@ -31,6 +31,7 @@ stored by callers as base64 strings; times as integer microseconds.
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -118,6 +119,14 @@ class Store(abc.ABC):
         the exception propagates. After ``attempts`` lost races, raises
         :class:`Contention`.
         """
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """Group this thread's transactions in the block into one commit, where possible.
+
+        Only for stores that can (SQLite: one write lock, savepoints inside);
+        the default does nothing and every transaction commits on its own.
+        """
+        return contextlib.nullcontext()
 
     @abc.abstractmethod
     def get(self, path: str) -> Doc | None:

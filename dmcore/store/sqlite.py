@@ -545,12 +545,16 @@ class SqliteStore(Store):
         :meth:`transaction` inside becomes a savepoint (its failure undoes its
         own writes only, as a failed transaction would), and reads see the
         batch's earlier writes. An exception out of the block rolls the whole
-        batch back. Other processes and threads wait for the commit, so keep
-        batches short (the embedded worker: one leased batch of tasks).
+        batch back. A batch inside a batch is part of it. Other processes and
+        threads wait for the commit, so keep batches short (the embedded
+        worker: one leased batch of tasks).
         """
         local = self._local
-        if local.in_tx or local.in_batch:
-            raise StoreError("batch() inside a transaction or another batch")
+        if local.in_tx:
+            raise StoreError("batch() inside a transaction")
+        if local.in_batch:
+            yield  # part of the enclosing batch
+            return
         conn = self._conn()
         if not self._tx_lock.acquire(timeout=self._busy_timeout):
             raise Contention("timed out waiting for this process's other transactions")
