@@ -6,7 +6,13 @@ that reads it:
 
 ``DM_BACKEND``        ``embedded`` (default: SQLite + local queue in ``DM_HOME``, default
                       ``.dm``) or ``gcp`` (Firestore + Cloud Tasks + Pub/Sub).
-``GOOGLE_CLOUD_PROJECT``, ``DM_FIRESTORE_DATABASE``   the Firestore database (gcp).
+``DM_STORE``          embedded only: ``sqlite`` (default: ``DM_HOME/dm.sqlite``) or ``firestore``
+                      (the Firestore database below, e.g. on its emulator with
+                      ``FIRESTORE_EMULATOR_HOST``, as ``dm serve --emulators`` runs it); the
+                      queue stays local in ``DM_HOME``. Jobs of the ``local`` distributor
+                      inherit it and open the same store.
+``GOOGLE_CLOUD_PROJECT``, ``DM_FIRESTORE_DATABASE``   the Firestore database (gcp, and
+                      embedded with ``DM_STORE=firestore``; database default ``(default)``).
 ``DM_TASKS_QUEUE``    ``projects/P/locations/L/queues/Q`` (gcp).
 ``DM_TASKS_URL``      the ``dm_tasks`` function's URL, tasks POST to ``URL/<target>`` (gcp).
 ``DM_TASKS_SERVICE_ACCOUNT``  the identity Cloud Tasks signs its OIDC tokens as (gcp).
@@ -50,6 +56,7 @@ from dmcore.embedded import DEFAULT_CONFIG, Embedded, build_registry, home_regis
 from dmcore.engine.core import Engine, Settings
 from dmcore.errors import InvalidArgument
 from dmcore.service import Service
+from dmcore.store.base import Store
 
 log = logging.getLogger("dm.backend")
 
@@ -213,8 +220,31 @@ def _embedded(env: Mapping[str, str]) -> Backend:
     settings = Settings(notify_secret=load_secret(env))
     if env.get("DM_NOTIFY_TOPIC", "").strip():
         settings.notify_topic = env["DM_NOTIFY_TOPIC"].strip()
-    emb = Embedded(home, registry, settings=settings)
+    emb = Embedded(home, registry, settings=settings, store=store_from_env(env))
     return Backend(emb.engine, emb.service, auth, "embedded", emb, [emb.close])
+
+
+def store_from_env(env: Mapping[str, str]) -> Store | None:
+    """``DM_STORE``: the store of an embedded home, None for the home's own SQLite file."""
+    kind = env.get("DM_STORE", "").strip().lower() or "sqlite"
+    if kind == "sqlite":
+        return None
+    if kind != "firestore":
+        raise ConfigError(f"DM_STORE: expected 'sqlite' or 'firestore', got {kind!r}")
+    project = env.get("GOOGLE_CLOUD_PROJECT", "").strip()
+    if not project:
+        raise ConfigError("GOOGLE_CLOUD_PROJECT: required with DM_STORE=firestore")
+    return _firestore_store(env, project)
+
+
+def _firestore_store(env: Mapping[str, str], project: str) -> Store:
+    # Imported by name, lazily: the Google client libraries load only when
+    # used, and only inside their adapters.
+    firestore = importlib.import_module("dmcore.store.firestore")
+    store: Store = firestore.FirestoreStore(
+        project=project, database=env.get("DM_FIRESTORE_DATABASE", "").strip() or "(default)"
+    )
+    return store
 
 
 def _gcp(env: Mapping[str, str]) -> Backend:
@@ -250,18 +280,14 @@ def _gcp(env: Mapping[str, str]) -> Backend:
     if not tasks_url.startswith(("https://", "http://")):
         raise ConfigError(f"DM_TASKS_URL: expected an http(s) URL, got {tasks_url!r}")
 
-    # Imported by name, lazily: the Google client libraries load only on gcp,
-    # and only inside their adapters.
-    firestore = importlib.import_module("dmcore.store.firestore")
+    # Imported by name, lazily, as in _firestore_store.
     cloudtasks = importlib.import_module("dmcore.queue.cloudtasks")
     pubsub = importlib.import_module("dmcore.notify.pubsub")
     try:
         publisher = pubsub.PubSubPublisher(topic)
     except ValueError as e:
         raise ConfigError(f"DM_NOTIFY_TOPIC: {e}") from None
-    store = firestore.FirestoreStore(
-        project=project, database=env.get("DM_FIRESTORE_DATABASE", "").strip() or "(default)"
-    )
+    store = _firestore_store(env, project)
     queue = cloudtasks.CloudTasksQueue.from_queue_path(
         queue_path,
         url=tasks_url,

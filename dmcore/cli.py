@@ -362,17 +362,25 @@ def serve(
     ] = None,
     emulators: Annotated[
         bool,
-        typer.Option("--emulators", help="Deliver notifications through a local Pub/Sub emulator."),
+        typer.Option(
+            "--emulators",
+            help="Keep the store on a local Firestore emulator and deliver notifications "
+            "through a local Pub/Sub emulator (gcloud SDK; the task queue stays local).",
+        ),
     ] = False,
 ) -> None:
     """Run the four Cloud Functions locally (functions-framework), WITHOUT identity checks."""
+    from dmcore.emulators import EmulatorError
     from dmcore.serve import serve as run_server
 
     try:
         cfg = _config(config) if config is not None else None
     except BadFile as e:
         raise fail(str(e)) from None
-    run_server(port, home, emulators, config=cfg)
+    try:
+        run_server(port, home, emulators, config=cfg)
+    except EmulatorError as e:
+        raise fail(str(e)) from None
 
 
 @config_app.command("validate")

@@ -1,11 +1,12 @@
 """dm on one machine: SQLite store, local persistent queue, in-process worker.
 
 ``Embedded(home)`` keeps everything under ``home`` (default ``.dm/``):
-``dm.sqlite`` (the store, with the task queue as a table of the same file)
-and ``secret`` (the notification HMAC key, created on first use, readable by
-the owner only). :meth:`Embedded.work` runs a leased batch of due tasks in
-one commit; :meth:`Embedded.drive` runs the worker until a condition holds,
-sleeping until the next task is due.
+``dm.sqlite`` (the store, with the task queue as a table of the same file;
+with another store, ``tasks.sqlite``) and ``secret`` (the notification HMAC
+key, created on first use, readable by the owner only).
+:meth:`Embedded.work` runs a leased batch of due tasks in one commit;
+:meth:`Embedded.drive` runs the worker until a condition holds, sleeping
+until the next task is due.
 
 Why one file and one commit per batch: a SQLite commit costs about as much as
 the small transaction it ends, and an execution takes a dozen steps. With the
@@ -110,7 +111,9 @@ class Embedded:
         settings: Settings | None = None,
         store: Store | None = None,
     ) -> None:
-        """``store``: another Store than ``home/dm.sqlite`` (the queue stays in ``home``)."""
+        """``store``: another Store than ``home/dm.sqlite`` (``dm serve --emulators``:
+        Firestore); the queue is then ``home/tasks.sqlite``, a file apart that a
+        later SQLite home in the same folder leaves alone."""
         self.home = pathlib.Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         self.clock = clock
@@ -119,7 +122,7 @@ class Embedded:
             self.queue = LocalQueue(store=self.store, clock=clock)
             _adopt_old_queue(self.home / "queue.sqlite", self.queue)
         else:
-            self.queue = LocalQueue(self.home / "queue.sqlite", clock=clock)
+            self.queue = LocalQueue(self.home / "tasks.sqlite", clock=clock)
         settings = settings or Settings()
         if not settings.notify_secret:
             settings.notify_secret = load_secret(self.home / "secret")

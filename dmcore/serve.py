@@ -14,25 +14,29 @@ embedded queue's due tasks in-process and sweeps every few seconds.
 Identity checks are OFF (``DM_AUTH=none``): every caller is a writer, so the
 server binds to 127.0.0.1 unless told otherwise.
 
-With ``use_emulators`` the Pub/Sub emulator (gcloud SDK) is started (or
-reused via ``PUBSUB_EMULATOR_HOST``), with topic
-``projects/dm-local/topics/dm-distributor-notify`` pushing to dm_notify, so
-notifications travel the same road as on Google Cloud.
+With ``use_emulators`` the gcloud SDK's Firestore and Pub/Sub emulators are
+started (:mod:`dmcore.emulators`; or reused where ``FIRESTORE_EMULATOR_HOST`` /
+``PUBSUB_EMULATOR_HOST`` name one that answers), and stopped with the server:
+
+* the engine's store is Firestore on its emulator, project ``dm-local``
+  (``DM_STORE=firestore``; the home then holds no ``dm.sqlite``);
+* notifications go to topic ``projects/dm-local/topics/dm-distributor-notify``,
+  pushed to dm_notify, the same road as on Google Cloud;
+* the task queue stays the embedded one, in the home, run by the worker
+  thread: no faithful Cloud Tasks emulator exists.
+
+The emulators keep their data in memory: a started one begins empty, while the
+home's queue may still hold tasks of an earlier run (they find nothing to do).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pathlib
-import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -40,7 +44,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from dmcore import backend as backends
-from dmcore import logs, server
+from dmcore import emulators, logs, server
 
 log = logs.get("dm.serve")
 
@@ -68,7 +72,7 @@ def _root_path(app: WSGIApp) -> WSGIApp:
 
 
 class LocalServer:
-    """The functions, the queue worker and (optionally) the Pub/Sub emulator."""
+    """The functions, the queue worker and (optionally) the Firestore and Pub/Sub emulators."""
 
     def __init__(
         self,
@@ -81,7 +85,9 @@ class LocalServer:
         sweep_every_s: float = 5.0,
         source: str | os.PathLike[str] | None = None,
         out: Callable[[str], None] | None = None,
+        project: str = EMULATOR_PROJECT,
     ) -> None:
+        """``project``: the emulators' project (store and topic), with ``use_emulators``."""
         self.host = host
         self.port = port
         self.home = pathlib.Path(home).resolve()
@@ -93,7 +99,11 @@ class LocalServer:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._httpd: BaseWSGIServer | None = None
-        self._emulator: subprocess.Popen[bytes] | None = None
+        self.project = project
+        self.emulators: list[emulators.Emulator] = []
+        """The emulators this server started (not those it reuses); stopped by close()."""
+        self.hosts: dict[str, str] = {}
+        """``host:port`` of the emulators in use, by :attr:`emulators.Kind.name`."""
         self.base_url = ""
 
     # -- start / stop ----------------------------------------------------------------
@@ -104,9 +114,23 @@ class LocalServer:
             env["DM_CONFIG"] = (
                 self.config if isinstance(self.config, str) else json.dumps(self.config)
             )
-        os.environ.update(env)
         if self.use_emulators:
-            self._start_pubsub()
+            env |= {
+                "DM_STORE": "firestore",
+                "GOOGLE_CLOUD_PROJECT": self.project,
+                "DM_NOTIFY_TOPIC": f"projects/{self.project}/topics/{NOTIFY_TOPIC}",
+            }
+        os.environ.update(env)
+        try:
+            return self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> LocalServer:
+        if self.use_emulators:
+            for kind in (emulators.FIRESTORE, emulators.PUBSUB):
+                self.hosts[kind.name] = self._emulator(kind)
         backends.reset()
         b = server.start()
         from functions_framework import create_app
@@ -140,15 +164,8 @@ class LocalServer:
             self._httpd.server_close()
             self._httpd = None
         backends.reset()
-        if self._emulator is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._emulator.pid, signal.SIGTERM)
-            try:
-                self._emulator.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self._emulator.pid, signal.SIGKILL)
-            self._emulator = None
+        while self.emulators:
+            self.emulators.pop().stop()
 
     def __enter__(self) -> LocalServer:
         return self.start()
@@ -179,10 +196,13 @@ class LocalServer:
             f"  dm_sweep   {u}/dm_sweep/    (also every {self.sweep_every_s:g}s in-process)",
         ]
         if self.use_emulators:
-            lines.append(
-                f"  Pub/Sub    {os.environ.get('PUBSUB_EMULATOR_HOST')}: "
-                f"{b.engine.settings.notify_topic} -> dm_notify"
-            )
+            fs, ps = self.hosts[emulators.FIRESTORE.name], self.hosts[emulators.PUBSUB.name]
+            lines += [
+                f"  Firestore  {fs} (project {self.project})",
+                f"  Pub/Sub    {ps}: {b.engine.settings.notify_topic} -> dm_notify",
+                f"  Tasks      the local persistent queue in {self.home}, run in-process",
+                "             (no faithful Cloud Tasks emulator exists)",
+            ]
         lines += [
             "",
             "  !!! IDENTITY CHECKS ARE OFF (DM_AUTH=none): anyone who can reach this !!!",
@@ -212,35 +232,19 @@ class LocalServer:
                 wait = 0.2 if nxt is None else max(0.0, min(0.2, (nxt - emb.clock()) / 1e6))
                 self._stop.wait(wait)
 
-    # -- the Pub/Sub emulator -----------------------------------------------------------------
+    # -- the emulators ------------------------------------------------------------------------
 
-    def _start_pubsub(self) -> None:
-        host = os.environ.get("PUBSUB_EMULATOR_HOST", "")
-        if host and _answers_ok(host):
-            self.out(f"dm serve: using the Pub/Sub emulator at {host}")
+    def _emulator(self, kind: emulators.Kind) -> str:
+        """Reuse the emulator ``kind.env_var`` names if it answers, else start one."""
+        host = os.environ.get(kind.env_var, "")
+        if host and emulators.answers_ok(host):
+            self.out(f"dm serve: using the {kind.name} emulator at {host}")
         else:
-            host = self._spawn_emulator()
-        os.environ["PUBSUB_EMULATOR_HOST"] = host
-        os.environ["DM_NOTIFY_TOPIC"] = f"projects/{EMULATOR_PROJECT}/topics/{NOTIFY_TOPIC}"
-
-    def _spawn_emulator(self) -> str:
-        binary = _sdk_root() / "platform" / "pubsub-emulator" / "bin" / "cloud-pubsub-emulator"
-        if not binary.exists() or shutil.which("java") is None:
-            raise RuntimeError(f"the Pub/Sub emulator is not installed ({binary}, java)")
-        port = _free_port()
-        host = f"127.0.0.1:{port}"
-        self._emulator = subprocess.Popen(
-            [str(binary), "--host=127.0.0.1", f"--port={port}"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 60
-        while not _answers_ok(host):
-            if self._emulator.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the Pub/Sub emulator did not start")
-            time.sleep(0.2)
-        self.out(f"dm serve: started the Pub/Sub emulator at {host}")
+            emu = emulators.start(kind, self.home / "logs")
+            self.emulators.append(emu)
+            host = emu.host
+            self.out(f"dm serve: started the {kind.name} emulator at {host} (log: {emu.log})")
+        os.environ[kind.env_var] = host
         return host
 
     def _subscribe(self) -> None:
@@ -249,44 +253,10 @@ class LocalServer:
         topic = os.environ["DM_NOTIFY_TOPIC"]
         pubsub.ensure_topic(topic)
         pubsub.ensure_push_subscription(
-            pubsub.subscription_path(EMULATOR_PROJECT, "dm-notify-push"),
+            pubsub.subscription_path(self.project, "dm-notify-push"),
             topic,
             f"{self.base_url}/dm_notify/{topic}",
         )
-
-
-def _answers_ok(host: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{host}/", timeout=1.0) as rsp:
-            return bool(rsp.status == 200)
-    except OSError:
-        return False
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _sdk_root() -> pathlib.Path:
-    gcloud = shutil.which("gcloud")
-    if gcloud is not None:
-        try:
-            got = subprocess.run(
-                [gcloud, "info", "--format=value(installation.sdk_root)"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=True,
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            got = ""
-        if got:
-            return pathlib.Path(got)
-    return pathlib.Path("/usr/lib/google-cloud-sdk")
 
 
 def serve(

@@ -73,6 +73,8 @@ def test_config_inline_file_and_yaml(tmp_path: pathlib.Path) -> None:
         ({"DM_AUTH": "oidc"}, "DM_OIDC_AUDIENCE"),
         ({"DM_AUTH": "oidc", "DM_OIDC_AUDIENCE": "a"}, "DM_INVOKER_SERVICE_ACCOUNT"),
         ({"DM_NOTIFY_SECRET_FILE": "/nowhere/secret"}, "cannot read"),
+        ({"DM_STORE": "bogus"}, "DM_STORE: expected 'sqlite' or 'firestore', got 'bogus'"),
+        ({"DM_STORE": "firestore"}, "GOOGLE_CLOUD_PROJECT: required with DM_STORE=firestore"),
     ],
 )
 def test_bad_embedded_config_refuses_to_start(
@@ -149,3 +151,41 @@ def test_gcp_on_emulators_needs_no_credentials(monkeypatch: pytest.MonkeyPatch) 
         assert len(b.closers) == 3  # publisher, queue, store
     finally:
         b.close()
+
+
+def test_embedded_store_choice(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DM_STORE: the home's SQLite file by default, else Firestore (the queue stays local)."""
+    from dmcore.store.firestore import FirestoreStore
+    from dmcore.store.sqlite import SqliteStore
+
+    b = embedded(tmp_path, DM_STORE="sqlite")
+    try:
+        assert isinstance(b.engine.store, SqliteStore)
+    finally:
+        b.close()
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", "127.0.0.1:1")  # never contacted
+    home = tmp_path / "fs-home"
+    b = from_env(
+        {
+            "DM_HOME": str(home),
+            "DM_STORE": "Firestore",
+            "GOOGLE_CLOUD_PROJECT": "demo",
+            "DM_FIRESTORE_DATABASE": "db2",
+        }
+    )
+    try:
+        store = b.engine.store
+        assert isinstance(store, FirestoreStore)
+        assert (store.client.project, store.client._database) == ("demo", "db2")
+        assert b.embedded is not None and b.embedded.store is store
+        assert not (home / "dm.sqlite").exists()
+    finally:
+        b.close()
+
+
+def test_jobs_open_the_store_dm_store_names(tmp_path: pathlib.Path) -> None:
+    """A local job inherits DM_STORE and opens the same store as the dm that started it."""
+    from dmcore.job import client_from_env
+
+    with pytest.raises(ConfigError, match="DM_STORE"):
+        client_from_env({"DM_HOME": str(tmp_path / "home"), "DM_STORE": "bogus"})

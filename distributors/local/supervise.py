@@ -17,8 +17,9 @@ stdin (JSON: ``argv``, ``env``, ``cwd``, ``timeout_s``, ``log``, ``state``,
    grace; once the command has ended, whatever is left in its group is
    killed;
 5. records the outcome and the final state file in the task record and
-   notifies dm (``Embedded(home).engine.receive_notification``), retrying
-   for a while if the store is busy.
+   notifies dm (``Embedded(home).engine.receive_notification``, on the
+   store ``DM_STORE`` names: dm's environment is inherited), retrying for a
+   while if the store is busy.
 
 Only the standard library is imported before the answer: ``run`` waits for
 it, and importing dm costs a few hundred milliseconds.
@@ -229,6 +230,7 @@ class Supervisor:
 
     def report(self, outcome: Outcome, state_raw: bytes | None) -> int:
         """Record ``outcome`` in the task record and notify dm; retried while it fails."""
+        from dmcore.backend import store_from_env
         from dmcore.embedded import Embedded, home_registry
 
         state, state_error = state_text(state_raw)
@@ -236,7 +238,9 @@ class Supervisor:
             if attempt:
                 time.sleep(0.5 * 2 ** (attempt - 1))
             try:
-                emb = Embedded(self.home, home_registry(self.home))
+                emb = Embedded(
+                    self.home, home_registry(self.home), store=store_from_env(os.environ)
+                )
                 try:
                     doc = emb.store.transaction(
                         lambda tx: self._record(tx, outcome, state, state_error)

@@ -14,6 +14,8 @@ import pathlib
 import signal
 import time
 
+from dmcore.procs import group_alive
+
 COLLECTION = "local_tasks"
 """The distributor's own collection in dm's store: one record per execution."""
 
@@ -105,17 +107,6 @@ def supervisor_alive(lock: pathlib.Path) -> bool:
         return False
     finally:
         os.close(fd)
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether process group ``pgid`` still has a member (zombies count)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def signal_group(pgid: int, sig: int) -> bool:
