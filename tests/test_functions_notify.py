@@ -267,7 +267,10 @@ def test_pubsub_push_reaches_dm_notify(dm: DM, pubsub_emulator: str, notify_url:
     assert pubsub.ensure_topic(topic)
     assert not pubsub.ensure_topic(topic)
     endpoint = f"{notify_url}/projects/{project}/topics/dm-distributor-notify"
-    assert pubsub.ensure_push_subscription(sub, topic, endpoint)
+    # First as an earlier server left it (a port nobody serves), then ensured again:
+    # not created anew but re-pointed, or nothing below would arrive.
+    gone = f"http://127.0.0.1:9/projects/{project}/topics/dm-distributor-notify"
+    assert pubsub.ensure_push_subscription(sub, topic, gone)
     assert not pubsub.ensure_push_subscription(sub, topic, endpoint)
 
     publisher = pubsub.PubSubPublisher(topic)

@@ -75,21 +75,27 @@ def ensure_push_subscription(
 ) -> bool:
     """Create a push subscription of ``topic`` to ``endpoint``; returns whether it was created.
 
-    Point ``endpoint`` at ``.../projects/P/topics/T`` of the ``dm_notify``
+    An existing subscription of that name is pointed at ``endpoint`` (a new
+    ``dm serve`` on another port reusing a running emulator). Point
+    ``endpoint`` at ``.../projects/P/topics/T`` of the ``dm_notify``
     function: functions-framework turns the raw push body into a CloudEvent
     and reads the topic (the event's source) from that path.
     """
     subscriber = client if client is not None else pubsub_v1.SubscriberClient()
+    push_config = {"push_endpoint": endpoint}
     try:
         subscriber.create_subscription(
             request={
                 "name": subscription,
                 "topic": topic,
-                "push_config": {"push_endpoint": endpoint},
+                "push_config": push_config,
                 "ack_deadline_seconds": ack_deadline_s,
             }
         )
     except gexc.AlreadyExists:
+        subscriber.modify_push_config(
+            request={"subscription": subscription, "push_config": push_config}
+        )
         return False
     finally:
         if client is None:
