@@ -132,3 +132,50 @@ def test_ensure_graph_data_writes_all_or_nothing(
         assert emb.queue.pending_count() == 0
     finally:
         emb.close()
+
+
+def _queued_kinds(emb: Embedded) -> list[str]:
+    conn = sqlite3.connect(emb.store.path)  # type: ignore[attr-defined]
+    try:
+        rows = conn.execute("SELECT payload FROM tasks WHERE target = 'mutation'").fetchall()
+    finally:
+        conn.close()
+    return sorted(json.loads(p)["kind"] for (p,) in rows)
+
+
+def test_follow_up_mutations_run_in_the_batch_not_the_queue(tmp_path: Path) -> None:
+    emb = Embedded(tmp_path, build_registry(CONFIG))
+    try:
+        qid = _ensure(emb, "inline", 2)
+        assert emb.drive(lambda: _state(emb, qid) == AttemptState.FINISHED, timeout_s=60)
+        # Only actions (calls to the distributor) went through the queue; the
+        # mutations they led to ran in the batch that committed them.
+        assert _queued_kinds(emb) == ["RunExecution"]
+        assert emb.engine.stats["PropagateCompletion"] == 1
+    finally:
+        emb.close()
+
+
+def test_a_failing_inline_follow_up_is_queued_and_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dmcore.engine import mutations as mu
+
+    emb = Embedded(tmp_path, build_registry(CONFIG))
+    try:
+        real = mu.RecordCompletion.roll_forward
+        fails = [OSError("once")]
+
+        def flaky(self: mu.RecordCompletion, ctx: Any) -> Any:
+            if fails:
+                raise fails.pop()
+            return real(self, ctx)
+
+        monkeypatch.setattr(mu.RecordCompletion, "roll_forward", flaky)
+        qid = _ensure(emb, "flaky", 3)
+        assert emb.drive(lambda: emb.engine.stats.get("PropagateCompletion", 0) == 1, timeout_s=60)
+        assert _state(emb, qid) == AttemptState.FINISHED
+        assert "RecordCompletion" in _queued_kinds(emb)
+        assert not fails
+    finally:
+        emb.close()

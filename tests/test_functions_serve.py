@@ -112,10 +112,10 @@ def test_serve_runs_the_functions_and_the_worker(local: LocalServer) -> None:
     assert "IDENTITY CHECKS ARE OFF" in banner
     assert f"{local.base_url}/prpc/dm.Deps/<Method>" in banner
     qid = start_quest(local, "served")
-    # The worker thread runs the queued mutations: the fake is asked to run it.
-    wait_for(lambda: attempt_data(local, qid).HasField("executing"), "the execution to start")
+    # The worker thread runs the queued steps: the fake is asked to run it.
     world: FakeWorld = local.world  # type: ignore[attr-defined]
-    assert world.pending() == [ExecutionID(qid, 1, 1)]
+    wait_for(lambda: world.pending() == [ExecutionID(qid, 1, 1)], "the fake to be asked to run")
+    assert attempt_data(local, qid).HasField("executing")
 
     for path in ("/dm_sweep", "/dm_sweep/"):
         status, body = post(local.base_url + path, b"")

@@ -26,7 +26,8 @@ import dataclasses
 import functools
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from dmcore.distributor import Registry, TransientError
@@ -43,6 +44,8 @@ MUTATION_TARGET = "mutation"
 DISTRIBUTOR_TARGET_PREFIX = "distributor/"
 OUTBOX_STALE_US = 5_000_000
 MAX_INLINE = 256
+MAX_BATCH_INLINE = 10_000
+"""Follow-up mutations a batch runs itself before it commits; more are queued."""
 
 M = TypeVar("M", bound="Step")
 
@@ -234,6 +237,12 @@ class Settings:
     """HMAC key of notification auth tokens (from configuration, never code)."""
 
 
+class _BatchState(threading.local):
+    """Per thread: the mutations waiting to run at the end of the open batch, if any."""
+
+    steps: list[Mutation] | None = None
+
+
 class Engine:
     """Runs mutations against a store, queueing follow-ups through a task queue."""
 
@@ -254,6 +263,7 @@ class Engine:
         self.rand = rand
         self.settings = settings or Settings()
         self._quests: dict[str, dm_pb2.Quest.Desc] = {}
+        self._batch = _BatchState()
         self.stats: dict[str, int] = {}
         self.publish: Publish | None = None
         """Where notifications returned by ``handle_task_queue_task`` go.
@@ -341,25 +351,64 @@ class Engine:
         Errors raised by the mutation propagate and nothing is written.
         """
         origin = origin or base64.urlsafe_b64encode(self.rand(16)).decode().rstrip("=")
-        outbox = self.store.transaction(lambda tx: self._roll(tx, mutation, origin))
+        batch = self._batch.steps
+        outbox, now = self.store.transaction(
+            lambda tx: self._roll(tx, mutation, origin, batch is not None)
+        )
+        if batch is not None:
+            batch.extend(now)  # committed with the batch: run before it ends, not queued
         self.dispatch(outbox)
 
-    def batch(self) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
         """Commit the steps run in the block together, where the store and queue allow.
 
         Only when the queue keeps its tasks in the store (:meth:`TaskQueue.commits_with`):
-        a step's follow-ups then wait for the same commit as the step. Otherwise
+        a step's follow-ups then wait for the same commit as the step, and
+        those that are mutations due now run at the end of the block, in the
+        same commit, instead of making a round trip through the queue (up to
+        ``MAX_BATCH_INLINE``; a failing one, and any beyond, are queued). Otherwise
         this does nothing and each step commits (and dispatches) on its own.
+        A batch inside a batch is part of it.
         """
-        if self.queue.commits_with(self.store):
-            return self.store.batch()
-        return contextlib.nullcontext()
+        state = self._batch
+        if state.steps is not None or not self.queue.commits_with(self.store):
+            yield
+            return
+        with self.store.batch():
+            state.steps = []
+            try:
+                yield
+                self._run_inline(state.steps)
+            finally:
+                state.steps = None
+
+    def _run_inline(self, steps: list[Mutation]) -> None:
+        ran = 0
+        while steps:
+            step = steps.pop(0)
+            if ran >= MAX_BATCH_INLINE:
+                self.enqueue(step)
+                continue
+            ran += 1
+            try:
+                self.run(step)
+            except Exception:
+                log.warning("inline %s failed; queued to be retried", step.KIND, exc_info=True)
+                self.enqueue(step)
 
     def run_many(self, mutations: Iterable[Mutation]) -> None:
         for m in mutations:
             self.run(m)
 
-    def _roll(self, tx: Transaction, first: Mutation, origin: str) -> list[tuple[str, Task]]:
+    def _roll(
+        self, tx: Transaction, first: Mutation, origin: str, batching: bool = False
+    ) -> tuple[list[tuple[str, Task]], list[Mutation]]:
+        """Run ``first`` and its same-root tail calls; queue the follow-ups.
+
+        Returns the outbox records to dispatch after the commit and (only when
+        ``batching``) the follow-ups that are mutations due now, for the batch to run.
+        """
         uow = Uow(tx)
         ctx = Ctx(uow=uow, now_us=self.clock(), engine=self)
         root = first.root()
@@ -374,16 +423,21 @@ class Engine:
                 pending[0:0] = step.roll_forward(ctx)
             else:
                 later.append(step)
+        inline: list[Mutation] = []
+        if batching:
+            inline = [m for m in later if isinstance(m, Mutation)]
+            later = [m for m in later if not isinstance(m, Mutation)]
         tasks = [self._task_for(item, origin, i, ctx.now_us) for i, item in enumerate(later)]
         uow.flush()
         if not tasks or self.queue.enqueue_in(tx, tasks):
-            return []  # queued by this very commit (a queue in the store's file)
+            return [], inline  # the tasks are queued by this very commit (the store's queue)
+        assert not inline, "batching needs a queue that commits with the store"
         outbox: list[tuple[str, Task]] = []
         for task in tasks:
             path = docs.outbox_path(task.name)
             tx.set(path, {"task": _task_doc(task), "created_us": ctx.now_us})
             outbox.append((path, task))
-        return outbox
+        return outbox, []
 
     def _task_for(self, item: Step | Later, origin: str, i: int, now_us: int) -> Task:
         if isinstance(item, Later):
