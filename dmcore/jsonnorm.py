@@ -10,10 +10,11 @@ U+FFFD the way Go's decoder does it.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from itertools import repeat
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 __all__ = [
     "MAX_DEPTH",
@@ -371,12 +372,61 @@ def _type_name(value: _Value) -> str:
     return "number"
 
 
+def _reject_constant(name: str) -> _Value:
+    raise ValueError(name)
+
+
+def _fast_parse(raw: str | bytes) -> _Value | None:
+    """The common case through the C parser; None whenever it might differ from Go.
+
+    Only ASCII text without ``\\u`` escapes qualifies: there the C parser and
+    ours agree on every string, and ``parse_int``/``parse_float`` hand over the
+    number literals as written. Anything it rejects (or nests too deeply for
+    it) goes to :class:`_Parser`, which also words the error.
+    """
+    if isinstance(raw, str):
+        if not raw.isascii() or "\\u" in raw:
+            return None
+    elif not isinstance(raw, bytes) or not raw.isascii() or b"\\u" in raw:
+        return None
+    try:
+        value: _Value = json.loads(
+            raw,
+            parse_int=_Literal,
+            parse_float=_Literal,
+            parse_constant=_reject_constant,
+            object_hook=_literal_keywords,
+        )
+    except (ValueError, RecursionError):
+        return None
+    return value  # a dict has been through object_hook; anything else is not used
+
+
+def _literal_keywords(container: Any) -> Any:
+    """Turn the parser's True/False/None inside ``container`` into literals (in place)."""
+    items = container.items() if isinstance(container, dict) else enumerate(container)
+    for k, v in items:
+        if v is None or v is True or v is False:
+            container[k] = _NULL if v is None else _TRUE if v else _FALSE
+        elif isinstance(v, list):
+            _literal_keywords(v)
+    return container
+
+
 def normalize(raw: str | bytes, *, allow_null: bool = True) -> str:
     """Return Go's ``json.Marshal`` of ``raw`` decoded into a map; raise JsonError if invalid.
 
     The top level must be an object; a bare ``null`` gives ``"null"`` unless
     ``allow_null`` is false.
     """
+    fast = _fast_parse(raw)
+    if isinstance(fast, dict):
+        return _emit(fast)
+    return _normalize_slow(raw, allow_null=allow_null)
+
+
+def _normalize_slow(raw: str | bytes, *, allow_null: bool = True) -> str:
+    """:func:`normalize` by our own parser alone (the reference for the fast path)."""
     value = _Parser(_to_bytes(raw)).document()
     if isinstance(value, dict):
         return _emit(value)

@@ -109,10 +109,14 @@ def _encode(task: Task) -> dict[str, Any]:
     if not isinstance(task.payload, dict):
         raise InvalidTask(f"task {task.name}: payload must be a dict")
     try:
-        payload = json.dumps(task.payload, allow_nan=False, separators=(",", ":"))
+        payload = _ENCODER.encode(task.payload)
     except (TypeError, ValueError) as e:
         raise InvalidTask(f"task {task.name}: payload is not JSON: {e}") from e
     return {"name": task.name, "target": task.target, "payload": payload, "eta_us": task.eta_us}
+
+
+# Built once: json.dumps with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
 
 class LocalQueue(TaskQueue):

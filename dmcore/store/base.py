@@ -62,14 +62,14 @@ class InvalidPath(StoreError, ValueError):
 def check_doc_path(path: str) -> None:
     """Raise :class:`InvalidPath` unless ``path`` names a document."""
     parts = path.split("/")
-    if len(parts) % 2 != 0 or any(not p for p in parts):
+    if len(parts) % 2 != 0 or "" in parts:
         raise InvalidPath(f"not a document path: {path!r}")
 
 
 def check_collection_path(path: str) -> None:
     """Raise :class:`InvalidPath` unless ``path`` names a collection."""
     parts = path.split("/")
-    if len(parts) % 2 != 1 or any(not p for p in parts):
+    if len(parts) % 2 != 1 or "" in parts:
         raise InvalidPath(f"not a collection path: {path!r}")
 
 

@@ -88,7 +88,11 @@ def _encode(doc: Doc) -> str:
     """
     if not isinstance(doc, dict):
         raise TypeError(f"a document must be a dict, not {type(doc).__name__}")
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(doc)
+
+
+# Built once: json.dumps with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _split(path: str) -> tuple[str, str]:
