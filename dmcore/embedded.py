@@ -11,10 +11,10 @@ until the next task is due.
 Why one file and one commit per batch: a SQLite commit costs about as much as
 the small transaction it ends, and an execution takes a dozen steps. With the
 queue in the store's file a step and the tasks it queues commit together (no
-outbox records), and the worker's batch turns each step's commit into a
-savepoint. Durability is unchanged: a task is acknowledged in the same commit
-as its effects, so a crash before it redelivers the task, which every step
-tolerates (delivery is at least once).
+outbox records), and the worker's batch makes one commit of many steps.
+Durability is unchanged: a task is acknowledged in the same commit as its
+effects, so a crash before it redelivers the task, which every step tolerates
+(delivery is at least once).
 """
 
 from __future__ import annotations
@@ -194,10 +194,10 @@ def run_batch(
     """Lease up to ``limit`` due tasks, run them, acknowledge them; returns how many.
 
     On a queue in a SQLite store's file all of it is one commit of the store
-    (:meth:`Engine.batch`): each task's transactions become savepoints
-    and a failing task undoes only its own. Distributor calls (``D.run`` and
-    friends) are still never made inside a store transaction: they run between
-    savepoints, and a task whose effects are lost with the batch is delivered
+    (:meth:`Engine.batch`), and a failing task's transaction writes nothing.
+    Distributor calls (``D.run`` and friends) are still never made inside a
+    store transaction: they run between transactions, and a task whose effects
+    are lost with the batch is delivered
     again, as after any crash. A failed task is put back with backoff.
     """
     with engine.batch():

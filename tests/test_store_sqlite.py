@@ -422,3 +422,21 @@ def test_read_after_join_refused(sq: SqliteStore) -> None:
 
     with pytest.raises(ReadAfterWrite):
         sq.transaction(fn)
+
+
+def test_batch_with_a_transaction_failing_mid_write_rolls_back_whole(sq: SqliteStore) -> None:
+    def bad(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+    def half(tx: Transaction) -> None:
+        tx.set("a/2", {"n": 2})  # written before the joined write fails
+        sq.join_transaction(tx, bad)
+
+    with pytest.raises(StoreError, match="rolled back"), sq.batch():
+        sq.transaction(lambda tx: tx.set("a/1", {"n": 1}))
+        with pytest.raises(sqlite3.OperationalError):
+            sq.transaction(half)
+        sq.transaction(lambda tx: tx.set("a/3", {"n": 3}))
+    assert _outside(sq.path) == set()
+    sq.transaction(lambda tx: tx.set("a/4", {"n": 4}))  # usable afterwards
+    assert _outside(sq.path) == {"a/4"}

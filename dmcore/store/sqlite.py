@@ -12,12 +12,11 @@ Why this shape:
   Within one process, transactions first queue on a Python lock, which hands
   over promptly instead of relying on SQLite's polling busy handler.
 * :meth:`SqliteStore.batch` groups one thread's transactions into a single
-  commit (each becomes a savepoint): a commit costs about as much as the rest
-  of a small transaction, so the embedded worker runs a leased batch of tasks
-  in one. Other tables in the same file (the local queue) can join a batch
-  and a transaction (:meth:`SqliteStore.write_scope`,
-  :meth:`SqliteStore.join_transaction`), so a step and the tasks it queues
-  commit together.
+  commit: a commit costs about as much as the rest of a small transaction, so
+  the embedded worker runs a leased batch of tasks in one. Other tables in the
+  same file (the local queue) can join a batch and a transaction
+  (:meth:`SqliteStore.write_scope`, :meth:`SqliteStore.join_transaction`), so
+  a step and the tasks it queues commit together.
 * One connection per thread (``threading.local``); connections are never
   shared between threads, they are only closed from elsewhere by :meth:`close`.
   Do not carry a store across ``fork``: make a new one in the child.
@@ -285,6 +284,7 @@ class _SqliteTransaction(Transaction):
         self._writes: dict[str, _Write] = {}
         self._joined: list[Callable[[sqlite3.Connection], None]] = []
         self._live = True
+        self._writing = False
 
     # -- reads
 
@@ -356,11 +356,16 @@ class _SqliteTransaction(Transaction):
     # -- commit
 
     def _apply(self) -> None:
-        """Write the buffer; the caller holds the write lock and commits or rolls back."""
+        """Write the buffer; the caller holds the write lock and commits or rolls back.
+
+        Everything that can refuse the transaction (AlreadyExists) is checked
+        before the first write; ``_writing`` tells when that point is passed.
+        """
         self._live = False
         writes = self._writes
         if writes:
             self._apply_docs(writes)
+        self._writing = True
         for fn in self._joined:
             fn(self._conn)
 
@@ -385,6 +390,7 @@ class _SqliteTransaction(Transaction):
             else:
                 upserts.append((collection, doc_id, w.body))
         # Paths are distinct, so the three batches commute.
+        self._writing = True
         if deletes:
             _execute(self._conn, _DELETE, deletes)
         if inserts:
@@ -402,6 +408,7 @@ class _Local(threading.local):
     holder: _ConnHolder | None = None
     in_tx: bool = False
     in_batch: bool = False
+    batch_broken: bool = False
 
 
 class _ConnHolder:
@@ -472,17 +479,22 @@ class SqliteStore(Store):
         conn = self._conn()
         if local.in_batch:
             # This thread holds the write lock already: no contention, no retry.
+            # No savepoint either: writes are buffered, so a transaction that
+            # fails before _apply has written nothing, and _apply checks
+            # create-if-absent before its first write. A failure after that
+            # poisons the batch (rolled back whole at its end).
             local.in_tx = True
+            tx = _SqliteTransaction(conn, self)
             try:
-                with self._savepoint(conn, "dm_tx"):
-                    tx = _SqliteTransaction(conn, self)
-                    try:
-                        result = fn(tx)
-                        tx._apply()
-                    finally:
-                        tx._live = False
-                    return result
+                result = fn(tx)
+                tx._apply()
+                return result
+            except BaseException:
+                if tx._writing:
+                    local.batch_broken = True
+                raise
             finally:
+                tx._live = False
                 local.in_tx = False
         last: Exception | None = None
         for attempt in range(attempts):
@@ -545,13 +557,14 @@ class SqliteStore(Store):
     def batch(self) -> Iterator[None]:
         """Commit everything this thread writes inside the block at once, at its end.
 
-        The write lock is taken at the start and held to the end; each
-        :meth:`transaction` inside becomes a savepoint (its failure undoes its
-        own writes only, as a failed transaction would), and reads see the
-        batch's earlier writes. An exception out of the block rolls the whole
-        batch back. A batch inside a batch is part of it. Other processes and
-        threads wait for the commit, so keep batches short (the embedded
-        worker: one leased batch of tasks).
+        The write lock is taken at the start and held to the end; a :meth:`transaction`
+        inside that fails writes nothing (as a failed transaction would), and
+        reads see the batch's earlier writes. Should one fail half-way through
+        writing (an I/O error), the whole batch is rolled back at its end, with
+        :class:`StoreError`. An exception out of the block rolls the whole batch
+        back. A batch inside a batch is part of it. Other processes and threads
+        wait for the commit, so keep batches short (the embedded worker: one
+        leased batch of tasks).
         """
         local = self._local
         if local.in_tx:
@@ -570,14 +583,18 @@ class SqliteStore(Store):
                     raise Contention(f"batch could not take the write lock: {e}") from e
                 raise
             local.in_batch = True
+            local.batch_broken = False
             try:
                 yield
+                if local.batch_broken:
+                    raise StoreError("batch rolled back: a transaction in it failed mid-write")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
             finally:
                 local.in_batch = False
+                local.batch_broken = False
             conn.execute("COMMIT")
         finally:
             self._tx_lock.release()
