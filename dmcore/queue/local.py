@@ -174,7 +174,7 @@ class LocalQueue(TaskQueue):
             )
             conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA synchronous = FULL")
             with self._conns_lock:
                 self._conns.append(conn)
             self._local.conn = conn

@@ -3,8 +3,10 @@
 Why this shape:
 
 * WAL mode lets readers run while one writer commits, across threads and
-  processes; ``synchronous=NORMAL`` is durable against process crashes and is
-  the usual WAL setting (a power loss may drop the last commits, never corrupt).
+  processes. ``synchronous=FULL``: every commit is on disk before it returns,
+  so it survives a power loss too (NORMAL, the usual WAL setting, survives
+  only a process crash). The fsync costs ~0.2 ms a commit here, which the
+  worker's batches (below) spread over a hundred steps.
 * Every transaction starts with ``BEGIN IMMEDIATE``: it takes the write lock
   up front, so writers are serialised by SQLite itself. Reads inside see a
   stable snapshot and read-modify-write cannot lose updates. A writer waiting
@@ -461,7 +463,7 @@ class SqliteStore(Store):
             check_same_thread=False,
             cached_statements=256,
         )
-        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA synchronous=FULL")
         holder = _ConnHolder(conn)
         fin = weakref.finalize(holder, conn.close)
         with self._lock:
