@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from dmcore.distributor import Registry, backoff
+from dmcore.engine import docs
 from dmcore.engine.core import Engine, Settings
 from dmcore.queue.base import Task
 from dmcore.queue.local import LocalQueue
@@ -117,7 +118,11 @@ class Embedded:
         self.home = pathlib.Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         self.clock = clock
-        self.store: Store = SqliteStore(self.home / "dm.sqlite") if store is None else store
+        self.store: Store = (
+            SqliteStore(self.home / "dm.sqlite", indexed_fields=docs.INDEXED_FIELDS)
+            if store is None
+            else store
+        )
         if isinstance(self.store, SqliteStore):
             self.queue = LocalQueue(store=self.store, clock=clock)
             _adopt_old_queue(self.home / "queue.sqlite", self.queue)

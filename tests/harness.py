@@ -126,7 +126,9 @@ class Harness:
         # Typed as the default SqliteStore so tests that reach into the SQLite file keep
         # type-checking; a store passed in is used through the Store port only.
         self.store = (
-            SqliteStore(tmp_path / "dm.sqlite") if store is None else cast(SqliteStore, store)
+            SqliteStore(tmp_path / "dm.sqlite", indexed_fields=docs.INDEXED_FIELDS)
+            if store is None
+            else cast(SqliteStore, store)
         )
         self.local: LocalQueue | None = None
         self.chaos: ChaosQueue | None = None

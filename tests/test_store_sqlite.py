@@ -33,6 +33,17 @@ class TestSqliteContract(StoreContract):
         s.close()
 
 
+class TestSqliteIndexedContract(StoreContract):
+    """The contract again with the queried fields indexed: indexes change no result."""
+
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Iterator[Store]:
+        fields = ("flag", "n", "kind", "meta.owner", "meta.lvl", "opt", "rank", "name", "g.t")
+        s = SqliteStore(tmp_path / "dm.sqlite", indexed_fields=fields)
+        yield s
+        s.close()
+
+
 @pytest.fixture
 def sq(tmp_path: Path) -> Iterator[SqliteStore]:
     s = SqliteStore(tmp_path / "dm.sqlite")
@@ -440,3 +451,24 @@ def test_batch_with_a_transaction_failing_mid_write_rolls_back_whole(sq: SqliteS
     assert _outside(sq.path) == set()
     sq.transaction(lambda tx: tx.set("a/4", {"n": 4}))  # usable afterwards
     assert _outside(sq.path) == {"a/4"}
+
+
+def test_indexed_field_serves_filtered_queries(tmp_path: Path) -> None:
+    from dmcore.engine import docs
+    from dmcore.store.sqlite import _select
+
+    s = SqliteStore(tmp_path / "dm.sqlite", indexed_fields=docs.INDEXED_FIELDS)
+    try:
+        for i in range(50):
+            put(s, f"attempts/a/fwd_deps/{i:03}", {"for_execution": 1, "satisfied": i != 7})
+        # The engine's open-edges check: unsatisfied edges of one execution, first one.
+        where = {"for_execution": 1, "satisfied": False}
+        sql, params = _select("attempts/a/fwd_deps", where, None, False, 1)
+        plan = " ".join(str(r) for r in s.connection().execute("EXPLAIN QUERY PLAN " + sql, params))
+        assert "docs_by_" in plan, plan
+        assert "TEMP B-TREE" not in plan, plan  # id order straight from the index
+        assert [p for p, _ in s.query("attempts/a/fwd_deps", where, limit=1)] == [
+            "attempts/a/fwd_deps/007"
+        ]
+    finally:
+        s.close()

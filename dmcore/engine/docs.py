@@ -34,6 +34,13 @@ POLLS = "polls"
 OUTBOX = "outbox"
 
 
+INDEXED_FIELDS = ("satisfied", "propagated", "quest")
+"""Fields the engine filters on in collections that grow large: open edges of a
+fan-in (``fwd_deps``: satisfied), unpropagated back edges (``back_deps``:
+propagated) and a quest's attempts (``attempts``: quest). The SQLite store
+indexes them; Firestore indexes every field anyway."""
+
+
 def quest_path(qid: str) -> str:
     return f"{QUESTS}/{qid}"
 
