@@ -123,7 +123,11 @@ class StoreContract:
     @settings(
         max_examples=40,
         deadline=None,
-        suppress_health_check=[HealthCheck.function_scoped_fixture],
+        # Inherited by several adapter classes (differing executors is the point).
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.differing_executors,
+        ],
     )
     @given(doc=_docs)
     def test_round_trip_generated(self, store: Store, doc: Doc) -> None:
