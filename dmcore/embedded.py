@@ -34,7 +34,7 @@ from dmcore.distributor import Registry, backoff
 from dmcore.engine import docs
 from dmcore.engine.core import Engine, Settings
 from dmcore.queue.base import Task
-from dmcore.queue.local import LocalQueue
+from dmcore.queue.local import LeasedTask, LocalQueue
 from dmcore.service import Service
 from dmcore.store.base import Store
 from dmcore.store.sqlite import SqliteStore
@@ -207,7 +207,7 @@ def run_batch(
     """
     with engine.batch():
         leased = queue.lease(limit)
-        done: list[str] = []
+        done: list[LeasedTask] = []
         for lt in leased:
             t = lt.task
             try:
@@ -217,9 +217,9 @@ def run_batch(
                 if on_failure is not None:
                     on_failure(t, e)
                 retry_at = engine.clock() + int(backoff(lt.attempt, cap_s=60) * 1_000_000)
-                queue.nack(t.name, retry_at)
+                queue.nack(lt, retry_at)
             else:
-                done.append(t.name)
+                done.append(lt)
         if done:
             queue.ack(done)
     return len(leased)

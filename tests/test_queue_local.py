@@ -665,3 +665,34 @@ def test_queue_writes_join_a_store_batch(store_q: tuple[SqliteStore, LocalQueue]
     # Lease, ack and enqueue went with the batch: t1 is due again, t2 never existed.
     assert [lt.task.name for lt in queue.lease(10)] == ["t1"]
     assert queue.pending_count() == 1
+
+
+def test_a_delivery_acks_only_itself(q: LocalQueue, clock: FakeClock) -> None:
+    q.enqueue(task("a"))
+    (slow,) = q.lease(1)
+    clock.advance(DEFAULT_LEASE_US + 1)  # the first worker overran its lease
+    (fast,) = q.lease(1)
+    assert fast.attempt == slow.attempt + 1
+    q.ack([slow])  # late: the task is another worker's now
+    q.nack(slow, clock.now_us)  # nor can it put it back
+    assert q.pending_count() == 1
+    assert q.lease(1) == []  # still leased to the second worker
+    q.ack([fast])
+    assert q.pending_count() == 0
+
+
+def test_a_late_ack_leaves_a_new_task_of_the_same_name(tmp_path: Path, clock: FakeClock) -> None:
+    q = LocalQueue(tmp_path / "q.sqlite", clock=clock, tombstone_us=10 * SEC)
+    try:
+        q.enqueue(task("a", n=1))
+        (first,) = q.lease(1)
+        clock.advance(DEFAULT_LEASE_US + 1)
+        (second,) = q.lease(1)
+        q.ack([second])
+        clock.advance(11 * SEC)  # the tombstone expires; the name is free again
+        assert q.enqueue(task("a", n=2))
+        q.ack([first])  # the first worker wakes up at last
+        (fresh,) = q.lease(1)
+        assert fresh.task.payload == {"n": 2}
+    finally:
+        q.close()

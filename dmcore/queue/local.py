@@ -96,6 +96,20 @@ class LeasedTask:
     """1 on the first delivery, +1 on each redelivery (nack or lease expiry)."""
 
 
+def _by_delivery(
+    tasks: Sequence[str | LeasedTask], value: int
+) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """WHERE clauses and parameter rows for names, and for leased deliveries."""
+    names = [(value, t) for t in tasks if isinstance(t, str)]
+    leased = [(value, t.task.name, t.attempt) for t in tasks if isinstance(t, LeasedTask)]
+    out: list[tuple[str, list[tuple[Any, ...]]]] = []
+    if names:
+        out.append(("WHERE name = ? AND done_us IS NULL", list(names)))
+    if leased:
+        out.append(("WHERE name = ? AND attempts = ? AND done_us IS NULL", list(leased)))
+    return out
+
+
 def _encode(task: Task) -> dict[str, Any]:
     """Validates ``task`` and returns its row; raises InvalidTask before any write."""
     # Task checks name and target in __post_init__; check again here since a
@@ -294,24 +308,29 @@ class LocalQueue(TaskQueue):
             for name, target, payload, eta_us, attempts in rows
         ]
 
-    def ack(self, names: Sequence[str]) -> None:
-        """Marks tasks done, keeping tombstones; unknown or already-done names are ignored."""
-        if not names:
+    def ack(self, tasks: Sequence[str | LeasedTask]) -> None:
+        """Marks tasks done, keeping tombstones; unknown or already-done ones are ignored.
+
+        A :class:`LeasedTask` is acknowledged only while it is still that
+        delivery: a worker that overran its lease cannot ack the redelivery
+        another worker holds now, nor a new task that took the name later.
+        A bare name acknowledges whatever is pending under it.
+        """
+        if not tasks:
             return
         with self._write() as conn:
             now = self.clock()
-            conn.executemany(
-                "UPDATE tasks SET done_us = ?, leased_until = 0 WHERE name = ? AND done_us IS NULL",
-                [(now, n) for n in names],
-            )
+            for sql, rows in _by_delivery(tasks, now):
+                conn.executemany(f"UPDATE tasks SET done_us = ?, leased_until = 0 {sql}", rows)
 
-    def nack(self, name: str, retry_at_us: int) -> None:
-        """Releases the lease on ``name`` and makes it due again at ``retry_at_us``."""
+    def nack(self, task: str | LeasedTask, retry_at_us: int) -> None:
+        """Releases the lease on ``task`` and makes it due again at ``retry_at_us``.
+
+        As for :meth:`ack`, a :class:`LeasedTask` only while it is that delivery.
+        """
         with self._write() as conn:
-            conn.execute(
-                "UPDATE tasks SET eta_us = ?, leased_until = 0 WHERE name = ? AND done_us IS NULL",
-                (retry_at_us, name),
-            )
+            for sql, rows in _by_delivery([task], retry_at_us):
+                conn.executemany(f"UPDATE tasks SET eta_us = ?, leased_until = 0 {sql}", rows)
 
     # -- housekeeping and introspection --
 
@@ -403,7 +422,7 @@ class QueueWorker:
         a BaseException such as KeyboardInterrupt stops the batch early.
         """
         leased = self.queue.lease(limit)
-        done: list[str] = []
+        done: list[LeasedTask] = []
         try:
             for lt in leased:
                 task = lt.task
@@ -417,7 +436,7 @@ class QueueWorker:
                         lt.attempt,
                         retry_at,
                     )
-                    self.queue.nack(task.name, retry_at)
+                    self.queue.nack(lt, retry_at)
                     continue
                 try:
                     handler(task)
@@ -430,9 +449,9 @@ class QueueWorker:
                         lt.attempt,
                         retry_at,
                     )
-                    self.queue.nack(task.name, retry_at)
+                    self.queue.nack(lt, retry_at)
                 else:
-                    done.append(task.name)
+                    done.append(lt)
         finally:
             self.queue.ack(done)
         return len(leased)
