@@ -33,7 +33,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 Doc = dict[str, Any]
 T = TypeVar("T")
@@ -73,6 +73,68 @@ def check_collection_path(path: str) -> None:
         raise InvalidPath(f"not a collection path: {path!r}")
 
 
+B = TypeVar("B")
+
+
+class PendingWrite(Generic[B]):
+    """The net effect of one transaction's writes to one path."""
+
+    __slots__ = ("body", "doomed", "must_be_absent")
+
+    def __init__(self, body: B | None, must_be_absent: bool, doomed: bool) -> None:
+        self.body = body  # the adapter's encoded document; None: delete
+        self.must_be_absent = must_be_absent  # a create came first: path must not exist now
+        self.doomed = doomed  # a create followed a set in this transaction: always fails
+
+
+class WriteBuffer(Generic[B]):
+    """A transaction's writes, composed per path the way Firestore composes them.
+
+    Adapters buffer writes until commit (reads come first anyway): set, create
+    and delete of one path fold into one :class:`PendingWrite`. A create after
+    a delete in the same transaction is fine; a create after a set can never
+    commit (``doomed``); a create first requires the path to be absent at commit.
+    """
+
+    def __init__(self) -> None:
+        self.writes: dict[str, PendingWrite[B]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.writes)
+
+    def set(self, path: str, body: B) -> None:
+        prev = self.writes.get(path)
+        self.writes[path] = PendingWrite(
+            body, prev is not None and prev.must_be_absent, prev is not None and prev.doomed
+        )
+
+    def create(self, path: str, body: B) -> None:
+        prev = self.writes.get(path)
+        if prev is None:
+            self.writes[path] = PendingWrite(body, True, False)
+        else:
+            # After a delete in this transaction the path is free; after a set it is not.
+            self.writes[path] = PendingWrite(
+                body, prev.must_be_absent, prev.doomed or prev.body is not None
+            )
+
+    def delete(self, path: str) -> None:
+        prev = self.writes.get(path)
+        self.writes[path] = PendingWrite(
+            None, prev is not None and prev.must_be_absent, prev is not None and prev.doomed
+        )
+
+    def check_doomed(self) -> None:
+        """Raise AlreadyExists if a create can never commit (it followed a set)."""
+        doomed = sorted(p for p, w in self.writes.items() if w.doomed)
+        if doomed:
+            raise AlreadyExists(f"create of a document set earlier in the transaction: {doomed}")
+
+    def must_be_absent(self) -> list[str]:
+        """Paths that a create requires to be absent at commit."""
+        return [p for p, w in self.writes.items() if w.must_be_absent]
+
+
 class Transaction(abc.ABC):
     """One read-then-write transaction. Obtain it from :meth:`Store.transaction`."""
 
@@ -106,6 +168,44 @@ class Transaction(abc.ABC):
     @abc.abstractmethod
     def delete(self, path: str) -> None:
         """Delete the document at ``path`` at commit (no error if absent)."""
+
+
+class BufferedTransaction(Transaction, Generic[B]):
+    """A transaction whose writes wait in a :class:`WriteBuffer` until commit.
+
+    Both adapters are built so: a write is checked and encoded at once (bad
+    input fails before commit, later changes to the caller's dict do not
+    count), and applied at commit. Subclasses give the encoding, may check
+    paths further, and must set ``_live`` to False when the transaction ends.
+    """
+
+    def __init__(self) -> None:
+        self._writes: WriteBuffer[B] = WriteBuffer()
+        self._live = True
+
+    @abc.abstractmethod
+    def _encode(self, doc: Doc) -> B:
+        """The document as the adapter will write it; raise on what it cannot store."""
+
+    def _check_path(self, path: str) -> None:
+        check_doc_path(path)
+
+    def _before_write(self, path: str) -> None:
+        if not self._live:
+            raise StoreError("transaction used after it ended")
+        self._check_path(path)
+
+    def set(self, path: str, doc: Doc) -> None:
+        self._before_write(path)
+        self._writes.set(path, self._encode(doc))
+
+    def create(self, path: str, doc: Doc) -> None:
+        self._before_write(path)
+        self._writes.create(path, self._encode(doc))
+
+    def delete(self, path: str) -> None:
+        self._before_write(path)
+        self._writes.delete(path)
 
 
 class Store(abc.ABC):

@@ -66,6 +66,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 
 from dmcore.store.base import (
     AlreadyExists,
+    BufferedTransaction,
     Contention,
     Doc,
     InvalidPath,
@@ -245,26 +246,14 @@ class FirestoreStats:
 # ---- transactions
 
 
-class _Write:
-    """The net effect of a transaction's writes to one path (as in the SQLite adapter)."""
-
-    __slots__ = ("data", "doomed", "must_be_absent")
-
-    def __init__(self, data: dict[str, Any] | None, must_be_absent: bool, doomed: bool) -> None:
-        self.data = data  # encoded document; None: delete
-        self.must_be_absent = must_be_absent  # a create came first: path must not exist now
-        self.doomed = doomed  # a create followed a set in this transaction: always fails
-
-
-class _FirestoreTransaction(Transaction):
+class _FirestoreTransaction(BufferedTransaction[dict[str, Any]]):
     """Reads go to a lazily begun Firestore transaction; writes are buffered here."""
 
     def __init__(self, store: FirestoreStore, retry_id: bytes | None) -> None:
+        super().__init__()
         self._store = store
         self._retry_id = retry_id
         self._fs: firestore.Transaction | None = None
-        self._writes: dict[str, _Write] = {}
-        self._live = True
 
     @property
     def fs_id(self) -> bytes | None:
@@ -310,48 +299,21 @@ class _FirestoreTransaction(Transaction):
             tx=self._reader(),
         )
 
-    # -- writes (validated and encoded now: later changes to the caller's dict
-    # have no effect and bad input fails before commit)
+    # -- writes: buffered (BufferedTransaction), encoded for the client
 
-    def _before_write(self, path: str) -> _Write | None:
-        if not self._live:
-            raise StoreError("transaction used after it ended")
+    def _encode(self, doc: Doc) -> dict[str, Any]:
+        return _encode_doc(doc)
+
+    def _check_path(self, path: str) -> None:
         _doc_path(path)
-        return self._writes.get(path)
-
-    def set(self, path: str, doc: Doc) -> None:
-        prev = self._before_write(path)
-        data = _encode_doc(doc)
-        self._writes[path] = _Write(
-            data, prev is not None and prev.must_be_absent, prev is not None and prev.doomed
-        )
-
-    def create(self, path: str, doc: Doc) -> None:
-        prev = self._before_write(path)
-        data = _encode_doc(doc)
-        if prev is None:
-            self._writes[path] = _Write(data, True, False)
-        else:
-            # After a delete in this transaction the path is free; after a set it is not.
-            self._writes[path] = _Write(
-                data, prev.must_be_absent, prev.doomed or prev.data is not None
-            )
-
-    def delete(self, path: str) -> None:
-        prev = self._before_write(path)
-        self._writes[path] = _Write(
-            None, prev is not None and prev.must_be_absent, prev is not None and prev.doomed
-        )
 
     # -- the end
 
     def _commit(self) -> None:
         """Send the net writes and commit; raises AlreadyExists, or Aborted to retry."""
         self._live = False
-        writes = self._writes
-        doomed = sorted(p for p, w in writes.items() if w.doomed)
-        if doomed:
-            raise AlreadyExists(f"create of a document set earlier in the transaction: {doomed}")
+        self._writes.check_doomed()
+        writes = self._writes.writes
         store = self._store
         if self._fs is None and not writes:
             return
@@ -362,7 +324,7 @@ class _FirestoreTransaction(Transaction):
         n_set = n_del = 0
         for path, w in writes.items():
             ref = store._ref(path)
-            if w.data is None:
+            if w.body is None:
                 n_del += 1
                 if w.must_be_absent:
                     batch.delete(ref, option=absent)
@@ -371,16 +333,16 @@ class _FirestoreTransaction(Transaction):
             else:
                 n_set += 1
                 if w.must_be_absent:
-                    batch.create(ref, w.data)
+                    batch.create(ref, w.body)
                 else:
-                    batch.set(ref, w.data)
+                    batch.set(ref, w.body)
         try:
             if isinstance(batch, firestore.Transaction):
                 batch._commit()
             else:
                 batch.commit()
         except gexc.AlreadyExists as e:
-            present = sorted(p for p, w in writes.items() if w.must_be_absent)
+            present = sorted(self._writes.must_be_absent())
             raise AlreadyExists(f"document(s) already exist among: {', '.join(present)}") from e
         store.stats.add(writes=n_set, deletes=n_del, commits=1)
 

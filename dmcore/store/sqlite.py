@@ -44,12 +44,14 @@ from typing import Any, TypeVar
 
 from dmcore.store.base import (
     AlreadyExists,
+    BufferedTransaction,
     Contention,
     Doc,
     ReadAfterWrite,
     Store,
     StoreError,
     Transaction,
+    WriteBuffer,
     check_collection_path,
     check_doc_path,
 )
@@ -285,26 +287,14 @@ def _execute(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[str, ...]]
         conn.executemany(sql, rows)
 
 
-class _Write:
-    """The net effect of a transaction's writes to one path."""
-
-    __slots__ = ("body", "doomed", "must_be_absent")
-
-    def __init__(self, body: str | None, must_be_absent: bool, doomed: bool) -> None:
-        self.body = body  # None: delete
-        self.must_be_absent = must_be_absent  # a create came first: path must not exist now
-        self.doomed = doomed  # a create followed a set in this transaction: always fails
-
-
-class _SqliteTransaction(Transaction):
+class _SqliteTransaction(BufferedTransaction[str]):
     """Reads go to the connection (inside BEGIN IMMEDIATE); writes are buffered."""
 
     def __init__(self, conn: sqlite3.Connection, store: SqliteStore) -> None:
+        super().__init__()
         self._conn = conn
         self._store = store
-        self._writes: dict[str, _Write] = {}
         self._joined: list[Callable[[sqlite3.Connection], None]] = []
-        self._live = True
         self._writing = False
 
     # -- reads
@@ -341,38 +331,10 @@ class _SqliteTransaction(Transaction):
             limit=limit,
         )
 
-    # -- writes (buffered; validated and serialised now, so later mutation of
-    # the caller's dict has no effect and bad input fails before commit)
+    # -- writes: buffered (BufferedTransaction), serialised as JSON text
 
-    def _before_write(self, path: str) -> _Write | None:
-        if not self._live:
-            raise StoreError("transaction used after it ended")
-        check_doc_path(path)
-        return self._writes.get(path)
-
-    def set(self, path: str, doc: Doc) -> None:
-        prev = self._before_write(path)
-        body = _encode(doc)
-        self._writes[path] = _Write(
-            body, prev is not None and prev.must_be_absent, prev is not None and prev.doomed
-        )
-
-    def create(self, path: str, doc: Doc) -> None:
-        prev = self._before_write(path)
-        body = _encode(doc)
-        if prev is None:
-            self._writes[path] = _Write(body, True, False)
-        else:
-            # After a delete in this transaction the path is free; after a set it is not.
-            self._writes[path] = _Write(
-                body, prev.must_be_absent, prev.doomed or prev.body is not None
-            )
-
-    def delete(self, path: str) -> None:
-        prev = self._before_write(path)
-        self._writes[path] = _Write(
-            None, prev is not None and prev.must_be_absent, prev is not None and prev.doomed
-        )
+    def _encode(self, doc: Doc) -> str:
+        return _encode(doc)
 
     # -- commit
 
@@ -390,11 +352,9 @@ class _SqliteTransaction(Transaction):
         for fn in self._joined:
             fn(self._conn)
 
-    def _apply_docs(self, writes: dict[str, _Write]) -> None:
-        doomed = [p for p, w in writes.items() if w.doomed]
-        if doomed:
-            raise AlreadyExists(f"create of a document set earlier in the transaction: {doomed}")
-        must_be_absent = [p for p, w in writes.items() if w.must_be_absent]
+    def _apply_docs(self, buffer: WriteBuffer[str]) -> None:
+        buffer.check_doomed()
+        must_be_absent = buffer.must_be_absent()
         if must_be_absent:
             present = sorted(_fetch_bodies(self._conn, must_be_absent))
             if present:
@@ -402,7 +362,7 @@ class _SqliteTransaction(Transaction):
         upserts: list[tuple[str, str, str]] = []
         inserts: list[tuple[str, str, str]] = []
         deletes: list[tuple[str, str]] = []
-        for path, w in writes.items():
+        for path, w in buffer.writes.items():
             collection, _, doc_id = path.rpartition("/")
             if w.body is None:
                 deletes.append((collection, doc_id))
