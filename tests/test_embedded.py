@@ -179,3 +179,20 @@ def test_a_failing_inline_follow_up_is_queued_and_retried(
         assert not fails
     finally:
         emb.close()
+
+
+def test_follow_ups_beyond_the_batch_cap_are_queued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dmcore.engine import core
+
+    monkeypatch.setattr(core, "MAX_BATCH_INLINE", 0)
+    emb = Embedded(tmp_path, build_registry(CONFIG))
+    try:
+        qid = _ensure(emb, "capped", 4)
+        assert emb.drive(lambda: _state(emb, qid) == AttemptState.FINISHED, timeout_s=60)
+        assert emb.drive(lambda: emb.engine.stats.get("PropagateCompletion", 0) == 1, timeout_s=60)
+        kinds = _queued_kinds(emb)
+        assert {"EnsureAttempt", "RecordCompletion", "PropagateCompletion"} <= set(kinds)
+    finally:
+        emb.close()
