@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import sqlite3
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -86,12 +87,12 @@ def names(leased: list[LeasedTask]) -> list[str]:
 # -- LocalQueue --
 
 
-def test_enqueue_lease_ack(q: LocalQueue) -> None:
+def test_enqueue_lease_ack(q: LocalQueue, clock: FakeClock) -> None:
     t = task("a", target="distributor/jobsim", x=1, nested={"l": [1, "two", None]})
     assert q.enqueue(t)
     assert q.pending_count() == 1
     [lt] = q.lease()
-    assert lt == LeasedTask(task=t, attempt=1)
+    assert lt == LeasedTask(task=t, attempt=1, leased_at=clock.now_us)
     assert q.lease() == []  # hidden while leased
     q.ack(["a"])
     assert q.pending_count() == 0
@@ -691,8 +692,32 @@ def test_a_late_ack_leaves_a_new_task_of_the_same_name(tmp_path: Path, clock: Fa
         q.ack([second])
         clock.advance(11 * SEC)  # the tombstone expires; the name is free again
         assert q.enqueue(task("a", n=2))
-        q.ack([first])  # the first worker wakes up at last
         (fresh,) = q.lease(1)
         assert fresh.task.payload == {"n": 2}
+        assert fresh.attempt == first.attempt  # same delivery count, another delivery
+        q.ack([first])  # the first worker wakes up at last
+        assert q.pending_count() == 1
+        q.ack([fresh])
+        assert q.pending_count() == 0
+    finally:
+        q.close()
+
+
+def test_a_queue_file_from_before_leased_at_is_upgraded(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE tasks (name TEXT PRIMARY KEY, target TEXT NOT NULL, payload TEXT NOT NULL,"
+        " eta_us INTEGER NOT NULL, leased_until INTEGER NOT NULL DEFAULT 0,"
+        " attempts INTEGER NOT NULL DEFAULT 0, done_us INTEGER NULL)"
+    )
+    conn.execute("INSERT INTO tasks (name, target, payload, eta_us) VALUES ('a', 'm', '{}', 0)")
+    conn.commit()
+    conn.close()
+    q = LocalQueue(path, clock=clock)
+    try:
+        (lt,) = q.lease(1)
+        q.ack([lt])
+        assert q.pending_count() == 0
     finally:
         q.close()

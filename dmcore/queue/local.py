@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     eta_us INTEGER NOT NULL,
     leased_until INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
-    done_us INTEGER NULL
+    done_us INTEGER NULL,
+    leased_at INTEGER NOT NULL DEFAULT 0
 );
 -- Pending tasks by due time: what lease() scans.
 CREATE INDEX IF NOT EXISTS tasks_pending ON tasks (eta_us, name) WHERE done_us IS NULL;
@@ -94,6 +95,9 @@ class LeasedTask:
     task: Task
     attempt: int
     """1 on the first delivery, +1 on each redelivery (nack or lease expiry)."""
+    leased_at: int = 0
+    """When this delivery was leased (queue clock, µs): it tells the delivery apart
+    from any later one of the same name, for :meth:`LocalQueue.ack` and ``nack``."""
 
 
 def _by_delivery(
@@ -101,12 +105,12 @@ def _by_delivery(
 ) -> list[tuple[str, list[tuple[Any, ...]]]]:
     """WHERE clauses and parameter rows for names, and for leased deliveries."""
     names = [(value, t) for t in tasks if isinstance(t, str)]
-    leased = [(value, t.task.name, t.attempt) for t in tasks if isinstance(t, LeasedTask)]
+    leased = [(value, t.task.name, t.leased_at) for t in tasks if isinstance(t, LeasedTask)]
     out: list[tuple[str, list[tuple[Any, ...]]]] = []
     if names:
         out.append(("WHERE name = ? AND done_us IS NULL", list(names)))
     if leased:
-        out.append(("WHERE name = ? AND attempts = ? AND done_us IS NULL", list(leased)))
+        out.append(("WHERE name = ? AND leased_at = ? AND done_us IS NULL", list(leased)))
     return out
 
 
@@ -167,6 +171,9 @@ class LocalQueue(TaskQueue):
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+            if "leased_at" not in columns:  # a queue from before deliveries were told apart
+                conn.execute("ALTER TABLE tasks ADD COLUMN leased_at INTEGER NOT NULL DEFAULT 0")
 
     # -- connections and transactions --
 
@@ -297,13 +304,15 @@ class LocalQueue(TaskQueue):
             params["now"] = now
             rows = conn.execute(sql, params).fetchall()
             conn.executemany(
-                "UPDATE tasks SET leased_until = ?, attempts = attempts + 1 WHERE name = ?",
-                [(now + self.lease_us, r[0]) for r in rows],
+                "UPDATE tasks SET leased_until = ?, attempts = attempts + 1, leased_at = ?"
+                " WHERE name = ?",
+                [(now + self.lease_us, now, r[0]) for r in rows],
             )
         return [
             LeasedTask(
                 task=Task(name=name, target=target, payload=json.loads(payload), eta_us=eta_us),
                 attempt=attempts + 1,
+                leased_at=now,
             )
             for name, target, payload, eta_us, attempts in rows
         ]
