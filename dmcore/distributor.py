@@ -98,7 +98,7 @@ class Config:
     content: message.Message
     dm_host: str = ""
     _prepare_topic: Callable[[str, ExecutionID], tuple[str, str]] | None = None
-    _enqueue_task: Callable[[str, bytes, float], None] | None = None
+    _enqueue_task: Callable[[str, bytes, float, str | None], None] | None = None
     _client: Callable[[], Any] | None = None
     _store: Store | None = None
 
@@ -125,11 +125,17 @@ class Config:
             raise TransientError("no notification back end configured")
         return self._prepare_topic(self.name, eid)
 
-    def enqueue_task(self, body: bytes, *, delay_s: float = 0.0) -> None:
-        """Queue ``body`` for this distributor's :meth:`D.handle_task_queue_task`."""
+    def enqueue_task(self, body: bytes, *, delay_s: float = 0.0, name: str | None = None) -> None:
+        """Queue ``body`` for this distributor's :meth:`D.handle_task_queue_task`.
+
+        ``name`` (any text, unique within this config) makes queueing idempotent:
+        a task of that name already queued, or run within the queue's dedupe
+        window (about an hour), is not queued again. So a retried ``run`` can
+        queue its task again without a record of whether it did.
+        """
         if self._enqueue_task is None:
             raise TransientError("no task queue configured")
-        self._enqueue_task(self.name, body, delay_s)
+        self._enqueue_task(self.name, body, delay_s, name)
 
 
 class D(abc.ABC):
@@ -235,7 +241,7 @@ class Registry:
         self._parsed: dict[tuple[str, str], message.Message] = {}
         self.version = ""
         self.prepare_topic: Callable[[str, ExecutionID], tuple[str, str]] | None = None
-        self.enqueue_task: Callable[[str, bytes, float], None] | None = None
+        self.enqueue_task: Callable[[str, bytes, float, str | None], None] | None = None
         self.client: Callable[[], Any] | None = None
         self.store: Store | None = None
 

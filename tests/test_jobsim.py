@@ -546,13 +546,13 @@ def _fake_auth(n: int = 1) -> dm_pb2.Execution.Auth:
 
 
 def test_run_is_idempotent_per_execution(lh: Harness) -> None:
-    calls: list[bytes] = []
+    calls: list[tuple[bytes, str | None]] = []
     inner = lh.registry.enqueue_task
     assert inner is not None
 
-    def counting(name: str, body: bytes, delay: float) -> None:
-        calls.append(body)
-        inner(name, body, delay)
+    def counting(config: str, body: bytes, delay: float, name: str | None) -> None:
+        calls.append((body, name))
+        inner(config, body, delay, name)
 
     lh.registry.enqueue_task = counting
     d = _distributor(lh)
@@ -561,7 +561,10 @@ def test_run_is_idempotent_per_execution(lh: Harness) -> None:
     b = d.run(desc, _fake_auth(), None)
     assert a == b == dist.Started(f"p|{'A' * 43}|1|1", a.poll_timeout)
     assert a.poll_timeout.total_seconds() == 0
-    assert calls == [a.token.encode()]
+    # Queued under the task's name each time: the queue keeps one task.
+    assert calls == [(a.token.encode(), a.token)] * 2
+    assert lh.local is not None
+    assert [lt.task.target for lt in lh.local.lease(10)] == ["distributor/jobsim"]
     assert "/" not in jobsim.task_path("x/y|z").split("/", 1)[1]
 
 
@@ -570,10 +573,10 @@ def test_enqueue_failure_in_run_is_transient_and_retried(lh: Harness) -> None:
     assert inner is not None
     fail = [True]
 
-    def flaky(name: str, body: bytes, delay: float) -> None:
+    def flaky(config: str, body: bytes, delay: float, name: str | None) -> None:
         if fail.pop(0) if fail else False:
             raise ConnectionError("queue down")
-        inner(name, body, delay)
+        inner(config, body, delay, name)
 
     lh.registry.enqueue_task = flaky
     d = _distributor(lh)
@@ -581,7 +584,9 @@ def test_enqueue_failure_in_run_is_transient_and_retried(lh: Harness) -> None:
     with pytest.raises(dist.TransientError):
         d.run(desc, _fake_auth(), None)
     d.run(desc, _fake_auth(), None)  # stored already, queued now
-    assert jobsim_task_doc(lh, f"p|{'A' * 43}|1|1")["queued"] is True
+    assert jobsim_task_doc(lh, f"p|{'A' * 43}|1|1")["status"] == "runnable"
+    assert lh.local is not None
+    assert [lt.task.target for lt in lh.local.lease(10)] == ["distributor/jobsim"]
 
 
 def jobsim_task_doc(h: Harness, token: str) -> dict[str, Any]:

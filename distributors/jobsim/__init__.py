@@ -514,9 +514,9 @@ class JobsimDistributor(dist.D):
         except StoreError as e:
             raise dist.TransientError(f"jobsim store: {e}") from e
 
-    def _enqueue(self, body: bytes, delay_s: float = 0.0) -> None:
+    def _enqueue(self, body: bytes, delay_s: float = 0.0, name: str | None = None) -> None:
         try:
-            self.cfg.enqueue_task(body, delay_s=delay_s)
+            self.cfg.enqueue_task(body, delay_s=delay_s, name=name)
         except dist.TransientError:
             raise
         except Exception as e:
@@ -544,7 +544,6 @@ class JobsimDistributor(dist.D):
             "activation": base64.b64encode(auth.token).decode(),
             "phrase": desc.parameters,
             "config": self.cfg.name,
-            "queued": False,
             "wake": 0,
             "wake_queued": False,
             "wake_delay_s": 0.0,
@@ -560,10 +559,10 @@ class JobsimDistributor(dist.D):
             return doc
 
         doc = self._tx(create)
-        if not doc["queued"]:
-            # Queued after the commit: a failure here is retried by dm (run again).
-            self._enqueue(_body(task_id, 0))
-            self._update(path, lambda d: {**d, "queued": True})
+        if doc["status"] == RUNNABLE and doc["wake"] == 0:
+            # Queued after the commit, under the task's name: a failure here is
+            # retried by dm (run again), and a repeated run queues no second task.
+            self._enqueue(_body(task_id, 0), name=task_id)
         poll = POLLBACK if self.conf.do_pollback else datetime.timedelta(0)
         return dist.Started(task_id, poll)
 

@@ -286,8 +286,13 @@ class Engine:
         token = tokens.mint(self.settings.notify_secret, eid, config_name, self.clock())
         return self.settings.notify_topic, token
 
-    def _enqueue_distributor_task(self, config_name: str, body: bytes, delay_s: float) -> None:
-        name = base64.urlsafe_b64encode(self.rand(18)).decode()
+    def _enqueue_distributor_task(
+        self, config_name: str, body: bytes, delay_s: float, name: str | None = None
+    ) -> None:
+        if name is None:
+            name = base64.urlsafe_b64encode(self.rand(18)).decode()
+        else:
+            name = task_name("distributor", config_name, name)
         self.queue.enqueue(
             Task(
                 name=name,
