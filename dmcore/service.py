@@ -399,7 +399,9 @@ class Service:
                 todo.extend((AttemptID(q, n), 0, False) for n in listed)
             else:
                 self._quest_entry(out, q, inc, excluded_quests)
-                for _, doc in store.query(docs.ATTEMPTS, {"quest": q}, order_by="num"):
+                # Attempt ids are "<quest>|<number>": the quest's attempts are an id range.
+                rows = store.query_id_prefix(docs.ATTEMPTS, q + "|")
+                for _, doc in sorted(rows, key=lambda row: int(row[1]["num"])):
                     if doc.get("is_abnormal") and not inc.attempt.abnormal:
                         continue
                     if doc.get("is_expired") and not inc.attempt.expired:

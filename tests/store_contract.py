@@ -391,6 +391,18 @@ class StoreContract:
         in_tx = store.transaction(lambda tx: tx.query("q", where=where))
         assert self._paths(in_tx) == expected
 
+    def test_query_id_prefix(self, store: Store) -> None:
+        for path in ("p/a|2", "p/a|1", "p/a", "p/a}", "p/a{", "p/b|1", "p/a|1/sub/x", "pp/a|3"):
+            put(store, path, {"at": path})
+        got = store.query_id_prefix("p", "a|")
+        assert [p for p, _ in got] == ["p/a|1", "p/a|2"]  # id order, direct children only
+        assert got[0][1] == {"at": "p/a|1"}
+        assert store.query_id_prefix("p", "zz") == []
+        assert [p for p, _ in store.query_id_prefix("p/a|1/sub", "x")] == ["p/a|1/sub/x"]
+        for bad in ("", "a/b", "a."):
+            with pytest.raises(InvalidPath):
+                store.query_id_prefix("p", bad)
+
     def test_query_direct_children_only(self, store: Store) -> None:
         self._seed(store)
         assert "q/a/sub/s1" not in self._paths(store.query("q", where={"kind": "x"}))

@@ -66,6 +66,20 @@ def check_doc_path(path: str) -> None:
         raise InvalidPath(f"not a document path: {path!r}")
 
 
+def id_prefix_end(prefix: str) -> str:
+    """The least id above every id that starts with ``prefix`` (its last character + 1).
+
+    Ids order by code point (UTF-8 bytes) in both stores, so ``prefix <= id <
+    id_prefix_end(prefix)`` holds exactly for ids starting with ``prefix``.
+    """
+    if not prefix or "/" in prefix:
+        raise InvalidPath(f"not an id prefix: {prefix!r}")
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    if "/" in end or not 0 < ord(end[-1]) < 0xD800:
+        raise InvalidPath(f"id prefix {prefix!r} cannot be bounded (it ends in {prefix[-1]!r})")
+    return end
+
+
 def check_collection_path(path: str) -> None:
     """Raise :class:`InvalidPath` unless ``path`` names a collection."""
     parts = path.split("/")
@@ -246,6 +260,14 @@ class Store(abc.ABC):
         limit: int | None = None,
     ) -> list[tuple[str, Doc]]:
         """Query outside any transaction; same rules as :meth:`Transaction.query`."""
+
+    @abc.abstractmethod
+    def query_id_prefix(self, collection: str, prefix: str) -> list[tuple[str, Doc]]:
+        """Documents directly in ``collection`` whose id starts with ``prefix``, in id order.
+
+        A range of ids: served by the ids themselves, no index on a field (on
+        Firestore, no composite index either). See :func:`id_prefix_end`.
+        """
 
     @abc.abstractmethod
     def count(self, collection: str, where: Mapping[str, Any] | None = None) -> int:

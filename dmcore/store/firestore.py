@@ -76,6 +76,7 @@ from dmcore.store.base import (
     Transaction,
     check_collection_path,
     check_doc_path,
+    id_prefix_end,
 )
 
 __all__ = ["FirestoreStats", "FirestoreStore"]
@@ -524,6 +525,17 @@ class FirestoreStore(Store):
             limit=limit,
             tx=None,
         )
+
+    def query_id_prefix(self, collection: str, prefix: str) -> list[tuple[str, Doc]]:
+        _collection_path(collection)
+        end = id_prefix_end(prefix)
+        coll = self._collection(collection)
+        q = coll.where(filter=FieldFilter(FieldPath.document_id(), ">=", coll.document(prefix)))
+        q = q.where(filter=FieldFilter(FieldPath.document_id(), "<", coll.document(end)))
+        head = collection + "/"
+        rows = [(head + snap.id, _decode_doc(snap.to_dict())) for snap in q.stream()]
+        self.stats.add(reads=max(1, len(rows)))
+        return rows
 
     def count(self, collection: str, where: Mapping[str, Any] | None = None) -> int:
         _collection_path(collection)

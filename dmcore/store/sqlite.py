@@ -54,6 +54,7 @@ from dmcore.store.base import (
     WriteBuffer,
     check_collection_path,
     check_doc_path,
+    id_prefix_end,
 )
 
 __all__ = ["SqliteStore"]
@@ -136,8 +137,21 @@ def _index_sql(field: str) -> str:
     return (
         f"CREATE INDEX IF NOT EXISTS {name} ON docs "
         f"(collection, json_type(body, {p}), json_extract(body, {p}), id) "
-        f"WHERE json_type(body, {p}) IS NOT NULL"
+        f"WHERE {_key_probe(field)}"
     )
+
+
+def _key_probe(field: str) -> str:
+    """SQL for a cheap necessary condition of ``field`` being in a document.
+
+    Bodies are compact JSON, so a present field's (last) key appears quoted and
+    followed by a colon. A substring search decides which documents an index
+    covers without parsing every document written; :func:`_filters` adds the
+    same text to its queries, which is how SQLite sees that the index applies.
+    """
+    _json_path(field)  # refuses keys the JSON text would escape
+    key = '"' + field.rsplit(".", 1)[-1] + '":'
+    return "instr(body, '" + key.replace("'", "''") + "') > 0"
 
 
 def _filters(collection: str, where: Mapping[str, Any] | None) -> tuple[list[str], list[Any]]:
@@ -152,6 +166,7 @@ def _filters(collection: str, where: Mapping[str, Any] | None) -> tuple[list[str
     params: list[Any] = [collection]
     for field, value in (where or {}).items():
         p = _json_path(field)
+        clauses.append(_key_probe(field))
         if value is None:
             clauses.append(f"json_type(body, {p}) = 'null'")
         elif value is True:
@@ -656,6 +671,16 @@ class SqliteStore(Store):
             descending=descending,
             limit=limit,
         )
+
+    def query_id_prefix(self, collection: str, prefix: str) -> list[tuple[str, Doc]]:
+        check_collection_path(collection)
+        end = id_prefix_end(prefix)
+        rows = self._conn().execute(
+            "SELECT id, body FROM docs WHERE collection = ? AND id >= ? AND id < ? ORDER BY id",
+            (collection, prefix, end),
+        )
+        head = collection + "/"
+        return [(head + doc_id, _decode(body)) for doc_id, body in rows]
 
     def count(self, collection: str, where: Mapping[str, Any] | None = None) -> int:
         clauses, params = _filters(collection, where)
