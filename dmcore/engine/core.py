@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -408,7 +409,7 @@ class Engine:
 
     def _roll(
         self, tx: Transaction, first: Mutation, origin: str, batching: bool = False
-    ) -> tuple[list[tuple[str, Task]], list[Mutation]]:
+    ) -> tuple[list[Outbox], list[Mutation]]:
         """Run ``first`` and its same-root tail calls; queue the follow-ups.
 
         Returns the outbox records to dispatch after the commit and (only when
@@ -437,11 +438,11 @@ class Engine:
         if not tasks or self.queue.enqueue_in(tx, tasks):
             return [], inline  # the tasks are queued by this very commit (the store's queue)
         assert not inline, "batching needs a queue that commits with the store"
-        outbox: list[tuple[str, Task]] = []
-        for task in tasks:
-            path = docs.outbox_path(task.name)
-            tx.set(path, {"task": _task_doc(task), "created_us": ctx.now_us})
-            outbox.append((path, task))
+        outbox: list[Outbox] = []
+        for i, group in enumerate(_outbox_groups(tasks)):
+            path = docs.outbox_path(task_name(origin, "outbox", str(i)))
+            tx.set(path, {"tasks": [_task_doc(t) for t in group], "created_us": ctx.now_us})
+            outbox.append((path, group))
         return outbox, []
 
     def _task_for(self, item: Step | Later, origin: str, i: int, now_us: int) -> Task:
@@ -456,16 +457,17 @@ class Engine:
             eta_us=eta,
         )
 
-    def dispatch(self, outbox: Sequence[tuple[str, Task]]) -> None:
+    def dispatch(self, outbox: Sequence[Outbox]) -> None:
         """Queue committed follow-ups, then delete their outbox records."""
         if not outbox:
             return
+        tasks = [t for _, group in outbox for t in group]
         try:
-            self.queue.enqueue_many([t for _, t in outbox])
+            self.queue.enqueue_many(tasks)
         except Exception:
             # Committed already: the sweep re-dispatches the outbox records.
             log.warning(
-                "dispatch of %d follow-ups failed; left to the sweep", len(outbox), exc_info=True
+                "dispatch of %d follow-ups failed; left to the sweep", len(tasks), exc_info=True
             )
             return
         paths = [p for p, _ in outbox]
@@ -514,13 +516,15 @@ class Engine:
         from dmcore.engine.mutations import poll_later, timer_step
 
         now = self.clock()
-        stale: list[tuple[str, Task]] = []
+        stale: list[Outbox] = []
         for path, doc in self.store.query(
             docs.OUTBOX, order_by="created_us", limit=self.settings.sweep_batch
         ):
             if doc["created_us"] > now - self.settings.outbox_stale_us:
                 break
-            stale.append((path, _task_from_doc(doc["task"])))
+            # One record per step ("tasks"); records written before that hold one "task".
+            group = doc["tasks"] if "tasks" in doc else [doc["task"]]
+            stale.append((path, [_task_from_doc(t) for t in group]))
         self.dispatch(stale)
         fired = 0
         for _, doc in self.store.query(
@@ -558,6 +562,31 @@ class Engine:
 
 def step_target(step: Step) -> str:
     return MUTATION_TARGET
+
+
+Outbox = tuple[str, Sequence[Task]]
+"""An outbox record: its path and the follow-up tasks it holds."""
+
+OUTBOX_RECORD_BYTES = 512 * 1024
+"""Follow-ups share an outbox record (one write and one delete per step, not per
+follow-up) up to about this much JSON; Firestore documents stop at 1 MiB."""
+OUTBOX_RECORD_TASKS = 100
+
+
+def _outbox_groups(tasks: Sequence[Task]) -> list[list[Task]]:
+    """``tasks`` cut into groups that each fit one outbox record."""
+    groups: list[list[Task]] = [[]]
+    size = 0
+    for t in tasks:
+        n = len(json.dumps(t.payload)) + len(t.name) + len(t.target) + 64
+        if groups[-1] and (
+            size + n > OUTBOX_RECORD_BYTES or len(groups[-1]) >= OUTBOX_RECORD_TASKS
+        ):
+            groups.append([])
+            size = 0
+        groups[-1].append(t)
+        size += n
+    return groups
 
 
 def _task_doc(task: Task) -> dict[str, Any]:
