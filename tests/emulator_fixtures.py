@@ -34,7 +34,7 @@ import os
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -46,6 +46,23 @@ if TYPE_CHECKING:
 
 
 # ---- helpers
+
+
+def firestore_per_execution(
+    n: int, stats: dict[str, int], record_property: Callable[[str, object], None]
+) -> str:
+    """Firestore operations per execution, recorded on the test report (for the
+    benchmark to track) and returned as a line to print."""
+    reads, writes = stats["reads"], stats["writes"] + stats["deletes"]
+    record_property("firestore_executions", n)
+    record_property("firestore_reads_per_execution", round(reads / n, 2))
+    record_property("firestore_writes_per_execution", round(writes / n, 2))
+    record_property("firestore_totals", stats)
+    return (
+        f"{n} executions, {reads / n:.1f} reads, {writes / n:.1f} writes per execution "
+        f"(total {reads} reads, {stats['writes']} writes + {stats['deletes']} deletes, "
+        f"{stats['commits']} commits, {stats['retries']} retries)"
+    )
 
 
 def _http(method: str, url: str, timeout: float = 2.0) -> tuple[int, str]:

@@ -20,6 +20,7 @@ import pytest
 from dmcore.engine import docs
 from dmcore.store.firestore import FirestoreStore
 from tests import test_engine_scenarios as scenarios
+from tests.emulator_fixtures import firestore_per_execution
 from tests.harness import Chaos, Harness
 
 pytestmark = pytest.mark.emulator
@@ -77,18 +78,9 @@ def _run_and_measure(
     stats = store.stats.snapshot()  # before counting executions (which reads too)
     n = _executions(store)
     assert n > 0
-    reads, writes = stats["reads"], stats["writes"] + stats["deletes"]
     queue = "chaos" if fh.chaos is not None else "local"
-    print(
-        f"\nfirestore [{scenario.__name__}, {queue} queue]: {n} executions, "
-        f"{reads / n:.1f} reads, {writes / n:.1f} writes per execution "
-        f"(total {reads} reads, {stats['writes']} writes + {stats['deletes']} deletes, "
-        f"{stats['commits']} commits, {stats['retries']} retries)"
-    )
-    record_property("firestore_executions", n)
-    record_property("firestore_reads_per_execution", round(reads / n, 2))
-    record_property("firestore_writes_per_execution", round(writes / n, 2))
-    record_property("firestore_totals", stats)
+    line = firestore_per_execution(n, stats, record_property)
+    print(f"\nfirestore [{scenario.__name__}, {queue} queue]: {line}")
 
 
 def test_worked_sequence(fh: Harness, record_property: Callable[[str, object], None]) -> None:

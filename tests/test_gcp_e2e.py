@@ -52,7 +52,7 @@ from dmcore.ids import AttemptID
 from dmcore.proto import dm_pb2
 from dmcore.runfile import parse_run_file
 from dmcore.store.firestore import FirestoreStats, FirestoreStore
-from tests.emulator_fixtures import firestore_reset
+from tests.emulator_fixtures import firestore_per_execution, firestore_reset
 from tests.fake_cloudtasks import FakeCloudTasksServer, FakeTask
 from tests.test_functions_support import JSON_PREFIX, MAIN, ROOT, SECRET, clean_env
 
@@ -402,7 +402,7 @@ def test_jobsim_fanout_on_gcp_emulators(
     n = _executions(gcp.store)
     assert n == EXECUTIONS
 
-    reads, writes = stats["reads"], stats["writes"] + stats["deletes"]
+    firestore = firestore_per_execution(n, stats, record_property)
     sweeps = gcp.meter.buckets.get("sweep", FirestoreStats()).snapshot()
     walks = gcp.meter.buckets.get("poll", FirestoreStats()).snapshot()
     retried = [h for h in task_hits if not 200 <= h.status < 300]
@@ -413,15 +413,9 @@ def test_jobsim_fanout_on_gcp_emulators(
         f"{len(distributor)} /distributor/jobsim, {len(retried)} non-2xx)\n"
         f"  dm_notify: {len(notify_hits)} pushes ({len(acked)} distinct messages acknowledged)\n"
         f"  dm_api: {len(api.hits)} calls ({polls} WalkGraph polls)\n"
-        f"  firestore: {n} executions, {reads / n:.1f} reads, {writes / n:.1f} writes per "
-        f"execution (total {reads} reads, {stats['writes']} writes + {stats['deletes']} "
-        f"deletes, {stats['commits']} commits, {stats['retries']} retries)\n"
+        f"  firestore: {firestore}\n"
         f"  not counted above: {len(sweep_hits)} sweeps ({sweeps['reads']} reads, "
         f"{sweeps['writes'] + sweeps['deletes']} writes), test polls ({walks['reads']} reads)"
     )
-    record_property("firestore_executions", n)
-    record_property("firestore_reads_per_execution", round(reads / n, 2))
-    record_property("firestore_writes_per_execution", round(writes / n, 2))
-    record_property("firestore_totals", stats)
     record_property("dm_tasks_deliveries", len(task_hits))
     record_property("dm_notify_pushes", len(notify_hits))

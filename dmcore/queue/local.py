@@ -42,7 +42,7 @@ from typing import Any
 
 from dmcore.queue.base import TASK_NAME_RE, InvalidTask, QueueError, Task, TaskQueue
 from dmcore.store.base import Store, Transaction
-from dmcore.store.sqlite import SqliteStore
+from dmcore.store.sqlite import SqliteStore, immediate
 
 logger = logging.getLogger("dm.queue")
 
@@ -215,14 +215,8 @@ class LocalQueue(TaskQueue):
                 yield conn
             return
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     def close(self) -> None:
         """Closes every thread's connection; the queue is unusable afterwards."""

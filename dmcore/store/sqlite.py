@@ -57,7 +57,7 @@ from dmcore.store.base import (
     id_prefix_end,
 )
 
-__all__ = ["SqliteStore"]
+__all__ = ["SqliteStore", "immediate"]
 
 T = TypeVar("T")
 
@@ -287,6 +287,25 @@ def _query(
 def _decode(body: str) -> Doc:
     doc: Doc = json.loads(body)
     return doc
+
+
+@contextlib.contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` on ``conn``, rolled back if the block raises.
+
+    IMMEDIATE takes the write lock up front, so a read-then-write in the block
+    cannot be overtaken by another writer between its read and its write.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            # Never mask the original exception with a rollback failure.
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -619,15 +638,8 @@ class SqliteStore(Store):
             with self._savepoint(conn, "dm_scope"):
                 yield conn
             return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection (for reads of other tables in the file)."""
