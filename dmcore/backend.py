@@ -47,7 +47,6 @@ import json
 import logging
 import os
 import pathlib
-import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -61,7 +60,6 @@ from dmcore.store.base import Store
 log = logging.getLogger("dm.backend")
 
 AUTH_NONE = "none"
-_QUEUE_PATH = re.compile(r"^projects/([^/]+)/locations/([^/]+)/queues/([^/]+)$")
 AUTH_OIDC = "oidc"
 
 
@@ -272,11 +270,6 @@ def _gcp(env: Mapping[str, str]) -> Backend:
     except InvalidArgument as e:
         raise ConfigError(f"DM_CONFIG: {e.message}") from None
 
-    m = _QUEUE_PATH.match(queue_path)
-    if m is None:
-        raise ConfigError(
-            f"DM_TASKS_QUEUE: expected projects/P/locations/L/queues/Q, got {queue_path!r}"
-        )
     if not tasks_url.startswith(("https://", "http://")):
         raise ConfigError(f"DM_TASKS_URL: expected an http(s) URL, got {tasks_url!r}")
 
@@ -284,17 +277,21 @@ def _gcp(env: Mapping[str, str]) -> Backend:
     cloudtasks = importlib.import_module("dmcore.queue.cloudtasks")
     pubsub = importlib.import_module("dmcore.notify.pubsub")
     try:
+        queue = cloudtasks.CloudTasksQueue.from_queue_path(
+            queue_path,
+            url=tasks_url,
+            service_account_email=env.get("DM_TASKS_SERVICE_ACCOUNT", "").strip() or None,
+            clock=wall_clock_us,
+            emulator_host=env.get("DM_TASKS_EMULATOR_HOST", "").strip() or None,
+        )
+    except ValueError as e:
+        raise ConfigError(f"DM_TASKS_QUEUE: {e}") from None
+    try:
         publisher = pubsub.PubSubPublisher(topic)
     except ValueError as e:
+        queue.close()
         raise ConfigError(f"DM_NOTIFY_TOPIC: {e}") from None
     store = _firestore_store(env, project)
-    queue = cloudtasks.CloudTasksQueue.from_queue_path(
-        queue_path,
-        url=tasks_url,
-        service_account_email=env.get("DM_TASKS_SERVICE_ACCOUNT", "").strip() or None,
-        clock=wall_clock_us,
-        emulator_host=env.get("DM_TASKS_EMULATOR_HOST", "").strip() or None,
-    )
     engine = Engine(
         store,
         queue,

@@ -202,8 +202,8 @@ def run_batch(
     (:meth:`Engine.batch`), and a failing task's transaction writes nothing.
     Distributor calls (``D.run`` and friends) are still never made inside a
     store transaction: they run between transactions, and a task whose effects
-    are lost with the batch is delivered
-    again, as after any crash. A failed task is put back with backoff.
+    are lost with the batch is delivered again, as after any crash. A failed
+    task is put back with backoff (``on_failure`` hears of it first).
     """
     with engine.batch():
         leased = queue.lease(limit)

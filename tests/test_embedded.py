@@ -196,3 +196,22 @@ def test_follow_ups_beyond_the_batch_cap_are_queued(
         assert {"EnsureAttempt", "RecordCompletion", "PropagateCompletion"} <= set(kinds)
     finally:
         emb.close()
+
+
+def test_no_delete_of_records_that_were_never_written(tmp_path: Path) -> None:
+    """An execution without timeouts or polls deletes one record: its STOPPING hedge
+    timer. Executions note which records exist instead of deleting blindly (on
+    Firestore a delete is a billed write, found or not)."""
+    emb = Embedded(tmp_path, build_registry(CONFIG))
+    try:
+        deletes: list[str] = []
+        emb.store.connection().set_trace_callback(  # type: ignore[attr-defined]
+            lambda sql: deletes.append(sql) if sql.startswith("DELETE FROM docs") else None
+        )
+        qid = _ensure(emb, "no-timers", 5)
+        assert emb.drive(lambda: _state(emb, qid) == AttemptState.FINISHED, timeout_s=60)
+        assert len(deletes) == 1
+        assert emb.store.query("timers") == []
+        assert emb.store.query("polls") == []
+    finally:
+        emb.close()

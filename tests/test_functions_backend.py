@@ -110,13 +110,25 @@ def test_acls_and_oidc_settings(tmp_path: pathlib.Path) -> None:
         ("GOOGLE_CLOUD_PROJECT", {}, "GOOGLE_CLOUD_PROJECT"),
         ("DM_NOTIFY_TOPIC", {}, "DM_NOTIFY_TOPIC"),
         ("", {}, "DM_NOTIFY_SECRET"),  # no secret: never a default in code
-        ("", {"DM_NOTIFY_SECRET": "s", "DM_TASKS_QUEUE": "dm"}, "projects/P/locations"),
+        ("", {"DM_NOTIFY_SECRET": "s", "DM_TASKS_QUEUE": "dm"}, "DM_TASKS_QUEUE: expected"),
+        (
+            "",
+            {"DM_NOTIFY_SECRET": "s", "DM_NOTIFY_TOPIC": "dm-notify"},
+            "DM_NOTIFY_TOPIC: .*projects/P/topics/T",
+        ),
         ("", {"DM_NOTIFY_SECRET": "s", "DM_TASKS_URL": "dm-tasks"}, "http"),
         ("DM_OIDC_AUDIENCE", {"DM_NOTIFY_SECRET": "s"}, "DM_OIDC_AUDIENCE"),  # oidc by default
     ],
 )
-def test_gcp_refuses_to_start_half_configured(drop: str, change: dict[str, str], says: str) -> None:
-    env = {k: v for k, v in GCP.items() if k != drop} | change
+def test_gcp_refuses_to_start_half_configured(
+    drop: str, change: dict[str, str], says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:1")  # never contacted
+    env = (
+        {k: v for k, v in GCP.items() if k != drop}
+        | change
+        | {"DM_TASKS_EMULATOR_HOST": "127.0.0.1:1"}
+    )
     with pytest.raises(ConfigError, match=says):
         from_env(env)
 

@@ -1,8 +1,7 @@
-"""Tests of the local (SQLite) TaskQueue adapter and its QueueWorker."""
+"""Tests of the local (SQLite) TaskQueue adapter (its worker: tests/test_embedded.py)."""
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import sqlite3
 import tempfile
@@ -17,13 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from dmcore.queue.base import InvalidTask, QueueError, Task
-from dmcore.queue.local import (
-    DEFAULT_LEASE_US,
-    LeasedTask,
-    LocalQueue,
-    QueueWorker,
-    default_backoff,
-)
+from dmcore.queue.local import DEFAULT_LEASE_US, LeasedTask, LocalQueue
 from dmcore.store.sqlite import SqliteStore
 
 SEC = 1_000_000
@@ -337,155 +330,6 @@ def test_two_processes_never_lease_the_same_task(db_path: Path) -> None:
     assert sorted(all_leased) == [f"p{i:03d}" for i in range(n)]
     assert q.lease() == []  # all still leased
     q.close()
-
-
-# -- QueueWorker --
-
-
-def test_worker_exact_and_prefix_handlers(q: LocalQueue, clock: FakeClock) -> None:
-    seen: list[tuple[str, str]] = []
-    w = QueueWorker(
-        q,
-        {
-            "mutation": lambda t: seen.append(("mutation", t.name)),
-            "distributor/": lambda t: seen.append(("distributor/", t.name)),
-            "distributor/special/": lambda t: seen.append(("special/", t.name)),
-            "distributor/exact": lambda t: seen.append(("exact", t.name)),
-        },
-        clock=clock,
-    )
-    q.enqueue_many(
-        [
-            task("a", target="mutation"),
-            task("b", target="distributor/jobsim"),
-            task("c", target="distributor/special/x"),
-            task("d", target="distributor/exact"),
-        ]
-    )
-    assert w.run_once() == 4
-    assert seen == [
-        ("mutation", "a"),
-        ("distributor/", "b"),
-        ("special/", "c"),
-        ("exact", "d"),
-    ]
-    assert q.pending_count() == 0
-    assert w.handler_for("mutation/x") is None  # "mutation" is exact only
-
-
-def test_worker_single_callable_handles_everything(q: LocalQueue, clock: FakeClock) -> None:
-    seen: list[str] = []
-    w = QueueWorker(q, lambda t: seen.append(t.target), clock=clock)
-    q.enqueue_many([task("a", target="x"), task("b", target="y/z")])
-    assert w.drain() == 2
-    assert seen == ["x", "y/z"]
-
-
-def test_worker_failing_handler_retried_with_backoff(
-    q: LocalQueue, clock: FakeClock, caplog: pytest.LogCaptureFixture
-) -> None:
-    calls: list[int] = []
-
-    def flaky(t: Task) -> None:
-        calls.append(clock())
-        if len(calls) < 3:
-            raise RuntimeError("boom")
-
-    w = QueueWorker(q, {"mutation": flaky}, clock=clock)
-    q.enqueue(task("a"))
-    with caplog.at_level(logging.ERROR, logger="dm.queue"):
-        assert w.run_once() == 1
-    assert "boom" in caplog.text
-    assert q.pending_count() == 1
-    assert q.next_due_us() == T0 + default_backoff(1) == T0 + SEC
-    assert w.drain() == 0  # not due yet
-    advance_to_next_due(q, clock)
-    assert w.drain() == 1  # fails again, attempt 2
-    assert q.next_due_us() == clock() + 2 * SEC
-    advance_to_next_due(q, clock)
-    assert w.drain() == 1  # attempt 3 succeeds
-    assert calls == [T0, T0 + SEC, T0 + 3 * SEC]
-    assert q.pending_count() == 0
-
-
-def test_default_backoff() -> None:
-    assert [default_backoff(a) for a in (1, 2, 3, 6, 7, 8, 1000)] == [
-        SEC,
-        2 * SEC,
-        4 * SEC,
-        32 * SEC,
-        60 * SEC,
-        60 * SEC,
-        60 * SEC,
-    ]
-
-
-def test_worker_custom_backoff(q: LocalQueue, clock: FakeClock) -> None:
-    def fail(t: Task) -> None:
-        raise ValueError("no")
-
-    w = QueueWorker(q, {"mutation": fail}, clock=clock, backoff=lambda attempt: attempt * 7)
-    q.enqueue(task("a"))
-    w.run_once()
-    assert q.next_due_us() == T0 + 7
-
-
-def test_worker_unknown_target_not_lost(
-    q: LocalQueue, clock: FakeClock, caplog: pytest.LogCaptureFixture
-) -> None:
-    w = QueueWorker(q, {"mutation": lambda t: None}, clock=clock)
-    q.enqueue(task("a", target="nobody"))
-    with caplog.at_level(logging.ERROR, logger="dm.queue"):
-        assert w.run_once() == 1
-    assert "no handler" in caplog.text
-    assert q.pending_count() == 1
-    assert q.next_due_us() == T0 + SEC
-    clock.advance(SEC)
-    [lt] = q.lease()
-    assert (lt.task.name, lt.attempt) == ("a", 2)
-
-
-def test_worker_drain_runs_tasks_enqueued_by_handlers(q: LocalQueue, clock: FakeClock) -> None:
-    seen: list[str] = []
-
-    def chain(t: Task) -> None:
-        seen.append(t.name)
-        n = t.payload["n"]
-        if n < 5:
-            q.enqueue(task(f"step{n + 1}", n=n + 1))
-            q.enqueue(task(f"later{n + 1}", eta_us=T0 + SEC, n=99))
-
-    w = QueueWorker(q, {"mutation": chain}, clock=clock)
-    q.enqueue(task("step0", n=0))
-    assert w.drain() == 6
-    assert seen == [f"step{i}" for i in range(6)]
-    assert q.pending_count() == 5  # the "later" tasks wait for the clock
-    clock.advance(SEC)
-    assert w.drain() == 5
-
-
-def test_worker_drain_max_tasks(q: LocalQueue, clock: FakeClock) -> None:
-    w = QueueWorker(q, {"mutation": lambda t: None}, clock=clock)
-    q.enqueue_many([task(f"t{i}") for i in range(5)])
-    assert w.drain(max_tasks=3) == 3
-    assert q.pending_count() == 2
-    assert w.drain(max_tasks=0) == 0
-    assert w.drain() == 2
-
-
-def test_worker_acks_successes_when_interrupted(q: LocalQueue, clock: FakeClock) -> None:
-    def handler(t: Task) -> None:
-        if t.name == "b":
-            raise KeyboardInterrupt
-
-    w = QueueWorker(q, {"mutation": handler}, clock=clock)
-    q.enqueue_many([task("a"), task("b"), task("c")])
-    with pytest.raises(KeyboardInterrupt):
-        w.run_once()
-    # "a" was acked; "b" and "c" stay leased and come back after the lease.
-    assert q.pending_count() == 2
-    clock.advance(DEFAULT_LEASE_US)
-    assert names(q.lease()) == ["b", "c"]
 
 
 # -- model-based check against a plain-Python model of the semantics --

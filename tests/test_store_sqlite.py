@@ -86,6 +86,8 @@ def test_wal_mode(sq: SqliteStore) -> None:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         raw.close()
+    # Every commit is on disk before it returns (FULL = 2), power cuts included.
+    assert sq.connection().execute("PRAGMA synchronous").fetchone()[0] == 2
 
 
 def test_no_lost_updates_across_processes(tmp_path: Path) -> None:

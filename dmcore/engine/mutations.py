@@ -158,6 +158,13 @@ def disarm_timer(ctx: Ctx, eid: ExecutionID, ex: docs.Doc) -> None:
         ex["timer_armed"] = False
 
 
+def disarm_poll(ctx: Ctx, eid: ExecutionID, ex: docs.Doc) -> None:
+    """Delete the execution's poll record, unless ``ex`` says there is none (as timers)."""
+    if ex.get("poll_armed", True):
+        ctx.uow.delete(docs.poll_path(eid))
+        ex["poll_armed"] = False
+
+
 def timer_later(timer: Mapping[str, Any]) -> Later:
     step, name = timer_step(timer)
     return Later(step, eta_us=int(timer["deadline_us"]), name=name)
@@ -886,9 +893,7 @@ class FinishExecution(Mutation):
                 f"distributor finished execution while it was in the {state} state.",
             )
         disarm_timer(ctx, eid, ex)
-        if ex.get("poll_armed", True):
-            ctx.uow.delete(docs.poll_path(eid))
-            ex["poll_armed"] = False
+        disarm_poll(ctx, eid, ex)
         out: list[Step | Later] = []
         if "abnormal" in result:
             ex["abnormal"] = result["abnormal"]

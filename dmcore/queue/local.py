@@ -25,7 +25,7 @@ the store's connections: its writes join the store's
 queues tasks in the same commit as a store transaction, so the engine needs
 no outbox record for them.
 
-:class:`QueueWorker` drains a queue by calling handlers chosen by target.
+The worker that runs leased tasks is :func:`dmcore.embedded.run_batch`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from dmcore.queue.base import TASK_NAME_RE, InvalidTask, QueueError, Task, TaskQueue
@@ -48,8 +48,6 @@ logger = logging.getLogger("dm.queue")
 
 Clock = Callable[[], int]
 """Returns now in integer microseconds since the Unix epoch."""
-
-Handler = Callable[[Task], None]
 
 DEFAULT_LEASE_US = 60 * 1_000_000
 DEFAULT_TOMBSTONE_US = 3600 * 1_000_000
@@ -364,116 +362,3 @@ class LocalQueue(TaskQueue):
         row = self._conn().execute("SELECT COUNT(*) FROM tasks WHERE done_us IS NULL").fetchone()
         count: int = row[0]
         return count
-
-
-def default_backoff(attempt: int) -> int:
-    """Delay before retry ``attempt`` + 1: 1 s, 2 s, 4 s, ... capped at 60 s (in µs)."""
-    return min(1_000_000 << min(max(attempt - 1, 0), 6), 60_000_000)
-
-
-class QueueWorker:
-    """Runs leased tasks through handlers chosen by target; acks or retries each.
-
-    ``handlers`` is one callable for every target, or a mapping from target to
-    handler: an exact key wins, else the longest key ending in ``"/"`` that
-    prefixes the target (``"distributor/"`` handles ``"distributor/jobsim"``).
-    A task whose handler raises, or that has no handler, is nacked to run again
-    after ``backoff(attempt)`` microseconds; it is never dropped.
-    """
-
-    def __init__(
-        self,
-        queue: LocalQueue,
-        handlers: Mapping[str, Handler] | Handler,
-        *,
-        clock: Clock | None = None,
-        backoff: Callable[[int], int] | None = None,
-    ) -> None:
-        self.queue = queue
-        self.clock: Clock = clock if clock is not None else queue.clock
-        self.backoff: Callable[[int], int] = backoff if backoff is not None else default_backoff
-        self._default: Handler | None = None
-        self._exact: dict[str, Handler] = {}
-        self._prefixes: list[tuple[str, Handler]] = []
-        if isinstance(handlers, Mapping):
-            self._exact = dict(handlers)
-            # Longest first, so the most specific prefix wins.
-            self._prefixes = sorted(
-                ((k, h) for k, h in handlers.items() if k.endswith("/")),
-                key=lambda kh: len(kh[0]),
-                reverse=True,
-            )
-        else:
-            self._default = handlers
-
-    def handler_for(self, target: str) -> Handler | None:
-        """The handler that runs tasks of ``target``, or None."""
-        if self._default is not None:
-            return self._default
-        h = self._exact.get(target)
-        if h is not None:
-            return h
-        for prefix, h in self._prefixes:
-            if target.startswith(prefix):
-                return h
-        return None
-
-    def run_once(self, limit: int = 100) -> int:
-        """Leases up to ``limit`` due tasks and runs them; returns how many were run.
-
-        Successes are acked together at the end (in one transaction), also when
-        a BaseException such as KeyboardInterrupt stops the batch early.
-        """
-        leased = self.queue.lease(limit)
-        done: list[LeasedTask] = []
-        try:
-            for lt in leased:
-                task = lt.task
-                handler = self.handler_for(task.target)
-                if handler is None:
-                    retry_at = self._retry_at(lt.attempt)
-                    logger.error(
-                        "no handler for task %s (target %r, attempt %d); retry at %d",
-                        task.name,
-                        task.target,
-                        lt.attempt,
-                        retry_at,
-                    )
-                    self.queue.nack(lt, retry_at)
-                    continue
-                try:
-                    handler(task)
-                except Exception:
-                    retry_at = self._retry_at(lt.attempt)
-                    logger.exception(
-                        "task %s (target %r, attempt %d) failed; retry at %d",
-                        task.name,
-                        task.target,
-                        lt.attempt,
-                        retry_at,
-                    )
-                    self.queue.nack(lt, retry_at)
-                else:
-                    done.append(lt)
-        finally:
-            self.queue.ack(done)
-        return len(leased)
-
-    def drain(self, max_tasks: int | None = None) -> int:
-        """Runs batches until no task is due now (or ``max_tasks`` ran); returns the count.
-
-        Does not advance time: tasks due later, including retries, stay queued.
-        ``max_tasks`` bounds a drain whose handlers keep enqueueing due work (or
-        that fail with a zero backoff, which makes the retry due at once).
-        """
-        total = 0
-        while max_tasks is None or total < max_tasks:
-            batch = 100 if max_tasks is None else min(100, max_tasks - total)
-            n = self.run_once(batch)
-            if n == 0:
-                break
-            total += n
-        return total
-
-    def _retry_at(self, attempt: int) -> int:
-        return self.clock() + max(0, self.backoff(attempt))

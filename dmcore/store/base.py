@@ -237,8 +237,9 @@ class Store(abc.ABC):
     def batch(self) -> contextlib.AbstractContextManager[None]:
         """Group this thread's transactions in the block into one commit, where possible.
 
-        Only for stores that can (SQLite: one write lock, savepoints inside);
-        the default does nothing and every transaction commits on its own.
+        Only for stores that can (SQLite: the write lock is held for the block,
+        a transaction that fails inside writes nothing); the default does
+        nothing and every transaction commits on its own.
         """
         return contextlib.nullcontext()
 
