@@ -26,8 +26,8 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from dmcore.embedded import Embedded, build_registry
 from dmcore.proto import dm_pb2
+from dmcore.runtime.embedded import Embedded, build_registry
 from dmcore.service import Caller
 from dmcore.states import AttemptState
 

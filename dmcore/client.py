@@ -42,3 +42,16 @@ class LocalClient:
 
     def walk_graph(self, req: dm_pb2.WalkGraphReq) -> dm_pb2.GraphData:
         return self.service.walk_graph(req, self.caller)
+
+
+def serve_in_process(service: Service) -> Service:
+    """Let distributors that run jobs in this process (jobsim) reach ``service``.
+
+    Fills the registry's ``client`` hook unless something else did; returns
+    ``service``. Whoever builds a Service for a process calls this (the
+    embedded and gcp backends, tests), so the service needs no client.
+    """
+    registry = service.engine.registry
+    if registry.client is None:
+        registry.client = lambda: LocalClient(service)
+    return service

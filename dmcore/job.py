@@ -4,7 +4,7 @@ A distributor that runs a program hands it, in environment variables:
 
 ``DM_EXECUTION_AUTH``  the execution's ID and activation token (protobuf JSON of Execution.Auth)
 ``DM_HOME``            the embedded home of the dm that runs it (or ``DM_HOST``: a dm_api URL);
-                       its store is the one ``DM_STORE`` names (inherited, see dmcore.backend)
+                       its store is the one ``DM_STORE`` names (inherited; dmcore.runtime.backend)
 ``DM_STATE_FILE``      a JSON file holding the previous execution's state; what the job
                        leaves there becomes this execution's state, handed to the next
                        execution of the attempt (e.g. after a halt for dependencies)
@@ -44,8 +44,8 @@ def client_from_env(env: Mapping[str, str]) -> Client:
     """A client for the dm that started this job."""
     home = env.get(ENV_HOME)
     if home:
-        from dmcore.backend import store_from_env
-        from dmcore.embedded import Embedded, home_registry
+        from dmcore.runtime.backend import store_from_env
+        from dmcore.runtime.embedded import Embedded, home_registry
 
         emb = Embedded(home, home_registry(home), store=store_from_env(env))
         from dmcore.client import LocalClient

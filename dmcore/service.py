@@ -88,10 +88,6 @@ class Service:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        if engine.registry.client is None:
-            from dmcore.client import LocalClient
-
-            engine.registry.client = lambda: LocalClient(self)
 
     # -- EnsureGraphData --------------------------------------------------------------
 

@@ -7,7 +7,7 @@ by killing its process group (the gcloud wrapper script forks java, which
 would be orphaned otherwise), also when the session fails. A guard shell
 leading the group stops it too if the pytest process dies without teardown
 (SIGKILL, ``timeout``). Finding, starting and stopping an emulator is
-:mod:`dmcore.emulators`, shared with ``dm serve --emulators``.
+:mod:`dmcore.runtime.emulators`, shared with ``dm serve --emulators``.
 
 * ``firestore_emulator`` / ``pubsub_emulator`` (session): start, wait until
   ``GET /`` answers ``Ok``, set ``FIRESTORE_EMULATOR_HOST`` /
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from dmcore import emulators
+from dmcore.runtime import emulators
 
 if TYPE_CHECKING:
     from dmcore.store.firestore import FirestoreStore

@@ -17,14 +17,15 @@ from typing import Any, cast
 
 from distributors.fake import FakeWorld, Job
 from dmcore import ids
+from dmcore.client import serve_in_process
 from dmcore.distributor import Registry, backoff
-from dmcore.embedded import run_batch
 from dmcore.engine import docs
 from dmcore.engine.core import Engine, Settings
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
 from dmcore.queue.base import Task, TaskQueue
 from dmcore.queue.local import LocalQueue
+from dmcore.runtime.embedded import run_batch
 from dmcore.service import Caller, Service
 from dmcore.states import AttemptState, ExecutionState
 from dmcore.store.base import Store
@@ -170,7 +171,7 @@ class Harness:
             rand=self.rng.randbytes,
             settings=Settings(notify_secret=SECRET),
         )
-        self.service = Service(self.engine)
+        self.service = serve_in_process(Service(self.engine))
         self.world.service = self.service
         self.inbox: list[tuple[bytes, dict[str, str]]] = []
         self.world.publish = lambda topic, data, attrs: self.inbox.append((data, dict(attrs)))

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from dmcore.embedded import Embedded, build_registry, run_batch
 from dmcore.proto import dm_pb2
 from dmcore.queue.base import Task
 from dmcore.queue.local import LocalQueue
+from dmcore.runtime.embedded import Embedded, build_registry, run_batch
 from dmcore.service import Caller
 from dmcore.states import AttemptState
 

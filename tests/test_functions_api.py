@@ -477,7 +477,7 @@ def test_oidc_certs_unreachable_is_503_and_certs_are_cached(dm: DM, oidc: Oidc) 
 
 
 def test_oidc_config_is_required(dm: DM) -> None:
-    from dmcore.backend import ConfigError
+    from dmcore.runtime.backend import ConfigError
 
     dm.monkeypatch.setenv("DM_AUTH", "oidc")
     with pytest.raises(ConfigError, match="DM_OIDC_AUDIENCE"):
@@ -488,7 +488,7 @@ def test_oidc_config_is_required(dm: DM) -> None:
 
 
 def test_misconfigured_function_answers_500(dm: DM) -> None:
-    from dmcore import backend
+    from dmcore.runtime import backend
 
     backend.reset()
     dm.monkeypatch.setenv("DM_AUTH", "sometimes")

@@ -7,8 +7,8 @@ import pathlib
 
 import pytest
 
-from dmcore import backend as backends
-from dmcore.backend import AUTH_NONE, AUTH_OIDC, ConfigError, from_env
+from dmcore.runtime import backend as backends
+from dmcore.runtime.backend import AUTH_NONE, AUTH_OIDC, ConfigError, from_env
 from tests.test_functions_support import CONFIG, clean_env
 
 GCP = {

@@ -25,14 +25,14 @@ import pytest
 from google.protobuf import json_format
 
 from distributors.fake import FakeWorld, Job, quest_desc
-from dmcore import backend as backends
-from dmcore import emulators
+from dmcore.cli.runfile import parse_run_file
 from dmcore.engine import docs
 from dmcore.ids import AttemptID, ExecutionID
-from dmcore.procs import group_alive
 from dmcore.proto import dm_pb2
-from dmcore.runfile import parse_run_file
-from dmcore.serve import EMULATOR_PROJECT, LocalServer
+from dmcore.runtime import backend as backends
+from dmcore.runtime import emulators
+from dmcore.runtime.procs import group_alive
+from dmcore.runtime.serve import EMULATOR_PROJECT, LocalServer
 from dmcore.states import AttemptState
 from tests.emulator_fixtures import firestore_reset
 from tests.test_functions_support import CONFIG, JSON_PREFIX, clean_env

@@ -31,10 +31,10 @@ from functions_framework import create_app
 from google.protobuf import empty_pb2, json_format, message
 
 from distributors.fake import FakeTask, FakeWorld, quest_desc
-from dmcore import backend as backends
 from dmcore import logs, server
 from dmcore.ids import ExecutionID
 from dmcore.proto import dm_pb2
+from dmcore.runtime import backend as backends
 from dmcore.server import auth
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -44,13 +44,13 @@ from functions_framework import create_app
 from google.protobuf import json_format, message
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from dmcore import backend as backends
 from dmcore import logs, server
-from dmcore.embedded import wall_clock_us
+from dmcore.cli.runfile import parse_run_file
 from dmcore.engine import docs
 from dmcore.ids import AttemptID
 from dmcore.proto import dm_pb2
-from dmcore.runfile import parse_run_file
+from dmcore.runtime import backend as backends
+from dmcore.runtime.embedded import wall_clock_us
 from dmcore.store.firestore import FirestoreStats, FirestoreStore
 from tests.emulator_fixtures import firestore_per_execution, firestore_reset
 from tests.fake_cloudtasks import FakeCloudTasksServer, FakeTask

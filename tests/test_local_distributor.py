@@ -23,11 +23,11 @@ import pytest
 from distributors.local import tasks
 from dmcore import distributor as dist
 from dmcore import ids
-from dmcore.embedded import Embedded, home_registry
 from dmcore.engine import docs
 from dmcore.errors import InvalidArgument
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
+from dmcore.runtime.embedded import Embedded, home_registry
 from dmcore.service import Caller
 from dmcore.states import AbnormalStatus, AttemptState, ExecutionState
 

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from distributors.local import tasks
 
 if TYPE_CHECKING:
-    from dmcore.embedded import Embedded
+    from dmcore.runtime.embedded import Embedded
     from dmcore.store.base import Doc, Transaction
 
 POLL_S = 0.1
@@ -179,7 +179,7 @@ class Supervisor:
         # Import dm while the command runs rather than after it (a few hundred ms
         # per execution); a failure shows up again, and is logged, in report().
         with contextlib.suppress(Exception):
-            importlib.import_module("dmcore.embedded")
+            importlib.import_module("dmcore.runtime.embedded")
         outcome = self.wait(proc)
         self.note(f"{_describe(outcome, self.timeout_s)} after {time.monotonic() - started:.1f}s")
         try:
@@ -230,8 +230,8 @@ class Supervisor:
 
     def report(self, outcome: Outcome, state_raw: bytes | None) -> int:
         """Record ``outcome`` in the task record and notify dm; retried while it fails."""
-        from dmcore.backend import store_from_env
-        from dmcore.embedded import Embedded, home_registry
+        from dmcore.runtime.backend import store_from_env
+        from dmcore.runtime.embedded import Embedded, home_registry
 
         state, state_error = state_text(state_raw)
         for attempt in range(REPORT_TRIES):

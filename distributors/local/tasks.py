@@ -14,7 +14,7 @@ import pathlib
 import signal
 import time
 
-from dmcore.procs import group_alive
+from dmcore.runtime.procs import group_alive
 
 COLLECTION = "local_tasks"
 """The distributor's own collection in dm's store: one record per execution."""

@@ -25,7 +25,7 @@ the store's connections: its writes join the store's
 queues tasks in the same commit as a store transaction, so the engine needs
 no outbox record for them.
 
-The worker that runs leased tasks is :func:`dmcore.embedded.run_batch`.
+The worker that runs leased tasks is :func:`dmcore.runtime.embedded.run_batch`.
 """
 
 from __future__ import annotations

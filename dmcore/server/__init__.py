@@ -2,7 +2,7 @@
 
 Each handler takes a :class:`~dmcore.server.http.Request` (or a CloudEvent's
 data) and returns a :class:`~dmcore.server.http.Response`, using the
-process's backend (:func:`dmcore.backend.get`) unless one is passed. The
+process's backend (:func:`dmcore.runtime.backend.get`) unless one is passed. The
 entry points in ``functions/`` only convert Flask's request and response.
 
 =============  ==========================================================
@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dmcore import backend as backends
 from dmcore import logs
 from dmcore.errors import Code
+from dmcore.runtime import backend as backends
 from dmcore.server import notify as _notify
 from dmcore.server import prpc as _prpc
 from dmcore.server import tasks as _tasks

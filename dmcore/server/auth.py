@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dmcore.backend import AUTH_NONE, AuthConfig
 from dmcore.errors import PermissionDenied, Unauthenticated, Unavailable
+from dmcore.runtime.backend import AUTH_NONE, AuthConfig
 from dmcore.server.http import Request
 from dmcore.service import Caller
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dmcore import logs
-from dmcore.backend import Backend
+from dmcore.runtime.backend import Backend
 
 log = logs.get("dm.notify")
 

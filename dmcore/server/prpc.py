@@ -35,10 +35,10 @@ from collections.abc import Callable
 from google.protobuf import empty_pb2, json_format, message, text_format
 
 from dmcore import logs
-from dmcore.backend import Backend
 from dmcore.distributor import TransientError
 from dmcore.errors import Code, DMError, InvalidArgument, Unauthenticated, Unavailable
 from dmcore.proto import dm_pb2
+from dmcore.runtime.backend import Backend
 from dmcore.server import auth
 from dmcore.server.http import GRPC_CODE_HEADER, MAX_BODY, Request, Response
 from dmcore.service import Caller, Service

@@ -23,8 +23,8 @@ from __future__ import annotations
 import json
 
 from dmcore import logs
-from dmcore.backend import Backend
 from dmcore.errors import Code, DMError
+from dmcore.runtime.backend import Backend
 from dmcore.server import auth
 from dmcore.server.http import MAX_BODY, Request, Response
 

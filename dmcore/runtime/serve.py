@@ -15,7 +15,7 @@ Identity checks are OFF (``DM_AUTH=none``): every caller is a writer, so the
 server binds to 127.0.0.1 unless told otherwise.
 
 With ``use_emulators`` the gcloud SDK's Firestore and Pub/Sub emulators are
-started (:mod:`dmcore.emulators`; or reused where ``FIRESTORE_EMULATOR_HOST`` /
+started (:mod:`dmcore.runtime.emulators`; or reused where ``FIRESTORE_EMULATOR_HOST`` /
 ``PUBSUB_EMULATOR_HOST`` name one that answers), and stopped with the server:
 
 * the engine's store is Firestore on its emulator, project ``dm-local``
@@ -43,8 +43,9 @@ from typing import Any
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from dmcore import backend as backends
-from dmcore import emulators, logs, server
+from dmcore import logs, server
+from dmcore.runtime import backend as backends
+from dmcore.runtime import emulators
 
 log = logs.get("dm.serve")
 
@@ -57,7 +58,7 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 def default_source() -> pathlib.Path:
     """``functions/main.py`` beside the dmcore package (repo checkout or installed wheel)."""
-    return pathlib.Path(__file__).resolve().parent.parent / "functions" / "main.py"
+    return pathlib.Path(__file__).resolve().parents[2] / "functions" / "main.py"
 
 
 def _root_path(app: WSGIApp) -> WSGIApp:

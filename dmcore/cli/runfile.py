@@ -15,40 +15,13 @@ Field names as in protobuf JSON. Errors name the place in the file.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
-from typing import Any
-
-import yaml
 
 from dmcore import ids
 from dmcore.errors import InvalidArgument
 from dmcore.ids import AttemptID
 from dmcore.proto import dm_pb2
-
-
-class BadFile(Exception):
-    """A user's file cannot be used; the message says where and why."""
-
-
-def load_document(path: pathlib.Path) -> Any:
-    """Parse a JSON or YAML file (``.json`` as JSON, anything else as YAML)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadFile(f"{path}: no such file") from None
-    except OSError as e:
-        raise BadFile(f"{path}: cannot read: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise BadFile(f"{path}: not UTF-8 text") from None
-    try:
-        if path.suffix == ".json":
-            return json.loads(text)
-        return yaml.safe_load(text)
-    except json.JSONDecodeError as e:
-        raise BadFile(f"{path}: not valid JSON: {e}") from None
-    except yaml.YAMLError as e:
-        raise BadFile(f"{path}: not valid YAML: {e}") from None
+from dmcore.runtime.files import BadFile, load_document
 
 
 @dataclasses.dataclass

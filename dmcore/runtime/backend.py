@@ -51,9 +51,16 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dmcore.embedded import DEFAULT_CONFIG, Embedded, build_registry, home_registry, wall_clock_us
+from dmcore.client import serve_in_process
 from dmcore.engine.core import Engine, Settings
 from dmcore.errors import InvalidArgument
+from dmcore.runtime.embedded import (
+    DEFAULT_CONFIG,
+    Embedded,
+    build_registry,
+    home_registry,
+    wall_clock_us,
+)
 from dmcore.service import Service
 from dmcore.store.base import Store
 
@@ -172,7 +179,7 @@ def _principals(text: str) -> frozenset[str]:
 
 def load_config(value: str) -> dict[str, Any]:
     """``DM_CONFIG``: inline JSON (starts with ``{``) or a JSON/YAML file path."""
-    from dmcore.runfile import BadFile, load_document
+    from dmcore.runtime.files import BadFile, load_document
 
     text = value.strip()
     if text.startswith("{"):
@@ -306,4 +313,4 @@ def _gcp(env: Mapping[str, str]) -> Backend:
 
     engine.publish = publish
     closers = [x.close for x in (publisher, queue, store) if callable(getattr(x, "close", None))]
-    return Backend(engine, Service(engine), auth, "gcp", None, closers)
+    return Backend(engine, serve_in_process(Service(engine)), auth, "gcp", None, closers)

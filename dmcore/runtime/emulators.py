@@ -33,7 +33,7 @@ import subprocess
 import time
 import urllib.request
 
-from dmcore.procs import group_alive
+from dmcore.runtime.procs import group_alive
 
 READY_TIMEOUT_S = 60.0
 START_TRIES = 3

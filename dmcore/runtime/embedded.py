@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dmcore.client import serve_in_process
 from dmcore.distributor import Registry, backoff
 from dmcore.engine import docs
 from dmcore.engine.core import Engine, Settings
@@ -134,7 +135,7 @@ class Embedded:
         self.engine = Engine(
             self.store, self.queue, registry, clock=clock, rand=rand, settings=settings
         )
-        self.service = Service(self.engine)
+        self.service = serve_in_process(Service(self.engine))
 
     def work(self, limit: int = 100) -> int:
         """Run the tasks due now (one leased batch, one commit); returns how many ran."""

@@ -21,12 +21,20 @@ from rich.live import Live
 from rich.table import Table
 from rich.tree import Tree
 
-from dmcore import ids, report
-from dmcore.embedded import DEFAULT_CONFIG, DEFAULT_HOME, Embedded, build_registry, home_registry
+from dmcore import ids
+from dmcore.cli import report
+from dmcore.cli.runfile import parse_run_file
 from dmcore.errors import DMError, InvalidArgument
 from dmcore.ids import AttemptID
 from dmcore.proto import dm_pb2
-from dmcore.runfile import BadFile, load_document, parse_run_file
+from dmcore.runtime.embedded import (
+    DEFAULT_CONFIG,
+    DEFAULT_HOME,
+    Embedded,
+    build_registry,
+    home_registry,
+)
+from dmcore.runtime.files import BadFile, load_document
 from dmcore.service import Caller
 from dmcore.states import AttemptState
 
@@ -370,8 +378,8 @@ def serve(
     ] = False,
 ) -> None:
     """Run the four Cloud Functions locally (functions-framework), WITHOUT identity checks."""
-    from dmcore.emulators import EmulatorError
-    from dmcore.serve import serve as run_server
+    from dmcore.runtime.emulators import EmulatorError
+    from dmcore.runtime.serve import serve as run_server
 
     try:
         cfg = _config(config) if config is not None else None
