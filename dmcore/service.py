@@ -19,8 +19,7 @@ from google.protobuf import timestamp_pb2
 
 from dmcore import distributor as dist
 from dmcore import ids, jsonnorm
-from dmcore.engine import docs
-from dmcore.engine import mutations as mu
+from dmcore.engine import docs, records, steps
 from dmcore.engine.core import Engine
 from dmcore.errors import InvalidArgument, PermissionDenied, Unauthenticated, Unavailable
 from dmcore.ids import AttemptID, ExecutionID
@@ -160,8 +159,8 @@ class Service:
             for q, encs in by_quest.items():
                 for start in range(0, max(1, len(encs)), QUEST_CHUNK):
                     chunk = encs[start : start + QUEST_CHUNK]
-                    then = [mu.EnsureAttempt(aid=a).to_payload() for a in chunk]
-                    eng.run(mu.MergeQuest(qid=q, desc_b64=new_quests.get(q, ""), and_then=then))
+                    then = [steps.EnsureAttempt(aid=a).to_payload() for a in chunk]
+                    eng.run(steps.MergeQuest(qid=q, desc_b64=new_quests.get(q, ""), and_then=then))
         return rsp
 
     def _validate_distributor(self, desc: dm_pb2.Quest.Desc, field: str) -> None:
@@ -195,7 +194,7 @@ class Service:
             and is_terminal_attempt(AttemptState(doc["state"]))
         ]
         self._reject_cycles(me, [a for a in aids if a.encoded not in set(terminal)])
-        step = mu.DeclareDeps(
+        step = steps.DeclareDeps(
             eid=str(eid),
             token_b64=base64.b64encode(req.for_execution.token).decode(),
             deps=[a.encoded for a in aids],
@@ -263,7 +262,7 @@ class Service:
                 f"got {len(req.execution_token)}"
             )
         self.engine.run(
-            mu.ActivateExecution(
+            steps.ActivateExecution(
                 eid=str(eid),
                 activation_b64=base64.b64encode(req.auth.token).decode(),
                 execution_token_b64=base64.b64encode(req.execution_token).decode(),
@@ -280,7 +279,7 @@ class Service:
             raise InvalidArgument("data.object: required (a JSON object)")
         exp = req.data.expiration.ToMicroseconds() if req.data.HasField("expiration") else None
         self.engine.run(
-            mu.FinishAttempt(
+            steps.FinishAttempt(
                 eid=str(eid),
                 token_b64=base64.b64encode(req.auth.token).decode(),
                 object=obj,
@@ -306,7 +305,7 @@ class Service:
         if is_terminal_attempt(state):
             return
         if state != AttemptState.EXECUTING:
-            eng.run(mu.CancelWaiting(aid=aid.encoded, reason=reason))
+            eng.run(steps.CancelWaiting(aid=aid.encoded, reason=reason))
             # It may have started executing meanwhile; then cancel that execution.
             att = eng.store.get(docs.attempt_path(aid)) or att
             if AttemptState(att["state"]) != AttemptState.EXECUTING:
@@ -322,7 +321,9 @@ class Service:
             except dist.TransientError as e:
                 raise Unavailable(f"distributor could not cancel yet: {e}") from None
         eng.run(
-            mu.FinishExecution(eid=str(eid), result=mu.abnormal(AbnormalStatus.CANCELLED, reason))
+            steps.FinishExecution(
+                eid=str(eid), result=records.abnormal(AbnormalStatus.CANCELLED, reason)
+            )
         )
 
     # -- WalkGraph ---------------------------------------------------------------------------------
@@ -339,7 +340,7 @@ class Service:
                 or att["cur_execution"] != eid.num
                 or ex["state"] != ExecutionState.RUNNING
                 or ex.get("token_state") != "execution"
-                or not mu.token_matches(ex, req.auth.token)
+                or not records.token_matches(ex, req.auth.token)
             ):
                 raise Unauthenticated("bad execution auth")
             me = eid.attempt_id
@@ -373,7 +374,7 @@ class Service:
         inc = req.include
         out = dm_pb2.GraphData()
         budget = _data_limit(req.limit.max_data_size, "limit.max_data_size")
-        max_time = mu.duration_us(req.limit.max_time) if req.limit.HasField("max_time") else 0
+        max_time = records.duration_us(req.limit.max_time) if req.limit.HasField("max_time") else 0
         if max_time <= 0 or max_time > MAX_WALK_TIME_US:
             max_time = MAX_WALK_TIME_US
         deadline = eng.clock() + max_time
@@ -599,7 +600,7 @@ class Service:
                 ed.stopping.SetInParent()
             elif state == ExecutionState.FINISHED:
                 data = (ex.get("result") or {}).get("data") or {}
-                jr = mu.json_result(data) or dm_pb2.JsonResult()
+                jr = records.json_result(data) or dm_pb2.JsonResult()
                 if not inc.execution.result:
                     jr.object = ""
                 ed.finished.data.CopyFrom(jr)

@@ -102,7 +102,7 @@ def test_pending_tasks_of_a_former_queue_file_are_kept(tmp_path: Path) -> None:
 def test_ensure_graph_data_writes_all_or_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dmcore.engine import mutations as mu
+    from dmcore.engine import steps as mu
 
     emb = Embedded(tmp_path, build_registry(CONFIG))
     try:
@@ -159,7 +159,7 @@ def test_follow_up_mutations_run_in_the_batch_not_the_queue(tmp_path: Path) -> N
 def test_a_failing_inline_follow_up_is_queued_and_retried(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dmcore.engine import mutations as mu
+    from dmcore.engine import steps as mu
 
     emb = Embedded(tmp_path, build_registry(CONFIG))
     try:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from dmcore.engine import core, docs
-from dmcore.engine.core import Ctx, Later, Mutation, Step
+from dmcore.engine.base import Ctx, Later, Mutation, Step
 from dmcore.queue.base import Task
 from tests.harness import Chaos, Harness
 

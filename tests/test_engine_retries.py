@@ -22,7 +22,7 @@ from dmcore import distributor as dist
 from dmcore import jsonnorm
 from dmcore.engine import docs
 from dmcore.engine.core import OUTBOX_STALE_US
-from dmcore.engine.mutations import TIMER_QUEUE_HORIZON_US
+from dmcore.engine.records import TIMER_QUEUE_HORIZON_US
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
 from dmcore.service import Caller

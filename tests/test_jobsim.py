@@ -25,7 +25,8 @@ from distributors import jobsim
 from distributors.jobsim import config_pb2
 from dmcore import distributor as dist
 from dmcore.engine import docs
-from dmcore.engine.mutations import NotifyExecution, b64
+from dmcore.engine.records import b64
+from dmcore.engine.steps import NotifyExecution
 from dmcore.errors import InvalidArgument
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2

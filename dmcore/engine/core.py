@@ -19,20 +19,18 @@ Some steps must not run in a transaction (calling a distributor); those are
 
 from __future__ import annotations
 
-import abc
 import base64
 import contextlib
 import dataclasses
-import functools
-import hashlib
 import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any
 
 from dmcore.distributor import Registry, TransientError
-from dmcore.engine import docs
+from dmcore.engine import docs, steps
+from dmcore.engine.base import Action, Ctx, Later, Mutation, Step, Uow, task_name
 from dmcore.ids import ExecutionID
 from dmcore.notify import tokens
 from dmcore.proto import dm_pb2
@@ -48,183 +46,8 @@ MAX_INLINE = 256
 MAX_BATCH_INLINE = 10_000
 """Follow-up mutations a batch runs itself before it commits; more are queued."""
 
-M = TypeVar("M", bound="Step")
-
 Publish = Callable[[bytes, dict[str, str]], None]
 """Publish one message (data, attributes) to the notification topic; raise on failure."""
-
-
-class Step(abc.ABC):
-    """A unit of work the engine can queue: a mutation or an action."""
-
-    KIND: ClassVar[str]
-    _registry: ClassVar[dict[str, type[Step]]] = {}
-
-    def __init_subclass__(cls, **kw: Any) -> None:
-        super().__init_subclass__(**kw)
-        if "KIND" in cls.__dict__:
-            Step._registry[cls.KIND] = cls
-
-    def to_payload(self) -> dict[str, Any]:
-        # Fields are JSON values; a shallow copy suffices (the payload is encoded
-        # or copied by the queue), where dataclasses.asdict deep-copies recursively.
-        names = _field_names(type(self))
-        return {"kind": self.KIND, **{n: getattr(self, n) for n in names}}
-
-    @staticmethod
-    def from_payload(payload: Mapping[str, Any]) -> Step:
-        data = dict(payload)
-        kind = data.pop("kind", None)
-        cls = Step._registry.get(str(kind))
-        if cls is None:
-            raise ValueError(f"unknown step kind {kind!r}")
-        return cls(**data)
-
-
-@functools.cache
-def _field_names(cls: type[Step]) -> tuple[str, ...]:
-    assert dataclasses.is_dataclass(cls)
-    return tuple(f.name for f in dataclasses.fields(cls))
-
-
-class Mutation(Step):
-    """A transactional step on one root record."""
-
-    @abc.abstractmethod
-    def root(self) -> str:
-        """Path of the record this mutation is about (for inline tail calls)."""
-
-    @abc.abstractmethod
-    def roll_forward(self, ctx: Ctx) -> list[Step | Later]:
-        """Apply the change through ``ctx``; return follow-ups."""
-
-
-class Action(Step):
-    """A step that runs outside any transaction (e.g. calls a distributor)."""
-
-    @abc.abstractmethod
-    def execute(self, engine: Engine, delivery: int) -> None:
-        """Do the work; ``delivery`` counts deliveries of this task (1 = first)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Later:
-    """A follow-up that must wait until ``eta_us``, optionally with a fixed task name."""
-
-    step: Step
-    eta_us: int = 0
-    name: str | None = None
-
-
-class Uow:
-    """Reads through a cache, buffers writes until the end of the step.
-
-    Store transactions must read before they write; buffering lets a mutation
-    (and its inline tail calls) read and write in any order.
-    """
-
-    def __init__(self, tx: Transaction) -> None:
-        self._tx = tx
-        self._cache: dict[str, Doc | None] = {}
-        self._dirty: dict[str, str] = {}  # path -> "set" | "create" | "delete"
-
-    def get(self, path: str) -> Doc | None:
-        if path not in self._cache:
-            self._cache[path] = self._tx.get(path)
-        return self._cache[path]
-
-    def get_many(self, paths: Sequence[str]) -> dict[str, Doc | None]:
-        missing = [p for p in paths if p not in self._cache]
-        if missing:
-            self._cache.update(self._tx.get_many(missing))
-        return {p: self._cache[p] for p in paths}
-
-    def query(
-        self,
-        collection: str,
-        where: Mapping[str, Any] | None = None,
-        order_by: str | None = None,
-        limit: int | None = None,
-    ) -> list[tuple[str, Doc]]:
-        """Query the store, seeing this step's own buffered writes."""
-        dirty_here = [p for p in self._dirty if p.rsplit("/", 1)[0] == collection]
-        fetch_limit = None if (limit is None or dirty_here) else limit
-        rows = dict(self._tx.query(collection, where, order_by=order_by, limit=fetch_limit))
-        for p in dirty_here:
-            doc = self._cache.get(p)
-            rows.pop(p, None)
-            if doc is not None and _matches(doc, where or {}):
-                rows[p] = doc
-        for p in list(rows):
-            if p in self._cache and p not in self._dirty:
-                cached = self._cache[p]
-                if cached is not None:
-                    rows[p] = cached
-            else:
-                self._cache.setdefault(p, rows[p])
-        items = sorted(rows.items())
-        if order_by is not None:
-            items = [kv for kv in items if _field(kv[1], order_by) is not _MISSING]
-            items.sort(key=lambda kv: _field(kv[1], order_by))
-        return items[:limit] if limit is not None else items
-
-    def put(self, path: str, doc: Doc) -> None:
-        self._cache[path] = doc
-        if self._dirty.get(path) != "create":
-            self._dirty[path] = "set"
-
-    def create(self, path: str, doc: Doc) -> None:
-        self._cache[path] = doc
-        self._dirty[path] = "create"
-
-    def delete(self, path: str) -> None:
-        self._cache[path] = None
-        self._dirty[path] = "delete"
-
-    def flush(self) -> None:
-        for path, op in self._dirty.items():
-            doc = self._cache[path]
-            if op == "delete" or doc is None:
-                self._tx.delete(path)
-            elif op == "create":
-                self._tx.create(path, doc)
-            else:
-                self._tx.set(path, doc)
-
-
-_MISSING = object()
-
-
-def _field(doc: Mapping[str, Any], dotted: str) -> Any:
-    cur: Any = doc
-    for part in dotted.split("."):
-        if not isinstance(cur, Mapping) or part not in cur:
-            return _MISSING
-        cur = cur[part]
-    return cur
-
-
-def _matches(doc: Mapping[str, Any], where: Mapping[str, Any]) -> bool:
-    for k, v in where.items():
-        got = _field(doc, k)
-        if got is _MISSING or got != v or type(got) is not type(v):
-            return False
-    return True
-
-
-@dataclasses.dataclass
-class Ctx:
-    """What a mutation sees: the unit of work, the time, and the engine."""
-
-    uow: Uow
-    now_us: int
-    engine: Engine
-
-
-def task_name(*parts: str) -> str:
-    """A queue task name derived from ``parts`` (deterministic, URL-safe)."""
-    digest = hashlib.sha256("\x00".join(parts).encode()).digest()
-    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
 @dataclasses.dataclass
@@ -317,8 +140,6 @@ class Engine:
         ``auth_token`` is dropped, not retried; processing errors raise (the
         caller answers 5xx so the message is delivered again).
         """
-        from dmcore.engine.mutations import NotifyExecution
-
         token = attrs.get("auth_token", "")
         if not token:
             return "dropped: no auth_token"
@@ -328,7 +149,7 @@ class Engine:
             log.warning("notification dropped: %s", e)
             return f"dropped: {e}"
         rest = {k: v for k, v in attrs.items() if k != "auth_token"}
-        NotifyExecution(
+        steps.NotifyExecution(
             eid=str(eid),
             data_b64=base64.b64encode(data).decode(),
             attrs=rest,
@@ -493,9 +314,7 @@ class Engine:
         produces the same follow-up names, refused as duplicates).
         """
         if target.startswith(DISTRIBUTOR_TARGET_PREFIX):
-            from dmcore.engine.mutations import HandleDistributorTask
-
-            HandleDistributorTask(
+            steps.HandleDistributorTask(
                 config_name=target[len(DISTRIBUTOR_TARGET_PREFIX) :],
                 body_b64=str(payload.get("body_b64", "")),
             ).execute(self, delivery)
@@ -513,8 +332,6 @@ class Engine:
 
     def sweep(self) -> dict[str, int]:
         """Re-dispatch stale outbox records and fire due timers (idempotent)."""
-        from dmcore.engine.mutations import poll_later, timer_step
-
         now = self.clock()
         stale: list[Outbox] = []
         for path, doc in self.store.query(
@@ -532,7 +349,7 @@ class Engine:
         ):
             if doc["deadline_us"] > now:
                 break
-            step, name = timer_step(doc)
+            step, name = steps.timer_step(doc)
             try:
                 self.queue.enqueue(
                     Task(name, step_target(step), step.to_payload(), doc["deadline_us"])
@@ -548,7 +365,7 @@ class Engine:
         ):
             if doc["due_us"] > now:
                 break
-            later = poll_later(doc)
+            later = steps.poll_later(doc)
             try:
                 self.queue.enqueue(self._task_for(later, "", 0, now))
             except Exception:

@@ -1,0 +1,43 @@
+"""A finished attempt reaches its dependers: marked terminal on its back-edge
+group, then each unpropagated back edge is acked, a batch per step.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from dmcore.engine import docs, steps
+from dmcore.engine.base import Ctx, Later, Step, rolls_forward
+from dmcore.ids import AttemptID
+
+log = logging.getLogger("dm.engine")
+
+PROPAGATE_BATCH = 64
+"""Back edges acked per step; the step chains itself until none is left."""
+
+
+@rolls_forward(steps.RecordCompletion)
+def record_completion(step: steps.RecordCompletion, ctx: Ctx) -> list[Step | Later]:
+    gpath = docs.back_dep_group_path(AttemptID.decode(step.aid))
+    group = ctx.uow.get(gpath)
+    if group is not None and group["attempt_finished"]:
+        return []
+    ctx.uow.put(gpath, {"attempt_finished": True})
+    # In a later transaction, so AddBackDeps that read the group before this
+    # write either committed first (and are seen) or retry and see it.
+    return [steps.PropagateCompletion(aid=step.aid)]
+
+
+@rolls_forward(steps.PropagateCompletion)
+def propagate_completion(step: steps.PropagateCompletion, ctx: Ctx) -> list[Step | Later]:
+    dependee = AttemptID.decode(step.aid)
+    rows = ctx.uow.query(
+        docs.back_deps_collection(dependee), {"propagated": False}, limit=PROPAGATE_BATCH
+    )
+    out: list[Step | Later] = []
+    for path, doc in rows:
+        ctx.uow.put(path, {**doc, "propagated": True})
+        out.append(steps.AckFwdDep(depender=docs.last_id(path), dependee=step.aid))
+    if len(rows) == PROPAGATE_BATCH:
+        out.append(steps.PropagateCompletion(aid=step.aid))
+    return out

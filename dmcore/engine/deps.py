@@ -1,0 +1,169 @@
+"""Dependency edges: an execution declares what it depends on, and an attempt
+waiting on them resumes once the last one is satisfied.
+
+Fan-in without a hot document (DESIGN.md §3): each edge is satisfied on its
+own forward-edge record (:func:`ack_fwd_dep`), and "all done" is a short check
+on the attempt (:func:`check_deps`), so a fan-in of thousands never queues
+its writes on one document. A dependency that ended abnormally unblocks its
+dependers too (W-1).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from dmcore.engine import docs, steps
+from dmcore.engine.base import Ctx, Later, Step, rolls_forward
+from dmcore.engine.records import (
+    arm_timer,
+    load_current,
+    open_deps,
+    set_attempt_state,
+    set_execution_state,
+    stop_timeout_us,
+    token_matches,
+    unb64,
+    verify_running,
+)
+from dmcore.errors import Unauthenticated
+from dmcore.ids import AttemptID, ExecutionID
+from dmcore.states import (
+    AttemptState,
+    ExecutionState,
+)
+
+log = logging.getLogger("dm.engine")
+
+
+@rolls_forward(steps.DeclareDeps)
+def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
+    eid = ExecutionID.parse(step.eid)
+    me = eid.attempt_id
+    token = unb64(step.token_b64)
+    step.halted = False
+    dependees = [AttemptID.decode(d) for d in step.deps]
+    paths = [docs.fwd_dep_path(me, d) for d in dependees]
+
+    att, ex = load_current(ctx, eid)
+    if (
+        att is not None
+        and ex is not None
+        and att["cur_execution"] == eid.num
+        and ex.get("token_state") == "revoked"
+        and att.get("deps_execution") == eid.num
+        and token_matches(ex, token)
+    ):
+        # A retry of the halting call after a lost response (W-6).
+        edges = ctx.uow.get_many(paths)
+        finished = set(step.terminal)
+        if all(
+            e is not None
+            and (e["satisfied"] or e["for_execution"] == eid.num or d.encoded in finished)
+            for d, e in zip(dependees, (edges[p] for p in paths), strict=True)
+        ):
+            step.halted = True
+            return []
+    att, ex = verify_running(ctx, eid, token, Unauthenticated)
+
+    edges = ctx.uow.get_many(paths)
+    terminal = set(step.terminal)
+    open_edges = [
+        d
+        for d, p in zip(dependees, paths, strict=True)
+        if d.encoded not in terminal and not bool((edges[p] or {}).get("satisfied"))
+    ]
+    follow: list[Step | Later] = []
+    halt = bool(open_edges)
+    for d, p in zip(dependees, paths, strict=True):
+        e = edges[p]
+        done = d.encoded in terminal or (e is not None and bool(e["satisfied"]))
+        if e is not None and (e["satisfied"] or (e["for_execution"] == eid.num and not done)):
+            continue  # recorded already (and satisfied, or armed for this execution)
+        if e is not None and done:
+            # The dependee ended before its completion reached this edge:
+            # mark it now (its back edge exists and will ack harmlessly).
+            ctx.uow.put(p, {**e, "for_execution": eid.num, "satisfied": True})
+            continue
+        ctx.uow.put(
+            p,
+            {"quest": d.quest, "num": d.num, "for_execution": eid.num, "satisfied": done},
+        )
+        follow.append(steps.AddBackDep(dependee=d.encoded, depender=me.encoded, needs_ack=not done))
+
+    # Create what is missing first: quest, then attempts, then the back edges.
+    ensure = [steps.EnsureAttempt(aid=a).to_payload() for a in step.new_attempts]
+    chained: list[Step | Later] = []
+    by_quest: dict[str, list[dict[str, Any]]] = {q: [] for q in step.new_quests}
+    for a in ensure:
+        q = AttemptID.decode(a["aid"]).quest
+        if q in by_quest:
+            by_quest[q].append(a)
+        else:
+            chained.append(Step.from_payload(a))
+    for back in follow:
+        assert isinstance(back, steps.AddBackDep)
+        q = AttemptID.decode(back.dependee).quest
+        if q in by_quest:
+            by_quest[q].append(back.to_payload())
+        else:
+            chained.append(back)
+    for q, then in by_quest.items():
+        chained.insert(0, steps.MergeQuest(qid=q, desc_b64=step.new_quests[q], and_then=then))
+
+    if halt:
+        set_execution_state(ex, ExecutionState.STOPPING, ctx.now_us)
+        ex["token_state"] = "revoked"
+        ctx.uow.put(docs.execution_path(eid), ex)
+        att["deps_execution"] = eid.num
+        docs.bump_modified(att, ctx.now_us)
+        ctx.uow.put(docs.attempt_path(me), att)
+        chained += arm_timer(ctx, eid, ex, ExecutionState.STOPPING, stop_timeout_us(ex))
+        step.halted = True
+    return chained
+
+
+@rolls_forward(steps.AddBackDep)
+def add_back_dep(step: steps.AddBackDep, ctx: Ctx) -> list[Step | Later]:
+    dependee, depender = AttemptID.decode(step.dependee), AttemptID.decode(step.depender)
+    gpath = docs.back_dep_group_path(dependee)
+    bpath = docs.back_dep_path(dependee, depender)
+    got = ctx.uow.get_many([gpath, bpath])
+    group, back = got[gpath], got[bpath]
+    if group is None:
+        group = {"attempt_finished": False}
+        ctx.uow.create(gpath, group)  # only created, never rewritten here (no hot document)
+    finished = bool(group["attempt_finished"])
+    if back is None or (finished and not back["propagated"]):
+        ctx.uow.put(bpath, {"propagated": finished, "created": ctx.now_us})
+    if step.needs_ack and finished:
+        return [steps.AckFwdDep(depender=step.depender, dependee=step.dependee)]
+    return []
+
+
+@rolls_forward(steps.AckFwdDep)
+def ack_fwd_dep(step: steps.AckFwdDep, ctx: Ctx) -> list[Step | Later]:
+    path = step.root()
+    edge = ctx.uow.get(path)
+    if edge is None or edge["satisfied"]:
+        return []
+    ctx.uow.put(path, {**edge, "satisfied": True})
+    return [steps.CheckDeps(aid=step.depender, execution=int(edge["for_execution"]))]
+
+
+@rolls_forward(steps.CheckDeps)
+def check_deps(step: steps.CheckDeps, ctx: Ctx) -> list[Step | Later]:
+    aid = AttemptID.decode(step.aid)
+    att = ctx.uow.get(docs.attempt_path(aid))
+    if (
+        att is None
+        or att["state"] != AttemptState.WAITING
+        or att["cur_execution"] != step.execution
+    ):
+        return []
+    if open_deps(ctx, aid, step.execution, 1):
+        return []
+    set_attempt_state(att, AttemptState.SCHEDULING, ctx.now_us)
+    att["deps_execution"] = 0
+    ctx.uow.put(docs.attempt_path(aid), att)
+    return [steps.ScheduleExecution(aid=step.aid)]

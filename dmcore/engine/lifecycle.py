@@ -1,0 +1,384 @@
+"""Quests, attempts and an execution's life (spec §4.6, §7.2), with DESIGN.md §3's changes.
+
+An attempt is created SCHEDULING and gets an execution; ``D.run`` is called
+by :func:`run_execution` outside any transaction and :func:`record_run`
+stores the token afterwards (W-8). The execution activates, finishes its
+attempt (STOPPING until the distributor confirms) and ends through
+:func:`finish_execution`, the only way an execution ends, which applies the
+retry policy (§1.8). State guards make every step idempotent: a duplicate, or
+a stale follow-up delivered after the state moved on, changes nothing.
+
+Differences from DM, on purpose: unknown distributor config -> REJECTED
+(W-9); the config is snapshotted on the execution (W-11); results are
+normalised (W-13).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from dmcore import distributor as dist
+from dmcore import jsonnorm
+from dmcore.engine import docs, steps
+from dmcore.engine.base import Ctx, Later, Step, executes, rolls_forward
+from dmcore.engine.core import Engine
+from dmcore.engine.records import (
+    US,
+    abnormal,
+    arm_timer,
+    b64,
+    disarm_poll,
+    disarm_timer,
+    duration_us,
+    json_result,
+    load_current,
+    open_deps,
+    schedule_poll,
+    set_attempt_state,
+    set_execution_state,
+    stop_timeout_us,
+    token_hash,
+    token_matches,
+    unb64,
+    verify_running,
+)
+from dmcore.errors import FailedPrecondition, PermissionDenied
+from dmcore.ids import AttemptID, ExecutionID
+from dmcore.proto import dm_pb2
+from dmcore.states import (
+    AbnormalStatus,
+    AttemptState,
+    ExecutionState,
+    is_retryable,
+    is_terminal_execution,
+)
+
+log = logging.getLogger("dm.engine")
+
+RETRY_FIELDS = {
+    AbnormalStatus.FAILED: "failed",
+    AbnormalStatus.CRASHED: "crashed",
+    AbnormalStatus.EXPIRED: "expired",
+    AbnormalStatus.TIMED_OUT: "timed_out",
+}
+
+
+@rolls_forward(steps.MergeQuest)
+def merge_quest(step: steps.MergeQuest, ctx: Ctx) -> list[Step | Later]:
+    path = docs.quest_path(step.qid)
+    if ctx.uow.get(path) is None:
+        ctx.uow.create(path, {"desc": step.desc_b64, "built_by": [], "created": ctx.now_us})
+    return [Step.from_payload(p) for p in step.and_then]
+
+
+@rolls_forward(steps.EnsureAttempt)
+def ensure_attempt(step: steps.EnsureAttempt, ctx: Ctx) -> list[Step | Later]:
+    aid = AttemptID.decode(step.aid)
+    path = docs.attempt_path(aid)
+    if ctx.uow.get(path) is not None:
+        return []
+    ctx.uow.create(
+        path,
+        {
+            "quest": aid.quest,
+            "num": aid.num,
+            "state": int(AttemptState.SCHEDULING),
+            "created": ctx.now_us,
+            "modified": ctx.now_us,
+            "cur_execution": 0,
+            "last_ok_execution": 0,
+            "deps_execution": 0,
+            "retry": {"failed": 0, "crashed": 0, "expired": 0, "timed_out": 0},
+            "is_abnormal": False,
+            "is_expired": False,
+            "result": None,
+            "abnormal": None,
+        },
+    )
+    return [steps.ScheduleExecution(aid=step.aid)]
+
+
+@rolls_forward(steps.ScheduleExecution)
+def schedule_execution(step: steps.ScheduleExecution, ctx: Ctx) -> list[Step | Later]:
+    aid = AttemptID.decode(step.aid)
+    att = ctx.uow.get(docs.attempt_path(aid))
+    if att is None or att["state"] != AttemptState.SCHEDULING:
+        return []
+    quest_doc = ctx.uow.get(docs.quest_path(aid.quest))
+    desc = ctx.engine.quest_desc(aid.quest, quest_doc)
+    if desc is None:
+        raise FailedPrecondition(f"quest {aid.quest} of attempt {aid} is missing")
+    snap: dist.Snapshot | None
+    try:
+        snap = ctx.engine.registry.snapshot(desc.distributor_config_name)
+        reject = ""
+    except dist.UnknownConfig as e:
+        snap, reject = None, str(e)
+
+    num = int(att["cur_execution"]) + 1
+    set_attempt_state(att, AttemptState.EXECUTING, ctx.now_us)
+    att["cur_execution"] = num
+    att["deps_execution"] = 0
+    ctx.uow.put(docs.attempt_path(aid), att)
+
+    activation = ctx.engine.rand(32)
+    t = desc.meta.timeouts
+    eid = aid.execution(num)
+    ctx.uow.create(
+        docs.execution_path(eid),
+        {
+            "num": num,
+            "state": int(ExecutionState.SCHEDULING),
+            "created": ctx.now_us,
+            "modified": ctx.now_us,
+            "config": snap.to_doc() if snap else None,
+            "token_hash": token_hash(activation),
+            "token_state": "activation",
+            "dist_token": "",
+            "poll_timeout_us": 0,
+            "timer_armed": False,
+            "poll_armed": False,
+            "run_at_us": 0,
+            "timeouts": {
+                "start": duration_us(t.start),
+                "run": duration_us(t.run),
+                "stop": duration_us(t.stop),
+            },
+            "result": None,
+            "abnormal": None,
+            "is_abnormal": False,
+        },
+    )
+    if snap is None:
+        return [
+            steps.FinishExecution(
+                eid=str(eid),
+                result=abnormal(AbnormalStatus.REJECTED, f"rejected during scheduling: {reject}"),
+            )
+        ]
+    return [steps.RunExecution(eid=str(eid), activation_b64=b64(activation))]
+
+
+@executes(steps.RunExecution)
+def run_execution(step: steps.RunExecution, engine: Engine, delivery: int) -> None:
+    eid = ExecutionID.parse(step.eid)
+    got = engine.store.get_many([docs.attempt_path(eid.attempt_id), docs.execution_path(eid)])
+    att, ex = got[docs.attempt_path(eid.attempt_id)], got[docs.execution_path(eid)]
+    if (
+        att is None
+        or ex is None
+        or ex["dist_token"]
+        or is_terminal_execution(ExecutionState(ex["state"]))
+    ):
+        return
+    if att["cur_execution"] != eid.num:
+        return
+    desc = engine.quest_desc(eid.quest)
+    assert desc is not None
+    prev = None
+    if att["last_ok_execution"]:
+        prev_ex = engine.store.get(
+            docs.execution_path(eid.attempt_id.execution(att["last_ok_execution"]))
+        )
+        if prev_ex is not None:
+            prev = json_result((prev_ex.get("result") or {}).get("data"))
+    auth = dm_pb2.Execution.Auth(id=eid.to_proto(), token=unb64(step.activation_b64))
+    try:
+        d, _ = engine.registry.build(dist.Snapshot.from_doc(ex["config"]))
+        started = d.run(desc, auth, prev)
+    except dist.TransientError as e:
+        if delivery < dist.RUN_TRANSIENT_RETRIES:
+            raise
+        reason = f"rejected after {delivery} transient errors, last: {e}"
+        engine.run(
+            steps.FinishExecution(eid=step.eid, result=abnormal(AbnormalStatus.REJECTED, reason))
+        )
+        return
+    except Exception as e:  # a non-transient error from run: REJECTED, never retried
+        reason = f"rejected during scheduling with non-transient error: {e}"
+        engine.run(
+            steps.FinishExecution(eid=step.eid, result=abnormal(AbnormalStatus.REJECTED, reason))
+        )
+        return
+    poll_us = int(started.poll_timeout.total_seconds() * US)
+    interval_us = int(started.poll_interval.total_seconds() * US)
+    engine.run(
+        steps.RecordRun(
+            eid=step.eid,
+            dist_token=started.token,
+            poll_timeout_us=poll_us,
+            poll_interval_us=interval_us,
+        )
+    )
+
+
+@rolls_forward(steps.RecordRun)
+def record_run(step: steps.RecordRun, ctx: Ctx) -> list[Step | Later]:
+    eid = ExecutionID.parse(step.eid)
+    _, ex = load_current(ctx, eid)
+    if ex is None or ex["dist_token"]:
+        return []  # a duplicate run: only the first token counts
+    ex["dist_token"] = step.dist_token
+    ex["poll_timeout_us"] = max(0, step.poll_timeout_us)
+    ex["run_at_us"] = ctx.now_us
+    ctx.uow.put(docs.execution_path(eid), ex)
+    out: list[Step | Later] = []
+    if step.poll_interval_us > 0 and not is_terminal_execution(ExecutionState(ex["state"])):
+        poll = {"eid": step.eid, "interval_us": step.poll_interval_us}
+        ex["poll_armed"] = True
+        out += schedule_poll(ctx, eid, poll, ctx.now_us + step.poll_interval_us)
+    if ex["state"] == ExecutionState.SCHEDULING:
+        out += arm_timer(ctx, eid, ex, ExecutionState.SCHEDULING, ex["timeouts"]["start"])
+    return out
+
+
+@rolls_forward(steps.ActivateExecution)
+def activate_execution(step: steps.ActivateExecution, ctx: Ctx) -> list[Step | Later]:
+    eid = ExecutionID.parse(step.eid)
+    att, ex = load_current(ctx, eid)
+    denied = PermissionDenied("failed to activate execution: bad or stale auth")
+    if (
+        att is None
+        or ex is None
+        or att["state"] != AttemptState.EXECUTING
+        or att["cur_execution"] != eid.num
+    ):
+        raise denied
+    new_token = unb64(step.execution_token_b64)
+    if ex["state"] == ExecutionState.SCHEDULING and ex["token_state"] == "activation":
+        if not token_matches(ex, unb64(step.activation_b64)):
+            raise denied
+        set_execution_state(ex, ExecutionState.RUNNING, ctx.now_us)
+        ex["token_hash"] = token_hash(new_token)
+        ex["token_state"] = "execution"
+    elif not (
+        ex["state"] == ExecutionState.RUNNING
+        and ex["token_state"] == "execution"
+        and token_matches(ex, new_token)
+    ):
+        raise denied
+    ctx.uow.put(docs.execution_path(eid), ex)
+    return arm_timer(ctx, eid, ex, ExecutionState.RUNNING, ex["timeouts"]["run"])
+
+
+@rolls_forward(steps.FinishAttempt)
+def finish_attempt(step: steps.FinishAttempt, ctx: Ctx) -> list[Step | Later]:
+    eid = ExecutionID.parse(step.eid)
+    token = unb64(step.token_b64)
+    att, ex = load_current(ctx, eid)
+    rpath = docs.result_path(eid.attempt_id)
+    if (
+        att is not None
+        and ex is not None
+        and att["cur_execution"] == eid.num
+        and ex.get("token_state") == "revoked"
+        and token_matches(ex, token)
+    ):
+        # A retry after a lost response: the same result is fine (W-6).
+        prior = ctx.uow.get(rpath)
+        if (
+            prior is not None
+            and prior["object"] == step.object
+            and prior.get("execution") == eid.num
+        ):
+            return []
+        raise PermissionDenied("bad execution auth: the attempt already has a result or halted")
+    att, ex = verify_running(ctx, eid, token, PermissionDenied)
+    set_execution_state(ex, ExecutionState.STOPPING, ctx.now_us)
+    ex["token_state"] = "revoked"
+    ctx.uow.put(docs.execution_path(eid), ex)
+    doc: dict[str, Any] = {"object": step.object, "size": step.size, "execution": eid.num}
+    summary: dict[str, Any] = {"size": step.size}
+    if step.expiration_us is not None:
+        doc["expiration_us"] = summary["expiration_us"] = step.expiration_us
+    ctx.uow.put(rpath, doc)
+    att["result"] = summary
+    docs.bump_modified(att, ctx.now_us)
+    ctx.uow.put(docs.attempt_path(eid.attempt_id), att)
+    return arm_timer(ctx, eid, ex, ExecutionState.STOPPING, stop_timeout_us(ex))
+
+
+@rolls_forward(steps.FinishExecution)
+def finish_execution(step: steps.FinishExecution, ctx: Ctx) -> list[Step | Later]:
+    eid = ExecutionID.parse(step.eid)
+    aid = eid.attempt_id
+    att, ex = load_current(ctx, eid)
+    if (
+        att is None
+        or ex is None
+        or att["state"] != AttemptState.EXECUTING
+        or att["cur_execution"] != eid.num
+        or is_terminal_execution(ExecutionState(ex["state"]))
+    ):
+        return []  # duplicate or stale report
+    result = dict(step.result)
+    if "abnormal" not in result:
+        data = dict(result.get("data") or {})
+        try:
+            data["object"], data["size"] = jsonnorm.normalize_result(str(data.get("object", "")))
+            result = {"data": data}
+        except jsonnorm.JsonError as e:
+            result = abnormal(AbnormalStatus.RESULT_MALFORMED, f"distributor result malformed: {e}")
+    if "abnormal" not in result and ex["state"] != ExecutionState.STOPPING:
+        state = ExecutionState(ex["state"]).name
+        result = abnormal(
+            AbnormalStatus.FAILED,
+            f"distributor finished execution while it was in the {state} state.",
+        )
+    disarm_timer(ctx, eid, ex)
+    disarm_poll(ctx, eid, ex)
+    out: list[Step | Later] = []
+    if "abnormal" in result:
+        ex["abnormal"] = result["abnormal"]
+        ex["is_abnormal"] = True
+        set_execution_state(ex, ExecutionState.ABNORMAL_FINISHED, ctx.now_us)
+        status = AbnormalStatus(result["abnormal"]["status"])
+        field = RETRY_FIELDS.get(status)
+        retry = False
+        if field is not None and is_retryable(status):
+            quest = ctx.engine.quest_desc(aid.quest, ctx.uow.get(docs.quest_path(aid.quest)))
+            limit = getattr(quest.meta.retry, field) if quest is not None else 0
+            cur = int(att["retry"][field])
+            att["retry"][field] = cur + 1
+            retry = cur < limit
+        if retry:
+            set_attempt_state(att, AttemptState.SCHEDULING, ctx.now_us)
+            att["deps_execution"] = 0
+            out.append(steps.ScheduleExecution(aid=aid.encoded))
+        else:
+            set_attempt_state(att, AttemptState.ABNORMAL_FINISHED, ctx.now_us)
+            att["abnormal"] = result["abnormal"]
+            att["is_abnormal"] = True
+            out.append(steps.RecordCompletion(aid=aid.encoded))
+    else:
+        ex["result"] = result
+        set_execution_state(ex, ExecutionState.FINISHED, ctx.now_us)
+        att["last_ok_execution"] = eid.num
+        att["retry"] = {k: 0 for k in att["retry"]}
+        if att.get("deps_execution") == eid.num:
+            if open_deps(ctx, aid, eid.num, 1):
+                set_attempt_state(att, AttemptState.WAITING, ctx.now_us)
+            else:
+                set_attempt_state(att, AttemptState.SCHEDULING, ctx.now_us)
+                att["deps_execution"] = 0
+                out.append(steps.ScheduleExecution(aid=aid.encoded))
+        else:
+            set_attempt_state(att, AttemptState.FINISHED, ctx.now_us)
+            out.append(steps.RecordCompletion(aid=aid.encoded))
+    ctx.uow.put(docs.execution_path(eid), ex)
+    ctx.uow.put(docs.attempt_path(aid), att)
+    return out
+
+
+@rolls_forward(steps.CancelWaiting)
+def cancel_waiting(step: steps.CancelWaiting, ctx: Ctx) -> list[Step | Later]:
+    aid = AttemptID.decode(step.aid)
+    att = ctx.uow.get(docs.attempt_path(aid))
+    if att is None or att["state"] not in (AttemptState.SCHEDULING, AttemptState.WAITING):
+        return []
+    set_attempt_state(att, AttemptState.ABNORMAL_FINISHED, ctx.now_us)
+    att["abnormal"] = {"status": int(AbnormalStatus.CANCELLED), "reason": step.reason}
+    att["is_abnormal"] = True
+    ctx.uow.put(docs.attempt_path(aid), att)
+    return [steps.RecordCompletion(aid=step.aid)]

@@ -1,0 +1,74 @@
+"""Distributor notifications and the tasks a distributor queues for itself."""
+
+from __future__ import annotations
+
+import logging
+
+from dmcore import distributor as dist
+from dmcore.engine import docs, steps
+from dmcore.engine.base import executes
+from dmcore.engine.core import Engine
+from dmcore.engine.records import (
+    b64,
+    result_doc_from_proto,
+    unb64,
+)
+from dmcore.ids import ExecutionID
+from dmcore.states import (
+    ExecutionState,
+    is_terminal_execution,
+)
+
+log = logging.getLogger("dm.engine")
+
+
+@executes(steps.NotifyExecution)
+def notify_execution(step: steps.NotifyExecution, engine: Engine, delivery: int) -> None:
+    eid = ExecutionID.parse(step.eid)
+    ex = engine.store.get(docs.execution_path(eid))
+    if ex is None:
+        log.warning("notification for unknown execution %s dropped", eid)
+        return
+    if is_terminal_execution(ExecutionState(ex["state"])) or not ex.get("config"):
+        return
+    if step.config_name and ex["config"]["name"] != step.config_name:
+        log.warning("notification for %s from foreign config %r dropped", eid, step.config_name)
+        return
+    d, _ = engine.registry.build(dist.Snapshot.from_doc(ex["config"]))
+    desc = engine.quest_desc(eid.quest)
+    assert desc is not None
+    note = dist.Notification(eid, unb64(step.data_b64), dict(step.attrs))
+    res = d.handle_notification(desc, note)
+    if res is not None:
+        engine.run(steps.FinishExecution(eid=step.eid, result=result_doc_from_proto(res)))
+
+
+@executes(steps.HandleDistributorTask)
+def handle_distributor_task(
+    step: steps.HandleDistributorTask, engine: Engine, delivery: int
+) -> None:
+    try:
+        d, _ = engine.registry.build_named(step.config_name)
+    except dist.UnknownConfig:
+        log.error("task for unknown distributor config %r dropped", step.config_name)
+        return
+    notes = d.handle_task_queue_task(dist.TaskRequest(unb64(step.body_b64)))
+    if engine.publish is not None:
+        # Through the notification topic, as any external distributor reports. A
+        # failure fails the task: redelivered, jobsim (and any distributor
+        # following the contract) hands the same notifications back.
+        for n in notes:
+            engine.publish(
+                n.data, engine.notification_attrs(step.config_name, n.execution_id, n.attrs)
+            )
+        return
+    for n in notes:
+        notify = steps.NotifyExecution(
+            eid=str(n.execution_id), data_b64=b64(n.data), attrs=dict(n.attrs)
+        )
+        try:
+            notify.execute(engine, 1)
+        except Exception:
+            # Keep the notification: queue it to be retried on its own.
+            log.exception("notification for %s failed; queued for retry", n.execution_id)
+            engine.enqueue(notify)

@@ -1,0 +1,200 @@
+"""Reading and writing dm's records, shared by the steps' behaviour modules.
+
+Tokens are stored hashed; states change only through the transition tables
+(:mod:`dmcore.states`); an execution's single timer and its poll record are
+armed and disarmed here, so every step does it the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from dmcore import distributor as dist
+from dmcore.engine import docs
+from dmcore.engine.base import Ctx, Later, Step
+from dmcore.engine.steps import poll_later, timer_later
+from dmcore.ids import AttemptID, ExecutionID
+from dmcore.proto import dm_pb2
+from dmcore.states import (
+    AbnormalStatus,
+    AttemptState,
+    ExecutionState,
+    check_attempt_transition,
+    check_execution_transition,
+    is_terminal_attempt,
+)
+
+US = 1_000_000
+
+TIMER_QUEUE_HORIZON_US = 3600 * US
+"""Timers due within this are queued as delayed tasks when armed; later ones
+(the 12 h STOPPING hedge, long run timeouts) only by the sweep once due: they
+usually end disarmed, a queued task for each would outlive its execution, and
+Cloud Tasks refuses schedule times more than 30 days ahead. The sweep runs
+every minute or so, which is precision enough for a deadline an hour away."""
+
+
+# -- tokens and encodings ---------------------------------------------------------------
+
+
+def token_hash(token: bytes) -> str:
+    return hashlib.sha256(token).hexdigest()
+
+
+def token_matches(doc: Mapping[str, Any], token: bytes) -> bool:
+    return hmac.compare_digest(str(doc.get("token_hash", "")), token_hash(token))
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def duration_us(d: Any) -> int:
+    return int(d.seconds) * US + int(d.nanos) // 1000
+
+
+# -- states and results -----------------------------------------------------------------
+
+
+def set_attempt_state(doc: docs.Doc, to: AttemptState, now_us: int) -> None:
+    check_attempt_transition(AttemptState(doc["state"]), to)
+    doc["state"] = int(to)
+    docs.bump_modified(doc, now_us)
+
+
+def set_execution_state(doc: docs.Doc, to: ExecutionState, now_us: int) -> None:
+    check_execution_transition(ExecutionState(doc["state"]), to)
+    doc["state"] = int(to)
+    docs.bump_modified(doc, now_us)
+
+
+def result_doc_from_proto(r: dm_pb2.Result) -> dict[str, Any]:
+    """A distributor Result as stored in a mutation payload / execution doc."""
+    if r.HasField("abnormal_finish"):
+        return {
+            "abnormal": {
+                "status": int(r.abnormal_finish.status),
+                "reason": r.abnormal_finish.reason,
+            }
+        }
+    data: dict[str, Any] = {"object": r.data.object, "size": r.data.size}
+    if r.data.HasField("expiration"):
+        data["expiration_us"] = r.data.expiration.ToMicroseconds()
+    return {"data": data}
+
+
+def abnormal(status: AbnormalStatus, reason: str) -> dict[str, Any]:
+    return {"abnormal": {"status": int(status), "reason": reason}}
+
+
+def json_result(d: Mapping[str, Any] | None) -> dm_pb2.JsonResult | None:
+    if not d:
+        return None
+    r = dm_pb2.JsonResult(object=str(d.get("object", "")), size=int(d.get("size", 0)))
+    if d.get("expiration_us") is not None:
+        ts = timestamp_pb2.Timestamp()
+        ts.FromMicroseconds(int(d["expiration_us"]))
+        r.expiration.CopyFrom(ts)
+    return r
+
+
+def load_current(ctx: Ctx, eid: ExecutionID) -> tuple[docs.Doc | None, docs.Doc | None]:
+    """The attempt and execution docs (either may be None)."""
+    got = ctx.uow.get_many([docs.attempt_path(eid.attempt_id), docs.execution_path(eid)])
+    return got[docs.attempt_path(eid.attempt_id)], got[docs.execution_path(eid)]
+
+
+def verify_running(
+    ctx: Ctx, eid: ExecutionID, token: bytes, err: type[Exception]
+) -> tuple[docs.Doc, docs.Doc]:
+    """Check "current execution, attempt EXECUTING, execution RUNNING, token matches"."""
+    att, ex = load_current(ctx, eid)
+    if (
+        att is None
+        or ex is None
+        or att["state"] != AttemptState.EXECUTING
+        or att["cur_execution"] != eid.num
+        or ex["state"] != ExecutionState.RUNNING
+        or ex.get("token_state") != "execution"
+        or not token_matches(ex, token)
+    ):
+        raise err("bad execution auth")
+    return att, ex
+
+
+def attempt_is_terminal(doc: Mapping[str, Any] | None) -> bool:
+    return doc is not None and is_terminal_attempt(AttemptState(doc["state"]))
+
+
+def open_deps(ctx: Ctx, aid: AttemptID, execution: int, limit: int | None) -> int:
+    rows = ctx.uow.query(
+        docs.fwd_deps_collection(aid), {"for_execution": execution, "satisfied": False}, limit=limit
+    )
+    return len(rows)
+
+
+# -- the execution's timer and poll ----------------------------------------------------
+
+
+def arm_timer(
+    ctx: Ctx, eid: ExecutionID, ex: docs.Doc, state: ExecutionState, after_us: int
+) -> list[Step | Later]:
+    """Arm the execution's single timer (``after_us`` <= 0 disarms it); ``ex`` is written."""
+    path = docs.timer_path(eid)
+    ctx.uow.put(docs.execution_path(eid), ex)
+    if after_us <= 0:
+        disarm_timer(ctx, eid, ex)
+        return []
+    ex["timer_armed"] = True
+    deadline = ctx.now_us + after_us
+    timer = {"eid": str(eid), "state": int(state), "deadline_us": deadline, "polls": 0}
+    ctx.uow.put(path, timer)
+    if after_us > TIMER_QUEUE_HORIZON_US:
+        return []  # the sweep fires it when due (Engine.sweep reads the timers)
+    return [timer_later(timer)]
+
+
+def disarm_timer(ctx: Ctx, eid: ExecutionID, ex: docs.Doc) -> None:
+    """Delete the execution's timer record, unless ``ex`` says there is none.
+
+    Executions note whether a timer (and a poll) record may exist, so that the
+    usual case, none, costs no delete (a billed write on Firestore). Older
+    execution records without the note get the delete.
+    """
+    if ex.get("timer_armed", True):
+        ctx.uow.delete(docs.timer_path(eid))
+        ex["timer_armed"] = False
+
+
+def disarm_poll(ctx: Ctx, eid: ExecutionID, ex: docs.Doc) -> None:
+    """Delete the execution's poll record, unless ``ex`` says there is none (as timers)."""
+    if ex.get("poll_armed", True):
+        ctx.uow.delete(docs.poll_path(eid))
+        ex["poll_armed"] = False
+
+
+def stop_timeout_us(ex: Mapping[str, Any]) -> int:
+    poll = int(ex.get("poll_timeout_us", 0))
+    if poll > 0:
+        return poll
+    stop = int(ex["timeouts"]["stop"])
+    return stop if stop > 0 else int(dist.DEFAULT_STOP_HEDGE.total_seconds() * US)
+
+
+def schedule_poll(
+    ctx: Ctx, eid: ExecutionID, poll: Mapping[str, Any], due_us: int
+) -> list[Step | Later]:
+    """(Re)write the execution's poll record and queue the poll at ``due_us``."""
+    doc = {**poll, "due_us": due_us}
+    ctx.uow.put(docs.poll_path(eid), doc)
+    return [poll_later(doc)]

@@ -1,0 +1,323 @@
+"""Every step dm queues (spec §7.2's mutations, plus actions), declared: its
+kind, its fields (the task payload) and, for a mutation, its root record.
+
+What each one does lives with the records it touches (see
+:mod:`dmcore.engine.base`): :mod:`~dmcore.engine.lifecycle` (quests, attempts
+and an execution's life), :mod:`~dmcore.engine.deps` (dependency edges),
+:mod:`~dmcore.engine.completion` (a finished attempt reaching its dependers),
+:mod:`~dmcore.engine.timers` (timeouts and polls) and
+:mod:`~dmcore.engine.notify` (distributor notifications and tasks).
+Field names and kinds are persisted in queued tasks: never rename them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from dmcore.engine import docs
+from dmcore.engine.base import Action, Later, Mutation, task_name
+from dmcore.ids import ExecutionID
+
+# -- quests and attempts -----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class MergeQuest(Mutation):
+    """Create the quest if absent (merge ``built_by``), then run ``and_then``."""
+
+    KIND = "MergeQuest"
+    qid: str
+    desc_b64: str
+    and_then: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def root(self) -> str:
+        return docs.quest_path(self.qid)
+
+
+@dataclasses.dataclass
+class EnsureAttempt(Mutation):
+    """Create attempt ``aid`` (SCHEDULING) if absent and schedule its first execution."""
+
+    KIND = "EnsureAttempt"
+    aid: str
+
+    def root(self) -> str:
+        return f"{docs.ATTEMPTS}/{self.aid}"
+
+
+# -- an execution's life -----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ScheduleExecution(Mutation):
+    """SCHEDULING attempt -> EXECUTING with a new execution; D.run follows outside."""
+
+    KIND = "ScheduleExecution"
+    aid: str
+
+    def root(self) -> str:
+        return f"{docs.ATTEMPTS}/{self.aid}"
+
+
+@dataclasses.dataclass
+class RunExecution(Action):
+    """Call D.run for a new execution, outside any transaction (W-8)."""
+
+    KIND = "RunExecution"
+    eid: str
+    activation_b64: str
+
+
+@dataclasses.dataclass
+class RecordRun(Mutation):
+    """Store the distributor's token; arm the start timer."""
+
+    KIND = "RecordRun"
+    eid: str
+    dist_token: str
+    poll_timeout_us: int
+    poll_interval_us: int = 0
+
+    def root(self) -> str:
+        return docs.attempt_path(ExecutionID.parse(self.eid).attempt_id)
+
+
+@dataclasses.dataclass
+class ActivateExecution(Mutation):
+    """SCHEDULING -> RUNNING, swapping the activation token for the execution's own."""
+
+    KIND = "ActivateExecution"
+    eid: str
+    activation_b64: str
+    execution_token_b64: str
+
+    def root(self) -> str:
+        return docs.attempt_path(ExecutionID.parse(self.eid).attempt_id)
+
+
+@dataclasses.dataclass
+class FinishAttempt(Mutation):
+    """Record the attempt's result; the execution goes STOPPING until its distributor confirms."""
+
+    KIND = "FinishAttempt"
+    eid: str
+    token_b64: str
+    object: str
+    size: int
+    expiration_us: int | None = None
+
+    def root(self) -> str:
+        return docs.attempt_path(ExecutionID.parse(self.eid).attempt_id)
+
+
+@dataclasses.dataclass
+class FinishExecution(Mutation):
+    """The only way an execution ends (spec §4.6), with the retry policy (§1.8)."""
+
+    KIND = "FinishExecution"
+    eid: str
+    result: dict[str, Any]
+
+    def root(self) -> str:
+        return docs.attempt_path(ExecutionID.parse(self.eid).attempt_id)
+
+
+@dataclasses.dataclass
+class CancelWaiting(Mutation):
+    """Cancel an attempt with no live execution (SCHEDULING or WAITING)."""
+
+    KIND = "CancelWaiting"
+    aid: str
+    reason: str
+
+    def root(self) -> str:
+        return f"{docs.ATTEMPTS}/{self.aid}"
+
+
+# -- dependencies ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class DeclareDeps(Mutation):
+    """An execution's dependencies (EnsureGraphData with for_execution, spec §2.1).
+
+    ``deps`` are encoded dependee attempt IDs; ``terminal`` those the caller
+    saw finished (FINISHED or ABNORMAL_FINISHED); ``new_quests`` maps quest ID
+    -> desc (base64 wire) for quests to create; ``new_attempts`` attempts to
+    create. Sets ``halted`` (and keeps the execution RUNNING when False).
+    """
+
+    KIND = "DeclareDeps"
+    eid: str
+    token_b64: str
+    deps: list[str]
+    terminal: list[str]
+    new_quests: dict[str, str]
+    new_attempts: list[str]
+    halted: bool = False
+
+    def root(self) -> str:
+        return docs.attempt_path(ExecutionID.parse(self.eid).attempt_id)
+
+
+@dataclasses.dataclass
+class AddBackDep(Mutation):
+    """Record the reverse edge on the dependee's group; ack at once if it already ended."""
+
+    KIND = "AddBackDep"
+    dependee: str
+    depender: str
+    needs_ack: bool
+
+    def root(self) -> str:
+        return f"{docs.BACK_DEP_GROUPS}/{self.dependee}"
+
+
+@dataclasses.dataclass
+class AckFwdDep(Mutation):
+    """Mark one edge satisfied on its own record, then check the depender."""
+
+    KIND = "AckFwdDep"
+    depender: str
+    dependee: str
+
+    def root(self) -> str:
+        return f"{docs.ATTEMPTS}/{self.depender}/fwd_deps/{self.dependee}"
+
+
+@dataclasses.dataclass
+class CheckDeps(Mutation):
+    """WAITING -> SCHEDULING once no edge of the execution that halted is open."""
+
+    KIND = "CheckDeps"
+    aid: str
+    execution: int
+
+    def root(self) -> str:
+        return f"{docs.ATTEMPTS}/{self.aid}"
+
+
+# -- completion propagation --------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RecordCompletion(Mutation):
+    """Mark attempt ``aid`` terminal on its group, then propagate to dependers."""
+
+    KIND = "RecordCompletion"
+    aid: str
+
+    def root(self) -> str:
+        return f"{docs.BACK_DEP_GROUPS}/{self.aid}"
+
+
+@dataclasses.dataclass
+class PropagateCompletion(Mutation):
+    """Ack up to 64 unpropagated back edges per step, chaining until none are left."""
+
+    KIND = "PropagateCompletion"
+    aid: str
+
+    def root(self) -> str:
+        return f"{docs.BACK_DEP_GROUPS}/{self.aid}#propagate"
+
+
+# -- timers and polls --------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TimerFired(Mutation):
+    """Apply a timer's outcome if the timer is still the armed one.
+
+    ``result`` ends the execution; otherwise the STOPPING poll is re-armed
+    ``STOPPING_REPOLL_INTERVAL`` later with one more poll counted.
+    """
+
+    KIND = "TimerFired"
+    eid: str
+    state: int
+    deadline_us: int
+    result: dict[str, Any] | None = None
+
+    def root(self) -> str:
+        return docs.attempt_path(ExecutionID.parse(self.eid).attempt_id)
+
+
+@dataclasses.dataclass
+class TimeoutExecution(Action):
+    """A timer is due: time the execution out, or (STOPPING) poll get_status first."""
+
+    KIND = "TimeoutExecution"
+    eid: str
+    state: int
+    deadline_us: int
+
+
+@dataclasses.dataclass
+class PollExecution(Action):
+    """Ask the distributor how a scheduled or running execution is doing."""
+
+    KIND = "PollExecution"
+    eid: str
+    due_us: int
+
+
+@dataclasses.dataclass
+class PollDone(Mutation):
+    """Apply a poll: end the execution, poll again later, or stop polling."""
+
+    KIND = "PollDone"
+    eid: str
+    due_us: int
+    result: dict[str, Any] | None = None
+    again: bool = False
+
+    def root(self) -> str:
+        return docs.attempt_path(ExecutionID.parse(self.eid).attempt_id)
+
+
+# -- notifications and distributor tasks -------------------------------------------------
+
+
+@dataclasses.dataclass
+class NotifyExecution(Action):
+    """Let the execution's distributor interpret a notification; end the execution if it says so."""
+
+    KIND = "NotifyExecution"
+    eid: str
+    data_b64: str
+    attrs: dict[str, str]
+    config_name: str = ""
+
+
+@dataclasses.dataclass
+class HandleDistributorTask(Action):
+    """A task a distributor queued for itself (Config.enqueue_task)."""
+
+    KIND = "HandleDistributorTask"
+    config_name: str
+    body_b64: str
+
+
+# -- the tasks that fire timers and polls -----------------------------------------------
+
+
+def timer_step(timer: Mapping[str, Any]) -> tuple[TimeoutExecution, str]:
+    """The task that fires ``timer`` and its name (shared by arming and the sweep)."""
+    step = TimeoutExecution(
+        eid=str(timer["eid"]), state=int(timer["state"]), deadline_us=int(timer["deadline_us"])
+    )
+    name = task_name("timer", step.eid, str(step.state), str(step.deadline_us))
+    return step, name
+
+
+def timer_later(timer: Mapping[str, Any]) -> Later:
+    step, name = timer_step(timer)
+    return Later(step, eta_us=int(timer["deadline_us"]), name=name)
+
+
+def poll_later(poll: Mapping[str, Any]) -> Later:
+    step = PollExecution(eid=str(poll["eid"]), due_us=int(poll["due_us"]))
+    return Later(step, eta_us=step.due_us, name=task_name("poll", step.eid, str(step.due_us)))

@@ -1,0 +1,141 @@
+"""Timeouts and polls of an execution (spec §4.5).
+
+A due timer times the execution out, or, STOPPING, polls ``get_status`` first
+and re-polls a few times (W-10's hedge when neither a stop nor a poll timeout
+is set). A poll asks the distributor how a scheduled or running execution is
+doing, for distributors whose notification can be lost.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from dmcore import distributor as dist
+from dmcore.engine import docs, steps
+from dmcore.engine.base import Ctx, Later, Step, executes, rolls_forward
+from dmcore.engine.core import Engine
+from dmcore.engine.records import (
+    US,
+    abnormal,
+    result_doc_from_proto,
+    schedule_poll,
+)
+from dmcore.ids import ExecutionID
+from dmcore.proto import dm_pb2
+from dmcore.states import (
+    AbnormalStatus,
+    ExecutionState,
+)
+
+log = logging.getLogger("dm.engine")
+
+
+@rolls_forward(steps.TimerFired)
+def timer_fired(step: steps.TimerFired, ctx: Ctx) -> list[Step | Later]:
+    eid = ExecutionID.parse(step.eid)
+    tpath = docs.timer_path(eid)
+    timer = ctx.uow.get(tpath)
+    if timer is None or timer["state"] != step.state or timer["deadline_us"] != step.deadline_us:
+        return []
+    if step.result is not None:
+        return [steps.FinishExecution(eid=step.eid, result=step.result)]
+    interval = int(dist.STOPPING_REPOLL_INTERVAL.total_seconds() * US)
+    nxt = {
+        **timer,
+        "deadline_us": step.deadline_us + interval,
+        "polls": int(timer["polls"]) + 1,
+    }
+    ctx.uow.put(tpath, nxt)
+    return [steps.timer_later(nxt)]
+
+
+@executes(steps.TimeoutExecution)
+def timeout_execution(step: steps.TimeoutExecution, engine: Engine, delivery: int) -> None:
+    eid = ExecutionID.parse(step.eid)
+    got = engine.store.get_many([docs.timer_path(eid), docs.execution_path(eid)])
+    timer, ex = got[docs.timer_path(eid)], got[docs.execution_path(eid)]
+    if (
+        timer is None
+        or ex is None
+        or timer["state"] != step.state
+        or timer["deadline_us"] != step.deadline_us
+    ):
+        return
+    if ex["state"] != step.state:
+        return
+    state = ExecutionState(step.state)
+    fired = steps.TimerFired(eid=step.eid, state=step.state, deadline_us=step.deadline_us)
+    if state != ExecutionState.STOPPING:
+        fired.result = abnormal(AbnormalStatus.TIMED_OUT, f"DM timeout ({state.name})")
+        engine.run(fired)
+        return
+    error = ""
+    try:
+        if not ex["dist_token"]:
+            raise dist.TransientError("no distributor token recorded")
+        d, _ = engine.registry.build(dist.Snapshot.from_doc(ex["config"]))
+        desc = engine.quest_desc(eid.quest)
+        assert desc is not None
+        res = d.get_status(desc, ex["dist_token"])
+        if res is not None:
+            fired.result = result_doc_from_proto(res)
+    except dist.TransientError as e:
+        error = str(e) or type(e).__name__
+    except Exception as e:  # non-transient: MISSING once 30 s have passed since run
+        error = str(e) or type(e).__name__
+        grace = int(dist.GET_STATUS_GRACE.total_seconds() * US)
+        if ex["run_at_us"] and engine.clock() - int(ex["run_at_us"]) > grace:
+            fired.result = abnormal(AbnormalStatus.MISSING, f"get_status: {error}")
+    if fired.result is None and int(timer["polls"]) >= dist.STOPPING_REPOLLS:
+        reason = "DM timeout (STOPPING)" + (f" w/ error: {error}" if error else "")
+        fired.result = abnormal(AbnormalStatus.TIMED_OUT, reason)
+    engine.run(fired)
+
+
+@executes(steps.PollExecution)
+def poll_execution(step: steps.PollExecution, engine: Engine, delivery: int) -> None:
+    eid = ExecutionID.parse(step.eid)
+    got = engine.store.get_many([docs.poll_path(eid), docs.execution_path(eid)])
+    poll, ex = got[docs.poll_path(eid)], got[docs.execution_path(eid)]
+    if poll is None or poll["due_us"] != step.due_us:
+        return  # a newer poll is scheduled, or polling ended
+    done = steps.PollDone(eid=step.eid, due_us=step.due_us)
+    if ex is not None and ex["state"] in (ExecutionState.SCHEDULING, ExecutionState.RUNNING):
+        res: dm_pb2.Result | None = None
+        try:
+            d, _ = engine.registry.build(dist.Snapshot.from_doc(ex["config"]))
+            desc = engine.quest_desc(eid.quest)
+            assert desc is not None
+            res = d.get_status(desc, ex["dist_token"])
+        except dist.TransientError as e:
+            log.warning("polling %s failed (transient): %s; polling again later", eid, e)
+        except Exception as e:  # non-transient: MISSING once 30 s have passed since run
+            grace = int(dist.GET_STATUS_GRACE.total_seconds() * US)
+            if ex["run_at_us"] and engine.clock() - int(ex["run_at_us"]) > grace:
+                res = dm_pb2.Result(
+                    abnormal_finish=dm_pb2.AbnormalFinish(
+                        status=dm_pb2.AbnormalFinish.MISSING, reason=f"get_status: {e}"
+                    )
+                )
+            else:
+                log.warning("polling %s failed within 30 s of run: %s", eid, e)
+        if res is not None:
+            done.result = result_doc_from_proto(res)
+        else:
+            done.again = True
+    engine.run(done)
+
+
+@rolls_forward(steps.PollDone)
+def poll_done(step: steps.PollDone, ctx: Ctx) -> list[Step | Later]:
+    eid = ExecutionID.parse(step.eid)
+    path = docs.poll_path(eid)
+    poll = ctx.uow.get(path)
+    if poll is None or poll["due_us"] != step.due_us:
+        return []
+    if step.result is not None:
+        return [steps.FinishExecution(eid=step.eid, result=step.result)]
+    if step.again:
+        return schedule_poll(ctx, eid, poll, ctx.now_us + int(poll["interval_us"]))
+    ctx.uow.delete(path)
+    return []
