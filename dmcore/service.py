@@ -21,7 +21,14 @@ from dmcore import distributor as dist
 from dmcore import ids, jsonnorm
 from dmcore.engine import docs, records, steps
 from dmcore.engine.core import Engine
-from dmcore.errors import InvalidArgument, PermissionDenied, Unauthenticated, Unavailable
+from dmcore.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
 from dmcore.states import AbnormalStatus, AttemptState, ExecutionState, is_terminal_attempt
@@ -324,6 +331,31 @@ class Service:
             steps.FinishExecution(
                 eid=str(eid), result=records.abnormal(AbnormalStatus.CANCELLED, reason)
             )
+        )
+
+    # -- RetryAttempt (dm retry; not in DM) ------------------------------------------------
+
+    def retry_attempt(self, aid: AttemptID, caller: Caller) -> None:
+        """Re-open ``aid``, which ended abnormally: a new execution on the same attempt,
+        and its dependers that ended abnormally because of it re-opened too
+        (:mod:`dmcore.engine.reopen`). FINISHED attempts are never re-opened."""
+        if not caller.can_write:
+            raise PermissionDenied(f"{caller.identity} may not retry attempts (not a writer)")
+        att = self.engine.store.get(docs.attempt_path(aid))
+        if att is None:
+            raise NotFound(f"attempt {aid}: does not exist")
+        state = AttemptState(att["state"])
+        if state == AttemptState.FINISHED:
+            raise FailedPrecondition(
+                f"attempt {aid} FINISHED: a finished result is never re-opened "
+                "(change the quest, e.g. its parameters, to run it again)"
+            )
+        if state != AttemptState.ABNORMAL_FINISHED:
+            raise FailedPrecondition(
+                f"attempt {aid} is {state.name}: only an attempt that ended abnormally is retried"
+            )
+        self.engine.run(
+            steps.ReopenAttempt(aid=aid.encoded, after_execution=int(att["cur_execution"]))
         )
 
     # -- WalkGraph ---------------------------------------------------------------------------------

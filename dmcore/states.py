@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 __all__ = [
+    "ATTEMPT_REOPEN_TRANSITIONS",
     "ATTEMPT_TRANSITIONS",
     "EXECUTION_TRANSITIONS",
     "INITIAL_ATTEMPT_STATE",
@@ -94,6 +95,16 @@ ATTEMPT_TRANSITIONS: Mapping[AttemptState, frozenset[AttemptState]] = MappingPro
     }
 )
 
+ATTEMPT_REOPEN_TRANSITIONS: Mapping[AttemptState, frozenset[AttemptState]] = MappingProxyType(
+    {_A.ABNORMAL_FINISHED: frozenset({_A.SCHEDULING})}
+)
+"""Moves only a user's re-open makes (``dm retry``, the ``ReopenAttempt`` step):
+an attempt that ended abnormally gets a new execution. Not in DM, where
+ABNORMAL_FINISHED is final (docs/behaviour.md). Kept apart from
+:data:`ATTEMPT_TRANSITIONS` so that no other step can leave a terminal state:
+for the engine's own steps FINISHED and ABNORMAL_FINISHED stay terminal, and
+FINISHED is never re-opened (a finished result is immutable)."""
+
 EXECUTION_TRANSITIONS: Mapping[ExecutionState, frozenset[ExecutionState]] = MappingProxyType(
     {
         _E.SCHEDULING: frozenset({_E.RUNNING, _E.ABNORMAL_FINISHED}),
@@ -120,11 +131,18 @@ def is_retryable(status: AbnormalStatus) -> bool:
     return status in RETRYABLE
 
 
-def check_attempt_transition(frm: AttemptState, to: AttemptState) -> None:
-    """Raise :class:`IllegalTransition` unless ``frm -> to`` is allowed for attempts."""
+def check_attempt_transition(frm: AttemptState, to: AttemptState, *, reopen: bool = False) -> None:
+    """Raise :class:`IllegalTransition` unless ``frm -> to`` is allowed for attempts.
+
+    ``reopen``: the caller is a user's re-open, which may also make the moves
+    of :data:`ATTEMPT_REOPEN_TRANSITIONS`.
+    """
     frm, to = AttemptState(frm), AttemptState(to)  # ValueError on unknown raw ints
-    if frm != to and to not in ATTEMPT_TRANSITIONS[frm]:
-        raise IllegalTransition("attempt", frm, to)
+    if frm == to or to in ATTEMPT_TRANSITIONS[frm]:
+        return
+    if reopen and to in ATTEMPT_REOPEN_TRANSITIONS.get(frm, frozenset()):
+        return
+    raise IllegalTransition("attempt", frm, to)
 
 
 def check_execution_transition(frm: ExecutionState, to: ExecutionState) -> None:
@@ -135,7 +153,8 @@ def check_execution_transition(frm: ExecutionState, to: ExecutionState) -> None:
 
 
 def is_terminal_attempt(state: AttemptState) -> bool:
-    """Whether an attempt in ``state`` can never change again."""
+    """Whether an attempt in ``state`` is over: no step of the engine changes it
+    again (a user may still re-open an ABNORMAL_FINISHED one)."""
     return not ATTEMPT_TRANSITIONS[state]
 
 

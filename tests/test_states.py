@@ -11,6 +11,7 @@ import itertools
 import pytest
 
 from dmcore.states import (
+    ATTEMPT_REOPEN_TRANSITIONS,
     ATTEMPT_TRANSITIONS,
     EXECUTION_TRANSITIONS,
     INITIAL_ATTEMPT_STATE,
@@ -188,3 +189,20 @@ def test_retryable_set() -> None:
     assert isinstance(RETRYABLE, frozenset)
     for s in AbnormalStatus:
         assert is_retryable(s) == (s in expected)
+
+
+def test_reopen_is_a_move_of_its_own() -> None:
+    """ABNORMAL_FINISHED -> SCHEDULING only for a re-open; FINISHED never leaves."""
+    with pytest.raises(IllegalTransition):
+        check_attempt_transition(A.ABNORMAL_FINISHED, A.SCHEDULING)
+    check_attempt_transition(A.ABNORMAL_FINISHED, A.SCHEDULING, reopen=True)
+    assert dict(ATTEMPT_REOPEN_TRANSITIONS) == {A.ABNORMAL_FINISHED: {A.SCHEDULING}}
+    for to in A:
+        if to != A.FINISHED:
+            with pytest.raises(IllegalTransition):
+                check_attempt_transition(A.FINISHED, to, reopen=True)
+    for frm, to in ILLEGAL_ATTEMPT:
+        if (frm, to) != (A.ABNORMAL_FINISHED, A.SCHEDULING):
+            with pytest.raises(IllegalTransition):
+                check_attempt_transition(frm, to, reopen=True)
+    assert is_terminal_attempt(A.ABNORMAL_FINISHED)  # for the engine's own steps

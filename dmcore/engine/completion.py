@@ -8,6 +8,7 @@ import logging
 
 from dmcore.engine import docs, steps
 from dmcore.engine.base import Ctx, Later, Step, rolls_forward
+from dmcore.engine.records import attempt_is_terminal
 from dmcore.ids import AttemptID
 
 log = logging.getLogger("dm.engine")
@@ -18,10 +19,14 @@ PROPAGATE_BATCH = 64
 
 @rolls_forward(steps.RecordCompletion)
 def record_completion(step: steps.RecordCompletion, ctx: Ctx) -> list[Step | Later]:
-    gpath = docs.back_dep_group_path(AttemptID.decode(step.aid))
-    group = ctx.uow.get(gpath)
-    if group is not None and group["attempt_finished"]:
-        return []
+    aid = AttemptID.decode(step.aid)
+    gpath = docs.back_dep_group_path(aid)
+    got = ctx.uow.get_many([gpath, docs.attempt_path(aid)])
+    group = got[gpath]
+    if (group is not None and group["attempt_finished"]) or not attempt_is_terminal(
+        got[docs.attempt_path(aid)]
+    ):
+        return []  # done, or late: the attempt was re-opened since (dmcore.engine.reopen)
     ctx.uow.put(gpath, {"attempt_finished": True})
     # In a later transaction, so AddBackDeps that read the group before this
     # write either committed first (and are seen) or retry and see it.
@@ -31,6 +36,9 @@ def record_completion(step: steps.RecordCompletion, ctx: Ctx) -> list[Step | Lat
 @rolls_forward(steps.PropagateCompletion)
 def propagate_completion(step: steps.PropagateCompletion, ctx: Ctx) -> list[Step | Later]:
     dependee = AttemptID.decode(step.aid)
+    group = ctx.uow.get(docs.back_dep_group_path(dependee))
+    if group is None or not group["attempt_finished"]:
+        return []  # late: the attempt was re-opened since; its next end propagates
     rows = ctx.uow.query(
         docs.back_deps_collection(dependee), {"propagated": False}, limit=PROPAGATE_BATCH
     )

@@ -17,6 +17,7 @@ from dmcore.engine import docs, steps
 from dmcore.engine.base import Ctx, Later, Step, rolls_forward
 from dmcore.engine.records import (
     arm_timer,
+    attempt_is_terminal,
     load_current,
     open_deps,
     set_attempt_state,
@@ -67,24 +68,28 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
     att, ex = verify_running(ctx, eid, token, Unauthenticated)
 
     edges = ctx.uow.get_many(paths)
-    terminal = set(step.terminal)
-    open_edges = [
+    # Which dependees are over, read here: what the caller saw over, or a satisfied
+    # edge says is over, may have been re-opened since (dm retry, dmcore.engine.reopen).
+    check = [
         d
         for d, p in zip(dependees, paths, strict=True)
-        if d.encoded not in terminal and not bool((edges[p] or {}).get("satisfied"))
+        if d.encoded in step.terminal or bool((edges[p] or {}).get("satisfied"))
     ]
+    now = ctx.uow.get_many([docs.attempt_path(d) for d in check])
+    over = {d.encoded for d in check if attempt_is_terminal(now[docs.attempt_path(d)])}
     follow: list[Step | Later] = []
-    halt = bool(open_edges)
+    halt = any(d.encoded not in over for d in dependees)
     for d, p in zip(dependees, paths, strict=True):
         e = edges[p]
-        done = d.encoded in terminal or (e is not None and bool(e["satisfied"]))
-        if e is not None and (e["satisfied"] or (e["for_execution"] == eid.num and not done)):
-            continue  # recorded already (and satisfied, or armed for this execution)
+        done = d.encoded in over
         if e is not None and done:
-            # The dependee ended before its completion reached this edge:
-            # mark it now (its back edge exists and will ack harmlessly).
-            ctx.uow.put(p, {**e, "for_execution": eid.num, "satisfied": True})
+            if not e["satisfied"]:
+                # The dependee ended before its completion reached this edge:
+                # mark it now (its back edge exists and will ack harmlessly).
+                ctx.uow.put(p, {**e, "for_execution": eid.num, "satisfied": True})
             continue
+        if e is not None and not e["satisfied"] and e["for_execution"] == eid.num:
+            continue  # armed for this execution already
         ctx.uow.put(
             p,
             {"quest": d.quest, "num": d.num, "for_execution": eid.num, "satisfied": done},
@@ -144,9 +149,11 @@ def add_back_dep(step: steps.AddBackDep, ctx: Ctx) -> list[Step | Later]:
 @rolls_forward(steps.AckFwdDep)
 def ack_fwd_dep(step: steps.AckFwdDep, ctx: Ctx) -> list[Step | Later]:
     path = step.root()
-    edge = ctx.uow.get(path)
-    if edge is None or edge["satisfied"]:
-        return []
+    dee = docs.attempt_path(AttemptID.decode(step.dependee))
+    got = ctx.uow.get_many([path, dee])
+    edge = got[path]
+    if edge is None or edge["satisfied"] or not attempt_is_terminal(got[dee]):
+        return []  # done, or late: the dependee was re-opened since (dmcore.engine.reopen)
     ctx.uow.put(path, {**edge, "satisfied": True})
     return [steps.CheckDeps(aid=step.depender, execution=int(edge["for_execution"]))]
 

@@ -321,3 +321,56 @@ def timer_later(timer: Mapping[str, Any]) -> Later:
 def poll_later(poll: Mapping[str, Any]) -> Later:
     step = PollExecution(eid=str(poll["eid"]), due_us=int(poll["due_us"]))
     return Later(step, eta_us=step.due_us, name=task_name("poll", step.eid, str(step.due_us)))
+
+
+# -- re-opening an attempt that ended abnormally (dm retry) ------------------------------
+
+
+@dataclasses.dataclass
+class ReopenAttempt(Mutation):
+    """ABNORMAL_FINISHED -> SCHEDULING, if the attempt still ended with ``after_execution``.
+
+    ``cause``: the encoded dependee whose re-open reached this depender ("" when
+    a user asked). The new execution is scheduled once :class:`ReopenDependers`
+    has gone through the attempt's back edges.
+    """
+
+    KIND = "ReopenAttempt"
+    aid: str
+    after_execution: int
+    cause: str = ""
+
+    def root(self) -> str:
+        return f"{docs.ATTEMPTS}/{self.aid}"
+
+
+@dataclasses.dataclass
+class ReopenDependers(Mutation):
+    """Un-propagate up to 64 back edges of a re-opened attempt per step, chaining;
+    the last step schedules the attempt's new execution."""
+
+    KIND = "ReopenDependers"
+    aid: str
+    after_execution: int
+
+    def root(self) -> str:
+        return f"{docs.BACK_DEP_GROUPS}/{self.aid}#reopen"
+
+
+@dataclasses.dataclass
+class UnackFwdDep(Mutation):
+    """Open the edge again on a re-opened dependee; re-open a depender that ended
+    abnormally after being told of the dependee's end."""
+
+    KIND = "UnackFwdDep"
+    depender: str
+    dependee: str
+
+    def root(self) -> str:
+        return f"{docs.ATTEMPTS}/{self.depender}/fwd_deps/{self.dependee}"
+
+
+def reopen_later(aid: str, after_execution: int, cause: str = "") -> Later:
+    """The re-open of ``aid`` as a named task: requests for the same re-open collapse."""
+    step = ReopenAttempt(aid=aid, after_execution=after_execution, cause=cause)
+    return Later(step, name=task_name("reopen", aid, str(after_execution)))

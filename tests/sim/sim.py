@@ -600,9 +600,15 @@ class Sim:
         }
         counters = dict.fromkeys(limits, 0)
         ends: AttemptState | None = None  # where the retry policy ends the attempt
+        # A re-open (dm retry) after an abnormal end starts the policy afresh.
+        reopened = {int(r["after_execution"]) for r in att.get("reopened", [])}
         for k, (num, ex) in enumerate(execs, 1):
             eid = aid.execution(num)
             en = self.ename(eid)
+            if k - 1 in reopened:
+                if ends != AttemptState.ABNORMAL_FINISHED:
+                    v.append(f"{en}: re-opened after execution {k - 1}, which did not end it")
+                counters, ends = dict.fromkeys(limits, 0), None
             if ends is not None:
                 v.append(f"{en}: exists although the attempt ended with execution {k - 1}")
                 break

@@ -1,0 +1,384 @@
+"""Retrying failed sub-graphs (``dm retry``) in the seeded simulation, plus scripted cases.
+
+The seeded run: the usual simulated graph runs to its end (:class:`tests.sim.sim.Sim`),
+but its jobs fail when a dependency ended abnormally (as real jobs do) in most
+seeds, so failures spread up the graph. Then, for a few rounds, some of the
+attempts that ended abnormally are retried (``Service.retry_attempt``; some
+requests made twice, as an impatient user would) and the world runs on; the
+last round retries every one of them and no job fails any more. On top of
+the base invariants (:meth:`Sim.check`, whose retry-policy replay starts
+afresh at each re-open), it checks:
+
+* FINISHED attempts are never re-opened: executions, state and result
+  document unchanged from the moment they finished;
+* history is kept: an execution, once ended, never changes;
+* results: each FINISHED attempt's value is 1 + what its finishing execution
+  read of its dependencies; what it read as FINISHED is the dependency's
+  result now (results are immutable); what it read as ended abnormally was
+  re-opened only later, or never;
+* after the last round every attempt is FINISHED, and no execution of that
+  round read an abnormal dependency (a re-opened depender waited for its
+  re-opened dependees);
+* late deliveries change nothing: every re-open step is delivered again at
+  the end, each must find nothing to do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import random
+from typing import Any
+
+import pytest
+
+from distributors.fake import Job, quest_desc
+from dmcore.engine import docs, steps
+from dmcore.engine.base import Mutation
+from dmcore.errors import FailedPrecondition
+from dmcore.ids import AttemptID, ExecutionID
+from dmcore.proto import dm_pb2
+from dmcore.service import Caller
+from dmcore.states import AttemptState, ExecutionState
+from tests.harness import Chaos, Harness, qid_of
+from tests.sim.sim import FAIL, ExecRecord, NotConverged, Sim, make_plan, replay_hint
+
+ROUNDS = 3
+"""Retry rounds after the first run; from the last one on, every attempt that ended
+abnormally is retried and no job fails."""
+FINAL_TRIES = 4
+"""Fail-free rounds allowed for everything to finish (a start timeout may still
+end an execution the driver left waiting: legitimate, retried again)."""
+
+RETRY_SEEDS = 40
+
+
+class RetrySim(Sim):
+    """The simulation, remembering what each execution read of its dependencies."""
+
+    def __init__(self, *args: Any, fail_on_abnormal: bool, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.fail_on_abnormal = fail_on_abnormal
+        self.round = 0
+        self.seen: dict[ExecutionID, dict[AttemptID, int | None]] = {}
+        self.exec_round: dict[ExecutionID, int] = {}
+
+    def _job(self, rec: ExecRecord, job: Job) -> None:
+        self.exec_round[rec.eid] = self.round
+        return super()._job(rec, job)
+
+    def _dep_value(self, rec: ExecRecord, rsp: dm_pb2.EnsureGraphDataRsp, a: AttemptID) -> int:
+        value = super()._dep_value(rec, rsp, a)
+        data = (
+            rsp.result.quests[a.quest].attempts[a.num].data
+            if a.quest in rsp.result.quests
+            else None
+        )
+        finished = data is not None and data.WhichOneof("attempt_type") == "finished"
+        self.seen.setdefault(rec.eid, {})[a] = value if finished else None
+        if not finished and self.fail_on_abnormal:
+            rec.outcome = FAIL  # what dm must make of it: FAILED
+            raise RuntimeError(f"sim: dependency {self.name(a)} ended abnormally")
+        return value
+
+    def _check_values(
+        self, atts: dict[AttemptID, dict[str, Any]], states: dict[AttemptID, AttemptState]
+    ) -> list[str]:
+        v: list[str] = []
+        for aid, state in states.items():
+            att = atts[aid]
+            me = self.name(aid)
+            if bool(att.get("is_abnormal")) != (state == AttemptState.ABNORMAL_FINISHED):
+                v.append(f"{me}: is_abnormal={att.get('is_abnormal')} but {state.name}")
+            if state != AttemptState.FINISHED:
+                continue
+            doc = self.h.store.get(docs.result_path(aid))
+            if doc is None:
+                v.append(f"{me}: FINISHED without a result document")
+                continue
+            eid = aid.execution(int(doc["execution"]))
+            seen = self.seen.get(eid, {})
+            got = json.loads(doc["object"]).get("v")
+            if got != 1 + sum(x or 0 for x in seen.values()):
+                v.append(f"{me}: result v={got}, its execution read {seen}")
+            finished_at = int(att["modified"])
+            for dep, value in seen.items():
+                dep_doc = self.h.store.get(docs.result_path(dep))
+                if value is not None:
+                    now = json.loads(dep_doc["object"]).get("v") if dep_doc else None
+                    if now != value:
+                        v.append(f"{me}: read {self.name(dep)} = {value}, its result is {now}")
+                    continue
+                reopened = [r["at_us"] for r in atts[dep].get("reopened", [])]
+                if states[dep] != AttemptState.ABNORMAL_FINISHED and not any(
+                    at >= finished_at for at in reopened
+                ):
+                    v.append(
+                        f"{me}: read {self.name(dep)} as ended abnormally, which is "
+                        f"{states[dep].name} and was not re-opened after {me} finished"
+                    )
+                if self.exec_round.get(eid) == self.round:
+                    v.append(f"{me}: in the last round, read {self.name(dep)} ended abnormally")
+        return v
+
+
+def _abnormal(h: Harness) -> list[AttemptID]:
+    return [
+        AttemptID.decode(docs.last_id(p))
+        for p, d in h.store.query(docs.ATTEMPTS)
+        if d["state"] == AttemptState.ABNORMAL_FINISHED
+    ]
+
+
+def _finished_snapshot(h: Harness) -> dict[AttemptID, Any]:
+    out: dict[AttemptID, Any] = {}
+    for p, d in h.store.query(docs.ATTEMPTS):
+        if d["state"] == AttemptState.FINISHED:
+            aid = AttemptID.decode(docs.last_id(p))
+            out[aid] = (d, h.store.get(docs.result_path(aid)))
+    return out
+
+
+def _ended_executions(h: Harness) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for p, _ in h.store.query(docs.ATTEMPTS):
+        aid = AttemptID.decode(docs.last_id(p))
+        for ep, ex in h.store.query(docs.executions_collection(aid)):
+            if ExecutionState(ex["state"]) in (
+                ExecutionState.FINISHED,
+                ExecutionState.ABNORMAL_FINISHED,
+            ):
+                out[ep] = ex
+    return out
+
+
+def _retry_round(
+    sim: RetrySim, rng: random.Random, chosen: list[AttemptID], late: list[steps.ReopenAttempt]
+) -> list[str]:
+    """Retry ``chosen`` and run the world on; what changed that must not have."""
+    h, v, rnd = sim.h, [], sim.round
+    finished = _finished_snapshot(h)
+    ended = _ended_executions(h)
+    for aid in chosen:
+        cur = int(h.attempt(aid)["cur_execution"])
+        h.service.retry_attempt(aid, Caller.trusted())
+        late.append(steps.ReopenAttempt(aid=aid.encoded, after_execution=cur))
+        sim.trace.append(f"round {rnd}: retry {sim.name(aid)}")
+        if rng.random() < 0.3:  # asked twice: the second finds it re-opened
+            with pytest.raises(FailedPrecondition):
+                h.service.retry_attempt(aid, Caller.trusted())
+    h.drain()  # the re-open cascades run
+    for aid in chosen:
+        if rng.random() < 0.5:
+            # Completion steps of the end before the re-open, delivered late.
+            late_steps: list[Mutation] = [
+                steps.RecordCompletion(aid=aid.encoded),
+                steps.PropagateCompletion(aid=aid.encoded),
+            ]
+            late_steps += [
+                steps.AckFwdDep(depender=docs.last_id(p), dependee=aid.encoded)
+                for p, _ in h.store.query(docs.back_deps_collection(aid))
+            ]
+            for late_step in late_steps:
+                h.engine.run(late_step)
+            sim.trace.append(f"round {rnd}: late completion steps of {sim.name(aid)}")
+    for aid in finished:
+        if rng.random() < 0.1:
+            with pytest.raises(FailedPrecondition, match="never re-opened"):
+                h.service.retry_attempt(aid, Caller.trusted())
+    sim.run()
+    for aid, (att, res) in finished.items():
+        now = (h.attempt(aid), h.store.get(docs.result_path(aid)))
+        if now != (att, res):
+            v.append(f"round {rnd}: FINISHED {sim.name(aid)} changed: {now}")
+    now_ended = _ended_executions(h)
+    v += [
+        f"round {rnd}: ended execution {p} changed"
+        for p, ex in ended.items()
+        if now_ended.get(p) != ex
+    ]
+    return v
+
+
+def simulate_retries(seed: int, tmp_path: pathlib.Path, *, queue: str) -> None:
+    plan = make_plan(seed)
+    rng = random.Random(f"dm-sim-retry/{seed}")
+    h = Harness(tmp_path, queue=queue, seed=seed, chaos=plan.chaos)
+    sim = RetrySim(plan, h, fail_on_abnormal=rng.random() < 0.8)
+    late: list[steps.ReopenAttempt] = []
+    v: list[str] = []
+    try:
+        try:
+            sim.run()
+            rnd = 0
+            while True:
+                rnd += 1
+                sim.round = rnd
+                failed = _abnormal(h)
+                if rnd >= ROUNDS and not failed:
+                    break
+                if rnd > ROUNDS + FINAL_TRIES:
+                    v.append(f"still ended abnormally after {FINAL_TRIES} fail-free rounds")
+                    break
+                if rnd >= ROUNDS:
+                    chosen = failed
+                    plan.p_fail = plan.p_crash = plan.p_early_exit = plan.p_stall = 0.0
+                    plan.p_settle_between = 0.0
+                    if h.chaos is not None:
+                        # Duplicates still, but no lost dispatch or delay: each one costs
+                        # the driver a sweep (6 s of clock), and a long re-open cascade
+                        # would then outlive the new executions' start timeouts.
+                        h.chaos.chaos = Chaos(duplicate=plan.chaos.duplicate)
+                else:
+                    chosen = [a for a in failed if rng.random() < 0.5]
+                v += _retry_round(sim, rng, chosen, late)
+        except NotConverged as e:
+            print("\n".join(sim.trace))
+            raise AssertionError(f"seed {seed} ({queue}): {e}\n{replay_hint(seed)}") from None
+
+        before = {p: d for p, d in h.store.query(docs.ATTEMPTS)}
+        for step in late:  # every re-open delivered again, late
+            h.engine.run(step)
+        sim._settle()
+        after = {p: d for p, d in h.store.query(docs.ATTEMPTS)}
+        if before != after:
+            v.append("a late re-open changed an attempt")
+
+        v += sim.check()
+        v += [f"a queued task failed: {f}" for f in h.failures]
+        if v:
+            print("\n".join(sim.trace))
+            shown = "\n  ".join(v[:40])
+            raise AssertionError(
+                f"seed {seed} ({queue}): {len(v)} violations; {replay_hint(seed)} "
+                f"(tests/sim/test_sim_retry.py)\nplan: {plan.summary()}\n  {shown}"
+            )
+    finally:
+        h.close()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_dispatch_warnings(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="dm.engine")
+
+
+@pytest.mark.parametrize("retry_seed", range(RETRY_SEEDS), ids=lambda s: f"seed-{s}")
+def test_simulation_with_retries(retry_seed: int, tmp_path: pathlib.Path) -> None:
+    simulate_retries(retry_seed, tmp_path, queue="chaos")
+
+
+@pytest.mark.parametrize("retry_seed", range(5), ids=lambda s: f"seed-{s}")
+def test_simulation_with_retries_local(retry_seed: int, tmp_path: pathlib.Path) -> None:
+    simulate_retries(retry_seed, tmp_path, queue="local")
+
+
+# -- scripted -------------------------------------------------------------------------
+
+
+def _value_job(deps: list[AttemptID], quests: list[dm_pb2.Quest.Desc], fail: bool = False) -> Any:
+    """A job depending on ``deps``: halts, fails on an abnormal one, else 1 + their sum."""
+
+    def job(j: Job) -> None:
+        j.activate()
+        total = 1
+        if deps:
+            rsp = j.dep_on(*deps, quests=quests)
+            if rsp.should_halt:
+                return
+            for a in deps:
+                data = rsp.result.quests[a.quest].attempts[a.num].data
+                if data.WhichOneof("attempt_type") != "finished":
+                    raise RuntimeError(f"dependency {a} ended abnormally")
+                total += json.loads(data.finished.data.object)["v"]
+        if fail:
+            raise RuntimeError("broken")
+        j.finish({"v": total})
+
+    return job
+
+
+def test_retry_reopens_the_failed_chain_and_keeps_finished(tmp_path: pathlib.Path) -> None:
+    """top -> mid -> leaf, and done -> leaf (done ignores failures). leaf fails; mid
+    and top fail because of it; done finishes anyway. Retrying leaf re-opens leaf,
+    mid and top (not done); the graph resumes and finishes with executions kept."""
+    h = Harness(tmp_path, queue="local")
+    try:
+        leaf, mid, top = quest_desc("leaf"), quest_desc("mid"), quest_desc("top")
+        l1, m1, t1 = (AttemptID(qid_of(d), 1) for d in (leaf, mid, top))
+        done = quest_desc("done")
+        d1 = AttemptID(qid_of(done), 1)
+        h.ensure(top, done)
+
+        def done_job(j: Job) -> None:
+            j.activate()
+            if not j.dep_on(l1, quests=[leaf]).should_halt:
+                j.finish({"v": 0})
+
+        h.play(t1.execution(1), _value_job([m1], [mid]))
+        h.play(d1.execution(1), done_job)
+        h.play(m1.execution(1), _value_job([l1], [leaf]))
+        h.play(l1.execution(1), _value_job([], [], fail=True))
+        h.settle()
+        h.play(m1.execution(2), _value_job([l1], [leaf]))
+        h.play(d1.execution(2), done_job)
+        h.settle()
+        h.play(t1.execution(2), _value_job([m1], [mid]))
+        h.settle()
+        assert [h.state(a) for a in (l1, m1, t1, d1)] == [
+            AttemptState.ABNORMAL_FINISHED,
+            AttemptState.ABNORMAL_FINISHED,
+            AttemptState.ABNORMAL_FINISHED,
+            AttemptState.FINISHED,
+        ]
+        done_before = h.attempt(d1)
+
+        h.service.retry_attempt(l1, Caller.trusted())
+        h.settle()
+        assert h.state(m1) == AttemptState.EXECUTING and h.attempt(m1)["cur_execution"] == 3
+        assert h.state(t1) == AttemptState.EXECUTING and h.attempt(t1)["cur_execution"] == 3
+        assert h.attempt(d1) == done_before  # FINISHED: never re-opened
+        with pytest.raises(FailedPrecondition, match="never re-opened"):
+            h.service.retry_attempt(d1, Caller.trusted())
+        with pytest.raises(FailedPrecondition, match="only an attempt that ended abnormally"):
+            h.service.retry_attempt(l1, Caller.trusted())
+
+        # The re-opened dependers wait for their re-opened dependees.
+        h.play(t1.execution(3), _value_job([m1], [mid]))
+        h.play(m1.execution(3), _value_job([l1], [leaf]))
+        h.settle()
+        assert h.state(m1) == AttemptState.WAITING and h.state(t1) == AttemptState.WAITING
+        h.play(l1.execution(2), _value_job([], []))
+        h.settle()
+        h.play(m1.execution(4), _value_job([l1], [leaf]))
+        h.settle()
+        h.play(t1.execution(4), _value_job([m1], [mid]))
+        h.settle()
+        assert [h.result(a) for a in (l1, m1, t1)] == [{"v": 1}, {"v": 2}, {"v": 3}]
+        assert h.exec_state(l1.execution(1)) == ExecutionState.ABNORMAL_FINISHED  # history kept
+        (reopen,) = h.attempt(m1)["reopened"]
+        assert reopen["after_execution"] == 2 and reopen["cause"] == l1.encoded
+        assert h.failures == []
+    finally:
+        h.close()
+
+
+def test_a_cancelled_depender_stays_cancelled(tmp_path: pathlib.Path) -> None:
+    h = Harness(tmp_path, queue="local")
+    try:
+        leaf, top = quest_desc("leaf"), quest_desc("top")
+        l1, t1 = AttemptID(qid_of(leaf), 1), AttemptID(qid_of(top), 1)
+        h.ensure(top)
+        h.play(t1.execution(1), _value_job([l1], [leaf]))
+        h.settle()
+        h.service.cancel_attempt(
+            dm_pb2.CancelAttemptReq(attempt=t1.to_proto(), reason="enough"), Caller.trusted()
+        )
+        h.play(l1.execution(1), _value_job([], [], fail=True))
+        h.settle()
+        h.service.retry_attempt(l1, Caller.trusted())
+        h.settle()
+        assert h.state(t1) == AttemptState.ABNORMAL_FINISHED
+        assert h.attempt(t1)["abnormal"]["reason"] == "enough"
+    finally:
+        h.close()
