@@ -103,6 +103,28 @@ def _short(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _print_failures(failures: list[report.Failure]) -> None:
+    """Where each failure started: name, how it ended, how long it ran, its log."""
+    for f in failures:
+        took = "" if f.seconds is None else f" after {f.seconds:.1f}s"
+        out.print(
+            f"[red]failed:[/red] [bold]{f.view.name}[/bold] ({_ref(f.view.aid)}) "
+            f"{f.status}: {f.reason}{took}",
+            highlight=False,
+        )
+        if len(f.via) > 1:
+            out.print(f"  via {' <- '.join(f.via)}", highlight=False, markup=False)
+        if f.log:
+            out.print(f"  log: {f.log}", highlight=False, markup=False)
+        for line in f.tail:
+            out.print(f"  | {line}", highlight=False, markup=False)
+
+
+def _ref(aid: AttemptID) -> str:
+    """How commands print an attempt: a prefix ``dm`` commands take back (QUEST|N)."""
+    return f"{aid.quest[:12]}|{aid.num}"
+
+
 def _counts_table(emb: Embedded, wanted: list[AttemptID], started: float) -> Table:
     t = Table(title=f"dm run — {time.monotonic() - started:.1f}s", show_edge=False)
     for s in AttemptState:
@@ -174,6 +196,7 @@ def run(
             - execs_before
         )
         views = {a: report.view(emb.engine, a) for a in rr.attempts}
+        failures = [f for a in rr.attempts for f in report.root_causes(emb.engine, a)]
         elapsed = time.monotonic() - started
 
     abnormal = [a for a, v in views.items() if v is None or v.state != AttemptState.FINISHED]
@@ -185,6 +208,7 @@ def run(
                 else {"quest": a.quest, "attempt": a.num, "state": "MISSING"}
                 for a, v in views.items()
             ],
+            "failures": [f.to_json() for f in failures],
             "reused": reused,
             "executions_run": ran,
             "seconds": round(elapsed, 3),
@@ -212,6 +236,7 @@ def run(
                 if v is not None and v.result is not None:
                     out.print(f"{v.name} ({a}):", highlight=False)
                     out.print_json(json.dumps(v.result, sort_keys=True), indent=None)
+        _print_failures(failures)
         out.print(
             f"reused {reused} of {len(rr.attempts)} requested result(s); "
             f"ran {ran} execution(s) in {elapsed:.2f}s",
@@ -282,6 +307,7 @@ def why(
     aid = _parse_attempt(attempt)
     with _open(home) as emb:
         chain = report.blockers(emb.engine, aid)
+        failures = report.root_causes(emb.engine, aid)
     if not chain:
         raise fail(f"attempt {aid} does not exist")
     if as_json:
@@ -293,7 +319,9 @@ def why(
             if v.timer_deadline_us is not None:
                 row["timeout_us"] = v.timer_deadline_us
             rows.append(row)
-        typer.echo(json.dumps({"chain": rows}))
+        typer.echo(json.dumps({"chain": rows, "failures": [f.to_json() for f in failures]}))
+        if failures:
+            raise typer.Exit(code=1)
         return
     nodes: dict[int, Tree] = {}
     root: Tree | None = None
@@ -318,6 +346,9 @@ def why(
             nodes[depth] = nodes[depth - 1].add(label)
     assert root is not None
     out.print(root)
+    if failures:
+        _print_failures(failures)
+        raise typer.Exit(code=1)
 
 
 @app.command()

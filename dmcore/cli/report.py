@@ -169,6 +169,104 @@ def blockers(engine: Engine, aid: AttemptID) -> list[tuple[int, AttemptView]]:
     return out
 
 
+LOG_TAIL_LINES = 12
+
+
+@dataclasses.dataclass
+class Failure:
+    """An attempt where a failure started: it ended abnormally, and not because a
+    dependency of its did."""
+
+    view: AttemptView
+    status: str
+    reason: str
+    seconds: float | None
+    log: str
+    """The log file of its last execution (local distributor), or its info URL."""
+    tail: list[str]
+    via: list[str]
+    """Names from the requested attempt down to this one."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "quest": self.view.aid.quest,
+            "attempt": self.view.aid.num,
+            "name": self.view.name,
+            "status": self.status,
+            "reason": self.reason,
+            "seconds": None if self.seconds is None else round(self.seconds, 3),
+            "log": self.log,
+            "log_tail": self.tail,
+            "via": self.via,
+        }
+
+
+def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last ``lines`` lines of a local log file (``[]`` when there is none)."""
+    if not path or "://" in path:
+        return []
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return text.splitlines()[-lines:]
+
+
+def _failure(engine: Engine, v: AttemptView, via: list[str]) -> Failure:
+    doc = engine.store.get(docs.attempt_path(v.aid)) or {}
+    ab = doc.get("abnormal") or {}
+    seconds = None
+    if v.num_executions:
+        ex = engine.store.get(docs.execution_path(v.aid.execution(v.num_executions)))
+        if ex is not None:
+            seconds = max(0, int(ex["modified"]) - int(ex["created"])) / 1e6
+    log = v.info_url
+    if log.startswith("file://"):
+        log = log[len("file://") :]
+    return Failure(
+        view=v,
+        status=AbnormalStatus(int(ab.get("status", 0))).name,
+        reason=str(ab.get("reason", "")),
+        seconds=seconds,
+        log=log,
+        tail=log_tail(log),
+        via=via,
+    )
+
+
+def root_causes(engine: Engine, aid: AttemptID) -> list[Failure]:
+    """Where the abnormal end of ``aid`` started: following dependencies that ended
+    abnormally down to attempts none of whose dependencies did (``[]`` unless
+    ``aid`` ended abnormally)."""
+    out: list[Failure] = []
+    seen: set[AttemptID] = set()
+
+    def visit(a: AttemptID, via: list[str]) -> None:
+        if a in seen:
+            return
+        seen.add(a)
+        v = view(engine, a, with_result=False)
+        if v is None or v.state != AttemptState.ABNORMAL_FINISHED:
+            return
+        path = [*via, v.name]
+        failed_deps = [
+            d
+            for d in v.all_deps
+            if (dv := view(engine, d, with_result=False)) is not None
+            and dv.state == AttemptState.ABNORMAL_FINISHED
+        ]
+        if not failed_deps:
+            out.append(_failure(engine, v, path))
+        for d in failed_deps:
+            visit(d, path)
+
+    visit(aid, [])
+    return out
+
+
 STATE_COLOURS = {
     AttemptState.SCHEDULING: "#9e9e9e",
     AttemptState.EXECUTING: "#1e88e5",
