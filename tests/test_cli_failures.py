@@ -92,3 +92,49 @@ def test_run_and_why_show_the_root_cause(pipeline: pathlib.Path) -> None:
     assert "top" in out and "ABNORMAL_FINISHED" in out and "failed: leaf" in out
     code, out, _ = dm("why", top, "--json")
     assert code == 1 and json.loads(out)["failures"][0]["name"] == "leaf"
+
+
+def test_ids_a_user_can_paste(tmp_path: pathlib.Path) -> None:
+    """Unique prefixes (>= 6 characters), the QUEST|N form walk prints, and an ID
+    starting with "-", which option parsing must leave alone."""
+    from dmcore import ids
+
+    n = 0
+    while True:  # a quest whose ID starts with "-" (1 in 64)
+        quest = {
+            "distributor_config_name": "jobsim",
+            "parameters": {"name": "dash", "seed": n, "return_stage": {"retval": 1}},
+            "distributor_parameters": {},
+        }
+        if ids.quest_id(quest).startswith("-"):
+            break
+        n += 1
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({"quests": [quest]}))
+    home = str(tmp_path / "h")
+    code, out, _ = dm("run", str(run), "--home", home, "--json")
+    assert code == 0, out
+    qid = json.loads(out)["attempts"][0]["quest"]
+    assert qid.startswith("-")
+
+    code, out, _ = dm("walk", "--home", home)
+    printed = next(w for w in out.split() if w.startswith(qid[:12]))
+    assert printed == f"{qid[:12]}|1"
+    for ref in (qid, f"{qid}|1", qid[:6], printed):
+        code, out, err = dm("walk", ref, "--home", home, "--json")
+        assert code == 0, (ref, err)
+        assert [a["quest"] for a in json.loads(out)["attempts"]] == [qid]
+        code, out, err = dm("why", ref, "--home", home)
+        assert code == 0 and "dash" in out, (ref, err)
+    code, _, err = dm("cancel", printed, "--home", home)
+    assert code == 0, err
+
+    for ref, message in [
+        (qid[:5], "at least 6 characters"),
+        ("zzzzzzzz", "no quest ID starts with"),
+        (f"{qid[:8]}|x", "attempt number"),
+        ("no/slash", "not a quest ID"),
+    ]:
+        code, _, err = dm("why", ref, "--home", home)
+        assert code == 2 and message in err, (ref, err)
+        assert "Traceback" not in err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import pathlib
+import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from rich.tree import Tree
 from dmcore import ids
 from dmcore.cli import report
 from dmcore.cli.runfile import parse_run_file
+from dmcore.engine import docs
 from dmcore.errors import DMError, InvalidArgument
 from dmcore.ids import AttemptID
 from dmcore.proto import dm_pb2
@@ -89,13 +91,36 @@ def _existing_home(home: pathlib.Path) -> pathlib.Path:
     return home
 
 
-def _parse_attempt(text: str) -> AttemptID:
-    try:
-        if "|" in text:
-            return AttemptID.parse(text)
-        return AttemptID(ids.check_quest_id(text), 1)
-    except InvalidArgument as e:
-        raise fail(f"{text!r}: {e.message} (expected QUEST_ID or QUEST_ID|ATTEMPT)") from None
+MIN_PREFIX = 6
+ID_HELP = (
+    "QUEST_ID[|N]: a whole quest ID or a unique prefix of at least "
+    f"{MIN_PREFIX} characters (as `dm walk` prints it), attempt N (default 1)"
+)
+TAKES_IDS: dict[str, Any] = {"ignore_unknown_options": True}
+"""For commands taking IDs: one starting with "-" is an ID, not an option."""
+
+
+def _resolve(emb: Embedded, text: str) -> AttemptID:
+    """The attempt ``text`` names: QUEST_ID, QUEST_ID|N, or a unique prefix of the quest ID."""
+    quest, sep, num = text.partition("|")
+    if sep and not (num.isdigit() and 1 <= int(num) <= ids.MAX_NUM):
+        raise fail(f"{text!r}: attempt number must be from 1 to {ids.MAX_NUM}")
+    n = int(num) if sep else 1
+    if ids.QUEST_ID_RE.match(quest):
+        return AttemptID(quest, n)
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", quest) or len(quest) > 43:
+        raise fail(f"{text!r}: not a quest ID (expected QUEST_ID or QUEST_ID|ATTEMPT)")
+    if len(quest) < MIN_PREFIX:
+        raise fail(
+            f"{text!r}: give at least {MIN_PREFIX} characters of the quest ID "
+            "(expected QUEST_ID or QUEST_ID|ATTEMPT)"
+        )
+    found = [docs.last_id(p) for p, _ in emb.store.query_id_prefix(docs.QUESTS, quest)]
+    if not found:
+        raise fail(f"{text!r}: no quest ID starts with {quest!r} in this home")
+    if len(found) > 1:
+        raise fail(f"{text!r}: {len(found)} quest IDs start with {quest!r}; give more characters")
+    return AttemptID(found[0], n)
 
 
 def _short(value: Any, width: int = 60) -> str:
@@ -248,10 +273,10 @@ def run(
         raise typer.Exit(code=1)
 
 
-@app.command()
+@app.command(context_settings=TAKES_IDS)
 def walk(
     attempts: Annotated[
-        list[str] | None, typer.Argument(help="QUEST_ID[|N] to start from (default: all).")
+        list[str] | None, typer.Argument(help=f"{ID_HELP}, to start from (default: all).")
     ] = None,
     home: HomeOpt = pathlib.Path(DEFAULT_HOME),
     depth: Annotated[int, typer.Option(help="Dependency hops to follow (-1: all).")] = -1,
@@ -261,7 +286,7 @@ def walk(
     _existing_home(home)
     with _open(home) as emb:
         if attempts:
-            roots = [_parse_attempt(a) for a in attempts]
+            roots = [_resolve(emb, a) for a in attempts]
             views = report.walk(emb.engine, roots, depth)
             missing = [str(a) for a in roots if a not in views]
         else:
@@ -277,7 +302,7 @@ def walk(
         t.add_column(col)
     for a, v in views.items():
         t.add_row(
-            f"{a.quest[:12]}|{a.num}",
+            _ref(a),
             v.name,
             v.state.name,
             str(v.num_executions),
@@ -296,16 +321,16 @@ def _when(us: int | None) -> str:
     return f"timeout at {t:%Y-%m-%d %H:%M:%S} UTC"
 
 
-@app.command()
+@app.command(context_settings=TAKES_IDS)
 def why(
-    attempt: Annotated[str, typer.Argument(help="QUEST_ID[|N]")],
+    attempt: Annotated[str, typer.Argument(help=ID_HELP)],
     home: HomeOpt = pathlib.Path(DEFAULT_HOME),
     as_json: JsonOpt = False,
 ) -> None:
     """Explain what ATTEMPT is waiting for, down to the blocking leaves."""
     _existing_home(home)
-    aid = _parse_attempt(attempt)
     with _open(home) as emb:
+        aid = _resolve(emb, attempt)
         chain = report.blockers(emb.engine, aid)
         failures = report.root_causes(emb.engine, aid)
     if not chain:
@@ -326,7 +351,7 @@ def why(
     nodes: dict[int, Tree] = {}
     root: Tree | None = None
     for depth, v in chain:
-        label = f"[bold]{v.name}[/bold] {v.aid.quest[:12]}|{v.aid.num}: {v.state.name}"
+        label = f"[bold]{v.name}[/bold] {_ref(v.aid)}: {v.state.name}"
         if v.state == AttemptState.WAITING:
             open_deps = sum(1 for _, s in v.deps if not s)
             label += f" on {open_deps} unfinished dependenc{'y' if open_deps == 1 else 'ies'}"
@@ -351,16 +376,16 @@ def why(
         raise typer.Exit(code=1)
 
 
-@app.command()
+@app.command(context_settings=TAKES_IDS)
 def cancel(
-    attempt: Annotated[str, typer.Argument(help="QUEST_ID[|N]")],
+    attempt: Annotated[str, typer.Argument(help=ID_HELP)],
     home: HomeOpt = pathlib.Path(DEFAULT_HOME),
     reason: Annotated[str, typer.Option(help="Why (recorded on the attempt).")] = "",
 ) -> None:
     """Cancel an attempt (its running execution is cancelled on its distributor)."""
     _existing_home(home)
-    aid = _parse_attempt(attempt)
     with _open(home) as emb:
+        aid = _resolve(emb, attempt)
         try:
             emb.service.cancel_attempt(
                 dm_pb2.CancelAttemptReq(attempt=aid.to_proto(), reason=reason),
