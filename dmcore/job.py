@@ -9,6 +9,10 @@ A distributor that runs a program hands it, in environment variables:
                        leaves there becomes this execution's state, handed to the next
                        execution of the attempt (e.g. after a halt for dependencies)
 ``DM_QUEST_ID``, ``DM_QUEST_PARAMETERS``  the quest and its parameters (a JSON object)
+``DM_QUEST_PARAMETERS_FILE``  instead of ``DM_QUEST_PARAMETERS`` when the parameters are
+                       too large for the environment: a file holding them
+``DM_WORKDIR``         dm's working directory, where quests without a ``cwd`` run
+                       (:meth:`Job.depend` fingerprints the files they run from there)
 
 :class:`Job` wraps the protocol: ``activate()``, ``depend(...)`` (may ask the
 job to stop: dm runs it again once the dependencies finished), ``finish()``.
@@ -24,7 +28,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from dmcore import ids
+from dmcore import fingerprint, ids
 from dmcore.client import Client
 from dmcore.proto import dm_pb2
 
@@ -34,6 +38,8 @@ ENV_HOST = "DM_HOST"
 ENV_STATE = "DM_STATE_FILE"
 ENV_QUEST = "DM_QUEST_ID"
 ENV_PARAMS = "DM_QUEST_PARAMETERS"
+ENV_PARAMS_FILE = "DM_QUEST_PARAMETERS_FILE"
+ENV_WORKDIR = "DM_WORKDIR"
 
 
 class JobError(Exception):
@@ -142,12 +148,16 @@ class Job:
         Returns their results when all have finished; otherwise
         ``should_halt`` is true and the job should exit at once: dm runs the
         attempt again (a new execution, with this one's state) once they have.
+        A quest that names a ``command`` (``local``) gets the fingerprint of the
+        files it runs (:mod:`dmcore.fingerprint`), as in ``dm run``.
         """
         req = dm_pb2.EnsureGraphDataReq()
         req.include.attempt.result = True
         wanted: list[tuple[str, int]] = []
+        workdir = os.environ.get(ENV_WORKDIR)
+        base = pathlib.Path(workdir) if workdir else None
         for q in quests:
-            desc = ids.desc_from_json(q)
+            desc = ids.desc_from_json(fingerprint.add(q, base) if fingerprint.enabled() else q)
             req.quest.append(desc)
             req.quest_attempt.add(nums=list(attempts))
             qid = ids.quest_id(desc)

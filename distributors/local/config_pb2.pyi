@@ -16,7 +16,7 @@ class Config(_message.Message):
     def __init__(self, log_dir: _Optional[str] = ...) -> None: ...
 
 class Parameters(_message.Message):
-    __slots__ = ("command", "env", "cwd", "timeout")
+    __slots__ = ("command", "env", "cwd", "timeout", "inputs", "fingerprint")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -28,8 +28,12 @@ class Parameters(_message.Message):
     ENV_FIELD_NUMBER: _ClassVar[int]
     CWD_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     command: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
     cwd: str
     timeout: _duration_pb2.Duration
-    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    inputs: _containers.RepeatedScalarFieldContainer[str]
+    fingerprint: str
+    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., inputs: _Optional[_Iterable[str]] = ..., fingerprint: _Optional[str] = ...) -> None: ...

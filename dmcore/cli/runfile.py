@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+from collections.abc import Callable
 
+from dmcore import fingerprint as dmfingerprint
 from dmcore import ids
 from dmcore.errors import InvalidArgument
 from dmcore.ids import AttemptID
@@ -32,7 +34,11 @@ class RunRequest:
     attempts: list[AttemptID]
 
 
-def parse_run_file(path: pathlib.Path) -> RunRequest:
+def parse_run_file(
+    path: pathlib.Path, fingerprint: Callable[[str], bool] | None = None
+) -> RunRequest:
+    """Read a run file. ``fingerprint``: whether quests of a distributor config
+    (by name) get the fingerprint of the files they run (:mod:`dmcore.fingerprint`)."""
     data = load_document(path)
     if not isinstance(data, dict) or not isinstance(data.get("quests"), list):
         raise BadFile(f"{path}: expected an object with a list 'quests'")
@@ -63,6 +69,12 @@ def parse_run_file(path: pathlib.Path) -> RunRequest:
             raise BadFile(
                 f"{where}.attempts: must be a non-empty list of numbers from 1 to {ids.MAX_NUM}"
             )
+        name = q.get("distributor_config_name")
+        if fingerprint is not None and isinstance(name, str) and fingerprint(name):
+            try:
+                q = dmfingerprint.add(q)
+            except (OSError, ValueError) as e:
+                raise BadFile(f"{where}: cannot fingerprint what it runs: {e}") from None
         try:
             desc = ids.normalize_desc(q)
         except InvalidArgument as e:
