@@ -22,7 +22,7 @@ import pytest
 
 from distributors.local import tasks
 from dmcore import distributor as dist
-from dmcore import ids
+from dmcore import fingerprint, ids
 from dmcore.engine import docs
 from dmcore.errors import InvalidArgument
 from dmcore.ids import AttemptID, ExecutionID
@@ -235,7 +235,7 @@ def test_halt_for_deps_then_resume_with_state(emb: Embedded, tmp_path: pathlib.P
     assert att["cur_execution"] == 2
     first = execution(emb, aid.execution(1))
     assert dist_result(first) == {"exit_code": 0, "state": {"stage": 1}}
-    bid = AttemptID(ids.quest_id(qb), 1)
+    bid = AttemptID(ids.quest_id(fingerprint.add(qb)), 1)  # as Job.depend made it
     assert AttemptState(attempt(emb, bid)["state"]) == AttemptState.FINISHED
     assert result(emb, bid) == {"b": 7}
 
@@ -369,7 +369,7 @@ def test_exit_without_finishing_fails(emb: Embedded, tmp_path: pathlib.Path) -> 
     assert AttemptState(att["state"]) == AttemptState.ABNORMAL_FINISHED
     assert abnormal(att) == (
         AbnormalStatus.FAILED,
-        "distributor finished execution while it was in the RUNNING state.",
+        "the command exited 0 without reporting a result (call Job.finish)",
     )
 
 

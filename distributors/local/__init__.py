@@ -16,12 +16,15 @@ How an execution runs:
   non-transient error: the execution is REJECTED.
 * The command gets dm's environment + ``env`` + the variables of
   :mod:`dmcore.job` (``DM_EXECUTION_AUTH``, ``DM_HOME``, ``DM_STATE_FILE``,
-  ``DM_QUEST_ID``, ``DM_QUEST_PARAMETERS``); stdout and stderr go to
+  ``DM_QUEST_ID``, ``DM_QUEST_PARAMETERS`` or, over 64 KiB,
+  ``DM_QUEST_PARAMETERS_FILE``, ``DM_WORKDIR``); stdout and stderr go to
   ``<log_dir>/<token>.log`` (``info_url``).
 * The supervisor (``supervise.py``) enforces ``timeout``, records how the
   command ended and notifies dm. The execution's result is then:
   exit 0 -> ``{"exit_code": 0, "state": <final state file>}`` (handed to the
-  next execution, e.g. after a halt for dependencies); exit N -> FAILED
+  next execution, e.g. after a halt for dependencies), or FAILED "the command
+  exited 0 without reporting a result (call Job.finish)" when it neither
+  finished nor halted; exit N -> FAILED
   "exit code N"; killed by a signal -> CRASHED; timeout -> TIMED_OUT;
   ``cancel`` -> CANCELLED; supervisor gone while the record says running ->
   CRASHED "supervisor died"; unknown token -> MISSING.

@@ -20,8 +20,10 @@ from google.protobuf import json_format
 from distributors.local import config_pb2, tasks
 from dmcore import distributor as dist
 from dmcore import job as dmjob
+from dmcore.engine import docs
 from dmcore.ids import ExecutionID
 from dmcore.proto import dm_pb2
+from dmcore.states import ExecutionState
 from dmcore.store.base import AlreadyExists, Contention, Doc, Store, Transaction
 
 log = logging.getLogger("dm.distributors.local")
@@ -40,6 +42,12 @@ PACKAGE_ROOT = pathlib.Path(__file__).resolve().parents[2]
 ``python -m`` finds this very package (installed or not)."""
 
 FILE_URL = "file://"
+
+ENV_PARAMS_LIMIT = 64 * 1024
+"""Quest parameters longer than this (bytes) reach the command in a file
+(``DM_QUEST_PARAMETERS_FILE``), not the environment: Linux refuses an
+environment string over 128 KiB ("Argument list too long"), all of them
+together share the argument space, and dm accepts 256 KiB of parameters."""
 
 Abnormal = dm_pb2.AbnormalFinish
 T = TypeVar("T")
@@ -214,6 +222,7 @@ class LocalDistributor(dist.D):
             )  # another run() of this execution got there first
         env = dict(os.environ)
         env.pop(dmjob.ENV_HOST, None)
+        env.pop(dmjob.ENV_PARAMS_FILE, None)
         env.update(params.env)
         env.update(
             {
@@ -221,9 +230,16 @@ class LocalDistributor(dist.D):
                 dmjob.ENV_HOME: str(home),
                 dmjob.ENV_STATE: str(files.state),
                 dmjob.ENV_QUEST: eid.quest,
-                dmjob.ENV_PARAMS: desc.parameters,
+                dmjob.ENV_WORKDIR: os.getcwd(),
             }
         )
+        if len(desc.parameters.encode()) <= ENV_PARAMS_LIMIT:
+            env[dmjob.ENV_PARAMS] = desc.parameters
+        else:
+            # Too large for one environment variable (Linux: 128 KiB each): a file.
+            env.pop(dmjob.ENV_PARAMS, None)
+            files.parameters.write_text(desc.parameters, encoding="utf-8")
+            env[dmjob.ENV_PARAMS_FILE] = str(files.parameters)
         spec = {
             "argv": list(params.command),
             "env": env,
@@ -344,7 +360,7 @@ class LocalDistributor(dist.D):
                 return None
             # Dead now: anything it recorded before dying is there by now.
             doc = store.get(path) or doc
-        return _result(doc)
+        return _unreported(store, doc) or _result(doc)
 
     def info_url(self, token: str) -> str:
         try:
@@ -384,6 +400,25 @@ def _answer(out: bytes, log_path: pathlib.Path) -> dict[str, Any]:
     if not isinstance(answer, dict):
         raise dist.TransientError(f"the supervisor answered {line!r} (see {log_path})")
     return answer
+
+
+NO_RESULT = "the command exited 0 without reporting a result (call Job.finish)"
+
+
+def _unreported(store: Store, doc: Doc) -> dm_pb2.Result | None:
+    """FAILED in plain words when the command exited 0 but never told dm its result.
+
+    dm itself would say "distributor finished execution while it was in the
+    RUNNING state": true, and of no help to whoever wrote the script.
+    """
+    if doc["status"] != tasks.EXITED or doc.get("exit_code") != 0:
+        return None
+    ex = store.get(docs.execution_path(ExecutionID.parse(str(doc["execution"]))))
+    if ex is None or ex["state"] not in (ExecutionState.SCHEDULING, ExecutionState.RUNNING):
+        return None
+    if ex["state"] == ExecutionState.SCHEDULING:
+        return _abnormal(Abnormal.FAILED, NO_RESULT.replace("(call", "(it never used Job: call"))
+    return _abnormal(Abnormal.FAILED, NO_RESULT)
 
 
 def _result(doc: Doc) -> dm_pb2.Result | None:

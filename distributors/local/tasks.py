@@ -66,6 +66,11 @@ class Files:
             lock=log_dir / f"{token}.lock",
         )
 
+    @property
+    def parameters(self) -> pathlib.Path:
+        """The quest's parameters, when too large for the environment."""
+        return self.state.with_name(self.state.name.replace(".state.json", ".parameters.json"))
+
 
 def take_lock(path: pathlib.Path, timeout_s: float = 5.0) -> int:
     """Hold ``path`` exclusively for the life of this process; returns the fd.
