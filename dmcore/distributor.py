@@ -293,6 +293,8 @@ class Registry:
             raise InvalidArgument("distributor_configs: must be an object")
         cfg = config_pb2.Config()
         for name, entry in entries.items():
+            if not isinstance(name, str) or not name:
+                raise InvalidArgument("distributor_configs: a config name must not be empty")
             where = f"distributor_configs.{name}"
             if not isinstance(entry, Mapping) or len(entry) != 1:
                 raise InvalidArgument(f"{where}: must have exactly one key (alias or a kind)")

@@ -44,7 +44,13 @@ def _json_field(value: Any, field: str) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, Mapping):
-        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+        try:
+            return json.dumps(value, ensure_ascii=False, allow_nan=False)
+        except ValueError:  # inf or NaN: a YAML .inf/.nan, or a JSON number like 1e400
+            raise InvalidArgument(
+                f"{field}: a number is out of range or not a number (inf, NaN, 1e400): "
+                "JSON has no such value"
+            ) from None
     raise InvalidArgument(f"{field}: must be a JSON object or a string holding one")
 
 
