@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -59,7 +60,11 @@ def pipeline(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib
             {
                 "distributor_config_name": "local",
                 "parameters": {"name": "top"},
-                "distributor_parameters": {"command": [sys.executable, "top.py"]},
+                # top's result depends on leaf.py too: its fingerprint covers it.
+                "distributor_parameters": {
+                    "command": [sys.executable, "top.py"],
+                    "inputs": ["leaf.py"],
+                },
             }
         ]
     }
@@ -138,3 +143,244 @@ def test_ids_a_user_can_paste(tmp_path: pathlib.Path) -> None:
         code, _, err = dm("why", ref, "--home", home)
         assert code == 2 and message in err, (ref, err)
         assert "Traceback" not in err
+
+
+def test_retry_after_a_fix_resumes_the_graph(pipeline: pathlib.Path) -> None:
+    code, out, _ = dm("run", "run.json", "--json")
+    assert code == 1
+    leaf = json.loads(out)["failures"][0]["quest"]
+    (pipeline / "flag").write_text("ok\n")
+    # Nothing is re-run by a plain re-run: the failure is remembered.
+    code, out, _ = dm("run", "run.json", "--json")
+    assert code == 1 and json.loads(out)["executions_run"] == 0
+
+    code, out, err = dm("retry", leaf[:8])  # the leaf only: top is re-opened with it
+    assert code == 0, out + err
+    assert "retried 1 attempt(s), 1 re-opened with them" in out
+    assert "1 depender(s) re-opened" in err
+    code, out, _ = dm("run", "run.json", "--json", "--explain")
+    doc = json.loads(out)
+    assert code == 0 and doc["attempts"][0]["result"] == {"v": 2}
+    assert doc["executions_run"] == 0 and doc["reused"] == 1
+    assert [line.split()[0] for line in doc["explain"]] == ["top", "leaf"]
+    assert all(" reused: finished " in line for line in doc["explain"])
+    # Executions are kept: leaf failed once, then ran again on the same attempt.
+    code, out, _ = dm("walk", leaf, "--json")
+    assert json.loads(out)["attempts"][0]["executions"] == 2
+
+    code, _, err = dm("retry", leaf)
+    assert code == 2 and "never re-opened" in err
+    code, _, err = dm("retry")
+    assert code == 2 and "--failed" in err
+
+
+def test_run_retry_failed(pipeline: pathlib.Path) -> None:
+    assert dm("run", "run.json", "--quiet")[0] == 1
+    (pipeline / "flag").write_text("ok\n")
+    code, out, err = dm("run", "run.json", "--retry-failed", "--json")
+    assert code == 0, out + err
+    assert json.loads(out)["attempts"][0]["result"] == {"v": 2}
+    code, out, _ = dm("retry", "--failed")
+    assert code == 0 and "nothing ended abnormally" in out
+
+
+def test_edited_script_is_a_new_quest(pipeline: pathlib.Path) -> None:
+    (pipeline / "flag").write_text("ok\n")
+    code, out, _ = dm("run", "run.json", "--json")
+    assert code == 0
+    first = json.loads(out)["attempts"][0]["quest"]
+    assert dm("quest-id", "run.json")[1].split()[0] == first
+    code, out, _ = dm("run", "run.json", "--json")
+    assert json.loads(out)["executions_run"] == 0
+
+    (pipeline / "top.py").write_text(TOP + "# edited\n")
+    code, out, _ = dm("run", "run.json", "--json", "--explain")
+    doc = json.loads(out)
+    second = doc["attempts"][0]["quest"]
+    assert second != first
+    assert doc["changed"] == [line for line in doc["changed"] if line.startswith("top: ")]
+    assert any(line.startswith("top: its files changed") for line in doc["changed"])
+    assert any("differs in fingerprint" in line for line in doc["explain"])
+    assert any(line.startswith("leaf (") and " reused: " in line for line in doc["explain"])
+
+    # A dependency's script, named in top's `inputs`: top runs again, and its
+    # Job.depend fingerprints leaf anew, so leaf runs again too.
+    (pipeline / "leaf.py").write_text(LEAF + "# edited\n")
+    code, out, _ = dm("run", "run.json", "--explain")
+    assert code == 0
+    assert "leaf: its files changed since quest" in out
+    assert "top: its files changed since quest" in out
+    assert "a new quest, run again" in out
+
+    code, out, _ = dm("quest-id", "run.json", "--no-fingerprint")
+    plain = out.split()[0]
+    code, out, _ = dm("run", "run.json", "--no-fingerprint", "--json")
+    assert code == 0 and json.loads(out)["attempts"][0]["quest"] == plain != first
+
+
+def test_explain_says_why_not_reused(pipeline: pathlib.Path) -> None:
+    (pipeline / "flag").write_text("ok\n")
+    assert dm("run", "run.json", "--quiet")[0] == 0
+    run = json.loads((pipeline / "run.json").read_text())
+    run["quests"][0]["parameters"]["extra"] = 1
+    (pipeline / "run2.json").write_text(json.dumps(run))
+    code, out, _ = dm("run", "run2.json", "--explain")
+    assert code == 0
+    assert "top (" in out and "ran: 1 execution(s)" in out
+    assert "not reused: quest" in out and "differs in parameters" in out
+
+
+def test_progress_lines_quiet_and_counts(pipeline: pathlib.Path) -> None:
+    code, _, err = dm("run", "run.json")
+    assert code == 1
+    # Not a terminal: one line per state change, of this run's attempts only.
+    assert " leaf (" in err and "ABNORMAL_FINISHED (exit code 1)" in err
+    assert " top (" in err and " WAITING" in err
+    code, out, err = dm("run", "run.json", "--quiet")
+    assert code == 1 and err == "" and "ran 0 execution(s)" in out
+
+
+def test_plain_words_for_a_job_that_never_reported(pipeline: pathlib.Path) -> None:
+    (pipeline / "plain.py").write_text("print('hello')\n")
+    (pipeline / "half.py").write_text(
+        "from dmcore.job import Job\njob = Job.from_env()\njob.activate()\n"
+    )
+    run = {
+        "quests": [
+            {
+                "distributor_config_name": "local",
+                "parameters": {"name": script},
+                "distributor_parameters": {"command": [sys.executable, f"{script}.py"]},
+            }
+            for script in ("plain", "half")
+        ]
+    }
+    (pipeline / "plain.json").write_text(json.dumps(run))
+    code, out, _ = dm("run", "plain.json", "--json")
+    assert code == 1
+    reasons = {f["name"]: f["reason"] for f in json.loads(out)["failures"]}
+    assert reasons["half"] == "the command exited 0 without reporting a result (call Job.finish)"
+    assert reasons["plain"].startswith("the command exited 0 without reporting a result")
+    assert "state" not in reasons["plain"]
+
+
+def test_large_parameters_reach_the_job_through_a_file(pipeline: pathlib.Path) -> None:
+    (pipeline / "big.py").write_text(
+        "import json, os\nfrom dmcore.job import Job\n"
+        "job = Job.from_env()\njob.activate()\n"
+        "assert 'DM_QUEST_PARAMETERS' not in os.environ\n"
+        "with open(os.environ['DM_QUEST_PARAMETERS_FILE']) as f:\n"
+        "    params = json.load(f)\n"
+        "job.finish({'n': len(params['blob'])})\n"
+    )
+    blob = "x" * 200_000  # over Linux's 128 KiB for one environment string
+    run: dict[str, list[dict[str, Any]]] = {
+        "quests": [
+            {
+                "distributor_config_name": "local",
+                "parameters": {"name": "big", "blob": blob},
+                "distributor_parameters": {"command": [sys.executable, "big.py"]},
+            }
+        ]
+    }
+    (pipeline / "big.json").write_text(json.dumps(run))
+    code, out, _ = dm("run", "big.json", "--json")
+    assert code == 0, out
+    assert json.loads(out)["attempts"][0]["result"] == {"n": 200_000}
+    run["quests"][0]["parameters"]["blob"] = "x" * 300_000  # over dm's 256 KiB
+    (pipeline / "big.json").write_text(json.dumps(run))
+    code, _, err = dm("run", "big.json")
+    assert code == 2 and "262144-byte limit" in err
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("inf.yaml", "quests:\n  - distributor_config_name: jobsim\n    parameters: {v: .inf}\n"),
+        ("nan.yaml", "quests:\n  - distributor_config_name: jobsim\n    parameters: {v: .nan}\n"),
+        (
+            "big.json",
+            '{"quests": [{"distributor_config_name": "jobsim", "parameters": {"v": 1e400}}]}',
+        ),
+        (
+            "nan.json",
+            '{"quests": [{"distributor_config_name": "jobsim", "parameters": {"v": NaN}}]}',
+        ),
+    ],
+)
+def test_numbers_json_has_not(tmp_path: pathlib.Path, name: str, text: str) -> None:
+    f = tmp_path / name
+    f.write_text(text)
+    for args in (["run", str(f), "--home", str(tmp_path / "h")], ["quest-id", str(f)]):
+        code, _, err = dm(*args)
+        assert code == 2 and "out of range or not a number" in err, err
+        assert "Traceback" not in err
+    assert not (tmp_path / "h").exists()
+
+
+def test_clear_errors(tmp_path: pathlib.Path) -> None:
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({"quests": [{"distributor_config_name": "jobsim"}]}))
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    code, _, err = dm("run", str(run), "--home", str(afile))
+    assert code == 2 and "not a folder" in err
+    code, _, err = dm("run", str(run), "--home", str(tmp_path / "h"), "--timeout", "-1")
+    assert code == 2 and "--timeout" in err
+    assert dm("run", str(run), "--home", str(tmp_path / "h"))[0] == 1  # jobsim: empty phrase
+    code, _, err = dm("graph", "--home", str(tmp_path / "h"), "-o", str(tmp_path / "no" / "g.html"))
+    assert code == 2 and "cannot write" in err
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"distributor_configs": {"": {"jobsim": {}}}}))
+    code, _, err = dm("config", "validate", str(cfg))
+    assert code == 2 and "must not be empty" in err
+    for out_err in (err,):
+        assert "Traceback" not in out_err
+
+
+def test_ctrl_c_leaves_jobs_running(tmp_path: pathlib.Path) -> None:
+    """Ctrl-C stops waiting, not the jobs; the next `dm run` picks them up."""
+    import signal
+    import subprocess
+
+    (tmp_path / "slow.py").write_text(
+        "import time\nfrom dmcore.job import Job\njob = Job.from_env()\njob.activate()\n"
+        "time.sleep(3)\njob.finish({'slept': 3})\n"
+    )
+    run = {
+        "quests": [
+            {
+                "distributor_config_name": "local",
+                "parameters": {"name": "slow"},
+                "distributor_parameters": {"command": [sys.executable, "slow.py"]},
+            }
+        ]
+    }
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    dm_cmd = [sys.executable, "-c", "from dmcore.cli import main; main()", "run", "run.json"]
+    proc = subprocess.Popen(
+        dm_cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stderr is not None
+    seen = ""
+    while "EXECUTING" not in seen:
+        line = proc.stderr.readline()
+        assert line, f"dm run ended early: {seen}"
+        seen += line
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "jobs already started keep running" in err and "Traceback" not in err
+
+    done = subprocess.run(
+        [*dm_cmd, "--json", "--quiet"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["attempts"][0]["result"] == {"slept": 3}
+    assert doc["executions_run"] == 0  # the first run started it; this one only waited

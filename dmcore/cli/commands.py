@@ -8,23 +8,24 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import pathlib
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
 from google.protobuf import json_format
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 from rich.tree import Tree
 
-from dmcore import ids
-from dmcore.cli import report
+from dmcore import fingerprint, ids
+from dmcore.cli import progress, report
 from dmcore.cli.runfile import parse_run_file
+from dmcore.distributor import Registry
 from dmcore.engine import docs
 from dmcore.errors import DMError, InvalidArgument
 from dmcore.ids import AttemptID
@@ -38,7 +39,7 @@ from dmcore.runtime.embedded import (
 )
 from dmcore.runtime.files import BadFile, load_document
 from dmcore.service import Caller
-from dmcore.states import AttemptState
+from dmcore.states import AbnormalStatus, AttemptState, is_terminal_attempt
 
 app = typer.Typer(
     help="dm: a dependency-aware, memoising task scheduler (embedded mode).",
@@ -83,6 +84,24 @@ def _open(home: pathlib.Path, config: Mapping[str, Any] | None = None) -> Iterat
         yield emb
     finally:
         emb.close()
+
+
+def _runs_locally(registry: Registry) -> Callable[[str], bool]:
+    """Whether a config name is of the ``local`` kind (its quests are fingerprinted)."""
+
+    def local(name: str) -> bool:
+        try:
+            return registry.build_named(name)[1].kind == "local"
+        except DMError:
+            return False  # an unknown config: reported with the quest, later
+
+    return local
+
+
+def _usable_home(home: pathlib.Path) -> pathlib.Path:
+    if home.exists() and not home.is_dir():
+        raise fail(f"{home}: not a folder (--home names the folder holding dm's state)")
+    return home
 
 
 def _existing_home(home: pathlib.Path) -> pathlib.Path:
@@ -150,81 +169,71 @@ def _ref(aid: AttemptID) -> str:
     return f"{aid.quest[:12]}|{aid.num}"
 
 
-def _counts_table(emb: Embedded, wanted: list[AttemptID], started: float) -> Table:
-    t = Table(title=f"dm run — {time.monotonic() - started:.1f}s", show_edge=False)
-    for s in AttemptState:
-        t.add_column(s.name.lower(), justify="right")
-    counts = [emb.store.count("attempts", {"state": int(s)}) for s in AttemptState]
-    t.add_row(*[str(c) for c in counts])
-    return t
+INTERRUPTED = (
+    "interrupted: jobs already started keep running on their own; "
+    "run the same `dm run` again to wait for them (finished results are reused)"
+)
 
 
-@app.command()
-def run(
-    file: Annotated[pathlib.Path, typer.Argument(help="JSON/YAML file: {quests: [...]}")],
-    home: HomeOpt = pathlib.Path(DEFAULT_HOME),
-    config: Annotated[
-        pathlib.Path | None,
-        typer.Option("--config", help="Distributor configs replacing the built-in ones."),
-    ] = None,
-    as_json: JsonOpt = False,
-    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
-) -> None:
-    """Submit the quests in FILE and drive them to completion."""
+def _executions_since(emb: Embedded, attempts: Iterable[AttemptID], since_us: int) -> int:
+    """Executions of ``attempts`` created since ``since_us``: this run's work."""
+    return sum(
+        1
+        for a in attempts
+        for _, ex in emb.store.query(docs.executions_collection(a))
+        if int(ex["created"]) >= since_us
+    )
+
+
+def _drive(
+    emb: Embedded,
+    roots: list[AttemptID],
+    *,
+    timeout: float | None,
+    quiet: bool,
+    extra: Iterable[AttemptID] = (),
+) -> bool:
+    """Run the worker until ``roots`` (and ``extra``) are over; progress on stderr.
+
+    Ctrl-C stops waiting, not the jobs: they run on, and the next run finds them.
+    """
+    watch = progress.Watch(emb.engine, roots, err, quiet=quiet, extra=extra)
+    wanted = [*roots, *extra]
+
+    def done() -> bool:
+        got = emb.store.get_many([docs.attempt_path(a) for a in wanted])
+        return all(
+            d is not None and is_terminal_attempt(AttemptState(d["state"])) for d in got.values()
+        )
+
     try:
-        rr = parse_run_file(file)
-        cfg = _config(config)
-        registry = build_registry(cfg)
-        for i, desc in enumerate(rr.request.quest):
-            try:
-                d, _ = registry.build_named(desc.distributor_config_name)
-                d.validate(desc.distributor_parameters)
-            except (ValueError, DMError) as e:
-                raise BadFile(f"{file}: quests[{i}]: {e}") from None
-    except BadFile as e:
-        raise fail(str(e)) from None
+        with watch:
+            finished = emb.drive(done, timeout_s=timeout, tick=watch.tick)
+            watch.tick(force=True)
+    except KeyboardInterrupt:
+        raise fail(INTERRUPTED, code=130) from None
+    return finished
 
-    started = time.monotonic()
-    with _open(home, cfg) as emb:
-        before = emb.store.get_many([f"attempts/{a.encoded}" for a in rr.attempts])
-        reused = sum(
-            1 for d in before.values() if d is not None and d["state"] == AttemptState.FINISHED
-        )
-        execs_before = sum(v.num_executions for v in report.walk(emb.engine, rr.attempts).values())
-        try:
-            emb.service.ensure_graph_data(rr.request, Caller.trusted())
-        except DMError as e:
-            raise fail(f"{file}: {e.message}") from None
 
-        def done() -> bool:
-            docs = emb.store.get_many([f"attempts/{a.encoded}" for a in rr.attempts])
-            return all(
-                d is not None
-                and AttemptState(d["state"])
-                in (AttemptState.FINISHED, AttemptState.ABNORMAL_FINISHED)
-                for d in docs.values()
-            )
-
-        if as_json or not err.is_terminal:
-            finished = emb.drive(done, timeout_s=timeout)
-        else:
-            with Live(
-                _counts_table(emb, rr.attempts, started), console=err, transient=True
-            ) as live:
-                finished = emb.drive(
-                    done,
-                    timeout_s=timeout,
-                    tick=lambda: live.update(_counts_table(emb, rr.attempts, started)),
-                )
-        ran = (
-            sum(v.num_executions for v in report.walk(emb.engine, rr.attempts).values())
-            - execs_before
-        )
-        views = {a: report.view(emb.engine, a) for a in rr.attempts}
-        failures = [f for a in rr.attempts for f in report.root_causes(emb.engine, a)]
-        elapsed = time.monotonic() - started
-
-    abnormal = [a for a, v in views.items() if v is None or v.state != AttemptState.FINISHED]
+def _report(
+    emb: Embedded,
+    wanted: list[AttemptID],
+    *,
+    started_us: int,
+    elapsed: float,
+    reused: int,
+    as_json: bool,
+    explain: bool,
+    extra: list[AttemptID] | None = None,
+    retried: int | None = None,
+) -> bool:
+    """Print the outcome of a run over ``wanted``; returns whether all FINISHED."""
+    reach = progress.reached(emb.engine, [*wanted, *(extra or [])])
+    ran = _executions_since(emb, reach, started_us)
+    views = {a: report.view(emb.engine, a) for a in wanted}
+    failures = [f for a in wanted for f in report.root_causes(emb.engine, a)]
+    changed = report.changed_files(emb.engine, reach, started_us)
+    lines = report.explain(emb.engine, reach, started_us) if explain else []
     if as_json:
         doc = {
             "attempts": [
@@ -237,9 +246,14 @@ def run(
             "reused": reused,
             "executions_run": ran,
             "seconds": round(elapsed, 3),
+            "changed": changed,
         }
+        if explain:
+            doc["explain"] = lines
         typer.echo(json.dumps(doc, sort_keys=True))
     else:
+        for line in changed:
+            out.print(line, highlight=False, markup=False)
         t = Table(title="results")
         for col in ("quest", "name", "attempt", "state", "result"):
             t.add_column(col)
@@ -262,14 +276,193 @@ def run(
                     out.print(f"{v.name} ({a}):", highlight=False)
                     out.print_json(json.dumps(v.result, sort_keys=True), indent=None)
         _print_failures(failures)
-        out.print(
-            f"reused {reused} of {len(rr.attempts)} requested result(s); "
-            f"ran {ran} execution(s) in {elapsed:.2f}s",
-            highlight=False,
+        if explain:
+            out.print("explain:", highlight=False)
+            for line in lines:
+                out.print(f"  {line}", highlight=False, markup=False)
+        head = (
+            f"reused {reused} of {len(wanted)} requested result(s)"
+            if retried is None
+            else f"retried {retried} attempt(s), {len(wanted) - retried} re-opened with them"
+        )
+        out.print(f"{head}; ran {ran} execution(s) in {elapsed:.2f}s", highlight=False)
+    return all(v is not None and v.state == AttemptState.FINISHED for v in views.values())
+
+
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress on stderr, only the outcome.")
+]
+TimeoutOpt = Annotated[
+    float | None, typer.Option(min=0, help="Give up waiting after this many seconds.")
+]
+
+
+def _retry(emb: Embedded, attempts: Iterable[AttemptID]) -> list[AttemptID]:
+    """Re-open each of ``attempts`` (each ended abnormally); returns them."""
+    done: list[AttemptID] = []
+    for a in attempts:
+        try:
+            emb.service.retry_attempt(a, Caller.trusted("cli"))
+        except DMError as e:
+            raise fail(e.message) from None
+        done.append(a)
+    return done
+
+
+def _failed(emb: Embedded, among: Iterable[AttemptID] | None = None) -> list[AttemptID]:
+    """Attempts that ended abnormally, except cancelled ones (a user's decision)."""
+    if among is None:
+        rows = emb.store.query(docs.ATTEMPTS, {"state": int(AttemptState.ABNORMAL_FINISHED)})
+        docs_by = {AttemptID.decode(docs.last_id(p)): d for p, d in rows}
+    else:
+        wanted = list(among)
+        got = emb.store.get_many([docs.attempt_path(a) for a in wanted])
+        docs_by = {a: d for a in wanted if (d := got[docs.attempt_path(a)]) is not None}
+    return [
+        a
+        for a, d in docs_by.items()
+        if d["state"] == AttemptState.ABNORMAL_FINISHED
+        and (d.get("abnormal") or {}).get("status") != AbnormalStatus.CANCELLED
+    ]
+
+
+@app.command()
+def run(  # noqa: PLR0917 - typer: one parameter per option
+    file: Annotated[pathlib.Path, typer.Argument(help="JSON/YAML file: {quests: [...]}")],
+    home: HomeOpt = pathlib.Path(DEFAULT_HOME),
+    config: Annotated[
+        pathlib.Path | None,
+        typer.Option("--config", help="Distributor configs replacing the built-in ones."),
+    ] = None,
+    as_json: JsonOpt = False,
+    timeout: TimeoutOpt = None,
+    quiet: QuietOpt = False,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain", help="One line per step: reused (when, by which execution), ran, failed."
+        ),
+    ] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Retry the attempts this run reaches that ended abnormally (see `dm retry`).",
+        ),
+    ] = False,
+    no_fingerprint: Annotated[
+        bool,
+        typer.Option(
+            "--no-fingerprint",
+            help="Do not put a fingerprint of the files a local quest runs in its description.",
+        ),
+    ] = False,
+) -> None:
+    """Submit the quests in FILE and drive them to completion."""
+    home = _usable_home(home)
+    try:
+        cfg = _config(config)
+        registry = build_registry(cfg)
+        rr = parse_run_file(file, None if no_fingerprint else _runs_locally(registry))
+        for i, desc in enumerate(rr.request.quest):
+            try:
+                d, _ = registry.build_named(desc.distributor_config_name)
+                d.validate(desc.distributor_parameters)
+            except (ValueError, DMError) as e:
+                raise BadFile(f"{file}: quests[{i}]: {e}") from None
+    except BadFile as e:
+        raise fail(str(e)) from None
+    if no_fingerprint:
+        os.environ[fingerprint.ENV_NO_FINGERPRINT] = "1"  # and for its jobs (Job.depend)
+
+    started = time.monotonic()
+    with _open(home, cfg) as emb:
+        started_us = emb.clock()
+        before = emb.store.get_many([docs.attempt_path(a) for a in rr.attempts])
+        reused = sum(
+            1 for d in before.values() if d is not None and d["state"] == AttemptState.FINISHED
+        )
+        try:
+            emb.service.ensure_graph_data(rr.request, Caller.trusted())
+        except DMError as e:
+            raise fail(f"{file}: {e.message}") from None
+        if retry_failed:
+            again = _retry(emb, _failed(emb, progress.reached(emb.engine, rr.attempts)))
+            if again and not quiet:
+                err.print(
+                    f"retrying {len(again)} attempt(s) that ended abnormally", highlight=False
+                )
+        finished = _drive(emb, rr.attempts, timeout=timeout, quiet=quiet or as_json)
+        ok = _report(
+            emb,
+            rr.attempts,
+            started_us=started_us,
+            elapsed=time.monotonic() - started,
+            reused=reused,
+            as_json=as_json,
+            explain=explain,
         )
     if not finished:
         raise fail(f"gave up after {timeout}s; `dm why` tells what is still running", code=1)
-    if abnormal:
+    if not ok:
+        raise typer.Exit(code=1)
+
+
+@app.command(context_settings=TAKES_IDS)
+def retry(  # noqa: PLR0917 - typer: one parameter per option
+    attempts: Annotated[
+        list[str] | None, typer.Argument(help=f"{ID_HELP}; each must have ended abnormally.")
+    ] = None,
+    failed: Annotated[
+        bool,
+        typer.Option(
+            "--failed", help="Every attempt of the home that ended abnormally (not cancelled)."
+        ),
+    ] = False,
+    home: HomeOpt = pathlib.Path(DEFAULT_HOME),
+    as_json: JsonOpt = False,
+    timeout: TimeoutOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run failed attempts again: a new execution on the same attempt, and every
+    depender that ended abnormally because of it re-opened too, so the graph
+    resumes. FINISHED attempts are never re-opened."""
+    _existing_home(home)
+    if not attempts and not failed:
+        raise fail("name the attempts to retry, or --failed for every failed one")
+    started = time.monotonic()
+    with _open(home) as emb:
+        started_us = emb.clock()
+        chosen = [_resolve(emb, a) for a in attempts or []]
+        if failed:
+            chosen += _failed(emb)
+        chosen = list(dict.fromkeys(chosen))
+        if not chosen:
+            out.print("nothing ended abnormally: nothing to retry", highlight=False)
+            return
+        _retry(emb, chosen)
+        emb.drain()  # re-opens its dependers
+        reopened = report.reopened_since(emb.engine, started_us)
+        extra = [a for a in reopened if a not in chosen]
+        if not quiet and not as_json:
+            err.print(
+                f"retrying {len(chosen)} attempt(s); {len(extra)} depender(s) re-opened",
+                highlight=False,
+            )
+        finished = _drive(emb, chosen, timeout=timeout, quiet=quiet or as_json, extra=extra)
+        ok = _report(
+            emb,
+            [*chosen, *extra],
+            started_us=started_us,
+            elapsed=time.monotonic() - started,
+            reused=0,
+            as_json=as_json,
+            explain=False,
+            retried=len(chosen),
+        )
+    if not finished:
+        raise fail(f"gave up after {timeout}s; `dm why` tells what is still running", code=1)
+    if not ok:
         raise typer.Exit(code=1)
 
 
@@ -410,7 +603,10 @@ def graph(
     _existing_home(home)
     with _open(home) as emb:
         views = report.walk(emb.engine, report.all_attempts(emb.engine), 0)
-    output.write_text(report.graph_html(views), encoding="utf-8")
+    try:
+        output.write_text(report.graph_html(views), encoding="utf-8")
+    except OSError as e:
+        raise fail(f"{output}: cannot write: {e.strerror}") from None
     out.print(f"wrote {output} ({len(views)} attempts)", highlight=False)
 
 
@@ -463,10 +659,18 @@ def config_validate(
 @app.command("quest-id")
 def quest_id_cmd(
     file: Annotated[pathlib.Path, typer.Argument(help="A run file ({quests: [...]})")],
+    config: Annotated[
+        pathlib.Path | None,
+        typer.Option("--config", help="Distributor configs replacing the built-in ones."),
+    ] = None,
+    no_fingerprint: Annotated[
+        bool, typer.Option("--no-fingerprint", help="As `dm run --no-fingerprint`.")
+    ] = False,
 ) -> None:
-    """Print the quest ID of each quest in FILE."""
+    """Print the quest ID of each quest in FILE (as `dm run` computes them)."""
     try:
-        rr = parse_run_file(file)
+        local = None if no_fingerprint else _runs_locally(build_registry(_config(config)))
+        rr = parse_run_file(file, local)
     except BadFile as e:
         raise fail(str(e)) from None
     for desc, nums in zip(rr.request.quest, rr.request.quest_attempt, strict=True):

@@ -7,6 +7,7 @@ or not.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import html
 import importlib.resources
 import json
@@ -17,6 +18,7 @@ from dmcore import distributor as dist
 from dmcore.engine import docs
 from dmcore.engine.core import Engine
 from dmcore.ids import AttemptID
+from dmcore.proto import dm_pb2
 from dmcore.states import AbnormalStatus, AttemptState, ExecutionState, is_terminal_attempt
 
 
@@ -265,6 +267,140 @@ def root_causes(engine: Engine, aid: AttemptID) -> list[Failure]:
 
     visit(aid, [])
     return out
+
+
+# -- explaining reuse (dm run --explain) ---------------------------------------------
+
+
+def _params(text: str) -> Any:
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        return text
+
+
+def differences(a: dm_pb2.Quest.Desc, b: dm_pb2.Quest.Desc) -> list[str]:
+    """What tells two quest descriptions apart, in words (fingerprint apart from the
+    rest of the distributor parameters)."""
+    out: list[str] = []
+    if a.distributor_config_name != b.distributor_config_name:
+        out.append("distributor config")
+    if _params(a.parameters) != _params(b.parameters):
+        out.append("parameters")
+    da, db = _params(a.distributor_parameters), _params(b.distributor_parameters)
+    fa = da.pop("fingerprint", None) if isinstance(da, dict) else None
+    fb = db.pop("fingerprint", None) if isinstance(db, dict) else None
+    if da != db:
+        out.append("distributor parameters")
+    if fa != fb:
+        out.append(f"fingerprint ({str(fb or 'none')[:8]} -> {str(fa or 'none')[:8]})")
+    if a.meta.SerializeToString(deterministic=True) != b.meta.SerializeToString(deterministic=True):
+        out.append("meta")
+    return out
+
+
+def quests_by_name(engine: Engine) -> dict[str, list[tuple[str, int]]]:
+    """Quests of the home by their ``name`` parameter: (quest ID, created), newest first."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    for path, doc in engine.store.query(docs.QUESTS):
+        qid = docs.last_id(path)
+        name = quest_name(engine, qid)
+        if name != qid[:10]:
+            out.setdefault(name, []).append((qid, int(doc.get("created", 0))))
+    for rows in out.values():
+        rows.sort(key=lambda r: -r[1])
+    return out
+
+
+def not_reused_because(
+    engine: Engine, qid: str, by_name: dict[str, list[tuple[str, int]]]
+) -> tuple[str, list[str]] | None:
+    """The newest other quest with the same name, and how ``qid`` differs from it."""
+    desc = engine.quest_desc(qid)
+    if desc is None:
+        return None
+    for other, _ in by_name.get(quest_name(engine, qid), []):
+        if other == qid:
+            continue
+        odesc = engine.quest_desc(other)
+        if odesc is not None:
+            return other, differences(desc, odesc)
+    return None
+
+
+def explain(engine: Engine, attempts: Iterable[AttemptID], since_us: int) -> list[str]:
+    """One line per attempt: reused (when, by which execution), ran (how long), failed;
+    and, for one not reused, why not (another quest of the same name differs)."""
+    by_name = quests_by_name(engine)
+    lines: list[str] = []
+    for aid in attempts:
+        doc = engine.store.get(docs.attempt_path(aid))
+        if doc is None:
+            continue
+        name = quest_name(engine, aid.quest)
+        state = AttemptState(doc["state"])
+        execs = [ex for _, ex in engine.store.query(docs.executions_collection(aid))]
+        mine = [ex for ex in execs if int(ex["created"]) >= since_us]
+        took = sum(max(0, int(ex["modified"]) - int(ex["created"])) for ex in mine) / 1e6
+        ref = f"{aid.quest[:12]}|{aid.num}"
+        ab = doc.get("abnormal") or {}
+        why = f"{AbnormalStatus(int(ab.get('status', 0))).name}: {ab.get('reason', '')}"
+        if state == AttemptState.FINISHED and not mine:
+            res = engine.store.get(docs.result_path(aid)) or {}
+            when = _stamp(int(doc["modified"]))
+            line = f"reused: finished {when} by execution {res.get('execution', '?')}"
+        elif state == AttemptState.FINISHED:
+            line = f"ran: {len(mine)} execution(s), {took:.1f}s"
+        elif state == AttemptState.ABNORMAL_FINISHED and not mine:
+            line = f"failed before this run ({why}); `dm retry` runs it again"
+        elif state == AttemptState.ABNORMAL_FINISHED:
+            line = f"failed: {why} ({len(mine)} execution(s), {took:.1f}s)"
+        else:
+            line = f"{state.name.lower()}: {len(mine)} execution(s) so far"
+        lines.append(f"{name} ({ref}) {line}")
+        if mine:
+            other = not_reused_because(engine, aid.quest, by_name)
+            if other is not None:
+                oqid, diff = other
+                lines.append(
+                    f"  not reused: quest {oqid[:12]} of the same name differs in "
+                    f"{', '.join(diff) or 'nothing visible'}"
+                )
+    return lines
+
+
+def changed_files(engine: Engine, attempts: Iterable[AttemptID], since_us: int) -> list[str]:
+    """A line for each quest new since ``since_us`` that differs from an older one of
+    the same name only in its fingerprint: its files changed, so it ran again."""
+    by_name: dict[str, list[tuple[str, int]]] | None = None
+    lines: list[str] = []
+    for qid in dict.fromkeys(a.quest for a in attempts):
+        doc = engine.store.get(docs.quest_path(qid))
+        if doc is None or int(doc.get("created", 0)) < since_us:
+            continue
+        if by_name is None:
+            by_name = quests_by_name(engine)
+        other = not_reused_because(engine, qid, by_name)
+        if other is not None and len(other[1]) == 1 and other[1][0].startswith("fingerprint"):
+            lines.append(
+                f"{quest_name(engine, qid)}: its files changed since quest {other[0][:12]} "
+                f"({other[1][0]}): a new quest, run again"
+            )
+    return lines
+
+
+def reopened_since(engine: Engine, since_us: int) -> list[AttemptID]:
+    """Attempts re-opened (dm retry) since ``since_us``."""
+    out: list[AttemptID] = []
+    for path, doc in engine.store.query(docs.ATTEMPTS):
+        if any(int(r["at_us"]) >= since_us for r in doc.get("reopened", [])):
+            out.append(AttemptID.decode(docs.last_id(path)))
+    return out
+
+
+def _stamp(us: int) -> str:
+    t = datetime.datetime.fromtimestamp(us / 1e6, tz=datetime.UTC)
+    return f"{t:%Y-%m-%d %H:%M:%S} UTC"
 
 
 STATE_COLOURS = {
