@@ -293,7 +293,7 @@ def differences(a: dm_pb2.Quest.Desc, b: dm_pb2.Quest.Desc) -> list[str]:
     if da != db:
         out.append("distributor parameters")
     if fa != fb:
-        out.append(f"fingerprint ({str(fb or 'none')[:8]} -> {str(fa or 'none')[:8]})")
+        out.append(f"fingerprint {str(fb or 'none')[:8]} -> {str(fa or 'none')[:8]}")
     if a.meta.SerializeToString(deterministic=True) != b.meta.SerializeToString(deterministic=True):
         out.append("meta")
     return out
