@@ -4,6 +4,7 @@ fingerprints, progress, IDs a user can paste (real ``local`` jobs: subprocesses)
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import sys
 from typing import Any
@@ -216,6 +217,7 @@ def test_edited_script_is_a_new_quest(pipeline: pathlib.Path) -> None:
     plain = out.split()[0]
     code, out, _ = dm("run", "run.json", "--no-fingerprint", "--json")
     assert code == 0 and json.loads(out)["attempts"][0]["quest"] == plain != first
+    assert "DM_NO_FINGERPRINT" not in os.environ  # only for the jobs of that run
 
 
 def test_explain_says_why_not_reused(pipeline: pathlib.Path) -> None:

@@ -24,7 +24,7 @@ from rich.tree import Tree
 
 from dmcore import fingerprint, ids
 from dmcore.cli import progress, report
-from dmcore.cli.runfile import parse_run_file
+from dmcore.cli.runfile import RunRequest, parse_run_file
 from dmcore.distributor import Registry
 from dmcore.engine import docs
 from dmcore.errors import DMError, InvalidArgument
@@ -372,9 +372,37 @@ def run(  # noqa: PLR0917 - typer: one parameter per option
                 raise BadFile(f"{file}: quests[{i}]: {e}") from None
     except BadFile as e:
         raise fail(str(e)) from None
-    if no_fingerprint:
-        os.environ[fingerprint.ENV_NO_FINGERPRINT] = "1"  # and for its jobs (Job.depend)
+    with _no_fingerprint_for_jobs(no_fingerprint):
+        _run(rr, home, cfg, file, as_json, timeout, quiet, explain, retry_failed)
 
+
+@contextmanager
+def _no_fingerprint_for_jobs(on: bool) -> Iterator[None]:
+    """DM_NO_FINGERPRINT=1 for the jobs this run starts (their Job.depend), while it runs."""
+    key = fingerprint.ENV_NO_FINGERPRINT
+    before = os.environ.get(key)
+    if on:
+        os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if on and before is None:
+            os.environ.pop(key, None)
+        elif on and before is not None:
+            os.environ[key] = before
+
+
+def _run(  # noqa: PLR0917 - the options of `dm run`, once parsed
+    rr: RunRequest,
+    home: pathlib.Path,
+    cfg: dict[str, Any],
+    file: pathlib.Path,
+    as_json: bool,
+    timeout: float | None,
+    quiet: bool,
+    explain: bool,
+    retry_failed: bool,
+) -> None:
     started = time.monotonic()
     with _open(home, cfg) as emb:
         started_us = emb.clock()
