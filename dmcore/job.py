@@ -14,23 +14,42 @@ A distributor that runs a program hands it, in environment variables:
 ``DM_WORKDIR``         dm's working directory, where quests without a ``cwd`` run
                        (:meth:`Job.depend` fingerprints the files they run from there)
 
+A job that runs away from dm (started by a remote distributor: ``http``,
+``cloud_run_jobs``) gets instead of ``DM_HOME`` and ``DM_STATE_FILE``:
+
+``DM_API_URL``         dm_api's base URL: the job calls it over pRPC (:mod:`dmcore.remote`),
+                       with a Google ID token when it is https (a private dm_api)
+``DM_API_AUDIENCE``    the ID token's audience, if not the URL's origin
+``DM_QUEST_PARAMETERS`` / ``DM_QUEST_PARAMETERS_FILE`` as above; with neither, the job
+                       reads the parameters through the API
+``DM_PREVIOUS_STATE``  the previous execution's state (JSON); absent: read through the API
+``DM_REPORT_AUTH_TOKEN`` with ``DM_REPORT_TOPIC`` (Pub/Sub) or ``DM_REPORT_URL`` (push)
+                       where the job reports its state when its execution stops
+
 :class:`Job` wraps the protocol: ``activate()``, ``depend(...)`` (may ask the
-job to stop: dm runs it again once the dependencies finished), ``finish()``.
+job to stop: dm runs it again once the dependencies finished), ``finish()``;
+``parameters`` and ``state``. :func:`worker` turns a function of a Job into an
+HTTP target for functions-framework (the ``http`` distributor's worker).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from google.protobuf import json_format
 
-from dmcore import fingerprint, ids
+from dmcore import fingerprint, ids, remote
 from dmcore.client import Client
+from dmcore.errors import DMError, PermissionDenied, Unauthenticated, Unavailable
 from dmcore.proto import dm_pb2
+
+log = logging.getLogger("dm.job")
 
 ENV_AUTH = "DM_EXECUTION_AUTH"
 ENV_HOME = "DM_HOME"
@@ -40,6 +59,12 @@ ENV_QUEST = "DM_QUEST_ID"
 ENV_PARAMS = "DM_QUEST_PARAMETERS"
 ENV_PARAMS_FILE = "DM_QUEST_PARAMETERS_FILE"
 ENV_WORKDIR = "DM_WORKDIR"
+ENV_API_URL = "DM_API_URL"
+ENV_API_AUDIENCE = "DM_API_AUDIENCE"
+ENV_PREVIOUS_STATE = "DM_PREVIOUS_STATE"
+ENV_REPORT_TOKEN = "DM_REPORT_AUTH_TOKEN"
+ENV_REPORT_TOPIC = "DM_REPORT_TOPIC"
+ENV_REPORT_URL = "DM_REPORT_URL"
 
 
 class JobError(Exception):
@@ -47,7 +72,13 @@ class JobError(Exception):
 
 
 def client_from_env(env: Mapping[str, str]) -> Client:
-    """A client for the dm that started this job."""
+    """A client for the dm that started this job: remote with ``DM_API_URL``, else embedded."""
+    url = env.get(ENV_API_URL, "").strip()
+    if url:
+        audience = env.get(ENV_API_AUDIENCE, "").strip()
+        return remote.RemoteClient(
+            url, remote.HttpCaller(remote.default_token_source(url, audience))
+        )
     home = env.get(ENV_HOME)
     if home:
         from dmcore.runtime.backend import store_from_env
@@ -57,7 +88,29 @@ def client_from_env(env: Mapping[str, str]) -> Client:
         from dmcore.client import LocalClient
 
         return LocalClient(emb.service)
-    raise JobError(f"{ENV_HOME} is not set (remote dm hosts are not supported by this client yet)")
+    raise JobError(f"neither {ENV_API_URL} nor {ENV_HOME} is set: not started by dm?")
+
+
+def reporter_from_env(env: Mapping[str, str], execution: str) -> remote.Reporter | None:
+    """Where a remote job reports how it ended (None: its distributor does not ask)."""
+    token = env.get(ENV_REPORT_TOKEN, "")
+    if not token:
+        return None
+    notify = remote.Notify(token, env.get(ENV_REPORT_TOPIC, ""), env.get(ENV_REPORT_URL, ""))
+    if not (notify.topic or notify.url):
+        raise JobError(f"{ENV_REPORT_TOKEN} needs {ENV_REPORT_TOPIC} or {ENV_REPORT_URL}")
+    return remote.Reporter(notify, execution)
+
+
+def worker_token(activation: bytes) -> bytes:
+    """The execution token a worker derives from its activation token.
+
+    Deterministic, so that a redelivery of the same task (Cloud Tasks retries
+    after a crash or a timeout) activates again (dm accepts a repeated
+    activation with the same token) and carries on; unguessable without the
+    activation token, which only dm and the task hold.
+    """
+    return hashlib.sha256(b"dm-worker-execution-token\0" + activation).digest()
 
 
 class Dependencies:
@@ -82,15 +135,36 @@ class Dependencies:
 
 
 class Job:
-    """The running execution's handle on dm."""
+    """The running execution's handle on dm.
+
+    ``state`` is what the next execution of the attempt starts from (after a
+    halt for dependencies, or a retry). A local job keeps it in its state
+    file; a remote job holds it in memory and, with a ``reporter``, reports it
+    when the execution stops (``finish``, or a ``depend`` that halts): set it
+    before those calls.
+    """
 
     def __init__(
-        self, client: Client, auth: dm_pb2.Execution.Auth, state_file: pathlib.Path | None
+        self,
+        client: Client,
+        auth: dm_pb2.Execution.Auth,
+        state_file: pathlib.Path | None,
+        *,
+        parameters: str | None = None,
+        parameters_file: pathlib.Path | None = None,
+        state: Any = None,
+        reporter: remote.Reporter | None = None,
     ) -> None:
         self.client = client
         self.auth = auth
         self.state_file = state_file
         self.token = b""
+        self.reporter = reporter
+        self.stopped = False
+        """True once the execution stopped (finished, or halted for dependencies)."""
+        self._parameters_text = parameters
+        self._parameters_file = parameters_file
+        self._state = state
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Job:
@@ -103,33 +177,117 @@ class Job:
             json_format.Parse(raw, auth)
         except json_format.ParseError as e:
             raise JobError(f"{ENV_AUTH}: {e}") from None
-        state = env.get(ENV_STATE)
-        return cls(client_from_env(env), auth, pathlib.Path(state) if state else None)
+        state_path = env.get(ENV_STATE)
+        state: Any = None
+        if not state_path and env.get(ENV_PREVIOUS_STATE):
+            try:
+                state = json.loads(env[ENV_PREVIOUS_STATE])
+            except ValueError as e:
+                raise JobError(f"{ENV_PREVIOUS_STATE}: not JSON: {e}") from None
+        params_file = env.get(ENV_PARAMS_FILE)
+        return cls(
+            client_from_env(env),
+            auth,
+            pathlib.Path(state_path) if state_path else None,
+            parameters=env.get(ENV_PARAMS),
+            parameters_file=pathlib.Path(params_file) if params_file else None,
+            state=state,
+            reporter=reporter_from_env(env, str(ids.ExecutionID.from_proto(auth.id))),
+        )
+
+    @classmethod
+    def from_order(cls, order: remote.WorkOrder, client: Client | None = None) -> Job:
+        """The job of a remote distributor's work order (the ``http`` worker)."""
+        eid = ids.ExecutionID.from_proto(order.auth.id)
+        reporter = remote.Reporter(order.notify, str(eid)) if order.notify else None
+        return cls(
+            client or remote.RemoteClient(order.dm_api_url),
+            order.auth,
+            None,
+            parameters=order.parameters,
+            state=order.state,
+            reporter=reporter,
+        )
 
     @property
     def execution_id(self) -> ids.ExecutionID:
         return ids.ExecutionID.from_proto(self.auth.id)
 
+    # -- what the quest asks for ----------------------------------------------------------
+
+    @property
+    def parameters(self) -> Any:
+        """The quest's parameters, parsed (from the environment, a file or the API)."""
+        if self._parameters_text is None:
+            if self._parameters_file is not None:
+                self._parameters_text = self._parameters_file.read_text()
+            else:
+                self._parameters_text = self._quest_desc().parameters
+        return json.loads(self._parameters_text)
+
+    def _own_attempt(self, *, executions: bool) -> dm_pb2.Attempt:
+        """This execution's attempt as dm's graph shows it (needs ``activate()`` first)."""
+        eid = self.execution_id
+        req = dm_pb2.WalkGraphReq(auth=self._auth())
+        req.query.attempt_list.to[eid.quest].nums.append(eid.attempt)
+        req.limit.max_depth = 0
+        req.include.quest.data = True
+        req.include.attempt.data = True
+        if executions:
+            req.include.execution.data = True
+            req.include.execution.result = True
+            req.include.num_executions = 1_000_000
+        graph = self.client.walk_graph(req)
+        quest = graph.quests[eid.quest]
+        self._desc = quest.data.desc
+        return quest.attempts[eid.attempt]
+
+    def _quest_desc(self) -> dm_pb2.Quest.Desc:
+        desc: dm_pb2.Quest.Desc | None = getattr(self, "_desc", None)
+        if desc is None:
+            self._own_attempt(executions=False)
+            desc = self._desc
+        return desc
+
     # -- state carried across executions of the attempt ---------------------------------
 
     @property
     def state(self) -> Any:
-        if self.state_file is None or not self.state_file.exists():
-            return {}
-        text = self.state_file.read_text()
-        return json.loads(text) if text.strip() else {}
+        if self.state_file is not None:
+            if not self.state_file.exists():
+                return {}
+            text = self.state_file.read_text()
+            return json.loads(text) if text.strip() else {}
+        if self._state is None:
+            self._state = self._previous_state()
+        return self._state
 
     @state.setter
     def state(self, value: Any) -> None:
-        if self.state_file is None:
-            raise JobError(f"{ENV_STATE} is not set")
-        self.state_file.write_text(json.dumps(value))
+        if self.state_file is not None:
+            self.state_file.write_text(json.dumps(value))
+            return
+        self._state = value
+
+    def _previous_state(self) -> Any:
+        """The state in the result of the attempt's last execution that ended normally."""
+        if isinstance(self.client, remote.RemoteClient) and self.token:
+            att = self._own_attempt(executions=True)
+            for num in sorted(att.executions, reverse=True):
+                ex = att.executions[num].data
+                if num < self.execution_id.num and ex.HasField("finished"):
+                    got = remote.state_of(ex.finished.data)
+                    return {} if got is None else got
+        return {}
 
     # -- calls ------------------------------------------------------------------------
 
-    def activate(self) -> None:
-        """Swap the activation token for this job's own (call once, first)."""
-        token = os.urandom(64)
+    def activate(self, token: bytes | None = None) -> None:
+        """Swap the activation token for this job's own (call once, first).
+
+        ``token``: this job's execution token (at least 32 bytes; default: random).
+        """
+        token = os.urandom(64) if token is None else token
         self.client.activate_execution(
             dm_pb2.ActivateExecutionReq(auth=self.auth, execution_token=token)
         )
@@ -163,7 +321,10 @@ class Job:
             qid = ids.quest_id(desc)
             wanted += [(qid, n) for n in attempts]
         req.for_execution.CopyFrom(self._auth())
-        return Dependencies(self.client.ensure_graph_data(req), wanted)
+        deps = Dependencies(self.client.ensure_graph_data(req), wanted)
+        if deps.should_halt:
+            self._stopped()
+        return deps
 
     def finish(self, result: Any) -> None:
         """Record the attempt's result (a JSON object); the job should then exit."""
@@ -171,3 +332,106 @@ class Job:
         self.client.finish_attempt(
             dm_pb2.FinishAttemptReq(auth=self._auth(), data=dm_pb2.JsonResult(object=text))
         )
+        self._stopped()
+
+    def _stopped(self) -> None:
+        """The execution is STOPPING: report the state to the distributor (remote jobs)."""
+        self.stopped = True
+        if self.reporter is not None:
+            self.reporter.send(remote.Report(remote.REPORT_STOPPED, state=self.state))
+
+    def report(self, kind: str, reason: str) -> None:
+        """Report a failure (``remote.REPORT_FAILED`` / ``REPORT_CRASHED``) to the distributor."""
+        if self.reporter is None:
+            raise JobError("this job has nowhere to report to")
+        self.reporter.send(remote.Report(kind, reason=reason))
+
+
+# -- the http distributor's worker ------------------------------------------------------------
+
+RETRY_COUNT_HEADER = "X-CloudTasks-TaskRetryCount"
+
+JobFunction = Callable[[Job], Any]
+
+
+def run_order(
+    order: remote.WorkOrder, fn: JobFunction, delivery: int = 1, client: Client | None = None
+) -> tuple[int, str]:
+    """Run ``fn`` on the job of ``order``; the HTTP answer the worker gives: (status, text).
+
+    * the job stopped (finished, or halted for dependencies): 200; the job
+      reported its state itself when it stopped.
+    * ``fn`` returned without stopping: FAILED "worker returned without
+      finishing" is reported; 200 (a retry would not do better).
+    * ``fn`` raised: 500, so Cloud Tasks delivers the task again; on the last
+      delivery the order allows (``max_attempts``) CRASHED is reported and the
+      answer is 200, so no queue setting can make it go on.
+    * dm refused the activation: another delivery activated this execution
+      with another token, or it has stopped already: 200, nothing to do.
+    * dm or the report could not be reached: 503 (delivered again).
+    """
+    job = Job.from_order(order, client)
+    eid = job.execution_id
+    try:
+        job.activate(worker_token(order.auth.token))
+    except (PermissionDenied, Unauthenticated) as e:
+        log.warning("execution %s: activation refused (%s): nothing to do", eid, e.message)
+        return 200, f"execution {eid} is not ours to run: {e.message}"
+    except Unavailable as e:
+        return 503, f"dm is unavailable: {e.message}"
+    try:
+        try:
+            fn(job)
+        except Exception as e:
+            if job.stopped:
+                log.exception("execution %s: the worker raised after the execution stopped", eid)
+                return 200, "stopped (the worker raised afterwards; see its log)"
+            last = order.max_attempts > 0 and delivery >= order.max_attempts
+            log.exception("execution %s: the worker raised (delivery %d)", eid, delivery)
+            if not last:
+                return 500, f"the worker raised {type(e).__name__}; to be retried"
+            job.report(
+                remote.REPORT_CRASHED,
+                f"worker raised on delivery {delivery} of {order.max_attempts}: "
+                f"{type(e).__name__}: {e}",
+            )
+            return 200, "crashed (reported)"
+        if not job.stopped:
+            job.report(remote.REPORT_FAILED, "worker returned without finishing")
+            return 200, "returned without finishing (reported as FAILED)"
+    except Unavailable as e:
+        return 503, f"cannot reach dm: {e.message}"
+    except DMError as e:
+        log.error("execution %s: dm refused a call: %s", eid, e.message)
+        return 500, f"dm refused a call: {e.message}"
+    return 200, "ok"
+
+
+def worker(fn: JobFunction) -> Callable[[Any], Any]:
+    """A functions-framework HTTP target running ``fn(job)`` for each task the
+    ``http`` distributor sends (the body is a :class:`~dmcore.remote.WorkOrder`)::
+
+        from dmcore.job import Job, worker
+
+        @worker
+        def main(job: Job) -> None:
+            job.finish({"sum": sum(job.parameters["numbers"])})
+
+    then ``functions-framework --target main``. See :func:`run_order` for the answers.
+    """
+    from werkzeug.wrappers import Response
+
+    def handle(request: Any) -> Response:
+        if request.method != "POST":
+            return Response("POST a dm work order\n", status=405, headers={"Allow": "POST"})
+        try:
+            retries = int(request.headers.get(RETRY_COUNT_HEADER, "0") or "0")
+            order = remote.WorkOrder.from_bytes(request.get_data())
+        except ValueError as e:
+            return Response(f"bad work order: {e}\n", status=400)
+        status, text = run_order(order, fn, delivery=retries + 1)
+        return Response(text + "\n", status=status, mimetype="text/plain")
+
+    handle.__name__ = getattr(fn, "__name__", "worker")
+    handle.__doc__ = fn.__doc__
+    return handle

@@ -1,0 +1,289 @@
+"""The job's side over HTTP: :class:`dmcore.job.Job` on the pRPC client of :mod:`dmcore.remote`.
+
+dm runs under ``dm serve`` (the real functions over real HTTP, embedded
+store) with the fake distributor, which hands the test each execution's auth;
+the test then plays the job through the remote client, as a job on Cloud Run
+would. Reports go to a local HTTP sink.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pathlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from google.protobuf import json_format
+
+from distributors.fake import FakeWorld, quest_desc
+from dmcore import job as dmjob
+from dmcore import remote
+from dmcore.engine import docs
+from dmcore.errors import Code, Internal, PermissionDenied, Unauthenticated, Unavailable
+from dmcore.ids import ExecutionID
+from dmcore.proto import dm_pb2
+from dmcore.runtime import backend as backends
+from dmcore.runtime.serve import LocalServer
+from dmcore.service import Caller
+from dmcore.states import ExecutionState
+from tests.http_sink import HttpSink, Seen
+from tests.test_functions_support import CONFIG, clean_env
+
+SAFETY_S = 60.0
+
+
+@pytest.fixture
+def served(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalServer]:
+    clean_env(monkeypatch)
+    srv = LocalServer(
+        0, tmp_path / "home", config=CONFIG, sweep_every_s=0.5, out=lambda s: None
+    ).start()
+    world = FakeWorld()
+    b = backends.get()
+    world.install(b.engine.registry)
+    world.service = b.service
+
+    def publish(topic: str, data: bytes, attrs: dict[str, str]) -> None:
+        b.engine.receive_notification(data, attrs)
+
+    world.publish = publish
+    srv.world = world  # type: ignore[attr-defined]
+    try:
+        yield srv
+    finally:
+        srv.close()
+        from dmcore import logs
+
+        logs.unconfigure()
+
+
+@pytest.fixture
+def sink() -> Iterator[HttpSink]:
+    with HttpSink() as s:
+        yield s
+
+
+def start(srv: LocalServer, desc: dm_pb2.Quest.Desc) -> ExecutionID:
+    """Submit ``desc`` (attempt 1) and wait until the fake is asked to run it."""
+    req = dm_pb2.EnsureGraphDataReq()
+    req.quest.append(desc)
+    req.quest_attempt.add(nums=[1])
+    rsp = backends.get().service.ensure_graph_data(req, Caller.trusted())
+    eid = ExecutionID(rsp.quest_ids[0].id, 1, 1)
+    world: FakeWorld = srv.world  # type: ignore[attr-defined]
+    deadline = time.monotonic() + SAFETY_S
+    while eid not in world.pending():
+        assert time.monotonic() < deadline, "the fake was never asked to run"
+        time.sleep(0.02)
+    return eid
+
+
+def execution_state(eid: ExecutionID) -> ExecutionState:
+    doc = backends.get().engine.store.get(docs.execution_path(eid))
+    assert doc is not None
+    return ExecutionState(doc["state"])
+
+
+def auth_of(srv: LocalServer, eid: ExecutionID) -> dm_pb2.Execution.Auth:
+    world: FakeWorld = srv.world  # type: ignore[attr-defined]
+    return world.task(eid).auth
+
+
+def reports(sink: HttpSink) -> list[tuple[dict[str, Any], dict[str, str]]]:
+    out = []
+    for s in sink.seen:
+        msg = json.loads(s.body)["message"]
+        out.append((json.loads(base64.b64decode(msg["data"])), msg["attributes"]))
+    return out
+
+
+def test_remote_job_reads_parameters_through_the_api_and_reports_its_state_on_halt(
+    served: LocalServer, sink: HttpSink
+) -> None:
+    desc = quest_desc("remote")
+    desc.parameters = json.dumps({"name": "remote", "numbers": [1, 2, 3]}, sort_keys=True)
+    eid = start(served, desc)
+    notify = remote.Notify("the-auth-token", url=sink.url + "/dm_notify/")
+    job = dmjob.Job(
+        remote.RemoteClient(served.base_url),
+        auth_of(served, eid),
+        None,
+        reporter=remote.Reporter(notify, str(eid)),
+    )
+    job.activate()
+    assert execution_state(eid) == ExecutionState.RUNNING
+    assert job.parameters == {"name": "remote", "numbers": [1, 2, 3]}  # no env: via WalkGraph
+    assert job.state == {}  # the first execution: nothing before it
+    job.state = {"stage": 1}
+    deps = job.depend([json_format.MessageToDict(quest_desc("dep"))])
+    assert deps.should_halt and job.stopped
+    assert execution_state(eid) == ExecutionState.STOPPING
+    [(data, attrs)] = reports(sink)
+    assert data == {"report": "stopped", "state": {"stage": 1}}
+    assert attrs == {"auth_token": "the-auth-token", "execution": str(eid)}
+
+
+def test_remote_job_finishes_and_dm_errors_keep_their_codes(
+    served: LocalServer, sink: HttpSink
+) -> None:
+    eid = start(served, quest_desc("finisher"))
+    client = remote.RemoteClient(served.base_url)
+    bad = dm_pb2.Execution.Auth(id=eid.to_proto(), token=b"not the activation token")
+    with pytest.raises(PermissionDenied):
+        dmjob.Job(client, bad, None).activate()
+    job = dmjob.Job(client, auth_of(served, eid), None, parameters='{"name": "finisher"}')
+    job.activate()
+    job.activate(job.token)  # the same token again: dm accepts (idempotent activation)
+    job.finish({"answer": 42})
+    assert job.stopped and execution_state(eid) == ExecutionState.STOPPING
+    with pytest.raises(Unauthenticated) as e:
+        job.depend([json_format.MessageToDict(quest_desc("late"))])  # the token is revoked
+    assert e.value.code == Code.UNAUTHENTICATED
+
+
+def test_from_env_picks_the_remote_client_and_reads_the_environment(
+    served: LocalServer, tmp_path: pathlib.Path
+) -> None:
+    eid = start(served, quest_desc("from-env"))
+    params = tmp_path / "params.json"
+    params.write_text('{"big": "' + "x" * 1000 + '"}')
+    env = {
+        dmjob.ENV_AUTH: json_format.MessageToJson(auth_of(served, eid), indent=None),
+        dmjob.ENV_API_URL: served.base_url,
+        dmjob.ENV_PARAMS_FILE: str(params),
+        dmjob.ENV_PREVIOUS_STATE: '{"carried": true}',
+    }
+    job = dmjob.Job.from_env(env)
+    assert isinstance(job.client, remote.RemoteClient)
+    assert job.parameters == {"big": "x" * 1000}
+    assert job.state == {"carried": True}
+    assert job.reporter is None
+    job.activate()
+    job.finish({"ok": True})
+    with pytest.raises(dmjob.JobError, match="DM_REPORT_TOPIC or DM_REPORT_URL"):
+        dmjob.Job.from_env({**env, dmjob.ENV_REPORT_TOKEN: "t"})
+    with pytest.raises(dmjob.JobError, match="neither DM_API_URL nor DM_HOME"):
+        dmjob.Job.from_env({dmjob.ENV_AUTH: env[dmjob.ENV_AUTH]})
+
+
+def test_the_previous_state_comes_through_the_api_when_not_given(served: LocalServer) -> None:
+    desc = quest_desc("resumed")
+    eid = start(served, desc)
+    world: FakeWorld = served.world  # type: ignore[attr-defined]
+
+    def first(fake_job: Any) -> None:
+        fake_job.activate()
+        fake_job.dep_on(quests=[quest_desc("dep1")])  # halts: STOPPING
+        fake_job.state = {"state": {"stage": 2}}  # the distributor result remote jobs read
+
+    world.run_task(eid, first)
+    deadline = time.monotonic() + SAFETY_S
+    while not (dep_eids := [e for e in world.pending() if e.quest != eid.quest]):
+        assert time.monotonic() < deadline, "the dependency never ran"
+        time.sleep(0.02)
+
+    def dependency(fake_job: Any) -> None:
+        fake_job.activate()
+        fake_job.finish({"dep": 1})
+
+    world.run_task(dep_eids[0], dependency)
+    second = ExecutionID(eid.quest, 1, 2)
+    while second not in world.pending():
+        assert time.monotonic() < deadline, "the attempt was never resumed"
+        time.sleep(0.02)
+    job = dmjob.Job(remote.RemoteClient(served.base_url), auth_of(served, second), None)
+    job.activate()
+    assert job.state == {"stage": 2}
+
+
+def test_the_client_retries_unavailable_answers_then_gives_up() -> None:
+    empty = b""
+    answers = [503, 503, 200]
+
+    def answer(seen: Seen) -> tuple[int, dict[str, str], bytes]:
+        status = answers.pop(0) if answers else 503
+        code = "0" if status == 200 else str(int(Code.UNAVAILABLE))
+        return status, {remote.GRPC_CODE_HEADER: code}, empty
+
+    slept: list[float] = []
+    with HttpSink(answer) as server:
+        client = remote.RemoteClient(
+            server.url, remote.HttpCaller(None, retries=3, sleep=slept.append)
+        )
+        client.activate_execution(dm_pb2.ActivateExecutionReq())
+        assert [s.path for s in server.seen] == ["/prpc/dm.Deps/ActivateExecution"] * 3
+        assert server.seen[0].headers["Content-Type"] == remote.PRPC_CONTENT_TYPE
+        assert "Authorization" not in server.seen[0].headers  # plain http: no ID token
+        with pytest.raises(Unavailable, match="after 3 attempts"):
+            client.activate_execution(dm_pb2.ActivateExecutionReq())
+    assert slept == [0.5, 1.0, 0.5, 1.0]
+
+
+def test_an_answer_without_a_prpc_code_is_not_dm() -> None:
+    with HttpSink() as server:
+        client = remote.RemoteClient(server.url, remote.HttpCaller(None, retries=1))
+        with pytest.raises(Internal, match="without a pRPC code"):
+            client.walk_graph(dm_pb2.WalkGraphReq())
+
+
+def test_id_tokens_come_from_the_service_account_file(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """google-auth signs an assertion with the key file and swaps it at ``token_uri``."""
+    import google.auth.jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    issued: list[dict[str, Any]] = []
+
+    def token_endpoint(seen: Seen) -> tuple[int, dict[str, str], bytes]:
+        form = dict(p.split("=", 1) for p in seen.body.decode().split("&"))
+        claims = google.auth.jwt.decode(form["assertion"], verify=False)  # type: ignore[no-untyped-call]
+        issued.append(claims)
+        now = int(time.time())
+        signer = google.auth.crypt.RSASigner.from_string(pem, "k1")  # type: ignore[no-untyped-call]
+        fake_id_token = google.auth.jwt.encode(  # type: ignore[no-untyped-call]
+            signer,
+            {"aud": claims["target_audience"], "iat": now, "exp": now + 3600, "iss": "me"},
+        ).decode()
+        body = json.dumps({"id_token": fake_id_token}).encode()
+        return 200, {"Content-Type": "application/json"}, body
+
+    with HttpSink(token_endpoint) as endpoint:
+        keyfile = tmp_path / "sa.json"
+        keyfile.write_text(
+            json.dumps(
+                {
+                    "type": "service_account",
+                    "project_id": "demo",
+                    "private_key_id": "k1",
+                    "private_key": pem,
+                    "client_email": "job@demo.iam.gserviceaccount.com",
+                    "client_id": "1",
+                    "token_uri": endpoint.url + "/token",
+                }
+            )
+        )
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(keyfile))
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        source = remote.default_token_source("https://dm-api.example.run.app/some/path")
+        assert source is not None
+        token = source()
+        assert source() == token  # cached while valid: one exchange
+    assert len(issued) == 1
+    assert issued[0]["target_audience"] == "https://dm-api.example.run.app"
+    assert issued[0]["iss"] == "job@demo.iam.gserviceaccount.com"
+    got = google.auth.jwt.decode(token, verify=False)  # type: ignore[no-untyped-call]
+    assert got["aud"] == "https://dm-api.example.run.app"
+    assert remote.default_token_source("http://127.0.0.1:8080") is None
+    assert os.environ["GOOGLE_APPLICATION_CREDENTIALS"] == str(keyfile)
