@@ -198,6 +198,8 @@ class Kind:
     name: str
     config_type: type[message.Message]
     factory: Factory
+    check: Callable[[Any], None] | None = None
+    """Checks a config message beyond its proto (ValueError naming the field)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,11 +249,22 @@ class Registry:
 
     # -- kinds ---------------------------------------------------------------
 
-    def register(self, name: str, config_type: type[message.Message], factory: Factory) -> None:
-        """Register implementation ``name``, configured by ``config_type``."""
+    def register(
+        self,
+        name: str,
+        config_type: type[message.Message],
+        factory: Factory,
+        check: Callable[[Any], None] | None = None,
+    ) -> None:
+        """Register implementation ``name``, configured by ``config_type``.
+
+        ``check(config)`` (optional) refuses a config its proto accepts but the
+        distributor cannot use (a malformed URL, a missing field): it raises
+        ValueError naming the field, and the config file is refused.
+        """
         if name == "alias":
             raise ValueError("'alias' is reserved")
-        kind = Kind(name, config_type, factory)
+        kind = Kind(name, config_type, factory, check)
         self._kinds[name] = kind
         self._by_type_url[_type_url(config_type)] = kind
 
@@ -334,8 +347,16 @@ class Registry:
             if other.WhichOneof("distributor_type") == "alias":
                 raise InvalidArgument(f"{where}: alias to an alias: too many levels of indirection")
             return
-        if dist.config.type_url not in self._by_type_url:
+        kind = self._by_type_url.get(dist.config.type_url)
+        if kind is None:
             raise InvalidArgument(f"{where}: no registered distributor for {dist.config.type_url}")
+        if kind.check is not None:
+            msg = kind.config_type()
+            dist.config.Unpack(msg)
+            try:
+                kind.check(msg)
+            except ValueError as e:
+                raise InvalidArgument(f"{where}.{kind.name}: {e}") from None
 
     @property
     def config_names(self) -> list[str]:

@@ -321,6 +321,7 @@ class Job:
             qid = ids.quest_id(desc)
             wanted += [(qid, n) for n in attempts]
         req.for_execution.CopyFrom(self._auth())
+        self._keep_state()
         deps = Dependencies(self.client.ensure_graph_data(req), wanted)
         if deps.should_halt:
             self._stopped()
@@ -329,10 +330,17 @@ class Job:
     def finish(self, result: Any) -> None:
         """Record the attempt's result (a JSON object); the job should then exit."""
         text = result if isinstance(result, str) else json.dumps(result)
+        self._keep_state()
         self.client.finish_attempt(
             dm_pb2.FinishAttemptReq(auth=self._auth(), data=dm_pb2.JsonResult(object=text))
         )
         self._stopped()
+
+    def _keep_state(self) -> None:
+        """Load the previous state while the token still reads it: stopping revokes it,
+        and the report after the stop carries the state."""
+        if self.reporter is not None and self.state_file is None and self._state is None:
+            self._state = self._previous_state()
 
     def _stopped(self) -> None:
         """The execution is STOPPING: report the state to the distributor (remote jobs)."""

@@ -1,0 +1,372 @@
+"""The http distributor's :class:`~dmcore.distributor.D` (see the package docstring)."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import urllib.parse
+from typing import Any
+
+import grpc  # type: ignore[import-untyped,unused-ignore]
+from google.api_core import exceptions as gexc
+from google.cloud import tasks_v2
+from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
+from google.protobuf import duration_pb2
+
+from distributors import gapi, params
+from distributors.http import config_pb2
+from dmcore import distributor as dist
+from dmcore import remote
+from dmcore.errors import DMError
+from dmcore.ids import ExecutionID
+from dmcore.proto import dm_pb2
+from dmcore.store.base import Contention, Doc, Transaction
+
+log = logging.getLogger("dm.distributors.http")
+
+KIND = "http"
+COLLECTION = "http_tasks"
+"""The distributor's records in dm's store: when a task was first seen gone."""
+
+EMULATOR_ENV = "DM_TASKS_EMULATOR_HOST"
+"""``host:port`` of a local Cloud Tasks stand-in (plain gRPC), as dm's own queue uses."""
+
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_DEADLINE = datetime.timedelta(minutes=10)
+MIN_DEADLINE = datetime.timedelta(seconds=15)
+MAX_DEADLINE = datetime.timedelta(minutes=30)
+MAX_ORDER_BYTES = 90_000
+"""Work orders above this leave out parameters and state (the worker reads them via
+the API): Cloud Tasks refuses tasks over 100 KB."""
+
+POLL_INTERVAL = datetime.timedelta(seconds=30)
+"""How often dm asks whether a running execution's task still exists."""
+POLL_TIMEOUT = datetime.timedelta(seconds=60)
+"""After the execution stops, how long dm waits for the report before polling."""
+REPORT_GRACE = datetime.timedelta(seconds=45)
+"""A task gone this long without a report ended without one: CRASHED."""
+
+CALL: dict[str, Any] = {"retry": None, "timeout": 10.0}
+"""Per call: no client-side retries (dm retries transient errors itself, with backoff;
+one retry layer keeps a call's cost bounded) and a 10 s deadline."""
+
+_QUEUE = re.compile(r"^projects/[^/]+/locations/[^/]+/queues/[A-Za-z0-9-]{1,100}$")
+
+Abnormal = dm_pb2.AbnormalFinish
+
+
+def _abnormal(status: Abnormal.Status, reason: str) -> dm_pb2.Result:
+    return dm_pb2.Result(abnormal_finish=Abnormal(status=status, reason=reason))
+
+
+def _now_us() -> int:
+    return int(datetime.datetime.now(datetime.UTC).timestamp() * 1_000_000)
+
+
+def _loopback(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _check_url(field: str, url: str, *, required: bool = False) -> None:
+    if not url:
+        if required:
+            raise ValueError(f"{field}: required")
+        return
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{field}: must be an http(s) URL, got {url!r}")
+    if parts.scheme == "http" and not _loopback(url):
+        raise ValueError(f"{field}: plain http only on the loopback (use https): {url!r}")
+    if parts.username or parts.password:
+        raise ValueError(f"{field}: must not carry credentials")
+
+
+def deadline_of(cfg: config_pb2.Config) -> datetime.timedelta:
+    return cfg.deadline.ToTimedelta() if cfg.HasField("deadline") else DEFAULT_DEADLINE
+
+
+def check_config(cfg: config_pb2.Config) -> None:
+    """What ``dm config validate`` adds to the proto's own checks."""
+    _check_url("url", cfg.url, required=True)
+    for field in ("status_url", "cancel_url", "dm_api_url", "report_url"):
+        _check_url(field, getattr(cfg, field))
+    if not _QUEUE.match(cfg.queue):
+        raise ValueError(f"queue: expected projects/P/locations/L/queues/Q, got {cfg.queue!r}")
+    if cfg.url.startswith("https://") and not cfg.service_account_email:
+        raise ValueError("service_account_email: required for an https url (the OIDC identity)")
+    if cfg.service_account_email and "@" not in cfg.service_account_email:
+        raise ValueError(f"service_account_email: not an email: {cfg.service_account_email!r}")
+    if not MIN_DEADLINE <= deadline_of(cfg) <= MAX_DEADLINE:
+        raise ValueError("deadline: must be within 15s..30m (Cloud Tasks' dispatch deadline)")
+    if cfg.max_attempts > 100:
+        raise ValueError("max_attempts: at most 100")
+
+
+# -- the Cloud Tasks client (one per process and endpoint: channels are costly) -------------
+
+_clients: dict[str, tasks_v2.CloudTasksClient] = {}
+_clients_lock = threading.Lock()
+
+
+def tasks_client() -> tasks_v2.CloudTasksClient:
+    """The Cloud Tasks client: Application Default Credentials, or plain gRPC to
+    ``DM_TASKS_EMULATOR_HOST`` (a local stand-in, no credentials)."""
+    host = os.environ.get(EMULATOR_ENV, "").strip()
+    with _clients_lock:
+        client = _clients.get(host)
+        if client is None:
+            if host:
+                transport = CloudTasksGrpcTransport(channel=grpc.insecure_channel(host))
+                client = tasks_v2.CloudTasksClient(transport=transport)
+            else:
+                client = tasks_v2.CloudTasksClient()
+            _clients[host] = client
+        return client
+
+
+def task_id(config_name: str, eid: ExecutionID) -> str:
+    """The Cloud Tasks id of an execution's task (deterministic: ``run`` is idempotent)."""
+    digest = hashlib.sha256(f"{config_name}\0{eid}".encode()).hexdigest()
+    return f"dm-{digest}"
+
+
+def split_token(token: str) -> tuple[ExecutionID, str]:
+    """``"<execution id> <task name>"`` -> its parts (ValueError if malformed)."""
+    eid, sep, name = token.partition(" ")
+    if not sep or "/tasks/" not in name:
+        raise ValueError(f"not an http distributor token: {token!r}")
+    return ExecutionID.parse(eid), name
+
+
+class HttpDistributor(dist.D):
+    """Runs executions on a worker behind a URL, through Cloud Tasks."""
+
+    clock = staticmethod(_now_us)
+    """Now, in microseconds since the epoch (tests replace it)."""
+
+    def __init__(self, cfg: dist.Config) -> None:
+        if not isinstance(cfg.content, config_pb2.Config):
+            raise TypeError(f"http: config must be {config_pb2.Config.DESCRIPTOR.full_name}")
+        self.cfg = cfg
+        self.content = cfg.content
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _client(self) -> tasks_v2.CloudTasksClient:
+        return tasks_client()
+
+    def _caller(self, url: str) -> remote.HttpCaller:
+        """Calls to the worker's status/cancel URLs, with an ID token for its audience."""
+        token = remote.default_token_source(url, self.content.audience or self.content.url)
+        return remote.HttpCaller(token, timeout_s=30.0, retries=2)
+
+    def _dm_api_url(self) -> str:
+        url = self.content.dm_api_url or self.cfg.dm_host
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(
+                "http: the worker needs dm_api's URL: set dm_api_url in the config "
+                f"(dm's own address is {self.cfg.dm_host!r})"
+            )
+        return url
+
+    def _notify(self, eid: ExecutionID) -> remote.Notify:
+        topic, auth_token = self.cfg.prepare_topic(eid)
+        if self.content.report_url:
+            return remote.Notify(auth_token, url=self.content.report_url)
+        if not topic.startswith("projects/"):
+            raise ValueError(
+                f"http: dm has no Pub/Sub topic ({topic!r}) for the worker's reports: "
+                "set report_url in the config"
+            )
+        return remote.Notify(auth_token, topic=topic)
+
+    def order(
+        self,
+        desc: dm_pb2.Quest.Desc,
+        auth: dm_pb2.Execution.Auth,
+        prev_result: dm_pb2.JsonResult | None,
+    ) -> bytes:
+        """The task body for an execution (parameters and state left out if too large)."""
+        eid = ExecutionID.from_proto(auth.id)
+        state = remote.state_of(prev_result)
+        order = remote.WorkOrder(
+            auth=auth,
+            dm_api_url=self._dm_api_url(),
+            quest_id=eid.quest,
+            parameters=desc.parameters,
+            distributor_parameters=desc.distributor_parameters or "{}",
+            state={} if state is None else state,
+            notify=self._notify(eid),
+            max_attempts=self.content.max_attempts or DEFAULT_MAX_ATTEMPTS,
+        )
+        body = order.to_bytes()
+        if len(body) > MAX_ORDER_BYTES:
+            order.parameters = None
+            order.state = None
+            body = order.to_bytes()
+        return body
+
+    # -- D ----------------------------------------------------------------------------------
+
+    def run(
+        self,
+        desc: dm_pb2.Quest.Desc,
+        auth: dm_pb2.Execution.Auth,
+        prev_result: dm_pb2.JsonResult | None,
+    ) -> dist.Started:
+        eid = ExecutionID.from_proto(auth.id)
+        quest = params.parse(desc.distributor_parameters, config_pb2.Parameters())
+        deadline = deadline_of(self.content)
+        if quest.HasField("deadline"):
+            deadline = min(deadline, quest.deadline.ToTimedelta())
+        client = self._client()
+        name = f"{self.content.queue}/tasks/{task_id(self.cfg.name, eid)}"
+        http = tasks_v2.HttpRequest(
+            http_method=tasks_v2.HttpMethod.POST,
+            url=self.content.url,
+            headers={"Content-Type": "application/json"},
+            body=self.order(desc, auth, prev_result),
+        )
+        if self.content.service_account_email:
+            http.oidc_token = tasks_v2.OidcToken(
+                service_account_email=self.content.service_account_email,
+                audience=self.content.audience or self.content.url,
+            )
+        task = tasks_v2.Task(
+            name=name,
+            http_request=http,
+            dispatch_deadline=duration_pb2.Duration(seconds=int(deadline.total_seconds())),
+        )
+        try:
+            client.create_task(
+                request=tasks_v2.CreateTaskRequest(parent=self.content.queue, task=task),
+                **CALL,
+            )
+        except gexc.AlreadyExists:
+            pass  # an earlier run() of this execution created it (or it ran within the hour)
+        except Exception as e:
+            raise gapi.classify(e, f"creating Cloud Task {name}") from e
+        return dist.Started(f"{eid} {name}", POLL_TIMEOUT, POLL_INTERVAL)
+
+    def cancel(self, desc: dm_pb2.Quest.Desc, token: str) -> None:
+        eid, name = split_token(token)
+        try:
+            self._client().delete_task(name=name, **CALL)
+        except gexc.NotFound:
+            pass  # ran or deleted already
+        except Exception as e:
+            raise gapi.classify(e, f"deleting Cloud Task {name}") from e
+        if self.content.cancel_url:
+            body = json.dumps({"execution": str(eid)}).encode()
+            try:
+                status, _, text = self._caller(self.content.cancel_url).retrying(
+                    "POST", self.content.cancel_url, body, {"Content-Type": "application/json"}
+                )
+            except DMError as e:
+                raise dist.TransientError(f"cancel_url: {e.message}") from e
+            if not 200 <= status < 300 and status != 404:
+                raise gapi.GoogleApiError(f"cancel_url answered {status}: {text[:200]!r}")
+
+    def get_status(self, desc: dm_pb2.Quest.Desc, token: str) -> dm_pb2.Result | None:
+        eid, name = split_token(token)
+        if self.content.status_url:
+            got = self._worker_status(eid)
+            if got is not None:
+                return got
+        try:
+            self._client().get_task(name=name, **CALL)
+        except gexc.NotFound:
+            return self._gone(eid, name)
+        except Exception as e:
+            raise gapi.classify(e, f"reading Cloud Task {name}") from e
+        return None  # queued, running, or waiting for a retry
+
+    def _worker_status(self, eid: ExecutionID) -> dm_pb2.Result | None:
+        sep = "&" if "?" in self.content.status_url else "?"
+        url = f"{self.content.status_url}{sep}{urllib.parse.urlencode({'execution': str(eid)})}"
+        try:
+            status, _, body = self._caller(url).retrying("GET", url, None, {})
+        except DMError as e:
+            raise dist.TransientError(f"status_url: {e.message}") from e
+        if status == 404:
+            return None
+        if status != 200:
+            raise gapi.GoogleApiError(f"status_url answered {status}: {body[:200]!r}")
+        try:
+            return result_of(remote.Report.parse(body))
+        except ValueError as e:
+            return _abnormal(Abnormal.RESULT_MALFORMED, f"status_url: {e}")
+
+    def _gone(self, eid: ExecutionID, name: str) -> dm_pb2.Result | None:
+        """The task is gone and no report ended the execution: wait a little, then CRASHED."""
+        path = f"{COLLECTION}/{name.rsplit('/', 1)[-1]}"
+        now_us = self.clock()
+
+        def seen(tx: Transaction) -> Doc:
+            doc = tx.get(path)
+            if doc is None:
+                doc = {"execution": str(eid), "gone_since_us": now_us}
+                tx.set(path, doc)
+            return doc
+
+        try:
+            doc = self.cfg.store().transaction(seen)
+        except Contention as e:
+            raise dist.TransientError(f"store busy: {e}") from e
+        waited_us = now_us - int(doc["gone_since_us"])
+        if waited_us < REPORT_GRACE.total_seconds() * 1_000_000:
+            return None
+        return _abnormal(
+            Abnormal.CRASHED,
+            "the worker's task ended without a report (its deliveries failed or timed out, "
+            "or the worker is not dmcore.job.worker)",
+        )
+
+    def info_url(self, token: str) -> str:
+        try:
+            _, name = split_token(token)
+        except ValueError:
+            return ""
+        parts = name.split("/")  # projects/P/locations/L/queues/Q/tasks/T
+        if len(parts) < 8:
+            return ""
+        project, location, queue = parts[1], parts[3], parts[5]
+        return (
+            f"https://console.cloud.google.com/cloudtasks/queue/{location}/{queue}/tasks"
+            f"?project={project}"
+        )
+
+    def handle_notification(
+        self, desc: dm_pb2.Quest.Desc, notification: dist.Notification
+    ) -> dm_pb2.Result | None:
+        try:
+            report = remote.Report.parse(notification.data)
+        except ValueError:
+            log.warning("notification for %s is no job report: ignored", notification.execution_id)
+            return None
+        return result_of(report)
+
+    def handle_task_queue_task(self, request: dist.TaskRequest) -> list[dist.Notification]:
+        return []
+
+    def validate(self, distributor_parameters: str) -> None:
+        quest = params.parse(distributor_parameters, config_pb2.Parameters())
+        if quest.HasField("deadline"):
+            d = quest.deadline.ToTimedelta()
+            if not MIN_DEADLINE <= d <= MAX_DEADLINE:
+                raise ValueError("deadline: must be within 15s..30m")
+
+
+def result_of(report: remote.Report) -> dm_pb2.Result:
+    """A job report as the execution's result."""
+    if report.kind == remote.REPORT_STOPPED:
+        state = {} if report.state is None else report.state
+        return dm_pb2.Result(data=dist.result_json({"state": state}))
+    status = Abnormal.CRASHED if report.kind == remote.REPORT_CRASHED else Abnormal.FAILED
+    return _abnormal(status, report.reason or report.kind)

@@ -1,0 +1,107 @@
+"""Helpers shared by the remote distributors' tests (http, cloud_run_jobs, swarming_v1).
+
+:func:`build` makes one distributor from a config document the way dm does
+(entry points, the config checks, a real SQLite store for the distributor's
+records, dm's notification-token hook), without an engine around it.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+from dmcore import distributor as dist
+from dmcore.ids import ExecutionID
+from dmcore.notify import tokens
+from dmcore.proto import dm_pb2
+from dmcore.store.sqlite import SqliteStore
+
+SECRET = b"remote-test-secret-0123456789abcdef"
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def build(
+    tmp_path: pathlib.Path,
+    name: str,
+    configs: Mapping[str, Any],
+    *,
+    dm_host: str = "https://dm-api.example.run.app",
+    topic: str = "projects/demo/topics/dm-distributor-notify",
+) -> tuple[dist.D, dist.Registry, SqliteStore]:
+    registry = dist.Registry(dm_host=dm_host)
+    registry.load_entry_points()
+    registry.set_config(registry.config_from_dict({"distributor_configs": configs}), "v1")
+    store = SqliteStore(tmp_path / "dm.sqlite")
+    registry.store = store
+
+    def prepare(config_name: str, eid: ExecutionID) -> tuple[str, str]:
+        return topic, tokens.mint(SECRET, eid, config_name, time.time_ns() // 1000)
+
+    registry.prepare_topic = prepare
+    d, _ = registry.build_named(name)
+    return d, registry, store
+
+
+def auth(quest: str = "q" * 43, attempt: int = 1, num: int = 1) -> dm_pb2.Execution.Auth:
+    return dm_pb2.Execution.Auth(id=ExecutionID(quest, attempt, num).to_proto(), token=b"A" * 32)
+
+
+def desc(
+    params: Mapping[str, Any] | None = None,
+    dist_params: Mapping[str, Any] | None = None,
+    config: str = "remote",
+) -> dm_pb2.Quest.Desc:
+    return dm_pb2.Quest.Desc(
+        distributor_config_name=config,
+        parameters=json.dumps(dict(params or {"name": "q"}), sort_keys=True),
+        distributor_parameters=json.dumps(dict(dist_params or {}), sort_keys=True),
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_worker(source: pathlib.Path, target: str, log: pathlib.Path) -> tuple[Any, str]:
+    """A real functions-framework process serving ``target`` of ``source``; (process, URL)."""
+    port = free_port()
+    out = log.open("wb")
+    argv = [sys.executable, "-m", "functions_framework", "--source", str(source)]
+    proc = subprocess.Popen(
+        [*argv, "--target", target, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            break
+        except urllib.error.HTTPError:
+            break  # it answers (405 to a GET): up
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"the worker did not start: {log.read_text()}") from None
+            time.sleep(0.1)
+    return proc, url
+
+
+def stop(proc: Any) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
