@@ -18,7 +18,7 @@ from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 from google.protobuf import duration_pb2
 
-from distributors import gapi, params
+from distributors import gapi, params, shared
 from distributors.http import config_pb2
 from dmcore import distributor as dist
 from dmcore import remote
@@ -48,7 +48,7 @@ POLL_INTERVAL = datetime.timedelta(seconds=30)
 """How often dm asks whether a running execution's task still exists."""
 POLL_TIMEOUT = datetime.timedelta(seconds=60)
 """After the execution stops, how long dm waits for the report before polling."""
-REPORT_GRACE = datetime.timedelta(seconds=45)
+REPORT_GRACE = shared.REPORT_GRACE
 """A task gone this long without a report ended without one: CRASHED."""
 
 CALL: dict[str, Any] = {"retry": None, "timeout": 10.0}
@@ -60,42 +60,15 @@ _QUEUE = re.compile(r"^projects/[^/]+/locations/[^/]+/queues/[A-Za-z0-9-]{1,100}
 Abnormal = dm_pb2.AbnormalFinish
 
 
-def _abnormal(status: Abnormal.Status, reason: str) -> dm_pb2.Result:
-    return dm_pb2.Result(abnormal_finish=Abnormal(status=status, reason=reason))
-
-
-def _now_us() -> int:
-    return int(datetime.datetime.now(datetime.UTC).timestamp() * 1_000_000)
-
-
-def _loopback(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
-def _check_url(field: str, url: str, *, required: bool = False) -> None:
-    if not url:
-        if required:
-            raise ValueError(f"{field}: required")
-        return
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{field}: must be an http(s) URL, got {url!r}")
-    if parts.scheme == "http" and not _loopback(url):
-        raise ValueError(f"{field}: plain http only on the loopback (use https): {url!r}")
-    if parts.username or parts.password:
-        raise ValueError(f"{field}: must not carry credentials")
-
-
 def deadline_of(cfg: config_pb2.Config) -> datetime.timedelta:
     return cfg.deadline.ToTimedelta() if cfg.HasField("deadline") else DEFAULT_DEADLINE
 
 
 def check_config(cfg: config_pb2.Config) -> None:
     """What ``dm config validate`` adds to the proto's own checks."""
-    _check_url("url", cfg.url, required=True)
+    shared.check_url("url", cfg.url, required=True)
     for field in ("status_url", "cancel_url", "dm_api_url", "report_url"):
-        _check_url(field, getattr(cfg, field))
+        shared.check_url(field, getattr(cfg, field))
     if not _QUEUE.match(cfg.queue):
         raise ValueError(f"queue: expected projects/P/locations/L/queues/Q, got {cfg.queue!r}")
     if cfg.url.startswith("https://") and not cfg.service_account_email:
@@ -147,7 +120,7 @@ def split_token(token: str) -> tuple[ExecutionID, str]:
 class HttpDistributor(dist.D):
     """Runs executions on a worker behind a URL, through Cloud Tasks."""
 
-    clock = staticmethod(_now_us)
+    clock = staticmethod(shared.now_us)
     """Now, in microseconds since the epoch (tests replace it)."""
 
     def __init__(self, cfg: dist.Config) -> None:
@@ -166,26 +139,6 @@ class HttpDistributor(dist.D):
         token = remote.default_token_source(url, self.content.audience or self.content.url)
         return remote.HttpCaller(token, timeout_s=30.0, retries=2)
 
-    def _dm_api_url(self) -> str:
-        url = self.content.dm_api_url or self.cfg.dm_host
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(
-                "http: the worker needs dm_api's URL: set dm_api_url in the config "
-                f"(dm's own address is {self.cfg.dm_host!r})"
-            )
-        return url
-
-    def _notify(self, eid: ExecutionID) -> remote.Notify:
-        topic, auth_token = self.cfg.prepare_topic(eid)
-        if self.content.report_url:
-            return remote.Notify(auth_token, url=self.content.report_url)
-        if not topic.startswith("projects/"):
-            raise ValueError(
-                f"http: dm has no Pub/Sub topic ({topic!r}) for the worker's reports: "
-                "set report_url in the config"
-            )
-        return remote.Notify(auth_token, topic=topic)
-
     def order(
         self,
         desc: dm_pb2.Quest.Desc,
@@ -197,12 +150,12 @@ class HttpDistributor(dist.D):
         state = remote.state_of(prev_result)
         order = remote.WorkOrder(
             auth=auth,
-            dm_api_url=self._dm_api_url(),
+            dm_api_url=shared.dm_api_url(self.content.dm_api_url, self.cfg),
             quest_id=eid.quest,
             parameters=desc.parameters,
             distributor_parameters=desc.distributor_parameters or "{}",
             state={} if state is None else state,
-            notify=self._notify(eid),
+            notify=shared.notify_for(self.cfg, eid, self.content.report_url),
             max_attempts=self.content.max_attempts or DEFAULT_MAX_ATTEMPTS,
         )
         body = order.to_bytes()
@@ -299,9 +252,9 @@ class HttpDistributor(dist.D):
         if status != 200:
             raise gapi.GoogleApiError(f"status_url answered {status}: {body[:200]!r}")
         try:
-            return result_of(remote.Report.parse(body))
+            return shared.result_of(remote.Report.parse(body))
         except ValueError as e:
-            return _abnormal(Abnormal.RESULT_MALFORMED, f"status_url: {e}")
+            return shared.abnormal(Abnormal.RESULT_MALFORMED, f"status_url: {e}")
 
     def _gone(self, eid: ExecutionID, name: str) -> dm_pb2.Result | None:
         """The task is gone and no report ended the execution: wait a little, then CRASHED."""
@@ -322,7 +275,7 @@ class HttpDistributor(dist.D):
         waited_us = now_us - int(doc["gone_since_us"])
         if waited_us < REPORT_GRACE.total_seconds() * 1_000_000:
             return None
-        return _abnormal(
+        return shared.abnormal(
             Abnormal.CRASHED,
             "the worker's task ended without a report (its deliveries failed or timed out, "
             "or the worker is not dmcore.job.worker)",
@@ -350,7 +303,7 @@ class HttpDistributor(dist.D):
         except ValueError:
             log.warning("notification for %s is no job report: ignored", notification.execution_id)
             return None
-        return result_of(report)
+        return shared.result_of(report)
 
     def handle_task_queue_task(self, request: dist.TaskRequest) -> list[dist.Notification]:
         return []
@@ -361,12 +314,3 @@ class HttpDistributor(dist.D):
             d = quest.deadline.ToTimedelta()
             if not MIN_DEADLINE <= d <= MAX_DEADLINE:
                 raise ValueError("deadline: must be within 15s..30m")
-
-
-def result_of(report: remote.Report) -> dm_pb2.Result:
-    """A job report as the execution's result."""
-    if report.kind == remote.REPORT_STOPPED:
-        state = {} if report.state is None else report.state
-        return dm_pb2.Result(data=dist.result_json({"state": state}))
-    status = Abnormal.CRASHED if report.kind == remote.REPORT_CRASHED else Abnormal.FAILED
-    return _abnormal(status, report.reason or report.kind)
