@@ -25,6 +25,8 @@ A job that runs away from dm (started by a remote distributor: ``http``,
 ``DM_PREVIOUS_STATE``  the previous execution's state (JSON); absent: read through the API
 ``DM_REPORT_AUTH_TOKEN`` with ``DM_REPORT_TOPIC`` (Pub/Sub) or ``DM_REPORT_URL`` (push)
                        where the job reports its state when its execution stops
+``LUCI_CONTEXT``       a Swarming task's context file: without ``DM_EXECUTION_AUTH`` the
+                       auth is its ``swarming.secret_bytes`` (the ``swarming_v1`` distributor)
 
 :class:`Job` wraps the protocol: ``activate()``, ``depend(...)`` (may ask the
 job to stop: dm runs it again once the dependencies finished), ``finish()``;
@@ -34,6 +36,7 @@ HTTP target for functions-framework (the ``http`` distributor's worker).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -65,6 +68,7 @@ ENV_PREVIOUS_STATE = "DM_PREVIOUS_STATE"
 ENV_REPORT_TOKEN = "DM_REPORT_AUTH_TOKEN"
 ENV_REPORT_TOPIC = "DM_REPORT_TOPIC"
 ENV_REPORT_URL = "DM_REPORT_URL"
+ENV_LUCI_CONTEXT = "LUCI_CONTEXT"
 
 
 class JobError(Exception):
@@ -100,6 +104,19 @@ def reporter_from_env(env: Mapping[str, str], execution: str) -> remote.Reporter
     if not (notify.topic or notify.url):
         raise JobError(f"{ENV_REPORT_TOKEN} needs {ENV_REPORT_TOPIC} or {ENV_REPORT_URL}")
     return remote.Reporter(notify, execution)
+
+
+def _luci_context_auth(env: Mapping[str, str]) -> str:
+    """The execution's auth a Swarming task gets: ``secret_bytes`` in its LUCI_CONTEXT file."""
+    path = env.get(ENV_LUCI_CONTEXT, "")
+    if not path:
+        return ""
+    try:
+        ctx = json.loads(pathlib.Path(path).read_text())
+        secret = ctx["swarming"]["secret_bytes"]
+        return base64.b64decode(secret).decode()
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise JobError(f"{ENV_LUCI_CONTEXT}: no swarming.secret_bytes in {path}: {e}") from None
 
 
 def worker_token(activation: bytes) -> bytes:
@@ -169,7 +186,7 @@ class Job:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Job:
         env = os.environ if env is None else env
-        raw = env.get(ENV_AUTH)
+        raw = env.get(ENV_AUTH) or _luci_context_auth(env)
         if not raw:
             raise JobError(f"{ENV_AUTH} is not set: not started by dm?")
         auth = dm_pb2.Execution.Auth()

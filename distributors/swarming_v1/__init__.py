@@ -1,0 +1,64 @@
+"""swarming_v1: each execution is one Swarming task (spec §6, DM's own remote distributor).
+
+Config (``config.proto``)::
+
+    {"swarming_v1": {"swarming": {"url": "https://chromium-swarm.appspot.com"},
+                     "isolate": {"url": "https://isolateserver.appspot.com",
+                                 "expiration": "86400s"}}}
+
+Quest distributor parameters (``Parameters``): ``scheduling`` (priority,
+dimensions, snapshot_dimensions, io_timeout), ``meta.name_prefix``, ``job``
+(``inputs``: cipd / isolated / cas, at least one; ``command``, required;
+``env``). Checked as DM checked them (field-named errors).
+
+``run`` creates the task with ``POST {swarming}/_ah/api/swarming/v1/tasks/new``:
+
+* name ``"<name_prefix> / <quest>|<attempt>|<execution>"``, priority,
+  ``expiration_secs`` = the quest's start timeout (Swarming refuses 0: then
+  the config's ``default_expiration``), ``execution_timeout_secs`` = run
+  timeout, ``grace_period_secs`` = stop timeout, ``io_timeout_secs``;
+* the command **is sent** (W-15 fixed), with ``env`` plus ``DM_API_URL``,
+  ``DM_QUEST_ID`` and ``DM_QUEST_PARAMETERS`` (when small), so the task can use
+  ``dmcore.job.Job.from_env()``; the execution's auth travels in
+  ``secret_bytes`` (protobuf JSON of Execution.Auth, base64), which the task
+  reads from ``LUCI_CONTEXT`` (``Job.from_env`` does);
+* inputs: CIPD packages (the previous execution's pins when there is one),
+  one isolated input as ``inputs_ref``, or a CAS tree as ``cas_input_root``;
+  dimensions, overlaid with the previous execution's snapshot dimensions;
+* ``pubsub_topic`` + ``pubsub_auth_token`` from dm and ``pubsub_userdata`` =
+  the execution ID: Swarming publishes ``{"task_id", "userdata"}`` to dm's
+  topic when the task ends; ``handle_notification`` then reads the result;
+* tags ``requestor:DM``, ``requestor:<dm host>``, ``requestor:swarming_v1``,
+  ``quest:``, ``attempt:``, ``execution:``;
+* ``request_uuid`` derived from the config and the execution: Swarming
+  returns the same task for a repeated request, so a retried ``run`` does not
+  start a second task.
+
+``get_status`` maps ``task/{id}/result`` by spec §6's table (PENDING/RUNNING
+-> running; COMPLETED -> ``Result{exit_code, cipd_pins,
+snapshot_dimensions}``, a non-zero exit code included, or CRASHED on an
+internal failure; BOT_DIED -> CRASHED; CANCELED and KILLED (what ``cancel``
+makes of a running task) -> CANCELLED; EXPIRED;
+TIMED_OUT; anything else -> RESULT_MALFORMED; HTTP 404 -> MISSING).
+``info_url`` = ``<swarming>/user/task/<id>``. ``cancel`` =
+``task/{id}/cancel`` with ``kill_running``.
+
+Errors: an outage (5xx, 429, no answer, a timeout) is transient (the
+original REJECTED executions on an outage); 400/401/403 are final. Each call
+has a 10 s deadline and up to 3 attempts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dmcore.distributor import Registry
+
+
+def register(registry: Registry) -> None:
+    """Entry point (group ``dm.distributors``): the ``swarming_v1`` kind."""
+    from distributors.swarming_v1 import config_pb2
+    from distributors.swarming_v1.distributor import KIND, SwarmingV1, check_config
+
+    registry.register(KIND, config_pb2.Config, SwarmingV1, check_config)
