@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dmcore import distributor as dist
+from dmcore.engine import docs
 from dmcore.ids import ExecutionID
 from dmcore.notify import tokens
 from dmcore.proto import dm_pb2
@@ -38,7 +39,7 @@ def build(
     registry = dist.Registry(dm_host=dm_host)
     registry.load_entry_points()
     registry.set_config(registry.config_from_dict({"distributor_configs": configs}), "v1")
-    store = SqliteStore(tmp_path / "dm.sqlite")
+    store = SqliteStore(tmp_path / "dm.sqlite", indexed_fields=docs.INDEXED_FIELDS)
     registry.store = store
 
     def prepare(config_name: str, eid: ExecutionID) -> tuple[str, str]:

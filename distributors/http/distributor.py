@@ -215,6 +215,7 @@ class HttpDistributor(dist.D):
             pass  # ran or deleted already
         except Exception as e:
             raise gapi.classify(e, f"deleting Cloud Task {name}") from e
+        self._mark(eid, name, cancelled=True)
         if self.content.cancel_url:
             body = json.dumps({"execution": str(eid)}).encode()
             try:
@@ -256,23 +257,32 @@ class HttpDistributor(dist.D):
         except ValueError as e:
             return shared.abnormal(Abnormal.RESULT_MALFORMED, f"status_url: {e}")
 
-    def _gone(self, eid: ExecutionID, name: str) -> dm_pb2.Result | None:
-        """The task is gone and no report ended the execution: wait a little, then CRASHED."""
+    def _mark(self, eid: ExecutionID, name: str, *, cancelled: bool = False) -> Doc:
+        """The task's record: when it was first seen gone, and whether dm cancelled it."""
         path = f"{COLLECTION}/{name.rsplit('/', 1)[-1]}"
         now_us = self.clock()
 
-        def seen(tx: Transaction) -> Doc:
+        def mark(tx: Transaction) -> Doc:
             doc = tx.get(path)
-            if doc is None:
-                doc = {"execution": str(eid), "gone_since_us": now_us}
+            if doc is None or (cancelled and not doc.get("cancelled")):
+                doc = {**(doc or {"gone_since_us": now_us}), "execution": str(eid)}
+                doc["cancelled"] = cancelled or bool(doc.get("cancelled"))
                 tx.set(path, doc)
             return doc
 
         try:
-            doc = self.cfg.store().transaction(seen)
+            out: Doc = self.cfg.store().transaction(mark)
         except Contention as e:
             raise dist.TransientError(f"store busy: {e}") from e
-        waited_us = now_us - int(doc["gone_since_us"])
+        return out
+
+    def _gone(self, eid: ExecutionID, name: str) -> dm_pb2.Result | None:
+        """The task is gone and no report ended the execution: cancelled by dm, or
+        (after a little wait for a report on its way) CRASHED."""
+        doc = self._mark(eid, name)
+        if doc.get("cancelled"):
+            return shared.abnormal(Abnormal.CANCELLED, "cancelled (its Cloud Task deleted)")
+        waited_us = self.clock() - int(doc["gone_since_us"])
         if waited_us < REPORT_GRACE.total_seconds() * 1_000_000:
             return None
         return shared.abnormal(
