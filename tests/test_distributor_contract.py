@@ -144,11 +144,11 @@ def _swarming_v1(tmp: pathlib.Path, mp: pytest.MonkeyPatch) -> Iterator[Bench]:
     with FakeSwarming(lambda t, d, a: None) as fake:
         cfg = {"swarming": {"url": fake.url}}
         d, _, _ = rs.build(tmp, "c", {"c": {"swarming_v1": cfg}})
+        cas = {"instance": "projects/p/instances/i", "digest": "h/1"}
         params = {
             "scheduling": {"dimensions": {"pool": "p"}},
-            "job": {"inputs": {"cas": {"instance": "projects/p/instances/i", "digest": "h/1"}}},
+            "job": {"inputs": {"cas": cas}, "command": ["true"]},
         }
-        params["job"]["command"] = ["true"]
         yield Bench(d, _desc({"name": "x"}, params), "0000000000nope0", lambda: len(fake.tasks))
 
 
