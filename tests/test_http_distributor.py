@@ -354,6 +354,15 @@ def stack(
             rs.stop(p)
 
 
+def dispatched(tasks: FakeCloudTasksServer, n: int) -> list[Any]:
+    """The fake's dispatches once ``n`` are recorded (a worker reports before it answers)."""
+    deadline = time.monotonic() + E2E_S
+    while len(tasks.dispatches) < n:
+        assert time.monotonic() < deadline, f"only {len(tasks.dispatches)} dispatches"
+        time.sleep(0.05)
+    return list(tasks.dispatches)
+
+
 def submit_and_wait(stack: dict[str, Any], q: dict[str, Any]) -> dm_pb2.Attempt:
     from dmcore import ids
     from dmcore.service import Caller
@@ -384,7 +393,7 @@ def submit_and_wait(stack: dict[str, Any], q: dict[str, Any]) -> dm_pb2.Attempt:
 
 
 def test_end_to_end_the_example_worker_sums_squares_through_dependencies(
-    stack: dict[str, Any], tasks: FakeCloudTasksServer
+    stack: dict[str, Any], tasks: FakeCloudTasksServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     q = {
         "distributor_config_name": "http",
@@ -397,11 +406,16 @@ def test_end_to_end_the_example_worker_sums_squares_through_dependencies(
     assert len(att.executions) == 2
     first = att.executions[1].data.finished.data.object
     assert json.loads(first) == {"state": {"waiting_for": 2}}
-    urls = {d.url for d in tasks.dispatches}
-    assert len(urls) == 1 and all(d.status == 200 for d in tasks.dispatches)
-    assert len(tasks.dispatches) == 7  # executions: 2 (n=3) + 2 + 2 + 1 (n=0)
-    for d in tasks.dispatches:
+    dispatches = dispatched(tasks, 7)  # executions: 2 (n=3) + 2 + 2 + 1 (n=0)
+    assert len(dispatches) == 7
+    assert len({d.url for d in dispatches}) == 1 and all(d.status == 200 for d in dispatches)
+    logs = caplog.text + "".join(p.read_text() for p in stack["tmp"].glob("*.log"))
+    for d in dispatches:
         assert "X-CloudTasks-TaskName" in d.headers
+        order = remote.WorkOrder.from_bytes(d.body)
+        assert order.notify is not None
+        for secret in (order.notify.auth_token, json_format.MessageToDict(order.auth)["token"]):
+            assert secret not in logs  # tokens travel in task bodies only
 
 
 def test_end_to_end_a_worker_that_returns_without_finishing_fails(
@@ -416,7 +430,7 @@ def test_end_to_end_a_worker_that_returns_without_finishing_fails(
     assert att.data.abnormal_finish.status == Abnormal.FAILED
     ex = att.executions[1].data.abnormal_finish
     assert ex == Abnormal(status=Abnormal.FAILED, reason="worker returned without finishing")
-    assert [d.status for d in tasks.dispatches] == [200]
+    assert [d.status for d in dispatched(tasks, 1)] == [200]
 
 
 def test_end_to_end_a_worker_that_keeps_raising_is_retried_then_crashed(
@@ -432,8 +446,9 @@ def test_end_to_end_a_worker_that_keeps_raising_is_retried_then_crashed(
     assert ex.status == Abnormal.CRASHED
     assert ex.reason == "worker raised on delivery 2 of 2: RuntimeError: boom"
     # Delivery 1 answered 500 (Cloud Tasks retried); delivery 2 reported and answered 200.
-    assert [d.status for d in tasks.dispatches] == [500, 200]
-    assert [d.headers["X-CloudTasks-TaskRetryCount"] for d in tasks.dispatches] == ["0", "1"]
+    dispatches = dispatched(tasks, 2)
+    assert [d.status for d in dispatches] == [500, 200]
+    assert [d.headers["X-CloudTasks-TaskRetryCount"] for d in dispatches] == ["0", "1"]
 
 
 def test_end_to_end_a_finishing_worker(stack: dict[str, Any]) -> None:
