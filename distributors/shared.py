@@ -4,13 +4,22 @@ dm's address for the job, and where a job reports how it ended."""
 from __future__ import annotations
 
 import datetime
+import re
 import time
 import urllib.parse
+from collections.abc import Callable
+from typing import ClassVar, Generic, TypeVar
+
+from google.protobuf import message
 
 from dmcore import distributor as dist
 from dmcore import remote
 from dmcore.ids import ExecutionID
 from dmcore.proto import dm_pb2
+from dmcore.store.base import Contention, Transaction
+
+C = TypeVar("C", bound=message.Message)
+T = TypeVar("T")
 
 REPORT_GRACE = datetime.timedelta(seconds=45)
 """A run that ended this long ago without its job's report ended without one."""
@@ -79,3 +88,36 @@ def result_of(report: remote.Report) -> dm_pb2.Result:
         else dm_pb2.AbnormalFinish.FAILED
     )
     return abnormal(status, report.reason or report.kind)
+
+
+class RemoteDistributor(dist.D, Generic[C]):
+    """What the remote distributors share: their config message, a clock, their
+    records in dm's store, and tokens of the form ``"<execution id> <resource name>"``
+    (the execution is needed to find its record; the name, to ask the service)."""
+
+    config_type: ClassVar[type[message.Message]]
+    resource: ClassVar[re.Pattern[str]]
+    """What the resource name in a token must look like."""
+
+    clock = staticmethod(now_us)
+    """Now, in microseconds since the epoch (tests replace it)."""
+
+    def __init__(self, cfg: dist.Config) -> None:
+        if not isinstance(cfg.content, self.config_type):
+            raise TypeError(f"{cfg.kind}: config must be {self.config_type.DESCRIPTOR.full_name}")
+        self.cfg = cfg
+        self.content: C = cfg.content  # type: ignore[assignment]
+
+    def split_token(self, token: str) -> tuple[ExecutionID, str]:
+        """A token's parts (ValueError if it is not one of ours)."""
+        eid, sep, name = token.partition(" ")
+        if not sep or not self.resource.match(name):
+            raise ValueError(f"not a {self.cfg.kind} token: {token!r}")
+        return ExecutionID.parse(eid), name
+
+    def transaction(self, fn: Callable[[Transaction], T]) -> T:
+        """A transaction on dm's store; a lost race is transient (dm retries)."""
+        try:
+            return self.cfg.store().transaction(fn)
+        except Contention as e:
+            raise dist.TransientError(f"store busy: {e}") from e

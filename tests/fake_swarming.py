@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import http.server
 import json
 import os
 import pathlib
@@ -41,6 +40,8 @@ import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
+
+from tests.http_sink import HttpSink, Seen
 
 PREFIX = "/_ah/api/swarming/v1/"
 Publish = Callable[[str, bytes, dict[str, str]], None]
@@ -89,41 +90,19 @@ class FakeSwarming:
         self._faults: list[int] = []
         self._lock = threading.RLock()
         self._tmp = tempfile.TemporaryDirectory(prefix="fake-swarming-")
-        fake = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _serve(self) -> None:
-                n = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(n)
-                status, body = fake._handle(self.command, self.path, raw)
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                self._serve()
-
-            def do_POST(self) -> None:
-                self._serve()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._sink = HttpSink(self._answer)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self._sink.url
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._sink.close()
         self._tmp.cleanup()
+
+    def _answer(self, seen: Seen) -> tuple[int, dict[str, str], bytes]:
+        status, body = self._handle(seen.method, seen.path, seen.body)
+        return status, {"Content-Type": "application/json"}, json.dumps(body).encode()
 
     def __enter__(self) -> FakeSwarming:
         return self

@@ -80,7 +80,7 @@ def test_run_starts_one_execution_with_the_overrides(
     assert req.name == JOB
     assert req.overrides.task_count == 2
     assert req.overrides.timeout.seconds == 600
-    eid, name = crj.split_token(started.token)
+    eid, name = d.split_token(started.token)
     assert eid == EID and name.startswith(JOB + "/executions/render-")
     assert started.poll_interval == crj.DEFAULT_POLL_INTERVAL
     assert started.poll_timeout == 2 * crj.DEFAULT_POLL_INTERVAL
@@ -105,7 +105,7 @@ def test_large_parameters_stay_out_of_the_env(
     d = make(tmp_path)
     big = {"blob": "x" * (crj.ENV_VALUE_LIMIT + 1)}
     token = d.run(rs.desc(big), rs.auth(), None).token
-    env = env_of(cloudrun, crj.split_token(token)[1])
+    env = env_of(cloudrun, d.split_token(token)[1])
     assert dmjob.ENV_PARAMS not in env  # the job reads them through the API
     assert env[dmjob.ENV_PREVIOUS_STATE] == "{}"
 
@@ -166,7 +166,7 @@ def test_get_status_maps_the_execution_conditions(
 
     def started(num: int) -> tuple[str, str]:
         token = d.run(rs.desc(), rs.auth(num=num), None).token
-        return token, crj.split_token(token)[1]
+        return token, d.split_token(token)[1]
 
     token, name = started(1)
     assert d.get_status(rs.desc(), token) is None  # running
@@ -229,7 +229,7 @@ def test_the_jobs_report_carries_its_state_into_the_result(
 ) -> None:
     d = make(tmp_path)
     token = d.run(rs.desc(), rs.auth(), None).token
-    name = crj.split_token(token)[1]
+    name = d.split_token(token)[1]
     report = remote.Report(remote.REPORT_STOPPED, state={"stage": 3}).to_bytes()
     assert d.handle_notification(rs.desc(), dist.Notification(EID, report)) is None  # running
     cloudrun.complete(name, "succeeded")
@@ -248,7 +248,7 @@ def test_info_url_is_the_console_page_without_secrets(
 ) -> None:
     d = make(tmp_path)
     token = d.run(rs.desc(), rs.auth(), None).token
-    name = crj.split_token(token)[1]
+    name = d.split_token(token)[1]
     url = d.info_url(token)
     assert url == (
         "https://console.cloud.google.com/run/jobs/executions/details/us-central1/"

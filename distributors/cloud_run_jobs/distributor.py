@@ -25,7 +25,7 @@ from dmcore import job as dmjob
 from dmcore import remote
 from dmcore.ids import ExecutionID
 from dmcore.proto import dm_pb2
-from dmcore.store.base import Contention, Doc, Transaction
+from dmcore.store.base import Doc, Transaction
 
 log = logging.getLogger("dm.distributors.cloud_run_jobs")
 
@@ -106,25 +106,11 @@ def record_path(config_name: str, eid: ExecutionID) -> str:
     return f"{COLLECTION}/{key}"
 
 
-def split_token(token: str) -> tuple[ExecutionID, str]:
-    """``"<execution id> <Cloud Run execution name>"`` -> its parts."""
-    eid, sep, name = token.partition(" ")
-    if not sep or not _EXECUTION.match(name):
-        raise ValueError(f"not a cloud_run_jobs token: {token!r}")
-    return ExecutionID.parse(eid), name
-
-
-class CloudRunJobs(dist.D):
+class CloudRunJobs(shared.RemoteDistributor[config_pb2.Config]):
     """Runs executions as Cloud Run Job executions."""
 
-    clock = staticmethod(shared.now_us)
-    """Now, in microseconds since the epoch (tests replace it)."""
-
-    def __init__(self, cfg: dist.Config) -> None:
-        if not isinstance(cfg.content, config_pb2.Config):
-            raise TypeError(f"{KIND}: config must be {config_pb2.Config.DESCRIPTOR.full_name}")
-        self.cfg = cfg
-        self.content = cfg.content
+    config_type = config_pb2.Config
+    resource = _EXECUTION
 
     # -- parameters ---------------------------------------------------------------------------
 
@@ -210,12 +196,6 @@ class CloudRunJobs(dist.D):
         # exit: dm asks again two intervals later (then every 30 s, 3 times).
         return dist.Started(f"{eid} {name}", poll_timeout=2 * interval, poll_interval=interval)
 
-    def _tx(self, fn: Any) -> Any:
-        try:
-            return self.cfg.store().transaction(fn)
-        except Contention as e:
-            raise dist.TransientError(f"store busy: {e}") from e
-
     def _claim(self, path: str, eid: ExecutionID) -> Doc:
         """The run's record: created (a claim), or found with a name, or to recover."""
         now = self.clock()
@@ -234,8 +214,7 @@ class CloudRunJobs(dist.D):
             tx.set(path, doc)
             return {**doc, "recover": True}
 
-        out: Doc = self._tx(claim)
-        return out
+        return self.transaction(claim)
 
     def _record(self, path: str, name: str) -> None:
         def record(tx: Transaction) -> None:
@@ -244,7 +223,7 @@ class CloudRunJobs(dist.D):
                 doc["name"] = name
                 tx.set(path, doc)
 
-        self._tx(record)
+        self.transaction(record)
 
     def _find(self, job: str, eid: ExecutionID) -> str:
         """The Cloud Run execution started for ``eid`` by a run() that died, or ""."""
@@ -284,7 +263,7 @@ class CloudRunJobs(dist.D):
             if not isinstance(e, gexc.DeadlineExceeded | gexc.ServiceUnavailable):
                 # Cloud Run surely started nothing: let the next run() start afresh. (After a
                 # lost answer the claim stays, and the next run() looks for the execution.)
-                self._tx(lambda tx: tx.delete(path))
+                self.transaction(lambda tx: tx.delete(path))
             raise gapi.classify(e, f"running {job}") from e
         if not name:
             raise dist.TransientError(f"running {job}: no execution named in the answer")
@@ -293,7 +272,7 @@ class CloudRunJobs(dist.D):
     # -- the rest of D -------------------------------------------------------------------------
 
     def cancel(self, desc: dm_pb2.Quest.Desc, token: str) -> None:
-        _, name = split_token(token)
+        _, name = self.split_token(token)
         _, executions = clients()
         try:
             executions.cancel_execution(name=name, **CALL)
@@ -303,7 +282,7 @@ class CloudRunJobs(dist.D):
             raise gapi.classify(e, f"cancelling {name}") from e
 
     def get_status(self, desc: dm_pb2.Quest.Desc, token: str) -> dm_pb2.Result | None:
-        eid, name = split_token(token)
+        eid, name = self.split_token(token)
         _, executions = clients()
         try:
             ex = executions.get_execution(name=name, **CALL)
@@ -346,7 +325,7 @@ class CloudRunJobs(dist.D):
 
     def info_url(self, token: str) -> str:
         try:
-            _, name = split_token(token)
+            _, name = self.split_token(token)
         except ValueError:
             return ""
         m = _EXECUTION.match(name)
@@ -377,7 +356,7 @@ class CloudRunJobs(dist.D):
                 tx.set(path, doc)
             return doc
 
-        doc = self._tx(keep)
+        doc = self.transaction(keep)
         if doc is None or not doc["name"]:
             return None  # not started by us (or not recorded yet): polling decides
         return self.get_status(desc, f"{eid} {doc['name']}")

@@ -25,7 +25,7 @@ from dmcore import remote
 from dmcore.errors import DMError
 from dmcore.ids import ExecutionID
 from dmcore.proto import dm_pb2
-from dmcore.store.base import Contention, Doc, Transaction
+from dmcore.store.base import Doc, Transaction
 
 log = logging.getLogger("dm.distributors.http")
 
@@ -55,6 +55,7 @@ CALL: dict[str, Any] = {"retry": None, "timeout": 10.0}
 """Per call: no client-side retries (dm retries transient errors itself, with backoff;
 one retry layer keeps a call's cost bounded) and a 10 s deadline."""
 
+_TASK = re.compile(r"^projects/[^/]+/locations/[^/]+/queues/[^/]+/tasks/[^/]+$")
 _QUEUE = re.compile(r"^projects/[^/]+/locations/[^/]+/queues/[A-Za-z0-9-]{1,100}$")
 
 Abnormal = dm_pb2.AbnormalFinish
@@ -109,25 +110,11 @@ def task_id(config_name: str, eid: ExecutionID) -> str:
     return f"dm-{digest}"
 
 
-def split_token(token: str) -> tuple[ExecutionID, str]:
-    """``"<execution id> <task name>"`` -> its parts (ValueError if malformed)."""
-    eid, sep, name = token.partition(" ")
-    if not sep or "/tasks/" not in name:
-        raise ValueError(f"not an http distributor token: {token!r}")
-    return ExecutionID.parse(eid), name
-
-
-class HttpDistributor(dist.D):
+class HttpDistributor(shared.RemoteDistributor[config_pb2.Config]):
     """Runs executions on a worker behind a URL, through Cloud Tasks."""
 
-    clock = staticmethod(shared.now_us)
-    """Now, in microseconds since the epoch (tests replace it)."""
-
-    def __init__(self, cfg: dist.Config) -> None:
-        if not isinstance(cfg.content, config_pb2.Config):
-            raise TypeError(f"http: config must be {config_pb2.Config.DESCRIPTOR.full_name}")
-        self.cfg = cfg
-        self.content = cfg.content
+    config_type = config_pb2.Config
+    resource = _TASK
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -208,7 +195,7 @@ class HttpDistributor(dist.D):
         return dist.Started(f"{eid} {name}", POLL_TIMEOUT, POLL_INTERVAL)
 
     def cancel(self, desc: dm_pb2.Quest.Desc, token: str) -> None:
-        eid, name = split_token(token)
+        eid, name = self.split_token(token)
         try:
             self._client().delete_task(name=name, **CALL)
         except gexc.NotFound:
@@ -228,7 +215,7 @@ class HttpDistributor(dist.D):
                 raise gapi.GoogleApiError(f"cancel_url answered {status}: {text[:200]!r}")
 
     def get_status(self, desc: dm_pb2.Quest.Desc, token: str) -> dm_pb2.Result | None:
-        eid, name = split_token(token)
+        eid, name = self.split_token(token)
         if self.content.status_url:
             got = self._worker_status(eid)
             if got is not None:
@@ -270,11 +257,7 @@ class HttpDistributor(dist.D):
                 tx.set(path, doc)
             return doc
 
-        try:
-            out: Doc = self.cfg.store().transaction(mark)
-        except Contention as e:
-            raise dist.TransientError(f"store busy: {e}") from e
-        return out
+        return self.transaction(mark)
 
     def _gone(self, eid: ExecutionID, name: str) -> dm_pb2.Result | None:
         """The task is gone and no report ended the execution: cancelled by dm, or
@@ -293,7 +276,7 @@ class HttpDistributor(dist.D):
 
     def info_url(self, token: str) -> str:
         try:
-            _, name = split_token(token)
+            _, name = self.split_token(token)
         except ValueError:
             return ""
         parts = name.split("/")  # projects/P/locations/L/queues/Q/tasks/T

@@ -169,17 +169,13 @@ def access_token_source() -> remote.TokenSource:
         return got
 
 
-class SwarmingV1(dist.D):
-    """Runs executions as Swarming tasks."""
+class SwarmingV1(shared.RemoteDistributor[config_pb2.Config]):
+    """Runs executions as Swarming tasks (tokens are Swarming task ids)."""
 
-    clock = staticmethod(shared.now_us)
-    """Now, in microseconds since the epoch (tests replace it)."""
+    config_type = config_pb2.Config
 
     def __init__(self, cfg: dist.Config) -> None:
-        if not isinstance(cfg.content, config_pb2.Config):
-            raise TypeError(f"{KIND}: config must be {config_pb2.Config.DESCRIPTOR.full_name}")
-        self.cfg = cfg
-        self.content = cfg.content
+        super().__init__(cfg)
         self.base = self.content.swarming.url + API_PATH
 
     def _caller(self) -> remote.HttpCaller:
