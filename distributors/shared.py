@@ -4,7 +4,9 @@ dm's address for the job, and where a job reports how it ended."""
 from __future__ import annotations
 
 import datetime
+import os
 import re
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -23,6 +25,22 @@ T = TypeVar("T")
 
 REPORT_GRACE = datetime.timedelta(seconds=45)
 """A run that ended this long ago without its job's report ended without one."""
+
+
+_clients: dict[tuple[str, str], object] = {}
+_clients_lock = threading.Lock()
+
+
+def client(kind: str, emulator_env: str, local: Callable[[str], T], cloud: Callable[[], T]) -> T:
+    """The process's client of ``kind`` (gRPC channels are costly: one per endpoint):
+    ``local(host)`` when ``emulator_env`` names a local stand-in (plain gRPC, no
+    credentials), else ``cloud()`` (Application Default Credentials)."""
+    host = os.environ.get(emulator_env, "").strip()
+    with _clients_lock:
+        got = _clients.get((kind, host))
+        if got is None:
+            got = _clients[(kind, host)] = local(host) if host else cloud()
+        return got  # type: ignore[return-value]
 
 
 def now_us() -> int:

@@ -6,9 +6,7 @@ import datetime
 import hashlib
 import json
 import logging
-import os
 import re
-import threading
 from typing import Any
 
 import grpc  # type: ignore[import-untyped,unused-ignore]
@@ -78,27 +76,25 @@ def check_config(cfg: config_pb2.Config) -> None:
 
 # -- clients (one per process and endpoint) ----------------------------------------------------
 
-_clients: dict[str, tuple[run_v2.JobsClient, run_v2.ExecutionsClient]] = {}
-_clients_lock = threading.Lock()
+Clients = tuple[run_v2.JobsClient, run_v2.ExecutionsClient]
 
 
-def clients() -> tuple[run_v2.JobsClient, run_v2.ExecutionsClient]:
-    """Cloud Run's Jobs and Executions clients: Application Default Credentials, or plain
-    gRPC to ``DM_CLOUD_RUN_EMULATOR_HOST``."""
-    host = os.environ.get(EMULATOR_ENV, "").strip()
-    with _clients_lock:
-        got = _clients.get(host)
-        if got is None:
-            if host:
-                channel = grpc.insecure_channel(host)
-                got = (
-                    run_v2.JobsClient(transport=JobsGrpcTransport(channel=channel)),
-                    run_v2.ExecutionsClient(transport=ExecutionsGrpcTransport(channel=channel)),
-                )
-            else:
-                got = (run_v2.JobsClient(), run_v2.ExecutionsClient())
-            _clients[host] = got
-        return got
+def _local_clients(host: str) -> Clients:
+    channel = grpc.insecure_channel(host)
+    return (
+        run_v2.JobsClient(transport=JobsGrpcTransport(channel=channel)),
+        run_v2.ExecutionsClient(transport=ExecutionsGrpcTransport(channel=channel)),
+    )
+
+
+def clients() -> Clients:
+    """Cloud Run's Jobs and Executions clients (``DM_CLOUD_RUN_EMULATOR_HOST``: a stand-in)."""
+    return shared.client(
+        "cloudrun",
+        EMULATOR_ENV,
+        _local_clients,
+        lambda: (run_v2.JobsClient(), run_v2.ExecutionsClient()),
+    )
 
 
 def record_path(config_name: str, eid: ExecutionID) -> str:

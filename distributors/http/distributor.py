@@ -6,9 +6,7 @@ import datetime
 import hashlib
 import json
 import logging
-import os
 import re
-import threading
 import urllib.parse
 from typing import Any
 
@@ -84,24 +82,17 @@ def check_config(cfg: config_pb2.Config) -> None:
 
 # -- the Cloud Tasks client (one per process and endpoint: channels are costly) -------------
 
-_clients: dict[str, tasks_v2.CloudTasksClient] = {}
-_clients_lock = threading.Lock()
-
 
 def tasks_client() -> tasks_v2.CloudTasksClient:
-    """The Cloud Tasks client: Application Default Credentials, or plain gRPC to
-    ``DM_TASKS_EMULATOR_HOST`` (a local stand-in, no credentials)."""
-    host = os.environ.get(EMULATOR_ENV, "").strip()
-    with _clients_lock:
-        client = _clients.get(host)
-        if client is None:
-            if host:
-                transport = CloudTasksGrpcTransport(channel=grpc.insecure_channel(host))
-                client = tasks_v2.CloudTasksClient(transport=transport)
-            else:
-                client = tasks_v2.CloudTasksClient()
-            _clients[host] = client
-        return client
+    """The Cloud Tasks client (``DM_TASKS_EMULATOR_HOST``: a local stand-in)."""
+    return shared.client(
+        "cloudtasks",
+        EMULATOR_ENV,
+        lambda host: tasks_v2.CloudTasksClient(
+            transport=CloudTasksGrpcTransport(channel=grpc.insecure_channel(host))
+        ),
+        tasks_v2.CloudTasksClient,
+    )
 
 
 def task_id(config_name: str, eid: ExecutionID) -> str:
