@@ -223,6 +223,7 @@ class LocalDistributor(dist.D):
         env = dict(os.environ)
         env.pop(dmjob.ENV_HOST, None)
         env.pop(dmjob.ENV_PARAMS_FILE, None)
+        env.pop(dmjob.ENV_API_URL, None)  # the job talks to this dm, embedded, not a remote one
         env.update(params.env)
         env.update(
             {
