@@ -5,7 +5,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint typecheck pytest protos clean browser
+.PHONY: setup run test lint typecheck pytest protos clean browser bundle
 
 setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -37,5 +37,9 @@ test: lint typecheck pytest
 protos: setup
 	$(UV) run python -m scripts.gen_protos
 
+# build/functions.zip: what terraform deploys (main.py, the packages, pinned requirements.txt).
+bundle: setup
+	$(UV) run python -m scripts.bundle
+
 clean:
-	rm -rf .dm .venv .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .dm .venv .mypy_cache .ruff_cache .pytest_cache build

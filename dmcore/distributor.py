@@ -6,7 +6,10 @@ talks to it only through :class:`D`, built per use by a :class:`Factory` from
 a :class:`Config`. Implementations live in the top-level ``distributors``
 package (``fake``, ``jobsim``, ``local``, ...) and are found through the
 :class:`Registry`, filled from ``importlib.metadata`` entry points in the
-group ``dm.distributors``; dm itself imports none of them by name.
+group ``dm.distributors`` and from registration functions handed to
+:func:`provide` (a deployed bundle is no installed package, so it has no
+entry points: ``functions/`` provides the built-in ones that way); dm itself
+imports none of them by name.
 
 Errors: raise :class:`TransientError` for a failure that may pass (dm tries
 again later, with backoff); any other exception is final (from ``run`` the
@@ -37,6 +40,21 @@ from dmcore.store.base import Store
 log = logging.getLogger("dm.distributor")
 
 ENTRY_POINT_GROUP = "dm.distributors"
+
+Register = Callable[["Registry"], None]
+"""A distributor package's ``register(registry)``."""
+
+_provided: list[Register] = []
+
+
+def provide(register: Register) -> None:
+    """Have :meth:`Registry.load_installed` call ``register`` too (once, however often given).
+
+    For code that knows its distributors by name but is not installed with
+    entry points: the Cloud Functions bundle (``functions/``).
+    """
+    if register not in _provided:
+        _provided.append(register)
 
 
 class TransientError(Exception):
@@ -226,9 +244,10 @@ def _type_url(t: type[message.Message]) -> str:
 class Registry:
     """Distributor kinds (implementations) and the service's named configs.
 
-    Kinds are registered by name (``register``) or found through entry
-    points (``load_entry_points``). Configs come from a ``Config`` message or
-    a JSON/YAML document (``set_config`` / ``config_from_dict``).
+    Kinds are registered by name (``register``) or found where they were
+    installed (``load_installed``: :func:`provide` and entry points). Configs
+    come from a ``Config`` message or a JSON/YAML document (``set_config`` /
+    ``config_from_dict``).
     """
 
     def __init__(self, *, dm_host: str = "") -> None:
@@ -268,12 +287,22 @@ class Registry:
         self._kinds[name] = kind
         self._by_type_url[_type_url(config_type)] = kind
 
-    def load_entry_points(self) -> list[str]:
-        """Call ``register(registry)`` of every installed ``dm.distributors`` entry point."""
-        loaded = []
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            register: Callable[[Registry], None] = ep.load()
+    def load_installed(self) -> list[str]:
+        """Call every provided ``register`` (:func:`provide`), then every ``dm.distributors``
+        entry point's, each once; returns their names (``module:function`` for provided ones).
+        """
+        done: list[Register] = []
+        loaded: list[str] = []
+        for register in _provided:
             register(self)
+            done.append(register)
+            loaded.append(f"{register.__module__}:{register.__qualname__}")
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            fn: Register = ep.load()
+            if fn in done:
+                continue
+            fn(self)
+            done.append(fn)
             loaded.append(ep.name)
         return loaded
 

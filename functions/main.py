@@ -1,6 +1,10 @@
-"""The Cloud Functions entry points (deployed with ``--source`` this file's folder).
+"""The Cloud Functions entry points: the ``main.py`` at the root of the bundle.
 
-Only re-exports; each function lives in its own module. On Cloud Run
+``make bundle`` copies this file to the root of ``build/functions.zip``
+beside the ``dmcore``, ``distributors`` and ``functions`` packages (the shape
+the Google Python buildpack deploys); locally functions-framework loads it in
+place (``--source functions/main.py``). Only re-exports; each function lives
+in its own module. On Cloud Run
 (``K_SERVICE`` set) the backend is built at import, so a misconfigured
 deployment fails to start instead of failing every request.
 """

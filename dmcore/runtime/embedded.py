@@ -56,7 +56,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
 def build_registry(config: Mapping[str, Any], *, dm_host: str = "") -> Registry:
     """A registry with every installed distributor and ``config`` (checked; no I/O)."""
     registry = Registry(dm_host=dm_host)
-    registry.load_entry_points()
+    registry.load_installed()
     text = json.dumps(config, sort_keys=True)
     registry.set_config(
         registry.config_from_dict(config), hashlib.sha256(text.encode()).hexdigest()[:12]
