@@ -118,6 +118,32 @@ def test_acls_and_oidc_settings(tmp_path: pathlib.Path) -> None:
         ),
         ("", {"DM_NOTIFY_SECRET": "s", "DM_TASKS_URL": "dm-tasks"}, "http"),
         ("DM_OIDC_AUDIENCE", {"DM_NOTIFY_SECRET": "s"}, "DM_OIDC_AUDIENCE"),  # oidc by default
+        ("", {"DM_NOTIFY_SECRET": "s", "DM_TASKS_QUEUES": "x"}, "set one of them, not both"),
+        (
+            "DM_TASKS_QUEUE",
+            {"DM_NOTIFY_SECRET": "s", "DM_AUTH": "none", "DM_TASKS_QUEUES": "a,b,a"},
+            "listed twice",
+        ),
+        (
+            "DM_TASKS_QUEUE",
+            {
+                "DM_NOTIFY_SECRET": "s",
+                "DM_AUTH": "none",
+                "DM_TASKS_QUEUES": "projects/demo/locations/europe-west1/queues/a,"
+                "projects/demo/locations/us-east1/queues/b",
+            },
+            "DM_TASKS_QUEUES: .*one project and location",
+        ),
+        (
+            "",
+            {"DM_NOTIFY_SECRET": "s", "DM_AUTH": "none", "DM_TASKS_DISPATCH_DEADLINE": "ten"},
+            "DM_TASKS_DISPATCH_DEADLINE: expected seconds",
+        ),
+        (
+            "",
+            {"DM_NOTIFY_SECRET": "s", "DM_AUTH": "none", "DM_TASKS_DISPATCH_DEADLINE": "3600"},
+            r"DM_TASKS_DISPATCH_DEADLINE: must be 15\.\.1800",
+        ),
     ],
 )
 def test_gcp_refuses_to_start_half_configured(
@@ -161,6 +187,29 @@ def test_gcp_on_emulators_needs_no_credentials(monkeypatch: pytest.MonkeyPatch) 
         assert b.kind == "gcp"
         assert b.engine.publish is not None  # notifications travel through the topic
         assert len(b.closers) == 3  # publisher, queue, store
+    finally:
+        b.close()
+
+
+def test_gcp_shards_tasks_over_dm_tasks_queues(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dmcore.queue.cloudtasks import CloudTasksQueue
+
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", "127.0.0.1:1")
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:1")
+    paths = [f"projects/demo/locations/europe-west1/queues/dm-tasks-{i}" for i in range(4)]
+    env = {k: v for k, v in GCP.items() if k != "DM_TASKS_QUEUE"} | {
+        "DM_TASKS_QUEUES": " , ".join(paths),
+        "DM_TASKS_DISPATCH_DEADLINE": "900",
+        "DM_NOTIFY_SECRET": "s",
+        "DM_AUTH": "none",
+        "DM_TASKS_EMULATOR_HOST": "127.0.0.1:1",
+    }
+    b = from_env(env)
+    try:
+        queue = b.engine.queue
+        assert isinstance(queue, CloudTasksQueue)
+        assert queue.parents == paths
+        assert queue.dispatch_deadline_s == 900
     finally:
         b.close()
 

@@ -23,7 +23,7 @@ from werkzeug.wrappers import Request, Response
 
 from dmcore.queue.base import InvalidTask, Task
 from dmcore.queue.cloudtasks import CloudTasksQueue, decode_request, target_path, task_id
-from tests.fake_cloudtasks import Dispatch, FakeCloudTasksServer
+from tests.fake_cloudtasks import Dispatch, FakeCloudTasksServer, FakeTask
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -606,3 +606,95 @@ def test_from_queue_path_refuses_a_malformed_path(clock: FakeClock) -> None:
             clock=clock,
             emulator_host="127.0.0.1:1",
         )
+
+
+# -- sharding over several queues (DM_TASKS_QUEUES) ---------------------------------
+
+
+SHARDS = ("dm-tasks-0", "dm-tasks-1", "dm-tasks-2")
+
+
+@pytest.fixture
+def sharded(clock: FakeClock) -> Iterator[FakeCloudTasksServer]:
+    paths = [f"projects/{PROJECT}/locations/{LOCATION}/queues/{q}" for q in SHARDS]
+    with FakeCloudTasksServer(clock=clock, queues=paths, max_attempts=5) as server:
+        yield server
+
+
+def _queue_of(t: FakeTask) -> str:
+    return t.queue.rsplit("/", 1)[1]
+
+
+def test_tasks_spread_over_shards_by_a_stable_key(
+    sharded: FakeCloudTasksServer, clock: FakeClock, receiver: Receiver
+) -> None:
+    q = make_queue(sharded.client(), clock, receiver.url, queue=list(SHARDS))
+    names = [f"step-{i}" for i in range(60)]
+    assert q.enqueue_many([task(n, i=i) for i, n in enumerate(names)]) == [True] * 60
+    by_queue = {s: 0 for s in SHARDS}
+    for t in sharded.tasks():
+        by_queue[_queue_of(t)] += 1
+        # Every task is on the queue its name picks, and only there.
+        assert t.name == q.task_path(t_name := json.loads(t.created.http_request.body)["name"])
+        assert _queue_of(t) == SHARDS[q.shard(t_name)]
+    assert sum(by_queue.values()) == 60
+    assert all(n > 0 for n in by_queue.values()), by_queue  # every shard takes a share
+
+    # Named-task dedup still holds: a re-sent name meets its first copy on the same queue.
+    assert q.enqueue_many([task(n) for n in names[:10]]) == [False] * 10
+    assert not q.enqueue(task(names[-1]))
+    assert len(sharded.tasks()) == 60
+
+    # Delivered with the shard's own queue name, decoded as usual.
+    assert sharded.run_due() == 60
+    assert {d.headers["X-CloudTasks-QueueName"] for d in sharded.dispatches} == set(SHARDS)
+    assert sorted(r.decoded[3] for r in receiver.got if r.decoded) == sorted(names)
+    # Tombstones are per queue too: the name stays refused after it ran.
+    assert not q.enqueue(task(names[0]))
+
+
+def test_shard_key_keeps_one_roots_tasks_on_one_queue(
+    sharded: FakeCloudTasksServer, clock: FakeClock, receiver: Receiver
+) -> None:
+    q = make_queue(sharded.client(), clock, receiver.url, queue=list(SHARDS))
+    roots = [f"attempts/q{i}|1" for i in range(12)]
+    for root in roots:
+        for step in range(4):
+            t = Task(f"{step}-{task_id(root)[:16]}", "mutation", {"s": step}, shard_key=root)
+            assert q.enqueue(t)
+            assert not q.enqueue(t)  # the same name with the same key: refused
+    per_root: dict[str, set[str]] = {}
+    for ft in sharded.tasks():
+        name = json.loads(ft.created.http_request.body)["name"]
+        per_root.setdefault(name.split("-", 1)[1], set()).add(_queue_of(ft))
+    assert len(per_root) == len(roots)
+    assert all(len(queues) == 1 for queues in per_root.values())
+    assert len({next(iter(v)) for v in per_root.values()}) > 1  # roots spread over shards
+    # Without a shard_key, a task is sharded by its name.
+    assert q.shard(Task("x", "mutation", {}).key) == q.shard("x")
+
+
+def test_from_queue_path_with_several_queues(
+    sharded: FakeCloudTasksServer, clock: FakeClock, receiver: Receiver
+) -> None:
+    paths = [f"projects/{PROJECT}/locations/{LOCATION}/queues/{s}" for s in SHARDS]
+    q = CloudTasksQueue.from_queue_path(
+        paths,
+        url=receiver.url,
+        service_account_email=None,
+        clock=clock,
+        emulator_host=sharded.address,
+    )
+    try:
+        assert q.queues == list(SHARDS) and q.parents == paths
+        assert q.enqueue(task("one"))
+        assert _queue_of(sharded.tasks()[0]) == SHARDS[q.shard("one")]
+    finally:
+        q.close()
+    elsewhere = [*paths[:2], f"projects/{PROJECT}/locations/us-east1/queues/x"]
+    with pytest.raises(ValueError, match="one project and location"):
+        CloudTasksQueue.from_queue_path(
+            elsewhere, url=receiver.url, service_account_email=None, clock=clock
+        )
+    with pytest.raises(ValueError, match="distinct"):
+        make_queue(sharded.client(), clock, receiver.url, queue=["a", "a"])

@@ -44,6 +44,15 @@ class Task:
     payload: dict[str, Any]
     eta_us: int = 0
     """Due time, microseconds since the epoch; 0 = as soon as possible."""
+    shard_key: str = ""
+    """Which of several queues takes the task (Cloud Tasks with ``DM_TASKS_QUEUES``):
+    e.g. the root record the step is about; "" = the name. Name dedup holds within
+    one queue only, so a given name must always come with the same key."""
+
+    @property
+    def key(self) -> str:
+        """The key the task is sharded by: ``shard_key``, else its name."""
+        return self.shard_key or self.name
 
     def __post_init__(self) -> None:
         if not TASK_NAME_RE.match(self.name):

@@ -1,7 +1,14 @@
 """The ``cloudtasks`` TaskQueue adapter: dm tasks as Google Cloud Tasks HTTP tasks.
 
-On Google Cloud, follow-up work goes to one Cloud Tasks queue whose tasks POST
+On Google Cloud, follow-up work goes to Cloud Tasks queues whose tasks POST
 to the ``dm_tasks`` function. Each dm :class:`~dmcore.queue.base.Task` becomes:
+
+* one task on one of the adapter's queues. One queue dispatches at most 500
+  tasks/s, so a deployment may give several (``DM_TASKS_QUEUES``); a task
+  goes to ``queues[sha256(key) mod N]`` where the key is its ``shard_key``
+  (the root record a step is about) or else its name. The choice depends on
+  the key alone, so a re-sent task meets its earlier copy in the same queue
+  and Cloud Tasks' name dedup (per queue) still refuses it.
 
 * URL ``{url}/{target}``: the function routes by path (``/mutation``,
   ``/distributor/<config name>``). Everything after the first ``/`` of the
@@ -112,7 +119,7 @@ def _body(task: Task) -> bytes:
 
 
 class CloudTasksQueue(TaskQueue):
-    """A TaskQueue on one Cloud Tasks queue whose HTTP tasks call ``dm_tasks``."""
+    """A TaskQueue on Cloud Tasks queues (one, or shards) whose HTTP tasks call ``dm_tasks``."""
 
     def __init__(
         self,
@@ -120,7 +127,7 @@ class CloudTasksQueue(TaskQueue):
         *,
         project: str,
         location: str,
-        queue: str,
+        queue: str | Sequence[str],
         url: str,
         service_account_email: str | None,
         audience: str | None = None,
@@ -130,8 +137,10 @@ class CloudTasksQueue(TaskQueue):
     ) -> None:
         """``url`` is the dm_tasks function's base URL (its run.app URI).
 
-        ``service_account_email`` (the invoker) turns on the OIDC token, whose
-        audience is ``audience`` or else ``url``.
+        ``queue`` is one queue id, or several (sharding, see the module doc),
+        all in ``project`` / ``location``. ``service_account_email`` (the
+        invoker) turns on the OIDC token, whose audience is ``audience`` or
+        else ``url``.
         """
         if not url.startswith(("https://", "http://")):
             raise ValueError(f"url must be http(s): {url!r}")
@@ -142,11 +151,15 @@ class CloudTasksQueue(TaskQueue):
             )
         if max_workers < 1:
             raise ValueError("max_workers must be >= 1")
+        self.queues = [queue] if isinstance(queue, str) else list(queue)
+        if not self.queues or len(set(self.queues)) != len(self.queues):
+            raise ValueError(f"expected one or more distinct queue ids, got {self.queues!r}")
         self.client = client
         self.project = project
         self.location = location
-        self.queue = queue
-        self.parent = client.queue_path(project, location, queue)
+        self.queue = self.queues[0]
+        self.parents = [client.queue_path(project, location, q) for q in self.queues]
+        self.parent = self.parents[0]
         self.url = url.rstrip("/")
         self.service_account_email = service_account_email
         self.audience = audience or self.url
@@ -157,7 +170,7 @@ class CloudTasksQueue(TaskQueue):
     @classmethod
     def from_queue_path(
         cls,
-        queue_path: str,
+        queue_path: str | Sequence[str],
         *,
         url: str,
         service_account_email: str | None,
@@ -167,15 +180,25 @@ class CloudTasksQueue(TaskQueue):
     ) -> CloudTasksQueue:
         """A queue on ``projects/P/locations/L/queues/Q`` with its own client.
 
-        ``emulator_host`` (``host:port``, the ``DM_TASKS_EMULATOR_HOST`` of the
-        backend) talks plain gRPC to a local stand-in without credentials, as
+        ``queue_path`` may also be several such paths (one project and
+        location), over which tasks are sharded. ``emulator_host``
+        (``host:port``, the ``DM_TASKS_EMULATOR_HOST`` of the backend) talks
+        plain gRPC to a local stand-in without credentials, as
         ``FIRESTORE_EMULATOR_HOST`` / ``PUBSUB_EMULATOR_HOST`` do for the other
         clients; otherwise the client uses Application Default Credentials.
-        Raises ValueError for a malformed queue path.
+        Raises ValueError for a malformed queue path, or paths in more than
+        one project and location.
         """
-        m = _QUEUE_PATH.match(queue_path)
-        if m is None:
-            raise ValueError(f"expected projects/P/locations/L/queues/Q, got {queue_path!r}")
+        paths = [queue_path] if isinstance(queue_path, str) else list(queue_path)
+        matches = [_QUEUE_PATH.match(p) for p in paths]
+        bad = [p for p, m in zip(paths, matches, strict=True) if m is None]
+        if bad or not paths:
+            raise ValueError(f"expected projects/P/locations/L/queues/Q, got {bad or paths!r}")
+        found = [m for m in matches if m is not None]
+        places = {(m.group(1), m.group(2)) for m in found}
+        if len(places) != 1:
+            raise ValueError(f"queues must share one project and location, got {paths!r}")
+        ((project, location),) = places
         if emulator_host:
             channel = grpc.insecure_channel(emulator_host)
             client = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
@@ -183,9 +206,9 @@ class CloudTasksQueue(TaskQueue):
             client = tasks_v2.CloudTasksClient()
         return cls(
             client,
-            project=m.group(1),
-            location=m.group(2),
-            queue=m.group(3),
+            project=project,
+            location=location,
+            queue=[m.group(3) for m in found],
             url=url,
             service_account_email=service_account_email,
             dispatch_deadline_s=dispatch_deadline_s,
@@ -196,9 +219,15 @@ class CloudTasksQueue(TaskQueue):
         """Close the client's channel (the queue cannot be used afterwards)."""
         self.client.transport.close()  # type: ignore[no-untyped-call]
 
-    def task_path(self, name: str) -> str:
-        """The full Cloud Tasks name of dm task ``name``."""
-        return self.client.task_path(self.project, self.location, self.queue, task_id(name))
+    def shard(self, key: str) -> int:
+        """The index in :attr:`queues` of the queue that takes tasks of shard key ``key``."""
+        digest = hashlib.sha256(key.encode()).digest()
+        return int.from_bytes(digest[:8], "big") % len(self.queues)
+
+    def task_path(self, name: str, shard_key: str = "") -> str:
+        """The full Cloud Tasks name of dm task ``name`` (on its shard's queue)."""
+        queue = self.queues[self.shard(shard_key or name)]
+        return self.client.task_path(self.project, self.location, queue, task_id(name))
 
     def build(self, task: Task) -> tasks_v2.Task:
         """The Cloud Tasks task for ``task`` (raises InvalidTask if it is malformed)."""
@@ -213,7 +242,7 @@ class CloudTasksQueue(TaskQueue):
                 service_account_email=self.service_account_email, audience=self.audience
             )
         ct = tasks_v2.Task(
-            name=self.task_path(task.name),
+            name=self.task_path(task.name, task.shard_key),
             http_request=http,
             dispatch_deadline=duration_pb2.Duration(seconds=self.dispatch_deadline_s),
         )
@@ -224,8 +253,9 @@ class CloudTasksQueue(TaskQueue):
         return ct
 
     def _create(self, ct: tasks_v2.Task) -> bool:
+        parent = ct.name.rsplit("/tasks/", 1)[0]
         try:
-            self.client.create_task(request=tasks_v2.CreateTaskRequest(parent=self.parent, task=ct))
+            self.client.create_task(request=tasks_v2.CreateTaskRequest(parent=parent, task=ct))
         except gexc.AlreadyExists:
             # Pending, or ran / was deleted within the last hour or so.
             return False
@@ -242,8 +272,8 @@ class CloudTasksQueue(TaskQueue):
         per-task AlreadyExists answers are not documented, so it is not used.)
 
         All tasks are validated first (InvalidTask: nothing is created). A name
-        repeated in the batch is refused after its first occurrence without a
-        call. If a call fails, the first error is raised after the others have
+        repeated in the batch (on the same shard) is refused after its first
+        occurrence without a call. If a call fails, the first error is raised after the others have
         finished; some tasks may have been created, which is harmless since
         the caller re-sends the batch and those are then refused.
         """

@@ -13,8 +13,13 @@ that reads it:
                       inherit it and open the same store.
 ``GOOGLE_CLOUD_PROJECT``, ``DM_FIRESTORE_DATABASE``   the Firestore database (gcp, and
                       embedded with ``DM_STORE=firestore``; database default ``(default)``).
-``DM_TASKS_QUEUE``    ``projects/P/locations/L/queues/Q`` (gcp).
+``DM_TASKS_QUEUE``    ``projects/P/locations/L/queues/Q`` (gcp), or
+``DM_TASKS_QUEUES``   several such paths (comma-separated, one project and location): tasks
+                      are sharded over them by a stable key (one queue dispatches at most
+                      500 tasks/s). Set one of the two.
 ``DM_TASKS_URL``      the ``dm_tasks`` function's URL, tasks POST to ``URL/<target>`` (gcp).
+``DM_TASKS_DISPATCH_DEADLINE``  seconds Cloud Tasks waits for dm_tasks to answer a task
+                      (15..1800, default 600); dm_tasks' own timeout must be at least this.
 ``DM_TASKS_SERVICE_ACCOUNT``  the identity Cloud Tasks signs its OIDC tokens as (gcp).
 ``DM_TASKS_EMULATOR_HOST``    ``host:port`` of a local Cloud Tasks stand-in (plain gRPC, no
                       credentials), as ``FIRESTORE_EMULATOR_HOST`` and ``PUBSUB_EMULATOR_HOST``
@@ -252,6 +257,37 @@ def _firestore_store(env: Mapping[str, str], project: str) -> Store:
     return store
 
 
+DEFAULT_DISPATCH_DEADLINE_S = 600
+
+
+def _queues_var(env: Mapping[str, str]) -> str:
+    return "DM_TASKS_QUEUES" if env.get("DM_TASKS_QUEUES", "").strip() else "DM_TASKS_QUEUE"
+
+
+def tasks_queues(env: Mapping[str, str]) -> list[str]:
+    """The Cloud Tasks queue paths: ``DM_TASKS_QUEUE``, or the list ``DM_TASKS_QUEUES``."""
+    one = env.get("DM_TASKS_QUEUE", "").strip()
+    many = [q.strip() for q in env.get("DM_TASKS_QUEUES", "").split(",") if q.strip()]
+    if one and many:
+        raise ConfigError("DM_TASKS_QUEUE and DM_TASKS_QUEUES: set one of them, not both")
+    if not one and not many:
+        raise ConfigError("DM_TASKS_QUEUE (or DM_TASKS_QUEUES): required with DM_BACKEND=gcp")
+    if len(set(many)) != len(many):
+        raise ConfigError("DM_TASKS_QUEUES: a queue is listed twice")
+    return many or [one]
+
+
+def dispatch_deadline(env: Mapping[str, str]) -> int:
+    """``DM_TASKS_DISPATCH_DEADLINE`` in seconds (Cloud Tasks' bounds: the adapter checks)."""
+    raw = env.get("DM_TASKS_DISPATCH_DEADLINE", "").strip()
+    if not raw:
+        return DEFAULT_DISPATCH_DEADLINE_S
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"DM_TASKS_DISPATCH_DEADLINE: expected seconds, got {raw!r}") from None
+
+
 def _gcp(env: Mapping[str, str]) -> Backend:
     auth = auth_from_env(env, default=AUTH_OIDC)
 
@@ -262,7 +298,8 @@ def _gcp(env: Mapping[str, str]) -> Backend:
         return value
 
     project = need("GOOGLE_CLOUD_PROJECT")
-    queue_path = need("DM_TASKS_QUEUE")
+    queue_paths = tasks_queues(env)
+    deadline_s = dispatch_deadline(env)
     tasks_url = need("DM_TASKS_URL")
     topic = need("DM_NOTIFY_TOPIC")
     secret = load_secret(env)
@@ -283,16 +320,20 @@ def _gcp(env: Mapping[str, str]) -> Backend:
     # Imported by name, lazily, as in _firestore_store.
     cloudtasks = importlib.import_module("dmcore.queue.cloudtasks")
     pubsub = importlib.import_module("dmcore.notify.pubsub")
+    low, high = cloudtasks.MIN_DISPATCH_DEADLINE_S, cloudtasks.MAX_DISPATCH_DEADLINE_S
+    if not low <= deadline_s <= high:
+        raise ConfigError(f"DM_TASKS_DISPATCH_DEADLINE: must be {low}..{high} s, got {deadline_s}")
     try:
         queue = cloudtasks.CloudTasksQueue.from_queue_path(
-            queue_path,
+            queue_paths,
             url=tasks_url,
+            dispatch_deadline_s=deadline_s,
             service_account_email=env.get("DM_TASKS_SERVICE_ACCOUNT", "").strip() or None,
             clock=wall_clock_us,
             emulator_host=env.get("DM_TASKS_EMULATOR_HOST", "").strip() or None,
         )
     except ValueError as e:
-        raise ConfigError(f"DM_TASKS_QUEUE: {e}") from None
+        raise ConfigError(f"{_queues_var(env)}: {e}") from None
     try:
         publisher = pubsub.PubSubPublisher(topic)
     except ValueError as e:
