@@ -43,6 +43,10 @@ Why this shape:
 * **Cost counters.** :attr:`FirestoreStore.stats` counts billed document reads
   (a missing document and an empty query cost one read each, a count one per
   1,000 matches) and committed document writes and deletes.
+* **Query shapes.** :attr:`FirestoreStore.query_shapes` collects the shape of
+  every query run (:class:`QueryShape`: collection id, scope, fields filtered,
+  order), which is what Firestore's indexes are declared for: a test checks
+  that the indexes terraform declares serve every shape the engine runs.
 
 Google Cloud client libraries are imported only here (DESIGN.md §2).
 """
@@ -79,7 +83,7 @@ from dmcore.store.base import (
     id_prefix_end,
 )
 
-__all__ = ["FirestoreStats", "FirestoreStore"]
+__all__ = ["FirestoreStats", "FirestoreStore", "QueryShape"]
 
 T = TypeVar("T")
 
@@ -244,6 +248,52 @@ class FirestoreStats:
             self.reads = self.writes = self.deletes = self.commits = self.retries = 0
 
 
+# ---- query shapes
+
+
+ASCENDING, DESCENDING = "ASCENDING", "DESCENDING"
+NAME_FIELD = "__name__"
+"""The document-name pseudo-field (ids ordered and compared as such)."""
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class QueryShape:
+    """What an index must serve: a query with its values left out.
+
+    Firestore keys indexes by collection *id* (the last segment of a
+    collection path) and query scope, so that is what is kept of the path.
+    """
+
+    collection: str
+    """Collection id, e.g. ``fwd_deps`` for ``attempts/<aid>/fwd_deps``."""
+    group: bool = False
+    """A collection-group query (every collection with that id)."""
+    equals: tuple[str, ...] = ()
+    """Fields under equality filters (sorted: their order does not matter)."""
+    ranges: tuple[str, ...] = ()
+    """Fields under inequality filters (``__name__`` for an id range)."""
+    order: tuple[tuple[str, str], ...] = ()
+    """``(field, ASCENDING|DESCENDING)`` in query order, explicit ``__name__`` included."""
+    aggregate: bool = False
+    """A count (same index needs as the query)."""
+
+
+def _shape(
+    collection: str,
+    where: Mapping[str, Any] | None,
+    order: Sequence[tuple[str, str]] = (),
+    ranges: Sequence[str] = (),
+    aggregate: bool = False,
+) -> QueryShape:
+    return QueryShape(
+        collection=collection.rsplit("/", 1)[-1],
+        equals=tuple(sorted(where or {})),
+        ranges=tuple(sorted(ranges)),
+        order=tuple(order),
+        aggregate=aggregate,
+    )
+
+
 # ---- transactions
 
 
@@ -387,6 +437,8 @@ class FirestoreStore(Store):
         self.prefix = prefix
         self._root = prefix + "/" if prefix else ""
         self.stats = FirestoreStats()
+        self.query_shapes: set[QueryShape] = set()
+        """Every distinct :class:`QueryShape` this store has run (a handful: one per call site)."""
         self._local = _Local()
         self._closed = False
 
@@ -444,11 +496,15 @@ class FirestoreStore(Store):
         tx: firestore.Transaction | None,
     ) -> list[tuple[str, Doc]]:
         q = self._build_query(collection, where)
+        order: list[tuple[str, str]] = []
         if order_by is not None:
             direction = firestore.Query.DESCENDING if descending else firestore.Query.ASCENDING
             q = q.order_by(_field_path(order_by), direction=direction)
+            order.append((order_by, DESCENDING if descending else ASCENDING))
             if descending:  # ties in path order, as the port says
                 q = q.order_by(FieldPath.document_id(), direction=firestore.Query.ASCENDING)
+                order.append((NAME_FIELD, ASCENDING))
+        self.query_shapes.add(_shape(collection, where, order))
         if limit is not None:
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
                 raise ValueError(f"limit must be a non-negative int, not {limit!r}")
@@ -532,6 +588,7 @@ class FirestoreStore(Store):
         coll = self._collection(collection)
         q = coll.where(filter=FieldFilter(FieldPath.document_id(), ">=", coll.document(prefix)))
         q = q.where(filter=FieldFilter(FieldPath.document_id(), "<", coll.document(end)))
+        self.query_shapes.add(_shape(collection, None, ranges=[NAME_FIELD]))
         head = collection + "/"
         rows = [(head + snap.id, _decode_doc(snap.to_dict())) for snap in q.stream()]
         self.stats.add(reads=max(1, len(rows)))
@@ -541,6 +598,7 @@ class FirestoreStore(Store):
         _collection_path(collection)
         # The library annotates count() as returning a class; it returns an instance.
         agg = cast(AggregationQuery, self._build_query(collection, where).count(alias="n"))
+        self.query_shapes.add(_shape(collection, where, aggregate=True))
         rows: list[Any] = list(agg.get())  # [[AggregationResult]] at run time
         n = 0
         for row in rows:

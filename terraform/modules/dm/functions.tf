@@ -1,0 +1,86 @@
+# The four functions, built by Cloud Build from the bundle (`make bundle`). The uploaded
+# object is named by the bundle's SHA-256: new sources, new object, new revisions.
+
+resource "google_storage_bucket" "source" {
+  # checkov:skip=CKV_GCP_62:holds only the function bundles, written by terraform; no access log bucket
+  project                     = var.project
+  name                        = "${var.project}-${var.name_prefix}-source"
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = true
+
+  versioning {
+    enabled = true
+  }
+
+  lifecycle_rule {
+    condition {
+      age = 30
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_storage_bucket_object" "bundle" {
+  bucket = google_storage_bucket.source.name
+  name   = "functions-${filesha256(var.bundle)}.zip"
+  source = var.bundle
+}
+
+resource "google_cloudfunctions2_function" "fn" {
+  # checkov:skip=CKV_GCP_124:private by IAM (run.invoker for named accounts only); Cloud Tasks and Cloud Scheduler cannot reach internal-only ingress
+  for_each = local.functions
+  project  = var.project
+  location = var.region
+  name     = each.value.name
+
+  build_config {
+    runtime         = var.python_runtime
+    entry_point     = each.key
+    service_account = google_service_account.builder.id
+
+    source {
+      storage_source {
+        bucket = google_storage_bucket.source.name
+        object = google_storage_bucket_object.bundle.name
+      }
+    }
+  }
+
+  service_config {
+    service_account_email            = google_service_account.runtime.email
+    timeout_seconds                  = each.value.timeout
+    available_memory                 = "512Mi"
+    available_cpu                    = "1"
+    max_instance_request_concurrency = 4
+    max_instance_count               = var.max_instances
+    all_traffic_on_latest_revision   = true
+    # Private by IAM: only the accounts granted run.invoker in iam.tf get through. Ingress
+    # stays open because Cloud Tasks and Cloud Scheduler do not reach internal-only ones.
+    ingress_settings      = "ALLOW_ALL"
+    environment_variables = local.environment
+
+    secret_volumes {
+      mount_path = local.secret_dir
+      project_id = var.project
+      secret     = google_secret_manager_secret.notify_key.secret_id
+
+      versions {
+        version = "latest"
+        path    = local.secret_file
+      }
+    }
+  }
+
+  depends_on = [
+    google_project_iam_member.builder,
+    google_storage_bucket_iam_member.builder_reads_source,
+    google_secret_manager_secret_iam_member.runtime_reads_secret,
+    google_secret_manager_secret_version.notify_key,
+  ]
+}

@@ -1,0 +1,153 @@
+variable "project" {
+  description = "Google Cloud project id to deploy dm into."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of the functions, queues and scheduler job (e.g. europe-west1)."
+  type        = string
+}
+
+variable "bundle" {
+  description = "Path of the functions bundle built by `make bundle` (build/functions.zip)."
+  type        = string
+}
+
+variable "name_prefix" {
+  description = "Prefix of every resource name (several dm deployments may share a project)."
+  type        = string
+  default     = "dm"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,14}$", var.name_prefix))
+    error_message = "name_prefix: 1-15 lower-case letters, digits or '-', starting with a letter."
+  }
+}
+
+variable "python_runtime" {
+  description = "Cloud Functions runtime of the bundle."
+  type        = string
+  default     = "python312"
+}
+
+variable "firestore_location" {
+  description = "Firestore location (a region such as europe-west1, or nam5/eur3); null: var.region."
+  type        = string
+  default     = null
+}
+
+variable "firestore_database" {
+  description = "Firestore database id."
+  type        = string
+  default     = "(default)"
+}
+
+variable "firestore_deletion_protection" {
+  description = "Refuse to delete the Firestore database (turn off only to tear a test deployment down)."
+  type        = bool
+  default     = true
+}
+
+variable "distributor_config" {
+  description = "dm's distributor configs (DM_CONFIG), a JSON document: jobsim (simulated jobs) by default."
+  type        = string
+  default     = "{\"distributor_configs\": {\"jobsim\": {\"jobsim\": {\"pool\": \"dm\"}}}}"
+}
+
+variable "writers" {
+  description = "Principals who may create and cancel through dm_api (user:... or serviceAccount:...)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for m in var.writers : !contains(["allUsers", "allAuthenticatedUsers"], m)])
+    error_message = "dm_api stays private: allUsers and allAuthenticatedUsers are refused."
+  }
+}
+
+variable "readers" {
+  description = "Principals who may read the graph through dm_api."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for m in var.readers : !contains(["allUsers", "allAuthenticatedUsers"], m)])
+    error_message = "dm_api stays private: allUsers and allAuthenticatedUsers are refused."
+  }
+}
+
+variable "api_invokers" {
+  description = "Further principals that may reach dm_api (e.g. jobs calling with execution tokens)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition = alltrue([
+      for m in var.api_invokers : !contains(["allUsers", "allAuthenticatedUsers"], m)
+    ])
+    error_message = "dm_api stays private: allUsers and allAuthenticatedUsers are refused."
+  }
+}
+
+variable "tasks_queue_count" {
+  description = "How many Cloud Tasks queues the tasks are sharded over (one dispatches <= 500 tasks/s)."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.tasks_queue_count >= 1 && var.tasks_queue_count <= 64
+    error_message = "tasks_queue_count: 1 to 64."
+  }
+}
+
+variable "tasks_dispatch_deadline_s" {
+  description = "Seconds Cloud Tasks waits for dm_tasks (15-1800); dm_tasks' timeout is set to match."
+  type        = number
+  default     = 600
+
+  validation {
+    condition     = var.tasks_dispatch_deadline_s >= 15 && var.tasks_dispatch_deadline_s <= 1800
+    error_message = "tasks_dispatch_deadline_s: 15 to 1800 seconds (Cloud Tasks' bounds)."
+  }
+}
+
+variable "tasks_max_dispatches_per_second" {
+  description = "Rate limit of each Cloud Tasks queue (Cloud Tasks caps it at 500)."
+  type        = number
+  default     = 500
+}
+
+variable "tasks_max_concurrent_dispatches" {
+  description = "Tasks each queue may have in flight at once."
+  type        = number
+  default     = 1000
+}
+
+variable "tasks_max_attempts" {
+  description = "Deliveries of one task before Cloud Tasks drops it (the sweep re-dispatches lost work)."
+  type        = number
+  default     = 100
+
+  validation {
+    condition     = var.tasks_max_attempts >= 1
+    error_message = "tasks_max_attempts: bounded retries, at least 1 (-1, unlimited, is refused)."
+  }
+}
+
+variable "sweep_schedule" {
+  description = "Cloud Scheduler schedule of dm_sweep (cron; once a minute is Scheduler's finest)."
+  type        = string
+  default     = "* * * * *"
+}
+
+variable "notify_max_delivery_attempts" {
+  description = "Pushes of one notification before it goes to the dead-letter topic (5-100)."
+  type        = number
+  default     = 20
+}
+
+variable "max_instances" {
+  description = "Most instances of each function."
+  type        = number
+  default     = 100
+}

@@ -1,0 +1,531 @@
+"""``terraform/`` cross-checked against the code it deploys (no provider needed).
+
+``terraform validate`` and ``plan`` cannot run here (the google provider
+cannot be downloaded), so: ``terraform fmt -check`` (also a syntax check)
+where terraform is installed; python-hcl2 structural tests that evaluate the
+module (:mod:`tests.tfmodel`) and compare it with the code — entry points,
+the environment each function reads (the backend is really built from it),
+timeouts, the secret, identities and who may invoke what; and checkov, run
+isolated (its dependencies conflict with ours), with dm's own policies in
+``terraform/policies``, failing on failed checks and on parse errors. The
+Firestore indexes are checked apart, against recorded queries
+(``tests/test_terraform_firestore.py``).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dmcore.runtime import backend as backends
+from scripts import bundle
+from tests.tfmodel import EXAMPLE, MODULE, ROOT, TERRAFORM, Model, load
+
+PROJECT, REGION = "demo-project", "europe-west1"
+CHECKOV = "checkov==3.3.30"
+POLICIES = TERRAFORM / "policies"
+GEN2_HTTP_MAX_TIMEOUT_S = 3600
+PUBLIC = ("allUsers", "allAuthenticatedUsers")
+NOT_IN_PRODUCTION = {
+    "DM_HOME": "embedded backend only",
+    "DM_STORE": "embedded backend only",
+    "DM_TASKS_QUEUE": "the deployment names its queues in DM_TASKS_QUEUES",
+    "DM_NOTIFY_SECRET": "the secret is mounted as a file (DM_NOTIFY_SECRET_FILE)",
+    "DM_TASKS_EMULATOR_HOST": "a local Cloud Tasks stand-in only",
+}
+"""Variables the backend reads that a deployment leaves unset, and why."""
+
+
+def model(**variables: Any) -> Model:
+    return Model(
+        MODULE,
+        {"project": PROJECT, "region": REGION, "bundle": str(bundle.DEFAULT_OUT), **variables},
+    )
+
+
+@pytest.fixture(scope="module")
+def m() -> Model:
+    return model()
+
+
+def functions(m: Model) -> dict[str, dict[str, Any]]:
+    """Each google_cloudfunctions2_function instance, evaluated, by its for_each key."""
+    res = m.resource("google_cloudfunctions2_function.fn")
+    return {s["each"]["key"]: m.body(res, s) for s in m.instances(res)}
+
+
+def env_of(m: Model) -> dict[str, str]:
+    """The environment of the functions (the same for all four: checked below)."""
+    envs = [fn["service_config"][0]["environment_variables"] for fn in functions(m).values()]
+    assert all(e == envs[0] for e in envs)
+    return dict(envs[0])
+
+
+def members(m: Model, rtype: str) -> list[tuple[str, dict[str, Any]]]:
+    """(address, evaluated body) of every instance of resources of ``rtype``."""
+    out = []
+    for res in m.of_type(rtype):
+        for scope in m.instances(res):
+            out.append((res.address, m.body(res, scope)))
+    return out
+
+
+def sa_email(m: Model, name: str) -> str:
+    return str(m.computed(m.resource(f"google_service_account.{name}"))["email"])
+
+
+# -- syntax ---------------------------------------------------------------------------------------
+
+
+def test_terraform_fmt() -> None:
+    exe = shutil.which("terraform")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("terraform is not on PATH in CI: `terraform fmt -check` cannot run")
+        pytest.skip("terraform is not on PATH (fmt -check runs where it is installed)")
+    out = subprocess.run(
+        [exe, "fmt", "-check", "-recursive", "-diff", str(TERRAFORM)],
+        env={**os.environ, "TF_CLI_CONFIG_FILE": "/dev/null"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_file_parses() -> None:
+    for d in sorted({p.parent for p in TERRAFORM.rglob("*.tf")}):
+        assert load(d), d
+
+
+# -- the example root -----------------------------------------------------------------------------
+
+
+def test_example_needs_only_project_and_region() -> None:
+    blocks = load(EXAMPLE)
+    variables = {k: v for b in blocks["variable"] for k, v in b.items()}
+    assert {"project", "region"} <= set(variables)
+    required = {k for k, v in variables.items() if "default" not in v}
+    assert required <= {"project", "region"}
+    ex = Model(EXAMPLE, {"project": PROJECT})
+    (module,) = [b["dm"] for b in blocks["module"]]
+    assert module["source"] == "../../modules/dm"
+    assert pathlib.Path(ex.eval(module["bundle"])).resolve() == bundle.DEFAULT_OUT
+    outputs = {k for b in blocks["output"] for k in b}
+    assert {"api_url", "notify_topic", "tasks_queues"} <= outputs
+    module_outputs = {k for b in load(MODULE)["output"] for k in b}
+    assert {"api_url", "notify_topic", "tasks_queues"} <= module_outputs
+
+
+# -- the functions and their bundle ---------------------------------------------------------------
+
+
+def _exported_functions() -> set[str]:
+    tree = ast.parse((ROOT / "functions" / "main.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
+            return set(ast.literal_eval(node.value))
+    raise AssertionError("functions/main.py has no __all__")
+
+
+def _decorated(name: str) -> str:
+    """The functions_framework decorator of ``functions/<name>.py``'s function ``name``."""
+    tree = ast.parse((ROOT / "functions" / f"{name}.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            (deco,) = node.decorator_list
+            return ast.unparse(deco)
+    raise AssertionError(f"functions/{name}.py defines no {name}()")
+
+
+def test_every_entry_point_is_deployed_from_the_bundle(m: Model) -> None:
+    fns = functions(m)
+    exported = _exported_functions()
+    assert {fn["build_config"][0]["entry_point"] for fn in fns.values()} == exported
+    assert set(fns) == exported
+    for name in exported:
+        assert _decorated(name).startswith("functions_framework.")
+    obj = m.computed(m.resource("google_storage_bucket_object.bundle"))
+    assert obj["source"] == str(bundle.DEFAULT_OUT)
+    # Named by content: the object name changes with the bundle, so do the revisions.
+    raw = m.resource("google_storage_bucket_object.bundle").body["name"]
+    assert "filesha256(var.bundle)" in raw
+    for fn in fns.values():
+        src = fn["build_config"][0]["source"][0]["storage_source"][0]
+        assert src["object"] == obj["name"]
+        assert fn["build_config"][0]["runtime"].startswith("python3")
+        assert fn["build_config"][0]["service_account"].endswith(sa_email(m, "builder"))
+
+
+def test_timeouts_fit(m: Model) -> None:
+    for deadline in (15, 600, 1800):
+        mm = model(tasks_dispatch_deadline_s=deadline)
+        fns = functions(mm)
+        env = env_of(mm)
+        assert int(env["DM_TASKS_DISPATCH_DEADLINE"]) == deadline
+        assert fns["dm_tasks"]["service_config"][0]["timeout_seconds"] >= deadline
+    fns = functions(m)
+    for fn in fns.values():
+        assert 0 < fn["service_config"][0]["timeout_seconds"] <= GEN2_HTTP_MAX_TIMEOUT_S
+    sub = m.computed(m.resource("google_pubsub_subscription.notify_push"))
+    assert fns["dm_notify"]["service_config"][0]["timeout_seconds"] <= sub["ack_deadline_seconds"]
+    job = m.computed(m.resource("google_cloud_scheduler_job.sweep"))
+    attempt = int(job["attempt_deadline"].removesuffix("s"))
+    assert fns["dm_sweep"]["service_config"][0]["timeout_seconds"] <= attempt
+    # dm_api answers a WalkGraph within its own time budget.
+    from dmcore.service import MAX_WALK_TIME_US
+
+    assert fns["dm_api"]["service_config"][0]["timeout_seconds"] > MAX_WALK_TIME_US / 1e6
+
+
+# -- the environment: what the code reads at start-up ---------------------------------------------
+
+
+def _read_vars() -> set[str]:
+    """Every DM_* / GOOGLE_CLOUD_PROJECT variable dmcore/runtime/backend.py reads."""
+    text = (ROOT / "dmcore" / "runtime" / "backend.py").read_text()
+    found = set(re.findall(r'(?:env\.get|env\[|need)\(?\s*"((?:DM|GOOGLE)_[A-Z_]+)"', text))
+    assert "DM_BACKEND" in found and "DM_TASKS_URL" in found, found
+    return found
+
+
+def test_environment_sets_what_the_backend_reads(m: Model) -> None:
+    env = env_of(m)
+    read = _read_vars()
+    unset = sorted(read - set(env) - set(NOT_IN_PRODUCTION))
+    assert not unset, f"read by the backend, not set by terraform: {unset}"
+    dmcore_text = "".join(p.read_text() for p in (ROOT / "dmcore").rglob("*.py"))
+    unknown = sorted(k for k in env if f'"{k}"' not in dmcore_text)
+    assert not unknown, f"set by terraform, read nowhere in dmcore: {unknown}"
+    assert not set(NOT_IN_PRODUCTION) & set(env)
+
+
+@pytest.fixture
+def deployed_env(
+    m: Model, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, str]]:
+    """The functions' environment, with the mounted secret file played by a local file."""
+    env = env_of(m)
+    (fn, *_) = functions(m).values()
+    (vol,) = fn["service_config"][0]["secret_volumes"]
+    (version,) = vol["versions"]
+    mounted = f"{vol['mount_path']}/{version['path']}"
+    assert env["DM_NOTIFY_SECRET_FILE"] == mounted
+    secret = tmp_path / "notify-key"
+    secret.write_text("k" * 64)
+    env["DM_NOTIFY_SECRET_FILE"] = str(secret)
+    for var in ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST"):
+        monkeypatch.setenv(var, "127.0.0.1:1")  # clients connect lazily: never contacted
+    env["DM_TASKS_EMULATOR_HOST"] = "127.0.0.1:1"
+    yield env
+
+
+def test_the_backend_starts_from_the_deployed_environment(
+    m: Model, deployed_env: dict[str, str]
+) -> None:
+    from dmcore.queue.cloudtasks import CloudTasksQueue
+
+    b = backends.from_env(deployed_env)
+    try:
+        assert b.kind == "gcp"
+        assert b.auth.mode == backends.AUTH_OIDC
+        urls = m.eval(m.locals["urls"])
+        assert set(b.auth.audiences) == set(urls.values())
+        assert b.auth.invoker == sa_email(m, "invoker")
+        queue = b.engine.queue
+        assert isinstance(queue, CloudTasksQueue)
+        queues = [q["id"] for q in m.computed(m.resource("google_cloud_tasks_queue.tasks"))]
+        assert queue.parents == queues
+        assert queue.url == urls["dm_tasks"]
+        assert queue.service_account_email == sa_email(m, "invoker")
+        assert (
+            b.engine.settings.notify_topic
+            == m.computed(m.resource("google_pubsub_topic.notify"))["id"]
+        )
+        assert "jobsim" in b.engine.registry.config_names
+    finally:
+        b.close()
+
+
+def test_queue_count_shards_the_tasks() -> None:
+    mm = model(tasks_queue_count=3)
+    queues = env_of(mm)["DM_TASKS_QUEUES"].split(",")
+    assert len(queues) == len(set(queues)) == 3
+    grants = members(mm, "google_cloud_tasks_queue_iam_member")
+    assert sorted(g["name"] for _, g in grants) == sorted(q.rsplit("/", 1)[1] for q in queues)
+    assert all(g["member"] == f"serviceAccount:{sa_email(mm, 'runtime')}" for _, g in grants)
+
+
+# -- the secret -----------------------------------------------------------------------------------
+
+
+def test_secret_is_mounted_everywhere_and_readable_by_the_runtime_only(m: Model) -> None:
+    secret = m.computed(m.resource("google_secret_manager_secret.notify_key"))
+    for name, fn in functions(m).items():
+        vols = fn["service_config"][0].get("secret_volumes", [])
+        assert [v["secret"] for v in vols] == [secret["secret_id"]], name
+        assert not fn["service_config"][0].get("secret_environment_variables"), name
+    grants = members(m, "google_secret_manager_secret_iam_member")
+    assert [(g["role"], g["member"]) for _, g in grants] == [
+        ("roles/secretmanager.secretAccessor", f"serviceAccount:{sa_email(m, 'runtime')}")
+    ]
+    for rtype in (
+        "google_secret_manager_secret_iam_binding",
+        "google_secret_manager_secret_iam_policy",
+    ):
+        assert not m.of_type(rtype)
+    project_roles = {g["role"] for _, g in members(m, "google_project_iam_member")}
+    assert not {r for r in project_roles if "secretmanager" in r}
+
+
+# -- identities and who may call what -------------------------------------------------------------
+
+
+def test_every_function_is_private(m: Model) -> None:
+    fns = functions(m)
+    runtime = sa_email(m, "runtime")
+    for name, fn in fns.items():
+        assert fn["service_config"][0]["service_account_email"] == runtime, name
+        assert "event_trigger" not in fn, name
+    # Invocation is granted only through these run.invoker members, per function.
+    for rtype in (
+        "google_cloudfunctions2_function_iam_member",
+        "google_cloudfunctions2_function_iam_binding",
+        "google_cloudfunctions2_function_iam_policy",
+        "google_cloud_run_service_iam_binding",
+        "google_cloud_run_service_iam_policy",
+        "google_cloud_run_v2_service_iam_binding",
+        "google_cloud_run_v2_service_iam_policy",
+    ):
+        assert not m.of_type(rtype), rtype
+    by_service: dict[str, set[str]] = {}
+    for _, g in members(m, "google_cloud_run_service_iam_member"):
+        assert g["role"] == "roles/run.invoker"
+        by_service.setdefault(g["service"], set()).add(g["member"])
+    sa = {k: f"serviceAccount:{sa_email(m, k)}" for k in ("invoker", "push")}
+    assert by_service == {
+        fns["dm_tasks"]["name"]: {sa["invoker"]},
+        fns["dm_sweep"]["name"]: {sa["invoker"]},
+        fns["dm_notify"]["name"]: {sa["push"]},
+    }  # dm_api: nobody until writers/readers/api_invokers are given
+    people = model(writers=["user:ann@example.com"], api_invokers=["serviceAccount:j@x.com"])
+    api = {g["member"] for _, g in members(people, "google_cloud_run_service_iam_member")}
+    assert {"user:ann@example.com", "serviceAccount:j@x.com"} <= api
+    assert env_of(people)["DM_WRITERS"] == "user:ann@example.com"
+
+
+def test_no_public_principal_anywhere() -> None:
+    for directory in (MODULE, EXAMPLE):
+        mm = (
+            model(writers=["user:a@example.com"])
+            if directory == MODULE
+            else Model(EXAMPLE, {"project": PROJECT})
+        )
+        for res in mm.resources.values():
+            if "_iam_" not in res.type:
+                continue
+            for scope in mm.instances(res):
+                body = mm.body(res, scope)
+                granted = [body.get("member", ""), *body.get("members", [])]
+                assert not set(granted) & set(PUBLIC), res.address
+    # The module refuses them as inputs, too.
+    blocks = load(MODULE)
+    variables = {k: v for b in blocks["variable"] for k, v in b.items()}
+    for name in ("writers", "readers", "api_invokers"):
+        (validation,) = variables[name]["validation"]
+        assert all(p in validation["condition"] for p in PUBLIC), name
+
+
+def test_callers_sign_as_their_own_accounts(m: Model) -> None:
+    urls = m.eval(m.locals["urls"])
+    env = env_of(m)
+    invoker, push = sa_email(m, "invoker"), sa_email(m, "push")
+    # Cloud Tasks: the tasks carry the invoker's token, which dm_tasks accepts.
+    assert env["DM_TASKS_SERVICE_ACCOUNT"] == env["DM_INVOKER_SERVICE_ACCOUNT"] == invoker
+    assert env["DM_TASKS_URL"] == urls["dm_tasks"]
+    # Cloud Scheduler: POST dm_sweep as the invoker.
+    job = m.computed(m.resource("google_cloud_scheduler_job.sweep"))
+    target = job["http_target"][0]
+    assert target["http_method"] == "POST"
+    assert target["uri"].startswith(urls["dm_sweep"])
+    assert target["oidc_token"][0] == {
+        "service_account_email": invoker,
+        "audience": urls["dm_sweep"],
+    }
+    # Pub/Sub: push to dm_notify as the push account, retried, then dead-lettered.
+    sub = m.computed(m.resource("google_pubsub_subscription.notify_push"))
+    topic = m.computed(m.resource("google_pubsub_topic.notify"))
+    assert sub["topic"] == topic["id"] == env["DM_NOTIFY_TOPIC"]
+    push_cfg = sub["push_config"][0]
+    assert push_cfg["push_endpoint"] == f"{urls['dm_notify']}/{topic['id']}"
+    assert push_cfg["oidc_token"][0] == {
+        "service_account_email": push,
+        "audience": urls["dm_notify"],
+    }
+    assert sub["retry_policy"][0]["minimum_backoff"]
+    dead = m.computed(m.resource("google_pubsub_topic.dead_letter"))
+    assert sub["dead_letter_policy"][0]["dead_letter_topic"] == dead["id"]
+    assert 5 <= sub["dead_letter_policy"][0]["max_delivery_attempts"] <= 100
+    # The runtime creates tasks signed as the invoker: it must be allowed to act as it.
+    acts = [g for _, g in members(m, "google_service_account_iam_member")]
+    assert {
+        "service_account_id": m.computed(m.resource("google_service_account.invoker"))["name"],
+        "role": "roles/iam.serviceAccountUser",
+        "member": f"serviceAccount:{sa_email(m, 'runtime')}",
+    } in acts
+
+
+def test_queues_are_rate_limited_with_bounded_retries(m: Model) -> None:
+    for q in m.computed(m.resource("google_cloud_tasks_queue.tasks")):
+        assert 0 < q["rate_limits"][0]["max_dispatches_per_second"] <= 500
+        assert q["rate_limits"][0]["max_concurrent_dispatches"] > 0
+        assert q["retry_config"][0]["max_attempts"] >= 1
+        assert q["location"] == REGION
+
+
+def test_least_privilege(m: Model) -> None:
+    basic = {"roles/owner", "roles/editor", "roles/viewer"}
+    project = [(g["member"], g["role"]) for _, g in members(m, "google_project_iam_member")]
+    assert not {r for _, r in project} & basic
+    by_member: dict[str, set[str]] = {}
+    for member, role in project:
+        by_member.setdefault(member, set()).add(role)
+    sa = {k: f"serviceAccount:{sa_email(m, k)}" for k in ("runtime", "invoker", "push", "builder")}
+    assert by_member == {
+        sa["runtime"]: {"roles/datastore.user"},
+        sa["builder"]: {"roles/logging.logWriter", "roles/artifactregistry.writer"},
+    }  # the invoker and push accounts hold no project role at all
+    publishers = [
+        g["member"]
+        for _, g in members(m, "google_pubsub_topic_iam_member")
+        if g["topic"] == m.computed(m.resource("google_pubsub_topic.notify"))["name"]
+    ]
+    assert publishers == [sa["runtime"]]
+
+
+def test_urls_are_known_without_a_cycle(m: Model) -> None:
+    """The functions' URLs come from names and the project number, not from the functions."""
+    raw = json.dumps(m.locals)
+    assert "google_cloudfunctions2_function" not in raw
+    urls = m.eval(m.locals["urls"])
+    for name, fn in functions(m).items():
+        assert urls[name].startswith(f"https://{fn['name']}-")
+        assert urls[name].endswith(f".{REGION}.run.app")
+
+
+# -- checkov, isolated ----------------------------------------------------------------------------
+
+
+BAD = """
+resource "google_cloud_run_service_iam_member" "public" {
+  location = "x"
+  service  = "s"
+  role     = "roles/run.invoker"
+  member   = "allUsers"
+}
+resource "google_cloud_scheduler_job" "sweep" {
+  name     = "s"
+  schedule = "* * * * *"
+  http_target {
+    uri = "https://x"
+  }
+}
+resource "google_cloud_tasks_queue" "q" {
+  name     = "q"
+  location = "x"
+  retry_config {
+    max_attempts = -1
+  }
+}
+resource "google_pubsub_subscription" "push" {
+  name  = "p"
+  topic = "t"
+  push_config {
+    push_endpoint = "https://x"
+  }
+}
+resource "google_cloudfunctions2_function" "f" {
+  name     = "f"
+  location = "x"
+  build_config {
+    runtime     = "python312"
+    entry_point = "dm_api"
+  }
+}
+"""
+
+
+def checkov(directory: pathlib.Path) -> dict[str, Any]:
+    """checkov's JSON report on ``directory`` with dm's policies (its own venv, offline)."""
+    out = subprocess.run(
+        [
+            *bundle._uv(),
+            "tool",
+            "run",
+            "--from",
+            CHECKOV,
+            "checkov",
+            "-d",
+            str(directory),
+            "--framework",
+            "terraform",
+            "--external-checks-dir",
+            str(POLICIES),
+            "--skip-download",
+            "-o",
+            "json",
+        ],
+        env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert out.returncode in (0, 1), out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    if isinstance(report, list):
+        (report,) = [r for r in report if r.get("check_type") == "terraform"]
+    assert isinstance(report, dict)
+    return report
+
+
+def _policy_ids() -> set[str]:
+    ids = set()
+    for path in POLICIES.glob("*.yaml"):
+        match = re.search(r'id:\s*"?([A-Z0-9_]+)"?', path.read_text())
+        assert match, path
+        ids.add(match.group(1))
+    return ids
+
+
+def test_checkov_passes_with_dm_policies() -> None:
+    report = checkov(TERRAFORM)
+    summary = report["summary"]
+    failed = [(f["check_id"], f["resource"]) for f in report["results"]["failed_checks"]]
+    assert summary["parsing_errors"] == 0, summary
+    assert summary["failed"] == 0, failed
+    passed = {p["check_id"] for p in report["results"]["passed_checks"]}
+    assert _policy_ids() <= passed, _policy_ids() - passed
+    # Checks skipped in the code: only these, each with its reason in the resource.
+    skipped = {s["check_id"] for s in report["results"]["skipped_checks"]}
+    assert skipped <= {"CKV_GCP_62", "CKV_GCP_83", "CKV_GCP_124"}, skipped
+
+
+def test_dm_policies_catch_what_they_are_for(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "main.tf").write_text(BAD)
+    (tmp_path / "broken.tf").write_text('resource "google_pubsub_topic" "t" {\n  name = "x"\n')
+    report = checkov(tmp_path)
+    failed = {f["check_id"] for f in report["results"]["failed_checks"]}
+    assert _policy_ids() <= failed, _policy_ids() - failed
+    assert report["summary"]["parsing_errors"] == 1  # so the check above can see them
