@@ -111,6 +111,9 @@ class Service:
         eid: ExecutionID | None = None
         if req.HasField("for_execution"):
             eid = _auth_eid(req.for_execution, "for_execution")
+            # Before anything that depends on the request's graph: a forged token costs
+            # one read and learns nothing. (DeclareDeps checks again, transactionally.)
+            self._check_execution_token(eid, req.for_execution.token, retry_ok=True)
         elif not caller.can_write:
             raise PermissionDenied(f"{caller.identity} may not create quests (not a writer)")
 
@@ -169,6 +172,20 @@ class Service:
                     then = [steps.EnsureAttempt(aid=a).to_payload() for a in chunk]
                     eng.run(steps.MergeQuest(qid=q, desc_b64=new_quests.get(q, ""), and_then=then))
         return rsp
+
+    def _check_execution_token(self, eid: ExecutionID, token: bytes, *, retry_ok: bool) -> None:
+        """One read: the execution exists, runs and ``token`` is its token, else Unauthenticated.
+
+        ``retry_ok``: a token already revoked by a halting EnsureGraphData also
+        passes (that call's retry after a lost answer, W-6; DeclareDeps decides).
+        """
+        ex = self.engine.store.get(docs.execution_path(eid))
+        live = ex is not None and (
+            (ex["state"] == ExecutionState.RUNNING and ex.get("token_state") == "execution")
+            or (retry_ok and ex.get("token_state") == "revoked")
+        )
+        if not live or ex is None or not records.token_matches(ex, token):
+            raise Unauthenticated("bad execution auth")
 
     def _validate_distributor(self, desc: dm_pb2.Quest.Desc, field: str) -> None:
         try:
@@ -364,16 +381,9 @@ class Service:
         me: AttemptID | None = None
         if req.HasField("auth"):
             eid = _auth_eid(req.auth, "auth")
-            ex = self.engine.store.get(docs.execution_path(eid))
+            self._check_execution_token(eid, req.auth.token, retry_ok=False)
             att = self.engine.store.get(docs.attempt_path(eid.attempt_id))
-            if (
-                ex is None
-                or att is None
-                or att["cur_execution"] != eid.num
-                or ex["state"] != ExecutionState.RUNNING
-                or ex.get("token_state") != "execution"
-                or not records.token_matches(ex, req.auth.token)
-            ):
+            if att is None or att["cur_execution"] != eid.num:
                 raise Unauthenticated("bad execution auth")
             me = eid.attempt_id
         elif not (caller.can_read or caller.can_write):

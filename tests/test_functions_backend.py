@@ -17,8 +17,10 @@ GCP = {
     "DM_TASKS_QUEUE": "projects/demo/locations/europe-west1/queues/dm",
     "DM_TASKS_URL": "https://dm-tasks.example.run.app",
     "DM_NOTIFY_TOPIC": "projects/demo/topics/dm-distributor-notify",
-    "DM_OIDC_AUDIENCE": "https://dm-api.example.run.app",
+    "DM_OIDC_AUDIENCE": "https://dm-api.example.run.app,https://dm-tasks.example.run.app",
     "DM_INVOKER_SERVICE_ACCOUNT": "invoker@demo.iam.gserviceaccount.com",
+    "DM_TASKS_SERVICE_ACCOUNT": "serviceAccount:invoker@demo.iam.gserviceaccount.com",
+    "DM_PUSH_SERVICE_ACCOUNT": "push@demo.iam.gserviceaccount.com",
 }
 
 
@@ -72,6 +74,10 @@ def test_config_inline_file_and_yaml(tmp_path: pathlib.Path) -> None:
         ({"DM_AUTH": "maybe"}, "DM_AUTH"),
         ({"DM_AUTH": "oidc"}, "DM_OIDC_AUDIENCE"),
         ({"DM_AUTH": "oidc", "DM_OIDC_AUDIENCE": "a"}, "DM_INVOKER_SERVICE_ACCOUNT"),
+        (
+            {"DM_AUTH": "oidc", "DM_OIDC_AUDIENCE": "a", "DM_INVOKER_SERVICE_ACCOUNT": "i@x"},
+            "DM_PUSH_SERVICE_ACCOUNT: required with DM_AUTH=oidc",
+        ),
         ({"DM_NOTIFY_SECRET_FILE": "/nowhere/secret"}, "cannot read"),
         ({"DM_STORE": "bogus"}, "DM_STORE: expected 'sqlite' or 'firestore', got 'bogus'"),
         ({"DM_STORE": "firestore"}, "GOOGLE_CLOUD_PROJECT: required with DM_STORE=firestore"),
@@ -90,13 +96,15 @@ def test_acls_and_oidc_settings(tmp_path: pathlib.Path) -> None:
         DM_AUTH="oidc",
         DM_OIDC_AUDIENCE="https://a.example, https://b.example",
         DM_INVOKER_SERVICE_ACCOUNT="serviceAccount:Inv@demo.iam.gserviceaccount.com",
+        DM_PUSH_SERVICE_ACCOUNT="Push@demo.iam.gserviceaccount.com",
         DM_WRITERS="user:Ann@example.com, bob@example.com",
         DM_READERS="carol@example.com,,",
     )
     try:
         assert b.auth.mode == AUTH_OIDC
         assert b.auth.audiences == ("https://a.example", "https://b.example")
-        assert b.auth.invoker == "Inv@demo.iam.gserviceaccount.com"
+        assert b.auth.invoker == "inv@demo.iam.gserviceaccount.com"  # emails compare lower-case
+        assert b.auth.push == "push@demo.iam.gserviceaccount.com"
         assert b.auth.writers == {"ann@example.com", "bob@example.com"}
         assert b.auth.readers == {"carol@example.com"}
     finally:
@@ -118,6 +126,25 @@ def test_acls_and_oidc_settings(tmp_path: pathlib.Path) -> None:
         ),
         ("", {"DM_NOTIFY_SECRET": "s", "DM_TASKS_URL": "dm-tasks"}, "http"),
         ("DM_OIDC_AUDIENCE", {"DM_NOTIFY_SECRET": "s"}, "DM_OIDC_AUDIENCE"),  # oidc by default
+        # With DM_AUTH=oidc, the tasks must carry tokens dm_tasks accepts.
+        (
+            "DM_TASKS_SERVICE_ACCOUNT",
+            {"DM_NOTIFY_SECRET": "s"},
+            "DM_TASKS_SERVICE_ACCOUNT: required with DM_AUTH=oidc",
+        ),
+        (
+            "",
+            {
+                "DM_NOTIFY_SECRET": "s",
+                "DM_TASKS_SERVICE_ACCOUNT": "other@demo.iam.gserviceaccount.com",
+            },
+            r"DM_TASKS_SERVICE_ACCOUNT \(other@.*\) must be DM_INVOKER_SERVICE_ACCOUNT",
+        ),
+        (
+            "",
+            {"DM_NOTIFY_SECRET": "s", "DM_OIDC_AUDIENCE": "https://dm-api.example.run.app"},
+            "DM_OIDC_AUDIENCE must include DM_TASKS_URL",
+        ),
         ("", {"DM_NOTIFY_SECRET": "s", "DM_TASKS_QUEUES": "x"}, "set one of them, not both"),
         (
             "DM_TASKS_QUEUE",
@@ -187,6 +214,24 @@ def test_gcp_on_emulators_needs_no_credentials(monkeypatch: pytest.MonkeyPatch) 
         assert b.kind == "gcp"
         assert b.engine.publish is not None  # notifications travel through the topic
         assert len(b.closers) == 3  # publisher, queue, store
+    finally:
+        b.close()
+
+
+def test_gcp_with_oidc_starts_when_tasks_and_invoker_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dmcore.queue.cloudtasks import CloudTasksQueue
+
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", "127.0.0.1:1")
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:1")
+    b = from_env(GCP | {"DM_NOTIFY_SECRET": "s", "DM_TASKS_EMULATOR_HOST": "127.0.0.1:1"})
+    try:
+        assert b.auth.mode == AUTH_OIDC
+        assert b.auth.invoker == "invoker@demo.iam.gserviceaccount.com"
+        assert b.auth.push == "push@demo.iam.gserviceaccount.com"
+        queue = b.engine.queue
+        assert isinstance(queue, CloudTasksQueue)
+        assert queue.service_account_email == b.auth.invoker  # prefix stripped
+        assert queue.audience in b.auth.audiences
     finally:
         b.close()
 

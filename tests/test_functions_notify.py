@@ -18,18 +18,24 @@ from functions_framework import create_app
 from google.protobuf import empty_pb2
 from werkzeug.serving import make_server
 
-from distributors.fake import FakeDistributor, FakeTask
+from distributors.fake import FakeDistributor, FakeTask, quest_desc
 from dmcore.engine import docs
 from dmcore.ids import ExecutionID
 from dmcore.notify import tokens
 from dmcore.proto import dm_pb2
+from dmcore.server import auth
 from dmcore.states import AttemptState, ExecutionState
 from tests.test_functions_support import (
     DM,
+    INVOKER,
     MAIN,
+    PUSHER,
     SECRET,
+    WRITER,
+    Oidc,
     assert_clean,
     dm_fixture,  # noqa: F401 - the dm fixture
+    oidc_fixture,  # noqa: F401 - the oidc fixture
 )
 
 NOW_US = int(time.time() * 1_000_000)
@@ -310,3 +316,66 @@ def test_publisher_refuses_empty_messages(pubsub_emulator: str) -> None:
         publisher.close()
     with pytest.raises(ValueError, match="projects/P/topics/T"):
         pubsub.PubSubPublisher("dm-distributor-notify")
+
+
+# -- identity (DM_AUTH=oidc): only the push subscription's account may push -------------------
+
+
+def running_as_writer(dm: DM, oidc: Oidc, name: str) -> FakeTask:
+    """As :func:`running`, with the quest created by a writer (DM_AUTH=oidc)."""
+    req = dm_pb2.EnsureGraphDataReq()
+    req.quest.append(quest_desc(name))
+    req.quest_attempt.add(nums=[1])
+    rsp = dm.ok(
+        dm.call("EnsureGraphData", req, token=oidc.token(WRITER)), dm_pb2.EnsureGraphDataRsp
+    )
+    dm.drain()
+    task = dm.world.task(ExecutionID(rsp.quest_ids[0].id, 1, 1))
+    exe = dm.activate(task)  # execution calls are authorised by their own tokens
+    finish = dm_pb2.FinishAttemptReq(auth=exe, data=dm_pb2.JsonResult(object='{"v": 1}'))
+    dm.ok(dm.call("FinishAttempt", finish), empty_pb2.Empty)
+    task.result = dm_pb2.Result(data=dm_pb2.JsonResult(object='{"exit": 0}'))
+    return task
+
+
+@pytest.mark.parametrize(
+    ("token", "status"),
+    [
+        (lambda o: None, 401),  # no Authorization header
+        (lambda o: o.token(WRITER), 403),  # a valid token, of the wrong identity
+        (lambda o: o.token(INVOKER), 403),
+        (lambda o: o.token(PUSHER, aud="https://elsewhere.example"), 401),
+        (lambda o: o.token(PUSHER, iss="https://issuer.example"), 401),
+        (lambda o: o.token(PUSHER, expires_in=-600), 401),
+        (lambda o: o.token(PUSHER, email_verified=False), 401),
+        (lambda o: "not-a-jwt", 401),
+    ],
+)
+def test_oidc_push_refused_unless_from_the_push_account(
+    dm: DM, oidc: Oidc, token: Any, status: int
+) -> None:
+    task = running_as_writer(dm, oidc, "refused")
+    before = dm.docs()
+    rsp = dm.push(b"{}", attrs_of(dm, task), token=token(oidc))
+    assert rsp.status_code == status, rsp.data
+    assert dm.docs() == before  # refused before anything was read or written
+    assert execution_state(dm, task.eid) == ExecutionState.STOPPING
+
+
+def test_oidc_push_from_the_push_account_is_processed(dm: DM, oidc: Oidc) -> None:
+    task = running_as_writer(dm, oidc, "pushed")
+    rsp = dm.push(b"{}", attrs_of(dm, task), token=oidc.token(PUSHER))
+    assert rsp.status_code == 200, rsp.data
+    assert execution_state(dm, task.eid) == ExecutionState.FINISHED
+
+
+def test_oidc_push_when_google_certs_are_down_is_retried(dm: DM, oidc: Oidc) -> None:
+    task = running_as_writer(dm, oidc, "later")
+    auth.set_http_request(oidc)  # a fresh cache: the certificates must be fetched now
+    oidc.down = True
+    try:
+        rsp = dm.push(b"{}", attrs_of(dm, task), token=oidc.token(PUSHER))
+    finally:
+        oidc.down = False
+    assert rsp.status_code == 503  # Pub/Sub delivers it again
+    assert execution_state(dm, task.eid) == ExecutionState.STOPPING

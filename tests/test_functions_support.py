@@ -43,6 +43,7 @@ SECRET = "functions-test-notify-secret-0123456789"
 CONFIG: dict[str, Any] = {"distributor_configs": {"fake": {"fake": {}}}}
 AUDIENCE = "https://dm-api.example.run.app"
 INVOKER = "dm-invoker@demo.iam.gserviceaccount.com"
+PUSHER = "dm-push@demo.iam.gserviceaccount.com"
 WRITER = "writer@example.com"
 READER = "reader@example.com"
 JSON_PREFIX = b")]}'\n"
@@ -55,6 +56,7 @@ DM_VARS = (
     "DM_READERS",
     "DM_OIDC_AUDIENCE",
     "DM_INVOKER_SERVICE_ACCOUNT",
+    "DM_PUSH_SERVICE_ACCOUNT",
     "DM_NOTIFY_SECRET",
     "DM_NOTIFY_SECRET_FILE",
     "DM_NOTIFY_TOPIC",
@@ -273,8 +275,11 @@ class DM:
 
     # -- dm_notify ------------------------------------------------------------------
 
-    def push(self, data: bytes, attrs: dict[str, str], *, mid: str = "1") -> Any:
-        """Deliver one Pub/Sub message as Eventarc does (binary-mode CloudEvent)."""
+    def push(
+        self, data: bytes, attrs: dict[str, str], *, mid: str = "1", token: str | None = None
+    ) -> Any:
+        """Deliver one Pub/Sub message as Eventarc does (binary-mode CloudEvent), with
+        ``Authorization: Bearer <token>`` if given."""
         event = CloudEvent(
             {
                 "type": "google.cloud.pubsub.topic.v1.messagePublished",
@@ -290,6 +295,8 @@ class DM:
             },
         )
         headers, body = to_binary(event)
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
         return self.notify.post("/", headers=headers, data=body)
 
 
@@ -346,5 +353,6 @@ def oidc_fixture(dm: DM) -> Oidc:
         DM_WRITERS=f"user:{WRITER}",
         DM_READERS=READER,
         DM_INVOKER_SERVICE_ACCOUNT=f"serviceAccount:{INVOKER}",
+        DM_PUSH_SERVICE_ACCOUNT=f"serviceAccount:{PUSHER}",
     )
     return issuer

@@ -243,6 +243,7 @@ def test_the_backend_starts_from_the_deployed_environment(
         urls = m.eval(m.locals["urls"])
         assert set(b.auth.audiences) == set(urls.values())
         assert b.auth.invoker == sa_email(m, "invoker")
+        assert b.auth.push == sa_email(m, "push")
         queue = b.engine.queue
         assert isinstance(queue, CloudTasksQueue)
         queues = [q["id"] for q in m.computed(m.resource("google_cloud_tasks_queue.tasks"))]
@@ -369,6 +370,8 @@ def test_callers_sign_as_their_own_accounts(m: Model) -> None:
     assert sub["topic"] == topic["id"] == env["DM_NOTIFY_TOPIC"]
     push_cfg = sub["push_config"][0]
     assert push_cfg["push_endpoint"] == f"{urls['dm_notify']}/{topic['id']}"
+    assert env["DM_PUSH_SERVICE_ACCOUNT"] == push  # the only identity dm_notify accepts
+    assert urls["dm_notify"] in env["DM_OIDC_AUDIENCE"].split(",")
     assert push_cfg["oidc_token"][0] == {
         "service_account_email": push,
         "audience": urls["dm_notify"],

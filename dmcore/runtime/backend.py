@@ -38,7 +38,11 @@ that reads it:
 ``DM_AUTH``           ``none`` (local ``dm serve`` only: everyone is a writer) or ``oidc``
                       (the default on gcp): verify Google ID tokens against
                       ``DM_OIDC_AUDIENCE`` (comma-separated); ``DM_INVOKER_SERVICE_ACCOUNT``
-                      is the only identity ``dm_tasks`` and ``dm_sweep`` accept.
+                      is the only identity ``dm_tasks`` and ``dm_sweep`` accept,
+                      ``DM_PUSH_SERVICE_ACCOUNT`` the only one ``dm_notify`` accepts (the
+                      push subscription's). On gcp, ``DM_TASKS_SERVICE_ACCOUNT`` must then
+                      be the invoker and ``DM_TASKS_URL`` one of the audiences: tasks dm
+                      creates must carry a token dm_tasks accepts.
 
 A bad or missing setting raises :class:`ConfigError` when the backend is
 first built: the function refuses to start rather than run half-configured.
@@ -89,6 +93,8 @@ class AuthConfig:
     readers: frozenset[str] = frozenset()
     invoker: str = ""
     """The only identity allowed to call dm_tasks and dm_sweep (mode oidc)."""
+    push: str = ""
+    """The only identity allowed to push notifications to dm_notify (mode oidc)."""
 
 
 @dataclasses.dataclass
@@ -165,10 +171,44 @@ def auth_from_env(env: Mapping[str, str], *, default: str) -> AuthConfig:
     audiences = tuple(a.strip() for a in env.get("DM_OIDC_AUDIENCE", "").split(",") if a.strip())
     if not audiences:
         raise ConfigError("DM_OIDC_AUDIENCE: required with DM_AUTH=oidc")
-    invoker = _strip_principal(env.get("DM_INVOKER_SERVICE_ACCOUNT", "").strip())
+    invoker = _strip_principal(env.get("DM_INVOKER_SERVICE_ACCOUNT", "").strip()).lower()
     if not invoker:
         raise ConfigError("DM_INVOKER_SERVICE_ACCOUNT: required with DM_AUTH=oidc")
-    return AuthConfig(AUTH_OIDC, audiences, writers, readers, invoker)
+    push = _strip_principal(env.get("DM_PUSH_SERVICE_ACCOUNT", "").strip()).lower()
+    if not push:
+        raise ConfigError(
+            "DM_PUSH_SERVICE_ACCOUNT: required with DM_AUTH=oidc "
+            "(the identity of the Pub/Sub push to dm_notify)"
+        )
+    return AuthConfig(AUTH_OIDC, audiences, writers, readers, invoker, push)
+
+
+def check_tasks_identity(auth: AuthConfig, tasks_sa: str, tasks_url: str) -> None:
+    """With ``DM_AUTH=oidc``, the tasks dm creates must carry a token dm_tasks accepts.
+
+    Cloud Tasks signs each task's token as ``DM_TASKS_SERVICE_ACCOUNT`` for the
+    audience ``DM_TASKS_URL``; dm_tasks accepts only ``DM_INVOKER_SERVICE_ACCOUNT``
+    and the audiences of ``DM_OIDC_AUDIENCE``. A mismatch would refuse every
+    task, so the function refuses to start instead.
+    """
+    if auth.mode != AUTH_OIDC:
+        return
+    sa = _strip_principal(tasks_sa.strip()).lower()
+    if not sa:
+        raise ConfigError(
+            "DM_TASKS_SERVICE_ACCOUNT: required with DM_AUTH=oidc (Cloud Tasks must sign "
+            "its calls to dm_tasks as DM_INVOKER_SERVICE_ACCOUNT)"
+        )
+    if sa != auth.invoker:
+        raise ConfigError(
+            f"DM_TASKS_SERVICE_ACCOUNT ({sa}) must be DM_INVOKER_SERVICE_ACCOUNT "
+            f"({auth.invoker}): dm_tasks accepts only the invoker's tokens"
+        )
+    if tasks_url.rstrip("/") not in {a.rstrip("/") for a in auth.audiences}:
+        raise ConfigError(
+            f"DM_OIDC_AUDIENCE must include DM_TASKS_URL ({tasks_url}): "
+            "the audience of the tasks' tokens"
+        )
 
 
 def _strip_principal(p: str) -> str:
@@ -316,6 +356,8 @@ def _gcp(env: Mapping[str, str]) -> Backend:
 
     if not tasks_url.startswith(("https://", "http://")):
         raise ConfigError(f"DM_TASKS_URL: expected an http(s) URL, got {tasks_url!r}")
+    tasks_sa = env.get("DM_TASKS_SERVICE_ACCOUNT", "").strip()
+    check_tasks_identity(auth, tasks_sa, tasks_url)
 
     # Imported by name, lazily, as in _firestore_store.
     cloudtasks = importlib.import_module("dmcore.queue.cloudtasks")
@@ -328,7 +370,7 @@ def _gcp(env: Mapping[str, str]) -> Backend:
             queue_paths,
             url=tasks_url,
             dispatch_deadline_s=deadline_s,
-            service_account_email=env.get("DM_TASKS_SERVICE_ACCOUNT", "").strip() or None,
+            service_account_email=_strip_principal(tasks_sa) or None,
             clock=wall_clock_us,
             emulator_host=env.get("DM_TASKS_EMULATOR_HOST", "").strip() or None,
         )

@@ -70,8 +70,16 @@ def sweep(req: Request, backend: backends.Backend | None = None) -> Response:
 
 
 def notify(
-    data: Any, ce_attributes: Mapping[str, Any], backend: backends.Backend | None = None
+    data: Any,
+    ce_attributes: Mapping[str, Any],
+    backend: backends.Backend | None = None,
+    *,
+    authorization: str = "",
 ) -> str:
-    """dm_notify: one Pub/Sub message; raises when it should be delivered again."""
+    """dm_notify: one Pub/Sub message; raises when it should be delivered again.
+
+    ``authorization``: the push's ``Authorization`` header. A refused caller
+    raises a :class:`~dmcore.errors.DMError` (the entry point answers its status).
+    """
     b = backend or start()
-    return _notify.handle(b, data, ce_attributes)
+    return _notify.handle(b, data, ce_attributes, authorization)

@@ -3,8 +3,11 @@
 Cloud Run already rejects unauthenticated calls to a private function; we
 verify again (defence in depth) because the ACLs need the caller's email:
 ``DM_WRITERS`` may create and cancel, ``DM_READERS`` (and writers) may walk
-the graph, and only ``DM_INVOKER_SERVICE_ACCOUNT`` (Cloud Tasks, Cloud
-Scheduler) may run tasks and sweeps. Execution calls carry their own tokens
+the graph, only ``DM_INVOKER_SERVICE_ACCOUNT`` (Cloud Tasks, Cloud
+Scheduler) may run tasks and sweeps, and only ``DM_PUSH_SERVICE_ACCOUNT``
+(the Pub/Sub push subscription) may deliver notifications. Each token must be
+signed by Google (issuer ``accounts.google.com``), for one of
+``DM_OIDC_AUDIENCE``, unexpired, with a verified email. Execution calls carry their own tokens
 and are authorised by them, so the API lets an unidentified caller reach the
 service for those.
 
@@ -77,7 +80,12 @@ class _CachingRequest:
 
 def bearer_token(req: Request) -> str | None:
     """The ``Authorization: Bearer`` token, None if there is no Authorization header."""
-    value = req.header("Authorization").strip()
+    return bearer(req.header("Authorization"))
+
+
+def bearer(authorization: str) -> str | None:
+    """The token of an ``Authorization`` header's value, None if it is empty."""
+    value = authorization.strip()
     if not value:
         return None
     scheme, _, token = value.partition(" ")
@@ -150,10 +158,20 @@ def api_caller(req: Request, cfg: AuthConfig) -> Caller:
 
 def require_invoker(req: Request, cfg: AuthConfig) -> None:
     """dm_tasks / dm_sweep: only the configured invoker service account."""
+    _require(req.header("Authorization"), cfg, cfg.invoker)
+
+
+def require_push(authorization: str, cfg: AuthConfig) -> None:
+    """dm_notify: only the push subscription's service account (``Authorization`` value)."""
+    _require(authorization, cfg, cfg.push)
+
+
+def _require(authorization: str, cfg: AuthConfig, allowed: str) -> None:
     if cfg.mode == AUTH_NONE:
         return
-    email = identify(req, cfg)
-    if email is None:
+    token = bearer(authorization)
+    if token is None:
         raise Unauthenticated("credentials required (Authorization: Bearer <ID token>)")
-    if email != cfg.invoker.lower():
+    email = verify_id_token(token, cfg.audiences)
+    if email != allowed.lower():
         raise PermissionDenied(f"{email} may not call this function")

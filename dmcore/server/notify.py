@@ -14,6 +14,11 @@ function returns -> 200; raises -> functions-framework answers 500):
   Pub/Sub delivers again (bound it with the subscription's dead-letter policy).
 * a raw push body without ``message.data`` or ``messageId`` never reaches
   us: functions-framework answers 400 itself (it cannot build a CloudEvent).
+* ``DM_AUTH=oidc``: the push must carry a Google ID token of
+  ``DM_PUSH_SERVICE_ACCOUNT`` for one of ``DM_OIDC_AUDIENCE``; otherwise
+  :class:`~dmcore.errors.Unauthenticated` / ``PermissionDenied`` (401 / 403:
+  Pub/Sub retries, then dead-letters) before anything is read, or
+  ``Unavailable`` (503) when Google's certificates cannot be fetched.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from dmcore import logs
+from dmcore.errors import DMError
 from dmcore.runtime.backend import Backend
+from dmcore.server import auth
 
 log = logs.get("dm.notify")
 
@@ -63,10 +70,21 @@ def decode_message(data: Any) -> tuple[bytes, dict[str, str], str]:
     return body, dict(attrs), str(mid)
 
 
-def handle(backend: Backend, data: Any, ce_attributes: Mapping[str, Any]) -> str:
-    """Process one notification; returns "ok" or why it was dropped; raises to be retried."""
+def handle(
+    backend: Backend, data: Any, ce_attributes: Mapping[str, Any], authorization: str = ""
+) -> str:
+    """Process one notification; returns "ok" or why it was dropped; raises to be retried.
+
+    ``authorization`` is the push request's ``Authorization`` header (checked
+    with ``DM_AUTH=oidc``; a refusal raises a DMError).
+    """
     trace = {"traceparent": str(ce_attributes.get("traceparent", ""))}
     with logs.request_context(trace, event_id=str(ce_attributes.get("id", ""))):
+        try:
+            auth.require_push(authorization, backend.auth)
+        except DMError as e:
+            log.warning("push refused", reason=e.message, event_id=str(ce_attributes.get("id")))
+            raise
         try:
             body, attrs, mid = decode_message(data)
         except ValueError as e:

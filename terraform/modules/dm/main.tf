@@ -72,6 +72,7 @@ locals {
     DM_AUTH                    = "oidc"
     DM_OIDC_AUDIENCE           = join(",", values(local.urls))
     DM_INVOKER_SERVICE_ACCOUNT = google_service_account.invoker.email
+    DM_PUSH_SERVICE_ACCOUNT    = google_service_account.push.email
     DM_WRITERS                 = join(",", var.writers)
     DM_READERS                 = join(",", var.readers)
   }
