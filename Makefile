@@ -5,7 +5,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint typecheck pytest protos clean browser bundle
+.PHONY: setup run test lint typecheck pytest protos clean browser bundle dev
 
 setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -36,6 +36,11 @@ test: lint typecheck pytest
 
 protos: setup
 	$(UV) run python -m scripts.gen_protos
+
+# The local rehearsal of the deployment: four functions-framework processes, the
+# Firestore/Pub/Sub emulators, a Cloud Tasks stand-in (Ctrl-C stops everything).
+dev: setup
+	$(UV) run dm dev
 
 # build/functions.zip: what terraform deploys (main.py, the packages, pinned requirements.txt).
 bundle: setup

@@ -6,7 +6,10 @@ the Google Python buildpack deploys); locally functions-framework loads it in
 place (``--source functions/main.py``). Only re-exports; each function lives
 in its own module. On Cloud Run
 (``K_SERVICE`` set) the backend is built at import, so a misconfigured
-deployment fails to start instead of failing every request.
+deployment fails to start instead of failing every request. Elsewhere, on
+the embedded backend, loading refuses unless something runs the embedded
+queue (``dm serve`` does; a bare functions-framework would accept work and
+never run it: the error points to ``dm serve`` and ``dm dev``).
 """
 
 from __future__ import annotations
@@ -23,3 +26,5 @@ __all__ = ["dm_api", "dm_notify", "dm_sweep", "dm_tasks"]
 
 if os.environ.get("K_SERVICE"):
     server.start()
+else:
+    server.check_standalone(os.environ)

@@ -57,6 +57,7 @@ DM_VARS = (
     "DM_OIDC_AUDIENCE",
     "DM_INVOKER_SERVICE_ACCOUNT",
     "DM_PUSH_SERVICE_ACCOUNT",
+    "DM_EMBEDDED_DRIVER",
     "DM_NOTIFY_SECRET",
     "DM_NOTIFY_SECRET_FILE",
     "DM_NOTIFY_TOPIC",
@@ -327,6 +328,7 @@ def dm_fixture(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Itera
     clean_env(monkeypatch)
     home = tmp_path / "home"
     monkeypatch.setenv("DM_BACKEND", "embedded")
+    monkeypatch.setenv("DM_EMBEDDED_DRIVER", "tests")  # the tests drain the queue themselves
     monkeypatch.setenv("DM_HOME", str(home))
     monkeypatch.setenv("DM_CONFIG", json.dumps(CONFIG))
     monkeypatch.setenv("DM_NOTIFY_SECRET", SECRET)

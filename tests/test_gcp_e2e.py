@@ -267,6 +267,7 @@ def gcp(
         fake = FakeCloudTasksServer(clock=wall_clock_us, queues=[queue_path]).start()
         stack.callback(fake.stop)
         fns: dict[str, Served] = {}
+        monkeypatch.setenv("DM_BACKEND", "gcp")  # main.py refuses an embedded load without worker
         for target in ("dm_api", "dm_tasks", "dm_notify", "dm_sweep"):
             fns[target] = Served(target)
             stack.callback(fns[target].close)

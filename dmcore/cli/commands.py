@@ -671,6 +671,38 @@ def serve(
         raise fail(str(e)) from None
 
 
+@app.command()
+def dev(
+    home: HomeOpt = pathlib.Path(DEFAULT_HOME),
+    port: Annotated[
+        int,
+        typer.Option(help="Port of dm_api; dm_notify, dm_tasks, dm_sweep take the next three."),
+    ] = 8080,
+    host: Annotated[
+        str, typer.Option(help="Address the functions bind (identity checks are off).")
+    ] = "127.0.0.1",
+    config: Annotated[
+        pathlib.Path | None,
+        typer.Option("--config", help="Distributor configs (default: jobsim, simulated jobs)."),
+    ] = None,
+) -> None:
+    """Rehearse the Google Cloud deployment locally: each function in its own
+    functions-framework process, on the Firestore and Pub/Sub emulators and a
+    Cloud Tasks stand-in. Ctrl-C stops everything."""
+    from dmcore.runtime import dev as rehearsal
+    from dmcore.runtime.emulators import EmulatorError
+
+    try:
+        cfg = _config(config) if config is not None else None
+    except BadFile as e:
+        raise fail(str(e)) from None
+    try:
+        code = rehearsal.run(port, home, host=host, config=cfg)
+    except (EmulatorError, rehearsal.DevError) as e:
+        raise fail(str(e), 1) from None
+    raise typer.Exit(code)
+
+
 @config_app.command("validate")
 def config_validate(
     file: Annotated[pathlib.Path, typer.Argument(help="JSON/YAML distributor configs.")],

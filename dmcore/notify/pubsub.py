@@ -103,6 +103,19 @@ def ensure_push_subscription(
     return True
 
 
+def delete_subscription(subscription: str, client: Any | None = None) -> bool:
+    """Delete a subscription (a push one stops pushing); False if there was none."""
+    subscriber = client if client is not None else pubsub_v1.SubscriberClient()
+    try:
+        subscriber.delete_subscription(request={"subscription": subscription})
+    except gexc.NotFound:
+        return False
+    finally:
+        if client is None:
+            subscriber.close()
+    return True
+
+
 def topic_path(project: str, topic: str) -> str:
     return f"projects/{project}/topics/{topic}"
 

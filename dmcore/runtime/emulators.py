@@ -1,7 +1,7 @@
 """The gcloud SDK's Firestore and Pub/Sub emulators: find, start, stop.
 
-``dm serve --emulators`` and the tests' fixtures (``tests/emulator_fixtures.py``)
-start them the same way:
+``dm serve --emulators``, ``dm dev`` and the tests' fixtures
+(``tests/emulator_fixtures.py``) start them the same way:
 
 * The launcher is ``<sdk root>/platform/<component>/...`` of the gcloud SDK
   (``CLOUDSDK_ROOT_DIR``, else the ``gcloud`` on ``PATH``, symlinks followed).
@@ -33,7 +33,7 @@ import subprocess
 import time
 import urllib.request
 
-from dmcore.runtime.procs import group_alive
+from dmcore.runtime.procs import group_alive, guarded
 
 READY_TIMEOUT_S = 60.0
 START_TRIES = 3
@@ -152,16 +152,6 @@ def _tail(path: pathlib.Path, n: int = 3000) -> str:
         return "(no log)"
 
 
-# Runs the emulator in the background of a small shell that leads the process
-# group and stops the whole group once the starting process is gone (killed by
-# a signal, so nobody stopped the emulator) or the emulator exited.
-_GUARD = (
-    'parent=$1; shift; "$@" & emu=$!; '
-    'while kill -0 "$parent" 2>/dev/null && kill -0 "$emu" 2>/dev/null; do sleep 1; done; '
-    "kill -TERM 0"
-)
-
-
 class Emulator:
     """One emulator process group owned by this process, its output in ``log``."""
 
@@ -170,11 +160,11 @@ class Emulator:
         self.host = f"127.0.0.1:{port}"
         self.log = log
         argv = kind.argv(launcher(kind), port)
-        guarded = ["/bin/sh", "-c", _GUARD, f"{kind.slug}-emulator-guard", str(os.getpid()), *argv]
+        command = guarded(f"{kind.slug}-emulator", argv)
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("wb") as out:
             self.proc: subprocess.Popen[bytes] = subprocess.Popen(
-                guarded,
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -195,6 +185,20 @@ class Emulator:
     def stop(self) -> None:
         atexit.unregister(self.stop)
         kill_group(self.proc)
+
+
+def reuse_or_start(kind: Kind, log_dir: pathlib.Path) -> tuple[str, Emulator | None]:
+    """The emulator ``kind.env_var`` names if it answers, else a new one (returned to stop).
+
+    Sets ``kind.env_var`` in this process's environment, for the Google clients.
+    """
+    host = os.environ.get(kind.env_var, "")
+    emu = None
+    if not (host and answers_ok(host)):
+        emu = start(kind, log_dir)
+        host = emu.host
+    os.environ[kind.env_var] = host
+    return host, emu
 
 
 def start(

@@ -110,7 +110,12 @@ class LocalServer:
     # -- start / stop ----------------------------------------------------------------
 
     def start(self) -> LocalServer:
-        env = {"DM_BACKEND": "embedded", "DM_HOME": str(self.home), "DM_AUTH": "none"}
+        env = {
+            "DM_BACKEND": "embedded",
+            "DM_HOME": str(self.home),
+            "DM_AUTH": "none",
+            server.DRIVER_VAR: "dm serve",  # the worker thread below runs the queue
+        }
         if self.config is not None:
             env["DM_CONFIG"] = (
                 self.config if isinstance(self.config, str) else json.dumps(self.config)
@@ -237,15 +242,12 @@ class LocalServer:
 
     def _emulator(self, kind: emulators.Kind) -> str:
         """Reuse the emulator ``kind.env_var`` names if it answers, else start one."""
-        host = os.environ.get(kind.env_var, "")
-        if host and emulators.answers_ok(host):
+        host, emu = emulators.reuse_or_start(kind, self.home / "logs")
+        if emu is None:
             self.out(f"dm serve: using the {kind.name} emulator at {host}")
         else:
-            emu = emulators.start(kind, self.home / "logs")
             self.emulators.append(emu)
-            host = emu.host
             self.out(f"dm serve: started the {kind.name} emulator at {host} (log: {emu.log})")
-        os.environ[kind.env_var] = host
         return host
 
     def _subscribe(self) -> None:

@@ -26,7 +26,18 @@ from dmcore.server import prpc as _prpc
 from dmcore.server import tasks as _tasks
 from dmcore.server.http import Request, Response
 
-__all__ = ["Request", "Response", "api", "notify", "start", "sweep", "tasks"]
+__all__ = [
+    "DRIVER_VAR",
+    "NoWorker",
+    "Request",
+    "Response",
+    "api",
+    "check_standalone",
+    "notify",
+    "start",
+    "sweep",
+    "tasks",
+]
 
 log = logs.get("dm.server")
 
@@ -35,6 +46,36 @@ def start() -> backends.Backend:
     """Configure logs and build the backend now (a cold start refuses a bad config)."""
     logs.configure()
     return backends.get()
+
+
+DRIVER_VAR = "DM_EMBEDDED_DRIVER"
+"""Set by whoever runs the embedded task queue of a process that serves the functions
+(``dm serve``'s worker thread, tests that drain the queue themselves)."""
+
+NO_WORKER = (
+    "dm: the embedded backend (DM_BACKEND unset or 'embedded') queues its work for a worker "
+    "that a bare functions-framework process does not have: requests would be accepted and "
+    "never run. Use `dm serve` (the four functions in one process, with a worker) or "
+    "`dm dev` (each function in its own functions-framework process, on the gcp backend "
+    "against local emulators), or set DM_BACKEND=gcp."
+)
+
+
+class NoWorker(RuntimeError):
+    """The functions were loaded on the embedded backend with nothing to run its queue."""
+
+
+def check_standalone(env: Mapping[str, str]) -> None:
+    """Refuse to load the functions where work would be accepted and never run.
+
+    A process that serves them (functions-framework) on the embedded backend
+    has no worker unless someone says they run the queue (:data:`DRIVER_VAR`).
+    """
+    if env.get("K_SERVICE"):
+        return  # Cloud Run: the backend is built (and checked) at start-up
+    kind = env.get("DM_BACKEND", "").strip() or "embedded"
+    if kind == "embedded" and not env.get(DRIVER_VAR, "").strip():
+        raise NoWorker(NO_WORKER)
 
 
 def _backend() -> backends.Backend | Response:
