@@ -28,7 +28,7 @@ writes. A change in dm's data layout therefore fails here until terraform
 follows. The workload is the engine's own scenarios (every ``test_*(h)``
 of the modules below, run as a workload on a Firestore-backed harness: their
 assertions belong to their own tests, not this one) plus polling, large
-values, WalkGraph and cancel below; a static scan checks that every query
+values, WalkGraph, cancel and a re-open below; a static scan checks that every query
 call site in dmcore and the distributors ran in it.
 """
 
@@ -194,6 +194,29 @@ def _big_values(h: Harness) -> None:
     h.settle(max_seconds=1)
 
 
+def _reopened(h: Harness) -> None:
+    """A dependency that failed, re-opened by a user (``dm retry``) with its depender."""
+    a_desc, b_desc = quest_desc("depender"), quest_desc("failing")
+    (qa,) = h.ensure(a_desc)
+    a1, b1 = AttemptID(qa, 1), AttemptID(qid_of(b_desc), 1)
+    h.settle(max_seconds=1)
+
+    def depend(job: Job) -> None:
+        job.activate()
+        job.dep_on(b1, quests=[b_desc])
+
+    def fail(job: Job) -> None:
+        job.activate()
+        raise RuntimeError("boom")
+
+    h.play(a1.execution(1), depend)
+    h.settle(max_seconds=1)
+    h.play(b1.execution(1), fail)
+    h.settle(max_seconds=60)
+    h.service.retry_attempt(b1, Caller.trusted())
+    h.settle(max_seconds=60)
+
+
 def _polled(h: Harness) -> None:
     """An execution whose end is never notified: found by the sweep's polls."""
     (qid,) = h.ensure(quest_desc("polled", crashed=1))
@@ -217,6 +240,7 @@ def recorded(firestore_client: Any, tmp_path_factory: pytest.TempPathFactory) ->
     ]
     runs += [
         ("big values", _big_values, None),
+        ("re-opened", _reopened, None),
         ("polling", _polled, {"fake": {"fake": {"poll_interval": "30s"}}}),
     ]
     with pytest.MonkeyPatch.context() as mp, spies(rec, mp):
