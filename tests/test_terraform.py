@@ -372,6 +372,9 @@ def test_callers_sign_as_their_own_accounts(m: Model) -> None:
     assert push_cfg["push_endpoint"] == f"{urls['dm_notify']}/{topic['id']}"
     assert env["DM_PUSH_SERVICE_ACCOUNT"] == push  # the only identity dm_notify accepts
     assert urls["dm_notify"] in env["DM_OIDC_AUDIENCE"].split(",")
+    gcloud = "32555940559.apps.googleusercontent.com"
+    extra = env_of(model(extra_audiences=[gcloud]))["DM_OIDC_AUDIENCE"].split(",")
+    assert extra == [*urls.values(), gcloud]
     assert push_cfg["oidc_token"][0] == {
         "service_account_email": push,
         "audience": urls["dm_notify"],

@@ -24,4 +24,6 @@ module "dm" {
   region  = var.region
   bundle  = "${path.module}/../../../build/functions.zip"
   writers = var.writers
+
+  extra_audiences = var.extra_audiences
 }

@@ -14,3 +14,9 @@ variable "writers" {
   type        = list(string)
   default     = []
 }
+
+variable "extra_audiences" {
+  description = "Further OIDC audiences (see the module); [\"32555940559.apps.googleusercontent.com\"] lets users call with `gcloud auth print-identity-token`."
+  type        = list(string)
+  default     = []
+}

@@ -70,7 +70,7 @@ locals {
     DM_CONFIG                  = var.distributor_config
     DM_HOST                    = local.urls.dm_api
     DM_AUTH                    = "oidc"
-    DM_OIDC_AUDIENCE           = join(",", values(local.urls))
+    DM_OIDC_AUDIENCE           = join(",", concat(values(local.urls), var.extra_audiences))
     DM_INVOKER_SERVICE_ACCOUNT = google_service_account.invoker.email
     DM_PUSH_SERVICE_ACCOUNT    = google_service_account.push.email
     DM_WRITERS                 = join(",", var.writers)

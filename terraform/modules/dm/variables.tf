@@ -89,6 +89,12 @@ variable "api_invokers" {
   }
 }
 
+variable "extra_audiences" {
+  description = "Further OIDC audiences dm accepts besides the functions' URLs, e.g. gcloud's client id 32555940559.apps.googleusercontent.com for `gcloud auth print-identity-token` of a user."
+  type        = list(string)
+  default     = []
+}
+
 variable "tasks_queue_count" {
   description = "How many Cloud Tasks queues the tasks are sharded over (one dispatches <= 500 tasks/s)."
   type        = number
