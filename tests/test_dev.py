@@ -24,56 +24,20 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from google.protobuf import json_format, message
 
 from dmcore.cli.runfile import parse_run_file
-from dmcore.ids import AttemptID
 from dmcore.proto import dm_pb2
 from dmcore.runtime import dev
 from dmcore.runtime.procs import group_alive
-from tests.test_functions_support import JSON_PREFIX, MAIN, ROOT, clean_env
+from tests.test_functions_support import MAIN, ROOT, clean_env
+from tests.test_gcp_e2e import prpc, walk
 
 FANOUT = ROOT / "examples" / "jobsim_fanout.yaml"
 SAFETY_S = 300.0
 """Wall-clock safety limit (a hang fails; it is no timing assertion)."""
-
-
-def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(req, timeout=60) as rsp:
-            return int(rsp.status), rsp.read()
-    except urllib.error.HTTPError as e:
-        with e:
-            return int(e.code), e.read()
-
-
-def prpc(api_url: str, method: str, req: message.Message, out: message.Message) -> Any:
-    status, body = _post(
-        f"{api_url}/prpc/dm.Deps/{method}",
-        json_format.MessageToJson(req).encode(),
-        {"Content-Type": "application/json", "Accept": "application/json"},
-    )
-    assert status == 200, (method, status, body[:500])
-    json_format.Parse(body[len(JSON_PREFIX) :].decode(), out)
-    return out
-
-
-def walk(api_url: str, aid: AttemptID) -> dm_pb2.Attempt:
-    req = dm_pb2.WalkGraphReq()
-    req.query.attempt_list.to[aid.quest].nums.append(aid.num)
-    req.include.attempt.data = True
-    req.include.attempt.result = True
-    graph = prpc(api_url, "WalkGraph", req, dm_pb2.GraphData())
-    att: dm_pb2.Attempt = graph.quests[aid.quest].attempts[aid.num]
-    return att
 
 
 def _bound(host: str, port: int) -> bool:

@@ -199,10 +199,10 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
             return int(e.code), e.read()
 
 
-def prpc(api: Served, method: str, req: message.Message, out: message.Message) -> Any:
-    """Call dm_api's ``method`` over HTTP with protobuf JSON; the decoded answer."""
+def prpc(api_url: str, method: str, req: message.Message, out: message.Message) -> Any:
+    """Call dm_api's ``method`` at ``api_url`` over HTTP with protobuf JSON; the decoded answer."""
     status, body = _post(
-        f"{api.url}/prpc/dm.Deps/{method}",
+        f"{api_url}/prpc/dm.Deps/{method}",
         json_format.MessageToJson(req).encode(),
         {"Content-Type": "application/json", "Accept": "application/json"},
     )
@@ -212,12 +212,12 @@ def prpc(api: Served, method: str, req: message.Message, out: message.Message) -
     return out
 
 
-def walk(api: Served, aid: AttemptID) -> dm_pb2.Attempt:
+def walk(api_url: str, aid: AttemptID) -> dm_pb2.Attempt:
     req = dm_pb2.WalkGraphReq()
     req.query.attempt_list.to[aid.quest].nums.append(aid.num)
     req.include.attempt.data = True
     req.include.attempt.result = True
-    graph = prpc(api, "WalkGraph", req, dm_pb2.GraphData())
+    graph = prpc(api_url, "WalkGraph", req, dm_pb2.GraphData())
     att: dm_pb2.Attempt = graph.quests[aid.quest].attempts[aid.num]
     return att
 
@@ -336,7 +336,7 @@ def test_jobsim_fanout_on_gcp_emulators(
     run = parse_run_file(FANOUT)
     (root,) = run.attempts
     api = gcp.fns["dm_api"]
-    rsp = prpc(api, "EnsureGraphData", run.request, dm_pb2.EnsureGraphDataRsp())
+    rsp = prpc(api.url, "EnsureGraphData", run.request, dm_pb2.EnsureGraphDataRsp())
     assert rsp.accepted
     assert rsp.quest_ids[0].id == root.quest
 
@@ -357,7 +357,7 @@ def test_jobsim_fanout_on_gcp_emulators(
             gcp.sweep()
             last_sweep = time.monotonic()
         if state != "finished":
-            att = walk(api, root)
+            att = walk(api.url, root)
             polls += 1
             state = att.data.WhichOneof("attempt_type") or "unknown"
             assert state != "abnormal_finish", att
@@ -373,7 +373,7 @@ def test_jobsim_fanout_on_gcp_emulators(
     stats = gcp.store.stats.snapshot()  # before the checks below read the store
 
     # The answer: 6 leaves x 3 + 1, through dm_api.
-    final = walk(api, root)
+    final = walk(api.url, root)
     assert json.loads(final.data.finished.data.object) == {"success": True, "value": 19}
 
     # dm_tasks got Cloud Tasks deliveries of both kinds, all eventually answered 2xx.
