@@ -18,6 +18,8 @@ DMCORE = ROOT / "dmcore"
 GOOGLE_CLIENT_ADAPTERS = {
     "dmcore.store.firestore": "google.cloud.firestore",
     "dmcore.queue.cloudtasks": "google.cloud.tasks",
+    # The local Cloud Tasks stand-in (dm dev, tests) serves the same API with its types.
+    "dmcore.queue.cloudtasks_standin": "google.cloud.tasks",
     "dmcore.notify.pubsub": "google.cloud.pubsub",
 }
 
