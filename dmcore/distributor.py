@@ -245,7 +245,7 @@ class Registry:
     """Distributor kinds (implementations) and the service's named configs.
 
     Kinds are registered by name (``register``) or found where they were
-    installed (``load_installed``: :func:`provide` and entry points). Configs
+    installed (``load_installed``: :func:`provide`, then ``load_entry_points``). Configs
     come from a ``Config`` message or a JSON/YAML document (``set_config`` /
     ``config_from_dict``).
     """
@@ -286,6 +286,15 @@ class Registry:
         kind = Kind(name, config_type, factory, check)
         self._kinds[name] = kind
         self._by_type_url[_type_url(config_type)] = kind
+
+    def load_entry_points(self) -> list[str]:
+        """Call ``register(registry)`` of every installed ``dm.distributors`` entry point."""
+        loaded = []
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            register: Register = ep.load()
+            register(self)
+            loaded.append(ep.name)
+        return loaded
 
     def load_installed(self) -> list[str]:
         """Call every provided ``register`` (:func:`provide`), then every ``dm.distributors``
