@@ -382,3 +382,79 @@ def test_a_cancelled_depender_stays_cancelled(tmp_path: pathlib.Path) -> None:
         assert h.attempt(t1)["abnormal"]["reason"] == "enough"
     finally:
         h.close()
+
+
+def _waiting_on_a_failed_and_a_running(
+    h: Harness,
+) -> tuple[AttemptID, AttemptID, AttemptID, list[dm_pb2.Quest.Desc]]:
+    """X depends on D and E; D failed (X's edge to it satisfied), E not played yet:
+    X WAITING on E alone. Returns X, D, E and D, E's descriptions."""
+    x, d, e = quest_desc("x"), quest_desc("d"), quest_desc("e")
+    x1, d1, e1 = (AttemptID(qid_of(q), 1) for q in (x, d, e))
+    h.ensure(x)
+    h.play(x1.execution(1), _value_job([d1, e1], [d, e]))
+    h.play(d1.execution(1), _value_job([], [], fail=True))
+    h.settle()
+    assert h.state(d1) == AttemptState.ABNORMAL_FINISHED
+    assert h.store.get(docs.fwd_dep_path(x1, d1))["satisfied"]  # type: ignore[index]
+    assert h.state(x1) == AttemptState.WAITING
+    return x1, d1, e1, [d, e]
+
+
+def test_a_waiting_depender_waits_again_for_its_retried_dependency(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Retrying D opens X's satisfied edge to D again (UnackFwdDep): when E ends, X
+    keeps waiting for D's new end instead of resuming to read D as not finished."""
+    h = Harness(tmp_path, queue="local")
+    try:
+        x1, d1, e1, quests = _waiting_on_a_failed_and_a_running(h)
+        h.service.retry_attempt(d1, Caller.trusted())
+        h.settle()
+        assert not h.store.get(docs.fwd_dep_path(x1, d1))["satisfied"]  # type: ignore[index]
+        h.play(e1.execution(1), _value_job([], []))
+        h.settle()
+        assert h.state(x1) == AttemptState.WAITING and h.attempt(x1)["cur_execution"] == 1
+        h.play(d1.execution(2), _value_job([], []))
+        h.settle()
+        h.play(x1.execution(2), _value_job([d1, e1], quests))
+        h.settle()
+        assert h.result(x1) == {"v": 3}
+        assert h.failures == []
+    finally:
+        h.close()
+
+
+def test_late_completion_steps_of_the_end_before_a_retry_change_nothing(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The completion steps of D's failed end, delivered again after D was retried
+    (RecordCompletion, PropagateCompletion, AckFwdDep), must neither mark D's
+    back-edge group finished, nor propagate, nor satisfy X's edge: X, waiting,
+    must not resume while D runs again."""
+    h = Harness(tmp_path, queue="local")
+    try:
+        x1, d1, e1, quests = _waiting_on_a_failed_and_a_running(h)
+        h.service.retry_attempt(d1, Caller.trusted())
+        h.settle()
+        for late in (
+            steps.RecordCompletion(aid=d1.encoded),
+            steps.PropagateCompletion(aid=d1.encoded),
+            steps.AckFwdDep(depender=x1.encoded, dependee=d1.encoded),
+        ):
+            h.engine.run(late)
+            h.drain()
+            assert not h.store.get(docs.back_dep_group_path(d1))["attempt_finished"]  # type: ignore[index]
+            assert not h.store.get(docs.back_dep_path(d1, x1))["propagated"]  # type: ignore[index]
+            assert not h.store.get(docs.fwd_dep_path(x1, d1))["satisfied"]  # type: ignore[index]
+        h.play(e1.execution(1), _value_job([], []))
+        h.settle()
+        assert h.state(x1) == AttemptState.WAITING and h.attempt(x1)["cur_execution"] == 1
+        h.play(d1.execution(2), _value_job([], []))
+        h.settle()
+        h.play(x1.execution(2), _value_job([d1, e1], quests))
+        h.settle()
+        assert h.result(x1) == {"v": 3}
+        assert h.failures == []
+    finally:
+        h.close()
