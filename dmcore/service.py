@@ -39,6 +39,9 @@ MAX_WALK_TIME_US = 55_000_000
 MIN_EXECUTION_TOKEN = 32
 MAX_CYCLE_WALK = 10_000
 QUEST_CHUNK = 100
+DECLARE_TRIES = 3
+"""Declarations of one EnsureGraphData call, when a dependency found over is re-opened
+(dm retry) before the answer is read; each try after the first halts unless it ended again."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +84,14 @@ def _check_nums(nums: Iterable[int], field: str, *, allow_all: bool) -> list[int
     if 0 in got:
         raise InvalidArgument(f"{field}: 0 (all attempts) cannot be mixed with attempt numbers")
     return got
+
+
+def _is_over(graph: dm_pb2.GraphData, aid: AttemptID) -> bool:
+    """Whether ``graph`` shows attempt ``aid`` finished or ended abnormally."""
+    q = graph.quests.get(aid.quest)
+    if q is None or aid.num not in q.attempts:
+        return False
+    return q.attempts[aid.num].data.WhichOneof("attempt_type") in ("finished", "abnormal_finish")
 
 
 def _auth_eid(auth: dm_pb2.Execution.Auth, field: str) -> ExecutionID:
@@ -218,21 +229,29 @@ class Service:
             and is_terminal_attempt(AttemptState(doc["state"]))
         ]
         self._reject_cycles(me, [a for a in aids if a.encoded not in set(terminal)])
-        step = steps.DeclareDeps(
-            eid=str(eid),
-            token_b64=base64.b64encode(req.for_execution.token).decode(),
-            deps=[a.encoded for a in aids],
-            terminal=terminal,
-            new_quests=new_quests,
-            new_attempts=[a.encoded for a in new_attempts],
-        )
-        self.engine.run(step)
-        rsp.accepted = True
-        if step.halted:
-            rsp.should_halt = True
-            return rsp
-        rsp.result.CopyFrom(self._snapshot_graph(aids, req.include.attempt.result, max_size))
-        return rsp
+        for _ in range(DECLARE_TRIES):
+            step = steps.DeclareDeps(
+                eid=str(eid),
+                token_b64=base64.b64encode(req.for_execution.token).decode(),
+                deps=[a.encoded for a in aids],
+                terminal=terminal,
+                new_quests=new_quests,
+                new_attempts=[a.encoded for a in new_attempts],
+            )
+            self.engine.run(step)
+            rsp.accepted = True
+            if step.halted:
+                rsp.should_halt = True
+                return rsp
+            graph = self._snapshot_graph(aids, req.include.attempt.result, max_size)
+            terminal = [a.encoded for a in aids if _is_over(graph, a)]
+            if len(terminal) == len(aids):
+                rsp.result.CopyFrom(graph)
+                return rsp
+            # A dependency was re-opened (dm retry) after the declaration found it
+            # over: declare again, which halts on it (nothing new to create now).
+            new_quests, new_attempts = {}, []
+        raise Unavailable("dependencies keep being re-opened; call again")
 
     def _reject_cycles(self, me: AttemptID, dependees: list[AttemptID]) -> None:
         """Refuse an edge that would close a cycle through unfinished attempts.

@@ -458,3 +458,64 @@ def test_late_completion_steps_of_the_end_before_a_retry_change_nothing(
         assert h.failures == []
     finally:
         h.close()
+
+
+@pytest.mark.parametrize("when", ["before its transaction", "before its answer"])
+def test_a_retry_racing_a_depend_call_halts_the_caller(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """X depends on D, which ended abnormally as X's call began; a user retries D
+    while the call is under way. X must not be told D is over: it halts, and
+    resumes once D ends again (the alternative, an answer without a halt that
+    shows D running, is one no job can act on)."""
+    h = Harness(tmp_path, queue="local")
+    try:
+        x, d = quest_desc("x"), quest_desc("d")
+        x1, d1 = AttemptID(qid_of(x), 1), AttemptID(qid_of(d), 1)
+        h.ensure(x, d)
+        h.play(d1.execution(1), _value_job([], [], fail=True))
+        h.settle()
+        assert h.state(d1) == AttemptState.ABNORMAL_FINISHED
+        raced: list[str] = []
+
+        def retry_d() -> None:
+            if not raced:
+                raced.append(when)
+                h.service.retry_attempt(d1, Caller.trusted())
+
+        if when == "before its transaction":
+            run = h.engine.run
+
+            def run_after_retry(m: Mutation, **kw: Any) -> None:
+                if isinstance(m, steps.DeclareDeps):
+                    retry_d()
+                run(m, **kw)
+
+            monkeypatch.setattr(h.engine, "run", run_after_retry)
+        else:
+            snapshot = h.service._snapshot_graph
+
+            def snapshot_after_retry(*a: Any) -> dm_pb2.GraphData:
+                retry_d()
+                return snapshot(*a)
+
+            monkeypatch.setattr(h.service, "_snapshot_graph", snapshot_after_retry)
+        halted: list[bool] = []
+
+        def x_job(j: Job) -> None:
+            j.activate()
+            halted.append(j.dep_on(d1, quests=[d]).should_halt)
+
+        h.play(x1.execution(1), x_job)
+        monkeypatch.undo()
+        assert raced == [when] and halted == [True]
+        h.settle()
+        assert h.state(x1) == AttemptState.WAITING
+        h.play(d1.execution(2), _value_job([], []))
+        h.settle()
+        h.play(x1.execution(2), _value_job([d1], [d]))
+        h.settle()
+        assert h.result(x1) == {"v": 2}
+        assert h.failures == []
+    finally:
+        h.close()
