@@ -386,3 +386,54 @@ def test_ctrl_c_leaves_jobs_running(tmp_path: pathlib.Path) -> None:
     doc = json.loads(done.stdout)
     assert doc["attempts"][0]["result"] == {"slept": 3}
     assert doc["executions_run"] == 0  # the first run started it; this one only waited
+
+
+def test_odd_ids_and_homes_are_clear_errors(tmp_path: pathlib.Path) -> None:
+    """Attempt numbers that are digits to Python but not to a user (a superscript
+    two, an Arabic-Indic one), a prefix shared by two quests, and a --home below a
+    file or naming one for every command that takes one (`dm serve` too): exit 2,
+    plain words."""
+    from dmcore.engine import docs
+    from dmcore.store.sqlite import SqliteStore
+
+    run = tmp_path / "run.json"
+    quest = {
+        "distributor_config_name": "jobsim",
+        "parameters": {"name": "one", "return_stage": {"retval": 1}},
+    }
+    run.write_text(json.dumps({"quests": [quest]}))
+    home = tmp_path / "h"
+    code, out, _ = dm("run", str(run), "--home", str(home), "--json")
+    assert code == 0, out
+    qid = json.loads(out)["attempts"][0]["quest"]
+    store = SqliteStore(home / "dm.sqlite", indexed_fields=docs.INDEXED_FIELDS)
+    twins = ["Twins0" + "a" * 37, "Twins0" + "b" * 37]  # two IDs, one 6-character prefix
+    store.transaction(
+        lambda tx: [tx.set(docs.quest_path(q), {"desc": "", "created": 0}) for q in twins]
+    )
+    store.close()
+    for ref, message in [
+        (f"{qid[:8]}|²", "attempt number"),
+        (f"{qid[:8]}|\u0661", "attempt number"),
+        ("Twins0", "2 quest IDs start with 'Twins0'"),
+    ]:
+        for command in ("why", "walk", "cancel", "retry"):
+            code, _, err = dm(command, ref, "--home", str(home))
+            assert code == 2 and message in err, (command, ref, err)
+            assert "Traceback" not in err
+    code, _, err = dm("why", "Twins0a", "--home", str(home))  # unique again: no attempt
+    assert code == 2 and f"{twins[0]}|1 does not exist" in err, err
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for args in (
+        ["run", str(run)],
+        ["serve", "--port", "0"],
+        ["why", qid],
+        ["walk"],
+        ["retry", "--failed"],
+        ["graph"],
+    ):
+        for where in (afile, afile / "below"):
+            code, _, err = dm(*args, "--home", str(where))
+            assert code == 2 and f"{afile}: not a folder" in err, (args, where, err)

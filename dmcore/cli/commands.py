@@ -99,13 +99,16 @@ def _runs_locally(registry: Registry) -> Callable[[str], bool]:
 
 
 def _usable_home(home: pathlib.Path) -> pathlib.Path:
-    if home.exists() and not home.is_dir():
-        raise fail(f"{home}: not a folder (--home names the folder holding dm's state)")
+    for p in (home, *home.parents):  # the nearest that exists must be a folder
+        if p.exists():
+            if not p.is_dir():
+                raise fail(f"{p}: not a folder (--home names the folder holding dm's state)")
+            break
     return home
 
 
 def _existing_home(home: pathlib.Path) -> pathlib.Path:
-    if not (home / "dm.sqlite").exists():
+    if not (_usable_home(home) / "dm.sqlite").exists():
         raise fail(f"{home}: no dm home here (run `dm run FILE` first, or pass --home)")
     return home
 
@@ -122,7 +125,7 @@ TAKES_IDS: dict[str, Any] = {"ignore_unknown_options": True}
 def _resolve(emb: Embedded, text: str) -> AttemptID:
     """The attempt ``text`` names: QUEST_ID, QUEST_ID|N, or a unique prefix of the quest ID."""
     quest, sep, num = text.partition("|")
-    if sep and not (num.isdigit() and 1 <= int(num) <= ids.MAX_NUM):
+    if sep and not (re.fullmatch(r"[0-9]+", num) and 1 <= int(num) <= ids.MAX_NUM):
         raise fail(f"{text!r}: attempt number must be from 1 to {ids.MAX_NUM}")
     n = int(num) if sep else 1
     if ids.QUEST_ID_RE.match(quest):
@@ -661,6 +664,7 @@ def serve(
     from dmcore.runtime.emulators import EmulatorError
     from dmcore.runtime.serve import serve as run_server
 
+    home = _usable_home(home)
     try:
         cfg = _config(config) if config is not None else None
     except BadFile as e:
