@@ -437,3 +437,72 @@ def test_odd_ids_and_homes_are_clear_errors(tmp_path: pathlib.Path) -> None:
         for where in (afile, afile / "below"):
             code, _, err = dm(*args, "--home", str(where))
             assert code == 2 and f"{afile}: not a folder" in err, (args, where, err)
+
+
+ODD = "[/]odd [bold]name"
+"""A step name rich would take for markup (and fail on): it must print as written."""
+
+
+def test_names_and_paths_with_brackets_print_as_written(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "fail.py").write_text("import sys\nprint('[/] broken')\nsys.exit(1)\n")
+    run = {
+        "quests": [
+            {
+                "distributor_config_name": "local",
+                "parameters": {"name": ODD},
+                "distributor_parameters": {"command": [sys.executable, "fail.py"]},
+            }
+        ]
+    }
+    (tmp_path / "run[bold].json").write_text(json.dumps(run))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = dm("run", "run[bold].json")
+    assert code == 1, out + err
+    assert f"failed: {ODD} (" in out and "| [/] broken" in out
+    assert f" {ODD} (" in err  # the progress lines
+    code, out, _ = dm("walk")
+    assert code == 0 and "[/]odd" in out and "[bold]name" in out  # in a narrow table
+    qid = json.loads(dm("walk", "--json")[1])["attempts"][0]["quest"]
+    code, out, err = dm("why", qid)
+    assert code == 1 and ODD in out, err
+    code, _, err = dm("run", "run[bold].json", "--timeout", "-1")
+    assert code == 2 and "Traceback" not in err
+    for missing in ("a[/]b.json", "run[bold]2.json"):
+        code, _, err = dm("run", missing)
+        assert code == 2 and f"{missing}: no such file" in err, err
+
+
+def test_progress_bar_on_a_terminal_and_lines_in_order(pipeline: pathlib.Path) -> None:
+    """On a terminal, the bar counts this run's attempts, failed ones apart, and names
+    what runs (printed as written); elsewhere, a tick's changes come in the order
+    they happened: leaf ended before top did."""
+    import io
+
+    from rich.console import Console
+
+    from dmcore.cli import progress
+    from dmcore.ids import AttemptID
+    from dmcore.runtime.embedded import Embedded, home_registry
+
+    code, out, _ = dm("run", "run.json", "--json")
+    assert code == 1
+    top = AttemptID(json.loads(out)["attempts"][0]["quest"], 1)
+    home = pipeline / ".dm"
+    emb = Embedded(home, home_registry(home))
+    try:
+        screen = io.StringIO()
+        term = Console(file=screen, force_terminal=True, width=120)
+        with progress.Watch(emb.engine, [top], term, quiet=False) as watch:
+            watch.tick(force=True)
+        assert "2/2" in screen.getvalue() and "2 failed" in screen.getvalue()
+
+        log = io.StringIO()
+        watch = progress.Watch(emb.engine, [top], Console(file=log, width=200), quiet=False)
+        watch._lines(watch.states, {})
+        lines = log.getvalue().splitlines()
+        assert [line.split()[1] for line in lines] == ["leaf", "top"], lines
+    finally:
+        emb.close()
+

@@ -20,6 +20,7 @@ import typer
 from google.protobuf import json_format
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from dmcore import fingerprint, ids
@@ -55,12 +56,13 @@ HomeOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# No markup: what is printed holds names, reasons and paths that may contain "[...]".
+out = Console(soft_wrap=True, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    err.print(Text.assemble(("error:", "red"), f" {message}"), highlight=False)
     return typer.Exit(code=code)
 
 
@@ -155,8 +157,12 @@ def _print_failures(failures: list[report.Failure]) -> None:
     for f in failures:
         took = "" if f.seconds is None else f" after {f.seconds:.1f}s"
         out.print(
-            f"[red]failed:[/red] [bold]{f.view.name}[/bold] ({_ref(f.view.aid)}) "
-            f"{f.status}: {f.reason}{took}",
+            Text.assemble(
+                ("failed:", "red"),
+                " ",
+                (f.view.name, "bold"),
+                f" ({report.ref(f.view.aid)}) {f.status}: {f.reason}{took}",
+            ),
             highlight=False,
         )
         if len(f.via) > 1:
@@ -165,11 +171,6 @@ def _print_failures(failures: list[report.Failure]) -> None:
             out.print(f"  log: {f.log}", highlight=False, markup=False)
         for line in f.tail:
             out.print(f"  | {line}", highlight=False, markup=False)
-
-
-def _ref(aid: AttemptID) -> str:
-    """How commands print an attempt: a prefix ``dm`` commands take back (QUEST|N)."""
-    return f"{aid.quest[:12]}|{aid.num}"
 
 
 INTERRUPTED = (
@@ -269,7 +270,7 @@ def _report(
                 a.quest[:12],
                 v.name,
                 str(a.num),
-                f"[{colour}]{v.state.name}[/{colour}]",
+                Text(v.state.name, style=colour),
                 _short(v.result) if v.result is not None else v.abnormal,
             )
         out.print(t)
@@ -526,7 +527,7 @@ def walk(
         t.add_column(col)
     for a, v in views.items():
         t.add_row(
-            _ref(a),
+            report.ref(a),
             v.name,
             v.state.name,
             str(v.num_executions),
@@ -535,7 +536,7 @@ def walk(
         )
     out.print(t)
     for m in missing:
-        out.print(f"[yellow]{m}: does not exist[/yellow]")
+        out.print(Text(f"{m}: does not exist", style="yellow"))
 
 
 def _when(us: int | None) -> str:
@@ -575,19 +576,19 @@ def why(
     nodes: dict[int, Tree] = {}
     root: Tree | None = None
     for depth, v in chain:
-        label = f"[bold]{v.name}[/bold] {_ref(v.aid)}: {v.state.name}"
+        label = Text.assemble((v.name, "bold"), f" {report.ref(v.aid)}: {v.state.name}")
         if v.state == AttemptState.WAITING:
             open_deps = sum(1 for _, s in v.deps if not s)
-            label += f" on {open_deps} unfinished dependenc{'y' if open_deps == 1 else 'ies'}"
+            label.append(f" on {open_deps} unfinished dependenc{'y' if open_deps == 1 else 'ies'}")
         elif v.state == AttemptState.EXECUTING and v.execution_state is not None:
-            label += (
+            label.append(
                 f", execution {v.num_executions} {v.execution_state.name} on '{v.config_name}'"
                 f", {_when(v.timer_deadline_us)}"
             )
             if v.info_url:
-                label += f", see {v.info_url}"
+                label.append(f", see {v.info_url}")
         elif v.abnormal:
-            label += f" ({v.abnormal})"
+            label.append(f" ({v.abnormal})")
         if root is None:
             root = Tree(label)
             nodes[0] = root

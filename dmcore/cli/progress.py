@@ -74,11 +74,13 @@ class Watch:
         self._task: TaskID | None = None
         if not quiet and console.is_terminal:
             self._bar = Progress(
-                TextColumn("[bold]dm[/bold]"),
+                TextColumn("dm", style="bold"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
-                TextColumn("{task.description}"),
+                # Not markup: step names may hold "[...]".
+                TextColumn("{task.fields[failed]}", style="red", markup=False),
+                TextColumn("{task.description}", markup=False),
                 console=console,
                 transient=True,
             )
@@ -91,7 +93,7 @@ class Watch:
     def __enter__(self) -> Watch:
         if self._bar is not None:
             self._bar.start()
-            self._task = self._bar.add_task("", total=max(1, len(self.states)))
+            self._task = self._bar.add_task("", total=max(1, len(self.states)), failed="")
         elif not self.quiet:
             # Where each unfinished step stands as the run starts; then its changes.
             self._lines({a: s for a, s in self.states.items() if not is_terminal_attempt(s)}, {})
@@ -113,15 +115,17 @@ class Watch:
             running = [self.name(a) for a, s in states.items() if s == AttemptState.EXECUTING]
             waiting = sum(1 for s in states.values() if s == AttemptState.WAITING)
             bits = []
-            if failed:
-                bits.append(f"[red]{failed} failed[/red]")
             if waiting:
                 bits.append(f"{waiting} waiting")
             if running:
                 shown = ", ".join(sorted(running)[:4]) + (", …" if len(running) > 4 else "")
-                bits.append(f"running: {shown}")
+                bits.append(f"{len(running)} running: {shown}")
             self._bar.update(
-                self._task, total=max(1, len(states)), completed=done, description=" · ".join(bits)
+                self._task,
+                total=max(1, len(states)),
+                completed=done,
+                failed=f"{failed} failed" if failed else "",
+                description=" · ".join(bits),
             )
         else:
             self._lines(states, self.states)
@@ -130,16 +134,20 @@ class Watch:
     def _lines(
         self, states: dict[AttemptID, AttemptState], before: dict[AttemptID, AttemptState]
     ) -> None:
-        """One line per attempt whose state differs from ``before``."""
+        """One line per attempt whose state differs from ``before``, in the order the
+        changes happened (a depender resumes after its dependency ended, not before)."""
         stamp = datetime.datetime.now().strftime("%H:%M:%S")
-        for a, s in states.items():
-            if before.get(a) != s:
-                how = ""
-                if s == AttemptState.ABNORMAL_FINISHED:
-                    ab = (self.engine.store.get(docs.attempt_path(a)) or {}).get("abnormal")
-                    how = f" ({(ab or {}).get('reason', '')})"
-                self.console.print(
-                    f"{stamp} {self.name(a)} ({a.quest[:12]}|{a.num}) {s.name}{how}",
-                    highlight=False,
-                    markup=False,
-                )
+        changed = [a for a, s in states.items() if before.get(a) != s]
+        got = self.engine.store.get_many([docs.attempt_path(a) for a in changed])
+        changed.sort(key=lambda a: int((got[docs.attempt_path(a)] or {}).get("modified", 0)))
+        for a in changed:
+            s = states[a]
+            how = ""
+            if s == AttemptState.ABNORMAL_FINISHED:
+                ab = (got[docs.attempt_path(a)] or {}).get("abnormal")
+                how = f" ({(ab or {}).get('reason', '')})"
+            self.console.print(
+                f"{stamp} {self.name(a)} ({report.ref(a)}) {s.name}{how}",
+                highlight=False,
+                markup=False,
+            )

@@ -63,6 +63,11 @@ class AttemptView:
         return out
 
 
+def ref(aid: AttemptID) -> str:
+    """How dm prints an attempt: a prefix its commands take back (``QUEST|N``)."""
+    return f"{aid.quest[:12]}|{aid.num}"
+
+
 def quest_name(engine: Engine, qid: str) -> str:
     """A short human name for a quest: its parameters' "name", else the ID's head."""
     desc = engine.quest_desc(qid)
@@ -342,7 +347,6 @@ def explain(engine: Engine, attempts: Iterable[AttemptID], since_us: int) -> lis
         execs = [ex for _, ex in engine.store.query(docs.executions_collection(aid))]
         mine = [ex for ex in execs if int(ex["created"]) >= since_us]
         took = sum(max(0, int(ex["modified"]) - int(ex["created"])) for ex in mine) / 1e6
-        ref = f"{aid.quest[:12]}|{aid.num}"
         ab = doc.get("abnormal") or {}
         why = f"{AbnormalStatus(int(ab.get('status', 0))).name}: {ab.get('reason', '')}"
         if state == AttemptState.FINISHED and not mine:
@@ -357,7 +361,7 @@ def explain(engine: Engine, attempts: Iterable[AttemptID], since_us: int) -> lis
             line = f"failed: {why} ({len(mine)} execution(s), {took:.1f}s)"
         else:
             line = f"{state.name.lower()}: {len(mine)} execution(s) so far"
-        lines.append(f"{name} ({ref}) {line}")
+        lines.append(f"{name} ({ref(aid)}) {line}")
         if mine:
             other = not_reused_because(engine, aid.quest, by_name)
             if other is not None:
