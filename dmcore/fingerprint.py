@@ -10,6 +10,14 @@ distributor parameters: a SHA-256 over the contents of every argument of
 the current directory) and of every file matched by its ``inputs`` globs.
 Edit the script and the quest is a new one, run again.
 
+The same files give the same ID: each is hashed under the name it is given
+by (the argument, or its path relative to ``cwd``; an absolute pattern's
+matches by their absolute path), so a project moved elsewhere keeps its IDs;
+and globs skip hidden folders and ``__pycache__`` unless the pattern names
+them, so what runs writes (dm's home ``.dm``, compiled Python) changes nothing.
+Files are read when the description is built (``dm run`` starting, the
+``depend`` call): files a step writes do not belong in ``inputs``.
+
 ``DM_NO_FINGERPRINT=1`` (``dm run --no-fingerprint``) leaves it out.
 """
 
@@ -31,6 +39,40 @@ def enabled(env: Mapping[str, str] | None = None) -> bool:
     return env.get(ENV_NO_FINGERPRINT, "") in ("", "0")
 
 
+SKIPPED_FOLDERS = ("__pycache__",)
+"""Folders a glob does not enter (nor hidden ones: ``.dm``, ``.git``, ``.venv``) unless
+the pattern names them: what runs writes there (dm's home, compiled Python), and a
+fingerprint over it would change with every run."""
+
+
+def _skipped(rel: pathlib.PurePath, pattern: str) -> bool:
+    named = set(pathlib.PurePath(pattern).parts)
+    return any(
+        (part.startswith(".") or part in SKIPPED_FOLDERS) and part not in named
+        for part in rel.parts[:-1]
+    )
+
+
+def _matches(cwd: pathlib.Path, pattern: str) -> dict[str, pathlib.Path]:
+    """The files ``pattern`` matches: the name each is hashed under -> the file. A
+    relative pattern is taken from ``cwd`` (names relative to it), an absolute one as is."""
+    pure = pathlib.PurePath(pattern)
+    root = pathlib.Path(pure.anchor) if pure.is_absolute() else cwd
+    found: dict[str, pathlib.Path] = {}
+    for path in sorted(root.glob(str(pure.relative_to(pure.anchor)) if pure.anchor else pattern)):
+        rel = path.relative_to(root)
+        if path.is_file() and not _skipped(rel, pattern):
+            found[path.as_posix() if pure.is_absolute() else rel.as_posix()] = path
+    return found
+
+
+def _inputs(params: Mapping[str, Any]) -> list[str]:
+    inputs = params.get("inputs")
+    if not isinstance(inputs, list):
+        return []
+    return [p for p in inputs if isinstance(p, str) and p]
+
+
 def _files(params: Mapping[str, Any], base: pathlib.Path) -> dict[str, pathlib.Path]:
     """What the command runs and reads: the name it is hashed under -> the file."""
     cwd = base / str(params.get("cwd") or "")
@@ -42,14 +84,15 @@ def _files(params: Mapping[str, Any], base: pathlib.Path) -> dict[str, pathlib.P
                 path = cwd / arg
                 if path.is_file():
                     found[arg] = path
-    inputs = params.get("inputs")
-    if isinstance(inputs, list):
-        for pattern in inputs:
-            if isinstance(pattern, str) and pattern and not os.path.isabs(pattern):
-                for path in sorted(cwd.glob(pattern)):
-                    if path.is_file():
-                        found[path.relative_to(cwd).as_posix()] = path
+    for pattern in _inputs(params):
+        found.update(_matches(cwd, pattern))
     return found
+
+
+def unmatched(params: Mapping[str, Any], base: pathlib.Path | None = None) -> list[str]:
+    """The ``inputs`` patterns of a quest's distributor parameters that match no file."""
+    cwd = (base or pathlib.Path.cwd()) / str(params.get("cwd") or "")
+    return [p for p in _inputs(params) if not _matches(cwd, p)]
 
 
 def of(params: Mapping[str, Any], base: pathlib.Path | None = None) -> str | None:

@@ -506,3 +506,40 @@ def test_progress_bar_on_a_terminal_and_lines_in_order(pipeline: pathlib.Path) -
     finally:
         emb.close()
 
+
+def test_fingerprint_globs(
+    pipeline: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`inputs` globs: `**` leaves out hidden folders (dm's own home among them) and
+    __pycache__, so the same files give the same ID run after run; an absolute
+    pattern counts; a pattern that matches nothing is a warning."""
+    (pipeline / "flag").write_text("ok\n")
+    (pipeline / "conf").mkdir()
+    (pipeline / "conf" / "a.json").write_text("{}")
+    (pipeline / "conf" / "__pycache__").mkdir()
+    (pipeline / "conf" / "__pycache__" / "x.json").write_text("1")
+    outside = tmp_path_factory.mktemp("outside") / "shared.json"
+    outside.write_text("{}")
+    run = json.loads((pipeline / "run.json").read_text())
+    run["quests"][0]["distributor_parameters"]["inputs"] = [
+        "leaf.py",
+        "**/*.json",
+        str(outside),
+        "data/*.csv",
+    ]
+    (pipeline / "run.json").write_text(json.dumps(run))
+    code, out, err = dm("run", "run.json", "--json")
+    assert code == 0, out + err
+    first = json.loads(out)["attempts"][0]["quest"]
+    assert "inputs 'data/*.csv' matches no file" in err
+    # dm's home now holds *.json files (job states), compiled Python appeared: same ID.
+    assert list((pipeline / ".dm").glob("**/*.json"))
+    (pipeline / "conf" / "__pycache__" / "x.json").write_text("2")
+    code, out, _ = dm("run", "run.json", "--json")
+    assert json.loads(out)["attempts"][0]["quest"] == first
+    assert json.loads(out)["executions_run"] == 0
+    for edit in (pipeline / "conf" / "a.json", outside):
+        edit.write_text('{"edited": true}')
+        code, out, _ = dm("quest-id", "run.json")
+        assert code == 0 and out.split()[0] != first, edit
+        first = out.split()[0]

@@ -66,6 +66,11 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code=code)
 
 
+def _warn(rr: RunRequest) -> None:
+    for w in rr.warnings:
+        err.print(Text.assemble(("warning:", "yellow"), f" {w}"), highlight=False)
+
+
 def _config(path: pathlib.Path | None) -> dict[str, Any]:
     if path is None:
         return DEFAULT_CONFIG
@@ -376,6 +381,7 @@ def run(  # noqa: PLR0917 - typer: one parameter per option
                 raise BadFile(f"{file}: quests[{i}]: {e}") from None
     except BadFile as e:
         raise fail(str(e)) from None
+    _warn(rr)
     with _no_fingerprint_for_jobs(no_fingerprint):
         _run(rr, home, cfg, file, as_json, timeout, quiet, explain, retry_failed)
 
@@ -738,6 +744,7 @@ def quest_id_cmd(
         rr = parse_run_file(file, local)
     except BadFile as e:
         raise fail(str(e)) from None
+    _warn(rr)
     for desc, nums in zip(rr.request.quest, rr.request.quest_attempt, strict=True):
         out.print(
             f"{ids.quest_id(desc)}  {desc.distributor_config_name}  attempts {list(nums.nums)}",

@@ -32,6 +32,8 @@ class RunRequest:
 
     request: dm_pb2.EnsureGraphDataReq
     attempts: list[AttemptID]
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    """Things that are allowed but likely a mistake (an ``inputs`` glob matching nothing)."""
 
 
 def parse_run_file(
@@ -49,6 +51,7 @@ def parse_run_file(
         raise BadFile(f"{path}: quests: empty")
     req = dm_pb2.EnsureGraphDataReq()
     wanted: list[AttemptID] = []
+    warnings: list[str] = []
     for i, entry in enumerate(data["quests"]):
         where = f"{path}: quests[{i}]"
         if not isinstance(entry, dict):
@@ -73,8 +76,15 @@ def parse_run_file(
         if fingerprint is not None and isinstance(name, str) and fingerprint(name):
             try:
                 q = dmfingerprint.add(q)
+                params = q["distributor_parameters"]
+                missing = dmfingerprint.unmatched(params) if isinstance(params, dict) else []
             except (OSError, ValueError) as e:
                 raise BadFile(f"{where}: cannot fingerprint what it runs: {e}") from None
+            warnings += [
+                f"{where}: inputs {p!r} matches no file (inputs are read when the run "
+                "starts: list files that exist then, not files a step writes)"
+                for p in missing
+            ]
         try:
             desc = ids.normalize_desc(q)
         except InvalidArgument as e:
@@ -83,4 +93,4 @@ def parse_run_file(
         req.quest.append(desc)
         req.quest_attempt.add(nums=sorted(set(attempts), reverse=True))
         wanted += [AttemptID(qid, n) for n in sorted(set(attempts))]
-    return RunRequest(req, list(dict.fromkeys(wanted)))
+    return RunRequest(req, list(dict.fromkeys(wanted)), warnings)
