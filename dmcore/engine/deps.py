@@ -139,6 +139,17 @@ def add_back_dep(step: steps.AddBackDep, ctx: Ctx) -> list[Step | Later]:
         group = {"attempt_finished": False}
         ctx.uow.create(gpath, group)  # only created, never rewritten here (no hot document)
     finished = bool(group["attempt_finished"])
+    if not step.needs_ack:
+        # The declaration found the dependee over and told the depender at once:
+        # nothing to propagate, but a re-open of the dependee must find this edge.
+        if attempt_is_terminal(ctx.uow.get(docs.attempt_path(dependee))):
+            finished = True
+        else:
+            # Re-opened (dm retry) since the declaration, maybe before this edge
+            # existed for the re-open to find: open it as the re-open would have.
+            if back is None or back["propagated"]:
+                ctx.uow.put(bpath, {"created": ctx.now_us, **(back or {}), "propagated": False})
+            return [steps.UnackFwdDep(depender=step.depender, dependee=step.dependee)]
     if back is None or (finished and not back["propagated"]):
         ctx.uow.put(bpath, {"propagated": finished, "created": ctx.now_us})
     if step.needs_ack and finished:

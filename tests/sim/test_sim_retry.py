@@ -519,3 +519,81 @@ def test_a_retry_racing_a_depend_call_halts_the_caller(
         assert h.failures == []
     finally:
         h.close()
+
+
+def _run_queued(h: Harness, kind: str) -> int:
+    """Run the queued tasks of one step kind now, ahead of the others (an interleaving)."""
+    assert h.chaos is not None
+    mine = [(t, n) for t, n in h.chaos.pending if t.payload.get("kind") == kind]
+    h.chaos.pending = [(t, n) for t, n in h.chaos.pending if t.payload.get("kind") != kind]
+    for task, delivery in mine:
+        h.engine.handle_task(task.target, task.payload, delivery, task.name)
+    return len(mine)
+
+
+def test_a_depender_told_by_its_declaration_is_reopened(tmp_path: pathlib.Path) -> None:
+    """X declares D after D ended abnormally but before D's completion reached its
+    back edges (the declaration tells X at once; its back edge is recorded before
+    D's completion marks the group finished). X fails because of it. Retrying D
+    must re-open X like any depender told of the failure."""
+    h = Harness(tmp_path, queue="chaos", chaos=Chaos(reorder=False))
+    try:
+        x, d = quest_desc("x"), quest_desc("d")
+        x1, d1 = AttemptID(qid_of(x), 1), AttemptID(qid_of(d), 1)
+        h.ensure(x, d)
+        h.world.run_task(d1.execution(1), _value_job([], [], fail=True))
+        h._deliver_inbox()  # D ends; its RecordCompletion waits in the queue
+        assert h.state(d1) == AttemptState.ABNORMAL_FINISHED
+        h.world.run_task(x1.execution(1), _value_job([d1], [d]))  # reads D failed, fails
+        h._deliver_inbox()
+        assert h.state(x1) == AttemptState.ABNORMAL_FINISHED
+        assert h.store.get(docs.fwd_dep_path(x1, d1))["satisfied"]  # type: ignore[index]
+        assert _run_queued(h, "AddBackDep") == 1  # before D's RecordCompletion
+
+        h.service.retry_attempt(d1, Caller.trusted())
+        h.settle()
+        assert h.attempt(x1)["reopened"][0]["cause"] == d1.encoded
+        assert not h.store.get(docs.fwd_dep_path(x1, d1))["satisfied"]  # type: ignore[index]
+        h.play(d1.execution(2), _value_job([], []))
+        h.settle()
+        h.play(x1.execution(2), _value_job([d1], [d]))
+        h.settle()
+        assert h.result(x1) == {"v": 2}
+        assert h.failures == []
+    finally:
+        h.close()
+
+
+def test_a_depender_told_by_its_declaration_reopened_when_its_back_edge_comes_late(
+    tmp_path: pathlib.Path,
+) -> None:
+    """As above, but X's back edge is recorded only after the retry went through D's
+    back edges: recording it must still open X's edge and re-open X."""
+    h = Harness(tmp_path, queue="chaos", chaos=Chaos(reorder=False))
+    try:
+        x, d = quest_desc("x"), quest_desc("d")
+        x1, d1 = AttemptID(qid_of(x), 1), AttemptID(qid_of(d), 1)
+        h.ensure(x, d)
+        h.play(d1.execution(1), _value_job([], [], fail=True))
+        h.world.run_task(x1.execution(1), _value_job([d1], [d]))
+        h._deliver_inbox()
+        assert h.state(x1) == AttemptState.ABNORMAL_FINISHED
+        assert h.chaos is not None
+        held = [(t, n) for t, n in h.chaos.pending if t.payload.get("kind") == "AddBackDep"]
+        assert len(held) == 1
+        h.chaos.pending = [p for p in h.chaos.pending if p not in held]
+
+        h.service.retry_attempt(d1, Caller.trusted())
+        h.drain()  # the re-open goes through D's back edges: X's is not there yet
+        assert h.state(x1) == AttemptState.ABNORMAL_FINISHED
+        h.chaos.pending += held
+        h.settle()
+        assert h.attempt(x1)["reopened"][0]["cause"] == d1.encoded
+        h.play(d1.execution(2), _value_job([], []))
+        h.settle()
+        h.play(x1.execution(2), _value_job([d1], [d]))
+        h.settle()
+        assert h.result(x1) == {"v": 2}
+        assert h.failures == []
+    finally:
+        h.close()
