@@ -19,7 +19,10 @@ engine's usual handshake (spec §2.2) resumes its dependers when it ends again:
    A depender that ended abnormally after being told of the end (a satisfied
    edge), and was not cancelled, is re-opened in turn: the same steps, down
    the graph. Only after the last back edge does the attempt get its new
-   execution, so it cannot end again before its dependers are reset.
+   execution, so it cannot end again before its dependers are reset; that
+   last step closes the walk (:data:`WALK`), so a duplicate of it yields
+   nothing (follow-ups are named by position: a duplicate yielding other work
+   would take the names of the original's).
 
 Duplicates and late deliveries change nothing: a re-open names the execution
 it re-opens after (``after_execution``) and does nothing once the attempt has
@@ -39,6 +42,8 @@ from dmcore.states import AbnormalStatus, AttemptState, check_attempt_transition
 
 REOPEN_BATCH = 64
 """Back edges reset per step; the step chains itself until none is left."""
+WALK = "reopen_walk"
+"""On the attempt: the execution it was re-opened after, while its back edges are walked."""
 
 
 @rolls_forward(steps.ReopenAttempt)
@@ -71,6 +76,7 @@ def reopen_attempt(step: steps.ReopenAttempt, ctx: Ctx) -> list[Step | Later]:
     att["is_abnormal"] = False
     att["deps_execution"] = 0
     att["retry"] = {k: 0 for k in att["retry"]}
+    att[WALK] = step.after_execution
     ctx.uow.put(path, att)
     gpath = docs.back_dep_group_path(aid)
     if ctx.uow.get(gpath) is not None:
@@ -81,21 +87,27 @@ def reopen_attempt(step: steps.ReopenAttempt, ctx: Ctx) -> list[Step | Later]:
 @rolls_forward(steps.ReopenDependers)
 def reopen_dependers(step: steps.ReopenDependers, ctx: Ctx) -> list[Step | Later]:
     aid = AttemptID.decode(step.aid)
-    att = ctx.uow.get(docs.attempt_path(aid))
+    path = docs.attempt_path(aid)
+    att = ctx.uow.get(path)
     if (
         att is None
         or att["state"] != AttemptState.SCHEDULING
         or int(att["cur_execution"]) != step.after_execution
+        or att.get(WALK, step.after_execution) != step.after_execution
     ):
-        return []  # the walk is over (the new execution exists) or the attempt moved on
+        return []  # the walk is over or the attempt moved on
     rows = ctx.uow.query(docs.back_deps_collection(aid), {"propagated": True}, limit=REOPEN_BATCH)
     out: list[Step | Later] = []
-    for path, doc in rows:
-        ctx.uow.put(path, {**doc, "propagated": False})
-        out.append(steps.UnackFwdDep(depender=docs.last_id(path), dependee=step.aid))
+    for bpath, doc in rows:
+        ctx.uow.put(bpath, {**doc, "propagated": False})
+        out.append(steps.UnackFwdDep(depender=docs.last_id(bpath), dependee=step.aid))
     if len(rows) == REOPEN_BATCH:
         out.append(step)
     else:
+        # Over: a duplicate of this step now yields nothing, so its follow-ups cannot
+        # take the names (or the outbox record) of this one's (they are positional).
+        att[WALK] = None
+        ctx.uow.put(path, att)
         out.append(steps.ScheduleExecution(aid=step.aid))
     return out
 

@@ -597,3 +597,38 @@ def test_a_depender_told_by_its_declaration_reopened_when_its_back_edge_comes_la
         assert h.failures == []
     finally:
         h.close()
+
+
+def test_a_duplicate_of_the_last_reopen_step_loses_nothing(tmp_path: pathlib.Path) -> None:
+    """The last ReopenDependers step, its follow-ups left to the sweep (dispatch
+    failed after the commit), is delivered again before the sweep: the duplicate
+    must not replace them (follow-ups are named by position) with its own."""
+    h = Harness(tmp_path, queue="chaos", chaos=Chaos(reorder=False))
+    try:
+        x, d = quest_desc("x"), quest_desc("d")
+        x1, d1 = AttemptID(qid_of(x), 1), AttemptID(qid_of(d), 1)
+        h.ensure(x)
+        h.play(x1.execution(1), _value_job([d1], [d]))
+        h.play(d1.execution(1), _value_job([], [], fail=True))
+        h.settle()
+        h.play(x1.execution(2), _value_job([d1], [d]))  # reads D failed, fails
+        h.settle()
+        assert h.state(x1) == AttemptState.ABNORMAL_FINISHED
+        assert h.chaos is not None
+        h.service.retry_attempt(d1, Caller.trusted())
+        (walk,) = [(t, n) for t, n in h.chaos.pending if t.payload["kind"] == "ReopenDependers"]
+        h.chaos.pending.remove(walk)
+        h.chaos.chaos.fail_dispatch = 1.0
+        for delivery in (1, 2):  # the original, then a duplicate
+            h.engine.handle_task(walk[0].target, walk[0].payload, delivery, walk[0].name)
+        h.chaos.chaos.fail_dispatch = 0.0
+        h.settle()  # the sweep dispatches what was left
+        assert h.attempt(x1)["reopened"][0]["cause"] == d1.encoded
+        h.play(d1.execution(2), _value_job([], []))
+        h.settle()
+        h.play(x1.execution(3), _value_job([d1], [d]))
+        h.settle()
+        assert h.result(x1) == {"v": 2}
+        assert h.failures == []
+    finally:
+        h.close()
