@@ -5,9 +5,14 @@ but its jobs fail when a dependency ended abnormally (as real jobs do) in most
 seeds, so failures spread up the graph. Then, for a few rounds, some of the
 attempts that ended abnormally are retried (``Service.retry_attempt``; some
 requests made twice, as an impatient user would) and the world runs on; the
-last round retries every one of them and no job fails any more. On top of
-the base invariants (:meth:`Sim.check`, whose retry-policy replay starts
-afresh at each re-open), it checks:
+last round retries every one of them and no job fails any more. Before the
+fail-free rounds, a user also retries a few failed attempts while the world
+runs (between two plays, with steps still queued or delayed), so re-opens
+race the engine's own steps. On top of the base invariants (:meth:`Sim.check`,
+whose retry-policy replay starts afresh at each re-open), it checks:
+
+* each retry re-opened every attempt then ended abnormally because of it,
+  transitively (:meth:`RetrySim.check_cascades`);
 
 * FINISHED attempts are never re-opened: executions, state and result
   document unchanged from the moment they finished;
@@ -52,6 +57,10 @@ FINAL_TRIES = 4
 end an execution the driver left waiting: legitimate, retried again)."""
 
 RETRY_SEEDS = 40
+MIDRUN_RETRIES = 3
+"""Retries a user makes while the graph runs, at most, per run of the world before the
+fail-free rounds (each before a random play, so re-opens race the world's own steps)."""
+P_MIDRUN = 0.1
 
 
 class RetrySim(Sim):
@@ -63,6 +72,69 @@ class RetrySim(Sim):
         self.round = 0
         self.seen: dict[ExecutionID, dict[AttemptID, int | None]] = {}
         self.exec_round: dict[ExecutionID, int] = {}
+        self.midrun_rng = random.Random(f"dm-sim-midrun/{self.plan.seed}")
+        self.midrun_left = MIDRUN_RETRIES
+        self.retries: list[tuple[AttemptID, dict[AttemptID, int]]] = []
+        """Each retry, with the attempts then ended abnormally and their last execution."""
+        self.late: list[steps.ReopenAttempt] = []
+
+    def retry(self, aid: AttemptID) -> None:
+        """A user's ``dm retry`` of ``aid``, remembered for :meth:`check_cascades`."""
+        abnormal = {
+            AttemptID.decode(docs.last_id(p)): int(d["cur_execution"])
+            for p, d in self.h.store.query(docs.ATTEMPTS)
+            if d["state"] == AttemptState.ABNORMAL_FINISHED
+        }
+        self.h.service.retry_attempt(aid, Caller.trusted())
+        self.retries.append((aid, abnormal))
+        self.late.append(steps.ReopenAttempt(aid=aid.encoded, after_execution=abnormal[aid]))
+        self.trace.append(f"round {self.round}: retry {self.name(aid)}")
+
+    def _play(self, eid: ExecutionID) -> None:
+        if self.midrun_left and self.midrun_rng.random() < P_MIDRUN:
+            failed = sorted(_abnormal(self.h), key=lambda a: a.encoded)
+            if failed:
+                self.midrun_left -= 1
+                self.retry(self.midrun_rng.choice(failed))  # no drain: it races the world
+        super()._play(eid)
+
+    def check_cascades(self) -> list[str]:
+        """Each retry re-opened every attempt that had ended abnormally because of it.
+
+        Once the world is still: for each retry of D, the attempts ended abnormally
+        at that moment whose last execution read D as ended abnormally, or read an
+        attempt re-opened so in turn, must each have been re-opened after that
+        execution, unless what it read ended abnormally again (a depender running
+        when D was retried is not re-opened: it was not over).
+        """
+        v: list[str] = []
+        for d, abnormal in self.retries:
+            reach = {d}
+            grew = True
+            while grew:
+                grew = False
+                for x, cur in abnormal.items():
+                    read = self.seen.get(x.execution(cur), {})
+                    if x not in reach and any(
+                        value is None and dep in reach for dep, value in read.items()
+                    ):
+                        reach.add(x)
+                        grew = True
+            for x in sorted(reach - {d}, key=lambda a: a.encoded):
+                after = {int(r["after_execution"]) for r in self.h.attempt(x).get("reopened", [])}
+                read = self.seen.get(x.execution(abnormal[x]), {})
+                again = [  # what it read failed again since: re-running it would not help
+                    dep
+                    for dep, value in read.items()
+                    if value is None and dep in reach and dep in _abnormal(self.h)
+                ]
+                if abnormal[x] not in after and not again:
+                    v.append(
+                        f"retry of {self.name(d)}: {self.name(x)} had ended abnormally because "
+                        f"of it (execution {abnormal[x]}), was not re-opened"
+                    )
+        self.retries = []
+        return v
 
     def _job(self, rec: ExecRecord, job: Job) -> None:
         self.exec_round[rec.eid] = self.round
@@ -153,18 +225,15 @@ def _ended_executions(h: Harness) -> dict[str, Any]:
     return out
 
 
-def _retry_round(
-    sim: RetrySim, rng: random.Random, chosen: list[AttemptID], late: list[steps.ReopenAttempt]
-) -> list[str]:
+def _retry_round(sim: RetrySim, rng: random.Random, chosen: list[AttemptID]) -> list[str]:
     """Retry ``chosen`` and run the world on; what changed that must not have."""
     h, v, rnd = sim.h, [], sim.round
     finished = _finished_snapshot(h)
     ended = _ended_executions(h)
     for aid in chosen:
-        cur = int(h.attempt(aid)["cur_execution"])
-        h.service.retry_attempt(aid, Caller.trusted())
-        late.append(steps.ReopenAttempt(aid=aid.encoded, after_execution=cur))
-        sim.trace.append(f"round {rnd}: retry {sim.name(aid)}")
+        if h.state(aid) != AttemptState.ABNORMAL_FINISHED:
+            continue  # re-opened since the round began, by the retry of a dependency
+        sim.retry(aid)
         if rng.random() < 0.3:  # asked twice: the second finds it re-opened
             with pytest.raises(FailedPrecondition):
                 h.service.retry_attempt(aid, Caller.trusted())
@@ -188,6 +257,7 @@ def _retry_round(
             with pytest.raises(FailedPrecondition, match="never re-opened"):
                 h.service.retry_attempt(aid, Caller.trusted())
     sim.run()
+    v += [f"round {rnd}: {c}" for c in sim.check_cascades()]
     for aid, (att, res) in finished.items():
         now = (h.attempt(aid), h.store.get(docs.result_path(aid)))
         if now != (att, res):
@@ -206,11 +276,11 @@ def simulate_retries(seed: int, tmp_path: pathlib.Path, *, queue: str) -> None:
     rng = random.Random(f"dm-sim-retry/{seed}")
     h = Harness(tmp_path, queue=queue, seed=seed, chaos=plan.chaos)
     sim = RetrySim(plan, h, fail_on_abnormal=rng.random() < 0.8)
-    late: list[steps.ReopenAttempt] = []
     v: list[str] = []
     try:
         try:
             sim.run()
+            v += sim.check_cascades()
             rnd = 0
             while True:
                 rnd += 1
@@ -232,13 +302,14 @@ def simulate_retries(seed: int, tmp_path: pathlib.Path, *, queue: str) -> None:
                         h.chaos.chaos = Chaos(duplicate=plan.chaos.duplicate)
                 else:
                     chosen = [a for a in failed if rng.random() < 0.5]
-                v += _retry_round(sim, rng, chosen, late)
+                sim.midrun_left = MIDRUN_RETRIES if rnd < ROUNDS else 0
+                v += _retry_round(sim, rng, chosen)
         except NotConverged as e:
             print("\n".join(sim.trace))
             raise AssertionError(f"seed {seed} ({queue}): {e}\n{replay_hint(seed)}") from None
 
         before = {p: d for p, d in h.store.query(docs.ATTEMPTS)}
-        for step in late:  # every re-open delivered again, late
+        for step in sim.late:  # every re-open delivered again, late
             h.engine.run(step)
         sim._settle()
         after = {p: d for p, d in h.store.query(docs.ATTEMPTS)}
