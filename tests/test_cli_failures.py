@@ -543,3 +543,29 @@ def test_fingerprint_globs(
         code, out, _ = dm("quest-id", "run.json")
         assert code == 0 and out.split()[0] != first, edit
         first = out.split()[0]
+
+
+def test_a_command_that_cannot_start_says_why(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "adir").mkdir()
+    run = {
+        "quests": [
+            {
+                "distributor_config_name": "local",
+                "parameters": {"name": name},
+                "distributor_parameters": {"command": [program]},
+            }
+            for name, program in (("folder", "./adir"), ("absent", "no-such-program-dm"))
+        ]
+    }
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    code, out, _ = dm("run", str(tmp_path / "run.json"), "--home", str(tmp_path / "h"), "--json")
+    assert code == 1
+    reasons = {f["name"]: f["reason"] for f in json.loads(out)["failures"]}
+    assert reasons["folder"].endswith("./adir is a folder, not a program"), reasons
+    assert reasons["absent"].endswith(
+        "no program 'no-such-program-dm' on PATH (./no-such-program-dm for one in the working "
+        "folder)"
+    ), reasons

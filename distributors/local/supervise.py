@@ -63,6 +63,15 @@ class Outcome:
     signal: int | None = None
 
 
+def _cannot_start(program: str, cwd: str, e: Exception) -> str:
+    """Why ``program`` did not start, in words a user can act on."""
+    if "/" in program and os.path.isdir(os.path.join(cwd, program)):
+        return f"{program} is a folder, not a program"
+    if "/" not in program and isinstance(e, FileNotFoundError):
+        return f"no program {program!r} on PATH (./{program} for one in the working folder)"
+    return str(e)
+
+
 def _answer(fd: int, msg: Mapping[str, Any]) -> None:
     os.write(fd, (json.dumps(msg) + "\n").encode())
 
@@ -166,9 +175,10 @@ class Supervisor:
                 preexec_fn=_death_signal_hook(),  # noqa: PLW1509 - we are single-threaded
             )
         except (OSError, subprocess.SubprocessError) as e:
-            self.note(f"cannot start: {e}")
+            why = _cannot_start(self.argv[0], self.cwd, e)
+            self.note(f"cannot start: {why}")
             self.files.lock.unlink(missing_ok=True)
-            _answer(answer_fd, {"error": f"cannot start {self.argv[0]!r}: {e}"})
+            _answer(answer_fd, {"error": f"cannot start {self.argv[0]!r}: {why}"})
             return 1
         # If run() is gone (dm died), carry on: its retry finds the record and
         # keeps this task.
