@@ -455,6 +455,24 @@ def test_a_cancelled_depender_stays_cancelled(tmp_path: pathlib.Path) -> None:
         h.close()
 
 
+def _retried_then_resumed(
+    h: Harness,
+    d1: AttemptID,
+    x: ExecutionID,
+    deps: list[AttemptID],
+    quests: list[dm_pb2.Quest.Desc],
+    *,
+    want: int,
+) -> None:
+    """D's new execution succeeds, then X's execution ``x`` reads its dependencies."""
+    h.play(d1.execution(2), _value_job([], []))
+    h.settle()
+    h.play(x, _value_job(deps, quests))
+    h.settle()
+    assert h.result(x.attempt_id) == {"v": want}
+    assert h.failures == []
+
+
 def _waiting_on_a_failed_and_a_running(
     h: Harness,
 ) -> tuple[AttemptID, AttemptID, AttemptID, list[dm_pb2.Quest.Desc]]:
@@ -472,61 +490,38 @@ def _waiting_on_a_failed_and_a_running(
     return x1, d1, e1, [d, e]
 
 
+@pytest.mark.parametrize("late", [False, True], ids=["", "late completion steps"])
 def test_a_waiting_depender_waits_again_for_its_retried_dependency(
-    tmp_path: pathlib.Path,
+    tmp_path: pathlib.Path, late: bool
 ) -> None:
     """Retrying D opens X's satisfied edge to D again (UnackFwdDep): when E ends, X
-    keeps waiting for D's new end instead of resuming to read D as not finished."""
+    keeps waiting for D's new end instead of resuming to read D as not finished.
+    ``late``: the completion steps of D's failed end are delivered again after the
+    retry (RecordCompletion, PropagateCompletion, AckFwdDep); they must neither mark
+    D's back-edge group finished, nor propagate, nor satisfy X's edge."""
     h = Harness(tmp_path, queue="local")
     try:
         x1, d1, e1, quests = _waiting_on_a_failed_and_a_running(h)
         h.service.retry_attempt(d1, Caller.trusted())
         h.settle()
+        for step in (
+            [
+                steps.RecordCompletion(aid=d1.encoded),
+                steps.PropagateCompletion(aid=d1.encoded),
+                steps.AckFwdDep(depender=x1.encoded, dependee=d1.encoded),
+            ]
+            if late
+            else []
+        ):
+            h.engine.run(step)
+            h.drain()
+            assert not h.store.get(docs.back_dep_group_path(d1))["attempt_finished"]  # type: ignore[index]
+            assert not h.store.get(docs.back_dep_path(d1, x1))["propagated"]  # type: ignore[index]
         assert not h.store.get(docs.fwd_dep_path(x1, d1))["satisfied"]  # type: ignore[index]
         h.play(e1.execution(1), _value_job([], []))
         h.settle()
         assert h.state(x1) == AttemptState.WAITING and h.attempt(x1)["cur_execution"] == 1
-        h.play(d1.execution(2), _value_job([], []))
-        h.settle()
-        h.play(x1.execution(2), _value_job([d1, e1], quests))
-        h.settle()
-        assert h.result(x1) == {"v": 3}
-        assert h.failures == []
-    finally:
-        h.close()
-
-
-def test_late_completion_steps_of_the_end_before_a_retry_change_nothing(
-    tmp_path: pathlib.Path,
-) -> None:
-    """The completion steps of D's failed end, delivered again after D was retried
-    (RecordCompletion, PropagateCompletion, AckFwdDep), must neither mark D's
-    back-edge group finished, nor propagate, nor satisfy X's edge: X, waiting,
-    must not resume while D runs again."""
-    h = Harness(tmp_path, queue="local")
-    try:
-        x1, d1, e1, quests = _waiting_on_a_failed_and_a_running(h)
-        h.service.retry_attempt(d1, Caller.trusted())
-        h.settle()
-        for late in (
-            steps.RecordCompletion(aid=d1.encoded),
-            steps.PropagateCompletion(aid=d1.encoded),
-            steps.AckFwdDep(depender=x1.encoded, dependee=d1.encoded),
-        ):
-            h.engine.run(late)
-            h.drain()
-            assert not h.store.get(docs.back_dep_group_path(d1))["attempt_finished"]  # type: ignore[index]
-            assert not h.store.get(docs.back_dep_path(d1, x1))["propagated"]  # type: ignore[index]
-            assert not h.store.get(docs.fwd_dep_path(x1, d1))["satisfied"]  # type: ignore[index]
-        h.play(e1.execution(1), _value_job([], []))
-        h.settle()
-        assert h.state(x1) == AttemptState.WAITING and h.attempt(x1)["cur_execution"] == 1
-        h.play(d1.execution(2), _value_job([], []))
-        h.settle()
-        h.play(x1.execution(2), _value_job([d1, e1], quests))
-        h.settle()
-        assert h.result(x1) == {"v": 3}
-        assert h.failures == []
+        _retried_then_resumed(h, d1, x1.execution(2), [d1, e1], quests, want=3)
     finally:
         h.close()
 
@@ -582,12 +577,7 @@ def test_a_retry_racing_a_depend_call_halts_the_caller(
         assert raced == [when] and halted == [True]
         h.settle()
         assert h.state(x1) == AttemptState.WAITING
-        h.play(d1.execution(2), _value_job([], []))
-        h.settle()
-        h.play(x1.execution(2), _value_job([d1], [d]))
-        h.settle()
-        assert h.result(x1) == {"v": 2}
-        assert h.failures == []
+        _retried_then_resumed(h, d1, x1.execution(2), [d1], [d], want=2)
     finally:
         h.close()
 
@@ -625,12 +615,7 @@ def test_a_depender_told_by_its_declaration_is_reopened(tmp_path: pathlib.Path) 
         h.settle()
         assert h.attempt(x1)["reopened"][0]["cause"] == d1.encoded
         assert not h.store.get(docs.fwd_dep_path(x1, d1))["satisfied"]  # type: ignore[index]
-        h.play(d1.execution(2), _value_job([], []))
-        h.settle()
-        h.play(x1.execution(2), _value_job([d1], [d]))
-        h.settle()
-        assert h.result(x1) == {"v": 2}
-        assert h.failures == []
+        _retried_then_resumed(h, d1, x1.execution(2), [d1], [d], want=2)
     finally:
         h.close()
 
@@ -660,12 +645,7 @@ def test_a_depender_told_by_its_declaration_reopened_when_its_back_edge_comes_la
         h.chaos.pending += held
         h.settle()
         assert h.attempt(x1)["reopened"][0]["cause"] == d1.encoded
-        h.play(d1.execution(2), _value_job([], []))
-        h.settle()
-        h.play(x1.execution(2), _value_job([d1], [d]))
-        h.settle()
-        assert h.result(x1) == {"v": 2}
-        assert h.failures == []
+        _retried_then_resumed(h, d1, x1.execution(2), [d1], [d], want=2)
     finally:
         h.close()
 
@@ -695,11 +675,6 @@ def test_a_duplicate_of_the_last_reopen_step_loses_nothing(tmp_path: pathlib.Pat
         h.chaos.chaos.fail_dispatch = 0.0
         h.settle()  # the sweep dispatches what was left
         assert h.attempt(x1)["reopened"][0]["cause"] == d1.encoded
-        h.play(d1.execution(2), _value_job([], []))
-        h.settle()
-        h.play(x1.execution(3), _value_job([d1], [d]))
-        h.settle()
-        assert h.result(x1) == {"v": 2}
-        assert h.failures == []
+        _retried_then_resumed(h, d1, x1.execution(3), [d1], [d], want=2)
     finally:
         h.close()
