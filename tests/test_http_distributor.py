@@ -6,6 +6,7 @@ dispatching the tasks over HTTP.
 
 from __future__ import annotations
 
+import datetime
 import json
 import pathlib
 import time
@@ -133,7 +134,7 @@ def test_run_refuses_what_cannot_work(tmp_path: pathlib.Path, tasks: FakeCloudTa
 # -- get_status, cancel, notifications -------------------------------------------------------
 
 
-def test_get_status_follows_the_task_then_waits_for_a_report_then_crashes(
+def test_get_status_follows_the_task_then_waits_for_a_report_then_ends_it(
     tmp_path: pathlib.Path, tasks: FakeCloudTasksServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     d = make(tmp_path)
@@ -153,8 +154,9 @@ def test_get_status_follows_the_task_then_waits_for_a_report_then_crashes(
     assert d.get_status(rs.desc(), token) is None
     clock[0] += 1
     got = d.get_status(rs.desc(), token)
-    assert got is not None and got.abnormal_finish.status == Abnormal.CRASHED
-    assert "without a report" in got.abnormal_finish.reason
+    # A normal end without state: dm makes it FINISHED if the job stopped, FAILED if not.
+    assert got is not None and not got.HasField("abnormal_finish")
+    assert json.loads(got.data.object) == {"state": {}}
 
 
 def test_cancel_deletes_the_task_and_calls_the_cancel_url(
@@ -302,6 +304,34 @@ def main(job: Job) -> None:
     # "return": returns without finishing
 """
 
+PLAIN = """
+import json
+
+import functions_framework
+from google.protobuf import json_format
+
+from dmcore import remote
+from dmcore.proto import dm_pb2
+
+
+@functions_framework.http
+def main(request):
+    # Not dmcore.job.worker: it never reports; it answers 200 either way.
+    order = json.loads(request.get_data())
+    if json.loads(order["parameters"])["mode"] == "finish":
+        auth = json_format.ParseDict(order["auth"], dm_pb2.Execution.Auth())
+        client = remote.RemoteClient(order["dm_api_url"])
+        own = b"plain-worker-token".ljust(32, b"-")
+        client.activate_execution(dm_pb2.ActivateExecutionReq(auth=auth, execution_token=own))
+        client.finish_attempt(
+            dm_pb2.FinishAttemptReq(
+                auth=dm_pb2.Execution.Auth(id=auth.id, token=own),
+                data=dm_pb2.JsonResult(object='{"plain": true}'),
+            )
+        )
+    return "ok"
+"""
+
 
 @pytest.fixture
 def stack(
@@ -315,6 +345,8 @@ def stack(
     monkeypatch.setenv(httpd.EMULATOR_ENV, tasks.address)
     modes = tmp_path / "modes.py"
     modes.write_text(MODES)
+    plain = tmp_path / "plain.py"
+    plain.write_text(PLAIN)
     example = rs.REPO / "examples" / "http" / "worker.py"
     procs = []
     try:
@@ -322,6 +354,8 @@ def stack(
         procs.append(p1)
         p2, other = rs.start_worker(modes, "main", tmp_path / "modes.log")
         procs.append(p2)
+        p3, plain_url = rs.start_worker(plain, "main", tmp_path / "plain.log")
+        procs.append(p3)
         port = rs.free_port()
         base = f"http://127.0.0.1:{port}"
         common = {
@@ -335,6 +369,7 @@ def stack(
             "distributor_configs": {
                 "http": {"http": {"url": sums, **common}},
                 "modes": {"http": {"url": other, **common}},
+                "plain": {"http": {"url": plain_url, **common}},
             }
         }
         srv = LocalServer(
@@ -449,6 +484,45 @@ def test_end_to_end_a_worker_that_keeps_raising_is_retried_then_crashed(
     dispatches = dispatched(tasks, 2)
     assert [d.status for d in dispatches] == [500, 200]
     assert [d.headers["X-CloudTasks-TaskRetryCount"] for d in dispatches] == ["0", "1"]
+
+
+@pytest.fixture
+def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dm polls the tasks every second and waits 2 s for a report (dm serve runs here)."""
+    monkeypatch.setattr(httpd, "POLL_INTERVAL", datetime.timedelta(seconds=1))
+    monkeypatch.setattr(httpd, "POLL_TIMEOUT", datetime.timedelta(seconds=1))
+    monkeypatch.setattr(httpd, "REPORT_GRACE", datetime.timedelta(seconds=2))
+
+
+@pytest.mark.usefixtures("quick_polls")
+def test_end_to_end_any_worker_that_answers_2xx_without_finishing_fails(
+    stack: dict[str, Any], tasks: FakeCloudTasksServer
+) -> None:
+    """A worker that is not dmcore.job.worker reports nothing: dm learns from the task."""
+    q = {
+        "distributor_config_name": "plain",
+        "parameters": {"mode": "return"},
+        "distributor_parameters": {},
+    }
+    att = submit_and_wait(stack, q)
+    ex = att.executions[1].data.abnormal_finish
+    assert ex.status == Abnormal.FAILED
+    assert ex.reason == "distributor finished execution while it was in the SCHEDULING state."
+    assert [d.status for d in dispatched(tasks, 1)] == [200]
+
+
+@pytest.mark.usefixtures("quick_polls")
+def test_end_to_end_any_worker_that_finishes_without_reporting_finishes(
+    stack: dict[str, Any],
+) -> None:
+    q = {
+        "distributor_config_name": "plain",
+        "parameters": {"mode": "finish"},
+        "distributor_parameters": {},
+    }
+    att = submit_and_wait(stack, q)
+    assert json.loads(att.data.finished.data.object) == {"plain": True}
+    assert json.loads(att.executions[1].data.finished.data.object) == {"state": {}}
 
 
 def test_end_to_end_a_finishing_worker(stack: dict[str, Any]) -> None:

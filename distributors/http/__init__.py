@@ -31,9 +31,14 @@ one that used up its attempts), so dm cannot learn from the queue *how* a
 task ended, nor the job's state. The worker knows both, and reports through
 the road every distributor uses (Pub/Sub, authenticated by the HMAC token).
 What the worker cannot report (it was killed, it timed out on every
-delivery) dm finds by polling ``get_status``: the task still exists -> still
-running; gone with no report for :data:`REPORT_GRACE` -> CRASHED. Before that,
-an optional ``status_url`` is asked (a worker that keeps its own records).
+delivery), or a worker that does not report at all (any HTTPS endpoint), dm
+finds by polling ``get_status``: the task still exists -> still running;
+gone with no report for :data:`REPORT_GRACE` -> a normal end without state,
+which dm makes FINISHED if the job stopped (FinishAttempt, or a halt) and
+FAILED ("distributor finished execution while it was in the RUNNING state.")
+if it had not: a 2xx without FinishAttempt fails, whatever the worker. Before
+that, an optional ``status_url`` is asked (a worker that keeps its own
+records).
 
 Errors: Cloud Tasks' unavailability, deadlines, quota and internal errors are
 transient; permission errors, a missing queue or a malformed request are

@@ -47,7 +47,7 @@ POLL_INTERVAL = datetime.timedelta(seconds=30)
 POLL_TIMEOUT = datetime.timedelta(seconds=60)
 """After the execution stops, how long dm waits for the report before polling."""
 REPORT_GRACE = shared.REPORT_GRACE
-"""A task gone this long without a report ended without one: CRASHED."""
+"""A task gone this long without a report ended without one (see :meth:`HttpDistributor._gone`)."""
 
 CALL: dict[str, Any] = {"retry": None, "timeout": 10.0}
 """Per call: no client-side retries (dm retries transient errors itself, with backoff;
@@ -252,18 +252,24 @@ class HttpDistributor(shared.RemoteDistributor[config_pb2.Config]):
 
     def _gone(self, eid: ExecutionID, name: str) -> dm_pb2.Result | None:
         """The task is gone and no report ended the execution: cancelled by dm, or
-        (after a little wait for a report on its way) CRASHED."""
+        (after a little wait for a report on its way) a normal end without state.
+
+        Cloud Tasks removes a task alike after a 2xx and after its last failed
+        delivery, and keeps no answer; what dm does know is whether the job
+        stopped. So the end is normal, and dm's rule for a distributor that
+        ends an execution which has not stopped (spec §4.6) decides: FINISHED
+        when the job did stop (FinishAttempt, or a halt, and its report was
+        lost, or a worker that does not report), FAILED when it had not (a
+        worker that answered 2xx without finishing, or whose deliveries all
+        timed out). ``dmcore.job.worker`` reports the finer ends itself.
+        """
         doc = self._mark(eid, name)
         if doc.get("cancelled"):
             return shared.abnormal(Abnormal.CANCELLED, "cancelled (its Cloud Task deleted)")
         waited_us = self.clock() - int(doc["gone_since_us"])
         if waited_us < REPORT_GRACE.total_seconds() * 1_000_000:
             return None
-        return shared.abnormal(
-            Abnormal.CRASHED,
-            "the worker's task ended without a report (its deliveries failed or timed out, "
-            "or the worker is not dmcore.job.worker)",
-        )
+        return shared.result_of(remote.Report(remote.REPORT_STOPPED))
 
     def info_url(self, token: str) -> str:
         try:
