@@ -5,11 +5,17 @@ dm's ``swarming_v1`` distributor makes, with the field names and JSON shapes
 of Swarming's v1 API (``swarming-api.json``: int64 fields are JSON strings):
 
 * ``POST /_ah/api/swarming/v1/tasks/new`` (NewTaskRequest -> TaskRequestMetadata
-  ``{task_id, request}``). Checked as Swarming checks: ``properties.command``
-  (or ``cas_input_root``) present, a ``pool`` dimension, ``expiration_secs``
-  > 0, priority 0..255, ``pubsub_auth_token`` only with ``pubsub_topic``
-  (``projects/P/topics/T``). A repeated ``request_uuid`` returns the task it
-  made first (Swarming's dedup), without a second task.
+  ``{task_id, request}``). Checked as Swarming checks (luci-py's
+  task_request.py, the v1 server): ``properties.command`` (or
+  ``cas_input_root``) present with at most 128 arguments, a ``pool``
+  dimension, ``expiration_secs`` within 30 s..7 days, ``execution_timeout_secs``
+  within 30 s..7 days - 1 h - 60 s (required), ``grace_period_secs`` at most
+  1 h, ``io_timeout_secs`` 0 or like the execution timeout, at most 64 env
+  keys (``[A-Za-z_][A-Za-z0-9_]*``, up to 64 long) with values of at most
+  1024 bytes, ``secret_bytes`` at most 20 KiB, priority 0..255,
+  ``pubsub_auth_token`` only with ``pubsub_topic`` (``projects/P/topics/T``).
+  A repeated ``request_uuid`` returns the task it made first (Swarming's
+  dedup), without a second task.
 * ``GET /_ah/api/swarming/v1/task/{id}/result`` -> TaskResult (``state``,
   ``exit_code``, ``internal_failure``, ``bot_dimensions``, ``cipd_pins``, ...);
   404 for an unknown task.
@@ -34,6 +40,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import subprocess
 import tempfile
 import threading
@@ -44,6 +51,11 @@ from typing import Any
 from tests.http_sink import HttpSink, Seen
 
 PREFIX = "/_ah/api/swarming/v1/"
+MIN_TIMEOUT_S = 30
+MAX_EXPIRATION_S = 7 * 24 * 3600
+MAX_GRACE_S = 3600
+MAX_TIMEOUT_S = 7 * 24 * 3600 - MAX_GRACE_S - 60
+ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 Publish = Callable[[str, bytes, dict[str, str]], None]
 
 
@@ -169,14 +181,9 @@ class FakeSwarming:
         return 404, _error(404, "no such method")
 
     def _new(self, req: dict[str, Any]) -> tuple[int, Any]:
-        props = req.get("properties") or {}
-        if not props.get("command") and not props.get("cas_input_root"):
-            return 400, _error(400, "properties.command: required")
-        dims = {d.get("key"): d.get("value") for d in props.get("dimensions") or []}
-        if not dims.get("pool"):
-            return 400, _error(400, "pool is required")
-        if int(req.get("expiration_secs") or 0) <= 0:
-            return 400, _error(400, "expiration_secs: must be positive")
+        refused = _refusal(req)
+        if refused:
+            return 400, _error(400, refused)
         if not 0 <= int(req.get("priority") or 0) <= 255:
             return 400, _error(400, "priority: out of range")
         topic = req.get("pubsub_topic") or ""
@@ -230,6 +237,45 @@ class FakeSwarming:
         proc = subprocess.run(props["command"], env=env, capture_output=True, check=False)
         t.output = (proc.stdout + proc.stderr).decode(errors="replace")
         self.finish(t.task_id, "COMPLETED", proc.returncode)
+
+
+def _refusal(req: dict[str, Any]) -> str:
+    """Why Swarming would refuse this NewTaskRequest ("" if it would take it)."""
+    props = req.get("properties") or {}
+    if not props.get("command") and not props.get("cas_input_root"):
+        return "properties.command: required"
+    if len(props.get("command") or []) > 128:
+        return "command can have up to 128 arguments"
+    dims = {d.get("key"): d.get("value") for d in props.get("dimensions") or []}
+    if not dims.get("pool"):
+        return "pool is required"
+
+    def secs(obj: dict[str, Any], key: str) -> int:
+        return int(obj.get(key) or 0)
+
+    if not MIN_TIMEOUT_S <= secs(req, "expiration_secs") <= MAX_EXPIRATION_S:
+        return f"expiration_secs ({secs(req, 'expiration_secs')}) must be between 30s and 7 days"
+    hard = secs(props, "execution_timeout_secs")
+    if not MIN_TIMEOUT_S <= hard <= MAX_TIMEOUT_S:
+        return f"execution_timeout_secs ({hard}s) must be between 30s and {MAX_TIMEOUT_S}s"
+    if not 0 <= secs(props, "grace_period_secs") <= MAX_GRACE_S:
+        return "grace_period_secs must be between 0s and 3600s"
+    io = secs(props, "io_timeout_secs")
+    if io and not MIN_TIMEOUT_S <= io <= MAX_TIMEOUT_S:
+        return f"io_timeout_secs ({io}s) must be 0 or between 30s and {MAX_TIMEOUT_S}s"
+    env = props.get("env") or []
+    if len(env) > 64:
+        return "env can have up to 64 keys"
+    for e in env:
+        if not ENV_KEY.match(e.get("key", "")) or len(e["key"]) > 64:
+            return f"key in env is invalid: {e.get('key')!r}"
+        if len(e.get("value", "").encode()) > 1024:
+            return f"env: key {e['key']!r} has too long value"
+    if len(base64.b64decode(props.get("secret_bytes") or "")) > 20 * 1024:
+        return "secret_bytes: too long"
+    if len(req.get("pubsub_userdata") or "") > 1024:
+        return "pubsub_userdata: too long"
+    return ""
 
 
 def _error(code: int, message: str) -> dict[str, Any]:

@@ -166,6 +166,43 @@ def test_isolated_and_cas_inputs_are_sent(tmp_path: pathlib.Path, swarming: Fake
     assert req["expiration_secs"] == "3600"  # no start timeout: the default, never 0
 
 
+def test_timeouts_are_kept_within_what_swarming_accepts(
+    tmp_path: pathlib.Path, swarming: FakeSwarming
+) -> None:
+    """Swarming refuses a task outside its limits; dm's own timers stay the stricter."""
+    d = make(tmp_path, swarming)
+    desc = quest()
+    json_format.ParseDict({"timeouts": {"start": "10s", "run": "0s", "stop": "7200s"}}, desc.meta)
+    token = d.run(desc, rs.auth(), None).token  # the fake refuses what Swarming refuses
+    req = swarming.tasks[token].request
+    assert req["expiration_secs"] == "30"  # dm's own 10 s start timer ends it first
+    assert req["properties"]["execution_timeout_secs"] == str(sw_max_timeout())  # no dm limit
+    assert req["properties"]["grace_period_secs"] == "3600"
+
+
+def sw_max_timeout() -> int:
+    return 7 * 24 * 3600 - 3600 - 60
+
+
+def test_large_parameters_reach_the_task_through_the_api_not_its_env(
+    tmp_path: pathlib.Path, swarming: FakeSwarming
+) -> None:
+    d = make(tmp_path, swarming)
+    for n, big in enumerate(({"blob": "x" * 2000}, {"blob": "é" * 600})):  # 600 chars, 1.2 KB
+        token = d.run(_with_params(big), rs.auth(num=n + 1), None).token
+        env = {e["key"] for e in swarming.tasks[token].request["properties"]["env"]}
+        assert "DM_QUEST_PARAMETERS" not in env and "DM_API_URL" in env
+    small = d.run(_with_params({"name": "é" * 100}), rs.auth(num=9), None).token
+    env_small = {e["key"]: e["value"] for e in swarming.tasks[small].request["properties"]["env"]}
+    assert json.loads(env_small["DM_QUEST_PARAMETERS"]) == {"name": "é" * 100}
+
+
+def _with_params(p: dict[str, Any]) -> dm_pb2.Quest.Desc:
+    desc = quest()
+    desc.parameters = json.dumps(p, ensure_ascii=False)
+    return desc
+
+
 def test_errors_are_classified_an_outage_is_transient(
     tmp_path: pathlib.Path, swarming: FakeSwarming
 ) -> None:
@@ -235,7 +272,9 @@ def test_get_status_follows_the_state_table(
         ("CANCELED", False, Abnormal.CANCELLED, "swarming: CANCELED"),
         ("EXPIRED", False, Abnormal.EXPIRED, "swarming: EXPIRED"),
         ("TIMED_OUT", False, Abnormal.TIMED_OUT, "swarming: TIMED_OUT"),
-        ("NO_RESOURCE", False, Abnormal.RESULT_MALFORMED, "swarming: unknown state NO_RESOURCE"),
+        ("KILLED", False, Abnormal.CANCELLED, "swarming: KILLED"),  # cancel of a running task
+        ("NO_RESOURCE", False, Abnormal.EXPIRED, "swarming: NO_RESOURCE"),  # no bot matches
+        ("INVALID", False, Abnormal.RESULT_MALFORMED, "swarming: unknown state INVALID"),
     ]
     for i, (state, internal, status, reason) in enumerate(table):
         t = task(10 + i)
@@ -297,6 +336,14 @@ def test_validate_reproduces_dms_checks(tmp_path: pathlib.Path, swarming: FakeSw
         },
     )
     bad("job.env: environment key is empty", job={**params()["job"], "env": {"": "v"}})
+    # Swarming's own limits, refused when the quest is made rather than REJECTED later:
+    bad("io_timeout: 0 or within 30s", scheduling={"io_timeout": "10s"})
+    bad("job.command: at most 128", job={**params()["job"], "command": ["x"] * 129})
+    bad("job.env: key '1A'", job={**params()["job"], "env": {"1A": "v"}})
+    bad("job.env: DM_API_URL is dm's", job={**params()["job"], "env": {"DM_API_URL": "x"}})
+    bad("job.env: value of K: at most 1024 bytes", job={**params()["job"], "env": {"K": "é" * 513}})
+    many = {f"K{i}": "v" for i in range(62)}
+    bad("job.env: at most 61 keys", job={**params()["job"], "env": many})
     bad("colour: unknown field", colour="red")
 
 
@@ -307,6 +354,10 @@ def test_validate_reproduces_dms_checks(tmp_path: pathlib.Path, swarming: FakeSw
         ({"swarming": {"url": "https://Swarm.example.com"}}, "swarming.url: must be lower-case"),
         ({"swarming": {"url": "https://swarm.example.com/x"}}, "swarming.url: unsupported url"),
         ({"swarming": {"url": "ftp://swarm.example.com"}}, "swarming.url: unsupported scheme"),
+        (
+            {"swarming": {"url": "https://s.example.com"}, "default_expiration": "691200s"},
+            "default_expiration: must be within 30s..7 days",
+        ),
     ],
 )
 def test_malformed_configs_are_refused(

@@ -6,15 +6,17 @@ import base64
 import datetime
 import json
 import logging
+import re
 import threading
 import urllib.parse
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from google.auth import exceptions as auth_exc
 from google.protobuf import json_format
 
-from distributors import params, shared
+from distributors import gapi, params, shared
 from distributors.swarming_v1 import config_pb2
 from dmcore import distributor as dist
 from dmcore import job as dmjob
@@ -33,7 +35,22 @@ RPC_TIMEOUT_S = 10.0
 RPC_ATTEMPTS = 3
 POLL_INTERVAL = datetime.timedelta(seconds=60)
 """dm also asks Swarming now and then, in case its Pub/Sub message is lost."""
-ENV_VALUE_LIMIT = 32 * 1024
+
+# What Swarming's tasks/new accepts (luci-py task_request.py; the same in luci-go's
+# swarming/server/rpcs/tasks_new_task.go): a task outside these is refused (HTTP 400).
+MIN_TIMEOUT = datetime.timedelta(seconds=30)
+"""Shortest expiration, execution timeout and (non-zero) I/O timeout."""
+MAX_EXPIRATION = datetime.timedelta(days=7)
+MAX_GRACE = datetime.timedelta(hours=1)
+MAX_TIMEOUT = datetime.timedelta(days=7) - MAX_GRACE - datetime.timedelta(seconds=60)
+"""Longest execution and I/O timeout."""
+ENV_VALUE_LIMIT = 1024
+"""Bytes of one env value; larger quest parameters are read through dm's API."""
+MAX_ENV_VARS = 64
+MAX_COMMAND_ARGS = 128
+ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+DM_ENV = (dmjob.ENV_API_URL, dmjob.ENV_QUEST, dmjob.ENV_PARAMS)
+"""What dm puts in a task's env besides the quest's own."""
 SCOPES = ("https://www.googleapis.com/auth/userinfo.email",)
 """Swarming authenticates OAuth access tokens with the email scope."""
 ISOLATE_NAMESPACE = "default-gzip"
@@ -49,6 +66,9 @@ BAD_STATES = {
     "KILLED": Abnormal.CANCELLED,
     "EXPIRED": Abnormal.EXPIRED,
     "TIMED_OUT": Abnormal.TIMED_OUT,
+    # Not in DM's table (Swarming added it later): refused at once because no bot has
+    # the dimensions. Before, such a task stayed PENDING until it EXPIRED, as DM saw it.
+    "NO_RESOURCE": Abnormal.EXPIRED,
 }
 
 
@@ -78,8 +98,10 @@ def check_config(cfg: config_pb2.Config) -> None:
         check_host_url("isolate.url", cfg.isolate.url)
     if cfg.isolate.expiration.ToTimedelta() < datetime.timedelta(0):
         raise ValueError("isolate.expiration: must not be negative")
-    if cfg.default_expiration.ToTimedelta() < datetime.timedelta(0):
-        raise ValueError("default_expiration: must not be negative")
+    if cfg.HasField("default_expiration") and not (
+        MIN_TIMEOUT <= cfg.default_expiration.ToTimedelta() <= MAX_EXPIRATION
+    ):
+        raise ValueError("default_expiration: must be within 30s..7 days (Swarming's limits)")
     shared.check_url("dm_api_url", cfg.dm_api_url)
 
 
@@ -112,8 +134,13 @@ def parse_parameters(text: str) -> Parameters:
             raise ValueError("scheduling.dimensions: empty dimension key")
         if not v:
             raise ValueError(f"scheduling.dimensions: dimension key {k!r} with empty value")
-    if s.io_timeout.ToTimedelta() < datetime.timedelta(0):
+    io = s.io_timeout.ToTimedelta()
+    if io < datetime.timedelta(0):
         raise ValueError("scheduling.io_timeout: negative timeout not allowed")
+    if io and not MIN_TIMEOUT <= io <= MAX_TIMEOUT:
+        raise ValueError(
+            f"scheduling.io_timeout: 0 or within 30s..{MAX_TIMEOUT} (Swarming's limits)"
+        )
     inputs = p.job.inputs
     if not inputs.HasField("cipd") and not inputs.isolated and not inputs.HasField("cas"):
         raise ValueError("job.inputs: at least one of cipd, isolated and cas must be specified")
@@ -136,10 +163,29 @@ def parse_parameters(text: str) -> Parameters:
             raise ValueError("job.inputs.cas.digest: expected <hash>/<size in bytes>")
     if not p.job.command:
         raise ValueError("job.command: command is required")
-    for k in sorted(p.job.env):
+    if len(p.job.command) > MAX_COMMAND_ARGS:
+        raise ValueError(f"job.command: at most {MAX_COMMAND_ARGS} arguments (Swarming's limit)")
+    for k, v in sorted(p.job.env.items()):
         if not k:
             raise ValueError("job.env: environment key is empty")
+        if not ENV_KEY.match(k):
+            raise ValueError(f"job.env: key {k!r}: letters, digits and _, up to 64")
+        if k in DM_ENV:
+            raise ValueError(f"job.env: {k} is dm's to set")
+        if len(v.encode()) > ENV_VALUE_LIMIT:
+            raise ValueError(f"job.env: value of {k}: at most {ENV_VALUE_LIMIT} bytes")
+    if len(p.job.env) + len(DM_ENV) > MAX_ENV_VARS:
+        raise ValueError(f"job.env: at most {MAX_ENV_VARS - len(DM_ENV)} keys (Swarming's limit)")
     return p
+
+
+def _secs(d: datetime.timedelta) -> str:
+    """Whole seconds, as Swarming's int64 JSON fields are (strings)."""
+    return str(int(d.total_seconds()))
+
+
+def _within(d: datetime.timedelta, low: datetime.timedelta, high: datetime.timedelta) -> str:
+    return _secs(min(max(d, low), high))
 
 
 # -- the HTTP side ---------------------------------------------------------------------------
@@ -192,6 +238,8 @@ class SwarmingV1(shared.RemoteDistributor[config_pb2.Config]):
             status, _, raw = self._caller().retrying(method, self.base + path, data, headers)
         except DMError as e:  # no answer, 5xx or 429 after the attempts
             raise dist.TransientError(f"swarming {path}: {e.message}") from e
+        except auth_exc.GoogleAuthError as e:  # dm's own access token
+            raise gapi.classify(e, f"swarming {path}: credentials") from e
         if status == 404:
             return status, None
         if not 200 <= status < 300:
@@ -234,19 +282,22 @@ class SwarmingV1(shared.RemoteDistributor[config_pb2.Config]):
         env = dict(p.job.env)
         env[dmjob.ENV_API_URL] = shared.dm_api_url(self.content.dm_api_url, self.cfg)
         env[dmjob.ENV_QUEST] = eid.quest
-        if len(desc.parameters) <= ENV_VALUE_LIMIT:
-            env[dmjob.ENV_PARAMS] = desc.parameters
+        if len(desc.parameters.encode()) <= ENV_VALUE_LIMIT:
+            env[dmjob.ENV_PARAMS] = desc.parameters  # else the job reads them through the API
+        # Swarming's limits, with dm's own timers the stricter: a shorter dm timeout still
+        # ends the execution first; no dm run timeout (0) is Swarming's longest.
         timeouts = desc.meta.timeouts
         expiration = timeouts.start.ToTimedelta() or (
             self.content.default_expiration.ToTimedelta() or DEFAULT_EXPIRATION
         )
+        run_timeout = timeouts.run.ToTimedelta() or MAX_TIMEOUT
         props: dict[str, Any] = {
             "command": list(p.job.command),
             "dimensions": [{"key": k, "value": v} for k, v in sorted(dims.items())],
             "env": [{"key": k, "value": v} for k, v in sorted(env.items())],
-            "execution_timeout_secs": str(int(timeouts.run.ToTimedelta().total_seconds())),
-            "grace_period_secs": str(int(timeouts.stop.ToTimedelta().total_seconds())),
-            "io_timeout_secs": str(int(p.scheduling.io_timeout.ToTimedelta().total_seconds())),
+            "execution_timeout_secs": _within(run_timeout, MIN_TIMEOUT, MAX_TIMEOUT),
+            "grace_period_secs": _secs(min(timeouts.stop.ToTimedelta(), MAX_GRACE)),
+            "io_timeout_secs": _secs(p.scheduling.io_timeout.ToTimedelta()),
             "secret_bytes": base64.b64encode(secret.encode()).decode(),
         }
         cipd = prev.cipd_pins if prev is not None and prev.HasField("cipd_pins") else None
@@ -272,7 +323,7 @@ class SwarmingV1(shared.RemoteDistributor[config_pb2.Config]):
         return {
             "name": f"{prefix}{eid}",
             "priority": str(p.scheduling.priority),
-            "expiration_secs": str(int(expiration.total_seconds())),
+            "expiration_secs": _within(expiration, MIN_TIMEOUT, MAX_EXPIRATION),
             "properties": props,
             "pubsub_topic": topic,
             "pubsub_auth_token": auth_token,
