@@ -38,8 +38,6 @@ class GoogleApiError(ValueError):
 def classify(e: BaseException, what: str) -> Exception:
     """The exception to raise for ``e`` met while doing ``what``."""
     text = f"{what}: {type(e).__name__}: {getattr(e, 'message', None) or e}"
-    if isinstance(e, TRANSIENT) or (
-        isinstance(e, auth_exc.GoogleAuthError) and e.retryable
-    ):
+    if isinstance(e, TRANSIENT) or (isinstance(e, auth_exc.GoogleAuthError) and e.retryable):
         return TransientError(text)
     return GoogleApiError(text)

@@ -10,7 +10,11 @@ the distributor uses:
   template is the job's with the overrides applied (env merged by name, args
   replaced, task count, timeout), answered as a long-running operation whose
   metadata is the Execution (as Cloud Run answers). A missing job is
-  ``NOT_FOUND``; an override naming no container of the job ``INVALID_ARGUMENT``.
+  ``NOT_FOUND``; an override naming no container of the job, or an env value
+  over 32768 bytes (Cloud Run's limit, ``EnvVar.value``), ``INVALID_ARGUMENT``.
+  That a listed execution's template shows the env overrides (which dm's
+  adoption of a lost execution reads) is this fake's assumption of Cloud
+  Run: its API says the template is the one the execution's tasks run.
 * ``Executions.GetExecution``, ``ListExecutions`` (newest first, paged),
   ``CancelExecution`` (the execution ends CANCELLED; an ended one answers
   ``FAILED_PRECONDITION``).
@@ -42,6 +46,7 @@ from google.longrunning import operations_pb2  # type: ignore[import-untyped]
 from google.protobuf import any_pb2, duration_pb2, timestamp_pb2
 
 JOBS = "google.cloud.run.v2.Jobs"
+ENV_VALUE_MAX = 32768
 EXECUTIONS = "google.cloud.run.v2.Executions"
 
 Clock = Callable[[], int]
@@ -218,6 +223,9 @@ class FakeCloudRunServer:
         for co in ov.container_overrides:
             if co.name and co.name != job.container:
                 raise _Abort("INVALID_ARGUMENT", f"no container named {co.name!r}")
+            for e in co.env:
+                if len(e.value.encode()) > ENV_VALUE_MAX:
+                    raise _Abort("INVALID_ARGUMENT", f"env {e.name}: value over 32768 bytes")
             env.update({e.name: e.value for e in co.env})
             if co.args or co.clear_args:
                 args = list(co.args)

@@ -108,6 +108,14 @@ def test_large_parameters_stay_out_of_the_env(
     env = env_of(cloudrun, d.split_token(token)[1])
     assert dmjob.ENV_PARAMS not in env  # the job reads them through the API
     assert env[dmjob.ENV_PREVIOUS_STATE] == "{}"
+    # Cloud Run counts bytes: 20,000 characters of "é" are 40,000 bytes (the fake refuses
+    # an env value over 32768 bytes, as Cloud Run does).
+    wide = rs.desc()
+    wide.parameters = json.dumps({"blob": "é" * 20_000}, ensure_ascii=False)
+    prev = dm_pb2.JsonResult(object=json.dumps({"state": {"s": "é" * 20_000}}, ensure_ascii=False))
+    token = d.run(wide, rs.auth(num=2), prev).token
+    env = env_of(cloudrun, d.split_token(token)[1])
+    assert dmjob.ENV_PARAMS not in env and dmjob.ENV_PREVIOUS_STATE not in env
 
 
 def test_a_run_whose_answer_was_lost_adopts_its_execution_instead_of_starting_another(
@@ -268,6 +276,9 @@ def test_info_url_is_the_console_page_without_secrets(
         ({"max_timeout": "700000s"}, "max_timeout: must be within"),
         ({"report_url": "http://example.com/"}, "report_url: plain http only on the loopback"),
         ({"poll_interval": "0.5s"}, "poll_interval: at least 1s"),
+        ({"jobs": [JOB, JOB]}, r"jobs\[1\]: .* is listed twice"),
+        ({"container": "Main Container"}, "container: not a container name"),
+        ({"max_task_count": 10001}, "max_task_count: at most 10000"),
     ],
 )
 def test_malformed_configs_are_refused(

@@ -28,7 +28,11 @@ How an execution runs:
   and recording, or RunJob's answer was lost) lists the job's executions and
   adopts the one whose env carries ``DM_EXECUTION_ID`` = this execution,
   before it would start another. A RunJob that failed for sure (permission,
-  quota, bad request) drops the claim.
+  quota, bad request) drops the claim. (Adoption reads the env overrides in
+  the listed execution's ``template``, the template its tasks run. Were they
+  not shown there, nothing would be adopted and a second execution started:
+  still safe, as only one of the two can activate — dm swaps the activation
+  token for the first job's own — and the other exits refused.)
 * Completion by polling (``poll_interval``, default 30 s, while the execution
   runs; two intervals after it stopped, then the STOPPING re-polls; the 30 s
   rule of :mod:`dmcore.distributor` applies to final errors): the execution's

@@ -35,8 +35,10 @@ MARKER_ENV = "DM_EXECUTION_ID"
 """Env var naming the dm execution on a Cloud Run execution (how a lost one is found)."""
 
 ENV_VALUE_LIMIT = 32 * 1024
-"""Parameters or state longer than this are left out of the env (the job reads
-them through the API): Cloud Run bounds the size of an execution's env."""
+"""Parameters or state over this many bytes are left out of the env (the job reads
+them through the API): Cloud Run refuses an env value over 32768 bytes."""
+MAX_TASK_COUNT = 10_000
+"""Cloud Run's most tasks in one execution."""
 DEFAULT_MAX_TIMEOUT = datetime.timedelta(hours=1)
 CLOUD_RUN_MAX_TIMEOUT = datetime.timedelta(hours=168)
 DEFAULT_POLL_INTERVAL = datetime.timedelta(seconds=30)
@@ -48,6 +50,8 @@ REPORT_GRACE = shared.REPORT_GRACE
 CALL: dict[str, Any] = {"retry": None, "timeout": 30.0}
 """Per call: dm retries transient errors itself (one retry layer), 30 s deadline."""
 
+_CONTAINER = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+"""A container name: an RFC 1123 DNS label, as Cloud Run wants it."""
 _JOB = re.compile(r"^projects/([^/]+)/locations/([^/]+)/jobs/([a-z]([-a-z0-9]{0,61}[a-z0-9])?)$")
 _EXECUTION = re.compile(r"^projects/([^/]+)/locations/([^/]+)/jobs/([^/]+)/executions/([^/]+)$")
 
@@ -66,6 +70,12 @@ def check_config(cfg: config_pb2.Config) -> None:
     for i, job in enumerate(cfg.jobs):
         if not _JOB.match(job):
             raise ValueError(f"jobs[{i}]: expected projects/P/locations/L/jobs/J, got {job!r}")
+        if job in cfg.jobs[:i]:
+            raise ValueError(f"jobs[{i}]: {job} is listed twice")
+    if cfg.container and not _CONTAINER.match(cfg.container):
+        raise ValueError(f"container: not a container name (a DNS label): {cfg.container!r}")
+    if cfg.max_task_count > MAX_TASK_COUNT:
+        raise ValueError(f"max_task_count: at most {MAX_TASK_COUNT} (Cloud Run's limit)")
     shared.check_url("dm_api_url", cfg.dm_api_url)
     shared.check_url("report_url", cfg.report_url)
     if not datetime.timedelta(0) < max_timeout_of(cfg) <= CLOUD_RUN_MAX_TIMEOUT:
@@ -157,11 +167,11 @@ class CloudRunJobs(shared.RemoteDistributor[config_pb2.Config]):
             env[dmjob.ENV_REPORT_URL] = notify.url
         else:
             env[dmjob.ENV_REPORT_TOPIC] = notify.topic
-        if len(desc.parameters) <= ENV_VALUE_LIMIT:
+        if len(desc.parameters.encode()) <= ENV_VALUE_LIMIT:
             env[dmjob.ENV_PARAMS] = desc.parameters
         state = remote.state_of(prev_result)
         text = json.dumps({} if state is None else state, separators=(",", ":"))
-        if len(text) <= ENV_VALUE_LIMIT:
+        if len(text.encode()) <= ENV_VALUE_LIMIT:
             env[dmjob.ENV_PREVIOUS_STATE] = text
         return env
 
