@@ -7,14 +7,16 @@ records, dm's notification-token hook), without an engine around it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from dmcore import distributor as dist
@@ -35,11 +37,13 @@ def build(
     *,
     dm_host: str = "https://dm-api.example.run.app",
     topic: str = "projects/demo/topics/dm-distributor-notify",
+    busy_timeout: float | None = None,
 ) -> tuple[dist.D, dist.Registry, SqliteStore]:
     registry = dist.Registry(dm_host=dm_host)
     registry.load_entry_points()
     registry.set_config(registry.config_from_dict({"distributor_configs": configs}), "v1")
-    store = SqliteStore(tmp_path / "dm.sqlite", indexed_fields=docs.INDEXED_FIELDS)
+    more = {} if busy_timeout is None else {"busy_timeout": busy_timeout}
+    store = SqliteStore(tmp_path / "dm.sqlite", indexed_fields=docs.INDEXED_FIELDS, **more)
     registry.store = store
 
     def prepare(config_name: str, eid: ExecutionID) -> tuple[str, str]:
@@ -48,6 +52,43 @@ def build(
     registry.prepare_topic = prepare
     d, _ = registry.build_named(name)
     return d, registry, store
+
+
+@contextlib.contextmanager
+def write_locked(tmp_path: pathlib.Path) -> Iterator[None]:
+    """Another writer holds the write lock of :func:`build`'s store (real SQLite contention)."""
+    conn = sqlite3.connect(tmp_path / "dm.sqlite", isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+def service_account_file(tmp_path: pathlib.Path, token_uri: str) -> pathlib.Path:
+    """A service account key file (a fresh RSA key) whose tokens come from ``token_uri``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    path = tmp_path / "sa.json"
+    doc = {
+        "type": "service_account",
+        "project_id": "demo",
+        "private_key_id": "k1",
+        "private_key": pem,
+        "client_email": "job@demo.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": token_uri,
+    }
+    path.write_text(json.dumps(doc))
+    return path
 
 
 def auth(quest: str = "q" * 43, attempt: int = 1, num: int = 1) -> dm_pb2.Execution.Auth:

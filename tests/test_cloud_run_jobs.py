@@ -232,6 +232,36 @@ def test_a_job_deleted_mid_run_is_missing_and_errors_are_classified(
     d.cancel(rs.desc(), token)  # gone: nothing to cancel
 
 
+def test_every_call_walks_each_error_class(
+    tmp_path: pathlib.Path, cloudrun: FakeCloudRunServer, clock: list[int]
+) -> None:
+    """Transient (dm retries) or final, at the calls not walked above."""
+    d, _, _ = rs.build(tmp_path, "remote", config(), busy_timeout=0.05)
+    assert isinstance(d, crj.CloudRunJobs)
+    token = d.run(rs.desc(), rs.auth(), None).token
+    cloudrun.fail_next("CancelExecution", "UNAVAILABLE")
+    with pytest.raises(dist.TransientError, match="cancelling"):
+        d.cancel(rs.desc(), token)
+    # dm's store, held by another writer: transient.
+    with rs.write_locked(tmp_path), pytest.raises(dist.TransientError, match="store busy"):
+        d.run(rs.desc(), rs.auth(num=2), None)
+    # Adoption after a lost RunJob answer lists the job's executions.
+    cloudrun.fail_next("RunJob", "DEADLINE_EXCEEDED", after=True)
+    with pytest.raises(dist.TransientError):
+        d.run(rs.desc(), rs.auth(num=3), None)
+    clock[0] += int(crj.CLAIM_GRACE.total_seconds() * 1e6) + 1
+    cloudrun.fail_next("ListExecutions", "UNAVAILABLE")
+    with pytest.raises(dist.TransientError, match="listing the executions"):
+        d.run(rs.desc(), rs.auth(num=3), None)
+    clock[0] += int(crj.CLAIM_GRACE.total_seconds() * 1e6) + 1
+    cloudrun.fail_next("ListExecutions", "PERMISSION_DENIED")
+    with pytest.raises(gapi.GoogleApiError, match="listing the executions"):
+        d.run(rs.desc(), rs.auth(num=3), None)
+    clock[0] += int(crj.CLAIM_GRACE.total_seconds() * 1e6) + 1
+    d.run(rs.desc(), rs.auth(num=3), None)  # adopted at last
+    assert len(cloudrun.runs) == 2  # executions 1 and 3, each started once
+
+
 def test_the_jobs_report_carries_its_state_into_the_result(
     tmp_path: pathlib.Path, cloudrun: FakeCloudRunServer
 ) -> None:

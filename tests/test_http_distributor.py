@@ -203,6 +203,89 @@ def test_the_status_url_is_asked_first(tmp_path: pathlib.Path, tasks: FakeCloudT
             d.get_status(rs.desc(), token)
 
 
+def test_every_call_walks_each_error_class(
+    tmp_path: pathlib.Path, tasks: FakeCloudTasksServer
+) -> None:
+    """Transient (dm retries) or final, at every call the distributor makes."""
+    answers: list[int] = []
+
+    def answer(seen: Seen) -> tuple[int, dict[str, str], bytes]:
+        return (answers.pop(0) if answers else 200), {}, b"{}"
+
+    with HttpSink(answer) as worker:
+        d, _, _ = rs.build(
+            tmp_path,
+            "remote",
+            config(
+                url=worker.url + "/",
+                status_url=worker.url + "/status",
+                cancel_url=worker.url + "/cancel",
+            ),
+            busy_timeout=0.05,
+        )
+        token = d.run(rs.desc(), rs.auth(), None).token
+
+        def final(call: Any) -> None:
+            with pytest.raises(Exception) as e:
+                call()
+            assert not isinstance(e.value, dist.TransientError), e.value
+
+        status = lambda: d.get_status(rs.desc(), token)  # noqa: E731
+        cancel = lambda: d.cancel(rs.desc(), token)  # noqa: E731
+        # The worker's status_url: an outage, then a refusal.
+        answers[:] = [503, 503]
+        with pytest.raises(dist.TransientError, match="status_url"):
+            status()
+        answers[:] = [403]
+        final(status)
+        # Cloud Tasks' DeleteTask.
+        tasks.fail_next("DeleteTask", "UNAVAILABLE")
+        with pytest.raises(dist.TransientError, match="deleting Cloud Task"):
+            cancel()
+        tasks.fail_next("DeleteTask", "PERMISSION_DENIED")
+        final(cancel)
+        # dm's store, held by another writer: transient.
+        with rs.write_locked(tmp_path), pytest.raises(dist.TransientError, match="store busy"):
+            cancel()
+        # The worker's cancel_url: an outage, then a refusal (404: nothing to cancel, fine).
+        answers[:] = [503, 503]
+        with pytest.raises(dist.TransientError, match="cancel_url"):
+            cancel()
+        answers[:] = [403]
+        final(cancel)
+        answers[:] = [404]
+        cancel()
+
+
+def test_google_api_errors_are_classified() -> None:
+    from google.api_core import exceptions as gexc
+    from google.auth import exceptions as auth_exc
+
+    transient = [
+        gexc.ServiceUnavailable("x"),
+        gexc.TooManyRequests("quota"),
+        gexc.DeadlineExceeded("x"),
+        gexc.InternalServerError("x"),
+        gexc.Aborted("x"),
+        ConnectionResetError("x"),
+        auth_exc.TransportError("metadata server did not answer"),
+        auth_exc.RefreshError("try again", retryable=True),
+    ]
+    final = [
+        gexc.PermissionDenied("x"),
+        gexc.NotFound("x"),
+        gexc.InvalidArgument("x"),
+        gexc.FailedPrecondition("x"),
+        auth_exc.RefreshError("invalid_grant"),
+        auth_exc.DefaultCredentialsError("no credentials"),
+    ]
+    for e in transient:
+        assert isinstance(gapi.classify(e, "doing"), dist.TransientError), e
+    for e in final:
+        got = gapi.classify(e, "doing")
+        assert isinstance(got, gapi.GoogleApiError) and str(got).startswith("doing: "), e
+
+
 def test_reports_become_results(tmp_path: pathlib.Path, tasks: FakeCloudTasksServer) -> None:
     d = make(tmp_path)
     eid = ExecutionID("q" * 43, 1, 1)

@@ -233,6 +233,49 @@ def test_errors_are_classified_an_outage_is_transient(
         down.run(quest(), rs.auth(), None)
 
 
+def test_every_call_walks_each_error_class(tmp_path: pathlib.Path, swarming: FakeSwarming) -> None:
+    """Transient (dm retries) or final, at the calls not walked above."""
+    d = make(tmp_path, swarming)
+    token = d.run(quest(), rs.auth(), None).token
+    swarming.fail_next(403)
+    with pytest.raises(sw.SwarmingError, match="HTTP 403"):
+        d.get_status(quest(), token)
+    swarming.fail_next(503, times=sw.RPC_ATTEMPTS)
+    with pytest.raises(dist.TransientError, match="cancel"):
+        d.cancel(quest(), token)
+    swarming.fail_next(403)
+    with pytest.raises(sw.SwarmingError, match="cancel: HTTP 403"):
+        d.cancel(quest(), token)
+
+
+@pytest.mark.parametrize(
+    ("token_endpoint", "transient"),
+    [(503, True), (None, True), (400, False)],  # None: nothing listens
+)
+def test_dms_own_credentials_failing_are_classified(
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    token_endpoint: int | None,
+    transient: bool,
+) -> None:
+    """dm's access token for Swarming (google-auth, a service account key file here)."""
+    from tests.http_sink import HttpSink
+
+    monkeypatch.setattr(sw, "_tokens", {})  # the process's token source, made afresh
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    refusal = json.dumps({"error": "invalid_grant"}).encode()
+    with HttpSink(lambda seen: (token_endpoint or 200, {}, refusal)) as endpoint:
+        url = endpoint.url if token_endpoint else "http://127.0.0.1:9"
+        keyfile = rs.service_account_file(tmp_path, url + "/token")
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(keyfile))
+        cfg = {"swarming": {"url": "https://swarming.invalid"}}
+        d, _, _ = rs.build(tmp_path, "remote", {"remote": {"swarming_v1": cfg}})
+        with pytest.raises(Exception) as e:
+            d.run(quest(), rs.auth(), None)
+    assert isinstance(e.value, dist.TransientError) == transient, e.value
+    assert "credentials" in str(e.value)
+
+
 # -- get_status, cancel, notifications ---------------------------------------------------------
 
 
