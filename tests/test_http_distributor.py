@@ -10,7 +10,7 @@ import datetime
 import json
 import pathlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -225,13 +225,17 @@ def test_every_call_walks_each_error_class(
         )
         token = d.run(rs.desc(), rs.auth(), None).token
 
-        def final(call: Any) -> None:
+        def final(call: Callable[[], object]) -> None:
             with pytest.raises(Exception) as e:
                 call()
             assert not isinstance(e.value, dist.TransientError), e.value
 
-        status = lambda: d.get_status(rs.desc(), token)  # noqa: E731
-        cancel = lambda: d.cancel(rs.desc(), token)  # noqa: E731
+        def status() -> object:
+            return d.get_status(rs.desc(), token)
+
+        def cancel() -> None:
+            d.cancel(rs.desc(), token)
+
         # The worker's status_url: an outage, then a refusal.
         answers[:] = [503, 503]
         with pytest.raises(dist.TransientError, match="status_url"):
@@ -257,33 +261,37 @@ def test_every_call_walks_each_error_class(
         cancel()
 
 
+ErrorKinds = list[tuple[type[BaseException], dict[str, Any]]]
+
+
 def test_google_api_errors_are_classified() -> None:
     from google.api_core import exceptions as gexc
     from google.auth import exceptions as auth_exc
 
-    transient = [
-        gexc.ServiceUnavailable("x"),
-        gexc.TooManyRequests("quota"),
-        gexc.DeadlineExceeded("x"),
-        gexc.InternalServerError("x"),
-        gexc.Aborted("x"),
-        ConnectionResetError("x"),
-        auth_exc.TransportError("metadata server did not answer"),
-        auth_exc.RefreshError("try again", retryable=True),
+    transient: ErrorKinds = [
+        (gexc.ServiceUnavailable, {}),
+        (gexc.TooManyRequests, {}),  # RESOURCE_EXHAUSTED: quota
+        (gexc.DeadlineExceeded, {}),
+        (gexc.InternalServerError, {}),
+        (gexc.Aborted, {}),
+        (ConnectionResetError, {}),
+        (auth_exc.TransportError, {}),  # the metadata server did not answer
+        (auth_exc.RefreshError, {"retryable": True}),
     ]
-    final = [
-        gexc.PermissionDenied("x"),
-        gexc.NotFound("x"),
-        gexc.InvalidArgument("x"),
-        gexc.FailedPrecondition("x"),
-        auth_exc.RefreshError("invalid_grant"),
-        auth_exc.DefaultCredentialsError("no credentials"),
+    final: ErrorKinds = [
+        (gexc.PermissionDenied, {}),
+        (gexc.NotFound, {}),
+        (gexc.InvalidArgument, {}),
+        (gexc.FailedPrecondition, {}),
+        (auth_exc.RefreshError, {}),  # invalid_grant
+        (auth_exc.DefaultCredentialsError, {}),
     ]
-    for e in transient:
-        assert isinstance(gapi.classify(e, "doing"), dist.TransientError), e
-    for e in final:
-        got = gapi.classify(e, "doing")
-        assert isinstance(got, gapi.GoogleApiError) and str(got).startswith("doing: "), e
+    for kind, more in transient:
+        got = gapi.classify(kind("x", **more), "doing")
+        assert isinstance(got, dist.TransientError), kind
+    for kind, more in final:
+        got = gapi.classify(kind("x", **more), "doing")
+        assert isinstance(got, gapi.GoogleApiError) and str(got).startswith("doing: "), kind
 
 
 def test_reports_become_results(tmp_path: pathlib.Path, tasks: FakeCloudTasksServer) -> None:
