@@ -19,7 +19,8 @@ A job that runs away from dm (started by a remote distributor: ``http``,
 
 ``DM_API_URL``         dm_api's base URL: the job calls it over pRPC (:mod:`dmcore.remote`),
                        with a Google ID token when it is https (a private dm_api)
-``DM_API_AUDIENCE``    the ID token's audience, if not the URL's origin
+``DM_API_AUDIENCE``    the ID token's audience, if not the URL's origin (a Cloud
+                       Function's ``cloudfunctions.net`` URL: the function's URL)
 ``DM_QUEST_PARAMETERS`` / ``DM_QUEST_PARAMETERS_FILE`` as above; with neither, the job
                        reads the parameters through the API
 ``DM_PREVIOUS_STATE``  the previous execution's state (JSON); absent: read through the API

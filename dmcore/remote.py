@@ -135,13 +135,29 @@ def id_token_source(audience: str) -> TokenSource:
     return token
 
 
+def default_audience(url: str) -> str:
+    """The audience a private service at ``url`` expects in an ID token.
+
+    Cloud Run takes its service URL (the origin: ``https://SERVICE-HASH.a.run.app``);
+    a Cloud Function at ``https://REGION-PROJECT.cloudfunctions.net/NAME`` takes the
+    function's URL, name included (the first path segment).
+    """
+    parts = urllib.parse.urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    if (parts.hostname or "").endswith(".cloudfunctions.net"):
+        name = parts.path.strip("/").split("/", 1)[0]
+        return f"{origin}/{name}" if name else origin
+    return origin
+
+
 def default_token_source(url: str, audience: str = "") -> TokenSource | None:
-    """ID tokens for an https ``url`` (audience: ``audience`` or the URL's origin);
-    None for plain http (a local ``dm serve``, which checks no identity)."""
+    """ID tokens for an https ``url`` (audience: ``audience`` or
+    :func:`default_audience`); None for plain http (a local ``dm serve``, which
+    checks no identity)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "https":
         return None
-    return id_token_source(audience or f"{parts.scheme}://{parts.netloc}")
+    return id_token_source(audience or default_audience(url))
 
 
 class HttpCaller:

@@ -12,7 +12,10 @@ import base64
 import json
 import os
 import pathlib
+import subprocess
+import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -287,3 +290,93 @@ def test_id_tokens_come_from_the_service_account_file(
     assert got["aud"] == "https://dm-api.example.run.app"
     assert remote.default_token_source("http://127.0.0.1:8080") is None
     assert os.environ["GOOGLE_APPLICATION_CREDENTIALS"] == str(keyfile)
+
+
+def test_a_job_on_google_cloud_gets_its_id_token_from_the_metadata_server(
+    tmp_path: pathlib.Path,
+) -> None:
+    """``Job.from_env()`` with an https ``DM_API_URL`` and no key file: google-auth asks
+    the metadata server (a local stand-in here: GCE_METADATA_HOST / GCE_METADATA_IP)
+    for an ID token, and the calls carry it. A Cloud Function's URL is the audience."""
+    import google.auth.crypt
+    import google.auth.jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    signer = google.auth.crypt.RSASigner.from_string(pem, "k1")  # type: ignore[no-untyped-call]
+    audiences: list[str] = []
+
+    def metadata(seen: Seen) -> tuple[int, dict[str, str], bytes]:
+        headers = {"Metadata-Flavor": "Google", "Content-Type": "text/plain"}
+        if {k.lower(): v for k, v in seen.headers.items()}.get("metadata-flavor") != "Google":
+            return 403, headers, b"missing Metadata-Flavor"
+        if "/service-accounts/default/identity" in seen.path:
+            query = dict(p.split("=", 1) for p in seen.path.split("?", 1)[1].split("&") if "=" in p)
+            aud = urllib.parse.unquote(query["audience"])
+            audiences.append(aud)
+            now = int(time.time())
+            claims = {
+                "aud": aud,
+                "iat": now,
+                "exp": now + 3600,
+                "iss": "https://accounts.google.com",
+            }
+            token: bytes = google.auth.jwt.encode(signer, claims)  # type: ignore[no-untyped-call]
+            return 200, headers, token
+        if "/service-accounts/default/" in seen.path:  # who the job runs as
+            info = {"email": "job@demo.iam.gserviceaccount.com", "aliases": ["default"]}
+            return 200, {**headers, "Content-Type": "application/json"}, json.dumps(info).encode()
+        return 200, headers, b""  # the ping
+
+    def dm_api(seen: Seen) -> tuple[int, dict[str, str], bytes]:
+        return 200, {remote.GRPC_CODE_HEADER: "0", "Content-Type": remote.PRPC_CONTENT_TYPE}, b""
+
+    url = "https://europe-west1-demo.cloudfunctions.net/dm_api"
+    with HttpSink(metadata) as server, HttpSink(dm_api) as api:
+        host = server.url.removeprefix("http://")
+        script = (
+            "import sys\n"
+            "from dmcore import job, remote\n"
+            "from dmcore.proto import dm_pb2\n"
+            f"client = job.client_from_env({{'DM_API_URL': {url!r}}})\n"
+            "assert isinstance(client, remote.RemoteClient)\n"
+            "# the same caller (its token source) against a local stand-in of dm_api:\n"
+            f"remote.RemoteClient({api.url!r}, client.caller).walk_graph(dm_pb2.WalkGraphReq())\n"
+        )
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("GOOGLE_APPLICATION_CREDENTIALS", "CLOUDSDK_CONFIG")
+        }
+        env.update(
+            GCE_METADATA_HOST=host,
+            GCE_METADATA_IP=host,
+            NO_PROXY="127.0.0.1",
+            CLOUDSDK_CONFIG=str(tmp_path / "no-gcloud"),  # no user credentials to find
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr
+        [call] = api.seen
+    assert audiences == [url]  # the function's URL, not only its origin
+    scheme, _, token = call.headers["Authorization"].partition(" ")
+    assert scheme == "Bearer"
+    got = google.auth.jwt.decode(token, verify=False)  # type: ignore[no-untyped-call]
+    assert got["aud"] == url
+
+
+def test_default_audiences() -> None:
+    assert remote.default_audience("https://dm-api-abc-ew.a.run.app/x/y") == (
+        "https://dm-api-abc-ew.a.run.app"
+    )
+    assert remote.default_audience("https://europe-west1-p.cloudfunctions.net/dm_api/") == (
+        "https://europe-west1-p.cloudfunctions.net/dm_api"
+    )
+    assert remote.default_token_source("http://127.0.0.1:8080") is None
