@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 from typing import TypeVar
 
-from google.protobuf import json_format, message
+from google.protobuf import message
+
+from dmcore import distributor as dist
 
 M = TypeVar("M", bound=message.Message)
 
@@ -23,16 +25,4 @@ def parse(text: str, msg: M) -> M:
         raise ValueError(f"not JSON: {e}") from None
     if not isinstance(raw, dict):
         raise ValueError("must be a JSON object")
-    fields = msg.DESCRIPTOR.fields
-    known = {f.name for f in fields} | {f.json_name for f in fields}
-    for key in sorted(raw):
-        if key not in known:
-            names = ", ".join(f.name for f in fields) or "none"
-            raise ValueError(f"{key}: unknown field (known: {names})")
-    for key, value in sorted(raw.items()):
-        try:
-            json_format.ParseDict({key: value}, msg)
-        except json_format.ParseError as e:
-            text = str(e).removeprefix(f"Failed to parse {key} field: ")
-            raise ValueError(f"{key}: {text.split(' at ')[0].rstrip('.')}") from None
-    return msg
+    return dist.parse_fields(raw, msg)

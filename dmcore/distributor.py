@@ -28,7 +28,7 @@ import importlib.metadata
 import json
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import any_pb2, json_format, message
 
@@ -38,6 +38,8 @@ from dmcore.proto import config_pb2, dm_pb2
 from dmcore.store.base import Store
 
 log = logging.getLogger("dm.distributor")
+
+M = TypeVar("M", bound=message.Message)
 
 ENTRY_POINT_GROUP = "dm.distributors"
 
@@ -209,6 +211,36 @@ class D(abc.ABC):
 Factory = Callable[[Config], D]
 
 
+def parse_fields(raw: Mapping[str, Any], msg: M) -> M:
+    """Parse ``raw`` (protobuf JSON of ``msg``'s type, as a dict) into ``msg``, field by
+    field; a bad one is a ValueError naming it ("deadline: ...", "x: unknown field").
+
+    For configs and distributor parameters written by hand: the error says which
+    field is wrong and why, without protobuf's wording around it.
+    """
+    fields = {f.name: f for f in msg.DESCRIPTOR.fields}
+    fields.update({f.json_name: f for f in msg.DESCRIPTOR.fields})
+    for key in sorted(raw):
+        if key not in fields:
+            names = ", ".join(f.name for f in msg.DESCRIPTOR.fields) or "none"
+            raise ValueError(f"{key}: unknown field (known: {names})")
+    for key, value in sorted(raw.items()):
+        f = fields[key]
+        takes_object = (
+            f.message_type is not None
+            and f.message_type.full_name.split(".")[0] != "google"  # Duration etc. take text
+            and not f.is_repeated
+        )
+        if takes_object and value is not None and not isinstance(value, Mapping):
+            raise ValueError(f"{key}: must be an object, got {type(value).__name__} {value!r}")
+        try:
+            json_format.ParseDict({key: value}, msg)
+        except json_format.ParseError as e:
+            text = str(e).removeprefix(f"Failed to parse {key} field: ")
+            raise ValueError(f"{key}: {text.split(' at ')[0].rstrip('.')}") from None
+    return msg
+
+
 @dataclasses.dataclass(frozen=True)
 class Kind:
     """A registered distributor implementation."""
@@ -357,8 +389,16 @@ class Registry:
                 elif key == "config":
                     json_format.ParseDict(body, dist.config)
                 elif key in self._kinds:
+                    if body is not None and not isinstance(body, Mapping):
+                        raise InvalidArgument(
+                            f"{where}.{key}: must be an object of {key}'s fields, "
+                            f"got {type(body).__name__} {body!r}"
+                        )
                     msg = self._kinds[key].config_type()
-                    json_format.ParseDict(body if body is not None else {}, msg)
+                    try:
+                        parse_fields(body or {}, msg)
+                    except ValueError as e:
+                        raise InvalidArgument(f"{where}.{key}: {e}") from None
                     dist.config.Pack(msg)
                 else:
                     raise InvalidArgument(

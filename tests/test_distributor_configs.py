@@ -49,11 +49,32 @@ def test_the_example_quests_pass_validation(example: str) -> None:
             "http: {url: 'https://w.example.com/', queue: projects/p/locations/l/queues/q}",
             "distributor_configs.x.http: service_account_email: required",
         ),
-        ("http: {urll: 'x'}", "distributor_configs.x.http"),
+        ("http: {urll: 'x'}", "distributor_configs.x.http: urll: unknown field (known: url,"),
+        ("http: 'https://w.example.com/'", "distributor_configs.x.http: must be an object"),
+        ("http: [1, 2]", "distributor_configs.x.http: must be an object of http's fields"),
+        (
+            "http: {url: 'https://w.example.com/', deadline: 10m}",
+            'distributor_configs.x.http: deadline: Duration must end with letter "s": 10m',
+        ),
+        (
+            "http: {url: 'https://w.example.com/', queue: projects/p/locations/l/queues/q, "
+            "service_account_email: '@'}",
+            "service_account_email: not an email: '@'",
+        ),
+        ("http: {url: 'https://w.example.com/', max_attempts: -1}", "max_attempts: Value out of"),
+        ("cloud_run_jobs: {jobs: [projects/p/locations/l/jobs/j], container: A}", "container:"),
         ("cloud_run_jobs: {jobs: [myjob]}", "jobs[0]: expected projects/P/locations/L/jobs/J"),
         ("cloud_run_jobs: {max_task_count: -1}", "distributor_configs.x.cloud_run_jobs"),
         ("swarming_v1: {swarming: {url: 'https://Swarm.example.com'}}", "must be lower-case"),
         ("swarming_v1: {}", "swarming.url: required"),
+        (
+            "swarming_v1: {swarming: 'https://s.example.com'}",
+            "distributor_configs.x.swarming_v1: swarming: must be an object, got str",
+        ),
+        (
+            "swarming_v1: {swarming: {url: 'https://s.example.com'}, default_expiration: 1s}",
+            "default_expiration: must be within 30s..7 days",
+        ),
     ],
 )
 def test_malformed_configs_are_refused_with_the_field_named(

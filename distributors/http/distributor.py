@@ -54,6 +54,7 @@ CALL: dict[str, Any] = {"retry": None, "timeout": 10.0}
 one retry layer keeps a call's cost bounded) and a 10 s deadline."""
 
 _TASK = re.compile(r"^projects/[^/]+/locations/[^/]+/queues/[^/]+/tasks/[^/]+$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _QUEUE = re.compile(r"^projects/[^/]+/locations/[^/]+/queues/[A-Za-z0-9-]{1,100}$")
 
 Abnormal = dm_pb2.AbnormalFinish
@@ -72,7 +73,7 @@ def check_config(cfg: config_pb2.Config) -> None:
         raise ValueError(f"queue: expected projects/P/locations/L/queues/Q, got {cfg.queue!r}")
     if cfg.url.startswith("https://") and not cfg.service_account_email:
         raise ValueError("service_account_email: required for an https url (the OIDC identity)")
-    if cfg.service_account_email and "@" not in cfg.service_account_email:
+    if cfg.service_account_email and not _EMAIL.match(cfg.service_account_email):
         raise ValueError(f"service_account_email: not an email: {cfg.service_account_email!r}")
     if not MIN_DEADLINE <= deadline_of(cfg) <= MAX_DEADLINE:
         raise ValueError("deadline: must be within 15s..30m (Cloud Tasks' dispatch deadline)")
