@@ -38,7 +38,9 @@ def build(
     dm_host: str = "https://dm-api.example.run.app",
     topic: str = "projects/demo/topics/dm-distributor-notify",
     busy_timeout: float | None = None,
+    minted: list[str] | None = None,
 ) -> tuple[dist.D, dist.Registry, SqliteStore]:
+    """``minted``: gets every notification ``auth_token`` dm hands the distributor."""
     registry = dist.Registry(dm_host=dm_host)
     registry.load_entry_points()
     registry.set_config(registry.config_from_dict({"distributor_configs": configs}), "v1")
@@ -47,7 +49,10 @@ def build(
     registry.store = store
 
     def prepare(config_name: str, eid: ExecutionID) -> tuple[str, str]:
-        return topic, tokens.mint(SECRET, eid, config_name, time.time_ns() // 1000)
+        token = tokens.mint(SECRET, eid, config_name, time.time_ns() // 1000)
+        if minted is not None:
+            minted.append(token)
+        return topic, token
 
     registry.prepare_topic = prepare
     d, _ = registry.build_named(name)

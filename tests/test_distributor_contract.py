@@ -13,8 +13,9 @@ The rules checked:
   different executions get different tokens; tokens are short strings.
 * A task just started is not done (``get_status`` -> None).
 * ``cancel`` is idempotent and ends the task CANCELLED.
-* ``info_url`` is computed locally (no back end needed) and never shows the
-  execution's activation token.
+* ``info_url`` is computed locally (the same with the back end stopped) and
+  shows neither the execution's activation token nor the notification
+  ``auth_token`` dm minted for it; nor does the token.
 * A token never issued never reads as a normal end, nor as a transient error
   (dm would poll it for ever): MISSING, another abnormal end, None for a
   while, or a final error.
@@ -53,6 +54,12 @@ class Bench:
     count_tasks: Callable[[], int]
     strict_params: bool = True
     """Whether validate refuses parameters that are not a JSON object (fake accepts all)."""
+    stop_backend: Callable[[], None] = lambda: None
+    """Stops the service the distributor talks to (nothing for the in-process ones)."""
+    minted: list[str] = dataclasses.field(default_factory=list)
+    """The notification auth_tokens dm handed the distributor."""
+    remote: bool = False
+    """Runs work away from dm (its task must carry dm's notification token)."""
 
 
 def _desc(params: dict[str, Any], dist_params: dict[str, Any]) -> dm_pb2.Quest.Desc:
@@ -111,12 +118,16 @@ def _http(tmp: pathlib.Path, mp: pytest.MonkeyPatch) -> Iterator[Bench]:
     with FakeCloudTasksServer(clock=lambda: time.time_ns() // 1000) as fake:
         mp.setenv(httpd.EMULATOR_ENV, fake.address)
         cfg = {"url": "http://127.0.0.1:9/", "queue": queue}
-        d, _, _ = rs.build(tmp, "c", {"c": {"http": cfg}})
+        minted: list[str] = []
+        d, _, _ = rs.build(tmp, "c", {"c": {"http": cfg}}, minted=minted)
         yield Bench(
             d,
             _desc({"name": "x"}, {}),
             f"{'q' * 43}|1|1 {queue}/tasks/dm-nope",
             lambda: len(fake.tasks(None)),
+            stop_backend=fake.stop,
+            minted=minted,
+            remote=True,
         )
 
 
@@ -128,12 +139,16 @@ def _cloud_run_jobs(tmp: pathlib.Path, mp: pytest.MonkeyPatch) -> Iterator[Bench
     job = "projects/demo/locations/l/jobs/j"
     with FakeCloudRunServer(clock=lambda: time.time_ns() // 1000, jobs=[FakeJob(job)]) as fake:
         mp.setenv(crj.EMULATOR_ENV, fake.address)
-        d, _, _ = rs.build(tmp, "c", {"c": {"cloud_run_jobs": {"jobs": [job]}}})
+        minted: list[str] = []
+        d, _, _ = rs.build(tmp, "c", {"c": {"cloud_run_jobs": {"jobs": [job]}}}, minted=minted)
         yield Bench(
             d,
             _desc({"name": "x"}, {}),
             f"{'q' * 43}|1|1 {job}/executions/j-nope",
             lambda: len(fake.runs),
+            stop_backend=fake.stop,
+            minted=minted,
+            remote=True,
         )
 
 
@@ -143,13 +158,22 @@ def _swarming_v1(tmp: pathlib.Path, mp: pytest.MonkeyPatch) -> Iterator[Bench]:
 
     with FakeSwarming(lambda t, d, a: None) as fake:
         cfg = {"swarming": {"url": fake.url}}
-        d, _, _ = rs.build(tmp, "c", {"c": {"swarming_v1": cfg}})
+        minted: list[str] = []
+        d, _, _ = rs.build(tmp, "c", {"c": {"swarming_v1": cfg}}, minted=minted)
         cas = {"instance": "projects/p/instances/i", "digest": "h/1"}
         params = {
             "scheduling": {"dimensions": {"pool": "p"}},
             "job": {"inputs": {"cas": cas}, "command": ["true"]},
         }
-        yield Bench(d, _desc({"name": "x"}, params), "0000000000nope0", lambda: len(fake.tasks))
+        yield Bench(
+            d,
+            _desc({"name": "x"}, params),
+            "0000000000nope0",
+            lambda: len(fake.tasks),
+            stop_backend=fake.close,
+            minted=minted,
+            remote=True,
+        )
 
 
 BENCHES = {
@@ -203,22 +227,27 @@ def test_a_fresh_task_is_not_done_and_cancel_ends_it(bench: Bench) -> None:
     assert got.abnormal_finish.status == dm_pb2.AbnormalFinish.CANCELLED
 
 
-def test_info_url_is_local_and_shows_no_token(bench: Bench) -> None:
+def test_info_url_is_local_and_shows_no_secret(bench: Bench) -> None:
     auth = rs.auth()
     token = bench.d.run(bench.desc, auth, None).token
     try:
         url = bench.d.info_url(token)
         assert isinstance(url, str)
-        for form in (
+        secrets = [
             auth.token.decode(),
             auth.token.hex(),
             base64.b64encode(auth.token).decode(),
             base64.urlsafe_b64encode(auth.token).decode(),
-        ):
-            assert form not in url
+            *bench.minted,
+        ]
+        for secret in secrets:
+            assert secret not in url and secret not in token
         assert isinstance(bench.d.info_url("not a token of ours"), str)
+        assert bench.minted or not bench.remote  # a remote one was handed a token to check
     finally:
         bench.d.cancel(bench.desc, token)
+    bench.stop_backend()
+    assert bench.d.info_url(token) == url  # no call to the service
 
 
 def test_a_token_never_issued_is_no_normal_end_nor_transient(bench: Bench) -> None:
