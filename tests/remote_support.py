@@ -21,7 +21,7 @@ from typing import Any
 
 from dmcore import distributor as dist
 from dmcore.engine import docs
-from dmcore.ids import ExecutionID
+from dmcore.ids import AttemptID, ExecutionID
 from dmcore.notify import tokens
 from dmcore.proto import dm_pb2
 from dmcore.store.sqlite import SqliteStore
@@ -152,3 +152,33 @@ def stop(proc: Any) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def wait_for(
+    service: Any, attempts: list[AttemptID], timeout_s: float, why: Any = lambda: ""
+) -> dict[AttemptID, dm_pb2.Attempt]:
+    """The attempts once each has ended (FINISHED or ABNORMAL_FINISHED), as WalkGraph
+    shows them with their executions; AssertionError after ``timeout_s`` (+ ``why()``)."""
+    from dmcore.service import Caller
+
+    walk = dm_pb2.WalkGraphReq()
+    for a in attempts:
+        walk.query.attempt_list.to[a.quest].nums.append(a.num)
+    walk.include.attempt.data = True
+    walk.include.attempt.result = True
+    walk.include.execution.data = True
+    walk.include.execution.result = True
+    walk.include.attempt.abnormal = True
+    walk.include.execution.abnormal = True
+    walk.include.num_executions = 100
+    deadline = time.monotonic() + timeout_s
+    while True:
+        graph = service.walk_graph(walk, Caller.trusted())
+        got = {a: graph.quests[a.quest].attempts[a.num] for a in attempts}
+        if all(
+            x.data.HasField("finished") or x.data.HasField("abnormal_finish") for x in got.values()
+        ):
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"attempts did not end: {got}\n{why()}")
+        time.sleep(0.1)

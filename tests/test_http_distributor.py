@@ -491,31 +491,19 @@ def dispatched(tasks: FakeCloudTasksServer, n: int) -> list[Any]:
 
 def submit_and_wait(stack: dict[str, Any], q: dict[str, Any]) -> dm_pb2.Attempt:
     from dmcore import ids
+    from dmcore.ids import AttemptID
     from dmcore.service import Caller
 
     service = stack["backend"].service
     req = dm_pb2.EnsureGraphDataReq()
     req.quest.append(ids.desc_from_json(q))
     req.quest_attempt.add(nums=[1])
-    qid = service.ensure_graph_data(req, Caller.trusted()).quest_ids[0].id
-    walk = dm_pb2.WalkGraphReq()
-    walk.query.attempt_list.to[qid].nums.append(1)
-    walk.include.attempt.data = True
-    walk.include.attempt.result = True
-    walk.include.execution.data = True
-    walk.include.execution.result = True
-    walk.include.attempt.abnormal = True
-    walk.include.execution.abnormal = True
-    walk.include.num_executions = 100
-    deadline = time.monotonic() + E2E_S
-    while True:
-        att = service.walk_graph(walk, Caller.trusted()).quests[qid].attempts[1]
-        if att.data.HasField("finished") or att.data.HasField("abnormal_finish"):
-            return att  # type: ignore[no-any-return]
-        if time.monotonic() > deadline:
-            logs = "\n".join(p.read_text() for p in stack["tmp"].glob("*.log"))
-            raise AssertionError(f"attempt {qid} did not end: {att}\n{logs}")
-        time.sleep(0.1)
+    aid = AttemptID(service.ensure_graph_data(req, Caller.trusted()).quest_ids[0].id, 1)
+
+    def logs() -> str:
+        return "\n".join(p.read_text() for p in stack["tmp"].glob("*.log"))
+
+    return rs.wait_for(service, [aid], E2E_S, logs)[aid]
 
 
 def test_end_to_end_the_example_worker_sums_squares_through_dependencies(

@@ -11,7 +11,8 @@ with the count. Built into an image, e.g.::
     COPY job.py /job.py
     ENTRYPOINT ["python", "/job.py"]
 
-Locally, tests/fake_cloudrun.py runs it as a process (see README).
+Locally, ``python examples/run_local.py cloud_run_jobs`` has a test double of
+Cloud Run (tests/fake_cloudrun.py) run it as a process (see README).
 """
 
 from __future__ import annotations
