@@ -4,6 +4,7 @@ dm's address for the job, and where a job reports how it ended."""
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import re
 import threading
@@ -19,6 +20,8 @@ from dmcore import remote
 from dmcore.ids import ExecutionID
 from dmcore.proto import dm_pb2
 from dmcore.store.base import Contention, Transaction
+
+log = logging.getLogger("dm.distributors")
 
 C = TypeVar("C", bound=message.Message)
 T = TypeVar("T")
@@ -91,6 +94,15 @@ def notify_for(cfg: dist.Config, eid: ExecutionID, report_url: str) -> remote.No
     return remote.Notify(auth_token, topic=topic)
 
 
+def report_of(notification: dist.Notification) -> remote.Report | None:
+    """The job's report a notification carries (None, logged, if it is none)."""
+    try:
+        return remote.Report.parse(notification.data)
+    except ValueError:
+        log.warning("notification for %s is no job report: ignored", notification.execution_id)
+        return None
+
+
 def abnormal(status: dm_pb2.AbnormalFinish.Status, reason: str) -> dm_pb2.Result:
     return dm_pb2.Result(abnormal_finish=dm_pb2.AbnormalFinish(status=status, reason=reason))
 
@@ -132,6 +144,16 @@ class RemoteDistributor(dist.D, Generic[C]):
         if not sep or not self.resource.match(name):
             raise ValueError(f"not a {self.cfg.kind} token: {token!r}")
         return ExecutionID.parse(eid), name
+
+    def resource_name(self, token: str) -> str:
+        """The resource name in a token ("" if it is not one of ours): for info_url."""
+        try:
+            return self.split_token(token)[1]
+        except ValueError:
+            return ""
+
+    def handle_task_queue_task(self, request: dist.TaskRequest) -> list[dist.Notification]:
+        return []  # it queues no task of its own
 
     def transaction(self, fn: Callable[[Transaction], T]) -> T:
         """A transaction on dm's store; a lost race is transient (dm retries)."""

@@ -315,6 +315,24 @@ class Notify:
         return n
 
 
+def push_envelope(
+    data: bytes,
+    attrs: Mapping[str, str],
+    subscription: str = "projects/-/subscriptions/dm-job-report",
+) -> bytes:
+    """A Pub/Sub push body for one message, as Pub/Sub POSTs it to dm_notify."""
+    body = {
+        "message": {
+            "data": base64.b64encode(data).decode(),
+            "attributes": dict(attrs),
+            "messageId": uuid.uuid4().hex,
+            "publishTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+        "subscription": subscription,
+    }
+    return json.dumps(body).encode()
+
+
 class Reporter:
     """Delivers reports of one execution (see :class:`Notify`)."""
 
@@ -341,21 +359,11 @@ class Reporter:
             publisher.close()
 
     def _push(self, data: bytes, attrs: Mapping[str, str]) -> None:
-        """A Pub/Sub push body, as Pub/Sub would POST it to dm_notify."""
-        body = {
-            "message": {
-                "data": base64.b64encode(data).decode(),
-                "attributes": dict(attrs),
-                "messageId": uuid.uuid4().hex,
-                "publishTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            },
-            "subscription": "projects/-/subscriptions/dm-job-report",
-        }
         caller = self.caller or HttpCaller(default_token_source(self.notify.url))
         status, _, text = caller.retrying(
             "POST",
             self.notify.url,
-            json.dumps(body).encode(),
+            push_envelope(data, attrs),
             {"Content-Type": "application/json"},
         )
         if not 200 <= status < 300:

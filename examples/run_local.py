@@ -30,9 +30,7 @@ every attempt of ``run.yaml`` FINISHED.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
-import json
 import os
 import pathlib
 import sys
@@ -40,7 +38,6 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -48,6 +45,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # the test doubles live in tests/
 
+from dmcore import remote  # noqa: E402
 from dmcore.cli.runfile import parse_run_file  # noqa: E402
 from dmcore.runtime.files import load_document  # noqa: E402
 from tests import remote_support as rs  # noqa: E402
@@ -118,17 +116,8 @@ def _swarming_v1(cfg: dict[str, Any], dm_port: int, tmp: pathlib.Path, say: Say)
     notify = f"http://127.0.0.1:{dm_port}/dm_notify/"
 
     def push(topic: str, data: bytes, attrs: dict[str, str]) -> None:
-        body = {
-            "message": {
-                "data": base64.b64encode(data).decode(),
-                "attributes": attrs,
-                "messageId": uuid.uuid4().hex,
-            },
-            "subscription": "projects/dm-local/subscriptions/dm-notify-push",
-        }
-        req = urllib.request.Request(
-            notify, json.dumps(body).encode(), {"Content-Type": "application/json"}
-        )
+        body = remote.push_envelope(data, attrs, "projects/dm-local/subscriptions/dm-notify-push")
+        req = urllib.request.Request(notify, body, {"Content-Type": "application/json"})
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         opener.open(req, timeout=30).close()
 

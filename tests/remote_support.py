@@ -71,23 +71,30 @@ def write_locked(tmp_path: pathlib.Path) -> Iterator[None]:
         conn.close()
 
 
-def service_account_file(tmp_path: pathlib.Path, token_uri: str) -> pathlib.Path:
-    """A service account key file (a fresh RSA key) whose tokens come from ``token_uri``."""
+def rsa_pem() -> str:
+    """A fresh RSA private key (PEM, PKCS8): to sign test tokens, or a key file's."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
+    return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ).decode()
+
+
+def service_account_file(
+    tmp_path: pathlib.Path, token_uri: str, pem: str | None = None
+) -> pathlib.Path:
+    """A service account key file (``pem``, default a fresh key) whose tokens come
+    from ``token_uri``."""
     path = tmp_path / "sa.json"
     doc = {
         "type": "service_account",
         "project_id": "demo",
         "private_key_id": "k1",
-        "private_key": pem,
+        "private_key": pem or rsa_pem(),
         "client_email": "job@demo.iam.gserviceaccount.com",
         "client_id": "1",
         "token_uri": token_uri,

@@ -33,6 +33,7 @@ from dmcore.runtime import backend as backends
 from dmcore.runtime.serve import LocalServer
 from dmcore.service import Caller
 from dmcore.states import ExecutionState
+from tests import remote_support as rs
 from tests.http_sink import HttpSink, Seen
 from tests.test_functions_support import CONFIG, clean_env
 
@@ -238,15 +239,8 @@ def test_id_tokens_come_from_the_service_account_file(
 ) -> None:
     """google-auth signs an assertion with the key file and swaps it at ``token_uri``."""
     import google.auth.jwt
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
+    pem = rs.rsa_pem()
     issued: list[dict[str, Any]] = []
 
     def token_endpoint(seen: Seen) -> tuple[int, dict[str, str], bytes]:
@@ -263,20 +257,7 @@ def test_id_tokens_come_from_the_service_account_file(
         return 200, {"Content-Type": "application/json"}, body
 
     with HttpSink(token_endpoint) as endpoint:
-        keyfile = tmp_path / "sa.json"
-        keyfile.write_text(
-            json.dumps(
-                {
-                    "type": "service_account",
-                    "project_id": "demo",
-                    "private_key_id": "k1",
-                    "private_key": pem,
-                    "client_email": "job@demo.iam.gserviceaccount.com",
-                    "client_id": "1",
-                    "token_uri": endpoint.url + "/token",
-                }
-            )
-        )
+        keyfile = rs.service_account_file(tmp_path, endpoint.url + "/token", pem)
         monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(keyfile))
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
         source = remote.default_token_source("https://dm-api.example.run.app/some/path")
@@ -300,15 +281,8 @@ def test_a_job_on_google_cloud_gets_its_id_token_from_the_metadata_server(
     for an ID token, and the calls carry it. A Cloud Function's URL is the audience."""
     import google.auth.crypt
     import google.auth.jwt
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
+    pem = rs.rsa_pem()
     signer = google.auth.crypt.RSASigner.from_string(pem, "k1")  # type: ignore[no-untyped-call]
     audiences: list[str] = []
 

@@ -330,12 +330,9 @@ class CloudRunJobs(shared.RemoteDistributor[config_pb2.Config]):
         return dm_pb2.Result(data=dist.result_json(result))
 
     def info_url(self, token: str) -> str:
-        try:
-            _, name = self.split_token(token)
-        except ValueError:
+        m = _EXECUTION.match(self.resource_name(token))
+        if m is None:
             return ""
-        m = _EXECUTION.match(name)
-        assert m is not None
         project, location, _, execution = m.groups()
         return (
             f"https://console.cloud.google.com/run/jobs/executions/details/{location}/"
@@ -345,10 +342,8 @@ class CloudRunJobs(shared.RemoteDistributor[config_pb2.Config]):
     def handle_notification(
         self, desc: dm_pb2.Quest.Desc, notification: dist.Notification
     ) -> dm_pb2.Result | None:
-        try:
-            report = remote.Report.parse(notification.data)
-        except ValueError:
-            log.warning("notification for %s is no job report: ignored", notification.execution_id)
+        report = shared.report_of(notification)
+        if report is None:
             return None
         eid = notification.execution_id
         if report.kind != remote.REPORT_STOPPED:
@@ -366,9 +361,6 @@ class CloudRunJobs(shared.RemoteDistributor[config_pb2.Config]):
         if doc is None or not doc["name"]:
             return None  # not started by us (or not recorded yet): polling decides
         return self.get_status(desc, f"{eid} {doc['name']}")
-
-    def handle_task_queue_task(self, request: dist.TaskRequest) -> list[dist.Notification]:
-        return []
 
     def validate(self, distributor_parameters: str) -> None:
         self.parameters(distributor_parameters)

@@ -273,11 +273,7 @@ class HttpDistributor(shared.RemoteDistributor[config_pb2.Config]):
         return shared.result_of(remote.Report(remote.REPORT_STOPPED))
 
     def info_url(self, token: str) -> str:
-        try:
-            _, name = self.split_token(token)
-        except ValueError:
-            return ""
-        parts = name.split("/")  # projects/P/locations/L/queues/Q/tasks/T
+        parts = self.resource_name(token).split("/")  # projects/P/locations/L/queues/Q/tasks/T
         if len(parts) < 8:
             return ""
         project, location, queue = parts[1], parts[3], parts[5]
@@ -289,15 +285,8 @@ class HttpDistributor(shared.RemoteDistributor[config_pb2.Config]):
     def handle_notification(
         self, desc: dm_pb2.Quest.Desc, notification: dist.Notification
     ) -> dm_pb2.Result | None:
-        try:
-            report = remote.Report.parse(notification.data)
-        except ValueError:
-            log.warning("notification for %s is no job report: ignored", notification.execution_id)
-            return None
-        return shared.result_of(report)
-
-    def handle_task_queue_task(self, request: dist.TaskRequest) -> list[dist.Notification]:
-        return []
+        report = shared.report_of(notification)
+        return None if report is None else shared.result_of(report)
 
     def validate(self, distributor_parameters: str) -> None:
         quest = params.parse(distributor_parameters, config_pb2.Parameters())

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from google.protobuf import json_format
 
 from distributors.local import config_pb2, tasks
+from distributors.params import parse as parse_fields
 from dmcore import distributor as dist
 from dmcore import job as dmjob
 from dmcore.engine import docs
@@ -72,36 +73,9 @@ def _transaction(store: Store, fn: Callable[[Transaction], T]) -> T:
 # -- parameters --------------------------------------------------------------------
 
 
-_FIELDS = {f.name for f in config_pb2.Parameters.DESCRIPTOR.fields} | {
-    f.json_name for f in config_pb2.Parameters.DESCRIPTOR.fields
-}
-
-
-def _parse_error(field: str, e: json_format.ParseError) -> ValueError:
-    text = str(e)
-    text = text.removeprefix(f"Failed to parse {field} field: ")
-    text = text.split(" at Parameters")[0].rstrip(".")
-    return ValueError(f"{field}: {text}")
-
-
 def parse_parameters(text: str) -> config_pb2.Parameters:
     """Strictly parse a quest's distributor parameters; ValueError names the field."""
-    try:
-        raw = json.loads(text) if text.strip() else {}
-    except ValueError as e:
-        raise ValueError(f"not JSON: {e}") from None
-    if not isinstance(raw, dict):
-        raise ValueError("must be a JSON object")
-    for key in sorted(raw):
-        if key not in _FIELDS:
-            known = ", ".join(f.name for f in config_pb2.Parameters.DESCRIPTOR.fields)
-            raise ValueError(f"{key}: unknown field (known: {known})")
-    params = config_pb2.Parameters()
-    for key, value in sorted(raw.items()):
-        try:
-            json_format.ParseDict({key: value}, params)
-        except json_format.ParseError as e:
-            raise _parse_error(key, e) from None
+    params = parse_fields(text, config_pb2.Parameters())
     if not params.command:
         raise ValueError("command: required")
     if not params.command[0]:

@@ -423,9 +423,6 @@ class SwarmingV1(shared.RemoteDistributor[config_pb2.Config]):
             return None
         return self.get_status(desc, str(task_id))
 
-    def handle_task_queue_task(self, request: dist.TaskRequest) -> list[dist.Notification]:
-        return []
-
     def validate(self, distributor_parameters: str) -> None:
         parse_parameters(distributor_parameters)
 
