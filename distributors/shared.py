@@ -4,6 +4,7 @@ dm's address for the job, and where a job reports how it ended."""
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import os
 import re
@@ -44,6 +45,11 @@ def client(kind: str, emulator_env: str, local: Callable[[str], T], cloud: Calla
         if got is None:
             got = _clients[(kind, host)] = local(host) if host else cloud()
         return got  # type: ignore[return-value]
+
+
+def execution_key(config_name: str, eid: ExecutionID) -> str:
+    """A stable name for an execution under a config (hex): task ids, record keys."""
+    return hashlib.sha256(f"{config_name}\0{eid}".encode()).hexdigest()
 
 
 def now_us() -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import re
@@ -108,8 +107,7 @@ def clients() -> Clients:
 
 
 def record_path(config_name: str, eid: ExecutionID) -> str:
-    key = hashlib.sha256(f"{config_name}\0{eid}".encode()).hexdigest()
-    return f"{COLLECTION}/{key}"
+    return f"{COLLECTION}/{shared.execution_key(config_name, eid)}"
 
 
 class CloudRunJobs(shared.RemoteDistributor[config_pb2.Config]):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import re
@@ -98,8 +97,7 @@ def tasks_client() -> tasks_v2.CloudTasksClient:
 
 def task_id(config_name: str, eid: ExecutionID) -> str:
     """The Cloud Tasks id of an execution's task (deterministic: ``run`` is idempotent)."""
-    digest = hashlib.sha256(f"{config_name}\0{eid}".encode()).hexdigest()
-    return f"dm-{digest}"
+    return f"dm-{shared.execution_key(config_name, eid)}"
 
 
 class HttpDistributor(shared.RemoteDistributor[config_pb2.Config]):
