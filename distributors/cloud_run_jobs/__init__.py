@@ -44,6 +44,10 @@ How an execution runs:
   dm's Pub/Sub topic: the optional route to ``dm_notify``) is recorded by
   ``handle_notification``, which then asks Cloud Run at once; a succeeded
   execution without a report waits :data:`REPORT_GRACE` for it.
+* One job activates per execution (the activation token is swapped for the
+  job's own): with several tasks, one of them (``CLOUD_RUN_TASK_INDEX`` 0)
+  should use ``Job``; and Cloud Run's own task retries cannot activate again,
+  so jobs run with ``max_retries: 0`` and dm retries executions instead.
 * ``cancel``: ``Executions.CancelExecution`` (gone or finished already is
   fine). ``info_url``: the execution's page in the Cloud Console.
 
