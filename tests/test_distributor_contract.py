@@ -21,6 +21,8 @@ The rules checked:
   while, or a final error.
 * ``validate`` accepts the distributor's own parameters and refuses what is
   not a JSON object.
+* A notification the distributor did not cause is ignored or refused, never
+  a normal end nor a transient error.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any
 import pytest
 
 from dmcore import distributor as dist
+from dmcore.ids import ExecutionID
 from dmcore.proto import dm_pb2
 from tests import remote_support as rs
 
@@ -265,3 +268,16 @@ def test_validate(bench: Bench) -> None:
     if bench.strict_params:
         with pytest.raises(ValueError):
             bench.d.validate("[]")
+
+
+def test_a_foreign_notification_is_no_normal_end(bench: Bench) -> None:
+    """A message the distributor did not cause (garbage, or for a task it never ran)
+    is ignored or refused; never a normal end, nor transient (redelivered for ever)."""
+    note = dist.Notification(ExecutionID("q" * 43, 1, 7), b"not a message of ours", {})
+    try:
+        got = bench.d.handle_notification(bench.desc, note)
+    except dist.TransientError:
+        pytest.fail("a foreign notification must not read as a transient error")
+    except Exception:
+        return
+    assert got is None or got.HasField("abnormal_finish")
