@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import logging
 import re
 import urllib.parse
 from typing import Any
@@ -23,8 +22,6 @@ from dmcore.errors import DMError
 from dmcore.ids import ExecutionID
 from dmcore.proto import dm_pb2
 from dmcore.store.base import Doc, Transaction
-
-log = logging.getLogger("dm.distributors.http")
 
 KIND = "http"
 COLLECTION = "http_tasks"
