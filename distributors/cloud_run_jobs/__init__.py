@@ -30,9 +30,11 @@ How an execution runs:
   before it would start another. A RunJob that failed for sure (permission,
   quota, bad request) drops the claim. (Adoption reads the env overrides in
   the listed execution's ``template``, the template its tasks run. Were they
-  not shown there, nothing would be adopted and a second execution started:
-  still safe, as only one of the two can activate — dm swaps the activation
-  token for the first job's own — and the other exits refused.)
+  not shown there, nothing would be adopted and a second execution started.
+  Only one of the two can activate — dm swaps the activation token for the
+  first job's own — and the other fails at activation; when that is the one
+  dm follows, the execution ends FAILED and the quest's ``retry.failed``
+  decides. Never two jobs running one execution.)
 * Completion by polling (``poll_interval``, default 30 s, while the execution
   runs; two intervals after it stopped, then the STOPPING re-polls; the 30 s
   rule of :mod:`dmcore.distributor` applies to final errors): the execution's
