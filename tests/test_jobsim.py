@@ -438,6 +438,73 @@ def test_sub_quests_use_the_requested_config_name(jh: Harness) -> None:
     assert jobsim_quests(jh)["kid"]["desc"].distributor_config_name == "jobsim_alias"
 
 
+# -- chain stage ---------------------------------------------------------------------------
+
+
+def nested_chain(depth: int) -> dict[str, Any]:
+    """A chain of ``depth`` + 1 jobs spelled as deps stages nested ``depth`` deep."""
+    phrase: dict[str, Any] = {"name": "n0"}
+    for i in range(1, depth + 1):
+        phrase = {"name": f"n{i}", "stages": [{"deps": {"deps": [{"phrase": phrase}]}}]}
+    return phrase
+
+
+def chain_links(h: Harness) -> dict[int, AttemptID]:
+    """The attempt 1 of every quest whose phrase is a chain, by its link count."""
+    out: dict[int, AttemptID] = {}
+    for path, doc in h.store.query(docs.QUESTS):
+        params = json.loads(dm_pb2.Quest.Desc.FromString(base64.b64decode(doc["desc"])).parameters)
+        stages = params.get("stages", [])
+        if stages and "chain" in stages[0]:
+            out[int(stages[0]["chain"].get("links", 0))] = AttemptID(path.rsplit("/", 1)[1], 1)
+    return out
+
+
+def test_chain_stage_waits_link_by_link_and_sums(jh: Harness) -> None:
+    links = 4
+    aid, result = play(
+        jh,
+        {"name": "c", "seed": 5, "stages": [{"chain": {"links": links}}, {"failure": {}}]},
+    )
+    assert result == {"success": True, "value": links + 1}  # every link adds its retval 1
+    by_links = chain_links(jh)
+    assert sorted(by_links) == list(range(links + 1))
+    assert by_links[links] == aid
+    for n, link in by_links.items():
+        assert jh.result(link) == {"success": True, "value": n + 1}
+        # Each link but the bottom one halted once for the link below, then resumed.
+        assert jh.attempt(link)["cur_execution"] == (1 if n == 0 else 2)
+    # Same name and seed all the way down: only the link count tells them apart.
+    params = [json.loads(q["desc"].parameters) for q in jobsim_quests(jh).values()]
+    assert {(p["name"], int(p["seed"])) for p in params} == {("c", 5)}
+
+
+def test_chain_stage_with_no_links_does_nothing(jh: Harness) -> None:
+    aid, result = play(jh, {"name": "c", "stages": [{"chain": {}}]})
+    assert result == {"success": True, "value": 1}
+    assert jh.attempt(aid)["cur_execution"] == 1
+    assert list(chain_links(jh)) == [0]
+
+
+def test_a_long_chain_needs_the_chain_stage() -> None:
+    """Nested deps stop parsing past ~20 levels; a chain stage of any length parses."""
+    jobsim.parse_phrase(json.dumps(nested_chain(10)))
+    with pytest.raises(ValueError, match="phrase"):
+        jobsim.parse_phrase(json.dumps(nested_chain(40)))
+    long = jobsim.parse_phrase(json.dumps({"name": "c", "stages": [{"chain": {"links": 199}}]}))
+    assert long.stages[0].chain.links == 199
+    with pytest.raises(ValueError, match=r"stages\[0\]\.chain\.links: more than"):
+        jobsim.parse_phrase(
+            json.dumps({"name": "c", "stages": [{"chain": {"links": jobsim.MAX_EXPANDED + 1}}]})
+        )
+
+
+def test_a_chain_of_60_runs_to_the_end(lh: Harness) -> None:
+    _, result = play(lh, {"name": "long", "stages": [{"chain": {"links": 59}}]})
+    assert result == {"success": True, "value": 60}
+    assert len(chain_links(lh)) == 60
+
+
 # -- retries strategy ----------------------------------------------------------------------
 
 

@@ -18,6 +18,10 @@ compute outcomes independently:
 * derived seeds follow DM (FNV-64a blend, or a draw from a ``random.Random``
   seeded with the parent's seed).
 
+One stage kind is ours, not DM's: ``chain`` (a phrase that depends on
+itself one link shorter), so a chain of hundreds of jobs is one small phrase
+where nested deps stages stop parsing after about 20 levels.
+
 Fixed DM defects: sub-quests get ``distributor_parameters`` ``{}`` (not ""),
 ``retries`` really depends on the next attempt, ``value`` is a JSON number,
 and a result carries an expiration only when the phrase gives one.
@@ -113,6 +117,9 @@ def check_phrase(p: config_pb2.Phrase, where: str = "phrase") -> None:
             d = s.stall.delay
             if d.seconds < 0 or d.nanos < 0:
                 raise ValueError(f"{w}.stall.delay: must not be negative")
+        elif kind == "chain":
+            if s.chain.links > MAX_EXPANDED:
+                raise ValueError(f"{w}.chain.links: more than {MAX_EXPANDED}")
         else:
             _check_total(s.deps, f"{w}.deps")
             for j, dep in enumerate(s.deps.deps):
@@ -356,6 +363,11 @@ class _Job:
                 if added is None:
                     return _Done()  # halted: dm runs a new execution once the deps finish
                 st.sum += added
+            elif kind == "chain":
+                added = self.chain(st.stage, stage.chain.links)
+                if added is None:
+                    return _Done()
+                st.sum += added
             else:
                 raise ValueError(f"stage {st.stage}: unknown stage type {kind!r}")
             st.stage += 1
@@ -377,6 +389,15 @@ class _Job:
         if expiration is not None:
             data.expiration.CopyFrom(expiration)
         self.client.finish_attempt(dm_pb2.FinishAttemptReq(auth=self.auth(), data=data))
+
+    def chain(self, index: int, links: int) -> int | None:
+        """Chain stage ``index``: the value of this phrase one link down, or None to halt."""
+        if links == 0:
+            return 0
+        dep = config_pb2.Dependency()
+        dep.phrase.CopyFrom(self.phrase)  # same name and seed; only the link count differs
+        dep.phrase.stages[index].chain.links = links - 1
+        return self.deps(config_pb2.DepsStage(deps=[dep]))
 
     def deps(self, stage: config_pb2.DepsStage) -> int | None:
         """Depend on the stage's sub-phrases; the sum of successful values, or None to halt.

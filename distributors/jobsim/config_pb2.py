@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n distributors/jobsim/config.proto\x12\x16\x64m.distributors.jobsim\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"+\n\x06\x43onfig\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x13\n\x0b\x64o_pollback\x18\x02 \x01(\x08\"\x8e\x01\n\x06Phrase\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04seed\x18\x02 \x01(\x03\x12-\n\x06stages\x18\x03 \x03(\x0b\x32\x1d.dm.distributors.jobsim.Stage\x12\x39\n\x0creturn_stage\x18\x04 \x01(\x0b\x32#.dm.distributors.jobsim.ReturnStage\"\xb6\x01\n\x05Stage\x12\x37\n\x07\x66\x61ilure\x18\x01 \x01(\x0b\x32$.dm.distributors.jobsim.FailureStageH\x00\x12\x33\n\x05stall\x18\x02 \x01(\x0b\x32\".dm.distributors.jobsim.StallStageH\x00\x12\x31\n\x04\x64\x65ps\x18\x03 \x01(\x0b\x32!.dm.distributors.jobsim.DepsStageH\x00\x42\x0c\n\nstage_type\"\x1e\n\x0c\x46\x61ilureStage\x12\x0e\n\x06\x63hance\x18\x01 \x01(\x02\"6\n\nStallStage\x12(\n\x05\x64\x65lay\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"=\n\tDepsStage\x12\x30\n\x04\x64\x65ps\x18\x01 \x03(\x0b\x32\".dm.distributors.jobsim.Dependency\"\xbe\x01\n\nDependency\x12\x0e\n\x06shards\x18\x01 \x01(\x04\x12\x37\n\x08\x61ttempts\x18\x02 \x01(\x0b\x32#.dm.distributors.jobsim.SparseRangeH\x00\x12\x11\n\x07retries\x18\x03 \x01(\rH\x00\x12\x10\n\x08mix_seed\x18\x04 \x01(\x08\x12.\n\x06phrase\x18\x05 \x01(\x0b\x32\x1e.dm.distributors.jobsim.PhraseB\x12\n\x10\x61ttempt_strategy\"?\n\x0bSparseRange\x12\x30\n\x05items\x18\x01 \x03(\x0b\x32!.dm.distributors.jobsim.RangeItem\"[\n\tRangeItem\x12\x10\n\x06single\x18\x01 \x01(\rH\x00\x12.\n\x05range\x18\x02 \x01(\x0b\x32\x1d.dm.distributors.jobsim.RangeH\x00\x42\x0c\n\nrange_item\"\"\n\x05Range\x12\x0b\n\x03low\x18\x01 \x01(\r\x12\x0c\n\x04high\x18\x02 \x01(\r\"M\n\x0bReturnStage\x12\x0e\n\x06retval\x18\x01 \x01(\x03\x12.\n\nexpiration\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n distributors/jobsim/config.proto\x12\x16\x64m.distributors.jobsim\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"+\n\x06\x43onfig\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x13\n\x0b\x64o_pollback\x18\x02 \x01(\x08\"\x8e\x01\n\x06Phrase\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04seed\x18\x02 \x01(\x03\x12-\n\x06stages\x18\x03 \x03(\x0b\x32\x1d.dm.distributors.jobsim.Stage\x12\x39\n\x0creturn_stage\x18\x04 \x01(\x0b\x32#.dm.distributors.jobsim.ReturnStage\"\xeb\x01\n\x05Stage\x12\x37\n\x07\x66\x61ilure\x18\x01 \x01(\x0b\x32$.dm.distributors.jobsim.FailureStageH\x00\x12\x33\n\x05stall\x18\x02 \x01(\x0b\x32\".dm.distributors.jobsim.StallStageH\x00\x12\x31\n\x04\x64\x65ps\x18\x03 \x01(\x0b\x32!.dm.distributors.jobsim.DepsStageH\x00\x12\x33\n\x05\x63hain\x18\x04 \x01(\x0b\x32\".dm.distributors.jobsim.ChainStageH\x00\x42\x0c\n\nstage_type\"\x1e\n\x0c\x46\x61ilureStage\x12\x0e\n\x06\x63hance\x18\x01 \x01(\x02\"6\n\nStallStage\x12(\n\x05\x64\x65lay\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"=\n\tDepsStage\x12\x30\n\x04\x64\x65ps\x18\x01 \x03(\x0b\x32\".dm.distributors.jobsim.Dependency\"\x1b\n\nChainStage\x12\r\n\x05links\x18\x01 \x01(\r\"\xbe\x01\n\nDependency\x12\x0e\n\x06shards\x18\x01 \x01(\x04\x12\x37\n\x08\x61ttempts\x18\x02 \x01(\x0b\x32#.dm.distributors.jobsim.SparseRangeH\x00\x12\x11\n\x07retries\x18\x03 \x01(\rH\x00\x12\x10\n\x08mix_seed\x18\x04 \x01(\x08\x12.\n\x06phrase\x18\x05 \x01(\x0b\x32\x1e.dm.distributors.jobsim.PhraseB\x12\n\x10\x61ttempt_strategy\"?\n\x0bSparseRange\x12\x30\n\x05items\x18\x01 \x03(\x0b\x32!.dm.distributors.jobsim.RangeItem\"[\n\tRangeItem\x12\x10\n\x06single\x18\x01 \x01(\rH\x00\x12.\n\x05range\x18\x02 \x01(\x0b\x32\x1d.dm.distributors.jobsim.RangeH\x00\x42\x0c\n\nrange_item\"\"\n\x05Range\x12\x0b\n\x03low\x18\x01 \x01(\r\x12\x0c\n\x04high\x18\x02 \x01(\r\"M\n\x0bReturnStage\x12\x0e\n\x06retval\x18\x01 \x01(\x03\x12.\n\nexpiration\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,21 +38,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PHRASE']._serialized_start=171
   _globals['_PHRASE']._serialized_end=313
   _globals['_STAGE']._serialized_start=316
-  _globals['_STAGE']._serialized_end=498
-  _globals['_FAILURESTAGE']._serialized_start=500
-  _globals['_FAILURESTAGE']._serialized_end=530
-  _globals['_STALLSTAGE']._serialized_start=532
-  _globals['_STALLSTAGE']._serialized_end=586
-  _globals['_DEPSSTAGE']._serialized_start=588
-  _globals['_DEPSSTAGE']._serialized_end=649
-  _globals['_DEPENDENCY']._serialized_start=652
-  _globals['_DEPENDENCY']._serialized_end=842
-  _globals['_SPARSERANGE']._serialized_start=844
-  _globals['_SPARSERANGE']._serialized_end=907
-  _globals['_RANGEITEM']._serialized_start=909
-  _globals['_RANGEITEM']._serialized_end=1000
-  _globals['_RANGE']._serialized_start=1002
-  _globals['_RANGE']._serialized_end=1036
-  _globals['_RETURNSTAGE']._serialized_start=1038
-  _globals['_RETURNSTAGE']._serialized_end=1115
+  _globals['_STAGE']._serialized_end=551
+  _globals['_FAILURESTAGE']._serialized_start=553
+  _globals['_FAILURESTAGE']._serialized_end=583
+  _globals['_STALLSTAGE']._serialized_start=585
+  _globals['_STALLSTAGE']._serialized_end=639
+  _globals['_DEPSSTAGE']._serialized_start=641
+  _globals['_DEPSSTAGE']._serialized_end=702
+  _globals['_CHAINSTAGE']._serialized_start=704
+  _globals['_CHAINSTAGE']._serialized_end=731
+  _globals['_DEPENDENCY']._serialized_start=734
+  _globals['_DEPENDENCY']._serialized_end=924
+  _globals['_SPARSERANGE']._serialized_start=926
+  _globals['_SPARSERANGE']._serialized_end=989
+  _globals['_RANGEITEM']._serialized_start=991
+  _globals['_RANGEITEM']._serialized_end=1082
+  _globals['_RANGE']._serialized_start=1084
+  _globals['_RANGE']._serialized_end=1118
+  _globals['_RETURNSTAGE']._serialized_start=1120
+  _globals['_RETURNSTAGE']._serialized_end=1197
 # @@protoc_insertion_point(module_scope)

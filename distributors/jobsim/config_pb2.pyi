@@ -31,14 +31,16 @@ class Phrase(_message.Message):
     def __init__(self, name: _Optional[str] = ..., seed: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., return_stage: _Optional[_Union[ReturnStage, _Mapping]] = ...) -> None: ...
 
 class Stage(_message.Message):
-    __slots__ = ("failure", "stall", "deps")
+    __slots__ = ("failure", "stall", "deps", "chain")
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     STALL_FIELD_NUMBER: _ClassVar[int]
     DEPS_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
     failure: FailureStage
     stall: StallStage
     deps: DepsStage
-    def __init__(self, failure: _Optional[_Union[FailureStage, _Mapping]] = ..., stall: _Optional[_Union[StallStage, _Mapping]] = ..., deps: _Optional[_Union[DepsStage, _Mapping]] = ...) -> None: ...
+    chain: ChainStage
+    def __init__(self, failure: _Optional[_Union[FailureStage, _Mapping]] = ..., stall: _Optional[_Union[StallStage, _Mapping]] = ..., deps: _Optional[_Union[DepsStage, _Mapping]] = ..., chain: _Optional[_Union[ChainStage, _Mapping]] = ...) -> None: ...
 
 class FailureStage(_message.Message):
     __slots__ = ("chance",)
@@ -57,6 +59,12 @@ class DepsStage(_message.Message):
     DEPS_FIELD_NUMBER: _ClassVar[int]
     deps: _containers.RepeatedCompositeFieldContainer[Dependency]
     def __init__(self, deps: _Optional[_Iterable[_Union[Dependency, _Mapping]]] = ...) -> None: ...
+
+class ChainStage(_message.Message):
+    __slots__ = ("links",)
+    LINKS_FIELD_NUMBER: _ClassVar[int]
+    links: int
+    def __init__(self, links: _Optional[int] = ...) -> None: ...
 
 class Dependency(_message.Message):
     __slots__ = ("shards", "attempts", "retries", "mix_seed", "phrase")
