@@ -31,3 +31,37 @@ def test_bench_engine_refuses_unknown_cases(capsys: pytest.CaptureFixture[str]) 
         bench_engine.main(["--cases", "nope:3"])
     assert e.value.code == 2
     assert "unknown case 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.emulator
+def test_bench_firestore_smoke(firestore_emulator: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import bench_firestore
+
+    bench_firestore.main(
+        ["--scenarios", "leaf:2,fan-in:2,chain:2", "--emulator-host", firestore_emulator, "--json"]
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert out["prices"]["date"]
+    scenarios = out["scenarios"]
+    assert {n: s["executions"] for n, s in scenarios.items()} == {
+        "leaf": 2,
+        "fan-in": 2 + 2,
+        "chain": 2 * 2 - 1,
+    }
+    for s in scenarios.values():
+        n = s["executions"]
+        # The breakdown by step and by collection adds up to the per-execution figures.
+        for table in (s["steps"], s["collections"]):
+            reads = sum(r["reads"] for r in table.values())
+            writes = sum(r["writes"] + r["deletes"] for r in table.values())
+            assert reads == pytest.approx(s["reads_per_execution"] * n, abs=0.01 * n)
+            assert writes == pytest.approx(s["writes_per_execution"] * n, abs=0.01 * n)
+        deliveries = sum(r["deliveries"] for r in s["steps"].values())
+        assert deliveries == pytest.approx(s["tasks_per_execution"] * n, abs=0.01 * n)
+        assert s["max_writes_one_document"] >= 1
+        assert s["largest_commit"] >= 1
+        assert s["usd_per_million_executions"] > 0
+        # jobsim keeps one task document per execution in its own collection.
+        assert s["distributor"]["collections"] == ["jobsim_tasks"]
+        assert s["distributor"]["tasks_per_execution"] >= 1
+        assert "jobsim_tasks" not in s["collections"]

@@ -21,7 +21,7 @@ from dmcore.store.base import (
     StoreError,
     Transaction,
 )
-from dmcore.store.firestore import FirestoreStore
+from dmcore.store.firestore import FirestoreStore, OpCounts, collection_of
 from tests.emulator_fixtures import firestore_reset
 from tests.store_contract import StoreContract, _docs, _increment, put, run_threads
 
@@ -321,3 +321,45 @@ def test_stats_count_billed_reads_and_writes(fs: FirestoreStore) -> None:
     }
     assert fs.count("s") == 2
     assert fs.stats.reads == 4
+
+
+def test_detailed_stats_say_who_did_what(fs: FirestoreStore) -> None:
+    """Per document, per (owner, step) label and collection, and the largest commit."""
+    fs.stats.reset()
+    fs.stats.detailed = True
+
+    def fn(tx: Transaction) -> None:
+        tx.get_many(["s/a", "s/b"])
+        tx.set("s/a", {})
+        tx.set("s/a/sub/x", {})
+        tx.delete("s/c")
+
+    with fs.stats.labelled(step="one"):
+        fs.transaction(fn)
+        with fs.stats.labelled(owner="other"):
+            fs.get("s/a")
+            assert [p for p, _ in fs.query("s")] == ["s/a"]
+            fs.query("s/a/none")  # empty: 1 read, on the collection only
+    fs.transaction(lambda tx: tx.set("s/a", {"v": 1}))
+
+    st = fs.stats
+    assert st.documents["s/a"] == OpCounts(reads=3, writes=2)
+    assert st.documents["s/b"] == OpCounts(reads=1)
+    assert st.documents["s/c"] == OpCounts(deletes=1)
+    assert st.documents["s/a/sub/x"] == OpCounts(writes=1)
+    mine, other, unlabelled = (
+        st.labels[("dm", "one")],
+        st.labels[("other", "one")],
+        st.labels[("dm", "-")],
+    )
+    assert mine.commits == 1 and other.commits == 0 and unlabelled.commits == 1
+    assert mine.collections == {
+        "s": OpCounts(reads=2, writes=1, deletes=1),
+        "s/sub": OpCounts(writes=1),
+    }
+    assert other.collections == {"s": OpCounts(reads=2), "s/none": OpCounts(reads=1)}
+    assert unlabelled.collections == {"s": OpCounts(writes=1)}
+    assert st.largest_commit == 3
+    # The totals are the same as without detail.
+    assert st.snapshot() == {"reads": 5, "writes": 3, "deletes": 1, "commits": 2, "retries": 0}
+    assert collection_of("attempts/q|1/executions/2") == collection_of("attempts/q|2/executions")

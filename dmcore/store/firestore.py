@@ -42,7 +42,8 @@ Why this shape:
   fresh prefix per test on one emulator project.
 * **Cost counters.** :attr:`FirestoreStore.stats` counts billed document reads
   (a missing document and an empty query cost one read each, a count one per
-  1,000 matches) and committed document writes and deletes.
+  1,000 matches) and committed document writes and deletes; when asked, per
+  document and per label (who did it: ``bench/bench_firestore.py``).
 * **Query shapes.** :attr:`FirestoreStore.query_shapes` collects the shape of
   every query run (:class:`QueryShape`: collection id, scope, fields filtered,
   order), which is what Firestore's indexes are declared for: a test checks
@@ -59,7 +60,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from google.api_core import exceptions as gexc
@@ -83,7 +84,14 @@ from dmcore.store.base import (
     id_prefix_end,
 )
 
-__all__ = ["FirestoreStats", "FirestoreStore", "QueryShape"]
+__all__ = [
+    "FirestoreStats",
+    "FirestoreStore",
+    "LabelCounts",
+    "OpCounts",
+    "QueryShape",
+    "collection_of",
+]
 
 T = TypeVar("T")
 
@@ -215,18 +223,66 @@ def _collection_path(path: str) -> str:
 # ---- counters
 
 
+def collection_of(path: str) -> str:
+    """The collection names along ``path``, ids left out: ``attempts/executions``
+    for ``attempts/q|1/executions/2`` (a document) or ``attempts/q|1/executions``
+    (a collection)."""
+    return "/".join(path.split("/")[0::2])
+
+
+@dataclasses.dataclass
+class OpCounts:
+    """Billed operations on one document, or under one label on one collection."""
+
+    reads: int = 0
+    writes: int = 0
+    deletes: int = 0
+
+
+@dataclasses.dataclass
+class LabelCounts:
+    """What was done under one (owner, step) label: commits, and operations by collection."""
+
+    commits: int = 0
+    collections: dict[str, OpCounts] = dataclasses.field(default_factory=dict)
+
+    def on(self, collection: str) -> OpCounts:
+        counts = self.collections.get(collection)
+        if counts is None:
+            counts = self.collections[collection] = OpCounts()
+        return counts
+
+
+class _Labels(threading.local):
+    def __init__(self) -> None:
+        self.stack: list[tuple[str | None, str | None]] = []
+
+
 @dataclasses.dataclass
 class FirestoreStats:
-    """Billed document reads and committed writes since creation (or :meth:`reset`)."""
+    """Billed document reads and committed writes since creation (or :meth:`reset`).
+
+    With ``detailed`` set, also who did them (the cost benchmark reads this):
+    per document path (:attr:`documents`), per label (:attr:`labels`: the
+    innermost ``owner`` and ``step`` given to :meth:`labelled` in this thread,
+    by collection) and the largest commit. Off by default: it keeps a record
+    per document touched.
+    """
 
     reads: int = 0
     writes: int = 0  # set and create
     deletes: int = 0
     commits: int = 0  # successful transactions that wrote or read
     retries: int = 0  # attempts lost to contention and re-run
+    detailed: bool = False
+    documents: dict[str, OpCounts] = dataclasses.field(default_factory=dict)
+    labels: dict[tuple[str, str], LabelCounts] = dataclasses.field(default_factory=dict)
+    largest_commit: int = 0
+    """Most writes and deletes in one commit."""
     _lock: threading.Lock = dataclasses.field(
         default_factory=threading.Lock, repr=False, compare=False
     )
+    _labels: _Labels = dataclasses.field(default_factory=_Labels, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:
         with self._lock:
@@ -246,6 +302,78 @@ class FirestoreStats:
     def reset(self) -> None:
         with self._lock:
             self.reads = self.writes = self.deletes = self.commits = self.retries = 0
+            self.documents = {}
+            self.labels = {}
+            self.largest_commit = 0
+
+    # -- who did it (detailed)
+
+    @contextlib.contextmanager
+    def labelled(self, *, owner: str | None = None, step: str | None = None) -> Iterator[None]:
+        """Count this thread's operations in the block under ``owner`` and/or ``step``
+        (each defaults to the enclosing block's; outside any: ``dm`` and ``-``)."""
+        stack = self._labels.stack
+        stack.append((owner, step))
+        try:
+            yield
+        finally:
+            stack.pop()
+
+    def _label(self) -> LabelCounts:
+        owner = step = None
+        for o, s in reversed(self._labels.stack):
+            owner = owner or o
+            step = step or s
+            if owner and step:
+                break
+        key = (owner or "dm", step or "-")
+        counts = self.labels.get(key)
+        if counts is None:
+            counts = self.labels[key] = LabelCounts()
+        return counts
+
+    def _document(self, path: str) -> OpCounts:
+        counts = self.documents.get(path)
+        if counts is None:
+            counts = self.documents[path] = OpCounts()
+        return counts
+
+    def read(self, paths: Sequence[str]) -> None:
+        """Documents read by path (each billed, found or not)."""
+        self.add(reads=len(paths))
+        if not self.detailed:
+            return
+        with self._lock:
+            label = self._label()
+            for p in paths:
+                self._document(p).reads += 1
+                label.on(collection_of(p)).reads += 1
+
+    def read_query(self, collection: str, paths: Sequence[str], billed: int) -> None:
+        """A query of ``collection`` that returned ``paths`` and cost ``billed`` reads."""
+        self.add(reads=billed)
+        if not self.detailed:
+            return
+        with self._lock:
+            for p in paths:
+                self._document(p).reads += 1
+            self._label().on(collection_of(collection)).reads += billed
+
+    def commit(self, written: Sequence[str], deleted: Sequence[str]) -> None:
+        """A committed transaction or batch."""
+        self.add(writes=len(written), deletes=len(deleted), commits=1)
+        if not self.detailed:
+            return
+        with self._lock:
+            self.largest_commit = max(self.largest_commit, len(written) + len(deleted))
+            label = self._label()
+            label.commits += 1
+            for p in written:
+                self._document(p).writes += 1
+                label.on(collection_of(p)).writes += 1
+            for p in deleted:
+                self._document(p).deletes += 1
+                label.on(collection_of(p)).deletes += 1
 
 
 # ---- query shapes
@@ -372,17 +500,18 @@ class _FirestoreTransaction(BufferedTransaction[dict[str, Any]]):
             self._fs if self._fs is not None else store.client.batch()
         )
         absent = store.client.write_option(exists=False) if writes else None
-        n_set = n_del = 0
+        written: list[str] = []
+        deleted: list[str] = []
         for path, w in writes.items():
             ref = store._ref(path)
             if w.body is None:
-                n_del += 1
+                deleted.append(path)
                 if w.must_be_absent:
                     batch.delete(ref, option=absent)
                 else:
                     batch.delete(ref)
             else:
-                n_set += 1
+                written.append(path)
                 if w.must_be_absent:
                     batch.create(ref, w.body)
                 else:
@@ -395,7 +524,7 @@ class _FirestoreTransaction(BufferedTransaction[dict[str, Any]]):
         except gexc.AlreadyExists as e:
             present = sorted(self._writes.must_be_absent())
             raise AlreadyExists(f"document(s) already exist among: {', '.join(present)}") from e
-        store.stats.add(writes=n_set, deletes=n_del, commits=1)
+        store.stats.commit(written, deleted)
 
     def _abandon(self, *, rollback: bool = True) -> None:
         """End without committing; roll the Firestore transaction back (best effort)."""
@@ -474,7 +603,7 @@ class FirestoreStore(Store):
             found[by_ref[snap.reference.path]] = (
                 _decode_doc(snap.to_dict()) if snap.exists else None
             )
-        self.stats.add(reads=len(wanted))
+        self.stats.read(wanted)
         return {p: found.get(p) for p in wanted}
 
     def _build_query(
@@ -513,7 +642,7 @@ class FirestoreStore(Store):
             q = q.limit(limit)
         head = collection + "/"
         rows = [(head + snap.id, _decode_doc(snap.to_dict())) for snap in q.stream(transaction=tx)]
-        self.stats.add(reads=max(1, len(rows)))
+        self.stats.read_query(collection, [p for p, _ in rows], max(1, len(rows)))
         return rows
 
     # -- the port
@@ -591,7 +720,7 @@ class FirestoreStore(Store):
         self.query_shapes.add(_shape(collection, None, ranges=[NAME_FIELD]))
         head = collection + "/"
         rows = [(head + snap.id, _decode_doc(snap.to_dict())) for snap in q.stream()]
-        self.stats.add(reads=max(1, len(rows)))
+        self.stats.read_query(collection, [p for p, _ in rows], max(1, len(rows)))
         return rows
 
     def count(self, collection: str, where: Mapping[str, Any] | None = None) -> int:
@@ -604,7 +733,7 @@ class FirestoreStore(Store):
         for row in rows:
             for result in row if isinstance(row, list) else [row]:
                 n = int(result.value)
-        self.stats.add(reads=max(1, math.ceil(n / _COUNT_READ_BATCH)))
+        self.stats.read_query(collection, [], max(1, math.ceil(n / _COUNT_READ_BATCH)))
         return n
 
     def close(self) -> None:
