@@ -5,7 +5,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint typecheck pytest protos clean browser bundle dev
+.PHONY: setup run test lint typecheck pytest protos clean browser bundle dev bench redis
 
 setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -34,6 +34,21 @@ pytest: setup browser
 
 test: lint typecheck pytest
 
+# Celery's broker in the bench; installed where we can (the bench skips Celery without it).
+redis:
+	@command -v redis-server >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null 2>&1; } || \
+	  echo "note: redis-server is not installed; the bench will skip Celery"
+
+# dm beside Prefect and Celery (their own envs under .bench/), then dm alone (engine
+# scale, Firestore cost on the emulator): writes BENCHMARKS.md and bench/results/.
+# Not part of `make test`; takes the better part of an hour. BENCH_ARGS: see
+# `uv run python -m bench.peers --help`.
+BENCH_ARGS ?=
+bench: setup redis
+	$(UV) run python -m bench.peers $(BENCH_ARGS)
+
 protos: setup
 	$(UV) run python -m scripts.gen_protos
 
@@ -47,4 +62,4 @@ bundle: setup
 	$(UV) run python -m scripts.bundle
 
 clean:
-	rm -rf .dm .venv .mypy_cache .ruff_cache .pytest_cache build
+	rm -rf .dm .venv .mypy_cache .ruff_cache .pytest_cache build .bench

@@ -113,8 +113,12 @@ def quest_ids(phrases: Phrases) -> list[str]:
 
 
 def run(emb: Embedded, phrases: Phrases) -> tuple[float, list[Any]]:
-    """Submit the quests and drive them to FINISHED: (wall-clock seconds, root results)."""
-    req = request(phrases)
+    """Submit the jobsim quests and drive them to FINISHED: (wall-clock seconds, root results)."""
+    return run_request(emb, request(phrases))
+
+
+def run_request(emb: Embedded, req: dm_pb2.EnsureGraphDataReq) -> tuple[float, list[Any]]:
+    """Submit the request's quests (attempt 1 each) and drive them to FINISHED."""
     start = time.perf_counter()
     rsp = emb.service.ensure_graph_data(req, Caller.trusted())
     paths = [f"attempts/{q.id}|fffffffe" for q in rsp.quest_ids]

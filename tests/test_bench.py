@@ -4,10 +4,15 @@ only that they run, check their own results, and report every case they were ask
 from __future__ import annotations
 
 import json
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
 from bench import bench_engine
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_bench_engine_smoke(capsys: pytest.CaptureFixture[str]) -> None:
@@ -65,3 +70,54 @@ def test_bench_firestore_smoke(firestore_emulator: str, capsys: pytest.CaptureFi
         assert s["distributor"]["collections"] == ["jobsim_tasks"]
         assert s["distributor"]["tasks_per_execution"] >= 1
         assert "jobsim_tasks" not in s["collections"]
+
+
+def test_side_by_side_harness_smoke(tmp_path: pathlib.Path) -> None:
+    """``make bench``'s harness, dm only and tiny: it runs every kind of workload, checks
+    each answer and writes its report (the peers and the plots are left to ``make bench``)."""
+    report = tmp_path / "BENCHMARKS.md"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.peers",
+            "--systems",
+            "dm",
+            "--workloads",
+            "fan:10,chain:10,cached:10,local:2",
+            "--rounds",
+            "1",
+            "--engine-cases",
+            "none",
+            "--firestore-scenarios",
+            "none",
+            "--no-plots",
+            "--results",
+            str(tmp_path),
+            "--report",
+            str(report),
+            "--readme",
+            "none",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["workload"] for r in results["runs"]] == [
+        "fan:10",
+        "chain:10",
+        "cached:10",
+        "local:2",
+    ]
+    assert all(r["ok"] for r in results["runs"]), results["runs"]
+    # N leaves and the root twice (halted on its leaves, resumed); the memoised
+    # re-run executes nothing.
+    executions = {r["workload"]: r["executions"] for r in results["runs"]}
+    assert executions == {"fan:10": 12, "chain:10": 19, "cached:10": 0, "local:2": 4}
+    text = report.read_text()
+    for heading in ("## Method", "## Durability", "## Headline", "## chain of 10 tasks"):
+        assert heading in text
