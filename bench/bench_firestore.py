@@ -18,8 +18,9 @@ dm's documents are counted apart from the distributor's own (jobsim keeps its
 tasks in dm's store: what goes through the store handed to distributors is
 the distributor's), and apart from the sweep and this program's own reads.
 Nothing here knows dm's document names: steps come from what the engine runs,
-collections from the paths the store reports. Executions are counted from
-the attempts (each attempt's current execution number).
+collections from the paths the store reports. Executions are counted
+through the API (WalkGraph from the roots: each attempt's number of
+executions).
 
 Scenarios (``--scenarios name:size,...``): ``leaf`` (independent leaf
 quests), ``fan-in`` (jobsim's root + N shards), ``wide-fan-in`` (the same,
@@ -315,7 +316,7 @@ def run_scenario(name: str, size: int, project: str, home: pathlib.Path) -> dict
         store.stats.detailed = True
         with store.stats.labelled(owner=BENCH):
             seconds, results = bench_engine.run(emb, phrases)
-            n = bench_engine.executions(emb)
+            n = bench_engine.executions(emb, bench_engine.quest_ids(phrases))
         values = [r.get("value") if isinstance(r, dict) else None for r in results]
         if values != bench_engine.expected_values(kind, size):
             raise SystemExit(f"{name}: the graph gave {values[:5]}..., not the expected values")

@@ -32,18 +32,20 @@ def run(w: Workload, home: str) -> tuple[float, int, dict[str, Any]]:
         req.quest_attempt.add(nums=[1])
         try:
             seconds, results = bench_engine.run_request(emb, req)
-            return seconds, int(results[0]["value"]), {"executions": bench_engine.executions(emb)}
+            n = bench_engine.executions(emb, [ids.quest_id(req.quest[0])])
+            return seconds, int(results[0]["value"]), {"executions": n}
         finally:
             emb.close()
     phrases = (bench_engine.chain if w.kind == "chain" else bench_engine.fan_in)(w.size)
     emb = Embedded(pathlib.Path(home), build_registry(bench_engine.CONFIG))
+    roots = bench_engine.quest_ids(phrases)
     try:
         before = 0
         if w.kind == "cached":
             bench_engine.run(emb, phrases)  # the first run; the memoised re-run is timed
-            before = bench_engine.executions(emb)
+            before = bench_engine.executions(emb, roots)
         seconds, results = bench_engine.run(emb, phrases)
-        executions = bench_engine.executions(emb) - before
+        executions = bench_engine.executions(emb, roots) - before
     finally:
         emb.close()
     return seconds, int(results[0]["value"]), {"executions": executions}
