@@ -36,14 +36,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from dmcore import ids
 from dmcore.proto import dm_pb2
 from dmcore.runtime.embedded import Embedded, build_registry
 from dmcore.service import Caller
-from dmcore.states import AttemptState
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = {"distributor_configs": {"jobsim": {"jobsim": {"pool": "bench"}}}}
@@ -61,6 +60,8 @@ HUGE = 100_000
 """Cases this large run once whatever ``--repeat`` says (minutes each)."""
 
 Phrases = list[dict[str, object]]
+ENDED = ("finished", "abnormal_finish")
+"""Attempt kinds (WalkGraph's ``attempt_type``) that end a run."""
 
 
 def leaves(n: int) -> Phrases:
@@ -121,49 +122,46 @@ def run_request(emb: Embedded, req: dm_pb2.EnsureGraphDataReq) -> tuple[float, l
     """Submit the request's quests (attempt 1 each) and drive them to FINISHED."""
     start = time.perf_counter()
     rsp = emb.service.ensure_graph_data(req, Caller.trusted())
-    paths = [f"attempts/{q.id}|fffffffe" for q in rsp.quest_ids]
+    qids = [q.id for q in rsp.quest_ids]
 
     def done() -> bool:
-        docs = emb.store.get_many(paths)
-        return all(d is not None and d["state"] == AttemptState.FINISHED for d in docs.values())
+        return all(att.data.WhichOneof("attempt_type") in ENDED for _, _, att in walk(emb, qids))
 
     if not emb.drive(done, sweep_every_s=60, timeout_s=TIMEOUT_S):
         raise SystemExit(f"the graph did not finish in {TIMEOUT_S:.0f} s")
     seconds = time.perf_counter() - start
-    return seconds, results(emb, [q.id for q in rsp.quest_ids])
+    return seconds, results(emb, qids)
 
 
-def results(emb: Embedded, qids: Sequence[str], chunk: int = 1000) -> list[Any]:
-    """The finished results of attempt 1 of quests ``qids`` (through the API)."""
-    out: list[Any] = []
+def walk(
+    emb: Embedded, qids: Sequence[str], *, depth: int = 0, result: bool = False, chunk: int = 1000
+) -> Iterator[tuple[str, int, dm_pb2.Attempt]]:
+    """Every attempt WalkGraph reaches from attempt 1 of quests ``qids`` (``depth``
+    dependency hops, -1: all), with its data: the API, not dm's documents, says."""
     for i in range(0, len(qids), chunk):
         req = dm_pb2.WalkGraphReq()
         for qid in qids[i : i + chunk]:
             req.query.attempt_list.to[qid].nums.append(1)
         req.include.attempt.data = True
-        req.include.attempt.result = True
-        req.limit.max_depth = 0
-        graph = emb.service.walk_graph(req, Caller.trusted())
-        for qid in qids[i : i + chunk]:
-            att = graph.quests[qid].attempts[1]
-            out.append(json.loads(att.data.finished.data.object or "null"))
-    return out
-
-
-def executions(emb: Embedded, roots: Sequence[str], chunk: int = 1000) -> int:
-    """Executions of every attempt reachable from attempt 1 of quests ``roots`` (through
-    the API: WalkGraph follows the dependencies and reports each attempt's count)."""
-    seen: dict[tuple[str, int], int] = {}
-    for i in range(0, len(roots), chunk):
-        req = dm_pb2.WalkGraphReq()
-        for qid in roots[i : i + chunk]:
-            req.query.attempt_list.to[qid].nums.append(1)
-        req.include.attempt.data = True
-        req.limit.max_depth = -1
+        req.include.attempt.result = result
+        req.include.attempt.abnormal = True  # else they are left out, not reported
+        req.include.attempt.expired = True
+        req.limit.max_depth = depth
         graph = emb.service.walk_graph(req, Caller.trusted())
         for qid, quest in graph.quests.items():
             for num, att in quest.attempts.items():
-                seen[(qid, num)] = att.data.num_executions
+                yield qid, num, att
+
+
+def results(emb: Embedded, qids: Sequence[str]) -> list[Any]:
+    """The results of attempt 1 of quests ``qids`` (None where it did not finish)."""
+    found = {q: att for q, n, att in walk(emb, qids, result=True) if n == 1}
+    return [json.loads(found[q].data.finished.data.object or "null") for q in qids]
+
+
+def executions(emb: Embedded, roots: Sequence[str]) -> int:
+    """Executions of every attempt reachable from attempt 1 of quests ``roots``."""
+    seen = {(q, n): att.data.num_executions for q, n, att in walk(emb, roots, depth=-1)}
     return sum(seen.values())
 
 

@@ -11,6 +11,7 @@ graph again: every result is reused, nothing executes.
 
 from __future__ import annotations
 
+import collections
 import pathlib
 from typing import Any
 
@@ -24,16 +25,34 @@ from dmcore.runtime.embedded import Embedded, build_registry, home_registry
 LOCAL_CONFIG: dict[str, Any] = {"distributor_configs": {"local": {"local": {}}}}
 
 
+def abnormal(emb: Embedded, root: str) -> str:
+    """Why the attempts under ``root`` that ended abnormally did, counted (through the API)."""
+    why: collections.Counter[str] = collections.Counter()
+    for _, _, att in bench_engine.walk(emb, [root], depth=-1):
+        if att.data.HasField("abnormal_finish"):
+            af = att.data.abnormal_finish
+            why[f"{dm_pb2.AbnormalFinish.Status.Name(af.status)} {af.reason}"] += 1
+    return "; ".join(f"{n} x {reason}" for reason, n in why.most_common()) or "unknown"
+
+
+def value_of(emb: Embedded, w: Workload, root: str, results: list[Any]) -> int:
+    """The root's value; SystemExit saying why when it ended abnormally."""
+    if not isinstance(results[0], dict):
+        raise SystemExit(f"{w.name}: the root ended abnormally: {abnormal(emb, root)}")
+    return int(results[0]["value"])
+
+
 def run(w: Workload, home: str) -> tuple[float, int, dict[str, Any]]:
     if w.kind == "local":
         emb = Embedded(home, home_registry(home, LOCAL_CONFIG))
         req = dm_pb2.EnsureGraphDataReq()
         req.quest.append(ids.desc_from_json(quest({"name": "root", "leaves": w.size})))
         req.quest_attempt.add(nums=[1])
+        roots = [ids.quest_id(req.quest[0])]
         try:
             seconds, results = bench_engine.run_request(emb, req)
-            n = bench_engine.executions(emb, [ids.quest_id(req.quest[0])])
-            return seconds, int(results[0]["value"]), {"executions": n}
+            value = value_of(emb, w, roots[0], results)
+            return seconds, value, {"executions": bench_engine.executions(emb, roots)}
         finally:
             emb.close()
     phrases = (bench_engine.chain if w.kind == "chain" else bench_engine.fan_in)(w.size)
@@ -45,10 +64,11 @@ def run(w: Workload, home: str) -> tuple[float, int, dict[str, Any]]:
             bench_engine.run(emb, phrases)  # the first run; the memoised re-run is timed
             before = bench_engine.executions(emb, roots)
         seconds, results = bench_engine.run(emb, phrases)
+        value = value_of(emb, w, roots[0], results)
         executions = bench_engine.executions(emb, roots) - before
     finally:
         emb.close()
-    return seconds, int(results[0]["value"]), {"executions": executions}
+    return seconds, value, {"executions": executions}
 
 
 if __name__ == "__main__":

@@ -163,15 +163,15 @@ def run_once(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 out, _ = proc.communicate()
-                return Run(system.key, workload.name, rnd, False, error=f"timed out; see {log}")
+                why = f"timed out after {timeout_s:.0f} s (log: {log.relative_to(ROOT)})"
+                return Run(system.key, workload.name, rnd, False, error=why)
     finally:
         procs.stop_leftovers(keep=rss.before)
         shutil.rmtree(home, ignore_errors=True)
     lines = out.decode(errors="replace").strip().splitlines()
     if proc.returncode != 0 or not lines:
-        return Run(
-            system.key, workload.name, rnd, False, error=f"exit {proc.returncode}; see {log}"
-        )
+        why = f"exit {proc.returncode}: {last_line(log)} (log: {log.relative_to(ROOT)})"
+        return Run(system.key, workload.name, rnd, False, error=why)
     answer = json.loads(lines[-1])
     if answer["value"] != workload.value:
         return Run(
@@ -192,6 +192,15 @@ def run_once(
     )
 
 
+def last_line(log: pathlib.Path, limit: int = 200) -> str:
+    """The last non-empty line a runner wrote to its log (what it died of)."""
+    try:
+        lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return ""
+    return lines[-1].strip()[:limit] if lines else ""
+
+
 def summarise(runs: Sequence[Run], workloads: Sequence[Workload]) -> dict[str, Any]:
     """Per workload and system: min and median seconds, tasks/s, per-link ms, peak RSS."""
     out: dict[str, Any] = {}
@@ -209,6 +218,7 @@ def summarise(runs: Sequence[Run], workloads: Sequence[Workload]) -> dict[str, A
             entry: dict[str, Any] = {
                 "runs": len(good),
                 "failed": len(mine) - len(good),
+                "errors": [r.error for r in mine if not r.ok],
                 "min_seconds": round(best, 4),
                 "median_seconds": round(statistics.median(good), 4),
                 "tasks_per_s": round(w.tasks / best, 1) if best > 0 else None,
@@ -326,6 +336,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-plots", action="store_true", help="no plots (no matplotlib needed)")
     ap.add_argument("--run-timeout", type=float, default=RUN_TIMEOUT_S, help="seconds per run")
+    ap.add_argument(
+        "--report-only",
+        type=pathlib.Path,
+        metavar="RESULTS_JSON",
+        help="run nothing: write the report, plots and README block from a results.json",
+    )
     args = ap.parse_args(argv)
     wanted = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(wanted) - {s.key for s in SYSTEMS}
@@ -336,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
 
     logs = envs.HOME / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        return republish(args.report_only, args, logs)
     work = envs.HOME / "runs"
     work.mkdir(parents=True, exist_ok=True)
     if not procs.become_subreaper():
@@ -423,6 +441,12 @@ def main(argv: list[str] | None = None) -> int:
         "engine": engine,
         "firestore": firestore,
     }
+    publish(results, args, logs)
+    return 0 if all(r.ok for r in runs) else 1
+
+
+def publish(results: dict[str, Any], args: argparse.Namespace, logs: pathlib.Path) -> None:
+    """Save the results, draw the plots, write the report and README's headline block."""
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     plots: list[str] = []
@@ -437,7 +461,15 @@ def main(argv: list[str] | None = None) -> int:
         and report.update_readme(args.readme, results, args.report)
     ):
         print(f"updated the headline figures in {args.readme}", flush=True)
-    return 0 if all(r.ok for r in runs) else 1
+
+
+def republish(source: pathlib.Path, args: argparse.Namespace, logs: pathlib.Path) -> int:
+    """The report of an earlier run again (its summary recomputed), without running anything."""
+    results = json.loads(source.read_text())
+    runs = [Run(**r) for r in results["runs"]]
+    results["summary"] = summarise(runs, [Workload.parse(w) for w in results["workloads"]])
+    publish(results, args, logs)
+    return 0
 
 
 def make_plots(results: pathlib.Path, logs: pathlib.Path) -> list[str]:

@@ -45,6 +45,10 @@ def main() -> int:
     deps = job.depend([quest({"name": "leaf", "i": i}) for i in range(n)])
     if deps.should_halt:
         return 0  # dm runs this again once the leaves are done
+    if deps.abnormal:
+        reasons = sorted(set(deps.abnormal.values()))
+        print(f"{len(deps.abnormal)} of {n} leaves ended abnormally: {reasons}", file=sys.stderr)
+        return 1
     job.finish({"value": total(int(r["value"]) for r in deps.results.values())})
     return 0
 

@@ -143,6 +143,10 @@ def render(results: Mapping[str, Any], plots: Sequence[str], *, relative_to: pat
                 rows.append([s["name"], "failed", "", "", "", "", "", entry["error"]])
                 continue
             execs = f" ({entry['executions']:,} executions)" if "executions" in entry else ""
+            if entry.get("failed"):
+                total = entry["runs"] + entry["failed"]
+                errors = "; ".join(sorted(set(entry.get("errors", []))))
+                execs += f" **{entry['failed']} of {total} runs failed**: {errors}"
             rows.append(
                 [
                     s["name"],
