@@ -62,9 +62,12 @@ def headline(results: Mapping[str, Any]) -> list[str]:
     for name in results["workloads"]:
         row_systems = results["summary"][name]["systems"]
         cells = []
+        dm_failed = "error" in row_systems.get("dm", {})
         for p in peers:
             entry = row_systems.get(p)
-            if entry is None:
+            if dm_failed:
+                cells.append("dm failed (see below)")
+            elif entry is None:
                 note = systems[p]["notes"].get(Workload.parse(name).kind, "")
                 cells.append(note.split(":")[0] if note.endswith("not run") else "not run")
             else:
