@@ -41,11 +41,16 @@ PUBLIC = ("allUsers", "allAuthenticatedUsers")
 NOT_IN_PRODUCTION = {
     "DM_HOME": "embedded backend only",
     "DM_STORE": "embedded backend only",
+    "DM_EMBEDDED_DRIVER": "set by dm serve, whose worker runs the embedded queue",
+    "DM_NO_FINGERPRINT": "an option of the local distributor (dm run --no-fingerprint)",
     "DM_TASKS_QUEUE": "the deployment names its queues in DM_TASKS_QUEUES",
     "DM_NOTIFY_SECRET": "the secret is mounted as a file (DM_NOTIFY_SECRET_FILE)",
     "DM_TASKS_EMULATOR_HOST": "a local Cloud Tasks stand-in only",
+    "DM_CLOUD_RUN_EMULATOR_HOST": "a local Cloud Run stand-in only",
+    "DM_EXECUTION_ID": "written into a Cloud Run job's env (cloud_run_jobs' marker)",
 }
-"""Variables the backend reads that a deployment leaves unset, and why."""
+"""Variables named in the code that a deployment leaves unset, and why (besides the
+job's side, :func:`_job_side`)."""
 
 
 @functools.cache
@@ -204,23 +209,64 @@ def test_timeouts_fit(m: Model) -> None:
 # -- the environment: what the code reads at start-up ---------------------------------------------
 
 
-def _read_vars() -> set[str]:
-    """Every DM_* / GOOGLE_CLOUD_PROJECT variable dmcore/runtime/backend.py reads."""
-    text = (ROOT / "dmcore" / "runtime" / "backend.py").read_text()
-    found = set(re.findall(r'(?:env\.get|env\[|need)\(?\s*"((?:DM|GOOGLE)_[A-Z_]+)"', text))
-    assert "DM_BACKEND" in found and "DM_TASKS_URL" in found, found
-    return found
+ENV_NAME = re.compile(r"(DM|GOOGLE)_[A-Z0-9_]+")
+SCANNED = ("dmcore", "functions", "distributors")
 
 
-def test_environment_sets_what_the_backend_reads(m: Model) -> None:
+def env_names(tree: ast.AST) -> set[str]:
+    """Every string constant of ``tree`` that is an environment variable's name.
+
+    All of them, not only those at ``os.environ.get(...)``: a name is read
+    through constants (``ENV_API_URL``), helpers (``need("...")``) and mappings
+    handed around, and a name dm writes into a job's env is a name too.
+    """
+    return {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and ENV_NAME.fullmatch(node.value)
+    }
+
+
+def _code_env_names() -> set[str]:
+    names: set[str] = set()
+    for top in SCANNED:
+        for path in (ROOT / top).rglob("*.py"):
+            if not path.name.endswith("_pb2.py"):
+                names |= env_names(ast.parse(path.read_text()))
+    return names
+
+
+def _job_side() -> set[str]:
+    """What a job reads (dmcore.job's ENV_*): its distributor sets them, not terraform."""
+    from dmcore import job
+
+    return {v for k, v in vars(job).items() if k.startswith("ENV_") and ENV_NAME.fullmatch(v)}
+
+
+def test_environment_sets_what_the_code_reads(m: Model) -> None:
     env = env_of(m)
-    read = _read_vars()
-    unset = sorted(read - set(env) - set(NOT_IN_PRODUCTION))
-    assert not unset, f"read by the backend, not set by terraform: {unset}"
-    dmcore_text = "".join(p.read_text() for p in (ROOT / "dmcore").rglob("*.py"))
-    unknown = sorted(k for k in env if f'"{k}"' not in dmcore_text)
-    assert not unknown, f"set by terraform, read nowhere in dmcore: {unknown}"
+    named = _code_env_names()
+    job_side = _job_side() - set(env) - set(NOT_IN_PRODUCTION)
+    unset = sorted(named - set(env) - set(NOT_IN_PRODUCTION) - job_side)
+    assert not unset, (
+        f"named in the code, neither set by terraform nor in NOT_IN_PRODUCTION: {unset}"
+    )
+    unread = sorted(set(env) - named)
+    assert not unread, f"set by terraform, named nowhere in the code: {unread}"
+    stale = sorted(set(NOT_IN_PRODUCTION) - named)
+    assert not stale, f"NOT_IN_PRODUCTION names what the code no longer does: {stale}"
     assert not set(NOT_IN_PRODUCTION) & set(env)
+    assert {"DM_BACKEND", "DM_TASKS_URL", "GOOGLE_CLOUD_PROJECT"} <= named  # the scan works
+
+
+def test_env_names_are_found_however_they_are_read() -> None:
+    code = (
+        'import os\nENV_X = "DM_X"\nos.environ.get("DM_A")\nenv["GOOGLE_B"]\nneed("DM_C")\n'
+        'os.getenv(ENV_X)\nprint("DM_ lower", "not_DM_D")\n'
+    )
+    assert env_names(ast.parse(code)) == {"DM_X", "DM_A", "GOOGLE_B", "DM_C"}
 
 
 @pytest.fixture
