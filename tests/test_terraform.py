@@ -31,7 +31,7 @@ import pytest
 
 from dmcore.runtime import backend as backends
 from scripts import bundle
-from tests.tfmodel import EXAMPLE, MODULE, ROOT, TERRAFORM, Model, load
+from tests.tfmodel import EXAMPLE, MODULE, PROJECT_NUMBER, ROOT, TERRAFORM, Model, load
 
 PROJECT, REGION = "demo-project", "europe-west1"
 CHECKOV = "checkov==3.3.30"
@@ -62,10 +62,11 @@ def built_bundle() -> pathlib.Path:
     return bundle.build(pathlib.Path(folder) / "functions.zip")
 
 
-def model(**variables: Any) -> Model:
+def model(project_number: str = PROJECT_NUMBER, **variables: Any) -> Model:
     return Model(
         MODULE,
         {"project": PROJECT, "region": REGION, "bundle": str(built_bundle()), **variables},
+        project_number=project_number,
     )
 
 
@@ -378,6 +379,15 @@ def test_every_function_is_private(m: Model) -> None:
         fns["dm_sweep"]["name"]: {sa["invoker"]},
         fns["dm_notify"]["name"]: {sa["push"]},
     }  # dm_api: nobody until writers/readers/api_invokers are given
+    # And at the network: only dm_api takes calls from outside Google Cloud (users, jobs);
+    # Cloud Tasks, Cloud Scheduler and Pub/Sub push of the project count as internal.
+    ingress = {name: fn["service_config"][0]["ingress_settings"] for name, fn in fns.items()}
+    assert ingress == {
+        "dm_api": "ALLOW_ALL",
+        "dm_tasks": "ALLOW_INTERNAL_ONLY",
+        "dm_sweep": "ALLOW_INTERNAL_ONLY",
+        "dm_notify": "ALLOW_INTERNAL_ONLY",
+    }
     people = model(writers=["user:ann@example.com"], api_invokers=["serviceAccount:j@x.com"])
     api = {g["member"] for _, g in members(people, "google_cloud_run_service_iam_member")}
     assert {"user:ann@example.com", "serviceAccount:j@x.com"} <= api
@@ -468,7 +478,13 @@ def test_least_privilege(m: Model) -> None:
     sa = {k: f"serviceAccount:{sa_email(m, k)}" for k in ("runtime", "invoker", "push", "builder")}
     assert by_member == {
         sa["runtime"]: {"roles/datastore.user"},
-        sa["builder"]: {"roles/logging.logWriter", "roles/artifactregistry.writer"},
+        # Google's documented grants for a functions build account: the source it reads
+        # sits in a bucket Cloud Functions creates on the first deployment.
+        sa["builder"]: {
+            "roles/logging.logWriter",
+            "roles/artifactregistry.writer",
+            "roles/storage.objectAdmin",
+        },
     }  # the invoker and push accounts hold no project role at all
     publishers = [
         g["member"]
@@ -478,14 +494,46 @@ def test_least_privilege(m: Model) -> None:
     assert publishers == [sa["runtime"]]
 
 
+def _preconditions(mm: Model, address: str) -> dict[str, bool]:
+    """Each instance's preconditions of ``address``, evaluated (all true: True)."""
+    res = mm.resource(address)
+    (lifecycle,) = res.body["lifecycle"]
+    out = {}
+    for scope in mm.instances(res):
+        key = str(scope.get("each", {}).get("key", scope.get("count", {}).get("index")))
+        out[key] = all(mm.eval(p["condition"], scope) for p in lifecycle["precondition"])
+    return out
+
+
 def test_urls_are_known_without_a_cycle(m: Model) -> None:
     """The functions' URLs come from names and the project number, not from the functions."""
     raw = json.dumps(m.locals)
     assert "google_cloudfunctions2_function" not in raw
     urls = m.eval(m.locals["urls"])
     for name, fn in functions(m).items():
-        assert urls[name].startswith(f"https://{fn['name']}-")
-        assert urls[name].endswith(f".{REGION}.run.app")
+        assert urls[name] == f"https://{fn['name']}-{PROJECT_NUMBER}.{REGION}.run.app"
+    # Cloud Run gives that URL only while "NAME-PROJECT_NUMBER" fits a DNS label (63): the
+    # functions refuse to deploy otherwise, and name_prefix's limit leaves room for any
+    # project number (12 digits today) up to 40 digits.
+    fn = "google_cloudfunctions2_function.fn"
+    assert all(_preconditions(m, fn).values())
+    assert all(_preconditions(model("9" * 40, name_prefix="a" * 15), fn).values())
+    assert not any(_preconditions(model("9" * 60), fn).values())
+
+
+def test_functions_wait_for_their_grants(m: Model) -> None:
+    """Cloud Build refuses a build whose account's new grants have not propagated yet
+    (the provider's own example waits, too): the functions wait for the builder's and
+    the runtime's grants."""
+    fn = m.resource("google_cloudfunctions2_function.fn")
+    assert "${time_sleep.iam_propagation}" in fn.body["depends_on"]
+    wait = m.resource("time_sleep.iam_propagation")
+    assert set(wait.body["depends_on"]) == {
+        "${google_project_iam_member.builder}",
+        "${google_project_iam_member.runtime_firestore}",
+        "${google_secret_manager_secret_iam_member.runtime_reads_secret}",
+    }
+    assert int(m.body(wait)["create_duration"].removesuffix("s")) >= 60
 
 
 # -- checkov, isolated ----------------------------------------------------------------------------

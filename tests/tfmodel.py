@@ -5,21 +5,24 @@ downloaded), so the tests read the configuration with python-hcl2 and
 evaluate the small expression language the module uses themselves:
 references (``var.``, ``local.``, ``each.``, ``count.``, resources and their
 computed attributes), string templates, ``[for ...]`` / ``{for ...}``,
-``a ? b : c`` with ``==`` / ``!=``, and a few functions (``join``,
-``values``, ``keys``, ``tostring``, ``toset``, ``concat``, ``coalesce``,
-``filesha256``). Anything else raises
+``a ? b : c``, ``==`` / ``!=`` / ``<=`` / ``>=`` / ``<`` / ``>``, ``&&`` / ``||`` /
+``!``, ``fn(...)[n]``, and a few functions (``join``, ``values``, ``keys``,
+``tostring``, ``toset``, ``concat``, ``coalesce``, ``filesha256``, ``length``,
+``merge``, ``jsonencode``, ``jsondecode``, ``split``, ``setintersection``,
+``distinct``, ``alltrue``, ``can``, ``regex``). Anything else raises
 :class:`Unsupported`, so a test fails loudly rather than guessing.
 
 Computed attributes are modelled after the provider's documented formats
 (e.g. a topic's ``id`` is ``projects/P/topics/NAME``, a service account's
 ``email`` is ``ID@P.iam.gserviceaccount.com``); ``data.google_project.*.number``
-is :data:`PROJECT_NUMBER`.
+is :data:`PROJECT_NUMBER` (or the model's ``project_number``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import pathlib
 import re
 from collections.abc import Iterator, Mapping
@@ -126,6 +129,13 @@ def _template_parts(text: str) -> Iterator[tuple[bool, str]]:
         i = k + 1
 
 
+_COMPARE = {
+    " <= ": lambda a, b: a <= b,
+    " >= ": lambda a, b: a >= b,
+    " < ": lambda a, b: a < b,
+    " > ": lambda a, b: a > b,
+}
+_INDEXED_CALL = re.compile(r"^([a-z0-9_]+\(.*\))\[(\d+)\]$", re.S)
 _REF = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+|\[[^\]]+\])*$")
 _CALL = re.compile(r"^([a-z0-9_]+)\((.*)\)$", re.S)
 _FOR_LIST = re.compile(r"^\[\s*for\s+(\w+)\s+in\s+(.+?)\s*:\s*(.+)\]$", re.S)
@@ -137,8 +147,15 @@ _FOR_MAP = re.compile(
 class Model:
     """One terraform module (or root) with variable values, evaluated on demand."""
 
-    def __init__(self, directory: pathlib.Path, variables: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        directory: pathlib.Path,
+        variables: Mapping[str, Any],
+        *,
+        project_number: str = PROJECT_NUMBER,
+    ) -> None:
         self.directory = directory
+        self.project_number = project_number
         self.blocks = load(directory)
         self.variables: dict[str, Any] = {}
         for block in self.blocks.get("variable", []):
@@ -219,10 +236,15 @@ class Model:
         if len(cond := _split_top(text, " ? ")) == 2:
             yes, no = _split_top(cond[1], " : ")
             return self.expr(yes if self.expr(cond[0], scope) else no, scope)
-        if len(sides := _split_top(text, " == ")) == 2:
-            return self.expr(sides[0], scope) == self.expr(sides[1], scope)
-        if len(sides := _split_top(text, " != ")) == 2:
-            return self.expr(sides[0], scope) != self.expr(sides[1], scope)
+        if len(sides := _split_top(text, " || ")) > 1:
+            return any(self.expr(side, scope) for side in sides)
+        if len(sides := _split_top(text, " && ")) > 1:
+            return all(self.expr(side, scope) for side in sides)
+        for op, compare in _COMPARE.items():
+            if len(sides := _split_top(text, op)) == 2:
+                return compare(self.expr(sides[0], scope), self.expr(sides[1], scope))
+        if text.startswith("!"):
+            return not self.expr(text[1:], scope)
         if m := _FOR_LIST.match(text):
             var, coll, body = m.groups()
             items = self.expr(coll, scope)
@@ -238,8 +260,17 @@ class Model:
         if text.startswith("[") and text.endswith("]"):
             inner = text[1:-1].strip()
             return [self.expr(p, scope) for p in _split_top(inner, ",") if p] if inner else []
-        if m := _CALL.match(text):
-            return self.call(m.group(1), [self.expr(a, scope) for a in _split_top(m.group(2), ",")])
+        if (m := _INDEXED_CALL.match(text)) and _one_call(m.group(1)):
+            return self.expr(m.group(1), scope)[int(m.group(2))]  # fn(...)[n]
+        if (m := _CALL.match(text)) and _one_call(text):
+            args = [a for a in _split_top(m.group(2), ",") if a]
+            if m.group(1) == "can":  # whether its argument evaluates without an error
+                try:
+                    self.expr(args[0], scope)
+                except (ValueError, KeyError, IndexError, TypeError):
+                    return False
+                return True
+            return self.call(m.group(1), [self.expr(a, scope) for a in args])
         if _REF.match(text):
             return self.ref(text, scope)
         raise Unsupported(f"expression {text!r}")
@@ -261,6 +292,27 @@ class Model:
             return next(a for a in args if a not in (None, ""))
         if fn == "filesha256":
             return hashlib.sha256(pathlib.Path(args[0]).read_bytes()).hexdigest()
+        if fn == "length":
+            return len(args[0])
+        if fn == "merge":
+            return {k: v for a in args for k, v in a.items()}
+        if fn == "jsonencode":
+            return json.dumps(args[0], separators=(",", ":"), sort_keys=True)
+        if fn == "jsondecode":
+            return json.loads(args[0])
+        if fn == "split":
+            return args[1].split(args[0])
+        if fn == "setintersection":
+            return [x for x in args[0] if all(x in a for a in args[1:])]
+        if fn == "distinct":
+            return list(dict.fromkeys(args[0]))
+        if fn == "alltrue":
+            return all(args[0])
+        if fn == "regex":
+            m = re.search(args[0], args[1])
+            if m is None:
+                raise ValueError(f"regex {args[0]!r} does not match {args[1]!r}")
+            return list(m.groups()) if m.groups() else m.group(0)
         raise Unsupported(f"function {fn}()")
 
     def ref(self, text: str, scope: Mapping[str, Any]) -> Any:
@@ -277,7 +329,7 @@ class Model:
         if head == "path" and rest == ["module"]:
             return str(self.directory)
         if head == "data" and rest[:3] == ["google_project", "this", "number"]:
-            return PROJECT_NUMBER
+            return self.project_number
         address = f"{head}.{rest[0]}"
         if address in self.resources:
             return _walk(self.computed(self.resources[address]), rest[1:])
@@ -321,6 +373,23 @@ class Model:
         elif res.type == "random_password":
             obj["result"] = "r" * int(obj["length"])
         return obj
+
+
+def _one_call(text: str) -> bool:
+    """Whether ``text`` (``fn(...)``) is one call: its first ``(`` closes at the end."""
+    depth, quote = 0, False
+    for i, c in enumerate(text):
+        if quote:
+            quote = c != '"' or text[i - 1] == "\\"
+        elif c == '"':
+            quote = True
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return i == len(text) - 1
+    return False
 
 
 def _walk(value: Any, parts: list[Any]) -> Any:

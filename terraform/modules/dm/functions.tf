@@ -33,7 +33,7 @@ resource "google_storage_bucket_object" "bundle" {
 }
 
 resource "google_cloudfunctions2_function" "fn" {
-  # checkov:skip=CKV_GCP_124:private by IAM (run.invoker for named accounts only); Cloud Tasks and Cloud Scheduler cannot reach internal-only ingress
+  # checkov:skip=CKV_GCP_124:dm_api only (users and jobs call it from outside; run.invoker for named accounts); the other three are ALLOW_INTERNAL_ONLY
   for_each = local.functions
   project  = var.project
   location = var.region
@@ -60,9 +60,9 @@ resource "google_cloudfunctions2_function" "fn" {
     max_instance_request_concurrency = 4
     max_instance_count               = var.max_instances
     all_traffic_on_latest_revision   = true
-    # Private by IAM: only the accounts granted run.invoker in iam.tf get through. Ingress
-    # stays open because Cloud Tasks and Cloud Scheduler do not reach internal-only ones.
-    ingress_settings      = "ALLOW_ALL"
+    # Private by IAM: only the accounts granted run.invoker in iam.tf get through; and
+    # all but dm_api internal-only (see local.functions).
+    ingress_settings      = each.value.ingress
     environment_variables = local.environment
 
     secret_volumes {
@@ -77,10 +77,16 @@ resource "google_cloudfunctions2_function" "fn" {
     }
   }
 
+  lifecycle {
+    precondition {
+      # The URLs in the environment (local.urls) exist only while this fits a DNS label.
+      condition     = length("${each.value.name}-${data.google_project.this.number}") <= 63
+      error_message = "${each.value.name}: too long for Cloud Run's deterministic URL (local.urls): shorten name_prefix."
+    }
+  }
+
   depends_on = [
-    google_project_iam_member.builder,
-    google_storage_bucket_iam_member.builder_reads_source,
-    google_secret_manager_secret_iam_member.runtime_reads_secret,
+    time_sleep.iam_propagation,
     google_secret_manager_secret_version.notify_key,
   ]
 }

@@ -137,15 +137,25 @@ resource "google_pubsub_subscription_iam_member" "pubsub_forwards" {
 
 # -- builder ---------------------------------------------------------------------------------
 
+# What Google documents for a build service account of Cloud Run functions (and grants in
+# the provider's own "basic builder" example): build logs, the images in Artifact
+# Registry, and the function source, which Cloud Functions copies into a bucket of its own
+# (gcf-v2-sources-PROJECT_NUMBER-REGION) that exists only after the first deployment, so
+# a grant on one bucket cannot name it in advance.
 resource "google_project_iam_member" "builder" {
-  for_each = toset(["roles/logging.logWriter", "roles/artifactregistry.writer"])
+  for_each = toset(["roles/logging.logWriter", "roles/artifactregistry.writer", "roles/storage.objectAdmin"])
   project  = var.project
   role     = each.value
   member   = google_service_account.builder.member
 }
 
-resource "google_storage_bucket_iam_member" "builder_reads_source" {
-  bucket = google_storage_bucket.source.name
-  role   = "roles/storage.objectViewer"
-  member = google_service_account.builder.member
+# New grants take a while to reach every service; a build started at once may be refused.
+resource "time_sleep" "iam_propagation" {
+  create_duration = "60s"
+
+  depends_on = [
+    google_project_iam_member.builder,
+    google_project_iam_member.runtime_firestore,
+    google_secret_manager_secret_iam_member.runtime_reads_secret,
+  ]
 }

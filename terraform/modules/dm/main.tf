@@ -25,28 +25,38 @@ locals {
   # dm_tasks waits as long as Cloud Tasks does (its timeout >= the dispatch deadline);
   # dm_notify answers within the push subscription's ack deadline; dm_sweep within the
   # scheduler's attempt deadline.
+  # Ingress: dm_api is called from outside (users, jobs); the other three only by Cloud
+  # Tasks, Cloud Scheduler and the Pub/Sub push of this project, which Cloud Run counts as
+  # internal traffic (docs: "Restrict network ingress for Cloud Run"), so they refuse the
+  # internet at the network too, IAM aside.
   functions = {
     dm_api = {
       name    = "${var.name_prefix}-api"
       timeout = 120
+      ingress = "ALLOW_ALL"
     }
     dm_notify = {
       name    = "${var.name_prefix}-notify"
       timeout = 300
+      ingress = "ALLOW_INTERNAL_ONLY"
     }
     dm_tasks = {
       name    = "${var.name_prefix}-tasks"
       timeout = var.tasks_dispatch_deadline_s
+      ingress = "ALLOW_INTERNAL_ONLY"
     }
     dm_sweep = {
       name    = "${var.name_prefix}-sweep"
       timeout = 300
+      ingress = "ALLOW_INTERNAL_ONLY"
     }
   }
 
   # Cloud Run's deterministic URL of each function's service
   # (https://SERVICE-PROJECT_NUMBER.REGION.run.app): known before the functions exist, so
   # a function's environment can name every URL, its own included, without a cycle.
+  # Cloud Run gives it only while "SERVICE-PROJECT_NUMBER" fits one DNS label (63
+  # characters); name_prefix's limit keeps it far below, and the functions check it.
   urls = {
     for entry, fn in local.functions :
     entry => "https://${fn.name}-${data.google_project.this.number}.${var.region}.run.app"
