@@ -27,6 +27,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+import hcl2
 import pytest
 
 from dmcore.runtime import backend as backends
@@ -34,6 +35,9 @@ from scripts import bundle
 from tests.tfmodel import EXAMPLE, MODULE, PROJECT_NUMBER, ROOT, TERRAFORM, Model, load
 
 PROJECT, REGION = "demo-project", "europe-west1"
+TFVARS = hcl2.SerializationOptions(
+    strip_string_quotes=True, explicit_blocks=False, with_comments=False
+)
 CHECKOV = "checkov==3.3.30"
 POLICIES = TERRAFORM / "policies"
 GEN2_HTTP_MAX_TIMEOUT_S = 3600
@@ -274,6 +278,10 @@ def test_env_names_are_found_however_they_are_read() -> None:
 def deployed_env(
     m: Model, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[dict[str, str]]:
+    yield deployed(m, tmp_path, monkeypatch)
+
+
+def deployed(m: Model, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """The functions' environment, with the mounted secret file played by a local file."""
     env = env_of(m)
     (fn, *_) = functions(m).values()
@@ -287,7 +295,7 @@ def deployed_env(
     for var in ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST"):
         monkeypatch.setenv(var, "127.0.0.1:1")  # clients connect lazily: never contacted
     env["DM_TASKS_EMULATOR_HOST"] = "127.0.0.1:1"
-    yield env
+    return env
 
 
 def test_the_backend_starts_from_the_deployed_environment(
@@ -395,12 +403,11 @@ def test_every_function_is_private(m: Model) -> None:
 
 
 def test_no_public_principal_anywhere() -> None:
-    for directory in (MODULE, EXAMPLE):
-        mm = (
-            model(writers=["user:a@example.com"])
-            if directory == MODULE
-            else Model(EXAMPLE, {"project": PROJECT})
-        )
+    for mm in (
+        model(writers=["user:a@example.com"]),
+        model(writers=["user:a@example.com"], **example_tfvars()),  # every grant instantiated
+        Model(EXAMPLE, {"project": PROJECT}),
+    ):
         for res in mm.resources.values():
             if "_iam_" not in res.type:
                 continue
@@ -414,6 +421,16 @@ def test_no_public_principal_anywhere() -> None:
     for name in ("writers", "readers", "api_invokers"):
         (validation,) = variables[name]["validation"]
         assert all(p in validation["condition"] for p in PUBLIC), name
+    # The remote distributors' accounts are emails ("serviceAccount:" is added): never public.
+    sa = "w@p.iam.gserviceaccount.com"
+    for public in PUBLIC:
+        workers = {"w": {"service": "w", "service_account": public}}
+        assert not _validations(model(http_workers=workers), "http_workers")
+        jobs = [{"job": "projects/p/locations/l/jobs/j", "service_account": public}]
+        assert not _validations(model(cloud_run_jobs=jobs), "cloud_run_jobs")
+        publisher = "swarming_pubsub_publisher"
+        assert not _validations(model(**{publisher: public}), publisher)
+        assert _validations(model(**{publisher: sa}), publisher)
 
 
 def test_callers_sign_as_their_own_accounts(m: Model) -> None:
@@ -515,10 +532,10 @@ def test_urls_are_known_without_a_cycle(m: Model) -> None:
     # Cloud Run gives that URL only while "NAME-PROJECT_NUMBER" fits a DNS label (63): the
     # functions refuse to deploy otherwise, and name_prefix's limit leaves room for any
     # project number (12 digits today) up to 40 digits.
-    fn = "google_cloudfunctions2_function.fn"
-    assert all(_preconditions(m, fn).values())
-    assert all(_preconditions(model("9" * 40, name_prefix="a" * 15), fn).values())
-    assert not any(_preconditions(model("9" * 60), fn).values())
+    fns = "google_cloudfunctions2_function.fn"
+    assert all(_preconditions(m, fns).values())
+    assert all(_preconditions(model("9" * 40, name_prefix="a" * 15), fns).values())
+    assert not any(_preconditions(model("9" * 60), fns).values())
 
 
 def test_functions_wait_for_their_grants(m: Model) -> None:
@@ -534,6 +551,217 @@ def test_functions_wait_for_their_grants(m: Model) -> None:
         "${google_secret_manager_secret_iam_member.runtime_reads_secret}",
     }
     assert int(m.body(wait)["create_duration"].removesuffix("s")) >= 60
+
+
+# -- the remote distributors (http, cloud_run_jobs, swarming_v1) ----------------------------------
+
+EXAMPLE_TFVARS = EXAMPLE / "example-distributors.tfvars"
+REMOTE_RESOURCES = (
+    "google_cloud_tasks_queue.http",
+    "google_cloud_tasks_queue_iam_member.runtime_http",
+    "google_service_account.worker_invoker",
+    "google_service_account_iam_member.runtime_acts_as_worker_invoker",
+    "google_cloud_run_v2_service_iam_member.worker_invoker_runs_worker",
+    "google_cloud_run_v2_job_iam_member.runtime_runs_job",
+    "google_pubsub_topic_iam_member.job_reports",
+    "google_pubsub_topic_iam_member.swarming_publishes",
+)
+
+
+def example_tfvars() -> dict[str, Any]:
+    with EXAMPLE_TFVARS.open() as f:
+        doc: dict[str, Any] = hcl2.load(f, serialization_options=TFVARS)
+    return doc
+
+
+@pytest.fixture(scope="module")
+def remote(built_bundle: str) -> Model:
+    """The module with every remote distributor declared, as example-distributors.tfvars."""
+    return model(**example_tfvars())
+
+
+def dm_config(mm: Model) -> dict[str, Any]:
+    configs: dict[str, Any] = json.loads(env_of(mm)["DM_CONFIG"])["distributor_configs"]
+    return configs
+
+
+def grants(mm: Model, rtype: str) -> set[tuple[str, ...]]:
+    """(resource address, evaluated body as sorted items) of every instance of ``rtype``."""
+    return {(a, *(f"{k}={v}" for k, v in sorted(g.items()))) for a, g in members(mm, rtype)}
+
+
+def test_remote_distributors_are_off_by_default(m: Model) -> None:
+    for address in REMOTE_RESOURCES:
+        assert m.instances(m.resource(address)) == [], address
+    assert dm_config(m) == json.loads(m.variables["distributor_config"])["distributor_configs"]
+
+
+def test_example_tfvars_reach_the_module() -> None:
+    """Every variable of example-distributors.tfvars is one of the example root's, which
+    hands it to the module under the same name."""
+    declared = {k for b in load(EXAMPLE)["variable"] for k in b}
+    (module,) = [b["dm"] for b in load(EXAMPLE)["module"]]
+    for name in example_tfvars():
+        assert name in declared, name
+        assert module[name] == f"${{var.{name}}}", name
+    assert {"http_workers", "cloud_run_jobs", "swarming_host"} <= set(example_tfvars())
+
+
+def test_declared_distributors_are_configured(
+    remote: Model, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tfvars = example_tfvars()
+    configs = dm_config(remote)
+    queue = remote.computed(remote.resource("google_cloud_tasks_queue.http"))[0]
+    invoker = remote.computed(remote.resource("google_service_account.worker_invoker"))[0]
+    for name, worker in tfvars["http_workers"].items():
+        url = f"https://{worker['service']}-{PROJECT_NUMBER}.{REGION}.run.app"
+        assert configs[name] == {
+            "http": {
+                "url": url,
+                "audience": url,
+                "service_account_email": invoker["email"],
+                "queue": queue["id"],
+                "max_attempts": tfvars["http_max_attempts"],
+            }
+        }
+    # The queue gives up when the distributor does (its README: "set the queue's
+    # max_attempts to the same").
+    assert queue["retry_config"][0]["max_attempts"] == tfvars["http_max_attempts"]
+    jobs = [j["job"] for j in tfvars["cloud_run_jobs"]]
+    assert configs["cloud_run_jobs"] == {"cloud_run_jobs": {"jobs": jobs}}
+    assert configs["swarming"] == {"swarming_v1": {"swarming": {"url": tfvars["swarming_host"]}}}
+    assert configs["jobsim"]  # distributor_config's own stay
+    # dm starts from that environment: each distributor accepts its config.
+    b = backends.from_env(deployed(remote, tmp_path, monkeypatch))
+    try:
+        assert set(configs) <= set(b.engine.registry.config_names)
+    finally:
+        b.close()
+    # Options left to Terraform's defaults: a worker's own URL and audience.
+    mm = model(
+        http_workers={
+            "w": {
+                "service": "w",
+                "service_account": "w@x.iam.gserviceaccount.com",
+                "region": "us-east1",
+                "url": "https://worker.example.com",
+                "audience": "aud",
+            }
+        }
+    )
+    assert dm_config(mm)["w"]["http"]["url"] == "https://worker.example.com"
+    assert dm_config(mm)["w"]["http"]["audience"] == "aud"
+    (grant,) = [g for _, g in members(mm, "google_cloud_run_v2_service_iam_member")]
+    assert (grant["location"], grant["name"]) == ("us-east1", "w")
+
+
+def test_remote_distributors_grant_exactly_what_each_needs(m: Model, remote: Model) -> None:
+    tfvars = example_tfvars()
+    runtime = f"serviceAccount:{sa_email(remote, 'runtime')}"
+    invoker = remote.computed(remote.resource("google_service_account.worker_invoker"))[0]
+    queue = remote.computed(remote.resource("google_cloud_tasks_queue.http"))[0]
+    # Nothing project-wide: the project's grants are the same with or without them.
+    assert grants(remote, "google_project_iam_member") == grants(m, "google_project_iam_member")
+    # cloud_run_jobs: run.developer for dm, on each named job and no other.
+    on_jobs = {
+        (f"projects/{g['project']}/locations/{g['location']}/jobs/{g['name']}", g["role"])
+        for _, g in members(remote, "google_cloud_run_v2_job_iam_member")
+        if g["member"] == runtime
+    }
+    assert on_jobs == {(j["job"], "roles/run.developer") for j in tfvars["cloud_run_jobs"]}
+    assert len(members(remote, "google_cloud_run_v2_job_iam_member")) == len(on_jobs)
+    # http: dm creates, reads and deletes tasks on the http queue (the engine's queues
+    # keep their enqueuer grant only) and acts as the worker invoker ...
+    by_queue: dict[str, set[str]] = {}
+    for _, g in members(remote, "google_cloud_tasks_queue_iam_member"):
+        assert g["member"] == runtime
+        by_queue.setdefault(g["name"], set()).add(g["role"])
+    assert by_queue.pop(queue["name"]) == {
+        "roles/cloudtasks.enqueuer",
+        "roles/cloudtasks.viewer",
+        "roles/cloudtasks.taskDeleter",
+    }
+    assert by_queue
+    assert all(roles == {"roles/cloudtasks.enqueuer"} for roles in by_queue.values())
+    acts_as = {
+        (g["service_account_id"], g["role"], g["member"])
+        for _, g in members(remote, "google_service_account_iam_member")
+    }
+    assert (invoker["name"], "roles/iam.serviceAccountUser", runtime) in acts_as
+    # ... which may invoke each worker service, and is granted nothing else.
+    worker_grants = [g for _, g in members(remote, "google_cloud_run_v2_service_iam_member")]
+    assert {(g["name"], g["role"], g["member"]) for g in worker_grants} == {
+        (w["service"], "roles/run.invoker", invoker["member"])
+        for w in tfvars["http_workers"].values()
+    }
+    everything = [
+        g
+        for res in remote.resources.values()
+        if "_iam_" in res.type
+        for g in (remote.body(res, s) for s in remote.instances(res))
+    ]
+    assert sum(g.get("member") == invoker["member"] for g in everything) == len(worker_grants)
+    # Workers and jobs report to dm's topic and call dm_api; Swarming publishes its ends.
+    accounts = {w["service_account"] for w in tfvars["http_workers"].values()} | {
+        j["service_account"] for j in tfvars["cloud_run_jobs"]
+    }
+    topic = remote.computed(remote.resource("google_pubsub_topic.notify"))["name"]
+    publishers = {
+        g["member"]
+        for _, g in members(remote, "google_pubsub_topic_iam_member")
+        if g["topic"] == topic
+    }
+    assert publishers == {
+        runtime,
+        *(f"serviceAccount:{a}" for a in accounts),
+        f"serviceAccount:{tfvars['swarming_pubsub_publisher']}",
+    }
+    api = {
+        g["member"]
+        for _, g in members(remote, "google_cloud_run_service_iam_member")
+        if g["service"] == functions(remote)["dm_api"]["name"]
+    }
+    assert api == {*(f"serviceAccount:{a}" for a in accounts), *tfvars["api_invokers"]}
+    for a in accounts:  # and nothing else
+        assert sum(g.get("member") == f"serviceAccount:{a}" for g in everything) == 2
+
+
+def _validations(mm: Model, variable: str) -> bool:
+    """Whether ``variable``'s value in ``mm`` passes all of its validation blocks."""
+    spec = next(b[variable] for b in mm.blocks["variable"] if variable in b)
+    return all(mm.eval(v["condition"]) for v in spec.get("validation", []))
+
+
+def test_remote_distributor_inputs_are_checked() -> None:
+    sa = "w@p.iam.gserviceaccount.com"
+    job = "projects/p/locations/l/jobs/j"
+    ok: dict[str, Any] = {
+        "http_workers": {"w": {"service": "w", "service_account": sa}},
+        "cloud_run_jobs": [{"job": job, "service_account": sa}],
+        "swarming_host": "https://chromium-swarm.appspot.com",
+        "swarming_pubsub_publisher": sa,
+        "http_max_attempts": 100,
+    }
+    bad: dict[str, Any] = {
+        "http_workers": {"w": {"service": "w", "service_account": f"serviceAccount:{sa}"}},
+        "cloud_run_jobs": [{"job": "jobs/j", "service_account": sa}],
+        "swarming_host": "https://chromium-swarm.appspot.com/",
+        "swarming_pubsub_publisher": "swarming",
+        "http_max_attempts": 101,
+    }
+    for name, value in ok.items():
+        assert _validations(model(**{name: value}), name), name
+        assert not _validations(model(**{name: bad[name]}), name), name
+    twice = [{"job": job, "service_account": sa}] * 2
+    assert not _validations(model(cloud_run_jobs=twice), "cloud_run_jobs")
+    # Across variables: the preconditions of the functions.
+    fn = "google_cloudfunctions2_function.fn"
+    assert all(_preconditions(model(**ok), fn).values())
+    taken = json.dumps({"distributor_configs": {"w": {"jobsim": {}}}})
+    clash = model(http_workers=ok["http_workers"], distributor_config=taken)
+    assert not any(_preconditions(clash, fn).values())
+    assert not any(_preconditions(model(swarming_host=ok["swarming_host"]), fn).values())
 
 
 # -- checkov, isolated ----------------------------------------------------------------------------

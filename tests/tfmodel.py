@@ -4,9 +4,10 @@
 downloaded), so the tests read the configuration with python-hcl2 and
 evaluate the small expression language the module uses themselves:
 references (``var.``, ``local.``, ``each.``, ``count.``, resources and their
-computed attributes), string templates, ``[for ...]`` / ``{for ...}``,
+computed attributes), string templates, ``[for ...]`` / ``{for ...}`` (with
+``if``), object literals,
 ``a ? b : c``, ``==`` / ``!=`` / ``<=`` / ``>=`` / ``<`` / ``>``, ``&&`` / ``||`` /
-``!``, ``fn(...)[n]``, and a few functions (``join``, ``values``, ``keys``,
+``!``, ``fn(...)[n].attr``, and a few functions (``join``, ``values``, ``keys``,
 ``tostring``, ``toset``, ``concat``, ``coalesce``, ``filesha256``, ``length``,
 ``merge``, ``jsonencode``, ``jsondecode``, ``split``, ``setintersection``,
 ``distinct``, ``alltrue``, ``can``, ``regex``). Anything else raises
@@ -25,7 +26,7 @@ import hashlib
 import json
 import pathlib
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import hcl2
@@ -129,19 +130,18 @@ def _template_parts(text: str) -> Iterator[tuple[bool, str]]:
         i = k + 1
 
 
-_COMPARE = {
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    " == ": lambda a, b: a == b,
+    " != ": lambda a, b: a != b,
     " <= ": lambda a, b: a <= b,
     " >= ": lambda a, b: a >= b,
     " < ": lambda a, b: a < b,
     " > ": lambda a, b: a > b,
 }
-_INDEXED_CALL = re.compile(r"^([a-z0-9_]+\(.*\))\[(\d+)\]$", re.S)
+_CALL_THEN = re.compile(r"^([a-z0-9_]+\(.*\))((?:\.[A-Za-z_]\w*|\[\d+\])+)$", re.S)
 _REF = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+|\[[^\]]+\])*$")
 _CALL = re.compile(r"^([a-z0-9_]+)\((.*)\)$", re.S)
-_FOR_LIST = re.compile(r"^\[\s*for\s+(\w+)\s+in\s+(.+?)\s*:\s*(.+)\]$", re.S)
-_FOR_MAP = re.compile(
-    r"^\{\s*for\s+(\w+)\s*,\s*(\w+)\s+in\s+(.+?)\s*:\s*(.+?)\s*=>\s*(.+)\}$", re.S
-)
+_FOR = re.compile(r"^for\s+(\w+)(?:\s*,\s*(\w+))?\s+in\s+(.+)$", re.S)
 
 
 class Model:
@@ -165,6 +165,10 @@ class Model:
         if unknown:
             raise KeyError(f"no such variables: {sorted(unknown)}")
         self.variables.update(variables)
+        for block in self.blocks.get("variable", []):
+            for name, spec in block.items():
+                if "type" in spec and self.variables[name] is not None:
+                    self.variables[name] = self.convert(spec["type"], self.variables[name])
         self.locals: dict[str, Any] = {}
         for block in self.blocks.get("locals", []):
             self.locals.update(block)
@@ -173,6 +177,44 @@ class Model:
             for rtype, by_name in block.items():
                 for name, body in by_name.items():
                     self.resources[f"{rtype}.{name}"] = Resource(rtype, name, body)
+
+    def convert(self, type_expr: str, value: Any) -> Any:
+        """``value`` as terraform converts it to ``type_expr``: an object's missing
+        ``optional(...)`` attributes are set (null, or their default); a missing
+        required one raises. Primitive types are taken as they are."""
+        t = type_expr.strip()
+        if t.startswith("${") and t.endswith("}"):
+            t = t[2:-1].strip()
+        if value is None:
+            return None
+        outer, _, inner = t.partition("(")
+        inner = inner[:-1] if inner.endswith(")") else inner
+        if outer in ("map", "list", "set"):
+            if isinstance(value, dict):
+                return {k: self.convert(inner, v) for k, v in value.items()}
+            return [self.convert(inner, v) for v in value]
+        if outer == "object":
+            attrs = {}
+            for item in _split_top(inner.strip()[1:-1].strip(), ","):
+                if item:
+                    key, attr_type = _split_top(item, " = ")
+                    attrs[key.strip('"')] = attr_type
+            unknown = set(value) - set(attrs)
+            if unknown:
+                raise KeyError(f"no such attributes: {sorted(unknown)}")
+            out = {}
+            for key, attr_type in attrs.items():
+                if key in value:
+                    out[key] = self.convert(attr_type, value[key])
+                elif attr_type.startswith("optional("):
+                    args = _split_top(attr_type[len("optional(") : -1], ",")
+                    out[key] = self.expr(args[1], {}) if len(args) > 1 else None
+                else:
+                    raise KeyError(f"attribute {key!r} is required")
+            return out
+        if outer == "optional":
+            return self.convert(_split_top(inner, ",")[0], value)
+        return value
 
     # -- queries -------------------------------------------------------------------------
 
@@ -225,6 +267,8 @@ class Model:
 
     def expr(self, text: str, scope: Mapping[str, Any]) -> Any:
         text = text.strip()
+        if text.startswith("(") and _one_call("f" + text):  # (a == b)
+            return self.expr(text[1:-1], scope)
         if text.startswith('"') and text.endswith('"'):
             return self.eval(text[1:-1].replace('\\"', '"'), scope)
         if re.fullmatch(r"-?\d+(\.\d+)?", text):
@@ -245,23 +289,21 @@ class Model:
                 return compare(self.expr(sides[0], scope), self.expr(sides[1], scope))
         if text.startswith("!"):
             return not self.expr(text[1:], scope)
-        if m := _FOR_LIST.match(text):
-            var, coll, body = m.groups()
-            items = self.expr(coll, scope)
-            seq = items.values() if isinstance(items, dict) else items
-            return [self.expr(body, {**scope, var: item}) for item in seq]
-        if text.startswith("{") and (m := _FOR_MAP.match(text)):
-            k, v, coll, key, val = m.groups()
-            items = self.expr(coll, scope)
-            return {
-                self.expr(key, {**scope, k: kk, v: vv}): self.expr(val, {**scope, k: kk, v: vv})
-                for kk, vv in items.items()
-            }
+        if text[:1] in "[{" and _FOR.match(text[1:-1].strip()):
+            return self.for_expr(text, scope)
         if text.startswith("[") and text.endswith("]"):
             inner = text[1:-1].strip()
             return [self.expr(p, scope) for p in _split_top(inner, ",") if p] if inner else []
-        if (m := _INDEXED_CALL.match(text)) and _one_call(m.group(1)):
-            return self.expr(m.group(1), scope)[int(m.group(2))]  # fn(...)[n]
+        if text.startswith("{") and text.endswith("}"):  # an object literal
+            obj = {}
+            for item in _split_top(text[1:-1].strip(), ","):
+                if item:
+                    key, value = _split_top(item, " = ")
+                    obj[key.strip('"')] = self.expr(value, scope)
+            return obj
+        if (m := _CALL_THEN.match(text)) and _one_call(m.group(1)):  # fn(...)[n].attr
+            parts = re.findall(r"[A-Za-z_]\w*|\d+", m.group(2))
+            return _walk(self.expr(m.group(1), scope), parts)
         if (m := _CALL.match(text)) and _one_call(text):
             args = [a for a in _split_top(m.group(2), ",") if a]
             if m.group(1) == "can":  # whether its argument evaluates without an error
@@ -274,6 +316,24 @@ class Model:
         if _REF.match(text):
             return self.ref(text, scope)
         raise Unsupported(f"expression {text!r}")
+
+    def for_expr(self, text: str, scope: Mapping[str, Any]) -> Any:
+        """``[for a[, b] in C : body [if cond]]`` or ``{for a[, b] in C : k => v [if cond]}``."""
+        m = _FOR.match(text[1:-1].strip())
+        assert m is not None
+        first, second, rest = m.groups()
+        coll, body = _split_top(rest, " : ")
+        body, *cond = _split_top(body, " if ")
+        items = self.expr(coll, scope)
+        pairs = list(items.items()) if isinstance(items, dict) else list(enumerate(items))
+        scopes = [
+            {**scope, first: k, second: v} if second else {**scope, first: v} for k, v in pairs
+        ]
+        scopes = [s for s in scopes if not cond or self.expr(cond[0], s)]
+        if text.startswith("["):
+            return [self.expr(body, s) for s in scopes]
+        key, value = _split_top(body, " => ")
+        return {self.expr(key, s): self.expr(value, s) for s in scopes}
 
     def call(self, fn: str, args: list[Any]) -> Any:
         if fn == "join":

@@ -26,4 +26,11 @@ module "dm" {
   writers = var.writers
 
   extra_audiences = var.extra_audiences
+  api_invokers    = var.api_invokers
+
+  http_workers              = var.http_workers
+  http_max_attempts         = var.http_max_attempts
+  cloud_run_jobs            = var.cloud_run_jobs
+  swarming_host             = var.swarming_host
+  swarming_pubsub_publisher = var.swarming_pubsub_publisher
 }

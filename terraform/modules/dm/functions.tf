@@ -83,6 +83,14 @@ resource "google_cloudfunctions2_function" "fn" {
       condition     = length("${each.value.name}-${data.google_project.this.number}") <= 63
       error_message = "${each.value.name}: too long for Cloud Run's deterministic URL (local.urls): shorten name_prefix."
     }
+    precondition {
+      condition     = length(setintersection(keys(local.user_distributor_configs), keys(local.distributor_configs))) == 0
+      error_message = "distributor_config names a config that http_workers, cloud_run_jobs or swarming_host declare too."
+    }
+    precondition {
+      condition     = (var.swarming_host == null) == (var.swarming_pubsub_publisher == null)
+      error_message = "swarming_host and swarming_pubsub_publisher go together (Swarming publishes task ends to dm's topic)."
+    }
   }
 
   depends_on = [

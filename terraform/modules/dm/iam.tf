@@ -97,9 +97,12 @@ resource "google_cloud_run_service_iam_member" "push_runs_notify" {
   member   = google_service_account.push.member
 }
 
-# dm_api: the writers, readers and named invokers only (their ACLs are checked in dm again).
+# dm_api: the writers, readers and named invokers only (their ACLs are checked in dm again),
+# and the remote distributors' workers and jobs (they call with their executions' tokens).
 resource "google_cloud_run_service_iam_member" "api_callers" {
-  for_each = toset(concat(var.writers, var.readers, var.api_invokers))
+  for_each = toset(concat(
+    var.writers, var.readers, var.api_invokers, [for a in local.job_accounts : "serviceAccount:${a}"]
+  ))
   project  = var.project
   location = var.region
   service  = google_cloudfunctions2_function.fn["dm_api"].service_config[0].service

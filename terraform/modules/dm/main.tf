@@ -77,7 +77,7 @@ locals {
     DM_TASKS_DISPATCH_DEADLINE = tostring(var.tasks_dispatch_deadline_s)
     DM_NOTIFY_TOPIC            = google_pubsub_topic.notify.id
     DM_NOTIFY_SECRET_FILE      = "${local.secret_dir}/${local.secret_file}"
-    DM_CONFIG                  = var.distributor_config
+    DM_CONFIG                  = local.dm_config
     DM_HOST                    = local.urls.dm_api
     DM_AUTH                    = "oidc"
     DM_OIDC_AUDIENCE           = join(",", concat(values(local.urls), var.extra_audiences))

@@ -25,5 +25,12 @@ output "service_accounts" {
     invoker = google_service_account.invoker.email
     push    = google_service_account.push.email
     builder = google_service_account.builder.email
+    # the identity Cloud Tasks signs the http distributor's work orders as (null: no workers)
+    worker_invoker = local.http_enabled ? google_service_account.worker_invoker[0].email : null
   }
+}
+
+output "http_queue" {
+  description = "The Cloud Tasks queue of the http distributor's work orders (null: no workers)."
+  value       = local.http_enabled ? google_cloud_tasks_queue.http[0].id : null
 }

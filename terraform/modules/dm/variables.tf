@@ -157,3 +157,91 @@ variable "max_instances" {
   type        = number
   default     = 100
 }
+
+# -- remote distributors (README: "Remote distributors"); nothing is created when unset ----------
+
+variable "http_workers" {
+  description = <<-EOT
+    Workers of the `http` distributor, by distributor config name. Each is a Cloud Run
+    service in var.project: `service` (its name), `service_account` (the email it runs as:
+    it may then publish its reports to dm's topic and call dm_api), and optionally `region`
+    (default var.region), `url` (default Cloud Run's deterministic URL of the service) and
+    `audience` (of the tokens Cloud Tasks sends it; default the url).
+  EOT
+  type = map(object({
+    service         = string
+    service_account = string
+    region          = optional(string)
+    url             = optional(string)
+    audience        = optional(string)
+  }))
+  default = {}
+
+  validation {
+    condition = alltrue([
+      for w in values(var.http_workers) :
+      can(regex("^[a-z]([-a-z0-9]*[a-z0-9])?$", w.service)) && can(regex("^[^@:/]+@[^@:/]+$", w.service_account))
+    ])
+    error_message = "http_workers: service is a Cloud Run service name; service_account an email (no \"serviceAccount:\" prefix)."
+  }
+}
+
+variable "http_max_attempts" {
+  description = "Deliveries of an http work order before the execution is CRASHED: the http queue's max_attempts and each config's."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.http_max_attempts >= 1 && var.http_max_attempts <= 100
+    error_message = "http_max_attempts: 1 to 100."
+  }
+}
+
+variable "cloud_run_jobs" {
+  description = <<-EOT
+    Cloud Run Jobs the `cloud_run_jobs` distributor (config name "cloud_run_jobs") may run:
+    `job` (projects/P/locations/L/jobs/J) and `service_account` (the email the job runs as:
+    it may then publish its reports to dm's topic and call dm_api). dm may run, read and
+    cancel these jobs' executions, no others.
+  EOT
+  type = list(object({
+    job             = string
+    service_account = string
+  }))
+  default = []
+
+  validation {
+    condition = alltrue([
+      for j in var.cloud_run_jobs :
+      can(regex("^projects/[^/]+/locations/[^/]+/jobs/[^/]+$", j.job)) && can(regex("^[^@:/]+@[^@:/]+$", j.service_account))
+    ])
+    error_message = "cloud_run_jobs: job is projects/P/locations/L/jobs/J; service_account an email (no \"serviceAccount:\" prefix)."
+  }
+
+  validation {
+    condition     = length(distinct([for j in var.cloud_run_jobs : j.job])) == length(var.cloud_run_jobs)
+    error_message = "cloud_run_jobs: a job is listed twice."
+  }
+}
+
+variable "swarming_host" {
+  description = "The Swarming server of the `swarming_v1` distributor (config name \"swarming\"), as scheme://host, e.g. https://chromium-swarm.appspot.com; null: none."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.swarming_host == null || can(regex("^https?://[a-z0-9.-]+(:[0-9]+)?$", var.swarming_host))
+    error_message = "swarming_host: scheme://host, lower-case, nothing after the host."
+  }
+}
+
+variable "swarming_pubsub_publisher" {
+  description = "The service account (email) Swarming publishes task ends as: it may publish to dm's notification topic. Required with swarming_host."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.swarming_pubsub_publisher == null || can(regex("^[^@:/]+@[^@:/]+$", var.swarming_pubsub_publisher))
+    error_message = "swarming_pubsub_publisher: an email (no \"serviceAccount:\" prefix)."
+  }
+}
