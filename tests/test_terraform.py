@@ -575,7 +575,7 @@ def example_tfvars() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def remote(built_bundle: str) -> Model:
+def remote() -> Model:
     """The module with every remote distributor declared, as example-distributors.tfvars."""
     return model(**example_tfvars())
 
