@@ -24,7 +24,7 @@ from dmcore.engine import docs
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.notify import tokens
 from dmcore.proto import dm_pb2
-from dmcore.store.sqlite import SqliteStore
+from dmcore.store.sqlite import LOCK_WAIT_S, SqliteStore
 
 SECRET = b"remote-test-secret-0123456789abcdef"
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -45,7 +45,13 @@ def build(
     registry.load_entry_points()
     registry.set_config(registry.config_from_dict({"distributor_configs": configs}), "v1")
     more = {} if busy_timeout is None else {"busy_timeout": busy_timeout}
-    store = SqliteStore(tmp_path / "dm.sqlite", indexed_fields=docs.INDEXED_FIELDS, **more)
+    store = SqliteStore(
+        tmp_path / "dm.sqlite",
+        # A short busy timeout is for tests of a busy store: give up soon after it, too.
+        lock_wait=LOCK_WAIT_S if busy_timeout is None else busy_timeout,
+        indexed_fields=docs.INDEXED_FIELDS,
+        **more,
+    )
     registry.store = store
 
     def prepare(config_name: str, eid: ExecutionID) -> tuple[str, str]:

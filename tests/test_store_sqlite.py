@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from dmcore.store.base import (
     StoreError,
     Transaction,
 )
-from dmcore.store.sqlite import SqliteStore
+from dmcore.store.sqlite import LockTimeout, SqliteStore
 from tests.store_contract import StoreContract, put, run_threads
 
 
@@ -122,7 +123,7 @@ def test_nested_transaction_refused(sq: SqliteStore) -> None:
 
 def test_busy_becomes_contention(tmp_path: Path) -> None:
     path = tmp_path / "dm.sqlite"
-    s = SqliteStore(path, busy_timeout=0.05)
+    s = SqliteStore(path, busy_timeout=0.05, lock_wait=0.3)
     blocker = sqlite3.connect(path, isolation_level=None)
     try:
         blocker.execute("BEGIN IMMEDIATE")  # hold the write lock
@@ -131,8 +132,11 @@ def test_busy_becomes_contention(tmp_path: Path) -> None:
         def fn(tx: Transaction) -> None:
             calls.append(1)
 
-        with pytest.raises(Contention):
+        # Waited lock_wait (several busy timeouts), then a clear error naming the file.
+        with pytest.raises(LockTimeout, match=re.escape(str(path))) as e:
             s.transaction(fn, attempts=2)
+        assert isinstance(e.value, Contention)
+        assert "could not take the write lock" in str(e.value)
         assert calls == []  # fn never ran without the lock
         assert s.get("a/b") is None  # readers are not blocked in WAL mode
         blocker.execute("ROLLBACK")
@@ -163,6 +167,47 @@ def test_contention_retry_then_success(tmp_path: Path) -> None:
         timer.join()
         blocker.close()
         s.close()
+
+
+@pytest.mark.parametrize("write", ["transaction", "batch", "write_scope"])
+def test_every_write_waits_out_a_lock_held_over_many_busy_timeouts(
+    tmp_path: Path, write: str
+) -> None:
+    """Another process holding the write lock for a while delays a write, never fails it,
+    even a transaction given a single attempt (the wait is not spent on attempts)."""
+    path = tmp_path / "dm.sqlite"
+    s = SqliteStore(path, busy_timeout=0.02)
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")
+    timer = threading.Timer(0.3, lambda: blocker.execute("ROLLBACK"))  # ~15 busy timeouts
+    timer.start()
+    try:
+        if write == "transaction":
+            s.transaction(lambda tx: tx.set("a/b", {"v": 1}), attempts=1)
+        elif write == "batch":
+            with s.batch():
+                s.transaction(lambda tx: tx.set("a/b", {"v": 1}))
+        else:
+            with s.write_scope() as conn:
+                conn.execute("INSERT INTO docs VALUES ('a', 'b', '{\"v\":1}')")
+        assert s.get("a/b") == {"v": 1}
+    finally:
+        timer.join()
+        blocker.close()
+        s.close()
+
+
+def test_opening_a_busy_store_takes_no_write_lock(tmp_path: Path) -> None:
+    path = tmp_path / "dm.sqlite"
+    SqliteStore(path, indexed_fields=["f"]).close()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        s = SqliteStore(path, busy_timeout=0.02, lock_wait=0.1, indexed_fields=["f"])
+        assert s.get("a/b") is None
+        s.close()
+    finally:
+        blocker.close()
 
 
 def test_same_path_writes_compose(sq: SqliteStore) -> None:

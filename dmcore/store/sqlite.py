@@ -9,8 +9,12 @@ Why this shape:
   worker's batches (below) spread over a hundred steps.
 * Every transaction starts with ``BEGIN IMMEDIATE``: it takes the write lock
   up front, so writers are serialised by SQLite itself. Reads inside see a
-  stable snapshot and read-modify-write cannot lose updates. A writer waiting
-  longer than the busy timeout becomes :class:`Contention` and is retried.
+  stable snapshot and read-modify-write cannot lose updates. Every write
+  (transaction, batch, :meth:`SqliteStore.write_scope`, :func:`immediate`)
+  waits for the write lock as long as another process holds it, retrying
+  with backoff after each busy timeout, up to ``lock_wait`` (5 minutes) in
+  all; only then :class:`LockTimeout` names the file. A job must not die
+  because another process committed slowly.
   Within one process, transactions first queue on a Python lock, which hands
   over promptly instead of relying on SQLite's polling busy handler.
 * :meth:`SqliteStore.batch` groups one thread's transactions into a single
@@ -32,6 +36,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import os
 import random
 import sqlite3
@@ -57,13 +62,29 @@ from dmcore.store.base import (
     id_prefix_end,
 )
 
-__all__ = ["SqliteStore", "immediate"]
+__all__ = ["LOCK_WAIT_S", "LockTimeout", "SqliteStore", "ensure_schema", "immediate"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("dm.store")
 
 # SQLite's bound-parameter ceiling is well above this; 500 keeps statements small.
 _CHUNK = 500
 _BUSY_TIMEOUT_S = 30.0
+"""How long one try waits in SQLite's busy handler (it polls every 100 ms)."""
+
+LOCK_WAIT_S = 300.0
+"""How long a writer waits for the write lock in all, over retries, before
+:class:`LockTimeout`. Generous: a home's writers hold it for milliseconds, so
+only a stuck process (or a ``sqlite3`` shell left in a transaction) gets here."""
+
+
+class LockTimeout(Contention):
+    """Another connection kept the file's write lock for longer than ``lock_wait``.
+
+    Not retried by :meth:`SqliteStore.transaction`: it has waited long enough.
+    """
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -133,12 +154,15 @@ def _index_sql(field: str) -> str:
     with a limit reads only the matching entries.
     """
     p = _json_path(field)
-    name = "docs_by_" + hashlib.sha256(field.encode()).hexdigest()[:16]
     return (
-        f"CREATE INDEX IF NOT EXISTS {name} ON docs "
+        f"CREATE INDEX IF NOT EXISTS {_index_name(field)} ON docs "
         f"(collection, json_type(body, {p}), json_extract(body, {p}), id) "
         f"WHERE {_key_probe(field)}"
     )
+
+
+def _index_name(field: str) -> str:
+    return "docs_by_" + hashlib.sha256(field.encode()).hexdigest()[:16]
 
 
 def _key_probe(field: str) -> str:
@@ -289,14 +313,73 @@ def _decode(body: str) -> Doc:
     return doc
 
 
+def _file_of(conn: sqlite3.Connection) -> str:
+    """The file ``conn`` has open (for error messages)."""
+    with contextlib.suppress(sqlite3.Error):
+        for _, name, file in conn.execute("PRAGMA database_list"):
+            if name == "main":
+                return str(file) or ":memory:"
+    return "the database"
+
+
+def begin_immediate(conn: sqlite3.Connection, lock_wait: float = LOCK_WAIT_S) -> None:
+    """``BEGIN IMMEDIATE`` on ``conn``, waiting up to ``lock_wait`` seconds for the lock.
+
+    Each try waits the connection's busy timeout; a busy try is retried after
+    a jittered backoff (10 ms, doubling, at most 1 s) until ``lock_wait`` has
+    passed, then :class:`LockTimeout` names the file.
+    """
+    start = time.monotonic()
+    pause = 0.01
+    warned = False
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as e:
+            if not _is_busy(e):
+                raise
+            waited = time.monotonic() - start
+            if waited >= lock_wait:
+                raise LockTimeout(
+                    f"{_file_of(conn)}: could not take the write lock in {waited:.0f} s: "
+                    "another process kept it (a stuck dm process, or a sqlite3 session "
+                    f"left in a transaction?) ({e})"
+                ) from e
+        if not warned and waited >= 1.0:
+            warned = True
+            log.warning("waiting for the write lock of %s (%.0f s so far)", _file_of(conn), waited)
+        time.sleep(min(pause * random.uniform(0.5, 1.5), lock_wait - waited))
+        pause = min(pause * 2, 1.0)
+
+
+def ensure_schema(
+    conn: sqlite3.Connection, objects: Mapping[str, str], lock_wait: float = LOCK_WAIT_S
+) -> bool:
+    """Create the tables and indexes ``objects`` names (name -> CREATE statement).
+
+    Reads first: when all exist (every open but the first), no write lock is
+    taken, so a process opening a busy home does not queue for it. Returns
+    whether anything was missing (the statements then ran in one transaction).
+    """
+    have = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    if have.issuperset(objects):
+        return False
+    with immediate(conn, lock_wait):
+        for sql in objects.values():
+            conn.execute(sql)
+    return True
+
+
 @contextlib.contextmanager
-def immediate(conn: sqlite3.Connection) -> Iterator[None]:
+def immediate(conn: sqlite3.Connection, lock_wait: float = LOCK_WAIT_S) -> Iterator[None]:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` on ``conn``, rolled back if the block raises.
 
     IMMEDIATE takes the write lock up front, so a read-then-write in the block
-    cannot be overtaken by another writer between its read and its write.
+    cannot be overtaken by another writer between its read and its write. The
+    lock is waited for as :func:`begin_immediate` says.
     """
-    conn.execute("BEGIN IMMEDIATE")
+    begin_immediate(conn, lock_wait)
     try:
         yield
         conn.execute("COMMIT")
@@ -436,12 +519,17 @@ class _ConnHolder:
 
 
 class SqliteStore(Store):
-    """A :class:`Store` in one SQLite file, safe for many threads and processes."""
+    """A :class:`Store` in one SQLite file, safe for many threads and processes.
+
+    A write waits for the file's write lock ``busy_timeout`` per try and
+    ``lock_wait`` in all (:func:`begin_immediate`).
+    """
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         *,
+        lock_wait: float = LOCK_WAIT_S,
         busy_timeout: float = _BUSY_TIMEOUT_S,
         indexed_fields: Sequence[str] = (),
     ) -> None:
@@ -455,19 +543,24 @@ class SqliteStore(Store):
         self._tx_lock = threading.Lock()  # one transaction at a time per process (see _run_once)
         self._finalizers: list[weakref.finalize[Any, Any]] = []
         self._closed = False
+        self._lock_wait = lock_wait
         self._path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._conn()
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(f"could not put {self._path} in WAL mode (got {mode!r})")
-        conn.execute(_SCHEMA)
-        for field in indexed_fields:
-            conn.execute(_index_sql(field))
+        schema = {"docs": _SCHEMA, **{_index_name(f): _index_sql(f) for f in indexed_fields}}
+        ensure_schema(conn, schema, lock_wait)
 
     @property
     def path(self) -> Path:
         """The database file."""
         return self._path
+
+    @property
+    def lock_wait(self) -> float:
+        """How long a write waits for the write lock, in all (seconds)."""
+        return self._lock_wait
 
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use."""
@@ -528,6 +621,8 @@ class SqliteStore(Store):
             local.in_tx = True
             try:
                 return self._run_once(conn, fn)
+            except LockTimeout:
+                raise  # waited lock_wait already
             except Contention as e:
                 last = e
             except sqlite3.OperationalError as e:
@@ -543,10 +638,9 @@ class SqliteStore(Store):
         # is released, where SQLite's busy handler polls with growing sleeps and
         # lets busy threads starve a waiting one. Holding SQLite's write lock
         # serialises writers anyway, so this costs no parallelism.
-        if not self._tx_lock.acquire(timeout=self._busy_timeout):
-            raise Contention("timed out waiting for this process's other transactions")
+        self._take_tx_lock()
         try:
-            conn.execute("BEGIN IMMEDIATE")  # waits up to busy_timeout for other processes
+            begin_immediate(conn, self._lock_wait)
             tx = _SqliteTransaction(conn, self)
             try:
                 result = fn(tx)
@@ -562,6 +656,13 @@ class SqliteStore(Store):
             return result
         finally:
             self._tx_lock.release()
+
+    def _take_tx_lock(self) -> None:
+        if not self._tx_lock.acquire(timeout=self._lock_wait):
+            raise LockTimeout(
+                f"{self._path}: this process's other transactions kept the write lock "
+                f"for more than {self._lock_wait:g} s"
+            )
 
     @staticmethod
     @contextlib.contextmanager
@@ -597,15 +698,9 @@ class SqliteStore(Store):
             yield  # part of the enclosing batch
             return
         conn = self._conn()
-        if not self._tx_lock.acquire(timeout=self._busy_timeout):
-            raise Contention("timed out waiting for this process's other transactions")
+        self._take_tx_lock()
         try:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as e:
-                if _is_busy(e):
-                    raise Contention(f"batch could not take the write lock: {e}") from e
-                raise
+            begin_immediate(conn, self._lock_wait)
             local.in_batch = True
             local.batch_broken = False
             try:
@@ -638,7 +733,7 @@ class SqliteStore(Store):
             with self._savepoint(conn, "dm_scope"):
                 yield conn
             return
-        with immediate(conn):
+        with immediate(conn, self._lock_wait):
             yield conn
 
     def connection(self) -> sqlite3.Connection:
