@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import re
 import sqlite3
 import tempfile
 import threading
@@ -17,7 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from dmcore.queue.base import InvalidTask, QueueError, Task
 from dmcore.queue.local import DEFAULT_LEASE_US, LeasedTask, LocalQueue
-from dmcore.store.sqlite import SqliteStore
+from dmcore.store.sqlite import LockTimeout, SqliteStore
 
 SEC = 1_000_000
 T0 = 1_700_000_000 * SEC
@@ -565,3 +567,84 @@ def test_a_queue_file_from_before_leased_at_is_upgraded(tmp_path: Path, clock: F
         assert q.pending_count() == 0
     finally:
         q.close()
+
+
+# -- another process holds the write lock ----------------------------------------------------
+
+
+@contextlib.contextmanager
+def write_locked(path: Path, release_after_s: float | None = None) -> Iterator[None]:
+    """Another connection (as another process would) holds ``path``'s write lock:
+    until ``release_after_s`` has passed, else until the block ends."""
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")
+    timer = None
+    if release_after_s is not None:
+        timer = threading.Timer(release_after_s, lambda: blocker.execute("ROLLBACK"))
+        timer.start()
+    try:
+        yield
+    finally:
+        if timer is not None:
+            timer.join()
+        if blocker.in_transaction:
+            blocker.execute("ROLLBACK")
+        blocker.close()
+
+
+def test_opening_a_queue_takes_no_write_lock(tmp_path: Path, clock: FakeClock) -> None:
+    """Each job process opens the home's queue: that must not queue for the lock."""
+    path = tmp_path / "dm.sqlite"
+    LocalQueue(store=SqliteStore(path), clock=clock).enqueue(task("a"))
+    with write_locked(path):
+        store = SqliteStore(path, busy_timeout=0.02, lock_wait=0.2)
+        q = LocalQueue(store=store, clock=clock)  # opened although the lock is held
+        assert q.pending_count() == 1
+        assert q.any_due()
+        # A write waits lock_wait, then says which file is busy.
+        with pytest.raises(LockTimeout, match=re.escape(str(path))):
+            q.enqueue(task("b"))
+    assert q.enqueue(task("b"))
+    q.close()
+    store.close()
+
+
+@pytest.mark.parametrize("where", ["file", "store"])
+def test_writes_wait_out_a_lock_held_over_many_busy_timeouts(
+    tmp_path: Path, clock: FakeClock, where: str
+) -> None:
+    """A writer elsewhere holding the lock for a while delays a write, never fails it."""
+    path = tmp_path / "dm.sqlite"
+    store = SqliteStore(path, busy_timeout=0.02) if where == "store" else None
+    if store is None:
+        q = LocalQueue(path, clock=clock, busy_timeout_ms=20)
+    else:
+        q = LocalQueue(store=store, clock=clock)
+    try:
+        q.enqueue(task("a"))
+        with write_locked(path, release_after_s=0.3):
+            assert q.enqueue(task("b"))  # ~15 busy timeouts
+        with write_locked(path, release_after_s=0.3):
+            leased = q.lease(10)
+        assert names(leased) == ["a", "b"]
+        with write_locked(path, release_after_s=0.3):
+            q.nack(leased[1], clock.now_us)
+        with write_locked(path, release_after_s=0.3):
+            q.ack([leased[0]])
+        assert names(q.lease(10)) == ["b"]
+    finally:
+        q.close()
+        if store is not None:
+            store.close()
+
+
+def test_release_gives_back_a_lease_uncounted(q: LocalQueue, clock: FakeClock) -> None:
+    q.enqueue_many([task("a"), task("b")])
+    first = q.lease(2)
+    q.release(first[1:])
+    (again,) = q.lease(2)  # b is due again at once; a is still leased
+    assert again.task.name == "b" and again.attempt == 1  # the released delivery did not count
+    q.ack([first[1]])  # a late ack of the released delivery is ignored
+    assert q.pending_count() == 2
+    q.ack([first[0], again])
+    assert q.pending_count() == 0

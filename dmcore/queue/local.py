@@ -16,7 +16,10 @@ tells a driver loop how far to sleep (or to advance a fake clock).
 
 Several threads and processes may share one file: each thread has its own
 connection, and every write runs in a ``BEGIN IMMEDIATE`` transaction so two
-leasers never get the same task while its lease holds.
+leasers never get the same task while its lease holds. A write waits for the
+lock while another process holds it, retrying up to ``lock_wait``
+(:func:`~dmcore.store.sqlite.begin_immediate`); opening a queue whose table
+exists takes no write lock at all.
 
 Built on a :class:`~dmcore.store.sqlite.SqliteStore` (``LocalQueue(store=...)``,
 the embedded default) the queue is a table of the store's own file and uses
@@ -42,7 +45,7 @@ from typing import Any
 
 from dmcore.queue.base import TASK_NAME_RE, InvalidTask, QueueError, Task, TaskQueue
 from dmcore.store.base import Store, Transaction
-from dmcore.store.sqlite import SqliteStore, immediate
+from dmcore.store.sqlite import LOCK_WAIT_S, SqliteStore, ensure_schema, immediate
 
 logger = logging.getLogger("dm.queue")
 
@@ -53,7 +56,8 @@ DEFAULT_LEASE_US = 60 * 1_000_000
 DEFAULT_TOMBSTONE_US = 3600 * 1_000_000
 _BUSY_TIMEOUT_MS = 30_000
 
-_SCHEMA = """
+_SCHEMA = {
+    "tasks": """
 CREATE TABLE IF NOT EXISTS tasks (
     name TEXT PRIMARY KEY,
     target TEXT NOT NULL,
@@ -63,12 +67,14 @@ CREATE TABLE IF NOT EXISTS tasks (
     attempts INTEGER NOT NULL DEFAULT 0,
     done_us INTEGER NULL,
     leased_at INTEGER NOT NULL DEFAULT 0
-);
--- Pending tasks by due time: what lease() scans.
-CREATE INDEX IF NOT EXISTS tasks_pending ON tasks (eta_us, name) WHERE done_us IS NULL;
--- Tombstones by age: what purge_tombstones() deletes.
-CREATE INDEX IF NOT EXISTS tasks_done ON tasks (done_us) WHERE done_us IS NOT NULL;
-"""
+)""",
+    # Pending tasks by due time: what lease() scans.
+    "tasks_pending": "CREATE INDEX IF NOT EXISTS tasks_pending ON tasks (eta_us, name)"
+    " WHERE done_us IS NULL",
+    # Tombstones by age: what purge_tombstones() deletes.
+    "tasks_done": "CREATE INDEX IF NOT EXISTS tasks_done ON tasks (done_us)"
+    " WHERE done_us IS NOT NULL",
+}
 
 # Insert, or take over a name whose tombstone has expired (but was not purged
 # yet); a pending task or a live tombstone leaves the row alone (0 changes).
@@ -146,8 +152,14 @@ class LocalQueue(TaskQueue):
         lease_us: int = DEFAULT_LEASE_US,
         tombstone_us: int = DEFAULT_TOMBSTONE_US,
         store: SqliteStore | None = None,
+        busy_timeout_ms: int = _BUSY_TIMEOUT_MS,
+        lock_wait: float = LOCK_WAIT_S,
     ) -> None:
-        """A queue in ``path``, or (``store``) in the store's file on its connections."""
+        """A queue in ``path``, or (``store``) in the store's file on its connections.
+
+        ``busy_timeout_ms`` and ``lock_wait`` (seconds): how long a write waits
+        for the lock, per try and in all (in a store's file, the store's own).
+        """
         if (path is None) == (store is None):
             raise ValueError("LocalQueue needs exactly one of path and store")
         self.store = store
@@ -161,19 +173,28 @@ class LocalQueue(TaskQueue):
         self.clock = clock
         self.lease_us = lease_us
         self.tombstone_us = tombstone_us
+        self._busy_timeout_ms = busy_timeout_ms
+        self._lock_wait = lock_wait if store is None else store.lock_wait
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._closed = False
-        with self._write() as conn:
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
-            if "leased_at" not in columns:  # a queue from before deliveries were told apart
-                conn.execute("ALTER TABLE tasks ADD COLUMN leased_at INTEGER NOT NULL DEFAULT 0")
+        # Every job process opens the queue: when the schema is there (always but
+        # the first time), only reads, so that opening waits for no write lock.
+        ensure_schema(self._conn(), _SCHEMA, self._lock_wait)
+        if not self._has_leased_at():  # a queue from before deliveries were told apart
+            with self._write() as conn:
+                if not self._has_leased_at():
+                    conn.execute(
+                        "ALTER TABLE tasks ADD COLUMN leased_at INTEGER NOT NULL DEFAULT 0"
+                    )
 
     # -- connections and transactions --
+
+    def _has_leased_at(self) -> bool:
+        return any(
+            row[1] == "leased_at" for row in self._conn().execute("PRAGMA table_info(tasks)")
+        )
 
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection (sqlite3 connections must not be shared)."""
@@ -187,11 +208,11 @@ class LocalQueue(TaskQueue):
             # check_same_thread=False only so close() may close it from any thread.
             conn = sqlite3.connect(
                 self.path,
-                timeout=_BUSY_TIMEOUT_MS / 1000,
+                timeout=self._busy_timeout_ms / 1000,
                 isolation_level=None,
                 check_same_thread=False,
             )
-            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             with self._conns_lock:
@@ -213,7 +234,7 @@ class LocalQueue(TaskQueue):
                 yield conn
             return
         conn = self._conn()
-        with immediate(conn):
+        with immediate(conn, self._lock_wait):
             yield conn
 
     def close(self) -> None:
@@ -333,6 +354,22 @@ class LocalQueue(TaskQueue):
             for sql, rows in _by_delivery([task], retry_at_us):
                 conn.executemany(f"UPDATE tasks SET eta_us = ?, leased_until = 0 {sql}", rows)
 
+    def release(self, tasks: Sequence[LeasedTask]) -> None:
+        """Gives back leased tasks that were not started: due again at once, and
+        this delivery is not counted (``attempt`` stays as it was before the lease).
+
+        For a worker that leased more than it had time for. Only while each is
+        still that delivery, as for :meth:`ack`.
+        """
+        if not tasks:
+            return
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE tasks SET leased_until = 0, leased_at = 0, attempts = attempts - 1"
+                " WHERE name = ? AND leased_at = ? AND done_us IS NULL AND attempts > 0",
+                [(t.task.name, t.leased_at) for t in tasks],
+            )
+
     # -- housekeeping and introspection --
 
     def purge_tombstones(self) -> int:
@@ -343,6 +380,20 @@ class LocalQueue(TaskQueue):
                 (self.tombstone_us, self.clock()),
             )
             return cur.rowcount
+
+    def any_due(self) -> bool:
+        """Whether :meth:`lease` would lease anything now (a read: no write lock)."""
+        now = self.clock()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT 1 FROM tasks WHERE done_us IS NULL AND eta_us <= ? AND leased_until <= ?"
+                " LIMIT 1",
+                (now, now),
+            )
+            .fetchone()
+        )
+        return row is not None
 
     def next_due_us(self) -> int | None:
         """When the earliest pending task becomes deliverable (may be in the past).
