@@ -250,6 +250,11 @@ class Kind:
     factory: Factory
     check: Callable[[Any], None] | None = None
     """Checks a config message beyond its proto (ValueError naming the field)."""
+    in_process: bool = False
+    """Its calls return at once and reach nothing outside this process but dm's
+    own store and queue (jobsim, the fake): dm may make them while it holds
+    the store's write lock. Calls of any other kind (a process to start, a
+    server to ask) pass :attr:`Registry.call_guard` first."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,6 +302,12 @@ class Registry:
         self.enqueue_task: Callable[[str, bytes, float, str | None], None] | None = None
         self.client: Callable[[], Any] | None = None
         self.store: Store | None = None
+        self.call_guard: Callable[[], None] | None = None
+        """Called before each call of a distributor whose kind is not ``in_process``
+        (``run``, ``cancel``, ``get_status``, ``handle_notification``,
+        ``handle_task_queue_task``); it may raise to refuse the call. The embedded
+        worker refuses them inside its batch, so that no other process waits
+        for the store's write lock while a job starts or a server answers."""
 
     # -- kinds ---------------------------------------------------------------
 
@@ -306,16 +317,19 @@ class Registry:
         config_type: type[message.Message],
         factory: Factory,
         check: Callable[[Any], None] | None = None,
+        *,
+        in_process: bool = False,
     ) -> None:
         """Register implementation ``name``, configured by ``config_type``.
 
         ``check(config)`` (optional) refuses a config its proto accepts but the
         distributor cannot use (a malformed URL, a missing field): it raises
         ValueError naming the field, and the config file is refused.
+        ``in_process``: see :attr:`Kind.in_process`.
         """
         if name == "alias":
             raise ValueError("'alias' is reserved")
-        kind = Kind(name, config_type, factory, check)
+        kind = Kind(name, config_type, factory, check, in_process)
         self._kinds[name] = kind
         self._by_type_url[_type_url(config_type)] = kind
 
@@ -488,10 +502,57 @@ class Registry:
             _client=self.client,
             _store=self.store,
         )
-        return kind.factory(cfg), cfg
+        d = kind.factory(cfg)
+        if self.call_guard is not None and not kind.in_process:
+            d = _Guarded(d, self.call_guard)
+        return d, cfg
 
     def build_named(self, name: str) -> tuple[D, Config]:
         return self.build(self.snapshot(name))
+
+
+class _Guarded(D):
+    """A distributor whose calls pass :attr:`Registry.call_guard` first."""
+
+    def __init__(self, d: D, guard: Callable[[], None]) -> None:
+        self._d = d
+        self._guard = guard
+
+    def __getattr__(self, name: str) -> Any:  # the kind's own helpers (info, files, ...)
+        return getattr(self._d, name)
+
+    def run(
+        self,
+        desc: dm_pb2.Quest.Desc,
+        auth: dm_pb2.Execution.Auth,
+        prev_result: dm_pb2.JsonResult | None,
+    ) -> Started:
+        self._guard()
+        return self._d.run(desc, auth, prev_result)
+
+    def cancel(self, desc: dm_pb2.Quest.Desc, token: str) -> None:
+        self._guard()
+        self._d.cancel(desc, token)
+
+    def get_status(self, desc: dm_pb2.Quest.Desc, token: str) -> dm_pb2.Result | None:
+        self._guard()
+        return self._d.get_status(desc, token)
+
+    def info_url(self, token: str) -> str:
+        return self._d.info_url(token)
+
+    def handle_notification(
+        self, desc: dm_pb2.Quest.Desc, notification: Notification
+    ) -> dm_pb2.Result | None:
+        self._guard()
+        return self._d.handle_notification(desc, notification)
+
+    def handle_task_queue_task(self, request: TaskRequest) -> list[Notification]:
+        self._guard()
+        return self._d.handle_task_queue_task(request)
+
+    def validate(self, distributor_parameters: str) -> None:
+        self._d.validate(distributor_parameters)
 
 
 def any_config(msg: message.Message) -> any_pb2.Any:

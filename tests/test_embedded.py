@@ -9,12 +9,16 @@ from typing import Any
 
 import pytest
 
+from distributors import jobsim
+from distributors.jobsim import config_pb2 as jobsim_pb2
+from dmcore import distributor as dist
 from dmcore.proto import dm_pb2
 from dmcore.queue.base import Task
 from dmcore.queue.local import LocalQueue
 from dmcore.runtime.embedded import Embedded, build_registry, run_batch
 from dmcore.service import Caller
 from dmcore.states import AttemptState
+from dmcore.store.sqlite import SqliteStore
 
 CONFIG = {"distributor_configs": {"jobsim": {"jobsim": {"pool": "t"}}}}
 
@@ -213,5 +217,95 @@ def test_no_delete_of_records_that_were_never_written(tmp_path: Path) -> None:
         assert len(deletes) == 1
         assert emb.store.query("timers") == []
         assert emb.store.query("polls") == []
+    finally:
+        emb.close()
+
+
+# -- the write lock and distributor calls ------------------------------------------------------
+
+
+CALLS: list[tuple[str, bool]] = []
+"""What the probed distributor was asked, and whether the write lock was held then."""
+
+
+class _Probed(jobsim.JobsimDistributor):
+    """jobsim, noting for each call whether this thread holds the store's write lock."""
+
+    def _note(self, what: str) -> None:
+        store = self.cfg.store()
+        assert isinstance(store, SqliteStore)
+        CALLS.append((what, store.connection().in_transaction))
+
+    def run(
+        self,
+        desc: dm_pb2.Quest.Desc,
+        auth: dm_pb2.Execution.Auth,
+        prev_result: dm_pb2.JsonResult | None,
+    ) -> dist.Started:
+        self._note("run")
+        return super().run(desc, auth, prev_result)
+
+    def handle_task_queue_task(self, request: dist.TaskRequest) -> list[dist.Notification]:
+        self._note("task")
+        return super().handle_task_queue_task(request)
+
+
+def _probed_home(tmp_path: Path, *, in_process: bool) -> Embedded:
+    registry = build_registry(CONFIG)
+    registry.register("jobsim", jobsim_pb2.Config, _Probed, in_process=in_process)
+    CALLS.clear()
+    return Embedded(tmp_path, registry)
+
+
+@pytest.mark.parametrize("in_process", [False, True])
+def test_distributors_are_called_outside_the_batch_unless_in_process(
+    tmp_path: Path, in_process: bool
+) -> None:
+    """A distributor that starts processes or asks servers is never called while the
+    worker's batch holds the write lock; an in-process one (jobsim) is, in the batch."""
+    emb = _probed_home(tmp_path, in_process=in_process)
+    try:
+        qids = [_ensure(emb, f"q{i}", i) for i in range(3)]
+        assert emb.drive(
+            lambda: all(_state(emb, q) == AttemptState.FINISHED for q in qids), timeout_s=60
+        )
+        assert sorted(what for what, _ in CALLS) == ["run"] * 3 + ["task"] * 3
+        assert {held for _, held in CALLS} == {in_process}
+    finally:
+        emb.close()
+
+
+def test_a_batch_out_of_time_gives_back_the_tasks_it_did_not_start(tmp_path: Path) -> None:
+    emb = Embedded(tmp_path, build_registry(CONFIG))
+    try:
+        for i in range(4):
+            _ensure(emb, f"q{i}", i)
+        due = emb.queue.pending_count()
+        assert due > 1
+        assert run_batch(emb.engine, emb.queue, 100, hold_s=0) == 1  # one task, then time's up
+        conn = sqlite3.connect(emb.store.path)  # type: ignore[attr-defined]
+        try:
+            rows = conn.execute(
+                "SELECT attempts, leased_until FROM tasks WHERE done_us IS NULL"
+            ).fetchall()
+        finally:
+            conn.close()
+        # The rest are due again at once, and were not counted as delivered.
+        assert len(rows) >= due - 1 and set(rows) == {(0, 0)}
+    finally:
+        emb.close()
+
+
+def test_distributor_calls_out_of_time_are_given_back(tmp_path: Path) -> None:
+    emb = _probed_home(tmp_path, in_process=False)
+    try:
+        qids = [_ensure(emb, f"q{i}", i) for i in range(3)]
+        # The batch schedules the 3 executions; then one run call, and time's up.
+        assert run_batch(emb.engine, emb.queue, 100, calls_s=0) >= 1
+        assert CALLS == [("run", False)]
+        while run_batch(emb.engine, emb.queue, 100, calls_s=0):
+            pass
+        assert sorted(w for w, _ in CALLS) == ["run"] * 3 + ["task"] * 3
+        assert all(_state(emb, q) == AttemptState.FINISHED for q in qids)
     finally:
         emb.close()

@@ -123,7 +123,8 @@ class FakeWorld:
         self.runs = 0
 
     def install(self, registry: dist.Registry) -> None:
-        registry.register(KIND, config_pb2.Config, self.factory)
+        # A test double living in this process: dm may call it inside its batches.
+        registry.register(KIND, config_pb2.Config, self.factory, in_process=True)
 
     def factory(self, cfg: dist.Config) -> dist.D:
         assert isinstance(cfg.content, config_pb2.Config)

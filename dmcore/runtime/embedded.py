@@ -15,6 +15,12 @@ outbox records), and the worker's batch makes one commit of many steps.
 Durability is unchanged: a task is acknowledged in the same commit as its
 effects, so a crash before it redelivers the task, which every step tolerates
 (delivery is at least once).
+
+Why the batch is short: it holds the file's write lock, and every job process
+and supervisor of a ``local`` graph writes to the same file. So it runs for at
+most :data:`HOLD_S`, and calls to distributors that start processes or ask
+servers (all but ``in_process`` kinds) come after its commit: with a hundred
+jobs to start, one batch held the lock for minutes, and jobs gave up waiting.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ import logging
 import os
 import pathlib
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from dmcore.client import serve_in_process
@@ -138,8 +145,12 @@ class Embedded:
         self.service = serve_in_process(Service(self.engine))
 
     def work(self, limit: int = 100) -> int:
-        """Run the tasks due now (one leased batch, one commit); returns how many ran."""
-        return run_batch(self.engine, self.queue, limit)
+        """Run the tasks due now (one leased batch, one commit); returns how many ran.
+
+        The batch holds the store's write lock at most about :data:`HOLD_S`,
+        and distributor calls after it take at most about :data:`CALLS_S`.
+        """
+        return run_batch(self.engine, self.queue, limit, hold_s=HOLD_S, calls_s=CALLS_S)
 
     def drain(self, max_rounds: int = 1_000_000) -> int:
         """Run tasks until none is due now (never waits); returns how many ran."""
@@ -191,39 +202,135 @@ class Embedded:
             close()
 
 
+HOLD_S = 0.5
+"""How long the worker's batch runs tasks while it holds the store's write lock
+before it commits and gives the tasks it has not started back to the queue:
+job processes and supervisors wait for that commit."""
+
+CALLS_S = 5.0
+"""How long the worker spends on distributor calls after a batch before it
+gives the rest back (they wait for no lock, but the queue waits for them)."""
+
+
+class _CallRefused(BaseException):
+    """A distributor call inside the worker's batch: the task is run after the commit.
+
+    A BaseException, as the engine turns every Exception out of a distributor
+    call into an outcome (REJECTED, MISSING, ...): this one is no outcome.
+    """
+
+
+_worker = threading.local()
+
+
+def _refuse_in_batch() -> None:
+    """The registry's ``call_guard``: no distributor call while the batch holds the lock."""
+    if getattr(_worker, "in_batch", False):
+        raise _CallRefused
+
+
+@contextlib.contextmanager
+def _calls_refused(locked: bool) -> Iterator[None]:
+    _worker.in_batch = locked
+    try:
+        yield
+    finally:
+        _worker.in_batch = False
+
+
 def run_batch(
     engine: Engine,
     queue: LocalQueue,
     limit: int = 100,
     on_failure: Callable[[Task, Exception], None] | None = None,
+    *,
+    hold_s: float | None = None,
+    calls_s: float | None = None,
 ) -> int:
-    """Lease up to ``limit`` due tasks, run them, acknowledge them; returns how many.
+    """Lease up to ``limit`` due tasks, run them, acknowledge them; returns how many ran.
 
-    On a queue in a SQLite store's file all of it is one commit of the store
-    (:meth:`Engine.batch`), and a failing task's transaction writes nothing.
-    Distributor calls (``D.run`` and friends) are still never made inside a
-    store transaction: they run between transactions, and a task whose effects
-    are lost with the batch is delivered again, as after any crash. A failed
-    task is put back with backoff (``on_failure`` hears of it first).
+    On a queue in a SQLite store's file the tasks run in one commit of the
+    store (:meth:`Engine.batch`), and a failing task's transaction writes
+    nothing. That batch holds the file's write lock from start to end, so it
+    makes no call to a distributor that is not ``in_process`` (a ``local``
+    job to start, a server to ask): such a task is run after the commit, its
+    own steps committing on their own. Nobody then waits for the lock while
+    a job starts, and a job's supervisor is told to run a command only once
+    the record it needs is committed.
+
+    ``hold_s`` bounds the time the batch runs tasks with the lock held,
+    ``calls_s`` the time spent on distributor calls after it; tasks not
+    started by then go back to the queue, their delivery uncounted
+    (:meth:`LocalQueue.release`). At least one task runs in each phase. A
+    failed task is put back with backoff (``on_failure`` hears of it first).
+    Distributor calls (``D.run`` and friends) are never made inside a store
+    transaction; a task whose effects are lost with its batch is delivered
+    again, as after any crash.
     """
+    if not queue.any_due():
+        return 0  # no write lock for nothing (the idle worker polls)
+    locked = queue.commits_with(engine.store)
+    engine.registry.call_guard = _refuse_in_batch
+    after: list[LeasedTask] = []
+    ran = 0
     with engine.batch():
         leased = queue.lease(limit)
+        started = time.monotonic()
         done: list[LeasedTask] = []
-        for lt in leased:
-            t = lt.task
-            try:
-                engine.handle_task(t.target, t.payload, lt.attempt, t.name)
-            except Exception as e:
-                log.exception("task %s (%s) failed, delivery %d", t.name, t.target, lt.attempt)
-                if on_failure is not None:
-                    on_failure(t, e)
-                retry_at = engine.clock() + int(backoff(lt.attempt, cap_s=60) * 1_000_000)
-                queue.nack(lt, retry_at)
-            else:
-                done.append(lt)
+        with _calls_refused(locked):
+            for i, lt in enumerate(leased):
+                if i and hold_s is not None and time.monotonic() - started >= hold_s:
+                    queue.release(leased[i:])
+                    break
+                try:
+                    ok = _run_task(engine, queue, lt, on_failure)
+                except _CallRefused:
+                    # Actions call their distributor before they write (else the
+                    # run after the commit is one more delivery, which steps tolerate).
+                    after.append(lt)
+                    continue
+                ran += 1
+                if ok:
+                    done.append(lt)
         if done:
             queue.ack(done)
-    return len(leased)
+    if not after:
+        return ran
+    started = time.monotonic()
+    done = []
+    rest: list[LeasedTask] = []
+    for i, lt in enumerate(after):
+        if i and calls_s is not None and time.monotonic() - started >= calls_s:
+            rest = after[i:]
+            break
+        ran += 1
+        if _run_task(engine, queue, lt, on_failure):
+            done.append(lt)
+    if done or rest:
+        with engine.batch():  # one commit
+            queue.ack(done)
+            queue.release(rest)
+    return ran
+
+
+def _run_task(
+    engine: Engine,
+    queue: LocalQueue,
+    lt: LeasedTask,
+    on_failure: Callable[[Task, Exception], None] | None,
+) -> bool:
+    """Run one leased task; False (and the task put back with backoff) if it failed."""
+    t = lt.task
+    try:
+        engine.handle_task(t.target, t.payload, lt.attempt, t.name)
+    except Exception as e:
+        log.exception("task %s (%s) failed, delivery %d", t.name, t.target, lt.attempt)
+        if on_failure is not None:
+            on_failure(t, e)
+        retry_at = engine.clock() + int(backoff(lt.attempt, cap_s=60) * 1_000_000)
+        queue.nack(lt, retry_at)
+        return False
+    return True
 
 
 def _adopt_old_queue(path: pathlib.Path, queue: LocalQueue) -> None:
