@@ -11,14 +11,13 @@ import pytest
 
 from distributors import jobsim
 from distributors.jobsim import config_pb2 as jobsim_pb2
-from dmcore import distributor as dist
 from dmcore.proto import dm_pb2
 from dmcore.queue.base import Task
 from dmcore.queue.local import LocalQueue
 from dmcore.runtime.embedded import Embedded, build_registry, run_batch
 from dmcore.service import Caller
 from dmcore.states import AttemptState
-from dmcore.store.sqlite import SqliteStore
+from tests.lock_watch import watched
 
 CONFIG = {"distributor_configs": {"jobsim": {"jobsim": {"pool": "t"}}}}
 
@@ -225,34 +224,15 @@ def test_no_delete_of_records_that_were_never_written(tmp_path: Path) -> None:
 
 
 CALLS: list[tuple[str, bool]] = []
-"""What the probed distributor was asked, and whether the write lock was held then."""
-
-
-class _Probed(jobsim.JobsimDistributor):
-    """jobsim, noting for each call whether this thread holds the store's write lock."""
-
-    def _note(self, what: str) -> None:
-        store = self.cfg.store()
-        assert isinstance(store, SqliteStore)
-        CALLS.append((what, store.connection().in_transaction))
-
-    def run(
-        self,
-        desc: dm_pb2.Quest.Desc,
-        auth: dm_pb2.Execution.Auth,
-        prev_result: dm_pb2.JsonResult | None,
-    ) -> dist.Started:
-        self._note("run")
-        return super().run(desc, auth, prev_result)
-
-    def handle_task_queue_task(self, request: dist.TaskRequest) -> list[dist.Notification]:
-        self._note("task")
-        return super().handle_task_queue_task(request)
+"""Each jobsim call, and whether the worker held the store's write lock then."""
+EVERY_CALL = sorted(["handle_notification", "handle_task_queue_task", "run"] * 3)
+"""jobsim's calls for 3 executions (sorted): run, its task, the notification it makes."""
 
 
 def _probed_home(tmp_path: Path, *, in_process: bool) -> Embedded:
     registry = build_registry(CONFIG)
-    registry.register("jobsim", jobsim_pb2.Config, _Probed, in_process=in_process)
+    factory = watched(jobsim.JobsimDistributor, CALLS)
+    registry.register("jobsim", jobsim_pb2.Config, factory, in_process=in_process)
     CALLS.clear()
     return Embedded(tmp_path, registry)
 
@@ -269,7 +249,7 @@ def test_distributors_are_called_outside_the_batch_unless_in_process(
         assert emb.drive(
             lambda: all(_state(emb, q) == AttemptState.FINISHED for q in qids), timeout_s=60
         )
-        assert sorted(what for what, _ in CALLS) == ["run"] * 3 + ["task"] * 3
+        assert sorted(what for what, _ in CALLS) == EVERY_CALL
         assert {held for _, held in CALLS} == {in_process}
     finally:
         emb.close()
@@ -305,7 +285,7 @@ def test_distributor_calls_out_of_time_are_given_back(tmp_path: Path) -> None:
         assert CALLS == [("run", False)]
         while run_batch(emb.engine, emb.queue, 100, calls_s=0):
             pass
-        assert sorted(w for w, _ in CALLS) == ["run"] * 3 + ["task"] * 3
+        assert sorted(w for w, _ in CALLS) == EVERY_CALL
         assert all(_state(emb, q) == AttemptState.FINISHED for q in qids)
     finally:
         emb.close()

@@ -23,7 +23,6 @@ import pytest
 
 from distributors.local import config_pb2 as local_pb2
 from distributors.local.distributor import LocalDistributor
-from dmcore import distributor as dist
 from dmcore import ids
 from dmcore.engine import docs
 from dmcore.ids import AttemptID
@@ -31,7 +30,7 @@ from dmcore.proto import dm_pb2
 from dmcore.runtime.embedded import Embedded, home_registry
 from dmcore.service import Caller
 from dmcore.states import AttemptState
-from dmcore.store.sqlite import SqliteStore
+from tests.lock_watch import watched
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the local distributor is POSIX-only")
 
@@ -61,40 +60,12 @@ CALLS: list[tuple[str, bool]] = []
 """Each local distributor call the worker made, and whether it held the write lock then."""
 
 
-class _Watched(LocalDistributor):
-    """The local distributor, noting whether this thread holds the store's write lock."""
-
-    def _note(self, what: str) -> None:
-        store = self.cfg.store()
-        assert isinstance(store, SqliteStore)
-        CALLS.append((what, store.connection().in_transaction))
-
-    def run(
-        self,
-        desc: dm_pb2.Quest.Desc,
-        auth: dm_pb2.Execution.Auth,
-        prev_result: dm_pb2.JsonResult | None,
-    ) -> dist.Started:
-        self._note("run")
-        return super().run(desc, auth, prev_result)
-
-    def get_status(self, desc: dm_pb2.Quest.Desc, token: str) -> dm_pb2.Result | None:
-        self._note("get_status")
-        return super().get_status(desc, token)
-
-    def handle_notification(
-        self, desc: dm_pb2.Quest.Desc, notification: dist.Notification
-    ) -> dm_pb2.Result | None:
-        self._note("handle_notification")
-        return super().handle_notification(desc, notification)
-
-
 @pytest.fixture
 def emb(tmp_path: pathlib.Path) -> Iterator[Embedded]:
     home = tmp_path / "home"
     registry = home_registry(home, CONFIG)
     # Only this process (the worker) watches; the jobs open the home with the real one.
-    registry.register("local", local_pb2.Config, _Watched)
+    registry.register("local", local_pb2.Config, watched(LocalDistributor, CALLS))
     CALLS.clear()
     e = Embedded(home, registry)
     yield e
