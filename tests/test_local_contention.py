@@ -14,22 +14,27 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import sqlite3
 import sys
 import textwrap
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from distributors.local import config_pb2 as local_pb2
 from distributors.local.distributor import LocalDistributor
 from dmcore import ids
+from dmcore.cli import app
 from dmcore.engine import docs
 from dmcore.ids import AttemptID
 from dmcore.proto import dm_pb2
+from dmcore.runtime import embedded
 from dmcore.runtime.embedded import Embedded, home_registry
 from dmcore.service import Caller
 from dmcore.states import AttemptState
+from dmcore.store.sqlite import SqliteStore
 from tests.lock_watch import watched
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the local distributor is POSIX-only")
@@ -38,6 +43,7 @@ LEAVES = 30
 SAFETY_S = 900.0
 """Bounds the wait on a very busy machine; no assertion depends on time."""
 CONFIG: dict[str, Any] = {"distributor_configs": {"local": {"local": {}}}}
+FANOUT = pathlib.Path(__file__).resolve().parent.parent / "examples" / "jobsim_fanout.yaml"
 
 JOB = """
 import json, os, sys
@@ -119,3 +125,27 @@ def test_many_local_jobs_share_one_home(emb: Embedded, tmp_path: pathlib.Path) -
     runs = [held for what, held in CALLS if what == "run"]
     assert len(runs) == LEAVES + 2
     assert [c for c in CALLS if c[1]] == []  # no call while the worker held the lock
+
+
+class _Impatient(SqliteStore):
+    """The home's store, giving up on the write lock after 0.3 s instead of minutes."""
+
+    def __init__(self, path: str | os.PathLike[str], **kwargs: Any) -> None:
+        super().__init__(path, **{**kwargs, "busy_timeout": 0.05, "lock_wait": 0.3})
+
+
+def test_dm_run_on_a_home_kept_locked_names_the_file(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    Embedded(home, home_registry(home)).close()
+    monkeypatch.setattr(embedded, "SqliteStore", _Impatient)
+    blocker = sqlite3.connect(home / "dm.sqlite", isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # a stuck writer elsewhere
+        r = CliRunner().invoke(app, ["run", str(FANOUT), "--home", str(home)])
+    finally:
+        blocker.close()
+    assert r.exit_code == 1, r.output
+    assert isinstance(r.exception, SystemExit)  # plain words, no traceback
+    assert f"error: {home / 'dm.sqlite'}: could not take the write lock" in r.stderr

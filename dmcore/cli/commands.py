@@ -41,6 +41,7 @@ from dmcore.runtime.embedded import (
 from dmcore.runtime.files import BadFile, load_document
 from dmcore.service import Caller
 from dmcore.states import AbnormalStatus, AttemptState, is_terminal_attempt
+from dmcore.store.sqlite import LockTimeout
 
 app = typer.Typer(
     help="dm: a dependency-aware, memoising task scheduler (embedded mode).",
@@ -89,6 +90,8 @@ def _open(home: pathlib.Path, config: Mapping[str, Any] | None = None) -> Iterat
     emb = Embedded(home, home_registry(home, config))
     try:
         yield emb
+    except LockTimeout as e:  # another process kept the home's write lock for minutes
+        raise fail(str(e), code=1) from None
     finally:
         emb.close()
 
