@@ -100,8 +100,9 @@ class LeasedTask:
     attempt: int
     """1 on the first delivery, +1 on each redelivery (nack or lease expiry)."""
     leased_at: int = 0
-    """When this delivery was leased (queue clock, µs): it tells the delivery apart
-    from any later one of the same name, for :meth:`LocalQueue.ack` and ``nack``."""
+    """When this delivery was leased (queue clock, µs; one more than the task's
+    previous delivery when the clock has not moved since): it tells the delivery
+    apart from any other of the same name, for :meth:`LocalQueue.ack` and ``nack``."""
 
 
 def _by_delivery(
@@ -304,7 +305,7 @@ class LocalQueue(TaskQueue):
         if limit <= 0:
             return []
         sql = (
-            "SELECT name, target, payload, eta_us, attempts FROM tasks"
+            "SELECT name, target, payload, eta_us, attempts, leased_at FROM tasks"
             " WHERE done_us IS NULL AND eta_us <= :now AND leased_until <= :now"
         )
         params: dict[str, Any] = {"limit": limit}
@@ -315,19 +316,22 @@ class LocalQueue(TaskQueue):
         with self._write() as conn:
             now = self.clock()
             params["now"] = now
-            rows = conn.execute(sql, params).fetchall()
+            # Each delivery of a task gets a later stamp than the one before, even
+            # at the same clock reading (a released lease leased again at once), so
+            # that a late ack of an earlier delivery never matches the current one.
+            rows = [(*r[:5], max(now, r[5] + 1)) for r in conn.execute(sql, params)]
             conn.executemany(
                 "UPDATE tasks SET leased_until = ?, attempts = attempts + 1, leased_at = ?"
                 " WHERE name = ?",
-                [(now + self.lease_us, now, r[0]) for r in rows],
+                [(now + self.lease_us, stamp, r[0]) for *r, stamp in rows],
             )
         return [
             LeasedTask(
                 task=Task(name=name, target=target, payload=json.loads(payload), eta_us=eta_us),
                 attempt=attempts + 1,
-                leased_at=now,
+                leased_at=stamp,
             )
-            for name, target, payload, eta_us, attempts in rows
+            for name, target, payload, eta_us, attempts, stamp in rows
         ]
 
     def ack(self, tasks: Sequence[str | LeasedTask]) -> None:
@@ -365,7 +369,7 @@ class LocalQueue(TaskQueue):
             return
         with self._write() as conn:
             conn.executemany(
-                "UPDATE tasks SET leased_until = 0, leased_at = 0, attempts = attempts - 1"
+                "UPDATE tasks SET leased_until = 0, attempts = attempts - 1"
                 " WHERE name = ? AND leased_at = ? AND done_us IS NULL AND attempts > 0",
                 [(t.task.name, t.leased_at) for t in tasks],
             )
