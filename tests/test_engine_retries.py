@@ -810,6 +810,45 @@ def test_poll_timeout_from_run_replaces_stop_timeout(h: Harness, spy: Spy) -> No
     assert h.exec_state(eid) == ExecutionState.FINISHED
 
 
+def test_poll_timeout_applies_when_the_job_stops_before_run_returns(
+    h: Harness, spy: Spy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fast job activates and finishes its attempt before dm has recorded what
+    ``run`` returned (``D.run`` runs outside any transaction): the stop phase
+    still lasts the poll timeout run gave (spec §4.5), not the quest's stop
+    timeout or the 12 h hedge."""
+    counted_run = FakeDistributor.run
+    stopped: list[int] = []
+
+    def fast(
+        self: FakeDistributor,
+        desc: dm_pb2.Quest.Desc,
+        auth: dm_pb2.Execution.Auth,
+        prev_result: dm_pb2.JsonResult | None,
+    ) -> dist.Started:
+        started = counted_run(self, desc, auth, prev_result)
+        eid = ExecutionID.from_proto(auth.id)
+        h.world.run_task(eid, finishing({"fast": True}), notify=False)
+        stopped.append(h.clock())
+        return started
+
+    monkeypatch.setattr(FakeDistributor, "run", fast)
+    (qid,) = h.ensure(desc("fast-job", "fake_poll"))
+    eid = AttemptID(qid, 1).execution(1)
+    run_until(h, h.clock() + 30 * S)
+    assert len(stopped) == 1
+    ex = h.execution(eid)
+    assert ExecutionState(ex["state"]) == ExecutionState.STOPPING
+    assert ex["poll_timeout_us"] == 60 * S
+    t = timer(h, eid)
+    assert t is not None and t["state"] == ExecutionState.STOPPING
+    assert t["deadline_us"] == stopped[0] + 60 * S  # not the 12 h hedge
+    run_until(h, stopped[0] + 75 * S)
+    assert len(spy.polls) == 1
+    assert h.exec_state(eid) == ExecutionState.FINISHED
+    assert h.state(eid.attempt_id) == AttemptState.FINISHED
+
+
 def test_stop_hedge_when_no_stop_or_poll_timeout(h: Harness, spy: Spy) -> None:
     eid = start(h, desc("hedge"))
     finished = h.clock()

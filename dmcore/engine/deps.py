@@ -16,13 +16,12 @@ from typing import Any
 from dmcore.engine import docs, steps
 from dmcore.engine.base import Ctx, Later, Step, rolls_forward
 from dmcore.engine.records import (
-    arm_timer,
+    arm_stop_timer,
     attempt_is_terminal,
     load_current,
     open_deps,
     set_attempt_state,
     set_execution_state,
-    stop_timeout_us,
     token_matches,
     unb64,
     verify_running,
@@ -123,7 +122,7 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
         att["deps_execution"] = eid.num
         docs.bump_modified(att, ctx.now_us)
         ctx.uow.put(docs.attempt_path(me), att)
-        chained += arm_timer(ctx, eid, ex, ExecutionState.STOPPING, stop_timeout_us(ex))
+        chained += arm_stop_timer(ctx, eid, ex)
         step.halted = True
     return chained
 

@@ -26,6 +26,7 @@ from dmcore.engine.core import Engine
 from dmcore.engine.records import (
     US,
     abnormal,
+    arm_stop_timer,
     arm_timer,
     b64,
     disarm_poll,
@@ -34,10 +35,10 @@ from dmcore.engine.records import (
     json_result,
     load_current,
     open_deps,
+    rearm_stop_for_poll_timeout,
     schedule_poll,
     set_attempt_state,
     set_execution_state,
-    stop_timeout_us,
     token_hash,
     token_matches,
     unb64,
@@ -224,12 +225,16 @@ def record_run(step: steps.RecordRun, ctx: Ctx) -> list[Step | Later]:
     ex["run_at_us"] = ctx.now_us
     ctx.uow.put(docs.execution_path(eid), ex)
     out: list[Step | Later] = []
-    if step.poll_interval_us > 0 and not is_terminal_execution(ExecutionState(ex["state"])):
+    state = ExecutionState(ex["state"])
+    if step.poll_interval_us > 0 and state in (ExecutionState.SCHEDULING, ExecutionState.RUNNING):
         poll = {"eid": step.eid, "interval_us": step.poll_interval_us}
         ex["poll_armed"] = True
         out += schedule_poll(ctx, eid, poll, ctx.now_us + step.poll_interval_us)
-    if ex["state"] == ExecutionState.SCHEDULING:
+    if state == ExecutionState.SCHEDULING:
         out += arm_timer(ctx, eid, ex, ExecutionState.SCHEDULING, ex["timeouts"]["start"])
+    # A fast job may have stopped before its run was recorded (defect: its poll
+    # timeout was lost and the 12 h hedge applied).
+    out += rearm_stop_for_poll_timeout(ctx, eid, ex)
     return out
 
 
@@ -296,7 +301,7 @@ def finish_attempt(step: steps.FinishAttempt, ctx: Ctx) -> list[Step | Later]:
     att["result"] = summary
     docs.bump_modified(att, ctx.now_us)
     ctx.uow.put(docs.attempt_path(eid.attempt_id), att)
-    return arm_timer(ctx, eid, ex, ExecutionState.STOPPING, stop_timeout_us(ex))
+    return arm_stop_timer(ctx, eid, ex)
 
 
 @rolls_forward(steps.FinishExecution)

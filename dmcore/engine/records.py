@@ -183,6 +183,32 @@ def disarm_poll(ctx: Ctx, eid: ExecutionID, ex: docs.Doc) -> None:
         ex["poll_armed"] = False
 
 
+def arm_stop_timer(ctx: Ctx, eid: ExecutionID, ex: docs.Doc) -> list[Step | Later]:
+    """The execution has just gone STOPPING: note when, and arm the stop timer.
+
+    The time is kept because the poll timeout may only become known later:
+    ``D.run`` runs outside any transaction, so a fast job can stop before its
+    run is recorded; :func:`rearm_stop_for_poll_timeout` then shortens the phase.
+    """
+    ex["stopping_us"] = ctx.now_us
+    return arm_timer(ctx, eid, ex, ExecutionState.STOPPING, stop_timeout_us(ex))
+
+
+def rearm_stop_for_poll_timeout(ctx: Ctx, eid: ExecutionID, ex: docs.Doc) -> list[Step | Later]:
+    """A poll timeout recorded after the execution stopped replaces its stop timeout
+    (spec §4.5), counted from when it stopped, unless the stop timer has fired already."""
+    poll = int(ex.get("poll_timeout_us", 0))
+    if ex["state"] != ExecutionState.STOPPING or poll <= 0:
+        return []
+    timer = ctx.uow.get(docs.timer_path(eid))
+    if timer is None or timer["state"] != ExecutionState.STOPPING or int(timer["polls"]) > 0:
+        return []
+    due = int(ex.get("stopping_us", ctx.now_us)) + poll
+    if due >= int(timer["deadline_us"]):
+        return []
+    return arm_timer(ctx, eid, ex, ExecutionState.STOPPING, max(1, due - ctx.now_us))
+
+
 def stop_timeout_us(ex: Mapping[str, Any]) -> int:
     poll = int(ex.get("poll_timeout_us", 0))
     if poll > 0:

@@ -72,7 +72,7 @@ class RunExecution(Action):
 
 @dataclasses.dataclass
 class RecordRun(Mutation):
-    """Store the distributor's token; arm the start timer."""
+    """Store the distributor's token; arm the start timer (or shorten a stop already under way)."""
 
     KIND = "RecordRun"
     eid: str
