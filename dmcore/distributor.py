@@ -109,7 +109,8 @@ class Config:
     ``kind`` the registered implementation; ``content`` its config message
     (shared between builds of the same config: read it, never change it).
     ``prepare_topic`` and ``enqueue_task`` are wired by dm to its notification
-    and task-queue back ends.
+    and task-queue back ends; ``snapshot`` is what this config was built from
+    (a task queued through ``enqueue_task`` carries it back to the same config).
     """
 
     name: str
@@ -117,8 +118,9 @@ class Config:
     version: str
     content: message.Message
     dm_host: str = ""
+    snapshot: Snapshot | None = None
     _prepare_topic: Callable[[str, ExecutionID], tuple[str, str]] | None = None
-    _enqueue_task: Callable[[str, bytes, float, str | None], None] | None = None
+    _enqueue_task: Callable[[Snapshot, bytes, float, str | None], None] | None = None
     _client: Callable[[], Any] | None = None
     _store: Store | None = None
 
@@ -152,10 +154,20 @@ class Config:
         a task of that name already queued, or run within the queue's dedupe
         window (about an hour), is not queued again. So a retried ``run`` can
         queue its task again without a record of whether it did.
+
+        The task is handed back to a distributor built from this very config
+        (the execution's snapshot, W-11), even if the named config has since
+        been changed or removed.
         """
         if self._enqueue_task is None:
             raise TransientError("no task queue configured")
-        self._enqueue_task(self.name, body, delay_s, name)
+        snap = self.snapshot or Snapshot(
+            self.name,
+            self.kind,
+            self.version,
+            json_format.MessageToDict(self.content, preserving_proto_field_name=True),
+        )
+        self._enqueue_task(snap, body, delay_s, name)
 
 
 class D(abc.ABC):
@@ -299,7 +311,7 @@ class Registry:
         self._parsed: dict[tuple[str, str], message.Message] = {}
         self.version = ""
         self.prepare_topic: Callable[[str, ExecutionID], tuple[str, str]] | None = None
-        self.enqueue_task: Callable[[str, bytes, float, str | None], None] | None = None
+        self.enqueue_task: Callable[[Snapshot, bytes, float, str | None], None] | None = None
         self.client: Callable[[], Any] | None = None
         self.store: Store | None = None
         self.call_guard: Callable[[], None] | None = None
@@ -497,6 +509,7 @@ class Registry:
             version=snap.version,
             content=msg,
             dm_host=self.dm_host,
+            snapshot=snap,
             _prepare_topic=self.prepare_topic,
             _enqueue_task=self.enqueue_task,
             _client=self.client,

@@ -618,7 +618,7 @@ def test_run_is_idempotent_per_execution(lh: Harness) -> None:
     inner = lh.registry.enqueue_task
     assert inner is not None
 
-    def counting(config: str, body: bytes, delay: float, name: str | None) -> None:
+    def counting(config: dist.Snapshot, body: bytes, delay: float, name: str | None) -> None:
         calls.append((body, name))
         inner(config, body, delay, name)
 
@@ -641,7 +641,7 @@ def test_enqueue_failure_in_run_is_transient_and_retried(lh: Harness) -> None:
     assert inner is not None
     fail = [True]
 
-    def flaky(config: str, body: bytes, delay: float, name: str | None) -> None:
+    def flaky(config: dist.Snapshot, body: bytes, delay: float, name: str | None) -> None:
         if fail.pop(0) if fail else False:
             raise ConnectionError("queue down")
         inner(config, body, delay, name)
@@ -831,6 +831,35 @@ def test_unexpected_job_error_fails_the_execution_with_its_text(lh: Harness) -> 
     assert "boom in the client" in att["abnormal"]["reason"]
     t = task(lh, aid.execution(1))
     assert t["status"] == jobsim.FAILED and "boom in the client" in t["reason"]
+
+
+@pytest.mark.parametrize(
+    "later",
+    [
+        pytest.param(
+            {k: v for k, v in CONFIGS.items() if not k.startswith("jobsim")}, id="removed"
+        ),
+        pytest.param(
+            {**CONFIGS, "jobsim": {"jobsim": {"pool": "p", "do_pollback": True}}}, id="changed"
+        ),
+    ],
+)
+def test_distributor_tasks_use_the_execution_config_snapshot(
+    jh: Harness, later: dict[str, Any]
+) -> None:
+    """A task the distributor queued (here a stalled job's wake-up) is handled by the
+    config the execution started with, even once that config is removed or changed
+    (W-11): not dropped as "unknown config", not run with other settings."""
+    aid = start(jh, {"name": "nap", "stages": [{"stall": {"delay": "600s"}}]})
+    settle(jh, max_seconds=60)
+    assert task(jh, aid.execution(1))["status"] == jobsim.STALLED
+    jh.registry.set_config(
+        jh.registry.config_from_dict({"distributor_configs": later}), version="v2"
+    )
+    settle(jh, max_seconds=900)
+    assert jh.state(aid) == AttemptState.FINISHED
+    assert jh.result(aid) == {"success": True, "value": 1}
+    assert task(jh, aid.execution(1))["status"] == jobsim.FINISHED
 
 
 def test_pollback_config_ends_executions_through_get_status(jh: Harness) -> None:

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from dmcore.distributor import Registry, TransientError
+from dmcore.distributor import Registry, Snapshot, TransientError
 from dmcore.engine import docs, steps
 from dmcore.engine.base import Action, Ctx, Later, Mutation, Step, Uow, task_name
 from dmcore.ids import ExecutionID
@@ -111,17 +111,19 @@ class Engine:
         return self.settings.notify_topic, token
 
     def _enqueue_distributor_task(
-        self, config_name: str, body: bytes, delay_s: float, name: str | None = None
+        self, snap: Snapshot, body: bytes, delay_s: float, name: str | None = None
     ) -> None:
         if name is None:
             name = base64.urlsafe_b64encode(self.rand(18)).decode()
         else:
-            name = task_name("distributor", config_name, name)
+            name = task_name("distributor", snap.name, name)
         self.queue.enqueue(
             Task(
                 name=name,
-                target=DISTRIBUTOR_TARGET_PREFIX + config_name,
-                payload={"body_b64": base64.b64encode(body).decode()},
+                target=DISTRIBUTOR_TARGET_PREFIX + snap.name,
+                # The config travels with the task: it is handled by the config the
+                # distributor was built from (the execution's snapshot, W-11).
+                payload={"body_b64": base64.b64encode(body).decode(), "config": snap.to_doc()},
                 eta_us=self.clock() + int(delay_s * 1_000_000) if delay_s > 0 else 0,
             )
         )
@@ -314,9 +316,11 @@ class Engine:
         produces the same follow-up names, refused as duplicates).
         """
         if target.startswith(DISTRIBUTOR_TARGET_PREFIX):
+            config = payload.get("config")
             steps.HandleDistributorTask(
                 config_name=target[len(DISTRIBUTOR_TARGET_PREFIX) :],
                 body_b64=str(payload.get("body_b64", "")),
+                config=dict(config) if isinstance(config, Mapping) else None,
             ).execute(self, delivery)
             return
         if target != MUTATION_TARGET:

@@ -48,9 +48,12 @@ def handle_distributor_task(
     step: steps.HandleDistributorTask, engine: Engine, delivery: int
 ) -> None:
     try:
-        d, _ = engine.registry.build_named(step.config_name)
-    except dist.UnknownConfig:
-        log.error("task for unknown distributor config %r dropped", step.config_name)
+        if step.config is not None:
+            d, _ = engine.registry.build(dist.Snapshot.from_doc(step.config))
+        else:
+            d, _ = engine.registry.build_named(step.config_name)
+    except dist.UnknownConfig as e:
+        log.error("task for distributor config %r dropped: %s", step.config_name, e)
         return
     notes = d.handle_task_queue_task(dist.TaskRequest(unb64(step.body_b64)))
     if engine.publish is not None:

@@ -294,11 +294,17 @@ class NotifyExecution(Action):
 
 @dataclasses.dataclass
 class HandleDistributorTask(Action):
-    """A task a distributor queued for itself (Config.enqueue_task)."""
+    """A task a distributor queued for itself (Config.enqueue_task).
+
+    ``config`` is the snapshot of the config the distributor was built from
+    (absent in tasks queued by older versions: then the config named
+    ``config_name`` is used).
+    """
 
     KIND = "HandleDistributorTask"
     config_name: str
     body_b64: str
+    config: dict[str, Any] | None = None
 
 
 # -- the tasks that fire timers and polls -----------------------------------------------
