@@ -1,5 +1,6 @@
 """A finished attempt reaches its dependers: marked terminal on its back-edge
-group, then each unpropagated back edge is acked, a batch per step.
+group, then each unpropagated back edge is acked, a batch per step
+(``Settings.propagate_batch``), the step chaining itself until none is left.
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ from dmcore.engine.records import attempt_is_terminal
 from dmcore.ids import AttemptID
 
 log = logging.getLogger("dm.engine")
-
-PROPAGATE_BATCH = 64
-"""Back edges acked per step; the step chains itself until none is left."""
 
 
 @rolls_forward(steps.RecordCompletion)
@@ -39,13 +37,12 @@ def propagate_completion(step: steps.PropagateCompletion, ctx: Ctx) -> list[Step
     group = ctx.uow.get(docs.back_dep_group_path(dependee))
     if group is None or not group["attempt_finished"]:
         return []  # late: the attempt was re-opened since; its next end propagates
-    rows = ctx.uow.query(
-        docs.back_deps_collection(dependee), {"propagated": False}, limit=PROPAGATE_BATCH
-    )
+    batch = ctx.engine.settings.propagate_batch
+    rows = ctx.uow.query(docs.back_deps_collection(dependee), {"propagated": False}, limit=batch)
     out: list[Step | Later] = []
     for path, doc in rows:
         ctx.uow.put(path, {**doc, "propagated": True})
         out.append(steps.AckFwdDep(depender=docs.last_id(path), dependee=step.aid))
-    if len(rows) == PROPAGATE_BATCH:
+    if len(rows) == batch:
         out.append(steps.PropagateCompletion(aid=step.aid))
     return out

@@ -43,8 +43,11 @@ MUTATION_TARGET = "mutation"
 DISTRIBUTOR_TARGET_PREFIX = "distributor/"
 OUTBOX_STALE_US = 5_000_000
 MAX_INLINE = 256
+"""Same-root follow-ups one transaction runs inline (tail calls) before queueing the rest."""
 MAX_BATCH_INLINE = 10_000
 """Follow-up mutations a batch runs itself before it commits; more are queued."""
+PROPAGATE_BATCH = 64
+"""Back edges a completion acks per step; the step chains itself until none is left."""
 
 Publish = Callable[[bytes, dict[str, str]], None]
 """Publish one message (data, attributes) to the notification topic; raise on failure."""
@@ -59,6 +62,8 @@ class Settings:
     notify_topic: str = "dm-distributor-notify"
     notify_secret: bytes = b""
     """HMAC key of notification auth tokens (from configuration, never code)."""
+    max_inline: int = MAX_INLINE
+    propagate_batch: int = PROPAGATE_BATCH
 
 
 class _BatchState(threading.local):
@@ -246,7 +251,11 @@ class Engine:
         ran = 0
         while pending:
             step = pending.pop(0)
-            if isinstance(step, Mutation) and step.root() == root and ran < MAX_INLINE:
+            if (
+                isinstance(step, Mutation)
+                and step.root() == root
+                and ran < self.settings.max_inline
+            ):
                 ran += 1
                 self.stats[step.KIND] = self.stats.get(step.KIND, 0) + 1
                 pending[0:0] = step.roll_forward(ctx)
@@ -256,29 +265,37 @@ class Engine:
         if batching:
             inline = [m for m in later if isinstance(m, Mutation)]
             later = [m for m in later if not isinstance(m, Mutation)]
-        tasks = [self._task_for(item, origin, i, ctx.now_us) for i, item in enumerate(later)]
+        tasks = [self._task_for(item, origin) for item in later]
         uow.flush()
         if not tasks or self.queue.enqueue_in(tx, tasks):
             return [], inline  # the tasks are queued by this very commit (the store's queue)
         assert not inline, "batching needs a queue that commits with the store"
         outbox: list[Outbox] = []
-        for i, group in enumerate(_outbox_groups(tasks)):
-            path = docs.outbox_path(task_name(origin, "outbox", str(i)))
+        for group in _outbox_groups(tasks):
+            # Named by its tasks, as they are: a redelivery with other follow-ups
+            # writes another record, never over one not yet dispatched.
+            path = docs.outbox_path(task_name(origin, "outbox", *(t.name for t in group)))
             tx.set(path, {"tasks": [_task_doc(t) for t in group], "created_us": ctx.now_us})
             outbox.append((path, group))
         return outbox, []
 
-    def _task_for(self, item: Step | Later, origin: str, i: int, now_us: int) -> Task:
+    def _task_for(self, item: Step | Later, origin: str) -> Task:
+        """The task for a follow-up of the task ``origin``, named by what it does.
+
+        Not by its position among the follow-ups (DESIGN.md §3): a redelivered
+        task yielding the same work yields the same names (refused by the
+        queue as duplicates), and one yielding other work (a completion that
+        found the next batch of edges) yields other names, never refused.
+        """
         if isinstance(item, Later):
             step, eta, name = item.step, item.eta_us, item.name
         else:
             step, eta, name = item, 0, None
-        return Task(
-            name=name or task_name(origin, str(i)),
-            target=step_target(step),
-            payload=step.to_payload(),
-            eta_us=eta,
-        )
+        payload = step.to_payload()
+        if name is None:
+            what = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+            name = task_name(origin, what)
+        return Task(name=name, target=step_target(step), payload=payload, eta_us=eta)
 
     def dispatch(self, outbox: Sequence[Outbox]) -> None:
         """Queue committed follow-ups, then delete their outbox records."""
@@ -304,7 +321,7 @@ class Engine:
     def enqueue(self, step: Step, *, eta_us: int = 0, name: str | None = None) -> None:
         """Queue a step directly (no transaction to tie it to)."""
         origin = base64.urlsafe_b64encode(self.rand(16)).decode().rstrip("=")
-        self.queue.enqueue(self._task_for(Later(step, eta_us, name), origin, 0, self.clock()))
+        self.queue.enqueue(self._task_for(Later(step, eta_us, name), origin))
 
     def handle_task(
         self, target: str, payload: Mapping[str, Any], delivery: int = 1, name: str = ""
@@ -371,7 +388,7 @@ class Engine:
                 break
             later = steps.poll_later(doc)
             try:
-                self.queue.enqueue(self._task_for(later, "", 0, now))
+                self.queue.enqueue(self._task_for(later, ""))
             except Exception:
                 log.warning(
                     "queueing poll of %s failed; left to the next sweep", doc["eid"], exc_info=True
