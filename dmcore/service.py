@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from google.protobuf import timestamp_pb2
@@ -38,6 +38,9 @@ MAX_DATA_SIZE_CAP = 30 * 1024 * 1024
 MAX_WALK_TIME_US = 55_000_000
 MIN_EXECUTION_TOKEN = 32
 MAX_CYCLE_WALK = 10_000
+MAX_RANGE_ATTEMPTS = 100_000
+"""Most attempts a WalkGraph query may name through its attempt ranges, all together:
+each is a read, and the walk's 55 s budget would not reach much further."""
 QUEST_CHUNK = 100
 DECLARE_TRIES = 3
 """Declarations of one EnsureGraphData call, when a dependency found over is re-opened
@@ -418,10 +421,17 @@ class Service:
         for opt in ("result", "abnormal", "expired"):
             if getattr(req.include.quest, opt):
                 raise InvalidArgument(f"include.quest.{opt}: not allowed for quests")
+        ranged = 0
         for i, r in enumerate(req.query.attempt_range):
             ids.check_quest_id(r.quest, f"query.attempt_range[{i}].quest")
             if r.low < 1 or r.high <= r.low:
                 raise InvalidArgument(f"query.attempt_range[{i}]: need 1 <= low < high")
+            ranged += r.high - r.low
+            if ranged > MAX_RANGE_ATTEMPTS:
+                raise InvalidArgument(
+                    f"query.attempt_range[{i}]: the ranges name {ranged} attempts or more, "
+                    f"over {MAX_RANGE_ATTEMPTS}"
+                )
         for q, nums in req.query.attempt_list.to.items():
             ids.check_quest_id(q, f"query.attempt_list[{q}]")
             _check_nums(nums.nums, f"query.attempt_list[{q}]", allow_all=True)
@@ -449,34 +459,49 @@ class Service:
         direction = req.mode.direction
         want_data = inc.attempt.data or inc.attempt.result
 
-        # (attempt, depth, reached forward from the caller's attempt)
-        todo: collections.deque[tuple[AttemptID, int, bool]] = collections.deque()
+        # The query's attempts, per quest, in query order; ranges stay ranges
+        # (expanded one attempt at a time, so the time budget bounds them too).
+        roots: list[tuple[str, Sequence[int]]] = []
         for q, nums in sorted(req.query.attempt_list.to.items()):
             listed = _check_nums(nums.nums, "query", allow_all=True)
             if listed:
-                todo.extend((AttemptID(q, n), 0, False) for n in listed)
+                roots.append((q, listed))
             else:
                 self._quest_entry(out, q, inc, excluded_quests)
                 # Attempt ids are "<quest>|<number>": the quest's attempts are an id range.
                 rows = store.query_id_prefix(docs.ATTEMPTS, q + "|")
+                every = []
                 for _, doc in sorted(rows, key=lambda row: int(row[1]["num"])):
                     if doc.get("is_abnormal") and not inc.attempt.abnormal:
                         continue
                     if doc.get("is_expired") and not inc.attempt.expired:
                         continue
-                    todo.append((AttemptID(q, int(doc["num"])), 0, False))
-        for r in req.query.attempt_range:
-            todo.extend((AttemptID(r.quest, n), 0, False) for n in range(r.low, r.high))
-        if me is not None:
-            todo = collections.deque((a, d, a == me) for a, d, _ in todo)
+                    every.append(int(doc["num"]))
+                roots.append((q, every))
+        roots += [(r.quest, range(r.low, r.high)) for r in req.query.attempt_range]
+        # Breadth first: every query attempt (depth 0) before what they lead to;
+        # depth first: a stack, so the last query attempt and its dependencies first.
+        if req.mode.dfs:
+            roots = [(q, nums[::-1]) for q, nums in reversed(roots)]
+        starts = ((AttemptID(q, n), 0, False) for q, nums in roots for n in nums)
 
+        # (attempt, depth, reached forward from the caller's attempt)
+        todo: collections.deque[tuple[AttemptID, int, bool]] = collections.deque()
         seen: set[AttemptID] = set()
         infos: dict[tuple[str, str], dist.D | None] = {}
-        while todo:
+        while True:
+            if req.mode.dfs and todo:
+                item = todo.pop()
+            elif (start := next(starts, None)) is not None:
+                item = (start[0], 0, start[0] == me)
+            elif todo:
+                item = todo.pop() if req.mode.dfs else todo.popleft()
+            else:
+                break
             if eng.clock() > deadline:
                 out.had_more = True
                 break
-            aid, depth, forward_of_me = todo.pop() if req.mode.dfs else todo.popleft()
+            aid, depth, forward_of_me = item
             if aid in seen or aid in excluded or aid.quest in excluded_all:
                 continue
             seen.add(aid)

@@ -21,6 +21,7 @@ import json
 import pathlib
 import re
 import sqlite3
+import tracemalloc
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -530,6 +531,16 @@ BAD_INPUT: list[Any] = [
         _walk_with(lambda r: (_range(MISSING_QID, 1, 2)(r), _range(MISSING_QID, 4, 2)(r))),
         "query.attempt_range[1]",
         id="walk-range-second-bad",
+    ),
+    pytest.param(
+        _walk_with(_range(MISSING_QID, 1, 2**32 - 1)),
+        "query.attempt_range[0]",
+        id="walk-range-absurd",
+    ),
+    pytest.param(
+        _walk_with(lambda r: [_range(MISSING_QID, 1, 60_001)(r) for _ in range(2)]),
+        "query.attempt_range[1]",
+        id="walk-ranges-absurd-together",
     ),
     pytest.param(
         _walk_with(_range("bad", 1, 2)), "query.attempt_range[0].quest", id="walk-range-qid"
@@ -1392,6 +1403,35 @@ def test_walk_time_budget(graph: Graph, monkeypatch: pytest.MonkeyPatch) -> None
     req.limit.ClearField("max_time")
     g = h.service.walk_graph(req, TRUSTED)
     assert not g.had_more and graph.walked(g) == {"A1", "B1", "C1"}
+
+
+def test_walk_time_budget_bounds_a_wide_attempt_range(
+    graph: Graph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt range is walked lazily: a budget that runs out after a few attempts
+    stops the walk before the rest of the range costs time or memory."""
+    h, ids = graph.h, graph.ids
+    d = ids["D1"].quest
+    req = dm_pb2.WalkGraphReq()
+    req.query.attempt_range.add(quest=d, low=1, high=100_001)
+    req.include.attempt.data = True
+    req.limit.max_time.seconds = 3
+    now = [h.clock()]
+
+    def ticking() -> int:
+        now[0] += 1_000_000  # every look at the clock costs a second
+        return now[0]
+
+    monkeypatch.setattr(h.engine, "clock", ticking)
+    tracemalloc.start()
+    try:
+        g = h.service.walk_graph(req, TRUSTED)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert g.had_more and not g.had_errors
+    assert 0 < len(g.quests[d].attempts) < 10
+    assert peak < 2 * 1024 * 1024  # a range expanded up front takes tens of MiB
 
 
 def test_walk_execution_caller_result_visibility(graph: Graph) -> None:
