@@ -448,7 +448,8 @@ class Service:
         max_time = records.duration_us(req.limit.max_time) if req.limit.HasField("max_time") else 0
         if max_time <= 0 or max_time > MAX_WALK_TIME_US:
             max_time = MAX_WALK_TIME_US
-        deadline = eng.clock() + max_time
+        now = eng.clock()
+        deadline = now + max_time
         excluded_quests = set(req.exclude.quests)
         excluded: set[AttemptID] = set()
         excluded_all: set[str] = set()
@@ -474,7 +475,7 @@ class Service:
                 for _, doc in sorted(rows, key=lambda row: int(row[1]["num"])):
                     if doc.get("is_abnormal") and not inc.attempt.abnormal:
                         continue
-                    if doc.get("is_expired") and not inc.attempt.expired:
+                    if records.attempt_expired(doc, now) and not inc.attempt.expired:
                         continue
                     every.append(int(doc["num"]))
                 roots.append((q, every))
@@ -512,14 +513,16 @@ class Service:
                 att_msg.DNE = True
                 continue
             doc = got
+            expired = records.attempt_expired(doc, now)
             if (doc.get("is_abnormal") and not inc.attempt.abnormal) or (
-                doc.get("is_expired") and not inc.attempt.expired
+                expired and not inc.attempt.expired
             ):
                 continue  # a placeholder, not walked through
             if inc.attempt.ids:
                 att_msg.id.CopyFrom(aid.to_proto())
             if want_data:
                 self._fill_attempt(att_msg, aid, doc)
+                att_msg.data.expired = expired
             authorized: bool | None = None  # may the caller see this attempt's results?
             if authorized_all or forward_of_me or aid == me:
                 authorized = True
@@ -527,7 +530,9 @@ class Service:
                 if authorized is None:
                     authorized = self._depends_on(me, aid)
                 size = int((doc.get("result") or {}).get("size", 0))
-                if not authorized:
+                if expired:
+                    att_msg.partial.result = dm_pb2.Attempt.Partial.EXPIRED  # never served
+                elif not authorized:
                     att_msg.partial.result = dm_pb2.Attempt.Partial.NOT_AUTHORIZED
                 elif size > budget:
                     att_msg.partial.result = dm_pb2.Attempt.Partial.DATA_SIZE_LIMIT
@@ -537,7 +542,7 @@ class Service:
                         budget -= len(res["object"].encode())
                         att_msg.data.finished.data.object = res["object"]
             if inc.num_executions:
-                self._fill_executions(att_msg, aid, doc, inc, infos)
+                self._fill_executions(att_msg, aid, inc, infos, now)
                 # Execution result objects: the same visibility and budget as the attempt's.
                 for num in sorted(att_msg.executions, reverse=True):
                     e = att_msg.executions[num]
@@ -644,15 +649,18 @@ class Service:
         self,
         msg: dm_pb2.Attempt,
         aid: AttemptID,
-        doc: Mapping[str, Any],
         inc: dm_pb2.WalkGraphReq.Include,
         infos: dict[tuple[str, str], dist.D | None],
+        now: int,
     ) -> None:
         rows = self.engine.store.query(docs.executions_collection(aid), order_by="num", limit=None)[
             -int(inc.num_executions) :
         ]
         for _, ex in reversed(rows):
             if ex.get("is_abnormal") and not inc.execution.abnormal:
+                continue
+            expired = records.execution_expired(ex, now)
+            if expired and not inc.execution.expired:
                 continue
             em = msg.executions[int(ex["num"])]
             if inc.execution.ids:
@@ -687,9 +695,12 @@ class Service:
             elif state == ExecutionState.FINISHED:
                 data = (ex.get("result") or {}).get("data") or {}
                 jr = records.json_result(data) or dm_pb2.JsonResult()
-                if not inc.execution.result:
+                if not inc.execution.result or expired:
                     jr.object = ""
                 ed.finished.data.CopyFrom(jr)
+                ed.expired = expired
+                if expired and inc.execution.result:
+                    em.partial.result = dm_pb2.Attempt.Partial.EXPIRED
             else:
                 ab = ex.get("abnormal") or {}
                 ed.abnormal_finish.status = int(ab.get("status", 0))  # type: ignore[assignment]

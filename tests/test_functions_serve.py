@@ -120,7 +120,7 @@ def test_serve_runs_the_functions_and_the_worker(local: LocalServer) -> None:
     for path in ("/dm_sweep", "/dm_sweep/"):
         status, body = post(local.base_url + path, b"")
         assert status == 200
-        assert set(json.loads(body)) == {"outbox", "timers", "polls"}
+        assert set(json.loads(body)) == {"outbox", "timers", "polls", "expiries"}
     raw = {
         "message": {
             "data": base64.b64encode(b"{}").decode(),

@@ -179,7 +179,7 @@ def test_engine_failure_is_500_and_logged(
 def test_sweep(dm: DM) -> None:
     rsp = dm.sweep.post("/")
     assert rsp.status_code == 200
-    assert rsp.get_json() == {"outbox": 0, "timers": 0, "polls": 0}
+    assert rsp.get_json() == {"outbox": 0, "timers": 0, "polls": 0, "expiries": 0}
     assert dm.sweep.get("/").status_code == 405
 
 

@@ -32,7 +32,7 @@ from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
 from dmcore.service import Caller
 from dmcore.states import AbnormalStatus, AttemptState, ExecutionState
-from tests.harness import Chaos, Harness
+from tests.harness import Chaos, Harness, qid_of
 
 CONFIGS = {
     "fake": {"fake": {}},
@@ -860,6 +860,22 @@ def test_distributor_tasks_use_the_execution_config_snapshot(
     assert jh.state(aid) == AttemptState.FINISHED
     assert jh.result(aid) == {"success": True, "value": 1}
     assert task(jh, aid.execution(1))["status"] == jobsim.FINISHED
+
+
+def test_an_expired_dependency_counts_as_failed_and_moves_a_retries_chain_on(
+    jh: Harness,
+) -> None:
+    """dm does not serve an expired result: jobsim counts it as not successful (no
+    value), and a ``retries`` dependency asks for the next attempt."""
+    leaf = {"name": "stale", "return_stage": {"retval": 5, "expiration": "2001-01-01T00:00:00Z"}}
+    aid, result = play(jh, {"name": "top", "stages": [{"deps": {"deps": [
+        {"retries": 1, "phrase": leaf}]}}]})  # fmt: skip
+    assert result == {"success": True, "value": 1}
+    leaf_q = jobsim.quest_desc(jobsim.parse_phrase(json.dumps(leaf)))
+    assert jh.state(aid) == AttemptState.FINISHED
+    tries = [AttemptID(qid_of(leaf_q), n) for n in (1, 2)]
+    assert [jh.state(a) for a in tries] == [AttemptState.FINISHED] * 2
+    assert all(jh.attempt(a)["is_expired"] for a in tries)
 
 
 def test_pollback_config_ends_executions_through_get_status(jh: Harness) -> None:

@@ -458,8 +458,8 @@ def _outcome(graph: dm_pb2.GraphData, aid: AttemptID) -> tuple[bool, int]:
         raise RuntimeError(f"dependency {aid}: missing from dm's answer")
     att = graph.quests[aid.quest].attempts[aid.num]
     kind = att.data.WhichOneof("attempt_type")
-    if kind == "abnormal_finish":
-        return False, 0
+    if kind == "abnormal_finish" or att.data.expired:
+        return False, 0  # expired: dm no longer serves the result (a retry takes a new attempt)
     if kind != "finished":
         raise RuntimeError(f"dependency {aid}: not finished ({kind}) although dm did not halt")
     text = att.data.finished.data.object

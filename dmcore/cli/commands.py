@@ -538,7 +538,7 @@ def walk(
         t.add_row(
             report.ref(a),
             v.name,
-            v.state.name,
+            v.state.name + (" (expired)" if v.expired else ""),
             str(v.num_executions),
             str(len(v.all_deps)),
             _short(v.result) if v.result is not None else v.abnormal,

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from dmcore import distributor as dist
-from dmcore.engine import docs
+from dmcore.engine import docs, records
 from dmcore.engine.core import Engine
 from dmcore.ids import AttemptID
 from dmcore.proto import dm_pb2
@@ -36,6 +36,8 @@ class AttemptView:
     info_url: str = ""
     result: Any = None
     abnormal: str = ""
+    expired: bool = False
+    """Finished with a result whose expiration has passed (dm no longer serves it)."""
     timer_state: ExecutionState | None = None
     timer_deadline_us: int | None = None
     deps: list[tuple[AttemptID, bool]] = dataclasses.field(default_factory=list)
@@ -58,6 +60,8 @@ class AttemptView:
             out["result"] = self.result
         if self.abnormal:
             out["abnormal"] = self.abnormal
+        if self.expired:
+            out["expired"] = True
         if self.all_deps:
             out["deps"] = [str(a) for a in self.all_deps]
         return out
@@ -97,6 +101,7 @@ def view(engine: Engine, aid: AttemptID, *, with_result: bool = True) -> Attempt
     if doc.get("abnormal"):
         ab = doc["abnormal"]
         v.abnormal = f"{AbnormalStatus(ab['status']).name}: {ab['reason']}"
+    v.expired = records.attempt_expired(doc, engine.clock())
     if with_result and v.state == AttemptState.FINISHED:
         res = store.get(docs.result_path(aid))
         if res is not None:

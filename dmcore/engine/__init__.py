@@ -7,6 +7,6 @@ each step its behaviour, by concern. Importing the package registers them
 all, so any engine can run any step it finds in its queue.
 """
 
-from dmcore.engine import completion, deps, lifecycle, notify, reopen, timers
+from dmcore.engine import completion, deps, expiry, lifecycle, notify, reopen, timers
 
-__all__ = ["completion", "deps", "lifecycle", "notify", "reopen", "timers"]
+__all__ = ["completion", "deps", "expiry", "lifecycle", "notify", "reopen", "timers"]

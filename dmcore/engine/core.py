@@ -352,7 +352,7 @@ class Engine:
     # -- the sweep ------------------------------------------------------------------
 
     def sweep(self) -> dict[str, int]:
-        """Re-dispatch stale outbox records and fire due timers (idempotent)."""
+        """Re-dispatch stale outbox records; fire due timers, polls and expiries (idempotent)."""
         now = self.clock()
         stale: list[Outbox] = []
         for path, doc in self.store.query(
@@ -395,7 +395,23 @@ class Engine:
                 )
                 continue
             polled += 1
-        return {"outbox": len(stale), "timers": fired, "polls": polled}
+        expired = 0
+        for _, doc in self.store.query(
+            docs.EXPIRIES, order_by="due_us", limit=self.settings.sweep_batch
+        ):
+            if doc["due_us"] > now:
+                break
+            try:
+                self.queue.enqueue(self._task_for(steps.expiry_later(doc), ""))
+            except Exception:
+                log.warning(
+                    "queueing expiry of %s failed; left to the next sweep",
+                    doc["aid"],
+                    exc_info=True,
+                )
+                continue
+            expired += 1
+        return {"outbox": len(stale), "timers": fired, "polls": polled, "expiries": expired}
 
 
 def step_target(step: Step) -> str:

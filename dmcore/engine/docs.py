@@ -11,6 +11,7 @@ Layout (DESIGN.md §4; SQLite mirrors Firestore)::
     back_dep_groups/{aid}/back_deps/{depender aid} reverse edge: propagated
     timers/{aid}|{eid}                             the execution's single armed timer
     polls/{aid}|{eid}                              when to poll a running execution's status
+    expiries/{aid}                                 when a finished attempt's result expires
     outbox/{id}                                    follow-up tasks committed with their step
 
 ``aid`` is the encoded attempt ID (``<qid>|<inverted hex>``), ``eid`` the
@@ -31,6 +32,7 @@ RESULTS = "results"
 BACK_DEP_GROUPS = "back_dep_groups"
 TIMERS = "timers"
 POLLS = "polls"
+EXPIRIES = "expiries"
 OUTBOX = "outbox"
 
 
@@ -87,6 +89,10 @@ def timer_path(eid: ExecutionID) -> str:
 
 def poll_path(eid: ExecutionID) -> str:
     return f"{POLLS}/{eid.attempt_id.encoded}|{eid.encoded_num}"
+
+
+def expiry_path(aid: AttemptID) -> str:
+    return f"{EXPIRIES}/{aid.encoded}"
 
 
 def outbox_path(oid: str) -> str:

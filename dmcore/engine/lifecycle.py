@@ -26,6 +26,7 @@ from dmcore.engine.core import Engine
 from dmcore.engine.records import (
     US,
     abnormal,
+    arm_expiry,
     arm_stop_timer,
     arm_timer,
     b64,
@@ -370,6 +371,7 @@ def finish_execution(step: steps.FinishExecution, ctx: Ctx) -> list[Step | Later
                 out.append(steps.ScheduleExecution(aid=aid.encoded))
         else:
             set_attempt_state(att, AttemptState.FINISHED, ctx.now_us)
+            out += arm_expiry(ctx, aid, att)
             out.append(steps.RecordCompletion(aid=aid.encoded))
     ctx.uow.put(docs.execution_path(eid), ex)
     ctx.uow.put(docs.attempt_path(aid), att)

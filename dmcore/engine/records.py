@@ -18,7 +18,7 @@ from google.protobuf import timestamp_pb2
 from dmcore import distributor as dist
 from dmcore.engine import docs
 from dmcore.engine.base import Ctx, Later, Step
-from dmcore.engine.steps import poll_later, timer_later
+from dmcore.engine.steps import expiry_later, poll_later, timer_later
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
 from dmcore.states import (
@@ -130,6 +130,43 @@ def verify_running(
     ):
         raise err("bad execution auth")
     return att, ex
+
+
+def result_expired(data: Mapping[str, Any] | None, now_us: int) -> bool:
+    """Whether a stored result (attempt summary or execution data) has expired at ``now_us``."""
+    due = (data or {}).get("expiration_us")
+    return due is not None and int(due) <= now_us
+
+
+def attempt_expired(att: Mapping[str, Any], now_us: int) -> bool:
+    """Whether attempt ``att`` is expired: marked so, or finished with a result due
+    to expire by ``now_us`` (reads agree from that moment on, before the sweep marks it)."""
+    if att.get("is_expired"):
+        return True
+    return att["state"] == AttemptState.FINISHED and result_expired(att.get("result"), now_us)
+
+
+def execution_expired(ex: Mapping[str, Any], now_us: int) -> bool:
+    """Whether execution ``ex`` finished with a distributor result that has expired."""
+    return ex["state"] == ExecutionState.FINISHED and result_expired(
+        (ex.get("result") or {}).get("data"), now_us
+    )
+
+
+def arm_expiry(ctx: Ctx, aid: AttemptID, att: docs.Doc) -> list[Step | Later]:
+    """``att`` has just FINISHED: mark it expired now if its result already is, else
+    record when it will be (the sweep, or a delayed task if soon, marks it then)."""
+    due = (att.get("result") or {}).get("expiration_us")
+    if due is None:
+        return []
+    if int(due) <= ctx.now_us:
+        att["is_expired"] = True
+        return []
+    record = {"aid": aid.encoded, "due_us": int(due)}
+    ctx.uow.put(docs.expiry_path(aid), record)
+    if int(due) - ctx.now_us > TIMER_QUEUE_HORIZON_US:
+        return []  # Engine.sweep reads the expiries
+    return [expiry_later(record)]
 
 
 def attempt_is_terminal(doc: Mapping[str, Any] | None) -> bool:

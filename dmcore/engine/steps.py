@@ -278,6 +278,21 @@ class PollDone(Mutation):
         return docs.attempt_path(ExecutionID.parse(self.eid).attempt_id)
 
 
+# -- expiring results --------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ExpireResult(Mutation):
+    """Mark finished attempt ``aid`` expired once its result's expiration (``due_us``) passed."""
+
+    KIND = "ExpireResult"
+    aid: str
+    due_us: int
+
+    def root(self) -> str:
+        return f"{docs.ATTEMPTS}/{self.aid}"
+
+
 # -- notifications and distributor tasks -------------------------------------------------
 
 
@@ -380,3 +395,9 @@ def reopen_later(aid: str, after_execution: int, cause: str = "") -> Later:
     """The re-open of ``aid`` as a named task: requests for the same re-open collapse."""
     step = ReopenAttempt(aid=aid, after_execution=after_execution, cause=cause)
     return Later(step, name=task_name("reopen", aid, str(after_execution)))
+
+
+def expiry_later(record: Mapping[str, Any]) -> Later:
+    """The task that marks a result expired when due (shared by arming and the sweep)."""
+    step = ExpireResult(aid=str(record["aid"]), due_us=int(record["due_us"]))
+    return Later(step, eta_us=step.due_us, name=task_name("expire", step.aid, str(step.due_us)))

@@ -185,7 +185,7 @@ class Attempt(_message.Message):
         id: int
         def __init__(self, quest: _Optional[str] = ..., id: _Optional[int] = ...) -> None: ...
     class Data(_message.Message):
-        __slots__ = ("created", "modified", "num_executions", "scheduling", "executing", "waiting", "finished", "abnormal_finish")
+        __slots__ = ("created", "modified", "num_executions", "scheduling", "executing", "waiting", "finished", "abnormal_finish", "expired")
         class Scheduling(_message.Message):
             __slots__ = ()
             def __init__(self) -> None: ...
@@ -212,6 +212,7 @@ class Attempt(_message.Message):
         WAITING_FIELD_NUMBER: _ClassVar[int]
         FINISHED_FIELD_NUMBER: _ClassVar[int]
         ABNORMAL_FINISH_FIELD_NUMBER: _ClassVar[int]
+        EXPIRED_FIELD_NUMBER: _ClassVar[int]
         created: _timestamp_pb2.Timestamp
         modified: _timestamp_pb2.Timestamp
         num_executions: int
@@ -220,7 +221,8 @@ class Attempt(_message.Message):
         waiting: Attempt.Data.Waiting
         finished: Attempt.Data.Finished
         abnormal_finish: AbnormalFinish
-        def __init__(self, created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., modified: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., num_executions: _Optional[int] = ..., scheduling: _Optional[_Union[Attempt.Data.Scheduling, _Mapping]] = ..., executing: _Optional[_Union[Attempt.Data.Executing, _Mapping]] = ..., waiting: _Optional[_Union[Attempt.Data.Waiting, _Mapping]] = ..., finished: _Optional[_Union[Attempt.Data.Finished, _Mapping]] = ..., abnormal_finish: _Optional[_Union[AbnormalFinish, _Mapping]] = ...) -> None: ...
+        expired: bool
+        def __init__(self, created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., modified: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., num_executions: _Optional[int] = ..., scheduling: _Optional[_Union[Attempt.Data.Scheduling, _Mapping]] = ..., executing: _Optional[_Union[Attempt.Data.Executing, _Mapping]] = ..., waiting: _Optional[_Union[Attempt.Data.Waiting, _Mapping]] = ..., finished: _Optional[_Union[Attempt.Data.Finished, _Mapping]] = ..., abnormal_finish: _Optional[_Union[AbnormalFinish, _Mapping]] = ..., expired: _Optional[bool] = ...) -> None: ...
     class Partial(_message.Message):
         __slots__ = ("data", "executions", "fwd_deps", "back_deps", "result")
         class Result(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
@@ -229,10 +231,12 @@ class Attempt(_message.Message):
             NOT_LOADED: _ClassVar[Attempt.Partial.Result]
             NOT_AUTHORIZED: _ClassVar[Attempt.Partial.Result]
             DATA_SIZE_LIMIT: _ClassVar[Attempt.Partial.Result]
+            EXPIRED: _ClassVar[Attempt.Partial.Result]
         LOADED: Attempt.Partial.Result
         NOT_LOADED: Attempt.Partial.Result
         NOT_AUTHORIZED: Attempt.Partial.Result
         DATA_SIZE_LIMIT: Attempt.Partial.Result
+        EXPIRED: Attempt.Partial.Result
         DATA_FIELD_NUMBER: _ClassVar[int]
         EXECUTIONS_FIELD_NUMBER: _ClassVar[int]
         FWD_DEPS_FIELD_NUMBER: _ClassVar[int]
@@ -298,7 +302,7 @@ class Execution(_message.Message):
         token: bytes
         def __init__(self, id: _Optional[_Union[Execution.ID, _Mapping]] = ..., token: _Optional[bytes] = ...) -> None: ...
     class Data(_message.Message):
-        __slots__ = ("created", "modified", "distributor_info", "scheduling", "running", "stopping", "finished", "abnormal_finish")
+        __slots__ = ("created", "modified", "distributor_info", "scheduling", "running", "stopping", "finished", "abnormal_finish", "expired")
         class DistributorInfo(_message.Message):
             __slots__ = ("config_name", "config_version", "token", "url")
             CONFIG_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -332,6 +336,7 @@ class Execution(_message.Message):
         STOPPING_FIELD_NUMBER: _ClassVar[int]
         FINISHED_FIELD_NUMBER: _ClassVar[int]
         ABNORMAL_FINISH_FIELD_NUMBER: _ClassVar[int]
+        EXPIRED_FIELD_NUMBER: _ClassVar[int]
         created: _timestamp_pb2.Timestamp
         modified: _timestamp_pb2.Timestamp
         distributor_info: Execution.Data.DistributorInfo
@@ -340,7 +345,8 @@ class Execution(_message.Message):
         stopping: Execution.Data.Stopping
         finished: Execution.Data.Finished
         abnormal_finish: AbnormalFinish
-        def __init__(self, created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., modified: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., distributor_info: _Optional[_Union[Execution.Data.DistributorInfo, _Mapping]] = ..., scheduling: _Optional[_Union[Execution.Data.Scheduling, _Mapping]] = ..., running: _Optional[_Union[Execution.Data.Running, _Mapping]] = ..., stopping: _Optional[_Union[Execution.Data.Stopping, _Mapping]] = ..., finished: _Optional[_Union[Execution.Data.Finished, _Mapping]] = ..., abnormal_finish: _Optional[_Union[AbnormalFinish, _Mapping]] = ...) -> None: ...
+        expired: bool
+        def __init__(self, created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., modified: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., distributor_info: _Optional[_Union[Execution.Data.DistributorInfo, _Mapping]] = ..., scheduling: _Optional[_Union[Execution.Data.Scheduling, _Mapping]] = ..., running: _Optional[_Union[Execution.Data.Running, _Mapping]] = ..., stopping: _Optional[_Union[Execution.Data.Stopping, _Mapping]] = ..., finished: _Optional[_Union[Execution.Data.Finished, _Mapping]] = ..., abnormal_finish: _Optional[_Union[AbnormalFinish, _Mapping]] = ..., expired: _Optional[bool] = ...) -> None: ...
     class Partial(_message.Message):
         __slots__ = ("data", "result")
         DATA_FIELD_NUMBER: _ClassVar[int]
