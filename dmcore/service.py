@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -32,6 +33,8 @@ from dmcore.errors import (
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
 from dmcore.states import AbnormalStatus, AttemptState, ExecutionState, is_terminal_attempt
+
+log = logging.getLogger("dm.service")
 
 MAX_DATA_SIZE_DEFAULT = 16 * 1024 * 1024
 MAX_DATA_SIZE_CAP = 30 * 1024 * 1024
@@ -366,6 +369,11 @@ class Service:
                 d.cancel(desc, ex["dist_token"])
             except dist.TransientError as e:
                 raise Unavailable(f"distributor could not cancel yet: {e}") from None
+            except Exception as e:
+                # Final: cancel anyway (an attempt must stay cancellable), the
+                # distributor's refusal logged and kept in the execution's reason.
+                log.error("distributor refused to cancel %s: %s", eid, e)
+                reason = f"{reason} (the distributor refused to cancel its task: {e})"
         eng.run(
             steps.FinishExecution(
                 eid=str(eid), result=records.abnormal(AbnormalStatus.CANCELLED, reason)

@@ -1578,3 +1578,32 @@ def test_cancel_when_the_distributor_cannot_cancel_yet(
     err = rejected(live.h, Unavailable, "try later", lambda: _cancel(live, _cancel_req(live.a1)))
     assert err.code == Code.UNAVAILABLE
     assert live.h.state(live.a1) == AttemptState.EXECUTING
+
+
+def test_cancel_when_the_distributor_refuses_still_cancels(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A non-transient D.cancel error does not make the attempt uncancellable: the
+    execution ends CANCELLED, the error logged and kept in its reason."""
+    refused: list[str] = []
+
+    def cancel(self: FakeDistributor, desc: dm_pb2.Quest.Desc, token: str) -> None:
+        refused.append(token)
+        raise ValueError("no such task on the distributor")
+
+    monkeypatch.setattr(FakeDistributor, "cancel", cancel)
+    a = quest_desc("A", failed=3)
+    start(h, a)
+    a1 = aid_of(a)
+    activate(h, a1.execution(1))
+    h.service.cancel_attempt(_cancel_req(a1, "enough"), TRUSTED)
+    h.settle()
+    assert refused == [h.world.token_of(a1.execution(1))]
+    att = h.attempt(a1)
+    assert att["state"] == AttemptState.ABNORMAL_FINISHED
+    assert att["abnormal"]["status"] == AbnormalStatus.CANCELLED
+    assert att["abnormal"]["reason"].startswith("enough")
+    assert "no such task on the distributor" in att["abnormal"]["reason"]
+    ex = h.execution(a1.execution(1))
+    assert ex["abnormal"] == att["abnormal"]
+    assert att["cur_execution"] == 1  # CANCELLED is not retried
