@@ -1607,3 +1607,34 @@ def test_cancel_when_the_distributor_refuses_still_cancels(
     ex = h.execution(a1.execution(1))
     assert ex["abnormal"] == att["abnormal"]
     assert att["cur_execution"] == 1  # CANCELLED is not retried
+
+
+def test_cancel_racing_the_run_still_cancels_the_distributors_task(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel between RunExecution's read and D.run ends the execution before it has
+    a token; the token recorded afterwards must be cancelled on the distributor."""
+    real_run = FakeDistributor.run
+    a = quest_desc("A", failed=3)
+    a1 = aid_of(a)
+
+    def racing(
+        self: FakeDistributor,
+        desc: dm_pb2.Quest.Desc,
+        auth: dm_pb2.Execution.Auth,
+        prev_result: dm_pb2.JsonResult | None,
+    ) -> dist.Started:
+        h.service.cancel_attempt(_cancel_req(a1, "raced"), TRUSTED)
+        return real_run(self, desc, auth, prev_result)
+
+    monkeypatch.setattr(FakeDistributor, "run", racing)
+    start(h, a)
+    h.settle()
+    eid = a1.execution(1)
+    assert h.state(a1) == AttemptState.ABNORMAL_FINISHED
+    assert h.attempt(a1)["abnormal"]["status"] == AbnormalStatus.CANCELLED
+    assert h.execution(eid)["dist_token"] == h.world.token_of(eid)
+    task = h.world.task(eid)
+    assert task.result is not None, "the distributor's task was left running"
+    assert task.result.abnormal_finish.status == dm_pb2.AbnormalFinish.CANCELLED
+    assert h.world.pending() == []

@@ -225,8 +225,12 @@ def record_run(step: steps.RecordRun, ctx: Ctx) -> list[Step | Later]:
     ex["poll_timeout_us"] = max(0, step.poll_timeout_us)
     ex["run_at_us"] = ctx.now_us
     ctx.uow.put(docs.execution_path(eid), ex)
-    out: list[Step | Later] = []
     state = ExecutionState(ex["state"])
+    if is_terminal_execution(state):
+        # Ended (cancelled) between RunExecution's read and D.run: the task the
+        # distributor has just started must not be left running.
+        return [steps.CancelTask(eid=step.eid)]
+    out: list[Step | Later] = []
     if step.poll_interval_us > 0 and state in (ExecutionState.SCHEDULING, ExecutionState.RUNNING):
         poll = {"eid": step.eid, "interval_us": step.poll_interval_us}
         ex["poll_armed"] = True
@@ -237,6 +241,25 @@ def record_run(step: steps.RecordRun, ctx: Ctx) -> list[Step | Later]:
     # timeout was lost and the 12 h hedge applied).
     out += rearm_stop_for_poll_timeout(ctx, eid, ex)
     return out
+
+
+@executes(steps.CancelTask)
+def cancel_task(step: steps.CancelTask, engine: Engine, delivery: int) -> None:
+    eid = ExecutionID.parse(step.eid)
+    ex = engine.store.get(docs.execution_path(eid))
+    if ex is None or not ex["dist_token"] or not ex.get("config"):
+        return
+    if not is_terminal_execution(ExecutionState(ex["state"])):
+        return  # only ever queued for an ended execution; nothing to do otherwise
+    desc = engine.quest_desc(eid.quest)
+    assert desc is not None
+    try:
+        d, _ = engine.registry.build(dist.Snapshot.from_doc(ex["config"]))
+        d.cancel(desc, ex["dist_token"])
+    except dist.TransientError:
+        raise  # the queue delivers it again, with backoff
+    except Exception as e:
+        log.error("distributor refused to cancel the task of ended execution %s: %s", eid, e)
 
 
 @rolls_forward(steps.ActivateExecution)

@@ -72,7 +72,8 @@ class RunExecution(Action):
 
 @dataclasses.dataclass
 class RecordRun(Mutation):
-    """Store the distributor's token; arm the start timer (or shorten a stop already under way)."""
+    """Store the distributor's token; arm the start timer (or shorten a stop already
+    under way); cancel the task if the execution has ended meanwhile."""
 
     KIND = "RecordRun"
     eid: str
@@ -82,6 +83,15 @@ class RecordRun(Mutation):
 
     def root(self) -> str:
         return docs.attempt_path(ExecutionID.parse(self.eid).attempt_id)
+
+
+@dataclasses.dataclass
+class CancelTask(Action):
+    """Cancel the distributor's task of an execution that had ended before its run was
+    recorded (a cancel racing D.run): nothing of it may be left running."""
+
+    KIND = "CancelTask"
+    eid: str
 
 
 @dataclasses.dataclass
