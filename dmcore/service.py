@@ -292,7 +292,8 @@ class Service:
         req = dm_pb2.WalkGraphReq()
         for a in aids:
             req.query.attempt_list.to[a.quest].nums.append(a.num)
-        req.limit.max_depth = 0
+        # Spec §2.1/§3.2: the named attempts and their direct dependencies.
+        req.limit.max_depth = 1
         req.limit.max_data_size = max_size
         req.include.quest.data = True
         req.include.attempt.data = True

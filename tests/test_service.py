@@ -1434,6 +1434,21 @@ def test_walk_time_budget_bounds_a_wide_attempt_range(
     assert peak < 2 * 1024 * 1024  # a range expanded up front takes tens of MiB
 
 
+def test_ensure_graph_data_answers_with_the_direct_dependencies(graph: Graph) -> None:
+    """Spec §2.1 / §3.2: the answer holds the named attempts and their direct
+    dependencies (an internal walk of depth 1), for users and executions alike."""
+    h, ids = graph.h, graph.ids
+    req = deps_req(ids["A1"])
+    rsp = h.service.ensure_graph_data(req, TRUSTED)
+    assert graph.walked(rsp.result) == {"A1", "B1"}  # A|1 -> B|1, not B|1 -> C|1
+    assert attempt_msg(rsp.result, ids["B1"]).data.finished.data.object == '{"b":2}'
+
+    rsp = declare(h, ids["E1"].execution(1), graph.e_token, ids["B1"])
+    assert not rsp.should_halt
+    assert graph.walked(rsp.result) == {"B1", "C1"}
+    assert attempt_msg(rsp.result, ids["C1"]).data.finished.data.object == '{"c":"see"}'
+
+
 def test_walk_execution_caller_result_visibility(graph: Graph) -> None:
     """§3.5: an execution sees results of attempts it depends on (or walked to from itself)."""
     h, ids = graph.h, graph.ids
