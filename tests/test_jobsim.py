@@ -878,6 +878,27 @@ def test_an_expired_dependency_counts_as_failed_and_moves_a_retries_chain_on(
     assert all(jh.attempt(a)["is_expired"] for a in tries)
 
 
+def test_pollback_notices_a_job_that_fails_while_running(lh: Harness) -> None:
+    """With do_pollback nothing notifies dm, so a job failing while RUNNING (it never
+    stops) is only found if dm polls the running execution: run asks it to."""
+    from dmcore.client import LocalClient
+
+    class Broken(LocalClient):
+        def ensure_graph_data(self, req: dm_pb2.EnsureGraphDataReq) -> dm_pb2.EnsureGraphDataRsp:
+            raise RuntimeError("boom in the client")
+
+    lh.registry.client = lambda: Broken(lh.service)
+    phrase = {"name": "err", "stages": [{"deps": {"deps": [{"phrase": {"name": "k"}}]}}]}
+    aid = start(lh, phrase, config="jobsim_poll")
+    settle(lh, max_seconds=120)
+    t = task(lh, aid.execution(1), pool="p/poll")
+    assert t["status"] == jobsim.FAILED
+    att = lh.attempt(aid)
+    assert att["state"] == AttemptState.ABNORMAL_FINISHED
+    assert att["abnormal"]["status"] == AbnormalStatus.FAILED
+    assert "boom in the client" in att["abnormal"]["reason"]
+
+
 def test_pollback_config_ends_executions_through_get_status(jh: Harness) -> None:
     aid = start(jh, FANOUT, config="jobsim_poll")
     settle(jh)

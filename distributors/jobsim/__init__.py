@@ -58,7 +58,8 @@ TASKS = "jobsim_tasks"
 TOKEN_BYTES = 128
 DEFAULT_RETVAL = 1
 POLLBACK = datetime.timedelta(seconds=10)
-"""The poll timeout ``run`` returns when ``do_pollback`` is set."""
+"""The poll timeout and poll interval ``run`` returns when ``do_pollback`` is set
+(polled while running too: a job failing before it stops notifies nobody)."""
 MAX_EXPANDED = 10_000
 """Most dependencies (after shards) or attempt numbers one stage may name."""
 
@@ -584,8 +585,9 @@ class JobsimDistributor(dist.D):
             # Queued after the commit, under the task's name: a failure here is
             # retried by dm (run again), and a repeated run queues no second task.
             self._enqueue(_body(task_id, 0), name=task_id)
-        poll = POLLBACK if self.conf.do_pollback else datetime.timedelta(0)
-        return dist.Started(task_id, poll)
+        if self.conf.do_pollback:
+            return dist.Started(task_id, poll_timeout=POLLBACK, poll_interval=POLLBACK)
+        return dist.Started(task_id)
 
     def cancel(self, desc: dm_pb2.Quest.Desc, token: str) -> None:
         """A task not running (queued, or stalled between wake-ups) becomes cancelled."""
