@@ -356,6 +356,22 @@ def test_unknown_config_for_new_attempt_rejected(h: Harness, spy: Spy) -> None:
     assert h.next_due_us() is None
 
 
+def test_notification_for_an_uninstalled_distributor_kind_is_dropped(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not raised (Pub/Sub would deliver it again forever): dropped with an error log."""
+    eid = start(h, desc("gone-kind"))
+    h.world.run_task(eid, finishing({"r": 1}), notify=False)
+    h.drain()
+    h.engine.registry = dist.Registry()  # the kind the execution ran on is gone
+    h.world.notify(eid)
+    ((data, attrs),) = h.inbox
+    h.inbox.clear()
+    h.engine.receive_notification(data, attrs)  # does not raise
+    assert any(r.levelname == "ERROR" and "not installed" in r.getMessage() for r in caplog.records)
+    assert h.exec_state(eid) == ExecutionState.STOPPING
+
+
 def test_execution_uses_config_snapshot_taken_when_created(h: Harness, spy: Spy) -> None:
     h.world.run_error = dist.TransientError("busy")
     (qid,) = h.ensure(desc("W11", stop=600, failed=1))

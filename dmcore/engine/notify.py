@@ -34,7 +34,12 @@ def notify_execution(step: steps.NotifyExecution, engine: Engine, delivery: int)
     if step.config_name and ex["config"]["name"] != step.config_name:
         log.warning("notification for %s from foreign config %r dropped", eid, step.config_name)
         return
-    d, _ = engine.registry.build(dist.Snapshot.from_doc(ex["config"]))
+    try:
+        d, _ = engine.registry.build(dist.Snapshot.from_doc(ex["config"]))
+    except dist.UnknownConfig as e:
+        # Final for this notification: raising would have it delivered again forever.
+        log.error("notification for %s dropped: %s", eid, e)
+        return
     desc = engine.quest_desc(eid.quest)
     assert desc is not None
     note = dist.Notification(eid, unb64(step.data_b64), dict(step.attrs))
