@@ -759,6 +759,22 @@ def test_stopping_polls_four_times_then_times_out(h: Harness, spy: Spy) -> None:
     assert len(spy.polls) == 4
 
 
+def test_late_stop_timer_rearms_its_polls_from_now(h: Harness, spy: Spy) -> None:
+    """A stop timer fired late (a backlog, a sweep that ran late) polls again 30 s
+    after it fired, not 30 s after its old deadline (which would poll back to back)."""
+    eid = start(h, desc("late-polls", stop=60))
+    due = stop_quietly(h, eid)
+    late = due + 3600 * S
+    h.clock.now_us = late  # nothing ran in between
+    run_until(h, late + 15 * S)
+    assert len(spy.polls) == 1
+    assert h.exec_state(eid) == ExecutionState.STOPPING
+    run_until(h, late + 3 * REPOLL + 15 * S)
+    assert len(spy.polls) == 4
+    assert all(b - a >= REPOLL for a, b in zip(spy.polls, spy.polls[1:], strict=False))
+    assert abnormal_of(h.execution(eid))[0] == AbnormalStatus.TIMED_OUT
+
+
 def test_stopping_poll_result_finishes_execution(h: Harness, spy: Spy) -> None:
     eid = start(h, desc("poll-ok", stop=60))
     due = stop_quietly(h, eid)

@@ -42,7 +42,9 @@ def timer_fired(step: steps.TimerFired, ctx: Ctx) -> list[Step | Later]:
     interval = int(dist.STOPPING_REPOLL_INTERVAL.total_seconds() * US)
     nxt = {
         **timer,
-        "deadline_us": step.deadline_us + interval,
+        # From now, not from the old deadline: a timer that fired late would
+        # otherwise poll back to back.
+        "deadline_us": max(step.deadline_us, ctx.now_us) + interval,
         "polls": int(timer["polls"]) + 1,
     }
     ctx.uow.put(tpath, nxt)
