@@ -6,6 +6,9 @@ duplicates, reorders and delays deliveries: the outcome must be the same.
 
 from __future__ import annotations
 
+import json
+import pathlib
+
 from distributors.fake import Job, quest_desc
 from dmcore.ids import AttemptID
 from dmcore.states import AttemptState, ExecutionState
@@ -110,3 +113,20 @@ def test_diamond_runs_shared_dependency_once(h: Harness) -> None:
     assert runs["D"] == 1
     assert h.attempt(ids["D"])["cur_execution"] == 1
     assert h.result(ids["A"]) == {"v": 2 + 2 + 1}
+
+
+def test_quest_cache_is_bounded(tmp_path: pathlib.Path) -> None:
+    """Quests are immutable and cached, but a long-lived engine sees unboundedly many."""
+    h = Harness(tmp_path)
+    try:
+        h.engine.settings.quest_cache = 3
+        descs = [quest_desc(f"q{i}") for i in range(8)]
+        qids = h.ensure(*descs)
+        for _ in range(2):
+            for qid, d in zip(qids, descs, strict=True):
+                got = h.engine.quest_desc(qid)
+                assert got is not None and qid_of(got) == qid
+                assert json.loads(got.parameters) == json.loads(d.parameters)
+                assert len(h.engine._quests) <= 3
+    finally:
+        h.close()

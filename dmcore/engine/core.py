@@ -20,6 +20,7 @@ Some steps must not run in a transaction (calling a distributor); those are
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import dataclasses
 import json
@@ -64,6 +65,8 @@ class Settings:
     """HMAC key of notification auth tokens (from configuration, never code)."""
     max_inline: int = MAX_INLINE
     propagate_batch: int = PROPAGATE_BATCH
+    quest_cache: int = 10_000
+    """Quest descriptions kept in memory (least recently used dropped first)."""
 
 
 class _BatchState(threading.local):
@@ -91,7 +94,8 @@ class Engine:
         self.clock = clock
         self.rand = rand
         self.settings = settings or Settings()
-        self._quests: dict[str, dm_pb2.Quest.Desc] = {}
+        self._quests: collections.OrderedDict[str, dm_pb2.Quest.Desc] = collections.OrderedDict()
+        self._quests_lock = threading.Lock()
         self._batch = _BatchState()
         self.stats: dict[str, int] = {}
         self.publish: Publish | None = None
@@ -167,14 +171,21 @@ class Engine:
     # -- quests (immutable, so cached) -----------------------------------------
 
     def quest_desc(self, qid: str, doc: Doc | None = None) -> dm_pb2.Quest.Desc | None:
-        desc = self._quests.get(qid)
-        if desc is None:
-            if doc is None:
-                doc = self.store.get(docs.quest_path(qid))
-            if doc is None:
-                return None
-            desc = dm_pb2.Quest.Desc.FromString(base64.b64decode(doc["desc"]))
+        """Quest ``qid``'s description (from ``doc`` if given), or None if absent."""
+        with self._quests_lock:
+            desc = self._quests.get(qid)
+            if desc is not None:
+                self._quests.move_to_end(qid)
+                return desc
+        if doc is None:
+            doc = self.store.get(docs.quest_path(qid))
+        if doc is None:
+            return None
+        desc = dm_pb2.Quest.Desc.FromString(base64.b64decode(doc["desc"]))
+        with self._quests_lock:
             self._quests[qid] = desc
+            while len(self._quests) > max(1, self.settings.quest_cache):
+                self._quests.popitem(last=False)
         return desc
 
     # -- running steps ------------------------------------------------------------
