@@ -577,9 +577,14 @@ def any_config(msg: message.Message) -> any_pb2.Any:
 
 # -- retry and timeout rules --------------------------------------------------
 
-RUN_TRANSIENT_RETRIES = 10
-"""How many times a transient ``run`` error is retried (with backoff) before
-the execution is REJECTED."""
+RUN_RETRY_WINDOW = datetime.timedelta(hours=1)
+"""How long transient ``run`` errors are retried, from the first try to run the
+execution, before it is REJECTED: a distributor outage shorter than this costs
+time, not the attempt (dm's default; engine setting ``run_retry_window_us``)."""
+
+RUN_RETRY_CAP = datetime.timedelta(minutes=5)
+"""The longest wait between two tries of a failing ``run`` (exponential backoff
+from 1 s, capped so that an outage's end is noticed within this)."""
 
 GET_STATUS_GRACE = datetime.timedelta(seconds=30)
 """A non-transient get_status error within this long after run is treated as

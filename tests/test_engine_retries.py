@@ -11,7 +11,9 @@ results and the number of distributor calls, never on wall-clock time.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import pathlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -22,7 +24,8 @@ from dmcore import distributor as dist
 from dmcore import jsonnorm
 from dmcore.engine import docs
 from dmcore.engine.core import OUTBOX_STALE_US
-from dmcore.engine.records import TIMER_QUEUE_HORIZON_US
+from dmcore.engine.records import TIMER_QUEUE_HORIZON_US, b64
+from dmcore.engine.steps import RunExecution
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
 from dmcore.service import Caller
@@ -30,6 +33,8 @@ from dmcore.states import AbnormalStatus, AttemptState, ExecutionState
 from tests.harness import Harness
 
 S = 1_000_000  # microseconds in a second
+WINDOW_S = 3600  # the default outage window for transient D.run errors
+RUN_RETRY_CAP_S = 300  # the longest wait between two tries
 REPOLL = int(dist.STOPPING_REPOLL_INTERVAL.total_seconds()) * S
 MAXED = {"failed": 5, "crashed": 5, "expired": 5, "timed_out": 5}
 
@@ -75,6 +80,7 @@ def run_until(h: Harness, t_us: int) -> None:
     Unlike ``Harness.settle`` this never moves the clock past ``t_us``, so a
     test can look at the records just before a deadline.
     """
+    extra = 0
     for _ in range(100_000):
         h.drain()
         h.engine.sweep()
@@ -82,13 +88,35 @@ def run_until(h: Harness, t_us: int) -> None:
             continue
         now = h.clock()
         if now >= t_us:
-            return
+            # The ChaosQueue may have failed the sweep's queueing of a due timer
+            # (left to the next sweep, as in production): sweep a few more times.
+            extra += 1
+            if extra > 5:
+                return
+            continue
         nxt = h.next_due_us()
         target = t_us if nxt is None or nxt <= now else min(t_us, nxt)
         if h.store.query(docs.OUTBOX, limit=1):  # left to the sweep: stale after 5 s
             target = min(target, now + OUTBOX_STALE_US + S)
+        # A timely sweep: it runs when the next timer far ahead falls due.
+        target = min(target, _next_swept_us(h, now) or target)
         h.clock.now_us = target
     raise AssertionError("run_until did not converge")
+
+
+def _next_swept_us(h: Harness, now: int) -> int | None:
+    """The next deadline after ``now`` of a record only the sweep fires (long timers)."""
+    due = [
+        int(doc[field])
+        for collection, field in (
+            (docs.TIMERS, "deadline_us"),
+            (docs.POLLS, "due_us"),
+            (docs.EXPIRIES, "due_us"),
+        )
+        for _, doc in h.store.query(collection)
+        if int(doc[field]) > now
+    ]
+    return min(due, default=None)
 
 
 def settle(h: Harness) -> None:
@@ -262,16 +290,16 @@ def test_non_transient_run_error_rejects_without_retry(h: Harness, spy: Spy) -> 
     assert len(spy.runs) == 1 and h.world.pending() == []
 
 
-def test_transient_run_error_retried_with_backoff(h: Harness, spy: Spy) -> None:
+def test_transient_run_error_retried_with_capped_backoff(h: Harness, spy: Spy) -> None:
     h.world.run_error = dist.TransientError("busy")
     (qid,) = h.ensure(desc("T"))
     aid = AttemptID(qid, 1)
     eid = aid.execution(1)
     wait(h, 40)
     tries = len(spy.runs)
-    assert 3 <= tries < dist.RUN_TRANSIENT_RETRIES
-    for k, (a, b) in enumerate(zip(spy.runs, spy.runs[1:], strict=False), start=1):
-        assert b - a >= dist.backoff(k) * S, f"retry {k} came too early"
+    assert tries >= 3
+    for k, (a, b) in enumerate(itertools.pairwise(spy.runs), start=1):
+        assert b - a >= dist.backoff(k, cap_s=RUN_RETRY_CAP_S) * S, f"retry {k} came too early"
     ex = h.execution(eid)
     assert ExecutionState(ex["state"]) == ExecutionState.SCHEDULING
     assert ex["dist_token"] == "" and ex["abnormal"] is None
@@ -286,23 +314,98 @@ def test_transient_run_error_retried_with_backoff(h: Harness, spy: Spy) -> None:
     settle(h)
     assert h.state(aid) == AttemptState.FINISHED
     assert h.result(aid) == {"ok": True}
+    assert h.failures == []  # retried by dm itself, not as a failing task
 
 
-def test_transient_run_error_rejected_after_limit(h: Harness, spy: Spy) -> None:
+def test_transient_run_errors_rejected_once_the_outage_window_passes(h: Harness, spy: Spy) -> None:
+    """A distributor outage is retried for the window (1 h by default) from the first
+    try to run, with backoff capped so that it keeps trying; then REJECTED."""
     h.world.run_error = dist.TransientError("still busy")
     (qid,) = h.ensure(desc("T", retry=MAXED))
     aid = AttemptID(qid, 1)
-    settle(h)
-
-    assert len(spy.runs) == dist.RUN_TRANSIENT_RETRIES
+    while not spy.runs:
+        wait(h, 1)
+    first = spy.runs[0]
+    run_until(h, first + WINDOW_S * S - 60 * S)
+    assert h.exec_state(aid.execution(1)) == ExecutionState.SCHEDULING
+    assert all(b - a <= RUN_RETRY_CAP_S * S + 5 * S for a, b in itertools.pairwise(spy.runs))
+    run_until(h, first + WINDOW_S * S + RUN_RETRY_CAP_S * S + 30 * S)
     status, reason = abnormal_of(h.execution(aid.execution(1)))
     assert status == AbnormalStatus.REJECTED
-    assert "still busy" in reason
+    assert "still busy" in reason and "1:00:00" in reason
     assert h.state(aid) == AttemptState.ABNORMAL_FINISHED
     assert h.attempt(aid)["cur_execution"] == 1
+    tries = len(spy.runs)
+    assert WINDOW_S // RUN_RETRY_CAP_S <= tries <= WINDOW_S // RUN_RETRY_CAP_S + 12
     h.world.run_error = None
     settle(h)
-    assert len(spy.runs) == dist.RUN_TRANSIENT_RETRIES
+    assert len(spy.runs) == tries
+
+
+def test_outage_window_counts_from_the_first_try_to_run(tmp_path: pathlib.Path) -> None:
+    """Not from when the execution was created: a run first tried after a long queue
+    backlog still gets the whole window."""
+    h = Harness(tmp_path)
+    try:
+        h.world.run_error = dist.TransientError("busy")
+        req = dm_pb2.EnsureGraphDataReq()
+        req.quest.append(desc("backlog"))
+        req.quest_attempt.add(nums=[1])
+        rsp = h.service.ensure_graph_data(req, Caller.trusted())
+        aid = AttemptID(rsp.quest_ids[0].id, 1)
+        h.clock.advance(2 * WINDOW_S)  # nothing ran meanwhile
+        h.drain()
+        wait(h, 600)
+        assert h.exec_state(aid.execution(1)) == ExecutionState.SCHEDULING
+        h.world.run_error = None
+        wait_pending(h, aid.execution(1))
+    finally:
+        h.close()
+
+
+def test_run_window_is_a_setting(h: Harness, spy: Spy) -> None:
+    h.engine.settings.run_retry_window_us = 120 * S
+    h.world.run_error = dist.TransientError("down")
+    (qid,) = h.ensure(desc("short-window"))
+    aid = AttemptID(qid, 1)
+    while not spy.runs:
+        wait(h, 1)
+    run_until(h, spy.runs[0] + 400 * S)
+    status, reason = abnormal_of(h.execution(aid.execution(1)))
+    assert status == AbnormalStatus.REJECTED and "0:02:00" in reason
+
+
+def test_d_run_is_called_once_per_execution_under_concurrent_deliveries(
+    h: Harness, spy: Spy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second delivery of RunExecution while the first is inside D.run (two workers)
+    does not call D.run again: the first holds a claim to run the execution."""
+    counted = FakeDistributor.run
+    nested: list[int] = []
+
+    def slow(
+        self: FakeDistributor,
+        desc: dm_pb2.Quest.Desc,
+        auth: dm_pb2.Execution.Auth,
+        prev_result: dm_pb2.JsonResult | None,
+    ) -> dist.Started:
+        if not nested:
+            nested.append(1)
+            eid = ExecutionID.from_proto(auth.id)
+            again = RunExecution(eid=str(eid), activation_b64=b64(auth.token))
+            h.engine.handle_task("mutation", again.to_payload(), 1, "a-duplicate")
+        return counted(self, desc, auth, prev_result)
+
+    monkeypatch.setattr(FakeDistributor, "run", slow)
+    (qid,) = h.ensure(desc("once"))
+    aid = AttemptID(qid, 1)
+    settle(h)
+    assert nested == [1]
+    assert len(spy.runs) == 1
+    h.play(aid.execution(1), finishing({"ok": 1}))
+    settle(h)
+    assert h.state(aid) == AttemptState.FINISHED
+    assert len(spy.runs) == 1
 
 
 # -- unknown config (W-9) and the config snapshot (W-11) -----------------------------------

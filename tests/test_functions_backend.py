@@ -33,6 +33,19 @@ def embedded(tmp_path: pathlib.Path, **env: str) -> backends.Backend:
     return from_env({"DM_HOME": str(tmp_path / "home"), **env})
 
 
+def test_run_retry_window_from_the_environment(tmp_path: pathlib.Path) -> None:
+    b = embedded(tmp_path, DM_RUN_RETRY_WINDOW_S="7200")
+    try:
+        assert b.engine.settings.run_retry_window_us == 7200 * 1_000_000
+    finally:
+        b.close()
+    b = embedded(tmp_path)
+    try:
+        assert b.engine.settings.run_retry_window_us == 3600 * 1_000_000
+    finally:
+        b.close()
+
+
 def test_embedded_defaults(tmp_path: pathlib.Path) -> None:
     b = embedded(tmp_path)
     try:
@@ -81,6 +94,8 @@ def test_config_inline_file_and_yaml(tmp_path: pathlib.Path) -> None:
         ({"DM_NOTIFY_SECRET_FILE": "/nowhere/secret"}, "cannot read"),
         ({"DM_STORE": "bogus"}, "DM_STORE: expected 'sqlite' or 'firestore', got 'bogus'"),
         ({"DM_STORE": "firestore"}, "GOOGLE_CLOUD_PROJECT: required with DM_STORE=firestore"),
+        ({"DM_RUN_RETRY_WINDOW_S": "soon"}, "DM_RUN_RETRY_WINDOW_S: expected seconds > 0"),
+        ({"DM_RUN_RETRY_WINDOW_S": "0"}, "DM_RUN_RETRY_WINDOW_S: expected seconds > 0"),
     ],
 )
 def test_bad_embedded_config_refuses_to_start(

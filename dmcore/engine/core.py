@@ -29,7 +29,13 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from dmcore.distributor import Registry, Snapshot, TransientError
+from dmcore.distributor import (
+    RUN_RETRY_CAP,
+    RUN_RETRY_WINDOW,
+    Registry,
+    Snapshot,
+    TransientError,
+)
 from dmcore.engine import docs, steps
 from dmcore.engine.base import Action, Ctx, Later, Mutation, Step, Uow, task_name
 from dmcore.ids import ExecutionID
@@ -67,6 +73,13 @@ class Settings:
     propagate_batch: int = PROPAGATE_BATCH
     quest_cache: int = 10_000
     """Quest descriptions kept in memory (least recently used dropped first)."""
+    run_retry_window_us: int = int(RUN_RETRY_WINDOW.total_seconds() * 1_000_000)
+    """How long transient D.run errors are retried (from the first try) before REJECTED."""
+    run_retry_cap_us: int = int(RUN_RETRY_CAP.total_seconds() * 1_000_000)
+    """The longest wait between two tries of D.run."""
+    run_lease_us: int = 600_000_000
+    """How long a delivery's claim to call D.run for an execution holds: others wait
+    (D.run is called once per execution), unless the claimer died (then it expires)."""
 
 
 class _BatchState(threading.local):

@@ -15,13 +15,14 @@ normalised (W-13).
 
 from __future__ import annotations
 
+import datetime
 import logging
 from typing import Any
 
 from dmcore import distributor as dist
 from dmcore import jsonnorm
 from dmcore.engine import docs, steps
-from dmcore.engine.base import Ctx, Later, Step, executes, rolls_forward
+from dmcore.engine.base import Ctx, Later, Step, executes, rolls_forward, task_name
 from dmcore.engine.core import Engine
 from dmcore.engine.records import (
     US,
@@ -176,6 +177,14 @@ def run_execution(step: steps.RunExecution, engine: Engine, delivery: int) -> No
         return
     if att["cur_execution"] != eid.num:
         return
+    # One delivery at a time calls D.run for an execution (a duplicate delivered
+    # to another worker meanwhile waits for the claim to be released or expire).
+    claim = steps.ClaimRun(
+        eid=step.eid, activation_b64=step.activation_b64, claim=b64(engine.rand(12))
+    )
+    engine.run(claim)
+    if claim.outcome != "run":
+        return
     desc = engine.quest_desc(eid.quest)
     assert desc is not None
     prev = None
@@ -190,11 +199,13 @@ def run_execution(step: steps.RunExecution, engine: Engine, delivery: int) -> No
         d, _ = engine.registry.build(dist.Snapshot.from_doc(ex["config"]))
         started = d.run(desc, auth, prev)
     except dist.TransientError as e:
-        if delivery < dist.RUN_TRANSIENT_RETRIES:
-            raise
-        reason = f"rejected after {delivery} transient errors, last: {e}"
         engine.run(
-            steps.FinishExecution(eid=step.eid, result=abnormal(AbnormalStatus.REJECTED, reason))
+            steps.RunFailed(
+                eid=step.eid,
+                activation_b64=step.activation_b64,
+                claim=claim.claim,
+                error=str(e) or type(e).__name__,
+            )
         )
         return
     except Exception as e:  # a non-transient error from run: REJECTED, never retried
@@ -211,8 +222,86 @@ def run_execution(step: steps.RunExecution, engine: Engine, delivery: int) -> No
             dist_token=started.token,
             poll_timeout_us=poll_us,
             poll_interval_us=interval_us,
+            claim=claim.claim,
         )
     )
+
+
+def _runnable(att: docs.Doc | None, ex: docs.Doc | None, eid: ExecutionID) -> bool:
+    """The execution is current, not ended and not run yet."""
+    return (
+        att is not None
+        and ex is not None
+        and att["cur_execution"] == eid.num
+        and not ex["dist_token"]
+        and not is_terminal_execution(ExecutionState(ex["state"]))
+    )
+
+
+def _run_later(step: steps.ClaimRun | steps.RunFailed, at_us: int) -> Later:
+    """Try D.run again at ``at_us``; named by the time, so that every delivery
+    deferring to the same moment queues one task."""
+    again = steps.RunExecution(eid=step.eid, activation_b64=step.activation_b64)
+    return Later(again, eta_us=at_us, name=task_name("run", step.eid, str(at_us)))
+
+
+@rolls_forward(steps.ClaimRun)
+def claim_run(step: steps.ClaimRun, ctx: Ctx) -> list[Step | Later]:
+    eid = ExecutionID.parse(step.eid)
+    att, ex = load_current(ctx, eid)
+    if not _runnable(att, ex, eid):
+        step.outcome = "done"
+        return []
+    assert ex is not None
+    held = ex.get("run_claim")
+    if held and held["id"] != step.claim and int(held["until_us"]) > ctx.now_us:
+        # Another delivery is calling D.run; look again once its claim runs out (it
+        # will have recorded its run by then, unless it died on the way).
+        step.outcome = "busy"
+        return [_run_later(step, int(held["until_us"]))]
+    not_before = int(ex.get("run_not_before_us", 0))
+    if not_before > ctx.now_us:
+        # A duplicate delivery during the backoff after a transient error: the
+        # retry is queued for then already (the same task name).
+        step.outcome = "busy"
+        return [_run_later(step, not_before)]
+    ex["run_claim"] = {"id": step.claim, "until_us": ctx.now_us + ctx.engine.settings.run_lease_us}
+    if not ex.get("run_first_us"):
+        ex["run_first_us"] = ctx.now_us  # the outage window counts from here
+    ctx.uow.put(docs.execution_path(eid), ex)
+    step.outcome = "run"
+    return []
+
+
+@rolls_forward(steps.RunFailed)
+def run_failed(step: steps.RunFailed, ctx: Ctx) -> list[Step | Later]:
+    eid = ExecutionID.parse(step.eid)
+    att, ex = load_current(ctx, eid)
+    if not _runnable(att, ex, eid):
+        return []
+    assert ex is not None
+    held = ex.get("run_claim")
+    if held is None or held["id"] != step.claim:
+        return []  # our claim ran out and another delivery took over
+    del ex["run_claim"]
+    errors = int(ex.get("run_errors", 0)) + 1
+    ex["run_errors"] = errors
+    ctx.uow.put(docs.execution_path(eid), ex)  # the Uow writes ex as it is at the end
+    settings = ctx.engine.settings
+    first = int(ex.get("run_first_us") or ctx.now_us)
+    if ctx.now_us - first >= settings.run_retry_window_us:
+        window = datetime.timedelta(microseconds=settings.run_retry_window_us)
+        reason = (
+            f"rejected after transient errors for {window} ({errors} tries), last: {step.error}"
+        )
+        return [
+            steps.FinishExecution(eid=step.eid, result=abnormal(AbnormalStatus.REJECTED, reason))
+        ]
+    cap_s = settings.run_retry_cap_us / US
+    at_us = ctx.now_us + int(dist.backoff(errors, cap_s=cap_s) * US)
+    ex["run_not_before_us"] = at_us
+    log.warning("run of %s failed (transient, try %d): %s", eid, errors, step.error)
+    return [_run_later(step, at_us)]
 
 
 @rolls_forward(steps.RecordRun)
@@ -221,6 +310,8 @@ def record_run(step: steps.RecordRun, ctx: Ctx) -> list[Step | Later]:
     _, ex = load_current(ctx, eid)
     if ex is None or ex["dist_token"]:
         return []  # a duplicate run: only the first token counts
+    if (ex.get("run_claim") or {}).get("id") == step.claim:
+        del ex["run_claim"]
     ex["dist_token"] = step.dist_token
     ex["poll_timeout_us"] = max(0, step.poll_timeout_us)
     ex["run_at_us"] = ctx.now_us
@@ -256,8 +347,10 @@ def cancel_task(step: steps.CancelTask, engine: Engine, delivery: int) -> None:
     try:
         d, _ = engine.registry.build(dist.Snapshot.from_doc(ex["config"]))
         d.cancel(desc, ex["dist_token"])
-    except dist.TransientError:
-        raise  # the queue delivers it again, with backoff
+    except dist.TransientError as e:
+        if engine.clock() - int(ex["modified"]) < engine.settings.run_retry_window_us:
+            raise  # the queue delivers it again, with backoff
+        log.error("gave up cancelling the task of ended execution %s: %s", eid, e)
     except Exception as e:
         log.error("distributor refused to cancel the task of ended execution %s: %s", eid, e)
 

@@ -63,11 +63,45 @@ class ScheduleExecution(Mutation):
 
 @dataclasses.dataclass
 class RunExecution(Action):
-    """Call D.run for a new execution, outside any transaction (W-8)."""
+    """Call D.run for a new execution, outside any transaction (W-8), once it holds
+    the claim to (ClaimRun); a transient error is retried later (RunFailed)."""
 
     KIND = "RunExecution"
     eid: str
     activation_b64: str
+
+
+@dataclasses.dataclass
+class ClaimRun(Mutation):
+    """Claim the right to call D.run for ``eid`` for a while (one delivery at a time).
+
+    Sets ``outcome``: "run" (claimed), "done" (run already, or no longer needed)
+    or "busy" (another delivery holds the claim: tried again when it expires).
+    """
+
+    KIND = "ClaimRun"
+    eid: str
+    activation_b64: str
+    claim: str
+    outcome: str = ""
+
+    def root(self) -> str:
+        return docs.attempt_path(ExecutionID.parse(self.eid).attempt_id)
+
+
+@dataclasses.dataclass
+class RunFailed(Mutation):
+    """D.run failed transiently: release the claim and try again after a backoff,
+    or REJECT once the outage window (from the first try) has passed."""
+
+    KIND = "RunFailed"
+    eid: str
+    activation_b64: str
+    claim: str
+    error: str
+
+    def root(self) -> str:
+        return docs.attempt_path(ExecutionID.parse(self.eid).attempt_id)
 
 
 @dataclasses.dataclass
@@ -80,6 +114,7 @@ class RecordRun(Mutation):
     dist_token: str
     poll_timeout_us: int
     poll_interval_us: int = 0
+    claim: str = ""
 
     def root(self) -> str:
         return docs.attempt_path(ExecutionID.parse(self.eid).attempt_id)

@@ -33,6 +33,9 @@ that reads it:
 ``DM_CONFIG``         distributor configs: a JSON/YAML file path or inline JSON
                       (default: the home's saved config, else ``DEFAULT_CONFIG``).
 ``DM_HOST``           the ``dm_api`` URL handed to distributors (gcp, optional).
+``DM_RUN_RETRY_WINDOW_S``  how long transient errors of a distributor's ``run`` are
+                      retried (seconds from the first try) before the execution is
+                      REJECTED; default 3600.
 ``DM_WRITERS`` / ``DM_READERS``  comma-separated emails (``user:``/``serviceAccount:``
                       prefixes allowed) for the API's ACLs (spec §3.7).
 ``DM_AUTH``           ``none`` (local ``dm serve`` only: everyone is a writer) or ``oidc``
@@ -242,6 +245,21 @@ def load_config(value: str) -> dict[str, Any]:
     return doc
 
 
+def engine_settings(env: Mapping[str, str], **given: Any) -> Settings:
+    """Engine settings from ``given`` and the environment (``DM_RUN_RETRY_WINDOW_S``)."""
+    settings = Settings(**given)
+    raw = env.get("DM_RUN_RETRY_WINDOW_S", "").strip()
+    if raw:
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = -1.0
+        if not seconds > 0:
+            raise ConfigError(f"DM_RUN_RETRY_WINDOW_S: expected seconds > 0, got {raw!r}")
+        settings.run_retry_window_us = int(seconds * 1_000_000)
+    return settings
+
+
 def load_secret(env: Mapping[str, str]) -> bytes:
     """``DM_NOTIFY_SECRET`` or the file ``DM_NOTIFY_SECRET_FILE``; empty if neither."""
     value = env.get("DM_NOTIFY_SECRET", "")
@@ -267,7 +285,7 @@ def _embedded(env: Mapping[str, str]) -> Backend:
         registry = home_registry(home, config)
     except InvalidArgument as e:
         raise ConfigError(f"DM_CONFIG: {e.message}") from None
-    settings = Settings(notify_secret=load_secret(env))
+    settings = engine_settings(env, notify_secret=load_secret(env))
     if env.get("DM_NOTIFY_TOPIC", "").strip():
         settings.notify_topic = env["DM_NOTIFY_TOPIC"].strip()
     emb = Embedded(home, registry, settings=settings, store=store_from_env(env))
@@ -388,7 +406,7 @@ def _gcp(env: Mapping[str, str]) -> Backend:
         registry,
         clock=wall_clock_us,
         rand=os.urandom,
-        settings=Settings(notify_topic=topic, notify_secret=secret),
+        settings=engine_settings(env, notify_topic=topic, notify_secret=secret),
     )
 
     def publish(data: bytes, attrs: dict[str, str]) -> None:
