@@ -41,6 +41,9 @@ MAX_DATA_SIZE_CAP = 30 * 1024 * 1024
 MAX_WALK_TIME_US = 55_000_000
 MIN_EXECUTION_TOKEN = 32
 MAX_CYCLE_WALK = 10_000
+DECLARE_CHUNK = 200
+"""Dependencies one transaction records: with their follow-ups' outbox records a
+transaction stays under Firestore's 500 writes per commit (W-14)."""
 MAX_RANGE_ATTEMPTS = 100_000
 """Most attempts a WalkGraph query may name through its attempt ranges, all together:
 each is a read, and the walk's 55 s budget would not reach much further."""
@@ -235,14 +238,37 @@ class Service:
             and is_terminal_attempt(AttemptState(doc["state"]))
         ]
         self._reject_cycles(me, [a for a in aids if a.encoded not in set(terminal)])
+        token_b64 = base64.b64encode(req.for_execution.token).decode()
+        new_encoded = [a.encoded for a in new_attempts]
+        chunk_size = DECLARE_CHUNK
+        if len(aids) > chunk_size:
+            # Too many edges for one transaction (W-14): record them in parts (each
+            # under Firestore's 500 writes), inert until the last step decides.
+            new_set = set(new_encoded)
+            for start in range(0, len(aids), chunk_size):
+                chunk = [a.encoded for a in aids[start : start + chunk_size]]
+                in_chunk = set(chunk)
+                quests = {AttemptID.decode(a).quest for a in chunk}
+                self.engine.run(
+                    steps.DeclareDeps(
+                        eid=str(eid),
+                        token_b64=token_b64,
+                        deps=chunk,
+                        terminal=[a for a in terminal if a in in_chunk],
+                        new_quests={q: d for q, d in new_quests.items() if q in quests},
+                        new_attempts=[a for a in chunk if a in new_set],
+                        part=True,
+                    )
+                )
+            new_quests, new_encoded = {}, []  # created by the parts
         for _ in range(DECLARE_TRIES):
             step = steps.DeclareDeps(
                 eid=str(eid),
-                token_b64=base64.b64encode(req.for_execution.token).decode(),
+                token_b64=token_b64,
                 deps=[a.encoded for a in aids],
                 terminal=terminal,
                 new_quests=new_quests,
-                new_attempts=[a.encoded for a in new_attempts],
+                new_attempts=new_encoded,
             )
             self.engine.run(step)
             rsp.accepted = True
@@ -256,7 +282,7 @@ class Service:
                 return rsp
             # A dependency was re-opened (dm retry) after the declaration found it
             # over: declare again, which halts on it (nothing new to create now).
-            new_quests, new_attempts = {}, []
+            new_quests, new_encoded = {}, []
         raise Unavailable("dependencies keep being re-opened; call again")
 
     def _reject_cycles(self, me: AttemptID, dependees: list[AttemptID]) -> None:

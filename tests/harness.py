@@ -28,7 +28,7 @@ from dmcore.queue.local import LocalQueue
 from dmcore.runtime.embedded import run_batch
 from dmcore.service import Caller, Service
 from dmcore.states import AttemptState, ExecutionState
-from dmcore.store.base import Store
+from dmcore.store.base import MAX_COMMIT_WRITES, Store
 from dmcore.store.sqlite import SqliteStore
 
 START_US = 1_700_000_000_000_000
@@ -126,11 +126,14 @@ class Harness:
         self.rng = random.Random(seed)
         # Typed as the default SqliteStore so tests that reach into the SQLite file keep
         # type-checking; a store passed in is used through the Store port only.
+        # Not durable (no fsync: tests are about what is committed, not power cuts),
+        # and held to Firestore's 500 writes per commit, whatever the store.
         self.store = (
-            SqliteStore(tmp_path / "dm.sqlite", indexed_fields=docs.INDEXED_FIELDS)
+            SqliteStore(tmp_path / "dm.sqlite", indexed_fields=docs.INDEXED_FIELDS, durable=False)
             if store is None
             else cast(SqliteStore, store)
         )
+        self.store.max_writes = MAX_COMMIT_WRITES
         self.local: LocalQueue | None = None
         self.chaos: ChaosQueue | None = None
         q: TaskQueue

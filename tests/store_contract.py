@@ -29,6 +29,7 @@ from dmcore.store.base import (
     ReadAfterWrite,
     Store,
     StoreError,
+    TooManyWrites,
     Transaction,
 )
 
@@ -321,6 +322,26 @@ class StoreContract:
         assert store.transaction(lambda tx: tx.get_many(paths)) == got
         assert store.get_many([]) == {}
         assert store.get_many(["c/a", "c/a"]) == {"c/a": {"v": "a"}}
+
+    def test_max_writes_refuses_a_larger_transaction(self, store: Store) -> None:
+        def write(n: int) -> Callable[[Transaction], None]:
+            def fn(tx: Transaction) -> None:
+                for i in range(n):
+                    tx.set(f"w/{i}", {"i": i})
+                tx.set("w/0", {"i": 0})  # the same path twice is one write
+
+            return fn
+
+        store.max_writes = 3
+        try:
+            with pytest.raises(TooManyWrites):
+                store.transaction(write(4))
+            assert store.get("w/0") is None  # nothing written
+            store.transaction(write(3))  # at the limit
+        finally:
+            store.max_writes = None
+        assert store.get("w/2") == {"i": 2}
+        store.transaction(write(4))  # no limit
 
     def test_get_many_large(self, store: Store) -> None:
         def fn(tx: Transaction) -> None:

@@ -9,16 +9,24 @@ chain.
 
 from __future__ import annotations
 
+import json
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import pytest
 
 from distributors.fake import Job, quest_desc
+from dmcore import service
 from dmcore.ids import AttemptID
 from dmcore.queue.base import Task
 from dmcore.states import AttemptState
+from dmcore.store.base import Doc, Transaction
 from tests.harness import Chaos, Harness, qid_of
+
+T = TypeVar("T")
+MAX_COMMIT_WRITES = 500
+"""Firestore's documented limit of writes per commit."""
 
 DEPENDERS = 40
 INLINE, BATCH = 2, 3
@@ -78,3 +86,162 @@ def test_fan_in_beyond_one_transaction_with_duplicate_deliveries(hd: Harness) ->
     for d in dependers:
         assert h.attempt(AttemptID(qid_of(d), 1))["cur_execution"] == 2
     assert h.failures == []
+
+
+class Counting(Transaction):
+    """A transaction that counts its writes (paths), passing everything through."""
+
+    def __init__(self, tx: Transaction, seen: list[int]) -> None:
+        self._tx = tx
+        self._paths: set[str] = set()
+        self._seen = seen
+
+    def get(self, path: str) -> Doc | None:
+        return self._tx.get(path)
+
+    def get_many(self, paths: Sequence[str]) -> dict[str, Doc | None]:
+        return self._tx.get_many(paths)
+
+    def query(
+        self,
+        collection: str,
+        where: Mapping[str, Any] | None = None,
+        order_by: str | None = None,
+        descending: bool = False,
+        limit: int | None = None,
+    ) -> list[tuple[str, Doc]]:
+        return self._tx.query(collection, where, order_by, descending, limit)
+
+    def _wrote(self, path: str) -> None:
+        self._paths.add(path)
+        self._seen[-1] = len(self._paths)
+
+    def set(self, path: str, doc: Doc) -> None:
+        self._wrote(path)
+        self._tx.set(path, doc)
+
+    def create(self, path: str, doc: Doc) -> None:
+        self._wrote(path)
+        self._tx.create(path, doc)
+
+    def delete(self, path: str) -> None:
+        self._wrote(path)
+        self._tx.delete(path)
+
+
+@pytest.fixture
+def writes(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Harness, list[int]]]:
+    """The ChaosQueue (follow-ups go through outbox records, as on Firestore) and the
+    number of writes of every transaction."""
+    h = Harness(tmp_path, queue="chaos", seed=9, chaos=Chaos(duplicate=0.3, reorder=True))
+    seen: list[int] = []
+    real = h.store.transaction
+
+    def counted(fn: Callable[[Transaction], T], *, attempts: int = 10) -> T:
+        def wrapped(tx: Transaction) -> T:
+            seen.append(0)
+            return fn(Counting(tx, seen))
+
+        return real(wrapped, attempts=attempts)
+
+    monkeypatch.setattr(h.store, "transaction", counted)
+    yield h, seen
+    h.close()
+
+
+def test_no_transaction_exceeds_firestores_write_limit(writes: tuple[Harness, list[int]]) -> None:
+    """W-14: an execution declaring 600 dependencies (new attempts of a new quest), and
+    600 dependers resumed by one attempt finishing, stay under 500 writes per commit."""
+    h, seen = writes
+    n = 600
+    wide, top = quest_desc("wide"), quest_desc("top")
+    wide_q = qid_of(wide)
+    h.ensure(top)
+    h.settle()
+    top1 = AttemptID(qid_of(top), 1)
+    shards = [AttemptID(wide_q, k) for k in range(1, n + 1)]
+
+    def declare(job: Job) -> None:
+        job.activate()
+        assert job.dep_on(*shards, quests=[wide]).should_halt
+
+    h.play(top1.execution(1), declare)
+    h.settle()
+    assert h.state(top1) == AttemptState.WAITING
+    assert max(seen) <= MAX_COMMIT_WRITES, f"a commit of {max(seen)} writes"
+    seen.clear()
+
+    leaf = quest_desc("leaf")
+    leaf1 = AttemptID(qid_of(leaf), 1)
+
+    def on_leaf(job: Job) -> None:
+        job.activate()
+        assert job.dep_on(leaf1, quests=[leaf]).should_halt
+
+    for a in shards:
+        h.play(a.execution(1), on_leaf)
+    h.settle()
+
+    def done(job: Job) -> None:
+        job.activate()
+        job.finish({"leaf": 1})
+
+    seen.clear()
+    h.play(leaf1.execution(1), done)
+    h.settle()
+    assert all(h.state(a) == AttemptState.EXECUTING for a in shards)  # all resumed
+    assert max(seen) <= MAX_COMMIT_WRITES, f"a commit of {max(seen)} writes"
+
+
+def test_a_declaration_in_parts_is_atomic_in_effect(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A declaration recorded in several transactions (W-14) behaves as one: the job
+    halts once, an identical retry (W-6) is answered "halted" again, and once every
+    dependency finished the re-issued declaration does not halt and sees them all."""
+    monkeypatch.setattr(service, "DECLARE_CHUNK", 3)
+    deps = [quest_desc(f"part{i}") for i in range(10)]
+    aids = [AttemptID(qid_of(d), 1) for d in deps]
+    top = quest_desc("top")
+    top1 = AttemptID(qid_of(top), 1)
+    h.ensure(top)
+    h.settle()
+    halted: list[bool] = []
+
+    def declare(job: Job) -> None:
+        job.activate()
+        halted.append(job.dep_on(*aids, quests=deps).should_halt)
+        halted.append(job.dep_on(*aids, quests=deps).should_halt)  # a client retry
+
+    h.play(top1.execution(1), declare)
+    h.settle()
+    assert halted == [True, True]
+    assert h.state(top1) == AttemptState.WAITING
+
+    def leaf(job: Job) -> None:
+        job.activate()
+        job.finish({"v": 1})
+
+    for a in aids:
+        h.play(a.execution(1), leaf)
+    h.settle()
+    seen: list[int] = []
+
+    def again(job: Job) -> None:
+        job.activate()
+        rsp = job.dep_on(*aids, quests=deps)
+        assert not rsp.should_halt
+        seen.append(
+            sum(
+                json.loads(rsp.result.quests[a.quest].attempts[1].data.finished.data.object)["v"]
+                for a in aids
+            )
+        )
+        job.finish({"sum": seen[-1]})
+
+    h.play(top1.execution(2), again)
+    h.settle()
+    assert seen == [10]
+    assert h.state(top1) == AttemptState.FINISHED

@@ -192,6 +192,11 @@ class Uow:
             items.sort(key=lambda kv: _field(kv[1], order_by))
         return items[:limit] if limit is not None else items
 
+    @property
+    def pending_writes(self) -> int:
+        """Documents this step will write at its end."""
+        return len(self._dirty)
+
     def put(self, path: str, doc: Doc) -> None:
         self._cache[path] = doc
         if self._dirty.get(path) != "create":

@@ -55,6 +55,10 @@ MAX_BATCH_INLINE = 10_000
 """Follow-up mutations a batch runs itself before it commits; more are queued."""
 PROPAGATE_BATCH = 64
 """Back edges a completion acks per step; the step chains itself until none is left."""
+INLINE_WRITE_BUDGET = 300
+"""Tail calls stop running inline once a transaction has this many writes pending
+(the rest are queued): with its outbox records it stays under Firestore's 500
+writes per commit (``MAX_COMMIT_WRITES``), whatever the fan-out."""
 
 Publish = Callable[[bytes, dict[str, str]], None]
 """Publish one message (data, attributes) to the notification topic; raise on failure."""
@@ -279,6 +283,7 @@ class Engine:
                 isinstance(step, Mutation)
                 and step.root() == root
                 and ran < self.settings.max_inline
+                and (ran == 0 or uow.pending_writes < INLINE_WRITE_BUDGET)
             ):
                 ran += 1
                 self.stats[step.KIND] = self.stats.get(step.KIND, 0) + 1

@@ -57,7 +57,7 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
         # A retry of the halting call after a lost response (W-6).
         edges = ctx.uow.get_many(paths)
         finished = set(step.terminal)
-        if all(
+        if step.part or all(
             e is not None
             and (e["satisfied"] or e["for_execution"] == eid.num or d.encoded in finished)
             for d, e in zip(dependees, (edges[p] for p in paths), strict=True)
@@ -115,6 +115,10 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
     for q, then in by_quest.items():
         chained.insert(0, steps.MergeQuest(qid=q, desc_b64=step.new_quests[q], and_then=then))
 
+    if step.part:
+        # The edges of execution eid.num stay inert (the attempt's deps_execution is
+        # not set) until the DeclareDeps over every edge decides.
+        return chained
     if halt:
         set_execution_state(ex, ExecutionState.STOPPING, ctx.now_us)
         ex["token_state"] = "revoked"

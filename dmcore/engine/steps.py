@@ -192,6 +192,11 @@ class DeclareDeps(Mutation):
     saw finished (FINISHED or ABNORMAL_FINISHED); ``new_quests`` maps quest ID
     -> desc (base64 wire) for quests to create; ``new_attempts`` attempts to
     create. Sets ``halted`` (and keeps the execution RUNNING when False).
+
+    ``part``: only record these edges and their follow-ups, one part of a
+    declaration too large for one transaction (W-14); the execution stays
+    RUNNING and the edges inert until the DeclareDeps over every edge that
+    follows the parts decides.
     """
 
     KIND = "DeclareDeps"
@@ -202,6 +207,7 @@ class DeclareDeps(Mutation):
     new_quests: dict[str, str]
     new_attempts: list[str]
     halted: bool = False
+    part: bool = False
 
     def root(self) -> str:
         return docs.attempt_path(ExecutionID.parse(self.eid).attempt_id)

@@ -55,6 +55,16 @@ class ReadAfterWrite(StoreError):
     """A transaction tried to read after it had written (not allowed)."""
 
 
+class TooManyWrites(StoreError):
+    """A transaction wrote more documents than the store's ``max_writes``."""
+
+
+MAX_COMMIT_WRITES = 500
+"""Firestore's documented limit of writes in one commit. The engine keeps every
+transaction under it (DESIGN.md W-14); a store enforces it when its ``max_writes``
+is set (the tests set it on both adapters, so an oversized step fails everywhere)."""
+
+
 class InvalidPath(StoreError, ValueError):
     """A document or collection path is malformed."""
 
@@ -137,6 +147,11 @@ class WriteBuffer(Generic[B]):
         self.writes[path] = PendingWrite(
             None, prev is not None and prev.must_be_absent, prev is not None and prev.doomed
         )
+
+    def check_size(self, limit: int | None) -> None:
+        """Raise TooManyWrites if more than ``limit`` paths are written (None: no limit)."""
+        if limit is not None and len(self.writes) > limit:
+            raise TooManyWrites(f"a commit of {len(self.writes)} writes, over the limit of {limit}")
 
     def check_doomed(self) -> None:
         """Raise AlreadyExists if a create can never commit (it followed a set)."""
@@ -224,6 +239,9 @@ class BufferedTransaction(Transaction, Generic[B]):
 
 class Store(abc.ABC):
     """A document store with transactions. Adapters: ``sqlite``, ``firestore``."""
+
+    max_writes: int | None = None
+    """Refuse (TooManyWrites) a transaction writing more documents than this."""
 
     @abc.abstractmethod
     def transaction(self, fn: Callable[[Transaction], T], *, attempts: int = 10) -> T:

@@ -491,6 +491,7 @@ class _FirestoreTransaction(BufferedTransaction[dict[str, Any]]):
     def _commit(self) -> None:
         """Send the net writes and commit; raises AlreadyExists, or Aborted to retry."""
         self._live = False
+        self._writes.check_size(self._store.max_writes)
         self._writes.check_doomed()
         writes = self._writes.writes
         store = self._store

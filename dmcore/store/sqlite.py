@@ -470,6 +470,7 @@ class _SqliteTransaction(BufferedTransaction[str]):
             fn(self._conn)
 
     def _apply_docs(self, buffer: WriteBuffer[str]) -> None:
+        buffer.check_size(self._store.max_writes)
         buffer.check_doomed()
         must_be_absent = buffer.must_be_absent()
         if must_be_absent:
@@ -532,12 +533,17 @@ class SqliteStore(Store):
         lock_wait: float = LOCK_WAIT_S,
         busy_timeout: float = _BUSY_TIMEOUT_S,
         indexed_fields: Sequence[str] = (),
+        durable: bool = True,
     ) -> None:
         """``indexed_fields``: (dotted) fields that equality queries filter on in
         large collections; each gets an index, as Firestore indexes every field.
-        Without one such a query reads the whole collection."""
+        Without one such a query reads the whole collection.
+
+        ``durable=False`` (tests only) commits without waiting for the disk
+        (``synchronous=OFF``): as atomic and isolated, lost on a power cut."""
         self._path = Path(path)
         self._busy_timeout = busy_timeout
+        self._synchronous = "FULL" if durable else "OFF"
         self._local = _Local()
         self._lock = threading.Lock()  # guards _finalizers
         self._tx_lock = threading.Lock()  # one transaction at a time per process (see _run_once)
@@ -578,7 +584,7 @@ class SqliteStore(Store):
             check_same_thread=False,
             cached_statements=256,
         )
-        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
         holder = _ConnHolder(conn)
         fin = weakref.finalize(holder, conn.close)
         with self._lock:
