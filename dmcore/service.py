@@ -114,6 +114,7 @@ class Service:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.declare_chunk = DECLARE_CHUNK
 
     # -- EnsureGraphData --------------------------------------------------------------
 
@@ -240,7 +241,7 @@ class Service:
         self._reject_cycles(me, [a for a in aids if a.encoded not in set(terminal)])
         token_b64 = base64.b64encode(req.for_execution.token).decode()
         new_encoded = [a.encoded for a in new_attempts]
-        chunk_size = DECLARE_CHUNK
+        chunk_size = self.declare_chunk
         if len(aids) > chunk_size:
             # Too many edges for one transaction (W-14): record them in parts (each
             # under Firestore's 500 writes), inert until the last step decides.

@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 import pytest
 
 from distributors.fake import Job, quest_desc
-from dmcore import service
 from dmcore.ids import AttemptID
 from dmcore.queue.base import Task
 from dmcore.states import AttemptState
@@ -195,13 +194,11 @@ def test_no_transaction_exceeds_firestores_write_limit(writes: tuple[Harness, li
     assert max(seen) <= MAX_COMMIT_WRITES, f"a commit of {max(seen)} writes"
 
 
-def test_a_declaration_in_parts_is_atomic_in_effect(
-    h: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_declaration_in_parts_is_atomic_in_effect(h: Harness) -> None:
     """A declaration recorded in several transactions (W-14) behaves as one: the job
     halts once, an identical retry (W-6) is answered "halted" again, and once every
     dependency finished the re-issued declaration does not halt and sees them all."""
-    monkeypatch.setattr(service, "DECLARE_CHUNK", 3)
+    h.service.declare_chunk = 3
     deps = [quest_desc(f"part{i}") for i in range(10)]
     aids = [AttemptID(qid_of(d), 1) for d in deps]
     top = quest_desc("top")
