@@ -47,7 +47,7 @@ pytest_plugins = ["tests.emulator_fixtures"]
 def pytest_addoption(parser: pytest.Parser) -> None:
     """Options of the seeded simulation in tests/sim (registered here: root conftest)."""
     group = parser.getgroup("dm simulation")
-    group.addoption("--seeds", type=int, default=200, help="run simulation seeds 0..N-1")
+    group.addoption("--seeds", type=int, default=1000, help="run simulation seeds 0..N-1")
     group.addoption("--seed", type=int, default=None, help="run only simulation seed S")
 
 

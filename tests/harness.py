@@ -3,8 +3,10 @@
 ``Harness(tmp_path)`` runs the real engine on a real SQLite store with either
 the real local queue (``queue="local"``) or :class:`ChaosQueue`, an in-memory
 test double of the TaskQueue port that delivers due tasks in random order,
-delivers some twice, delays some, and can fail a dispatch after the commit
-(as a process crash between commit and enqueue would).
+delivers some twice (at once, or hours later: after the queue's dedupe window),
+delays some, and can fail a dispatch after the commit (as a process crash
+between commit and enqueue would). ``Harness.drain(workers=N)`` delivers the
+ChaosQueue's tasks from N threads at once, as several function instances would.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -54,59 +57,85 @@ class Chaos:
     delay: float = 0.0
     fail_dispatch: float = 0.0
     reorder: bool = True
+    late_duplicate: float = 0.0
+    """Chance that a task delivered once is delivered again hours later."""
+    late_s: tuple[float, float] = (2 * 3600.0, 8 * 3600.0)
+    """How much later a late duplicate comes (after any dedupe window)."""
+    dedupe_s: float | None = None
+    """How long a task name is remembered (refused when queued again); None: forever.
+    Cloud Tasks remembers about an hour after the task ran."""
+    twin: float = 0.0
+    """Chance that a task is handed out twice at once (two workers may run it together)."""
 
 
 class ChaosQueue(TaskQueue):
-    """In-memory TaskQueue test double with injected faults (names deduplicated forever)."""
+    """In-memory TaskQueue test double with injected faults; safe across threads."""
 
     def __init__(self, clock: FakeClock, rng: random.Random, chaos: Chaos) -> None:
         self.clock = clock
         self.rng = rng
         self.chaos = chaos
         self.pending: list[tuple[Task, int]] = []
-        self.seen: set[str] = set()
+        self.seen: dict[str, int] = {}  # name -> when it was last queued
         self.delivered = 0
+        self.lock = threading.RLock()
 
     def enqueue(self, task: Task) -> bool:
         return self.enqueue_many([task])[0]
 
     def enqueue_many(self, tasks: Sequence[Task]) -> list[bool]:
-        if self.chaos.fail_dispatch and self.rng.random() < self.chaos.fail_dispatch:
-            raise ConnectionError("chaos: dispatch failed")
-        out = []
-        for t in tasks:
-            if t.name in self.seen:
-                out.append(False)
-                continue
-            self.seen.add(t.name)
-            eta = t.eta_us
-            if self.chaos.delay and self.rng.random() < self.chaos.delay:
-                eta = max(eta, self.clock()) + self.rng.randint(1, 3_000_000)
-            # Through JSON, as a real queue stores it: no object is shared with the step.
-            payload = json.loads(json.dumps(t.payload))
-            self.pending.append((dataclasses.replace(t, eta_us=eta, payload=payload), 1))
-            out.append(True)
-        return out
+        with self.lock:
+            if self.chaos.fail_dispatch and self.rng.random() < self.chaos.fail_dispatch:
+                raise ConnectionError("chaos: dispatch failed")
+            now = self.clock()
+            window = None if self.chaos.dedupe_s is None else int(self.chaos.dedupe_s * 1e6)
+            out = []
+            for t in tasks:
+                if t.name in self.seen and (window is None or self.seen[t.name] + window > now):
+                    out.append(False)
+                    continue
+                self.seen[t.name] = max(now, t.eta_us)
+                eta = t.eta_us
+                if self.chaos.delay and self.rng.random() < self.chaos.delay:
+                    eta = max(eta, now) + self.rng.randint(1, 3_000_000)
+                # Through JSON, as a real queue stores it: no object is shared with the step.
+                payload = json.loads(json.dumps(t.payload))
+                self.pending.append((dataclasses.replace(t, eta_us=eta, payload=payload), 1))
+                if self.chaos.twin and self.rng.random() < self.chaos.twin:
+                    self.pending.append((dataclasses.replace(t, eta_us=eta, payload=payload), 2))
+                out.append(True)
+            return out
 
     def next_due_us(self) -> int | None:
-        return min((t.eta_us for t, _ in self.pending), default=None)
+        with self.lock:
+            return min((t.eta_us for t, _ in self.pending), default=None)
 
     def take(self) -> tuple[Task, int] | None:
-        now = self.clock()
-        due = [i for i, (t, _) in enumerate(self.pending) if t.eta_us <= now]
-        if not due:
-            return None
-        i = self.rng.choice(due) if self.chaos.reorder else due[0]
-        return self.pending.pop(i)
+        with self.lock:
+            now = self.clock()
+            due = [i for i, (t, _) in enumerate(self.pending) if t.eta_us <= now]
+            if not due:
+                return None
+            i = self.rng.choice(due) if self.chaos.reorder else due[0]
+            return self.pending.pop(i)
 
     def retry(self, task: Task, delivery: int, at_us: int) -> None:
-        self.pending.append((dataclasses.replace(task, eta_us=at_us), delivery + 1))
+        with self.lock:
+            self.pending.append((dataclasses.replace(task, eta_us=at_us), delivery + 1))
 
     def maybe_duplicate(self, task: Task, delivery: int) -> None:
         """Deliver a task once more (a first delivery only, so duplicate=1.0 means
-        "every task twice"), at a random later point among the due tasks."""
-        if delivery == 1 and self.chaos.duplicate and self.rng.random() < self.chaos.duplicate:
-            self.pending.append((task, delivery + 1))
+        "every task twice"), at a random later point among the due tasks, or
+        (``late_duplicate``) hours later."""
+        if delivery != 1:
+            return
+        with self.lock:
+            if self.chaos.duplicate and self.rng.random() < self.chaos.duplicate:
+                self.pending.append((task, delivery + 1))
+            if self.chaos.late_duplicate and self.rng.random() < self.chaos.late_duplicate:
+                low, high = self.chaos.late_s
+                at = self.clock() + int(self.rng.uniform(low, high) * 1e6)
+                self.pending.append((dataclasses.replace(task, eta_us=at), delivery + 1))
 
 
 class Harness:
@@ -121,6 +150,7 @@ class Harness:
         chaos: Chaos | None = None,
         configs: dict[str, Any] | None = None,
         store: Store | None = None,
+        world: FakeWorld | None = None,
     ) -> None:
         self.clock = FakeClock()
         self.rng = random.Random(seed)
@@ -151,7 +181,7 @@ class Harness:
             self.chaos = ChaosQueue(self.clock, self.rng, chaos or Chaos(duplicate=0.3, delay=0.2))
             q = self.chaos
         self.registry = Registry(dm_host="dm.test")
-        self.world = FakeWorld(self.rng.randbytes)
+        self.world = world or FakeWorld(self.rng.randbytes)
         self.world.install(self.registry)
         self.registry.set_config(
             self.registry.config_from_dict(
@@ -179,6 +209,8 @@ class Harness:
         self.inbox: list[tuple[bytes, dict[str, str]]] = []
         self.world.publish = lambda topic, data, attrs: self.inbox.append((data, dict(attrs)))
         self.failures: list[str] = []
+        self.workers = 1
+        """Threads that run the ChaosQueue's tasks in :meth:`drain` (1: in order, replayable)."""
 
     # -- driving ------------------------------------------------------------------
 
@@ -197,31 +229,78 @@ class Harness:
             n += 1
         return n
 
-    def drain(self, max_tasks: int = 100_000) -> int:
-        """Deliver notifications and run every task due now; returns how many ran."""
+    def drain(self, max_tasks: int = 100_000, *, workers: int | None = None) -> int:
+        """Deliver notifications and run every task due now; returns how many ran.
+
+        ``workers`` (default ``self.workers``) > 1: the ChaosQueue's tasks are run
+        by that many threads at once (their order then varies from run to run).
+        """
+        workers = self.workers if workers is None else workers
         total = 0
         while total < max_tasks:
             n = self._deliver_inbox()
             if self.local is not None:
                 n += run_batch(self.engine, self.local, 50, self._failed)
+            elif workers > 1:
+                n += self._run_concurrently(workers)
             else:
                 assert self.chaos is not None
                 while (item := self.chaos.take()) is not None:
-                    task, delivery = item
-                    try:
-                        self.engine.handle_task(task.target, task.payload, delivery, task.name)
-                    except Exception as e:
-                        self.failures.append(f"{task.payload.get('kind')}: {e!r}")
-                        self.chaos.retry(
-                            task, delivery, self.clock() + int(backoff(delivery) * 1e6)
-                        )
-                    else:
-                        self.chaos.maybe_duplicate(task, delivery)
+                    self._deliver(*item)
                     n += 1
             if n == 0:
                 break
             total += n
         return total
+
+    def _deliver(self, task: Task, delivery: int) -> None:
+        assert self.chaos is not None
+        try:
+            self.engine.handle_task(task.target, task.payload, delivery, task.name)
+        except Exception as e:
+            self.failures.append(f"{task.payload.get('kind')}: {e!r}")
+            self.chaos.retry(task, delivery, self.clock() + int(backoff(delivery) * 1e6))
+        else:
+            self.chaos.maybe_duplicate(task, delivery)
+
+    def _run_concurrently(self, workers: int) -> int:
+        """Run the ChaosQueue's due tasks from ``workers`` threads until none is due."""
+        chaos = self.chaos
+        assert chaos is not None
+        cv = threading.Condition()
+        busy = [0]
+        ran = [0]
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            while True:
+                with cv:
+                    item = chaos.take()
+                    if item is None:
+                        if busy[0] == 0:
+                            cv.notify_all()
+                            return
+                        cv.wait(0.05)  # a busy worker may queue more
+                        continue
+                    busy[0] += 1
+                try:
+                    self._deliver(*item)
+                except BaseException as e:  # the harness itself broke: report it
+                    errors.append(e)
+                finally:
+                    with cv:
+                        busy[0] -= 1
+                        ran[0] += 1
+                        cv.notify_all()
+
+        threads = [threading.Thread(target=work, name=f"worker-{i}") for i in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return ran[0]
 
     def _failed(self, task: Task, e: Exception) -> None:
         self.failures.append(f"{task.payload.get('kind')}: {e!r}")

@@ -233,7 +233,8 @@ def arm_stop_timer(ctx: Ctx, eid: ExecutionID, ex: docs.Doc) -> list[Step | Late
 
 def rearm_stop_for_poll_timeout(ctx: Ctx, eid: ExecutionID, ex: docs.Doc) -> list[Step | Later]:
     """A poll timeout recorded after the execution stopped replaces its stop timeout
-    (spec §4.5), counted from when it stopped, unless the stop timer has fired already."""
+    (spec §4.5, longer or shorter), counted from when it stopped, unless the stop
+    timer has fired already."""
     poll = int(ex.get("poll_timeout_us", 0))
     if ex["state"] != ExecutionState.STOPPING or poll <= 0:
         return []
@@ -241,7 +242,7 @@ def rearm_stop_for_poll_timeout(ctx: Ctx, eid: ExecutionID, ex: docs.Doc) -> lis
     if timer is None or timer["state"] != ExecutionState.STOPPING or int(timer["polls"]) > 0:
         return []
     due = int(ex.get("stopping_us", ctx.now_us)) + poll
-    if due >= int(timer["deadline_us"]):
+    if due == int(timer["deadline_us"]):
         return []
     return arm_timer(ctx, eid, ex, ExecutionState.STOPPING, max(1, due - ctx.now_us))
 

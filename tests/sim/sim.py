@@ -1,46 +1,69 @@
 """A deterministic simulation of the whole engine, driven by one integer seed.
 
-Everything random comes from the seed: the graph (a DAG of fake quests, node
-``i`` depending on attempts of lower-numbered nodes: chains, fan-out hubs,
-wide fan-in, diamonds; some quests with several attempts), the quest metadata
-(retry limits, stop and start timeouts), what every execution does (succeed,
-fail, crash, exit early; notify or leave it to the STOPPING poll; repeat its
-halting or finishing call as a client would after a lost response), the
-queue's faults (:class:`tests.harness.ChaosQueue`: duplicates, delays,
-reordering, dispatch failures after commit), duplicated notifications, and the
-driver's moves: the order in which it plays the pending executions, when it
-settles, and when it stalls (leaves executions unplayed while the clock jumps
-past their start timeout, then plays them late, as stale executions). The
-same seed replays the same run exactly (for the same engine code: a change in
-how the engine draws random bytes reshuffles what a seed does), so a failure is
-reproduced with ``uv run pytest tests/sim --seed N``.
+Everything random comes from the seed:
+
+* the graph: a DAG of fake quests, node ``i`` depending on attempts of
+  lower-numbered nodes (chains, fan-out hubs, wide fan-ins, diamonds; some
+  quests with several attempts), each quest's retry limits, start, run and
+  stop timeouts, and distributor config: notifying (``fake``), a poll timeout
+  from run (``fake_poll``), or polled while running (``fake_watch``);
+* what every execution does: succeed, fail, crash, exit early; notify or leave
+  it to the STOPPING poll; repeat its halting or finishing call as a client
+  would after a lost response; finish with a result that expires (already, or
+  later); let dm's timers, dependency completions, sweeps and cancels happen
+  in the middle of the job;
+* the queue's faults (:class:`tests.harness.ChaosQueue`): duplicates (at once,
+  or hours later, past the dedupe window), delays, reordering, dispatch
+  failures after commit; duplicated and hours-late notifications;
+* the distributor's faults (:mod:`tests.sim.faults`): transient and final
+  errors of run, get_status and cancel, runs that time out having started the
+  task, outages longer than dm's retry window, tasks the distributor loses;
+* the driver's moves: the order in which it plays pending executions, when it
+  settles, when it stalls (leaves executions unplayed while the clock jumps
+  past their start timeout, then plays them late), when it cancels an attempt
+  (between steps, in the middle of a job, or inside D.run: between dm's read
+  and the task's start);
+* the engine's batch sizes (tiny ones make a few dozen edges take several
+  transactions and chained steps) and, for some runs, several worker threads
+  delivering tasks at once (those runs vary from one replay to the next).
+
+The same seed replays the same run exactly when it runs on one worker (for the
+same engine code: a change in how the engine draws random bytes reshuffles
+what a seed does), so a failure is reproduced with ``uv run pytest tests/sim
+--seed N``.
 
 A job of node ``i`` activates, declares its dependencies (creating their
 quests; in one EnsureGraphData call or in several batches) and, unless dm
 tells it to halt, finishes with ``{"v": 1 + sum of its dependencies' values}``
-where a dependency that ended abnormally counts 0 (dm unblocks the dependers
-of abnormal dependencies, W-1).
+where a dependency that ended abnormally, or whose result dm reports expired,
+counts 0.
 
 After the run, :meth:`Sim.check` verifies the invariants listed in its
-docstring against the store, independently of the engine's own bookkeeping.
+docstring, stated on what the API shows (:class:`tests.sim.observe.Observed`),
+what the fake distributor saw, and a few engine records read through
+:class:`tests.sim.observe.Internals` (the one place that knows dm's layout).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import random
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from distributors.fake import Crash, Job, quest_desc
-from dmcore.engine import docs
-from dmcore.errors import PermissionDenied
+from dmcore.errors import InvalidArgument, PermissionDenied, Unauthenticated, Unavailable
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
-from dmcore.states import AbnormalStatus, AttemptState, ExecutionState, is_terminal_attempt
+from dmcore.service import Caller
+from dmcore.states import AbnormalStatus, AttemptState, ExecutionState
 from tests.harness import Chaos, Harness, qid_of
+from tests.sim.faults import Faults, FaultyWorld
+from tests.sim.observe import AttemptView, Internals, Observed, attempt_now, look
 
 T = TypeVar("T")
 
@@ -58,6 +81,21 @@ STALL_S = 700
 """How far the clock jumps when the driver leaves executions unplayed (> any start timeout)."""
 SETTLE_S = 60
 """How far one settle may move the clock (< any start timeout, so only stalls time out)."""
+MIDJOB_S = 20
+"""How far the clock may move in the middle of a job (< any run or start timeout)."""
+CONFIGS = {
+    "fake": {"fake": {}},
+    "fake_poll": {"fake": {"poll_timeout": "60s"}},
+    "fake_watch": {"fake": {"poll_interval": "30s"}},
+    "fake_tq": {"fake": {}},  # reports through dm's queue (tests.sim.faults)
+}
+POLL_TIMEOUT_S = {"fake_poll": 60}
+"""The poll timeout run gives, by config: the stop phase lasts that long (§4.5)."""
+SLACK_S = 20
+"""How late a timer may fire here: a delayed delivery, an outbox left to the sweep."""
+REPOLL_S = 30
+US = 1_000_000
+EXPIRED = dm_pb2.Attempt.Partial.EXPIRED
 
 
 def replay_hint(seed: int) -> str:
@@ -79,6 +117,8 @@ class Node:
     retry_timed_out: int
     stop_s: int
     start_s: int  # 0 = no start timeout
+    run_s: int = 0  # 0 = no run timeout
+    config: str = "fake"
 
     @property
     def name(self) -> str:
@@ -99,28 +139,47 @@ class Plan:
     p_retry_call: float
     p_settle_between: float
     p_stall: float
+    faults: Faults = dataclasses.field(default_factory=Faults)
+    p_late_notify: float = 0.0
+    p_expire: float = 0.0
+    p_midjob: float = 0.0
+    p_cancel: float = 0.0
+    p_cancel_in_run: float = 0.0
+    tiny_batches: bool = False
+    """max_inline 2, propagate_batch 2, declarations in parts of 3 dependencies."""
+    workers: int = 1
+    p_fast: float = 0.0
+    """A job that runs to its end inside D.run, before dm has recorded the run."""
+    p_new_config: float = 0.0
+    """The service's configs are replaced (same content, a new version) between steps."""
 
     def summary(self) -> str:
         edges = sum(len(n.deps) for n in self.nodes)
         multi = sum(1 for n in self.nodes if n.attempts > 1)
         return (
             f"{len(self.nodes)} quests ({multi} with several attempts), {edges} edges, "
-            f"{len(self.ensures)} ensured from outside; {self.chaos}; "
+            f"{len(self.ensures)} ensured from outside; {self.chaos}; {self.faults}; "
             f"fail={self.p_fail} crash={self.p_crash} early_exit={self.p_early_exit} "
-            f"silent={self.p_silent} renotify={self.p_renotify} retry_call={self.p_retry_call} "
-            f"stall={self.p_stall}"
+            f"silent={self.p_silent} renotify={self.p_renotify} late_notify={self.p_late_notify} "
+            f"retry_call={self.p_retry_call} stall={self.p_stall} expire={self.p_expire} "
+            f"midjob={self.p_midjob} cancel={self.p_cancel}/{self.p_cancel_in_run} "
+            f"fast={self.p_fast} new_config={self.p_new_config} "
+            f"tiny_batches={self.tiny_batches} workers={self.workers}"
         )
 
 
-def make_plan(seed: int, *, min_nodes: int = 5, max_nodes: int = 40) -> Plan:
+def make_plan(seed: int, *, min_nodes: int = 5, max_nodes: int = 40, workers: int = 1) -> Plan:
     rng = random.Random(f"dm-sim-plan/{seed}")
-    # Mostly small graphs, a quarter up to max_nodes: keeps 200 seeds near a minute.
+    # Mostly small graphs, a quarter up to max_nodes: keeps the seeds cheap.
     big = rng.random() < 0.25
     n = rng.randint(min_nodes, max_nodes if big else max(min_nodes, (max_nodes * 3) // 5))
     p_chain = rng.choice([0.0, 0.3, 0.7, 0.95])
     p_extra = rng.choice([0.1, 0.3, 0.6])
     hubs = rng.sample(range(n), k=rng.randint(0, min(3, n)))
+    p_hub = rng.choice([0.3, 0.3, 0.8])  # 0.8: hubs with many dependers (wide completions)
     attempts = [1 if rng.random() < 0.8 else rng.randint(2, 3) for _ in range(n)]
+    p_wide = rng.choice([0.06, 0.06, 0.2])
+    configs = rng.choice([["fake"], ["fake"], ["fake", "fake_poll", "fake_watch", "fake_tq"]])
     nodes: list[Node] = []
     for i in range(n):
         chosen: dict[int, None] = {}
@@ -131,10 +190,10 @@ def make_plan(seed: int, *, min_nodes: int = 5, max_nodes: int = 40) -> Plan:
                 if rng.random() < p_extra:
                     chosen[rng.randrange(i)] = None
             for hub in hubs:  # fan-out
-                if hub < i and rng.random() < 0.3:
+                if hub < i and rng.random() < p_hub:
                     chosen[hub] = None
-            if rng.random() < 0.06:  # wide fan-in
-                for j in rng.sample(range(i), k=min(i, rng.randint(4, 12))):
+            if rng.random() < p_wide:  # wide fan-in
+                for j in rng.sample(range(i), k=min(i, rng.randint(4, 16))):
                     chosen[j] = None
             if not chosen:
                 chosen[rng.randrange(i)] = None
@@ -147,12 +206,20 @@ def make_plan(seed: int, *, min_nodes: int = 5, max_nodes: int = 40) -> Plan:
         retry = {k: rng.choice([0, 1, 2, 3]) for k in ("failed", "crashed", "timed_out")}
         stop_s = rng.choice([5, 30, 90])
         start_s = rng.choice([0, 0, 120, 600])
+        run_s = rng.choice([0, 0, 0, 900])
+        config = rng.choice(configs)
         desc = quest_desc(
-            f"n{i}", failed=retry["failed"], crashed=retry["crashed"], timed_out=retry["timed_out"]
+            f"n{i}",
+            config,
+            failed=retry["failed"],
+            crashed=retry["crashed"],
+            timed_out=retry["timed_out"],
         )
         desc.meta.timeouts.stop.FromSeconds(stop_s)
         if start_s:
             desc.meta.timeouts.start.FromSeconds(start_s)
+        if run_s:
+            desc.meta.timeouts.run.FromSeconds(run_s)
         nodes.append(
             Node(
                 i,
@@ -165,6 +232,8 @@ def make_plan(seed: int, *, min_nodes: int = 5, max_nodes: int = 40) -> Plan:
                 retry["timed_out"],
                 stop_s,
                 start_s,
+                run_s,
+                config,
             )
         )
 
@@ -185,6 +254,22 @@ def make_plan(seed: int, *, min_nodes: int = 5, max_nodes: int = 40) -> Plan:
             delay=rng.choice([0.0, 0.2, 0.5]),
             fail_dispatch=rng.choice([0.0, 0.05, 0.2, 0.4]),
         )
+    chaos.dedupe_s = 3600.0  # as Cloud Tasks: a name is free again an hour after
+    chaos.late_duplicate = rng.choice([0.0, 0.0, 0.02, 0.1])
+    chaos.twin = rng.choice([0.0, 0.1, 0.3]) if workers > 1 else 0.0
+    if rng.random() < 0.3:
+        faults = Faults()
+    else:
+        faults = Faults(
+            run_transient=rng.choice([0.0, 0.1, 0.3]),
+            run_timeout=rng.choice([0.0, 0.05, 0.2]),
+            run_reject=rng.choice([0.0, 0.0, 0.03]),
+            outage=rng.choice([0.0, 0.0, 0.0, 0.02]),
+            status_transient=rng.choice([0.0, 0.2, 0.5]),
+            lost=rng.choice([0.0, 0.0, 0.1]),
+            cancel_transient=rng.choice([0.0, 0.3]),
+            cancel_refuse=rng.choice([0.0, 0.1, 0.3]),
+        )
     return Plan(
         seed=seed,
         nodes=nodes,
@@ -198,6 +283,16 @@ def make_plan(seed: int, *, min_nodes: int = 5, max_nodes: int = 40) -> Plan:
         p_retry_call=rng.choice([0.0, 0.2]),
         p_settle_between=rng.choice([0.0, 0.1, 0.5]),
         p_stall=rng.choice([0.0, 0.0, 0.1, 0.3]),
+        faults=faults,
+        p_late_notify=rng.choice([0.0, 0.0, 0.05]),
+        p_expire=rng.choice([0.0, 0.0, 0.3, 0.7]),
+        p_midjob=rng.choice([0.0, 0.1, 0.4]),
+        p_cancel=rng.choice([0.0, 0.0, 0.05, 0.15]),
+        p_cancel_in_run=rng.choice([0.0, 0.0, 0.05]),
+        tiny_batches=rng.random() < 0.3,
+        workers=workers,
+        p_fast=rng.choice([0.0, 0.0, 0.1, 0.3]),
+        p_new_config=rng.choice([0.0, 0.0, 0.1]),
     )
 
 
@@ -212,13 +307,22 @@ class ExecRecord:
     silent: bool  # no notification: dm must learn the end from the STOPPING poll
     retry_calls: bool  # repeat the halting EnsureGraphData / FinishAttempt (W-6)
     batches: int = 1  # declare the dependencies in this many EnsureGraphData calls
+    expires_in_s: float | None = None  # the result's expiration, from FinishAttempt's time
     activated: bool = False
     halted: bool = False
     finished: bool = False
     error: str = ""  # an unexpected error from a dm call
-    stale: AbnormalStatus | None = None  # the execution had ended (timed out) before its play
+    # dm had ended the execution when the job (or one of its calls) got to it
+    ended_by_dm: tuple[AbnormalStatus, str] | None = None
+    cancelled: bool = False  # ended by a cancel of the simulation's after it was played
+    lost: bool = False  # the distributor lost the task (get_status: not found)
     value: int | None = None
+    expiration_us: int | None = None
+    saw_expired: set[AttemptID] = dataclasses.field(default_factory=set)
     state_out: dict[str, Any] | None = None
+    stopped_us: int | None = None  # when the job stopped (finished, or halted)
+    polls_before_stop: int = 0  # get_status calls about it made before it stopped
+    fast: bool = False  # played inside D.run
 
     @property
     def reached_stopping(self) -> bool:
@@ -226,8 +330,12 @@ class ExecRecord:
 
     def expected(self) -> AbnormalStatus | None:
         """How dm must end this execution: None = FINISHED, else the abnormal status."""
-        if self.stale is not None:
-            return AbnormalStatus.TIMED_OUT
+        if self.ended_by_dm is not None:
+            return self.ended_by_dm[0]
+        if self.cancelled:
+            return AbnormalStatus.CANCELLED
+        if self.lost:
+            return AbnormalStatus.MISSING
         if self.error or self.outcome == FAIL:
             return AbnormalStatus.FAILED
         if self.outcome == CRASH:
@@ -239,15 +347,33 @@ class ExecRecord:
         bits += [b for b, on in (("halted", self.halted), ("finished", self.finished)) if on]
         if self.silent:
             bits.append("silent")
-        if self.stale is not None:
-            bits.append(f"stale({self.stale.name})")
+        if self.ended_by_dm is not None:
+            bits.append(f"ended_by_dm({self.ended_by_dm[0].name})")
+        if self.cancelled:
+            bits.append("cancelled")
+        if self.lost:
+            bits.append("lost")
+        if self.fast:
+            bits.append("fast")
         if self.error:
             bits.append(f"error={self.error}")
         return " ".join(bits)
 
 
+@dataclasses.dataclass
+class CancelRecord:
+    """A cancel the simulation asked for, and what it ended."""
+
+    aid: AttemptID
+    reason: str
+    at_us: int
+    accepted: bool
+    was_terminal: bool | None = None
+    ended: ExecutionID | None = None  # the execution it ended CANCELLED, if any
+
+
 class JobCallError(Exception):
-    """A dm call made by a simulated job failed unexpectedly (also a violation)."""
+    """A dm call made by a simulated job failed (expected or not; see the record)."""
 
 
 class NotConverged(AssertionError):
@@ -257,33 +383,74 @@ class NotConverged(AssertionError):
 # -- the run ----------------------------------------------------------------------------
 
 
+def new_harness(plan: Plan, tmp_path: Any, *, queue: str = "chaos", store: Any = None) -> Harness:
+    """The harness a plan runs on: its chaos, the faulty distributor, its batch sizes."""
+    world = FaultyWorld(plan.faults, f"dm-sim-faults/{plan.seed}")
+    h = Harness(
+        tmp_path,
+        queue=queue,
+        seed=plan.seed,
+        chaos=plan.chaos,
+        configs=CONFIGS,
+        store=store,
+        world=world,
+    )
+    world.rand, world.clock = h.rng.randbytes, h.clock
+    h.workers = plan.workers
+    if plan.tiny_batches:
+        h.engine.settings.max_inline = 2
+        h.engine.settings.propagate_batch = 2
+        h.service.declare_chunk = 3
+    return h
+
+
 class Sim:
     """One seeded run: drive the harness, then check the invariants."""
 
     def __init__(self, plan: Plan, h: Harness, *, max_iterations: int | None = None) -> None:
         self.plan = plan
         self.h = h
+        assert isinstance(h.world, FaultyWorld), "build the harness with new_harness(plan, ...)"
+        self.world: FaultyWorld = h.world
+        self.world.before_run = self._in_run
+        self.world.after_start = self._fast
+        self.stalls: list[tuple[int, int]] = []  # clock jumps of the driver: (from, to)
+        self.config_version = 1
+        self.internals = Internals(h.store)
         self.rng = random.Random(f"dm-sim-drive/{plan.seed}")
+        self.lock = threading.RLock()  # cancels may come from worker threads (in D.run)
+        self.run_rng = random.Random(f"dm-sim-in-run/{plan.seed}")
         self.by_qid = {n.qid: n for n in plan.nodes}
-        self.max_iterations = max_iterations or 60 + 25 * len(plan.nodes)
+        self.max_iterations = max_iterations or 200 + 40 * len(plan.nodes)
         self.records: dict[ExecutionID, ExecRecord] = {}
         self.played: list[ExecutionID] = []
         self.activations: dict[ExecutionID, int] = {}
         self.runs: dict[ExecutionID, int] = {}
         self.declared: dict[AttemptID, dict[AttemptID, None]] = {}
         self.ensured: dict[AttemptID, None] = {}
+        self.cancels: list[CancelRecord] = []
+        self.late: list[tuple[int, ExecutionID]] = []  # notifications due hours later
         # Distributor state returned by each normally ended execution, per attempt.
         self.states: dict[AttemptID, dict[int, dict[str, Any]]] = {}
         self.violations: list[str] = []
         self.sweep_errors: list[str] = []
         self.trace: list[str] = []
         self.iterations = 0
+        self.in_job = False
 
     def aid(self, node: int, num: int) -> AttemptID:
         return AttemptID(self.plan.nodes[node].qid, num)
 
     def violation(self, text: str) -> None:
-        self.violations.append(text)
+        with self.lock:
+            self.violations.append(text)
+
+    def known(self) -> list[AttemptID]:
+        """Attempts asked for so far (ensured or declared), in a stable order."""
+        out = dict(self.ensured)
+        for deps in self.declared.values():
+            out.update(deps)
+        return sorted(out, key=lambda a: (a.quest, a.num))
 
     # -- driving --
 
@@ -301,12 +468,16 @@ class Sim:
                 self.ensured.update((self.aid(i, a), None) for a in nums)
                 self.trace.append(f"ensure n{i} {nums}")
             self._settle()
-            pending = self.h.world.pending()
+            if self.rng.random() < self.plan.p_cancel:
+                self._cancel_some("between steps")
+            if self.rng.random() < self.plan.p_new_config:
+                self._new_config()
+            pending = self._playable()
             if not pending:
-                nxt = self.h.next_due_us()
+                nxt = self._next_due()
                 if nxt is not None:
-                    # Only timers are left (e.g. a STOPPING poll). No execution waits
-                    # to be played, so no start timeout can fire early: skip ahead.
+                    # Only timers are left (e.g. a STOPPING poll, a late duplicate). No
+                    # execution waits to be played, so no start timeout fires early.
                     self.h.clock.now_us = max(self.h.clock.now_us, nxt)
                     continue
                 if todo:
@@ -320,20 +491,61 @@ class Sim:
                 # retried, and are played late (stale) in a later iteration.
                 stalled = [e for e in pending if self.rng.random() < 0.5]
             for eid in pending:
-                if eid in stalled:
-                    continue
+                if eid in stalled or eid not in self._playable():
+                    continue  # stalled, or cancelled since the list was made
                 self._play(eid)
                 if self.rng.random() < self.plan.p_settle_between:
                     self._settle()
             if stalled:
                 self.trace.append(f"stall {len(stalled)} for {STALL_S}s")
+                start = self.h.clock()
                 self.h.clock.advance(STALL_S)
+                self.stalls.append((start, self.h.clock()))
             self._renotify()
         self._settle()
+
+    def _new_config(self) -> None:
+        """Replace the service's configs by the same under a new version: executions
+        started before keep theirs (W-11), which the fake checks on every call."""
+        self.config_version += 1
+        reg = self.h.registry
+        reg.set_config(
+            reg.config_from_dict({"distributor_configs": CONFIGS}),
+            version=f"sim-v{self.config_version}",
+        )
+        self.trace.append(f"configs replaced (sim-v{self.config_version})")
+
+    def _fast(self, eid: ExecutionID) -> None:
+        """Inside D.run, the task started: maybe the job runs to its end right now."""
+        with self.lock:
+            if self.run_rng.random() >= self.plan.p_fast or eid not in self._playable():
+                return
+            self._play(eid, fast=True)
+
+    def _playable(self) -> list[ExecutionID]:
+        """Tasks the fake holds unplayed, except those dm cancelled (a cancelled task
+        does not run; if dm failed to cancel it, it runs and is refused by dm)."""
+        out = []
+        for eid in self.h.world.pending():
+            log = self.world.log(eid)
+            if any(c.ended == eid for c in self.cancels) and not log.cancel_refused:
+                continue  # left for the invariant: dm must have cancelled it
+            out.append(eid)
+        return out
+
+    def _next_due(self) -> int | None:
+        now = self.h.clock()
+        due = [
+            self.h.next_due_us(),
+            min((t for t, _ in self.late), default=None),
+            self.internals.next_armed_us(now),  # the sweep runs every minute in production
+        ]
+        return min((t for t in due if t is not None), default=None)
 
     def _settle(self) -> None:
         """``h.settle()`` until no outbox record is left (the sweep itself may fail)."""
         for _ in range(200):
+            self._deliver_late()
             try:
                 self.h.settle(max_seconds=SETTLE_S)
             except ConnectionError as e:
@@ -341,11 +553,27 @@ class Sim:
                 # (the sweep is periodic); recorded, not a violation.
                 self.sweep_errors.append(repr(e))
                 continue
-            if not self.h.store.query(docs.OUTBOX, limit=1):
+            self._deliver_late()
+            # The sweep's own queueing may have failed: sweep again until nothing is
+            # left behind (an outbox record, or an armed timer, poll or expiry due).
+            if not self.internals.pending_outbox() and not self.internals.due_armed(self.h.clock()):
                 return
-        raise NotConverged("outbox records keep coming back after 200 settles")
+        raise NotConverged("outbox records or due timers keep coming back after 200 settles")
 
-    def _play(self, eid: ExecutionID) -> None:
+    def _deliver_late(self) -> None:
+        now = self.h.clock()
+        due = [e for t, e in self.late if t <= now]
+        if not due:
+            return
+        self.late = [(t, e) for t, e in self.late if t > now]
+        for eid in due:
+            self.h.world.notify(eid)  # hours late: must change nothing
+            self.trace.append(f"late notify {self.ename(eid)}")
+        self.h.drain()
+
+    def _play(self, eid: ExecutionID, *, fast: bool = False) -> None:
+        """Play the job of ``eid``; ``fast``: inside D.run (dm has not recorded the run;
+        nothing else of dm's happens meanwhile, the engine is inside a step)."""
         p = self.plan
         r = self.rng.random()
         outcome = FAIL if r < p.p_fail else CRASH if r < p.p_fail + p.p_crash else OK
@@ -354,6 +582,9 @@ class Sim:
             stop = self.rng.choice([START, ACTIVATED, DEPS]) if early else DONE
         else:
             stop = self.rng.choice([START, ACTIVATED, DEPS, DONE])
+        expires: float | None = None
+        if self.rng.random() < p.p_expire:
+            expires = self.rng.choice([-5.0, 20.0, 300.0, 4000.0, 30000.0])
         rec = ExecRecord(
             eid,
             outcome,
@@ -361,23 +592,34 @@ class Sim:
             silent=self.rng.random() < p.p_silent,
             retry_calls=self.rng.random() < p.p_retry_call,
             batches=self.rng.choice([1, 1, 2, 3]),
+            expires_in_s=expires,
+            fast=fast,
         )
-        ex = self.h.store.get(docs.execution_path(eid))
-        if ex is not None and ex["state"] == ExecutionState.ABNORMAL_FINISHED:
-            # Ended before it was played: only the start timeout may do that here.
-            rec.stale = AbnormalStatus(ex["abnormal"]["status"])
-            if rec.stale != AbnormalStatus.TIMED_OUT:
-                self.violation(f"{self.ename(eid)}: ended {rec.stale.name} before it was played")
+        now = look(self.h.service, eid)
+        if now is not None and now.state == ExecutionState.ABNORMAL_FINISHED:
+            # Ended before it was played (timed out while stalled, cancelled, ...).
+            assert now.status is not None
+            rec.ended_by_dm = (now.status, now.reason)
         self.records[eid] = rec
         self.runs[eid] = self.runs.get(eid, 0) + 1
-        self.h.world.run_task(eid, lambda job: self._job(rec, job), notify=False)
+        self.in_job = True
+        try:
+            self.h.world.run_task(eid, lambda job: self._job(rec, job), notify=False)
+        finally:
+            self.in_job = False
         self.played.append(eid)
         if rec.expected() is None and rec.state_out is not None:
             self.states.setdefault(eid.attempt_id, {})[eid.num] = rec.state_out
-        if not (rec.silent and rec.reached_stopping):
+        quiet = rec.silent and rec.reached_stopping
+        if quiet and self.world.lose(eid):
+            rec.lost = True
+        if not quiet:
             self.h.world.notify(eid)
+        if self.rng.random() < p.p_late_notify:
+            self.late.append((self.h.clock() + self.rng.randint(3600, 6 * 3600) * US, eid))
         self.trace.append(f"play {self.ename(eid)}: {rec.describe()}")
-        self.h.drain()
+        if not fast:
+            self.h.drain()
 
     def _renotify(self) -> None:
         if not self.played or self.rng.random() >= self.plan.p_renotify:
@@ -387,21 +629,101 @@ class Sim:
             self.trace.append(f"renotify {self.ename(eid)}")
         self.h.drain()
 
+    # -- cancels --
+
+    def _cancel_some(self, where: str, rng: random.Random | None = None) -> None:
+        """Cancel one attempt asked for so far, chosen at random (terminal ones too)."""
+        rng = rng or self.rng
+        known = self.known()
+        if known:
+            self.cancel(rng.choice(known), where)
+
+    def cancel(self, aid: AttemptID, where: str) -> CancelRecord:
+        """Cancel ``aid`` through the API and check at once what it did."""
+        svc = self.h.service
+        before = attempt_now(svc, aid)
+        with self.lock:
+            reason = f"sim cancel #{len(self.cancels)} ({where})"
+            rec = CancelRecord(aid, reason, self.h.clock(), accepted=False)
+            self.cancels.append(rec)
+        rec.was_terminal = before is None or before.terminal
+        try:
+            svc.cancel_attempt(dm_pb2.CancelAttemptReq(attempt=aid.to_proto(), reason=reason),
+                               Caller.trusted())  # fmt: skip
+        except InvalidArgument as e:
+            if before is not None:
+                self.violation(f"cancel of {self.name(aid)} refused: {e}")
+            self.trace.append(f"cancel {self.name(aid)} ({where}): does not exist yet")
+            return rec
+        except Unavailable:  # the distributor could not cancel yet: nothing changed
+            after = attempt_now(svc, aid)
+            if (before and before.state) != (after and after.state):
+                self.violation(f"cancel of {self.name(aid)} refused (Unavailable) yet changed it")
+            self.trace.append(f"cancel {self.name(aid)} ({where}): unavailable")
+            return rec
+        rec.accepted = True
+        after = attempt_now(svc, aid)
+        if after is None or not after.terminal:
+            self.violation(f"{self.name(aid)} is {after and after.state.name} after a cancel")
+        elif not rec.was_terminal:
+            if after.status != AbnormalStatus.CANCELLED or not after.reason.startswith(reason):
+                self.violation(
+                    f"{self.name(aid)} cancelled ({where}) but ended {after.status} {after.reason}"
+                )
+            cur = after.executions.get(after.num_executions)
+            if (
+                cur is not None
+                and cur.status == AbnormalStatus.CANCELLED
+                and cur.reason.startswith(reason)
+            ):
+                rec.ended = aid.execution(cur.num)
+                played = self.records.get(rec.ended)
+                if played is not None and played.ended_by_dm is None:
+                    played.cancelled = True
+        self.trace.append(f"cancel {self.name(aid)} ({where}): ended {rec.ended}")
+        return rec
+
+    def _in_run(self, eid: ExecutionID) -> None:
+        """Inside D.run, before the task starts: maybe cancel that very attempt."""
+        with self.lock:
+            go = self.run_rng.random() < self.plan.p_cancel_in_run
+        if go:
+            self.cancel(eid.attempt_id, "inside D.run")
+
     # -- the job --
+
+    def _midjob(self, rec: ExecRecord) -> None:
+        """dm's work goes on while the job runs: tasks, a bit of time, a sweep, a cancel."""
+        if rec.fast or self.rng.random() >= self.plan.p_midjob:
+            return
+        if self.rng.random() < 0.5:
+            self.h.clock.advance(self.rng.uniform(0, MIDJOB_S))
+            try:
+                self.h.engine.sweep()
+            except ConnectionError as e:
+                self.sweep_errors.append(repr(e))
+        self.h.drain()
+        if self.rng.random() < self.plan.p_cancel * 2:
+            self._cancel_some("in the middle of a job")
 
     def _call(self, rec: ExecRecord, what: str, fn: Callable[[], T]) -> T:
         try:
             got = fn()
-        except PermissionDenied as e:
-            if rec.stale is None or what != "ActivateExecution":
-                rec.error = f"{what}: {e!r}"
-                self.violation(f"{self.ename(rec.eid)}: job's {what} raised {e!r}")
-            raise JobCallError(f"{what}: {e!r}") from e
+        except (PermissionDenied, Unauthenticated) as e:
+            now = look(self.h.service, rec.eid)
+            if now is not None and now.state == ExecutionState.ABNORMAL_FINISHED:
+                assert now.status is not None
+                if rec.ended_by_dm is None:
+                    rec.ended_by_dm = (now.status, now.reason)
+                raise JobCallError(f"{what}: refused, dm ended it ({now.status.name})") from e
+            rec.error = f"{what}: {e!r}"
+            self.violation(f"{self.ename(rec.eid)}: job's {what} raised {e!r}")
+            raise JobCallError(rec.error) from e
         except Exception as e:
             rec.error = f"{what}: {e!r}"
             self.violation(f"{self.ename(rec.eid)}: job's {what} raised {e!r}")
             raise JobCallError(rec.error) from e
-        if rec.stale is not None:
+        if rec.ended_by_dm is not None:
             self.violation(f"{self.ename(rec.eid)}: {what} accepted for an ended execution")
         return got
 
@@ -428,6 +750,7 @@ class Sim:
         self._call(rec, "ActivateExecution", job.activate)
         rec.activated = True
         self.activations[eid] = self.activations.get(eid, 0) + 1
+        self._midjob(rec)
         if rec.stop == ACTIVATED:
             return self._end(rec, job)
         value = 1
@@ -443,6 +766,7 @@ class Sim:
             self.declared.setdefault(aid, {}).update(dict.fromkeys(aids))
             if rsp.should_halt:
                 rec.halted = True
+                self._stopped(rec)
                 job.state["halts"] = int(job.state.get("halts", 0)) + 1
                 job.state["last"] = eid.num
                 if rec.retry_calls:
@@ -451,27 +775,62 @@ class Sim:
                         self.violation(
                             f"{self.ename(eid)}: a retried halting EnsureGraphData did not halt"
                         )
+                self._midjob(rec)
                 return self._end(rec, job)
             for a in aids:
                 value += self._dep_value(rec, rsp, a)
+            self._midjob(rec)
         if rec.stop == DEPS:
             return self._end(rec, job)
-        self._call(rec, "FinishAttempt", lambda: job.finish({"v": value}))
+        exp = None
+        if rec.expires_in_s is not None:
+            exp = self.h.clock() + int(rec.expires_in_s * US)
+        self._call(rec, "FinishAttempt", lambda: job.finish({"v": value}, expiration_us=exp))
         rec.finished = True
+        self._stopped(rec)
         rec.value = value
+        rec.expiration_us = exp
         if rec.retry_calls:
-            self._call(rec, "FinishAttempt (retry)", lambda: job.finish({"v": value}))
+            finish = functools.partial(job.finish, {"v": value}, expiration_us=exp)
+            self._call(rec, "FinishAttempt (retry)", finish)
+        self._midjob(rec)
         return self._end(rec, job)
+
+    def _stopped(self, rec: ExecRecord) -> None:
+        rec.stopped_us = self.h.clock()
+        rec.polls_before_stop = len(self.world.log(rec.eid).status_calls)
 
     def _dep_value(self, rec: ExecRecord, rsp: dm_pb2.EnsureGraphDataRsp, a: AttemptID) -> int:
         quests = rsp.result.quests
         if a.quest not in quests or a.num not in quests[a.quest].attempts:
             self.violation(f"{self.ename(rec.eid)}: EnsureGraphData did not halt and lacks {a}")
             return 0
-        data = quests[a.quest].attempts[a.num].data
+        att = quests[a.quest].attempts[a.num]
+        data = att.data
         kind = data.WhichOneof("attempt_type")
-        if kind == "finished" and data.finished.data.object:
-            return int(json.loads(data.finished.data.object)["v"])
+        now = self.h.clock()
+        if kind == "finished":
+            exp = data.finished.data.expiration
+            due = exp.ToMicroseconds() if data.finished.data.HasField("expiration") else None
+            expired_now = due is not None and due <= now
+            if data.expired != expired_now:
+                self.violation(
+                    f"{self.ename(rec.eid)}: {self.name(a)} shown expired={data.expired}, "
+                    f"its expiration {due} and now {now} say {expired_now}"
+                )
+            if data.expired:
+                if data.finished.data.object or att.partial.result != EXPIRED:
+                    self.violation(f"{self.ename(rec.eid)}: expired {self.name(a)} was served")
+                rec.saw_expired.add(a)
+                return 0
+            for d in self.declared.get(a, {}):
+                if d.quest not in quests or d.num not in quests[d.quest].attempts:
+                    self.violation(
+                        f"{self.ename(rec.eid)}: the answer lacks {self.name(d)}, a direct "
+                        f"dependency of {self.name(a)} (EnsureGraphData answers with depth 1)"
+                    )
+            if data.finished.data.object:
+                return int(json.loads(data.finished.data.object)["v"])
         if kind == "abnormal_finish":
             return 0
         self.violation(
@@ -482,24 +841,16 @@ class Sim:
     # -- after the run --
 
     def _not_terminal(self) -> str:
+        seen = Observed(self.h.service, {a.quest for a in self.known()})
         rows = []
-        for path, att in self.h.store.query(docs.ATTEMPTS):
-            state = AttemptState(att["state"])
-            if is_terminal_attempt(state):
+        for aid, att in sorted(seen.attempts.items(), key=lambda kv: self.name(kv[0])):
+            if att.terminal:
                 continue
-            aid = AttemptID.decode(docs.last_id(path))
-            node = self.by_qid[aid.quest]
-            cur = int(att["cur_execution"])
-            ex = self.h.store.get(docs.execution_path(aid.execution(cur))) if cur else None
-            ex_state = ExecutionState(ex["state"]).name if ex else "-"
-            open_edges = [
-                docs.last_id(p)
-                for p, e in self.h.store.query(docs.fwd_deps_collection(aid))
-                if not e["satisfied"]
-            ]
+            cur = att.executions.get(att.num_executions)
             rows.append(
-                f"  {node.name}|{aid.num} {state.name} execution {cur} {ex_state}"
-                f" open edges {len(open_edges)}"
+                f"  {self.name(aid)} {att.state.name} execution {att.num_executions} "
+                f"{cur.state.name if cur else '-'} open edges "
+                f"{self.internals.open_edges(aid, att.num_executions)}"
             )
         if not rows:
             return "every attempt is terminal"
@@ -508,43 +859,57 @@ class Sim:
     def check(self) -> list[str]:
         """Check the invariants; returns the violations (empty = all hold).
 
-        * the jobs saw nothing wrong: their dm calls succeeded (including the
-          W-6 retries), the distributor state handed to each execution is the
-          one of the attempt's last normally ended execution (§2.4), and an
-          EnsureGraphData that did not halt returned every dependency terminal;
-        * each execution was played (its fake task run) and activated at most once;
-        * exactly the attempts ensured or declared as dependencies exist, and
-          every one is terminal (FINISHED or ABNORMAL_FINISHED);
-        * an attempt's executions are numbered 1..cur_execution, each terminal
-          and ended as the job behaved (FINISHED, or FAILED / CRASHED);
+        On what the jobs and the driver saw during the run:
+
+        * the jobs' dm calls succeeded (including the W-6 retries), or were
+          refused only once dm had ended the execution; the distributor state
+          handed to each execution is the one of the attempt's last normally
+          ended execution (§2.4); an EnsureGraphData that did not halt returned
+          every dependency terminal, an expired one flagged (and only when its
+          expiration had passed) and never with its result;
+        * a cancel accepted for a non-terminal attempt ended it CANCELLED at once.
+
+        On the distributor (the fake's records):
+
+        * each execution was played at most once and activated at most once;
+        * D.run returned a token at most once per execution, and started no
+          more tasks than that plus the runs that timed out after starting one;
+        * no task is left running for an execution dm ended (except one dm
+          never learned of, or whose cancel the distributor refused).
+
+        On the graph through the API (:class:`Observed`):
+
+        * exactly the attempts ensured or declared exist, every one terminal;
+        * an attempt's executions are numbered 1..n, each terminal, each ended as
+          its job behaved or as dm had to end it (a timeout while stalled, a
+          cancel, a rejected run or an outage past the window, a lost task);
         * the retry policy (§1.8), replayed over those executions, ends the
           attempt exactly where dm did, in the state dm gave it;
-        * each FINISHED attempt has its one result document, written by its
-          last execution, whose value equals the reference value computed here
-          bottom-up from which attempts ended abnormally; ``is_abnormal`` is set
-          exactly on ABNORMAL_FINISHED attempts (W-7);
-        * no edge lost or invented: each declared edge has its forward record
-          (satisfied) and its back record (propagated), every forward record was
-          declared, and every terminal attempt's back-edge group is finished;
-        * nothing left over: no outbox record, no armed timer, no queued task,
-          no unplayed execution.
-        """
-        store = self.h.store
-        v = self.violations[:]
-        atts: dict[AttemptID, dict[str, Any]] = {
-            AttemptID.decode(docs.last_id(p)): d for p, d in store.query(docs.ATTEMPTS)
-        }
+        * each FINISHED attempt's value equals the reference computed here
+          bottom-up from which dependencies ended abnormally or were seen
+          expired; only ABNORMAL_FINISHED attempts are flagged abnormal (W-7);
+        * every declared edge is shown both ways, none invented;
+        * every result whose expiration has passed is shown expired.
 
-        # Executions played and activated once.
+        On the engine's records (:class:`Internals`):
+
+        * each result was written by its attempt's last execution; every
+          expired result is marked; forward edges satisfied, back edges
+          propagated, completions recorded; nothing left over (outbox records,
+          armed timers, polls, due expiries); the queue is empty.
+        """
+        v = self.violations[:]
+        seen = Observed(self.h.service, {a.quest for a in self.known()} | set(self.by_qid))
+        atts = seen.attempts
+
         v += [f"{self.ename(e)}: played {n} times" for e, n in self.runs.items() if n != 1]
         v += [
             f"{self.ename(e)}: activated {n} times" for e, n in self.activations.items() if n != 1
         ]
+        v += self._check_distributor(atts)
+        v += self._check_timing(atts)
 
-        # Exactly the expected attempts exist, all terminal.
-        expected_aids = dict(self.ensured)
-        for deps in self.declared.values():
-            expected_aids.update(deps)
+        expected_aids = dict.fromkeys(self.known())
         v += [
             f"attempt {self.name(a)} was ensured or declared but does not exist"
             for a in expected_aids
@@ -553,26 +918,21 @@ class Sim:
         v += [
             f"attempt {self.name(a)} exists, nobody asked" for a in atts if a not in expected_aids
         ]
-        states = {a: AttemptState(d["state"]) for a, d in atts.items()}
         v += [
-            f"attempt {self.name(a)} is {s.name}, not terminal"
-            for a, s in states.items()
-            if not is_terminal_attempt(s)
+            f"attempt {self.name(a)} is {att.state.name}, not terminal"
+            for a, att in atts.items()
+            if not att.terminal
         ]
-
         for aid, att in atts.items():
             v += self._check_executions(aid, att)
+        v += self._check_values(atts, seen.flagged_abnormal)
+        v += self._check_edges(atts)
+        v += self._check_expiry(atts)
 
-        v += self._check_values(atts, states)
-        v += self._check_edges(states)
-
-        # Nothing left over.
-        v += [f"outbox record left: {p}" for p, _ in store.query(docs.OUTBOX)]
-        v += [f"timer left armed: {p}" for p, _ in store.query(docs.TIMERS)]
-        v += [f"poll left scheduled: {p}" for p, _ in store.query(docs.POLLS)]
+        v += self.internals.leftovers(self.h.clock())
         if self.h.next_due_us() is not None:
             v.append(f"queue still holds tasks (next due at {self.h.next_due_us()})")
-        v += [f"{self.ename(e)}: handed to the fake, never played" for e in self.h.world.pending()]
+        v += [f"{self.ename(e)}: handed to the fake, never played" for e in self._playable()]
         return v
 
     def name(self, aid: AttemptID) -> str:
@@ -582,15 +942,100 @@ class Sim:
     def ename(self, eid: ExecutionID) -> str:
         return f"{self.name(eid.attempt_id)}|{eid.num}"
 
-    def _check_executions(self, aid: AttemptID, att: dict[str, Any]) -> list[str]:
+    def _cancelled(self, eid: ExecutionID) -> bool:
+        return any(c.ended == eid for c in self.cancels)
+
+    def _justified(
+        self, eid: ExecutionID, status: AbnormalStatus, reason: str, ended_us: int | None = None
+    ) -> str:
+        """Why dm may have ended ``eid`` with ``status`` on its own ("" if it may not)."""
+        node = self.by_qid[eid.quest]
+        log = self.world.log(eid)
+        if status == AbnormalStatus.REJECTED and log.outage and not log.rejected:
+            window = self.h.engine.settings.run_retry_window_us
+            first = log.first_try_us or 0
+            if ended_us is not None and ended_us - first < window:
+                return ""  # rejected before the outage window had passed
+        if status == AbnormalStatus.TIMED_OUT:
+            if "SCHEDULING" in reason and node.start_s:
+                return "start timeout"
+            if "RUNNING" in reason and node.run_s:
+                return "run timeout"
+        if status == AbnormalStatus.CANCELLED and self._cancelled(eid):
+            return "cancelled"
+        if status == AbnormalStatus.REJECTED and (log.rejected or log.outage):
+            return "run refused" if log.rejected else "outage past the window"
+        if status == AbnormalStatus.MISSING and log.lost:
+            return "task lost"
+        return ""
+
+    def _check_timing(self, atts: dict[AttemptID, AttemptView]) -> list[str]:
+        """The stop phase of an execution that stopped quietly lasts its poll timeout
+        from run, else its quest's stop timeout (§4.5), from when it stopped: the
+        first get_status comes no earlier, and (dispatches not failing) no later
+        than a timely timer would (the driver's stalls aside); re-polls are 30 s
+        apart (one worker only: concurrent duplicate deliveries may poll twice)."""
+        v: list[str] = []
+        for eid, rec in self.records.items():
+            if rec.stopped_us is None or not rec.silent or rec.ended_by_dm or rec.cancelled:
+                continue
+            node = self.by_qid[eid.quest]
+            phase = POLL_TIMEOUT_S.get(node.config, node.stop_s) * US
+            calls = self.world.log(eid).status_calls[rec.polls_before_stop :]
+            if not calls:
+                continue  # dm learned the end otherwise (a late notification)
+            due = rec.stopped_us + phase
+            latest = due
+            for start, end in self.stalls:
+                if start <= latest < end:
+                    latest = end  # the clock jumped over the deadline
+            # Never early; late only by a delayed delivery, unless dispatches fail
+            # (then the sweep re-sends the timer's task, minutes later at worst).
+            on_time = self.plan.chaos.fail_dispatch == 0
+            if calls[0] < due or (on_time and calls[0] > latest + SLACK_S * US):
+                v.append(
+                    f"{self.ename(eid)}: first stop poll {(calls[0] - rec.stopped_us) / US:.0f}s "
+                    f"after it stopped, its stop phase is {phase // US}s"
+                )
+            if self.plan.workers == 1:
+                for a, b in itertools.pairwise(calls):
+                    if b - a < REPOLL_S * US:
+                        v.append(f"{self.ename(eid)}: stop polls {(b - a) / US:.0f}s apart")
+                        break
+        return v
+
+    def _check_distributor(self, atts: dict[AttemptID, AttemptView]) -> list[str]:
+        v: list[str] = list(self.world.config_drift)
+        for eid, log in sorted(self.world.logs.items(), key=lambda kv: self.ename(kv[0])):
+            if log.runs_ok > 1:
+                v.append(f"{self.ename(eid)}: D.run returned a token {log.runs_ok} times")
+            task = self.h.world.tasks.get(self.h.world.token_of(eid))
+            att = atts.get(eid.attempt_id)
+            ex = att.executions.get(eid.num) if att else None
+            if (
+                task is None
+                or ex is None
+                or ex.state
+                not in (
+                    ExecutionState.FINISHED,
+                    ExecutionState.ABNORMAL_FINISHED,
+                )
+            ):
+                continue
+            if task.result is None and ex.token and not log.cancel_refused:
+                v.append(
+                    f"{self.ename(eid)}: its task is left running although dm ended it "
+                    f"({ex.status.name if ex.status else 'FINISHED'})"
+                )
+        return v
+
+    def _check_executions(self, aid: AttemptID, att: AttemptView) -> list[str]:
         """Contiguous numbering, outcomes as played, and the retry policy replayed."""
         v: list[str] = []
         me = self.name(aid)
         node = self.by_qid[aid.quest]
-        cur = int(att["cur_execution"])
-        rows = self.h.store.query(docs.executions_collection(aid))
-        execs = sorted((int(d["num"]), d) for _, d in rows)
-        nums = [n for n, _ in execs]
+        cur = att.num_executions
+        nums = sorted(att.executions)
         if nums != list(range(1, cur + 1)):
             v.append(f"{me}: executions {nums}, want 1..{cur}")
         limits = {
@@ -601,8 +1046,9 @@ class Sim:
         counters = dict.fromkeys(limits, 0)
         ends: AttemptState | None = None  # where the retry policy ends the attempt
         # A re-open (dm retry) after an abnormal end starts the policy afresh.
-        reopened = {int(r["after_execution"]) for r in att.get("reopened", [])}
-        for k, (num, ex) in enumerate(execs, 1):
+        reopened = self.internals.reopened_after(aid)
+        for k, num in enumerate(nums, 1):
+            ex = att.executions[num]
             eid = aid.execution(num)
             en = self.ename(eid)
             if k - 1 in reopened:
@@ -612,47 +1058,59 @@ class Sim:
             if ends is not None:
                 v.append(f"{en}: exists although the attempt ended with execution {k - 1}")
                 break
+            if ex.state not in (ExecutionState.FINISHED, ExecutionState.ABNORMAL_FINISHED):
+                v.append(f"{en}: {ex.state.name}, not terminal")
+                continue
+            got = ex.status
             rec = self.records.get(eid)
-            task = self.h.world.tasks.get(self.h.world.token_of(eid))
-            if task is None or not task.ran or rec is None:
-                v.append(f"{en}: never handed to the fake and played ({ex.get('abnormal')})")
-                continue
-            state = ExecutionState(ex["state"])
-            want = rec.expected()
-            got: AbnormalStatus | None = None
-            if state == ExecutionState.ABNORMAL_FINISHED:
-                got = AbnormalStatus(ex["abnormal"]["status"])
-            elif state != ExecutionState.FINISHED:
-                v.append(f"{en}: {state.name}, not terminal")
-                continue
-            if got != want:
-                v.append(
-                    f"{en}: ended {got.name if got else 'FINISHED'}, want "
-                    f"{want.name if want else 'FINISHED'} (job: {rec.describe()})"
-                )
-                continue
+            if rec is None:
+                # Never played: only dm ending it first (a refused run, an outage, a
+                # cancel) leaves an execution unplayed.
+                if got is None or not self._justified(eid, got, ex.reason, ex.modified_us):
+                    v.append(f"{en}: never played, yet ended {got} ({ex.reason})")
+                    continue
+            else:
+                want = rec.expected()
+                if got != want:
+                    v.append(
+                        f"{en}: ended {got.name if got else 'FINISHED'}, want "
+                        f"{want.name if want else 'FINISHED'} (job: {rec.describe()})"
+                    )
+                    continue
+                if rec.ended_by_dm is not None and not self._justified(
+                    eid, *rec.ended_by_dm, ex.modified_us
+                ):
+                    v.append(f"{en}: dm ended it {rec.ended_by_dm} before its job, for no reason")
             if got is None:
                 counters = {f: 0 for f in counters}
-                if rec.finished:
+                if rec is not None and rec.finished:
                     ends = AttemptState.FINISHED
-            else:
+            elif got in RETRY_FIELD:
                 field = RETRY_FIELD[got]
                 used = counters[field]
                 counters[field] = used + 1
                 if used >= limits[field]:
                     ends = AttemptState.ABNORMAL_FINISHED
-        if ends is not None and ends != AttemptState(att["state"]):
-            v.append(f"{me}: is {AttemptState(att['state']).name}, retry policy says {ends.name}")
-        elif ends is None and is_terminal_attempt(AttemptState(att["state"])) and not v:
-            v.append(f"{me}: is {AttemptState(att['state']).name}, retry policy says not ended")
-        if ends == AttemptState.ABNORMAL_FINISHED and execs:
-            last_ab = execs[-1][1].get("abnormal")
-            if att.get("abnormal") != last_ab:
-                v.append(f"{me}: abnormal {att.get('abnormal')} != last execution's {last_ab}")
+            else:  # CANCELLED, REJECTED, MISSING: never retried
+                ends = AttemptState.ABNORMAL_FINISHED
+        if ends is None and att.terminal and not v:
+            # Ended with no execution ending it: cancelled while SCHEDULING or WAITING.
+            by_us = any(c.aid == aid and att.reason.startswith(c.reason) for c in self.cancels)
+            if att.status != AbnormalStatus.CANCELLED or not by_us:
+                v.append(f"{me}: is {att.state.name}, retry policy says not ended")
+        elif ends is not None and ends != att.state:
+            v.append(f"{me}: is {att.state.name}, retry policy says {ends.name}")
+        if ends == AttemptState.ABNORMAL_FINISHED and nums:
+            last = att.executions[nums[-1]]
+            if (att.status, att.reason) != (last.status, last.reason):
+                v.append(
+                    f"{me}: abnormal {att.status} {att.reason!r} != last execution's "
+                    f"{last.status} {last.reason!r}"
+                )
         return v
 
     def _check_values(
-        self, atts: dict[AttemptID, dict[str, Any]], states: dict[AttemptID, AttemptState]
+        self, atts: dict[AttemptID, AttemptView], flagged: set[AttemptID]
     ) -> list[str]:
         """Results of FINISHED attempts against a reference computed bottom-up."""
         v: list[str] = []
@@ -660,64 +1118,91 @@ class Sim:
         for node in self.plan.nodes:  # dependencies are lower-numbered: already computed
             for num in range(1, node.attempts + 1):
                 aid = AttemptID(node.qid, num)
-                state = states.get(aid)
-                if state is None:
+                att = atts.get(aid)
+                if att is None:
                     continue
-                att = atts[aid]
                 me = self.name(aid)
-                if bool(att.get("is_abnormal")) != (state == AttemptState.ABNORMAL_FINISHED):
-                    v.append(f"{me}: is_abnormal={att.get('is_abnormal')} but {state.name}")
-                if state != AttemptState.FINISHED:
+                if (aid in flagged) != (att.state == AttemptState.ABNORMAL_FINISHED):
+                    v.append(f"{me}: flagged abnormal={aid in flagged} but {att.state.name}")
+                if att.state != AttemptState.FINISHED:
                     continue
+                last = self.records.get(aid.execution(att.num_executions))
+                saw_expired = last.saw_expired if last else set()
                 want = 1
                 for j, a in node.deps:
                     dep = self.aid(j, a)
-                    dep_state = states.get(dep)
-                    if dep_state is None or not is_terminal_attempt(dep_state):
-                        v.append(f"{me}: FINISHED while dependency {self.name(dep)} is {dep_state}")
-                    elif dep_state == AttemptState.FINISHED:
+                    dep_att = atts.get(dep)
+                    if dep_att is None or not dep_att.terminal:
+                        state = dep_att.state.name if dep_att else None
+                        v.append(f"{me}: FINISHED while dependency {self.name(dep)} is {state}")
+                    elif dep_att.state == AttemptState.FINISHED and dep not in saw_expired:
                         want += ref[dep]
                 ref[aid] = want
-                doc = self.h.store.get(docs.result_path(aid))
-                if doc is None:
-                    v.append(f"{me}: FINISHED without a result document")
-                    continue
-                got = json.loads(doc["object"]).get("v")
+                got = json.loads(att.result)["v"] if att.result else None
+                if att.expired:
+                    got = last.value if last else None  # not served any more: the job's own
                 if got != want:
                     v.append(f"{me}: result v={got}, reference says {want}")
-                if doc.get("execution") != att["cur_execution"]:
+                writer = self.internals.result_writer(aid)
+                if writer != att.num_executions:
                     v.append(
-                        f"{me}: result written by execution {doc.get('execution')}, "
-                        f"the last is {att['cur_execution']}"
+                        f"{me}: result written by execution {writer}, the last is "
+                        f"{att.num_executions}"
                     )
-                if (att.get("result") or {}).get("size") != doc["size"]:
-                    v.append(f"{me}: result size {att.get('result')} != document's {doc['size']}")
+                if got is not None and att.result_size != len(
+                    json.dumps({"v": got}, separators=(",", ":"))
+                ):
+                    v.append(f"{me}: result size {att.result_size} for v={got}")
         return v
 
-    def _check_edges(self, states: dict[AttemptID, AttemptState]) -> list[str]:
-        """Every declared edge recorded both ways and propagated; no invented edges."""
+    def _check_edges(self, atts: dict[AttemptID, AttemptView]) -> list[str]:
+        """Every declared edge shown and recorded both ways, and propagated; none invented."""
         v: list[str] = []
-        store = self.h.store
         for depender, dependees in self.declared.items():
             for dependee in dependees:
                 edge = f"{self.name(depender)} -> {self.name(dependee)}"
-                fwd = store.get(docs.fwd_dep_path(depender, dependee))
-                back = store.get(docs.back_dep_path(dependee, depender))
-                if fwd is None:
+                d, e = atts.get(depender), atts.get(dependee)
+                if d is None or dependee not in d.fwd:
+                    v.append(f"edge {edge}: not among the depender's dependencies")
+                if e is None or depender not in e.back:
+                    v.append(f"edge {edge}: not among the dependee's dependers")
+                sat = self.internals.edge_satisfied(depender, dependee)
+                if sat is None:
                     v.append(f"edge {edge}: forward record missing")
-                elif not fwd["satisfied"]:
-                    v.append(f"edge {edge}: forward record not satisfied: {fwd}")
-                if back is None:
+                elif not sat:
+                    v.append(f"edge {edge}: forward record not satisfied")
+                prop = self.internals.back_edge_propagated(dependee, depender)
+                if prop is None:
                     v.append(f"edge {edge}: back record missing")
-                elif not back["propagated"] and is_terminal_attempt(states[dependee]):
+                elif not prop and e is not None and e.terminal:
                     v.append(f"edge {edge}: back record of a terminal dependee not propagated")
-        for aid, state in states.items():
-            for p, _ in store.query(docs.fwd_deps_collection(aid)):
-                dependee = AttemptID.decode(docs.last_id(p))
+        for aid, att in atts.items():
+            for dependee in att.fwd:
                 if dependee not in self.declared.get(aid, {}):
                     v.append(f"edge {self.name(aid)} -> {self.name(dependee)}: never declared")
-            if is_terminal_attempt(state):
-                group = store.get(docs.back_dep_group_path(aid))
-                if group is None or not group["attempt_finished"]:
-                    v.append(f"{self.name(aid)}: {state.name} but its back-edge group is {group}")
+            if att.terminal and not self.internals.completion_recorded(aid):
+                v.append(f"{self.name(aid)}: {att.state.name} but its completion is not recorded")
+        return v
+
+    def _check_expiry(self, atts: dict[AttemptID, AttemptView]) -> list[str]:
+        """Every result whose expiration passed is shown expired and marked; none early."""
+        v: list[str] = []
+        now = self.h.clock()
+        for aid, att in atts.items():
+            if att.state != AttemptState.FINISHED:
+                continue
+            due = att.expiration_us is not None and att.expiration_us <= now
+            marked = self.internals.marked_expired(aid)
+            if att.expired != due:
+                v.append(f"{self.name(aid)}: shown expired={att.expired}, expiration passed={due}")
+            if marked != due:
+                v.append(f"{self.name(aid)}: marked expired={marked}, expiration passed={due}")
+            if att.result and due:
+                v.append(f"{self.name(aid)}: expired result still served")
+            last = self.records.get(aid.execution(att.num_executions))
+            if last is not None and last.expiration_us != att.expiration_us:
+                v.append(
+                    f"{self.name(aid)}: expiration {att.expiration_us}, its job gave "
+                    f"{last.expiration_us}"
+                )
         return v
