@@ -1,9 +1,12 @@
 """Quests, attempts and an execution's life (spec §4.6, §7.2), with DESIGN.md §3's changes.
 
 An attempt is created SCHEDULING and gets an execution; ``D.run`` is called
-by :func:`run_execution` outside any transaction and :func:`record_run`
-stores the token afterwards (W-8). The execution activates, finishes its
-attempt (STOPPING until the distributor confirms) and ends through
+by :func:`run_execution` outside any transaction, by one delivery at a time
+(:func:`claim_run`), and :func:`record_run` stores the token afterwards (W-8);
+transient errors are retried with capped backoff for an outage window
+(:func:`run_failed`; docs/behaviour.md, "Distributor outages"). The execution
+activates, finishes its attempt (STOPPING until the distributor confirms) and
+ends through
 :func:`finish_execution`, the only way an execution ends, which applies the
 retry policy (§1.8). State guards make every step idempotent: a duplicate, or
 a stale follow-up delivered after the state moved on, changes nothing.
