@@ -43,6 +43,13 @@ def finish_with(h: Harness, eid: ExecutionID, result: Any, expires_in_s: float |
     h.settle(max_seconds=1)
 
 
+def start(h: Harness, name: str) -> AttemptID:
+    """Quest ``name``'s attempt 1, created and handed to the fake distributor."""
+    (qid,) = h.ensure(quest_desc(name))
+    h.settle(max_seconds=1)
+    return AttemptID(qid, 1)
+
+
 def walk(
     h: Harness, aid: AttemptID, *, expired: bool = False, result: bool = True
 ) -> dm_pb2.Attempt:
@@ -60,10 +67,7 @@ def marked(h: Harness, aid: AttemptID) -> bool:
 
 
 def test_expired_result_is_marked_by_the_sweep_and_shown_as_such(h: Harness) -> None:
-    a = quest_desc("A")
-    (qa,) = h.ensure(a)
-    a1 = AttemptID(qa, 1)
-    h.settle(max_seconds=1)
+    a1 = start(h, "A")
     finish_with(h, a1.execution(1), {"a": 1}, expires_in_s=600)
     assert h.state(a1) == AttemptState.FINISHED
     fresh = walk(h, a1)
@@ -92,10 +96,7 @@ def test_expired_result_is_marked_by_the_sweep_and_shown_as_such(h: Harness) -> 
 
 
 def test_due_expiry_counts_on_read_before_the_sweep_marks_it(h: Harness) -> None:
-    a = quest_desc("A")
-    (qa,) = h.ensure(a)
-    a1 = AttemptID(qa, 1)
-    h.settle(max_seconds=1)
+    a1 = start(h, "A")
     finish_with(h, a1.execution(1), {"a": 1}, expires_in_s=600)
     h.clock.advance(601)  # no sweep, no task run
     assert not marked(h, a1)
@@ -107,10 +108,7 @@ def test_due_expiry_counts_on_read_before_the_sweep_marks_it(h: Harness) -> None
 
 
 def test_result_already_expired_when_the_attempt_finishes_is_marked_at_once(h: Harness) -> None:
-    a = quest_desc("A")
-    (qa,) = h.ensure(a)
-    a1 = AttemptID(qa, 1)
-    h.settle(max_seconds=1)
+    a1 = start(h, "A")
     finish_with(h, a1.execution(1), {"a": 1}, expires_in_s=-1)
     assert h.state(a1) == AttemptState.FINISHED
     assert marked(h, a1)
@@ -118,10 +116,7 @@ def test_result_already_expired_when_the_attempt_finishes_is_marked_at_once(h: H
 
 
 def test_result_without_expiration_never_expires(h: Harness) -> None:
-    a = quest_desc("A")
-    (qa,) = h.ensure(a)
-    a1 = AttemptID(qa, 1)
-    h.settle(max_seconds=1)
+    a1 = start(h, "A")
     finish_with(h, a1.execution(1), {"a": 1}, expires_in_s=None)
     h.clock.advance(10 * 365 * 86400)
     h.settle(max_seconds=60)
@@ -188,11 +183,8 @@ def test_a_dependency_on_an_expired_result_is_not_reused_silently(h: Harness) ->
 
 def test_expired_execution_results_are_hidden_unless_included(h: Harness) -> None:
     """An execution's distributor result may carry an expiration too."""
-    a = quest_desc("A")
-    (qa,) = h.ensure(a)
-    a1 = AttemptID(qa, 1)
-    h.settle(max_seconds=1)
-    eid = a1.execution(1)
+    a1 = start(h, "A")
+    qa, eid = a1.quest, a1.execution(1)
 
     def job(j: Job) -> None:
         j.activate()

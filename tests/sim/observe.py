@@ -156,16 +156,19 @@ class Observed:
         self.flagged_abnormal: set[AttemptID] = set(self.attempts) - visible
 
 
-def look(service: Service, eid: ExecutionID) -> ExecutionView | None:
-    """Execution ``eid`` as the API shows it now (None if it does not exist)."""
+def _walk_one(service: Service, aid: AttemptID) -> dm_pb2.Attempt:
     req = dm_pb2.WalkGraphReq()
-    req.query.attempt_list.to[eid.quest].nums.append(eid.attempt)
+    req.query.attempt_list.to[aid.quest].nums.append(aid.num)
     inc = req.include
     inc.attempt.data = inc.attempt.abnormal = inc.attempt.expired = True
     inc.execution.data = inc.execution.abnormal = inc.execution.expired = True
     inc.num_executions = 100_000
-    g = service.walk_graph(req, Caller.trusted())
-    att = g.quests[eid.quest].attempts[eid.attempt]
+    return service.walk_graph(req, Caller.trusted()).quests[aid.quest].attempts[aid.num]
+
+
+def look(service: Service, eid: ExecutionID) -> ExecutionView | None:
+    """Execution ``eid`` as the API shows it now (None if it does not exist)."""
+    att = _walk_one(service, eid.attempt_id)
     if eid.num not in att.executions:
         return None
     return _execution(eid.num, att.executions[eid.num])
@@ -173,13 +176,7 @@ def look(service: Service, eid: ExecutionID) -> ExecutionView | None:
 
 def attempt_now(service: Service, aid: AttemptID) -> AttemptView | None:
     """Attempt ``aid`` as the API shows it now (None if it does not exist)."""
-    req = dm_pb2.WalkGraphReq()
-    req.query.attempt_list.to[aid.quest].nums.append(aid.num)
-    inc = req.include
-    inc.attempt.data = inc.attempt.abnormal = inc.attempt.expired = True
-    inc.execution.data = inc.execution.abnormal = inc.execution.expired = True
-    inc.num_executions = 100_000
-    att = service.walk_graph(req, Caller.trusted()).quests[aid.quest].attempts[aid.num]
+    att = _walk_one(service, aid)
     return None if att.DNE else _attempt(aid, att)
 
 

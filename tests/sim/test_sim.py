@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import pathlib
+from collections.abc import Iterator
 
 import pytest
 
@@ -111,44 +112,39 @@ def test_simulation_firestore(
     simulate(firestore_seed, tmp_path, queue="chaos", store=firestore_store, workers=workers)
 
 
-def test_checker_catches_tampering(tmp_path: pathlib.Path) -> None:
-    """The invariant checker itself: a clean run passes, each planted fault is reported."""
-    seed = 4
-    plan = make_plan(seed)
+@pytest.fixture
+def clean(tmp_path: pathlib.Path) -> Iterator[Sim]:
+    """Seed 4 run to its end, every invariant holding (to plant faults into)."""
+    plan = make_plan(4)
     h = new_harness(plan, tmp_path)
     try:
         sim = Sim(plan, h)
         sim.run()
         assert sim.check() == []
-        depender, dependees = next(iter(sim.declared.items()))
-        dependee = next(iter(dependees))
-        seen = Observed(h.service, {a.quest for a in sim.known()})
-        done = next(a for a, att in seen.attempts.items() if att.result)
-        sim.internals.tamper(drop_back_edge=(dependee, depender), wrong_result=done)
-        found = "\n".join(sim.check())
-        assert "back record missing" in found
-        assert "reference says" in found
-        assert "outbox record left" in found
+        yield sim
     finally:
         h.close()
 
 
-def test_checker_catches_a_task_left_running(tmp_path: pathlib.Path) -> None:
+def test_checker_catches_tampering(clean: Sim) -> None:
+    """The invariant checker itself: each planted fault is reported."""
+    sim = clean
+    depender, dependees = next(iter(sim.declared.items()))
+    dependee = next(iter(dependees))
+    seen = Observed(sim.h.service, {a.quest for a in sim.known()})
+    done = next(a for a, att in seen.attempts.items() if att.result)
+    sim.internals.tamper(drop_back_edge=(dependee, depender), wrong_result=done)
+    found = "\n".join(sim.check())
+    assert "back record missing" in found
+    assert "reference says" in found
+    assert "outbox record left" in found
+
+
+def test_checker_catches_a_task_left_running(clean: Sim) -> None:
     """A cancel that forgets the distributor's task is reported."""
-    seed = 4
-    plan = make_plan(seed)
-    h = new_harness(plan, tmp_path)
-    try:
-        sim = Sim(plan, h)
-        sim.run()
-        assert sim.check() == []
-        eid = sim.played[-1]
-        task = h.world.task(eid)
-        task.result = None  # as if dm had ended it but never cancelled the task
-        found = "\n".join(sim.check())
-        assert "left running" in found
-    finally:
-        h.close()
+    task = clean.h.world.task(clean.played[-1])
+    task.result = None  # as if dm had ended it but never cancelled the task
+    assert "left running" in "\n".join(clean.check())
 
 
 def _fingerprint(sim: Sim) -> str:
