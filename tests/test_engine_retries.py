@@ -984,6 +984,47 @@ def test_poll_timeout_applies_when_the_job_stops_before_run_returns(
     assert h.state(eid.attempt_id) == AttemptState.FINISHED
 
 
+def test_stop_timer_due_before_the_run_is_recorded_waits_for_its_poll_timeout(
+    h: Harness, spy: Spy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the simulation (seed 661): a run that started the task but answered
+    with a transient error (a timeout), the job stopping at once, and the quest's
+    short stop timer falling due before a retried run is recorded. With no token
+    there is nothing to poll: that is no poll, and the poll timeout run then
+    returns still sets the stop phase."""
+    counted_run = FakeDistributor.run
+    tries: list[int] = []
+
+    def timing_out(
+        self: FakeDistributor,
+        desc: dm_pb2.Quest.Desc,
+        auth: dm_pb2.Execution.Auth,
+        prev_result: dm_pb2.JsonResult | None,
+    ) -> dist.Started:
+        tries.append(h.clock())
+        if len(tries) == 1:
+            counted_run(self, desc, auth, prev_result)  # the task starts...
+            raise dist.TransientError("deadline exceeded")  # ...but dm is not told
+        if len(tries) < 5:
+            raise dist.TransientError("busy")
+        return counted_run(self, desc, auth, prev_result)
+
+    monkeypatch.setattr(FakeDistributor, "run", timing_out)
+    (qid,) = h.ensure(desc("slow-to-record", "fake_poll", stop=5))
+    eid = AttemptID(qid, 1).execution(1)
+    while not tries:
+        wait(h, 1)
+    quiet(h, eid, finishing({"r": 1}))  # the job runs and stops, dm has no token yet
+    stopped = h.clock()
+    assert not h.execution(eid)["dist_token"]
+    run_until(h, stopped + 30 * S)
+    assert len(tries) == 5 and h.execution(eid)["dist_token"]
+    assert spy.polls == []
+    run_until(h, stopped + 75 * S)
+    assert len(spy.polls) == 1 and spy.polls[0] >= stopped + 60 * S
+    assert h.exec_state(eid) == ExecutionState.FINISHED
+
+
 def test_stop_hedge_when_no_stop_or_poll_timeout(h: Harness, spy: Spy) -> None:
     eid = start(h, desc("hedge"))
     finished = h.clock()

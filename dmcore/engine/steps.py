@@ -283,7 +283,8 @@ class TimerFired(Mutation):
     """Apply a timer's outcome if the timer is still the armed one.
 
     ``result`` ends the execution; otherwise the STOPPING poll is re-armed
-    ``STOPPING_REPOLL_INTERVAL`` later with one more poll counted.
+    ``STOPPING_REPOLL_INTERVAL`` later with one more poll counted (none when
+    ``polled`` is False: the run was not recorded yet, nothing could be asked).
     """
 
     KIND = "TimerFired"
@@ -291,6 +292,7 @@ class TimerFired(Mutation):
     state: int
     deadline_us: int
     result: dict[str, Any] | None = None
+    polled: bool = True
 
     def root(self) -> str:
         return docs.attempt_path(ExecutionID.parse(self.eid).attempt_id)

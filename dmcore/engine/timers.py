@@ -45,7 +45,7 @@ def timer_fired(step: steps.TimerFired, ctx: Ctx) -> list[Step | Later]:
         # From now, not from the old deadline: a timer that fired late would
         # otherwise poll back to back.
         "deadline_us": max(step.deadline_us, ctx.now_us) + interval,
-        "polls": int(timer["polls"]) + 1,
+        "polls": int(timer["polls"]) + (1 if step.polled else 0),
     }
     ctx.uow.put(tpath, nxt)
     return [steps.timer_later(nxt)]
@@ -71,10 +71,15 @@ def timeout_execution(step: steps.TimeoutExecution, engine: Engine, delivery: in
         fired.result = abnormal(AbnormalStatus.TIMED_OUT, f"DM timeout ({state.name})")
         engine.run(fired)
         return
+    if not ex["dist_token"]:
+        # The job stopped before its run was recorded (D.run outside any
+        # transaction): nothing to ask yet, and the poll timeout run returns
+        # still sets the stop phase (records.rearm_stop_for_poll_timeout).
+        fired.polled = False
+        engine.run(fired)
+        return
     error = ""
     try:
-        if not ex["dist_token"]:
-            raise dist.TransientError("no distributor token recorded")
         d, _ = engine.registry.build(dist.Snapshot.from_doc(ex["config"]))
         desc = engine.quest_desc(eid.quest)
         assert desc is not None
