@@ -44,7 +44,7 @@ def build(
     registry = dist.Registry(dm_host=dm_host)
     registry.load_entry_points()
     registry.set_config(registry.config_from_dict({"distributor_configs": configs}), "v1")
-    more = {} if busy_timeout is None else {"busy_timeout": busy_timeout}
+    more: dict[str, Any] = {} if busy_timeout is None else {"busy_timeout": busy_timeout}
     store = SqliteStore(
         tmp_path / "dm.sqlite",
         # A short busy timeout is for tests of a busy store: give up soon after it, too.

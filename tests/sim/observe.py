@@ -66,6 +66,7 @@ class AttemptView:
     result_size: int
     expiration_us: int | None
     expired: bool
+    modified_us: int
     executions: dict[int, ExecutionView]
     fwd: frozenset[AttemptID]
     back: frozenset[AttemptID]
@@ -126,6 +127,7 @@ def _attempt(aid: AttemptID, a: dm_pb2.Attempt) -> AttemptView:
         result_size=int(fin.size) if kind == "finished" else 0,
         expiration_us=fin.expiration.ToMicroseconds() if fin.HasField("expiration") else None,
         expired=bool(a.data.expired),
+        modified_us=a.data.modified.ToMicroseconds(),
         executions={int(n): _execution(int(n), e) for n, e in a.executions.items()},
         fwd=_attempt_list(a.fwd_deps),
         back=_attempt_list(a.back_deps),
@@ -191,10 +193,16 @@ class Internals:
         doc = self.store.get(docs.result_path(aid))
         return None if doc is None else int(doc["execution"])
 
+    def reopens(self, aid: AttemptID) -> list[tuple[int, int]]:
+        """Each re-open of the attempt (dm retry): (after which execution, when)."""
+        doc = self.store.get(docs.attempt_path(aid))
+        return [
+            (int(r["after_execution"]), int(r["at_us"])) for r in (doc or {}).get("reopened", [])
+        ]
+
     def reopened_after(self, aid: AttemptID) -> set[int]:
         """The executions after which the attempt was re-opened (dm retry)."""
-        doc = self.store.get(docs.attempt_path(aid))
-        return {int(r["after_execution"]) for r in (doc or {}).get("reopened", [])}
+        return {after for after, _ in self.reopens(aid)}
 
     def marked_expired(self, aid: AttemptID) -> bool:
         """Whether dm has marked the attempt's result expired (not just due)."""

@@ -429,7 +429,7 @@ class Sim:
         self.declared: dict[AttemptID, dict[AttemptID, None]] = {}
         self.ensured: dict[AttemptID, None] = {}
         self.cancels: list[CancelRecord] = []
-        self.late: list[tuple[int, ExecutionID]] = []  # notifications due hours later
+        self.late_notes: list[tuple[int, ExecutionID]] = []  # notifications due hours later
         # Distributor state returned by each normally ended execution, per attempt.
         self.states: dict[AttemptID, dict[int, dict[str, Any]]] = {}
         self.violations: list[str] = []
@@ -537,7 +537,7 @@ class Sim:
         now = self.h.clock()
         due = [
             self.h.next_due_us(),
-            min((t for t, _ in self.late), default=None),
+            min((t for t, _ in self.late_notes), default=None),
             self.internals.next_armed_us(now),  # the sweep runs every minute in production
         ]
         return min((t for t in due if t is not None), default=None)
@@ -562,10 +562,10 @@ class Sim:
 
     def _deliver_late(self) -> None:
         now = self.h.clock()
-        due = [e for t, e in self.late if t <= now]
+        due = [e for t, e in self.late_notes if t <= now]
         if not due:
             return
-        self.late = [(t, e) for t, e in self.late if t > now]
+        self.late_notes = [(t, e) for t, e in self.late_notes if t > now]
         for eid in due:
             self.h.world.notify(eid)  # hours late: must change nothing
             self.trace.append(f"late notify {self.ename(eid)}")
@@ -616,7 +616,7 @@ class Sim:
         if not quiet:
             self.h.world.notify(eid)
         if self.rng.random() < p.p_late_notify:
-            self.late.append((self.h.clock() + self.rng.randint(3600, 6 * 3600) * US, eid))
+            self.late_notes.append((self.h.clock() + self.rng.randint(3600, 6 * 3600) * US, eid))
         self.trace.append(f"play {self.ename(eid)}: {rec.describe()}")
         if not fast:
             self.h.drain()

@@ -117,6 +117,17 @@ variable "tasks_dispatch_deadline_s" {
   }
 }
 
+variable "run_retry_window_s" {
+  description = "Seconds a distributor's transient run errors are retried, from the first try, before the execution is REJECTED (docs/behaviour.md)."
+  type        = number
+  default     = 3600
+
+  validation {
+    condition     = var.run_retry_window_s > 0
+    error_message = "run_retry_window_s: more than 0 seconds."
+  }
+}
+
 variable "tasks_max_dispatches_per_second" {
   description = "Rate limit of each Cloud Tasks queue (Cloud Tasks caps it at 500)."
   type        = number
