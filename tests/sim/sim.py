@@ -608,11 +608,11 @@ class Sim:
         finally:
             self.in_job = False
         self.played.append(eid)
-        if rec.expected() is None and rec.state_out is not None:
-            self.states.setdefault(eid.attempt_id, {})[eid.num] = rec.state_out
         quiet = rec.silent and rec.reached_stopping
         if quiet and self.world.lose(eid):
             rec.lost = True
+        if rec.expected() is None and rec.state_out is not None:
+            self.states.setdefault(eid.attempt_id, {})[eid.num] = rec.state_out
         if not quiet:
             self.h.world.notify(eid)
         if self.rng.random() < p.p_late_notify:
