@@ -497,6 +497,9 @@ class Sim:
                 if self.rng.random() < self.plan.p_settle_between:
                     self._settle()
             if stalled:
+                # What is under way lands first (a report queued through dm's queue,
+                # a delayed delivery): the stall is about the unplayed executions.
+                self._settle()
                 self.trace.append(f"stall {len(stalled)} for {STALL_S}s")
                 start = self.h.clock()
                 self.h.clock.advance(STALL_S)
