@@ -6,9 +6,8 @@ by :func:`run_execution` outside any transaction, by one delivery at a time
 transient errors are retried with capped backoff for an outage window
 (:func:`run_failed`; docs/behaviour.md, "Distributor outages"). The execution
 activates, finishes its attempt (STOPPING until the distributor confirms) and
-ends through
-:func:`finish_execution`, the only way an execution ends, which applies the
-retry policy (§1.8). State guards make every step idempotent: a duplicate, or
+ends through :func:`finish_execution`, the only way an execution ends, which
+applies the retry policy (§1.8). State guards make every step idempotent: a duplicate, or
 a stale follow-up delivered after the state moved on, changes nothing.
 
 Differences from DM, on purpose: unknown distributor config -> REJECTED
