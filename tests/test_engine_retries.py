@@ -31,6 +31,7 @@ from dmcore.proto import dm_pb2
 from dmcore.service import Caller
 from dmcore.states import AbnormalStatus, AttemptState, ExecutionState
 from tests.harness import Harness
+from tests.sim.observe import Internals
 
 S = 1_000_000  # microseconds in a second
 WINDOW_S = 3600  # the default outage window for transient D.run errors
@@ -106,17 +107,7 @@ def run_until(h: Harness, t_us: int) -> None:
 
 def _next_swept_us(h: Harness, now: int) -> int | None:
     """The next deadline after ``now`` of a record only the sweep fires (long timers)."""
-    due = [
-        int(doc[field])
-        for collection, field in (
-            (docs.TIMERS, "deadline_us"),
-            (docs.POLLS, "due_us"),
-            (docs.EXPIRIES, "due_us"),
-        )
-        for _, doc in h.store.query(collection)
-        if int(doc[field]) > now
-    ]
-    return min(due, default=None)
+    return Internals(h.store).next_armed_us(now)
 
 
 def settle(h: Harness) -> None:
