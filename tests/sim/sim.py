@@ -414,7 +414,7 @@ class Sim:
         self.world: FaultyWorld = h.world
         self.world.before_run = self._in_run
         self.world.after_start = self._fast
-        self.stalls: list[tuple[int, int]] = []  # clock jumps of the driver: (from, to)
+        self.jumps: list[tuple[int, int]] = []  # the driver's blind clock jumps: (from, to)
         self.config_version = 1
         self.internals = Internals(h.store)
         self.rng = random.Random(f"dm-sim-drive/{plan.seed}")
@@ -501,11 +501,16 @@ class Sim:
                 # a delayed delivery): the stall is about the unplayed executions.
                 self._settle()
                 self.trace.append(f"stall {len(stalled)} for {STALL_S}s")
-                start = self.h.clock()
-                self.h.clock.advance(STALL_S)
-                self.stalls.append((start, self.h.clock()))
+                self._jump(STALL_S)
             self._renotify()
         self._settle()
+
+    def _jump(self, seconds: float) -> None:
+        """Move the clock without running what falls due meanwhile (a stall, time
+        passing in the middle of a job): timers fire late by up to the jump."""
+        start = self.h.clock()
+        self.h.clock.advance(seconds)
+        self.jumps.append((start, self.h.clock()))
 
     def _new_config(self) -> None:
         """Replace the service's configs by the same under a new version: executions
@@ -700,7 +705,7 @@ class Sim:
         if rec.fast or self.rng.random() >= self.plan.p_midjob:
             return
         if self.rng.random() < 0.5:
-            self.h.clock.advance(self.rng.uniform(0, MIDJOB_S))
+            self._jump(self.rng.uniform(0, MIDJOB_S))
             try:
                 self.h.engine.sweep()
             except ConnectionError as e:
@@ -976,7 +981,7 @@ class Sim:
         """The stop phase of an execution that stopped quietly lasts its poll timeout
         from run, else its quest's stop timeout (§4.5), from when it stopped: the
         first get_status comes no earlier, and (dispatches not failing) no later
-        than a timely timer would (the driver's stalls aside); re-polls are 30 s
+        than a timely timer would (the driver's clock jumps aside); re-polls are 30 s
         apart (one worker only: concurrent duplicate deliveries may poll twice)."""
         v: list[str] = []
         for eid, rec in self.records.items():
@@ -989,7 +994,7 @@ class Sim:
                 continue  # dm learned the end otherwise (a late notification)
             due = rec.stopped_us + phase
             latest = due
-            for start, end in self.stalls:
+            for start, end in self.jumps:
                 if start <= latest < end:
                     latest = end  # the clock jumped over the deadline
             # Never early; late only by a delayed delivery, unless dispatches fail
