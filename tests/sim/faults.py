@@ -68,6 +68,8 @@ class TaskLog:
     last_try_us: int | None = None
     status_errors: int = 0
     status_calls: list[int] = dataclasses.field(default_factory=list)  # when get_status was called
+    told_us: list[int] = dataclasses.field(default_factory=list)
+    """When the distributor told dm how the task ended (a report read, a poll answered)."""
     lost: bool = False
     cancelled: int = 0
     cancel_refused: bool = False
@@ -198,7 +200,10 @@ class FaultyDistributor(FakeDistributor):
                 if log.status_errors < MAX_STATUS_TRANSIENT and w.roll(w.faults.status_transient):
                     log.status_errors += 1
                     raise dist.TransientError("sim: status unavailable")
-        return super().get_status(desc, token)
+        got = super().get_status(desc, token)
+        if eid is not None and got is not None:
+            w.log(eid).told_us.append(w.clock())
+        return got
 
     def handle_notification(
         self, desc: dm_pb2.Quest.Desc, notification: dist.Notification
@@ -207,7 +212,10 @@ class FaultyDistributor(FakeDistributor):
         _check_config(self.faulty, eid, self.cfg, "handle_notification")
         if eid is not None and self.faulty.log(eid).lost:
             return None  # a lost task's stray report: ignored
-        return super().get_status(desc, notification.attrs.get("token", ""))
+        got = super().get_status(desc, notification.attrs.get("token", ""))
+        if eid is not None and got is not None:
+            self.faulty.log(eid).told_us.append(self.faulty.clock())
+        return got
 
     def handle_task_queue_task(self, request: dist.TaskRequest) -> list[dist.Notification]:
         """A report this distributor queued for itself (``fake_tq``): the task's token."""

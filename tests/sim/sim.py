@@ -63,7 +63,7 @@ from dmcore.service import Caller
 from dmcore.states import AbnormalStatus, AttemptState, ExecutionState
 from tests.harness import Chaos, Harness, qid_of
 from tests.sim.faults import Faults, FaultyWorld
-from tests.sim.observe import AttemptView, Internals, Observed, attempt_now, look
+from tests.sim.observe import AttemptView, ExecutionView, Internals, Observed, attempt_now, look
 
 T = TypeVar("T")
 
@@ -977,6 +977,15 @@ class Sim:
             return "task lost"
         return ""
 
+    def _timed_out_first(self, eid: ExecutionID, ex: ExecutionView) -> bool:
+        """dm timed ``eid`` out (as its quest allows) before the distributor told it how
+        the job ended: a report still on its way (a queued one, delayed) loses."""
+        if ex.status != AbnormalStatus.TIMED_OUT or not self._justified(
+            eid, ex.status, ex.reason, ex.modified_us
+        ):
+            return False
+        return not any(t <= ex.modified_us for t in self.world.log(eid).told_us)
+
     def _check_timing(self, atts: dict[AttemptID, AttemptView]) -> list[str]:
         """The stop phase of an execution that stopped quietly lasts its poll timeout
         from run, else its quest's stop timeout (§4.5), from when it stopped: the
@@ -1079,6 +1088,8 @@ class Sim:
                     continue
             else:
                 want = rec.expected()
+                if got != want and self._timed_out_first(eid, ex):
+                    want = got  # the job's end was reported too late: the timeout won
                 if got != want:
                     v.append(
                         f"{en}: ended {got.name if got else 'FINISHED'}, want "
