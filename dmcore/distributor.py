@@ -520,6 +520,14 @@ class Registry:
             d = _Guarded(d, self.call_guard)
         return d, cfg
 
+    def check_call(self, snap: Snapshot) -> None:
+        """Pass :attr:`call_guard` now for a distributor of ``snap``'s kind, as a
+        call would: for a step that writes before it calls (the refusal must come
+        before the write, or the write stands against the step's own re-run)."""
+        kind = self._kinds.get(snap.kind)
+        if self.call_guard is not None and kind is not None and not kind.in_process:
+            self.call_guard()
+
     def build_named(self, name: str) -> tuple[D, Config]:
         return self.build(self.snapshot(name))
 

@@ -179,6 +179,10 @@ def run_execution(step: steps.RunExecution, engine: Engine, delivery: int) -> No
         return
     if att["cur_execution"] != eid.num:
         return
+    # A worker that may not call this distributor now (the embedded batch) must
+    # refuse before the claim is written: a claim left by a refused call would
+    # make this task's own re-run wait for it to expire.
+    engine.registry.check_call(dist.Snapshot.from_doc(ex["config"]))
     # One delivery at a time calls D.run for an execution (a duplicate delivered
     # to another worker meanwhile waits for the claim to be released or expire).
     claim = steps.ClaimRun(
