@@ -246,22 +246,25 @@ def test_query_in_a_transaction_sees_a_racing_insert(fs: FirestoreStore) -> None
     edge left" from a query, racing an edge being added or acked."""
     barrier = threading.Barrier(2)
     first = threading.local()
-    added: list[int] = []
+    added: dict[int, bool] = {}
 
     def add_if_none(worker: int) -> None:
-        def fn(tx: Transaction) -> None:
+        def fn(tx: Transaction) -> bool:
             rows = tx.query("items", where={"open": True})
             if not getattr(first, "done", False):
                 first.done = True
                 barrier.wait(timeout=30)  # both have queried before either writes
-            if not rows:
-                tx.set(f"items/{worker}", {"open": True})
-                added.append(worker)
+            if rows:
+                return False
+            tx.set(f"items/{worker}", {"open": True})
+            return True
 
-        fs.transaction(fn, attempts=10)
+        # What the committed attempt did (an aborted attempt's insert never happened).
+        added[worker] = fs.transaction(fn, attempts=10)
 
     run_threads(2, add_if_none)
-    assert [p for p, _ in fs.query("items", where={"open": True})] == [f"items/{added[-1]}"]
+    (adder,) = [w for w, did in added.items() if did]
+    assert [p for p, _ in fs.query("items", where={"open": True})] == [f"items/{adder}"]
     assert fs.stats.retries >= 1
 
 
