@@ -1653,3 +1653,40 @@ def test_cancel_racing_the_run_still_cancels_the_distributors_task(
     assert task.result is not None, "the distributor's task was left running"
     assert task.result.abnormal_finish.status == dm_pb2.AbnormalFinish.CANCELLED
     assert h.world.pending() == []
+
+
+def test_cancel_of_a_raced_run_retried_for_the_outage_window_then_given_up(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/behaviour.md (Cancellation): the task of a run that a cancel raced is
+    cancelled by a queued CancelTask; a distributor answering "try later" is asked
+    again through the queue for the outage window, then dm gives up (logged)."""
+    window_s = 600
+    h.engine.settings.run_retry_window_us = window_s * 1_000_000
+    real_run = FakeDistributor.run
+    a = quest_desc("A", failed=3)
+    a1 = aid_of(a)
+    tries: list[int] = []
+
+    def racing(
+        self: FakeDistributor,
+        desc: dm_pb2.Quest.Desc,
+        auth: dm_pb2.Execution.Auth,
+        prev_result: dm_pb2.JsonResult | None,
+    ) -> dist.Started:
+        h.service.cancel_attempt(_cancel_req(a1, "raced"), TRUSTED)
+        return real_run(self, desc, auth, prev_result)
+
+    def busy(self: FakeDistributor, desc: dm_pb2.Quest.Desc, token: str) -> None:
+        tries.append(h.clock())
+        raise dist.TransientError("try later")
+
+    monkeypatch.setattr(FakeDistributor, "run", racing)
+    monkeypatch.setattr(FakeDistributor, "cancel", busy)
+    start(h, a)
+    h.settle(max_seconds=6 * 3600)
+    assert h.attempt(a1)["abnormal"]["status"] == AbnormalStatus.CANCELLED
+    assert len(tries) >= 3  # retried through the queue
+    assert tries[-1] - tries[0] >= window_s * 1_000_000  # for the window
+    assert tries[-1] - tries[0] < 2 * window_s * 1_000_000  # then given up
+    assert h.next_due_us() is None  # nothing left queued
