@@ -880,8 +880,9 @@ class Sim:
         On the distributor (the fake's records):
 
         * each execution was played at most once and activated at most once;
-        * D.run returned a token at most once per execution, and started no
-          more tasks than that plus the runs that timed out after starting one;
+        * D.run returned a token at most once per execution (calls that failed
+          are retries; one that timed out after starting the task started the
+          same task, the fake's being named by the execution);
         * no task is left running for an execution dm ended (except one dm
           never learned of, or whose cancel the distributor refused).
 
