@@ -1624,14 +1624,10 @@ def test_cancel_when_the_distributor_refuses_still_cancels(
     assert att["cur_execution"] == 1  # CANCELLED is not retried
 
 
-def test_cancel_racing_the_run_still_cancels_the_distributors_task(
-    h: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A cancel between RunExecution's read and D.run ends the execution before it has
-    a token; the token recorded afterwards must be cancelled on the distributor."""
+def _cancel_inside_run(h: Harness, monkeypatch: pytest.MonkeyPatch, aid: AttemptID) -> None:
+    """Make D.run cancel ``aid`` first: the cancel lands between RunExecution's read
+    and the task's start, so the execution ends before it has a token."""
     real_run = FakeDistributor.run
-    a = quest_desc("A", failed=3)
-    a1 = aid_of(a)
 
     def racing(
         self: FakeDistributor,
@@ -1639,10 +1635,20 @@ def test_cancel_racing_the_run_still_cancels_the_distributors_task(
         auth: dm_pb2.Execution.Auth,
         prev_result: dm_pb2.JsonResult | None,
     ) -> dist.Started:
-        h.service.cancel_attempt(_cancel_req(a1, "raced"), TRUSTED)
+        h.service.cancel_attempt(_cancel_req(aid, "raced"), TRUSTED)
         return real_run(self, desc, auth, prev_result)
 
     monkeypatch.setattr(FakeDistributor, "run", racing)
+
+
+def test_cancel_racing_the_run_still_cancels_the_distributors_task(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel between RunExecution's read and D.run ends the execution before it has
+    a token; the token recorded afterwards must be cancelled on the distributor."""
+    a = quest_desc("A", failed=3)
+    a1 = aid_of(a)
+    _cancel_inside_run(h, monkeypatch, a1)
     start(h, a)
     h.settle()
     eid = a1.execution(1)
@@ -1663,25 +1669,15 @@ def test_cancel_of_a_raced_run_retried_for_the_outage_window_then_given_up(
     again through the queue for the outage window, then dm gives up (logged)."""
     window_s = 600
     h.engine.settings.run_retry_window_us = window_s * 1_000_000
-    real_run = FakeDistributor.run
     a = quest_desc("A", failed=3)
     a1 = aid_of(a)
+    _cancel_inside_run(h, monkeypatch, a1)
     tries: list[int] = []
-
-    def racing(
-        self: FakeDistributor,
-        desc: dm_pb2.Quest.Desc,
-        auth: dm_pb2.Execution.Auth,
-        prev_result: dm_pb2.JsonResult | None,
-    ) -> dist.Started:
-        h.service.cancel_attempt(_cancel_req(a1, "raced"), TRUSTED)
-        return real_run(self, desc, auth, prev_result)
 
     def busy(self: FakeDistributor, desc: dm_pb2.Quest.Desc, token: str) -> None:
         tries.append(h.clock())
         raise dist.TransientError("try later")
 
-    monkeypatch.setattr(FakeDistributor, "run", racing)
     monkeypatch.setattr(FakeDistributor, "cancel", busy)
     start(h, a)
     h.settle(max_seconds=6 * 3600)
