@@ -247,18 +247,17 @@ def test_walk_shows_an_expired_result_as_such(tmp_path: pathlib.Path) -> None:
     assert att["state"] == "FINISHED" and att["expired"] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dmcore/cli/commands.py _report: `dm run`'s table shows an expired attempt as "
-    "plain FINISHED with its result and counts it reused (DESIGN: never reused silently)",
-)
 def test_run_shows_an_expired_result_as_such(tmp_path: pathlib.Path) -> None:
     """`dm run` over an attempt whose result expired says so, as `dm walk` does, rather
     than presenting it as a result reused like any other."""
     home, run = _expired_run(tmp_path)
     for _ in range(2):  # just finished, then asked for again
         code, out, _ = dm("run", str(run), "--home", home)
-        assert code == 0 and "(expired)" in out, out
+        assert code == 0 and "FINISHED (expired)" in out, out
+        assert "1 result(s) expired" in out and "new attempt" in out
+        row = next(line for line in out.splitlines() if "FINISHED (expired)" in line)
+        assert row.split("FINISHED (expired)")[1].strip(" │|") == ""  # no result served
+    assert "reused 0 of 1" in out  # found finished, but not reused: expired
 
 
 def test_commands_on_missing_home(tmp_path: pathlib.Path) -> None:

@@ -27,7 +27,7 @@ from dmcore import fingerprint, ids
 from dmcore.cli import progress, report
 from dmcore.cli.runfile import RunRequest, parse_run_file
 from dmcore.distributor import Registry
-from dmcore.engine import docs
+from dmcore.engine import docs, records
 from dmcore.errors import DMError, InvalidArgument
 from dmcore.ids import AttemptID
 from dmcore.proto import dm_pb2
@@ -274,11 +274,13 @@ def _report(
                 t.add_row(a.quest[:12], "", str(a.num), "MISSING", "")
                 continue
             colour = "green" if v.state == AttemptState.FINISHED else "red"
+            if v.expired:
+                colour = "yellow"
             t.add_row(
                 a.quest[:12],
                 v.name,
                 str(a.num),
-                Text(v.state.name, style=colour),
+                Text(v.state.name + (" (expired)" if v.expired else ""), style=colour),
                 _short(v.result) if v.result is not None else v.abnormal,
             )
         out.print(t)
@@ -298,6 +300,13 @@ def _report(
             else f"retried {retried} attempt(s), {len(wanted) - retried} re-opened with them"
         )
         out.print(f"{head}; ran {ran} execution(s) in {elapsed:.2f}s", highlight=False)
+        expired = sum(1 for v in views.values() if v is not None and v.expired)
+        if expired:
+            out.print(
+                f"{expired} result(s) expired: dm no longer serves them; for a fresh result "
+                "ask for a new attempt of the quest (its `attempts` in the run file)",
+                highlight=False,
+            )
     return all(v is not None and v.state == AttemptState.FINISHED for v in views.values())
 
 
@@ -420,8 +429,13 @@ def _run(  # noqa: PLR0917 - the options of `dm run`, once parsed
     with _open(home, cfg) as emb:
         started_us = emb.clock()
         before = emb.store.get_many([docs.attempt_path(a) for a in rr.attempts])
-        reused = sum(
-            1 for d in before.values() if d is not None and d["state"] == AttemptState.FINISHED
+        now_us = emb.clock()
+        reused = sum(  # an expired result is not reused: the report counts it apart
+            1
+            for d in before.values()
+            if d is not None
+            and d["state"] == AttemptState.FINISHED
+            and not records.attempt_expired(d, now_us)
         )
         try:
             emb.service.ensure_graph_data(rr.request, Caller.trusted())

@@ -102,7 +102,7 @@ def view(engine: Engine, aid: AttemptID, *, with_result: bool = True) -> Attempt
         ab = doc["abnormal"]
         v.abnormal = f"{AbnormalStatus(ab['status']).name}: {ab['reason']}"
     v.expired = records.attempt_expired(doc, engine.clock())
-    if with_result and v.state == AttemptState.FINISHED:
+    if with_result and v.state == AttemptState.FINISHED and not v.expired:  # not served
         res = store.get(docs.result_path(aid))
         if res is not None:
             v.result = json.loads(res["object"])
