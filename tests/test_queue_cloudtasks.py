@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -63,10 +63,14 @@ class Receiver:
     """A tiny HTTP app standing in for dm_tasks: records and decodes each request.
 
     It answers with the statuses queued in ``answers`` (then 200), so a test
-    can make deliveries fail.
+    can make deliveries fail. ``on_task`` (optional) runs each decoded delivery,
+    as dm_tasks hands it to the engine; if it raises, the answer is 500.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, on_task: Callable[[tuple[str, dict[str, Any], int, str]], None] | None = None
+    ) -> None:
+        self.on_task = on_task
         self.got: list[Received] = []
         self.answers: list[int] = []
         self.arrived = threading.Event()
@@ -90,6 +94,11 @@ class Receiver:
         with self._lock:
             self.got.append(Received(request.path, dict(request.headers), body, decoded, error))
             status = self.answers.pop(0) if self.answers else 200
+        if decoded is not None and status == 200 and self.on_task is not None:
+            try:
+                self.on_task(decoded)
+            except Exception:
+                status = 500
         self.arrived.set()
         if error is not None and status == 200:
             status = 400
@@ -132,7 +141,7 @@ def client(fake: FakeCloudTasksServer) -> tasks_v2.CloudTasksClient:
 
 
 def make_queue(
-    client: tasks_v2.CloudTasksClient, clock: FakeClock, url: str, **kw: Any
+    client: tasks_v2.CloudTasksClient, clock: Callable[[], int], url: str, **kw: Any
 ) -> CloudTasksQueue:
     args: dict[str, Any] = {
         "project": PROJECT,

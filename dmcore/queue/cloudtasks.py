@@ -78,6 +78,18 @@ def task_id(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()
 
 
+def shard_of(key: str, count: int) -> int:
+    """Which of ``count`` queues takes the tasks of shard key ``key`` (0 .. count-1).
+
+    The first 8 bytes of the key's SHA-256, mod ``count``: depends on the key
+    alone (a re-sent task meets its earlier copy) and spreads keys evenly.
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1: {count}")
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
 def target_path(target: str) -> str:
     """The URL path (no leading slash) for ``target``.
 
@@ -221,8 +233,7 @@ class CloudTasksQueue(TaskQueue):
 
     def shard(self, key: str) -> int:
         """The index in :attr:`queues` of the queue that takes tasks of shard key ``key``."""
-        digest = hashlib.sha256(key.encode()).digest()
-        return int.from_bytes(digest[:8], "big") % len(self.queues)
+        return shard_of(key, len(self.queues))
 
     def task_path(self, name: str, shard_key: str = "") -> str:
         """The full Cloud Tasks name of dm task ``name`` (on its shard's queue)."""
