@@ -485,6 +485,32 @@ def test_queues_are_rate_limited_with_bounded_retries(m: Model) -> None:
         assert q["location"] == REGION
 
 
+# README "Scale": what the defaults must carry, and Cloud Tasks' documented bounds.
+DESIGN_EXECUTIONS_PER_S = 1_000
+DELIVERIES_PER_EXECUTION = 3
+"""The goal (issue 11); bench_firestore's tasks_per_execution measures it."""
+STEP_S = 0.1
+"""Assumed mean time dm_tasks spends on one delivery (a transaction and its CreateTasks)."""
+HEADROOM = 1.25
+QUEUE_MAX_DISPATCHES_PER_S = 500
+QUEUE_MAX_CONCURRENT_DISPATCHES = 5_000
+
+
+def test_defaults_carry_a_thousand_executions_per_second(m: Model) -> None:
+    """The README's arithmetic on the module's defaults: queues and dm_tasks' instances."""
+    deliveries_per_s = DESIGN_EXECUTIONS_PER_S * DELIVERIES_PER_EXECUTION
+    queues = m.computed(m.resource("google_cloud_tasks_queue.tasks"))
+    rates = [q["rate_limits"][0] for q in queues]
+    assert all(r["max_dispatches_per_second"] <= QUEUE_MAX_DISPATCHES_PER_S for r in rates)
+    assert all(r["max_concurrent_dispatches"] <= QUEUE_MAX_CONCURRENT_DISPATCHES for r in rates)
+    dispatch = sum(r["max_dispatches_per_second"] for r in rates)
+    assert dispatch >= HEADROOM * deliveries_per_s, (len(queues), dispatch)
+    assert env_of(m)["DM_TASKS_QUEUES"].count(",") + 1 == len(queues)
+    tasks_fn = functions(m)["dm_tasks"]["service_config"][0]
+    in_flight = tasks_fn["max_instance_count"] * tasks_fn["max_instance_request_concurrency"]
+    assert in_flight / STEP_S >= HEADROOM * deliveries_per_s, tasks_fn
+
+
 def test_least_privilege(m: Model) -> None:
     basic = {"roles/owner", "roles/editor", "roles/viewer"}
     project = [(g["member"], g["role"]) for _, g in members(m, "google_project_iam_member")]

@@ -6,7 +6,7 @@
 # field by its single-field index, so dm needs no composite index today. Large fields that
 # no query touches (descriptions, results, distributor state, queued task payloads) are
 # exempted from indexing: an index entry is written for every indexed value, and values
-# over 1,500 bytes cannot be indexed whole anyway.
+# over 1,500 bytes cannot be indexed whole anyway. So are timestamps no query orders by.
 
 resource "google_firestore_database" "dm" {
   project                           = var.project
@@ -26,6 +26,12 @@ locals {
     "results/object"    = { collection = "results", field = "object" }    # an attempt's result, up to 256 KiB
     "executions/result" = { collection = "executions", field = "result" } # the distributor's result (the job's state)
     "outbox/tasks"      = { collection = "outbox", field = "tasks" }      # follow-up tasks waiting for dispatch
+    # Timestamps no query looks at, in top-level collections written about once per
+    # execution or more: indexed, their ever-growing values would cap each collection near
+    # Firestore's 500 writes/s for sequentially indexed fields (README: Scale).
+    "quests/created"    = { collection = "quests", field = "created" }
+    "attempts/created"  = { collection = "attempts", field = "created" }
+    "attempts/modified" = { collection = "attempts", field = "modified" }
   }
 }
 

@@ -96,9 +96,9 @@ variable "extra_audiences" {
 }
 
 variable "tasks_queue_count" {
-  description = "How many Cloud Tasks queues the tasks are sharded over (one dispatches <= 500 tasks/s)."
+  description = "How many Cloud Tasks queues the tasks are sharded over (one dispatches <= 500 tasks/s). 8: 4,000 dispatches/s, 1,000 executions/s at 3 deliveries each with a third to spare (README: Scale)."
   type        = number
-  default     = 1
+  default     = 8
 
   validation {
     condition     = var.tasks_queue_count >= 1 && var.tasks_queue_count <= 64
