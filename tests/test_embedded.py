@@ -22,11 +22,30 @@ from tests.lock_watch import watched
 CONFIG = {"distributor_configs": {"jobsim": {"jobsim": {"pool": "t"}}}}
 
 
-def _ensure(emb: Embedded, name: str, retval: int) -> str:
+ONE_DEP = [
+    {
+        "deps": {
+            "deps": [
+                {
+                    "shards": 1,
+                    "attempts": {"items": [{"single": 1}]},
+                    "phrase": {"name": "leaf", "return_stage": {"retval": 1}},
+                }
+            ]
+        }
+    }
+]
+"""Stages of a quest that depends on one leaf (its completion is a follow-up mutation)."""
+
+
+def _ensure(emb: Embedded, name: str, retval: int, stages: list[Any] | None = None) -> str:
+    params: dict[str, Any] = {"name": name, "return_stage": {"retval": retval}}
+    if stages:
+        params["stages"] = stages
     req = dm_pb2.EnsureGraphDataReq()
     req.quest.add(
         distributor_config_name="jobsim",
-        parameters=json.dumps({"name": name, "return_stage": {"retval": retval}}),
+        parameters=json.dumps(params),
         distributor_parameters="{}",
     )
     req.quest_attempt.add(nums=[1])
@@ -154,7 +173,9 @@ def test_follow_up_mutations_run_in_the_batch_not_the_queue(tmp_path: Path) -> N
         # Only actions (calls to the distributor) went through the queue; the
         # mutations they led to ran in the batch that committed them.
         assert _queued_kinds(emb) == ["RunExecution"]
-        assert emb.engine.stats["PropagateCompletion"] == 1
+        assert emb.engine.stats["ScheduleExecution"] == 1
+        # A leaf no attempt depends on has no completion to propagate.
+        assert "RecordCompletion" not in emb.engine.stats
     finally:
         emb.close()
 
@@ -175,9 +196,9 @@ def test_a_failing_inline_follow_up_is_queued_and_retried(
             return real(self, ctx)
 
         monkeypatch.setattr(mu.RecordCompletion, "roll_forward", flaky)
-        qid = _ensure(emb, "flaky", 3)
-        assert emb.drive(lambda: emb.engine.stats.get("PropagateCompletion", 0) == 1, timeout_s=60)
-        assert _state(emb, qid) == AttemptState.FINISHED
+        qid = _ensure(emb, "flaky", 3, ONE_DEP)
+        assert emb.drive(lambda: _state(emb, qid) == AttemptState.FINISHED, timeout_s=60)
+        assert emb.engine.stats.get("PropagateCompletion", 0) == 1
         assert "RecordCompletion" in _queued_kinds(emb)
         assert not fails
     finally:
@@ -192,11 +213,11 @@ def test_follow_ups_beyond_the_batch_cap_are_queued(
     monkeypatch.setattr(core, "MAX_BATCH_INLINE", 0)
     emb = Embedded(tmp_path, build_registry(CONFIG))
     try:
-        qid = _ensure(emb, "capped", 4)
+        qid = _ensure(emb, "capped", 4, ONE_DEP)
         assert emb.drive(lambda: _state(emb, qid) == AttemptState.FINISHED, timeout_s=60)
         assert emb.drive(lambda: emb.engine.stats.get("PropagateCompletion", 0) == 1, timeout_s=60)
         kinds = _queued_kinds(emb)
-        assert {"EnsureAttempt", "RecordCompletion", "PropagateCompletion"} <= set(kinds)
+        assert {"MergeQuest", "RecordCompletion", "PropagateCompletion"} <= set(kinds)
     finally:
         emb.close()
 

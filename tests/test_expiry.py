@@ -46,7 +46,8 @@ def finish_with(h: Harness, eid: ExecutionID, result: Any, expires_in_s: float |
 def start(h: Harness, name: str) -> AttemptID:
     """Quest ``name``'s attempt 1, created and handed to the fake distributor."""
     (qid,) = h.ensure(quest_desc(name))
-    h.settle(max_seconds=1)
+    # A dispatch that failed waits for the sweep (6 s), then the chaos queue may delay it 3 s.
+    h.settle(max_seconds=15)
     return AttemptID(qid, 1)
 
 

@@ -133,11 +133,18 @@ class Action(Step):
 
 @dataclasses.dataclass(frozen=True)
 class Later:
-    """A follow-up that must wait until ``eta_us``, optionally with a fixed task name."""
+    """A follow-up that must wait until ``eta_us``, optionally with a fixed task name.
+
+    ``together``: a mutation due now that runs in the same transaction even
+    though its root differs (the attempts a new quest is created with: one
+    commit, no task), while the transaction's write budget allows; queued
+    otherwise.
+    """
 
     step: Step
     eta_us: int = 0
     name: str | None = None
+    together: bool = False
 
 
 class Uow:

@@ -3,7 +3,8 @@
 dm changes state only through *mutations* (spec §7). A transactional mutation
 runs in one store transaction on one root record and returns follow-ups.
 Follow-ups on the same root that are due now run inline in the same
-transaction (DM's tail call); the others are written as outbox records in
+transaction (DM's tail call), as do those marked ``together`` (and then
+their root's); the others are written as outbox records in
 that transaction, so a step and its continuation commit together. After the
 commit the outbox records are handed to the task queue as *named* tasks and
 deleted; the sweep re-dispatches records left behind by a crash between
@@ -273,19 +274,22 @@ class Engine:
         """
         uow = Uow(tx)
         ctx = Ctx(uow=uow, now_us=self.clock(), engine=self)
-        root = first.root()
+        roots = {first.root()}
         pending: list[Step | Later] = [first]
         later: list[Step | Later] = []
         ran = 0
         while pending:
-            step = pending.pop(0)
+            item = pending.pop(0)
+            together = isinstance(item, Later) and item.together
+            step = item.step if isinstance(item, Later) and together else item
             if (
                 isinstance(step, Mutation)
-                and step.root() == root
+                and (together or step.root() in roots)
                 and ran < self.settings.max_inline
                 and (ran == 0 or uow.pending_writes < INLINE_WRITE_BUDGET)
             ):
                 ran += 1
+                roots.add(step.root())
                 self.stats[step.KIND] = self.stats.get(step.KIND, 0) + 1
                 pending[0:0] = step.roll_forward(ctx)
             else:

@@ -139,7 +139,11 @@ def add_back_dep(step: steps.AddBackDep, ctx: Ctx) -> list[Step | Later]:
     got = ctx.uow.get_many([gpath, bpath])
     group, back = got[gpath], got[bpath]
     if group is None:
-        group = {"attempt_finished": False}
+        # The first depender: an attempt that ended before any group existed
+        # queued no completion (records.completion_follow_ups), so the group
+        # starts finished and this edge is acked here.
+        ended = attempt_is_terminal(ctx.uow.get(docs.attempt_path(dependee)))
+        group = {"attempt_finished": ended}
         ctx.uow.create(gpath, group)  # only created, never rewritten here (no hot document)
     finished = bool(group["attempt_finished"])
     if not step.needs_ack:

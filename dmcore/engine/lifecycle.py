@@ -33,6 +33,7 @@ from dmcore.engine.records import (
     arm_stop_timer,
     arm_timer,
     b64,
+    completion_follow_ups,
     disarm_poll,
     disarm_timer,
     duration_us,
@@ -74,7 +75,8 @@ def merge_quest(step: steps.MergeQuest, ctx: Ctx) -> list[Step | Later]:
     path = docs.quest_path(step.qid)
     if ctx.uow.get(path) is None:
         ctx.uow.create(path, {"desc": step.desc_b64, "built_by": [], "created": ctx.now_us})
-    return [Step.from_payload(p) for p in step.and_then]
+    # The quest's attempts (and back edges) in the same commit: no task each.
+    return [Later(Step.from_payload(p), together=True) for p in step.and_then]
 
 
 @rolls_forward(steps.EnsureAttempt)
@@ -168,41 +170,28 @@ def schedule_execution(step: steps.ScheduleExecution, ctx: Ctx) -> list[Step | L
 @executes(steps.RunExecution)
 def run_execution(step: steps.RunExecution, engine: Engine, delivery: int) -> None:
     eid = ExecutionID.parse(step.eid)
-    got = engine.store.get_many([docs.attempt_path(eid.attempt_id), docs.execution_path(eid)])
-    att, ex = got[docs.attempt_path(eid.attempt_id)], got[docs.execution_path(eid)]
-    if (
-        att is None
-        or ex is None
-        or ex["dist_token"]
-        or is_terminal_execution(ExecutionState(ex["state"]))
-    ):
-        return
-    if att["cur_execution"] != eid.num:
-        return
-    # A worker that may not call this distributor now (the embedded batch) must
-    # refuse before the claim is written: a claim left by a refused call would
-    # make this task's own re-run wait for it to expire.
-    engine.registry.check_call(dist.Snapshot.from_doc(ex["config"]))
     # One delivery at a time calls D.run for an execution (a duplicate delivered
     # to another worker meanwhile waits for the claim to be released or expire).
+    # The claim's transaction is the only read of the attempt and execution here.
     claim = steps.ClaimRun(
         eid=step.eid, activation_b64=step.activation_b64, claim=b64(engine.rand(12))
     )
     engine.run(claim)
     if claim.outcome != "run":
         return
+    assert claim.config is not None
     desc = engine.quest_desc(eid.quest)
     assert desc is not None
     prev = None
-    if att["last_ok_execution"]:
+    if claim.last_ok_execution:
         prev_ex = engine.store.get(
-            docs.execution_path(eid.attempt_id.execution(att["last_ok_execution"]))
+            docs.execution_path(eid.attempt_id.execution(claim.last_ok_execution))
         )
         if prev_ex is not None:
             prev = json_result((prev_ex.get("result") or {}).get("data"))
     auth = dm_pb2.Execution.Auth(id=eid.to_proto(), token=unb64(step.activation_b64))
     try:
-        d, _ = engine.registry.build(dist.Snapshot.from_doc(ex["config"]))
+        d, _ = engine.registry.build(dist.Snapshot.from_doc(claim.config))
         started = d.run(desc, auth, prev)
     except dist.TransientError as e:
         engine.run(
@@ -258,7 +247,13 @@ def claim_run(step: steps.ClaimRun, ctx: Ctx) -> list[Step | Later]:
     if not _runnable(att, ex, eid):
         step.outcome = "done"
         return []
-    assert ex is not None
+    assert att is not None and ex is not None
+    # A worker that may not call this distributor now (the embedded batch) refuses
+    # here, raising: nothing is written, no claim left for this task's own re-run
+    # to wait out.
+    ctx.engine.registry.check_call(dist.Snapshot.from_doc(ex["config"]))
+    step.config = ex["config"]
+    step.last_ok_execution = int(att["last_ok_execution"])
     held = ex.get("run_claim")
     if held and held["id"] != step.claim and int(held["until_us"]) > ctx.now_us:
         # Another delivery is calling D.run; look again once its claim runs out (it
@@ -478,7 +473,7 @@ def finish_execution(step: steps.FinishExecution, ctx: Ctx) -> list[Step | Later
             set_attempt_state(att, AttemptState.ABNORMAL_FINISHED, ctx.now_us)
             att["abnormal"] = result["abnormal"]
             att["is_abnormal"] = True
-            out.append(steps.RecordCompletion(aid=aid.encoded))
+            out += completion_follow_ups(ctx, aid)
     else:
         ex["result"] = result
         set_execution_state(ex, ExecutionState.FINISHED, ctx.now_us)
@@ -494,7 +489,7 @@ def finish_execution(step: steps.FinishExecution, ctx: Ctx) -> list[Step | Later
         else:
             set_attempt_state(att, AttemptState.FINISHED, ctx.now_us)
             out += arm_expiry(ctx, aid, att)
-            out.append(steps.RecordCompletion(aid=aid.encoded))
+            out += completion_follow_ups(ctx, aid)
     ctx.uow.put(docs.execution_path(eid), ex)
     ctx.uow.put(docs.attempt_path(aid), att)
     return out
@@ -510,4 +505,4 @@ def cancel_waiting(step: steps.CancelWaiting, ctx: Ctx) -> list[Step | Later]:
     att["abnormal"] = {"status": int(AbnormalStatus.CANCELLED), "reason": step.reason}
     att["is_abnormal"] = True
     ctx.uow.put(docs.attempt_path(aid), att)
-    return [steps.RecordCompletion(aid=step.aid)]
+    return completion_follow_ups(ctx, aid)

@@ -16,7 +16,7 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from dmcore import distributor as dist
-from dmcore.engine import docs
+from dmcore.engine import docs, steps
 from dmcore.engine.base import Ctx, Later, Step
 from dmcore.engine.steps import expiry_later, poll_later, timer_later
 from dmcore.ids import AttemptID, ExecutionID
@@ -167,6 +167,20 @@ def arm_expiry(ctx: Ctx, aid: AttemptID, att: docs.Doc) -> list[Step | Later]:
     if int(due) - ctx.now_us > TIMER_QUEUE_HORIZON_US:
         return []  # Engine.sweep reads the expiries
     return [expiry_later(record)]
+
+
+def completion_follow_ups(ctx: Ctx, aid: AttemptID) -> list[Step | Later]:
+    """What the end of attempt ``aid`` (in this transaction) queues for its dependers.
+
+    Nothing when no back-edge group exists: no depender ever declared an edge
+    on it, so there is nothing to propagate (a leaf pays no completion task).
+    An AddBackDep racing this transaction reads the attempt as well, so it
+    either sees it terminal and acks its own edge, or creates the group first
+    and this transaction, retried, sees the group.
+    """
+    if ctx.uow.get(docs.back_dep_group_path(aid)) is None:
+        return []
+    return [steps.RecordCompletion(aid=aid.encoded)]
 
 
 def attempt_is_terminal(doc: Mapping[str, Any] | None) -> bool:

@@ -76,7 +76,9 @@ class ClaimRun(Mutation):
     """Claim the right to call D.run for ``eid`` for a while (one delivery at a time).
 
     Sets ``outcome``: "run" (claimed), "done" (run already, or no longer needed)
-    or "busy" (another delivery holds the claim: tried again when it expires).
+    or "busy" (another delivery holds the claim: tried again when it expires);
+    and, read in the same transaction for the caller, the execution's
+    ``config`` snapshot and the attempt's ``last_ok_execution``.
     """
 
     KIND = "ClaimRun"
@@ -84,6 +86,8 @@ class ClaimRun(Mutation):
     activation_b64: str
     claim: str
     outcome: str = ""
+    config: dict[str, Any] | None = None
+    last_ok_execution: int = 0
 
     def root(self) -> str:
         return docs.attempt_path(ExecutionID.parse(self.eid).attempt_id)
