@@ -200,7 +200,7 @@ class Service:
         ``retry_ok``: a token already revoked by a halting EnsureGraphData also
         passes (that call's retry after a lost answer, W-6; DeclareDeps decides).
         """
-        ex = self.engine.store.get(docs.execution_path(eid))
+        ex = docs.read_execution(self.engine.store, eid)
         live = ex is not None and (
             (ex["state"] == ExecutionState.RUNNING and ex.get("token_state") == "execution")
             or (retry_ok and ex.get("token_state") == "revoked")
@@ -388,7 +388,7 @@ class Service:
             if AttemptState(att["state"]) != AttemptState.EXECUTING:
                 return
         eid = aid.execution(int(att["cur_execution"]))
-        ex = eng.store.get(docs.execution_path(eid))
+        ex = docs.read_execution(eng.store, eid, att)
         if ex is not None and ex.get("dist_token") and ex.get("config"):
             d, _ = eng.registry.build(dist.Snapshot.from_doc(ex["config"]))
             desc = eng.quest_desc(aid.quest)
@@ -573,12 +573,12 @@ class Service:
                 elif size > budget:
                     att_msg.partial.result = dm_pb2.Attempt.Partial.DATA_SIZE_LIMIT
                 else:
-                    res = store.get(docs.result_path(aid))
+                    res = docs.read_result(store, aid, doc)
                     if res is not None:
                         budget -= len(res["object"].encode())
                         att_msg.data.finished.data.object = res["object"]
             if inc.num_executions:
-                self._fill_executions(att_msg, aid, inc, infos, now)
+                self._fill_executions(att_msg, aid, inc, infos, att=doc, now=now)
                 # Execution result objects: the same visibility and budget as the attempt's.
                 for num in sorted(att_msg.executions, reverse=True):
                     e = att_msg.executions[num]
@@ -687,12 +687,12 @@ class Service:
         aid: AttemptID,
         inc: dm_pb2.WalkGraphReq.Include,
         infos: dict[tuple[str, str], dist.D | None],
+        *,
+        att: docs.Doc,
         now: int,
     ) -> None:
-        rows = self.engine.store.query(docs.executions_collection(aid), order_by="num", limit=None)[
-            -int(inc.num_executions) :
-        ]
-        for _, ex in reversed(rows):
+        rows = docs.list_executions(self.engine.store, aid, att)[-int(inc.num_executions) :]
+        for ex in reversed(rows):
             if ex.get("is_abnormal") and not inc.execution.abnormal:
                 continue
             expired = records.execution_expired(ex, now)

@@ -355,7 +355,7 @@ class Harness:
         return AttemptState(self.attempt(aid)["state"])
 
     def execution(self, eid: ExecutionID) -> dict[str, Any]:
-        doc = self.store.get(docs.execution_path(eid))
+        doc = docs.read_execution(self.store, eid)
         assert doc is not None, f"no execution {eid}"
         return doc
 
@@ -365,7 +365,7 @@ class Harness:
     def result(self, aid: AttemptID) -> Any:
         import json
 
-        doc = self.store.get(docs.result_path(aid))
+        doc = docs.read_result(self.store, aid)
         return None if doc is None else json.loads(doc["object"])
 
     def play(self, eid: ExecutionID, callback: Callable[[Job], None]) -> dm_pb2.Result:

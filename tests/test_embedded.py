@@ -223,9 +223,9 @@ def test_follow_ups_beyond_the_batch_cap_are_queued(
 
 
 def test_no_delete_of_records_that_were_never_written(tmp_path: Path) -> None:
-    """An execution without timeouts or polls deletes one record: its STOPPING hedge
-    timer. Executions note which records exist instead of deleting blindly (on
-    Firestore a delete is a billed write, found or not)."""
+    """A leaf deletes no record: its timers (the STOPPING hedge) are fields of its
+    attempt, armed and disarmed with the steps that write it anyway (on Firestore
+    a delete is a billed write, found or not)."""
     emb = Embedded(tmp_path, build_registry(CONFIG))
     try:
         deletes: list[str] = []
@@ -234,9 +234,9 @@ def test_no_delete_of_records_that_were_never_written(tmp_path: Path) -> None:
         )
         qid = _ensure(emb, "no-timers", 5)
         assert emb.drive(lambda: _state(emb, qid) == AttemptState.FINISHED, timeout_s=60)
-        assert len(deletes) == 1
-        assert emb.store.query("timers") == []
-        assert emb.store.query("polls") == []
+        assert deletes == []
+        assert emb.store.query("attempts", order_by="timer_due_us") == []
+        assert emb.store.query("attempts", order_by="poll_due_us") == []
     finally:
         emb.close()
 

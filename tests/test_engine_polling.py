@@ -74,7 +74,7 @@ def test_lost_notification_found_by_polling(hp: Harness, monkeypatch: pytest.Mon
     assert ex["abnormal"]["status"] == AbnormalStatus.CRASHED
     # Retried (retry.crashed = 1) and polling ended for the old execution.
     assert hp.attempt(a1)["cur_execution"] == 2
-    assert hp.store.get(docs.poll_path(a1.execution(1))) is None
+    assert docs.poll_of(hp.attempt(a1), a1.execution(1)) is None
 
 
 def test_polls_repeat_while_running_and_stop_when_stopping(
@@ -102,7 +102,7 @@ def test_polls_repeat_while_running_and_stop_when_stopping(
     before = len(polls)
     hp.settle(max_seconds=60)
     assert len(polls) <= before + 1  # at most one already-queued poll sees STOPPING and stops
-    assert hp.store.get(docs.poll_path(a1.execution(1))) is None
+    assert docs.poll_of(hp.attempt(a1), a1.execution(1)) is None
 
 
 def test_poll_error_within_30s_is_transient_then_missing(

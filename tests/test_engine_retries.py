@@ -141,11 +141,11 @@ def start(h: Harness, d: dm_pb2.Quest.Desc) -> ExecutionID:
 
 
 def executions(h: Harness, aid: AttemptID) -> list[dict[str, Any]]:
-    return [doc for _, doc in h.store.query(docs.executions_collection(aid))]
+    return docs.list_executions(h.store, aid, h.attempt(aid))
 
 
 def timer(h: Harness, eid: ExecutionID) -> dict[str, Any] | None:
-    return h.store.get(docs.timer_path(eid))
+    return docs.timer_of(h.attempt(eid.attempt_id), eid)
 
 
 def abnormal_of(doc: dict[str, Any]) -> tuple[AbnormalStatus, str]:

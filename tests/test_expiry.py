@@ -93,7 +93,7 @@ def test_expired_result_is_marked_by_the_sweep_and_shown_as_such(h: Harness) -> 
     assert shown.data.finished.data.size == len('{"a":1}')
     assert shown.data.finished.data.expiration.ToMicroseconds() == expiration
     assert shown.partial.result == EXPIRED
-    assert h.store.query(docs.EXPIRIES) == []  # nothing left to mark
+    assert h.store.query(docs.ATTEMPTS, order_by=docs.EXPIRY_DUE) == []  # nothing left to mark
 
 
 def test_due_expiry_counts_on_read_before_the_sweep_marks_it(h: Harness) -> None:
@@ -113,7 +113,7 @@ def test_result_already_expired_when_the_attempt_finishes_is_marked_at_once(h: H
     finish_with(h, a1.execution(1), {"a": 1}, expires_in_s=-1)
     assert h.state(a1) == AttemptState.FINISHED
     assert marked(h, a1)
-    assert h.store.query(docs.EXPIRIES) == []
+    assert h.store.query(docs.ATTEMPTS, order_by=docs.EXPIRY_DUE) == []
 
 
 def test_result_without_expiration_never_expires(h: Harness) -> None:

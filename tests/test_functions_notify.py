@@ -52,7 +52,7 @@ def running(dm: DM, name: str) -> FakeTask:
 
 
 def execution_state(dm: DM, eid: ExecutionID) -> ExecutionState:
-    doc = dm.backend.engine.store.get(docs.execution_path(eid))
+    doc = docs.read_execution(dm.backend.engine.store, eid)
     assert doc is not None
     return ExecutionState(doc["state"])
 

@@ -87,7 +87,7 @@ def start(srv: LocalServer, desc: dm_pb2.Quest.Desc) -> ExecutionID:
 
 
 def execution_state(eid: ExecutionID) -> ExecutionState:
-    doc = backends.get().engine.store.get(docs.execution_path(eid))
+    doc = docs.read_execution(backends.get().engine.store, eid)
     assert doc is not None
     return ExecutionState(doc["state"])
 

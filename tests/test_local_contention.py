@@ -112,7 +112,7 @@ def test_many_local_jobs_share_one_home(emb: Embedded, tmp_path: pathlib.Path) -
     assert locked == []
     att = _state(emb, root)
     assert AttemptState(att["state"]) == AttemptState.FINISHED, att.get("abnormal")
-    result = emb.store.get(docs.result_path(root))
+    result = docs.read_result(emb.store, root)
     assert result is not None
     assert json.loads(result["object"]) == {"value": LEAVES * (LEAVES + 1) // 2}
     assert att["cur_execution"] == 2  # halted once, resumed once

@@ -88,7 +88,7 @@ def attempt(emb: Embedded, aid: AttemptID) -> dict[str, Any]:
 
 
 def execution(emb: Embedded, eid: ExecutionID) -> dict[str, Any]:
-    doc = emb.store.get(docs.execution_path(eid))
+    doc = docs.read_execution(emb.store, eid)
     assert doc is not None, f"no execution {eid}"
     return doc
 
@@ -108,7 +108,7 @@ def ended(emb: Embedded, aid: AttemptID) -> dict[str, Any]:
 
 
 def result(emb: Embedded, aid: AttemptID) -> Any:
-    doc = emb.store.get(docs.result_path(aid))
+    doc = docs.read_result(emb.store, aid)
     assert doc is not None, f"no result for {aid}"
     return json.loads(doc["object"])
 

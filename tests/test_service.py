@@ -684,13 +684,38 @@ def test_activate_with_wrong_activation_token(h: Harness) -> None:
     assert h.exec_state(eid) == ExecutionState.RUNNING
 
 
+@pytest.mark.parametrize("size", [100, docs.INLINE_RESULT_BYTES + 1000])
+def test_small_results_live_on_their_attempt_large_ones_apart(h: Harness, size: int) -> None:
+    a = quest_desc(f"result-{size}")
+    start(h, a)
+    eid = aid_of(a).execution(1)
+    token = activate(h, eid)
+    value = {"pad": "x" * size}
+    finish(h, eid, token, value)
+    end(h, eid)
+    att = h.attempt(aid_of(a))
+    assert att["state"] == AttemptState.FINISHED
+    inline = size <= docs.INLINE_RESULT_BYTES
+    assert ("object" in att["result"]) is inline
+    assert (h.store.get(docs.result_path(aid_of(a))) is None) is inline
+    assert h.result(aid_of(a)) == value
+    req = dm_pb2.WalkGraphReq()
+    req.query.attempt_list.to[aid_of(a).quest].nums.append(1)
+    req.include.attempt.data = True
+    req.include.attempt.result = True
+    req.limit.max_data_size = 1024 * 1024
+    g = h.service.walk_graph(req, Caller.trusted())
+    got = g.quests[aid_of(a).quest].attempts[1].data.finished.data.object
+    assert json.loads(got) == value
+
+
 def test_activation_is_idempotent_for_the_same_token_only(h: Harness) -> None:
     a = quest_desc("A")
     a.meta.timeouts.run.seconds = 600
     start(h, a)
     eid = aid_of(a).execution(1)
     first = activate(h, eid)
-    timer = h.store.get(docs.timer_path(eid))
+    timer = docs.timer_of(h.attempt(eid.attempt_id), eid)
     assert timer is not None and timer["state"] == ExecutionState.RUNNING
     assert timer["deadline_us"] == h.clock() + 600_000_000
 
@@ -698,7 +723,7 @@ def test_activation_is_idempotent_for_the_same_token_only(h: Harness) -> None:
 
     h.clock.advance(100)
     assert activate(h, eid) == first  # the same client retrying: fine
-    timer = h.store.get(docs.timer_path(eid))
+    timer = docs.timer_of(h.attempt(eid.attempt_id), eid)
     assert timer is not None and timer["deadline_us"] == h.clock() + 600_000_000  # re-armed
     assert h.exec_state(eid) == ExecutionState.RUNNING
     finish(h, eid, first, {"ok": True})  # the first token is still the execution's
@@ -1548,7 +1573,7 @@ def test_cancel_executing_attempt_cancels_the_task(h: Harness) -> None:
     assert "alice" in att["abnormal"]["reason"]
     assert att["cur_execution"] == 1  # not retried
     assert h.exec_state(eid) == ExecutionState.ABNORMAL_FINISHED
-    assert h.store.get(docs.timer_path(eid)) is None
+    assert docs.timer_of(h.attempt(eid.attempt_id), eid) is None
     assert eid not in h.world.pending()
     assert h.state(w1) == AttemptState.EXECUTING  # the depender was unblocked
     assert h.world.pending() == [w1.execution(2)]

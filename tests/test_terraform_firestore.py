@@ -49,6 +49,7 @@ from typing import Any
 import pytest
 
 from distributors.fake import Crash, Job, quest_desc
+from dmcore.engine import docs
 from dmcore.ids import AttemptID
 from dmcore.proto import dm_pb2
 from dmcore.service import Caller
@@ -151,7 +152,8 @@ def _scenarios() -> Iterator[tuple[str, Callable[[Harness], None]]]:
 
 
 def _big_values(h: Harness) -> None:
-    """Large parameters, result and state; WalkGraph with everything; a cancel."""
+    """Large parameters, results (inline and apart) and state; WalkGraph with everything;
+    a cancel."""
     big = "x" * BIG
     desc = quest_desc("big")
     desc.parameters = json.dumps({"name": "big", "blob": big})
@@ -172,6 +174,10 @@ def _big_values(h: Harness) -> None:
         job.activate()
         job.finish({"blob": big})
 
+    def finish_larger(job: Job) -> None:
+        job.activate()
+        job.finish({"blob": "x" * (docs.INLINE_RESULT_BYTES + BIG)})  # not inline
+
     walk = dm_pb2.WalkGraphReq()
     walk.query.attempt_list.to[qid].nums.append(0)  # all attempts: an id range
     walk.include.quest.data = True
@@ -182,7 +188,7 @@ def _big_values(h: Harness) -> None:
     h.play(a1.execution(1), halt)
     h.settle(max_seconds=1)
     h.service.walk_graph(walk, Caller.trusted())  # a1 waiting: its open edges counted
-    h.play(dep.execution(1), finish)
+    h.play(dep.execution(1), finish_larger)
     h.settle(max_seconds=1)
     h.play(a1.execution(2), finish)
     h.settle(max_seconds=1)

@@ -388,7 +388,7 @@ def _unreported(store: Store, doc: Doc) -> dm_pb2.Result | None:
     """
     if doc["status"] != tasks.EXITED or doc.get("exit_code") != 0:
         return None
-    ex = store.get(docs.execution_path(ExecutionID.parse(str(doc["execution"]))))
+    ex = docs.read_execution(store, ExecutionID.parse(str(doc["execution"])))
     if ex is None or ex["state"] not in (ExecutionState.SCHEDULING, ExecutionState.RUNNING):
         return None
     if ex["state"] == ExecutionState.SCHEDULING:

@@ -192,7 +192,8 @@ def _executions_since(emb: Embedded, attempts: Iterable[AttemptID], since_us: in
     return sum(
         1
         for a in attempts
-        for _, ex in emb.store.query(docs.executions_collection(a))
+        if (att := emb.store.get(docs.attempt_path(a))) is not None
+        for ex in docs.list_executions(emb.store, a, att)
         if int(ex["created"]) >= since_us
     )
 

@@ -103,13 +103,13 @@ def view(engine: Engine, aid: AttemptID, *, with_result: bool = True) -> Attempt
         v.abnormal = f"{AbnormalStatus(ab['status']).name}: {ab['reason']}"
     v.expired = records.attempt_expired(doc, engine.clock())
     if with_result and v.state == AttemptState.FINISHED and not v.expired:  # not served
-        res = store.get(docs.result_path(aid))
+        res = docs.read_result(store, aid, doc)
         if res is not None:
             v.result = json.loads(res["object"])
     cur = int(doc["cur_execution"])
     if cur:
         eid = aid.execution(cur)
-        ex = store.get(docs.execution_path(eid))
+        ex = docs.read_execution(store, eid, doc)
         if ex is not None:
             v.execution_state = ExecutionState(ex["state"])
             cfg = ex.get("config") or {}
@@ -121,7 +121,7 @@ def view(engine: Engine, aid: AttemptID, *, with_result: bool = True) -> Attempt
                     v.info_url = d.info_url(v.dist_token)
                 except Exception:
                     v.info_url = ""
-        timer = store.get(docs.timer_path(eid))
+        timer = docs.timer_of(doc, eid)
         if timer is not None:
             v.timer_state = ExecutionState(timer["state"])
             v.timer_deadline_us = int(timer["deadline_us"])
@@ -232,7 +232,7 @@ def _failure(engine: Engine, v: AttemptView, via: list[str]) -> Failure:
     ab = doc.get("abnormal") or {}
     seconds = None
     if v.num_executions:
-        ex = engine.store.get(docs.execution_path(v.aid.execution(v.num_executions)))
+        ex = docs.read_execution(engine.store, v.aid.execution(v.num_executions))
         if ex is not None:
             seconds = max(0, int(ex["modified"]) - int(ex["created"])) / 1e6
     log = v.info_url
@@ -349,13 +349,13 @@ def explain(engine: Engine, attempts: Iterable[AttemptID], since_us: int) -> lis
             continue
         name = quest_name(engine, aid.quest)
         state = AttemptState(doc["state"])
-        execs = [ex for _, ex in engine.store.query(docs.executions_collection(aid))]
+        execs = docs.list_executions(engine.store, aid, doc)
         mine = [ex for ex in execs if int(ex["created"]) >= since_us]
         took = sum(max(0, int(ex["modified"]) - int(ex["created"])) for ex in mine) / 1e6
         ab = doc.get("abnormal") or {}
         why = f"{AbnormalStatus(int(ab.get('status', 0))).name}: {ab.get('reason', '')}"
         if state == AttemptState.FINISHED and not mine:
-            res = engine.store.get(docs.result_path(aid)) or {}
+            res = docs.read_result(engine.store, aid, doc) or {}
             when = _stamp(int(doc["modified"]))
             line = f"reused: finished {when} by execution {res.get('execution', '?')}"
         elif state == AttemptState.FINISHED:

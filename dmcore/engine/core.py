@@ -398,15 +398,18 @@ class Engine:
             stale.append((path, [_task_from_doc(t) for t in group]))
         self.dispatch(stale)
         fired = 0
-        for _, doc in self.store.query(
-            docs.TIMERS, order_by="deadline_us", limit=self.settings.sweep_batch
+        # Timers, polls and expiries are fields of the attempts (docs.TIMER_DUE, ...):
+        # an ordered query on one finds the attempts that have it, earliest first.
+        for _, att in self.store.query(
+            docs.ATTEMPTS, order_by=docs.TIMER_DUE, limit=self.settings.sweep_batch
         ):
-            if doc["deadline_us"] > now:
+            if att[docs.TIMER_DUE] > now:
                 break
-            step, name = steps.timer_step(doc)
+            timer = att["timer"]
+            step, name = steps.timer_step(timer)
             try:
                 self.queue.enqueue(
-                    Task(name, step_target(step), step.to_payload(), doc["deadline_us"])
+                    Task(name, step_target(step), step.to_payload(), timer["deadline_us"])
                 )
             except Exception:
                 # The timer stays armed: the next sweep fires it (like dispatch above).
@@ -414,32 +417,35 @@ class Engine:
                 continue
             fired += 1
         polled = 0
-        for _, doc in self.store.query(
-            docs.POLLS, order_by="due_us", limit=self.settings.sweep_batch
+        for _, att in self.store.query(
+            docs.ATTEMPTS, order_by=docs.POLL_DUE, limit=self.settings.sweep_batch
         ):
-            if doc["due_us"] > now:
+            if att[docs.POLL_DUE] > now:
                 break
-            later = steps.poll_later(doc)
+            later = steps.poll_later(att["poll"])
             try:
                 self.queue.enqueue(self._task_for(later, ""))
             except Exception:
                 log.warning(
-                    "queueing poll of %s failed; left to the next sweep", doc["eid"], exc_info=True
+                    "queueing poll of %s failed; left to the next sweep",
+                    att["poll"]["eid"],
+                    exc_info=True,
                 )
                 continue
             polled += 1
         expired = 0
-        for _, doc in self.store.query(
-            docs.EXPIRIES, order_by="due_us", limit=self.settings.sweep_batch
+        for path, att in self.store.query(
+            docs.ATTEMPTS, order_by=docs.EXPIRY_DUE, limit=self.settings.sweep_batch
         ):
-            if doc["due_us"] > now:
+            if att[docs.EXPIRY_DUE] > now:
                 break
+            record = {"aid": docs.last_id(path), "due_us": att[docs.EXPIRY_DUE]}
             try:
-                self.queue.enqueue(self._task_for(steps.expiry_later(doc), ""))
+                self.queue.enqueue(self._task_for(steps.expiry_later(record), ""))
             except Exception:
                 log.warning(
                     "queueing expiry of %s failed; left to the next sweep",
-                    doc["aid"],
+                    record["aid"],
                     exc_info=True,
                 )
                 continue

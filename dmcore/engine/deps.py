@@ -20,6 +20,7 @@ from dmcore.engine.records import (
     attempt_is_terminal,
     load_current,
     open_deps,
+    put_execution,
     set_attempt_state,
     set_execution_state,
     token_matches,
@@ -122,7 +123,7 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
     if halt:
         set_execution_state(ex, ExecutionState.STOPPING, ctx.now_us)
         ex["token_state"] = "revoked"
-        ctx.uow.put(docs.execution_path(eid), ex)
+        put_execution(ctx, eid, ex)
         att["deps_execution"] = eid.num
         docs.bump_modified(att, ctx.now_us)
         ctx.uow.put(docs.attempt_path(me), att)

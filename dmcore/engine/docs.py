@@ -3,16 +3,24 @@
 Layout (DESIGN.md §4; SQLite mirrors Firestore)::
 
     quests/{qid}                                   Quest: desc, built_by, created
-    attempts/{aid}                                 Attempt summary (state, counters, ...)
-    attempts/{aid}/executions/{eid}                Execution (state, token hash, config snapshot)
+    attempts/{aid}                                 Attempt (state, counters, ...) and, in its
+                                                   field ``ex``, its current execution
+                                                   (state, token hash, config snapshot)
+    attempts/{aid}/executions/{eid}                an earlier execution, archived when the
+                                                   next one starts
     attempts/{aid}/fwd_deps/{dependee aid}         edge "aid depends on dependee"
-    results/{aid}                                  the attempt's result object (up to 256 KiB)
+    results/{aid}                                  the attempt's result object when large
+                                                   (a small one is inline: ``result.object``)
     back_dep_groups/{aid}                          attempt_finished (terminal) flag
     back_dep_groups/{aid}/back_deps/{depender aid} reverse edge: propagated
-    timers/{aid}|{eid}                             the execution's single armed timer
-    polls/{aid}|{eid}                              when to poll a running execution's status
-    expiries/{aid}                                 when a finished attempt's result expires
     outbox/{id}                                    follow-up tasks committed with their step
+
+The current execution's single armed timer (``timer``, due at ``timer_due_us``),
+its poll (``poll``, ``poll_due_us``) and a finished attempt's result expiry
+(``expiry_due_us``) are fields of the attempt, written with the step that arms
+them (no document of their own to write and delete); the sweep finds the due
+ones by an ordered query on the ``*_due_us`` field, which only attempts that
+have it match.
 
 ``aid`` is the encoded attempt ID (``<qid>|<inverted hex>``), ``eid`` the
 encoded execution number. Times are integer microseconds since the epoch.
@@ -20,20 +28,36 @@ encoded execution number. Times are integer microseconds since the epoch.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from dmcore.ids import AttemptID, ExecutionID
 
 Doc = dict[str, Any]
 
+
+class Reader(Protocol):
+    """What reads records: a store, or a step's unit of work."""
+
+    def get(self, path: str) -> Doc | None: ...
+
+    def query(
+        self,
+        collection: str,
+        where: dict[str, Any] | None = None,
+        order_by: str | None = None,
+        *,
+        limit: int | None = None,
+    ) -> list[tuple[str, Doc]]: ...
+
+
 QUESTS = "quests"
 ATTEMPTS = "attempts"
 RESULTS = "results"
 BACK_DEP_GROUPS = "back_dep_groups"
-TIMERS = "timers"
-POLLS = "polls"
-EXPIRIES = "expiries"
 OUTBOX = "outbox"
+TIMER_DUE = "timer_due_us"
+POLL_DUE = "poll_due_us"
+EXPIRY_DUE = "expiry_due_us"
 
 
 INDEXED_FIELDS = ("satisfied", "propagated")
@@ -59,6 +83,42 @@ def execution_path(eid: ExecutionID) -> str:
     return f"{ATTEMPTS}/{eid.attempt_id.encoded}/executions/{eid.encoded_num}"
 
 
+CURRENT = "ex"
+"""The attempt's field holding its current execution: the steps of an execution
+read and write one document (its attempt), not two."""
+
+
+def current_execution(att: Doc | None, eid: ExecutionID) -> Doc | None:
+    """Execution ``eid`` if it is ``att``'s current one (None otherwise)."""
+    if att is None or int(att.get("cur_execution", 0)) != eid.num:
+        return None
+    ex: Doc | None = att.get(CURRENT)
+    return ex
+
+
+def read_execution(reader: Reader, eid: ExecutionID, att: Doc | None = None) -> Doc | None:
+    """Execution ``eid``: on its attempt (read unless given) if current, else archived."""
+    if att is None:
+        att = reader.get(attempt_path(eid.attempt_id))
+        if att is None:
+            return None
+    ex = current_execution(att, eid)
+    if ex is not None or eid.num >= int(att.get("cur_execution", 0)):
+        return ex
+    return reader.get(execution_path(eid))
+
+
+def list_executions(reader: Reader, aid: AttemptID, att: Doc) -> list[Doc]:
+    """Every execution of attempt ``att`` in order (the archive read only if it has any)."""
+    out: list[Doc] = []
+    if int(att.get("cur_execution", 0)) > 1:
+        rows = reader.query(executions_collection(aid), order_by="num", limit=None)
+        out = [doc for _, doc in rows if int(doc["num"]) < int(att["cur_execution"])]
+    if att.get(CURRENT) is not None:
+        out.append(att[CURRENT])
+    return out
+
+
 def fwd_deps_collection(aid: AttemptID) -> str:
     return f"{ATTEMPTS}/{aid.encoded}/fwd_deps"
 
@@ -69,6 +129,26 @@ def fwd_dep_path(depender: AttemptID, dependee: AttemptID) -> str:
 
 def result_path(aid: AttemptID) -> str:
     return f"{RESULTS}/{aid.encoded}"
+
+
+INLINE_RESULT_BYTES = 32 * 1024
+"""Results up to this size live on their attempt (``result``: object, size, execution,
+expiration), written with it: no document of their own. Larger ones (up to 256 KiB)
+go to ``results/{aid}``, keeping the attempt, which also holds its current
+execution, far from Firestore's 1 MiB."""
+
+
+def read_result(reader: Reader, aid: AttemptID, att: Doc | None = None) -> Doc | None:
+    """Attempt ``aid``'s result (object, size, execution[, expiration_us]), inline on
+    its attempt (read unless given) or in its own record; None if it has none."""
+    if att is None:
+        att = reader.get(attempt_path(aid))
+    summary: Doc | None = (att or {}).get("result")
+    if summary is not None and "object" in summary:
+        return summary
+    if att is not None and summary is None:
+        return None
+    return reader.get(result_path(aid))
 
 
 def back_dep_group_path(dependee: AttemptID) -> str:
@@ -83,16 +163,16 @@ def back_dep_path(dependee: AttemptID, depender: AttemptID) -> str:
     return f"{BACK_DEP_GROUPS}/{dependee.encoded}/back_deps/{depender.encoded}"
 
 
-def timer_path(eid: ExecutionID) -> str:
-    return f"{TIMERS}/{eid.attempt_id.encoded}|{eid.encoded_num}"
+def timer_of(att: Doc | None, eid: ExecutionID) -> Doc | None:
+    """Execution ``eid``'s armed timer, on its attempt ``att`` (None: none armed)."""
+    timer: Doc | None = (att or {}).get("timer")
+    return timer if timer is not None and timer["eid"] == str(eid) else None
 
 
-def poll_path(eid: ExecutionID) -> str:
-    return f"{POLLS}/{eid.attempt_id.encoded}|{eid.encoded_num}"
-
-
-def expiry_path(aid: AttemptID) -> str:
-    return f"{EXPIRIES}/{aid.encoded}"
+def poll_of(att: Doc | None, eid: ExecutionID) -> Doc | None:
+    """Execution ``eid``'s scheduled poll, on its attempt ``att`` (None: not polled)."""
+    poll: Doc | None = (att or {}).get("poll")
+    return poll if poll is not None and poll["eid"] == str(eid) else None
 
 
 def outbox_path(oid: str) -> str:

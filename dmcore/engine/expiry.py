@@ -22,17 +22,18 @@ from dmcore.states import AttemptState
 @rolls_forward(steps.ExpireResult)
 def expire_result(step: steps.ExpireResult, ctx: Ctx) -> list[Step | Later]:
     aid = AttemptID.decode(step.aid)
-    apath, rpath = docs.attempt_path(aid), docs.expiry_path(aid)
-    got = ctx.uow.get_many([apath, rpath])
-    att, record = got[apath], got[rpath]
-    done = att is None or att["state"] != AttemptState.FINISHED or bool(att.get("is_expired"))
+    apath = docs.attempt_path(aid)
+    att = ctx.uow.get(apath)
+    if att is None:
+        return []
+    done = att["state"] != AttemptState.FINISHED or bool(att.get("is_expired"))
     if not done:
-        assert att is not None
         if not result_expired(att.get("result"), ctx.now_us):
             return []  # early (a clock behind the queue's): the sweep fires it again
         att["is_expired"] = True
         docs.bump_modified(att, ctx.now_us)
         ctx.uow.put(apath, att)
-    if record is not None:
-        ctx.uow.delete(rpath)
+    if docs.EXPIRY_DUE in att:
+        del att[docs.EXPIRY_DUE]  # nothing left for the sweep
+        ctx.uow.put(apath, att)
     return []

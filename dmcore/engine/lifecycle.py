@@ -40,6 +40,7 @@ from dmcore.engine.records import (
     json_result,
     load_current,
     open_deps,
+    put_execution,
     rearm_stop_for_poll_timeout,
     schedule_poll,
     set_attempt_state,
@@ -127,36 +128,36 @@ def schedule_execution(step: steps.ScheduleExecution, ctx: Ctx) -> list[Step | L
     set_attempt_state(att, AttemptState.EXECUTING, ctx.now_us)
     att["cur_execution"] = num
     att["deps_execution"] = 0
-    ctx.uow.put(docs.attempt_path(aid), att)
+    before = att.get(docs.CURRENT)
+    if before is not None:
+        # The execution ending here moves to the archive: a new execution costs one
+        # more write, a leaf's only execution none.
+        ctx.uow.put(docs.execution_path(aid.execution(int(before["num"]))), before)
 
     activation = ctx.engine.rand(32)
     t = desc.meta.timeouts
     eid = aid.execution(num)
-    ctx.uow.create(
-        docs.execution_path(eid),
-        {
-            "num": num,
-            "state": int(ExecutionState.SCHEDULING),
-            "created": ctx.now_us,
-            "modified": ctx.now_us,
-            "config": snap.to_doc() if snap else None,
-            "token_hash": token_hash(activation),
-            "token_state": "activation",
-            "dist_token": "",
-            "poll_timeout_us": 0,
-            "timer_armed": False,
-            "poll_armed": False,
-            "run_at_us": 0,
-            "timeouts": {
-                "start": duration_us(t.start),
-                "run": duration_us(t.run),
-                "stop": duration_us(t.stop),
-            },
-            "result": None,
-            "abnormal": None,
-            "is_abnormal": False,
+    att[docs.CURRENT] = {
+        "num": num,
+        "state": int(ExecutionState.SCHEDULING),
+        "created": ctx.now_us,
+        "modified": ctx.now_us,
+        "config": snap.to_doc() if snap else None,
+        "token_hash": token_hash(activation),
+        "token_state": "activation",
+        "dist_token": "",
+        "poll_timeout_us": 0,
+        "run_at_us": 0,
+        "timeouts": {
+            "start": duration_us(t.start),
+            "run": duration_us(t.run),
+            "stop": duration_us(t.stop),
         },
-    )
+        "result": None,
+        "abnormal": None,
+        "is_abnormal": False,
+    }
+    ctx.uow.put(docs.attempt_path(aid), att)
     if snap is None:
         return [
             steps.FinishExecution(
@@ -269,7 +270,7 @@ def claim_run(step: steps.ClaimRun, ctx: Ctx) -> list[Step | Later]:
     ex["run_claim"] = {"id": step.claim, "until_us": ctx.now_us + ctx.engine.settings.run_lease_us}
     if not ex.get("run_first_us"):
         ex["run_first_us"] = ctx.now_us  # the outage window counts from here
-    ctx.uow.put(docs.execution_path(eid), ex)
+    put_execution(ctx, eid, ex)
     step.outcome = "run"
     return []
 
@@ -287,7 +288,7 @@ def run_failed(step: steps.RunFailed, ctx: Ctx) -> list[Step | Later]:
     del ex["run_claim"]
     errors = int(ex.get("run_errors", 0)) + 1
     ex["run_errors"] = errors
-    ctx.uow.put(docs.execution_path(eid), ex)  # the Uow writes ex as it is at the end
+    put_execution(ctx, eid, ex)  # the Uow writes ex as it is at the end
     settings = ctx.engine.settings
     first = int(ex.get("run_first_us") or ctx.now_us)
     if ctx.now_us - first >= settings.run_retry_window_us:
@@ -316,7 +317,7 @@ def record_run(step: steps.RecordRun, ctx: Ctx) -> list[Step | Later]:
     ex["dist_token"] = step.dist_token
     ex["poll_timeout_us"] = max(0, step.poll_timeout_us)
     ex["run_at_us"] = ctx.now_us
-    ctx.uow.put(docs.execution_path(eid), ex)
+    put_execution(ctx, eid, ex)
     state = ExecutionState(ex["state"])
     if is_terminal_execution(state):
         # Ended (cancelled) between RunExecution's read and D.run: the task the
@@ -325,7 +326,6 @@ def record_run(step: steps.RecordRun, ctx: Ctx) -> list[Step | Later]:
     out: list[Step | Later] = []
     if step.poll_interval_us > 0 and state in (ExecutionState.SCHEDULING, ExecutionState.RUNNING):
         poll = {"eid": step.eid, "interval_us": step.poll_interval_us}
-        ex["poll_armed"] = True
         out += schedule_poll(ctx, eid, poll, ctx.now_us + step.poll_interval_us)
     if state == ExecutionState.SCHEDULING:
         out += arm_timer(ctx, eid, ex, ExecutionState.SCHEDULING, ex["timeouts"]["start"])
@@ -338,7 +338,7 @@ def record_run(step: steps.RecordRun, ctx: Ctx) -> list[Step | Later]:
 @executes(steps.CancelTask)
 def cancel_task(step: steps.CancelTask, engine: Engine, delivery: int) -> None:
     eid = ExecutionID.parse(step.eid)
-    ex = engine.store.get(docs.execution_path(eid))
+    ex = docs.read_execution(engine.store, eid)
     if ex is None or not ex["dist_token"] or not ex.get("config"):
         return
     if not is_terminal_execution(ExecutionState(ex["state"])):
@@ -381,7 +381,7 @@ def activate_execution(step: steps.ActivateExecution, ctx: Ctx) -> list[Step | L
         and token_matches(ex, new_token)
     ):
         raise denied
-    ctx.uow.put(docs.execution_path(eid), ex)
+    put_execution(ctx, eid, ex)
     return arm_timer(ctx, eid, ex, ExecutionState.RUNNING, ex["timeouts"]["run"])
 
 
@@ -399,7 +399,7 @@ def finish_attempt(step: steps.FinishAttempt, ctx: Ctx) -> list[Step | Later]:
         and token_matches(ex, token)
     ):
         # A retry after a lost response: the same result is fine (W-6).
-        prior = ctx.uow.get(rpath)
+        prior = docs.read_result(ctx.uow, eid.attempt_id, att)
         if (
             prior is not None
             and prior["object"] == step.object
@@ -410,12 +410,15 @@ def finish_attempt(step: steps.FinishAttempt, ctx: Ctx) -> list[Step | Later]:
     att, ex = verify_running(ctx, eid, token, PermissionDenied)
     set_execution_state(ex, ExecutionState.STOPPING, ctx.now_us)
     ex["token_state"] = "revoked"
-    ctx.uow.put(docs.execution_path(eid), ex)
+    put_execution(ctx, eid, ex)
     doc: dict[str, Any] = {"object": step.object, "size": step.size, "execution": eid.num}
     summary: dict[str, Any] = {"size": step.size}
     if step.expiration_us is not None:
         doc["expiration_us"] = summary["expiration_us"] = step.expiration_us
-    ctx.uow.put(rpath, doc)
+    if len(step.object.encode()) <= docs.INLINE_RESULT_BYTES:
+        summary = doc  # on the attempt, written anyway
+    else:
+        ctx.uow.put(rpath, doc)
     att["result"] = summary
     docs.bump_modified(att, ctx.now_us)
     ctx.uow.put(docs.attempt_path(eid.attempt_id), att)
@@ -490,7 +493,7 @@ def finish_execution(step: steps.FinishExecution, ctx: Ctx) -> list[Step | Later
             set_attempt_state(att, AttemptState.FINISHED, ctx.now_us)
             out += arm_expiry(ctx, aid, att)
             out += completion_follow_ups(ctx, aid)
-    ctx.uow.put(docs.execution_path(eid), ex)
+    put_execution(ctx, eid, ex)
     ctx.uow.put(docs.attempt_path(aid), att)
     return out
 

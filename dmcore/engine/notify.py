@@ -25,7 +25,7 @@ log = logging.getLogger("dm.engine")
 @executes(steps.NotifyExecution)
 def notify_execution(step: steps.NotifyExecution, engine: Engine, delivery: int) -> None:
     eid = ExecutionID.parse(step.eid)
-    ex = engine.store.get(docs.execution_path(eid))
+    ex = docs.read_execution(engine.store, eid)
     if ex is None:
         log.warning("notification for unknown execution %s dropped", eid)
         return

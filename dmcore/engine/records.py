@@ -109,9 +109,21 @@ def json_result(d: Mapping[str, Any] | None) -> dm_pb2.JsonResult | None:
 
 
 def load_current(ctx: Ctx, eid: ExecutionID) -> tuple[docs.Doc | None, docs.Doc | None]:
-    """The attempt and execution docs (either may be None)."""
-    got = ctx.uow.get_many([docs.attempt_path(eid.attempt_id), docs.execution_path(eid)])
-    return got[docs.attempt_path(eid.attempt_id)], got[docs.execution_path(eid)]
+    """The attempt and execution docs (either may be None); one read when ``eid`` is
+    the current execution (it lives on its attempt), two for an archived one."""
+    att = ctx.uow.get(docs.attempt_path(eid.attempt_id))
+    return att, docs.read_execution(ctx.uow, eid, att) if att is not None else None
+
+
+def put_execution(ctx: Ctx, eid: ExecutionID, ex: docs.Doc) -> None:
+    """Write execution ``ex`` where it lives: its attempt's document if it is the
+    current one (as :func:`load_current` returned it), else its archived record."""
+    apath = docs.attempt_path(eid.attempt_id)
+    att = ctx.uow.get(apath)
+    if att is not None and att.get(docs.CURRENT) is ex:
+        ctx.uow.put(apath, att)
+    else:
+        ctx.uow.put(docs.execution_path(eid), ex)
 
 
 def verify_running(
@@ -163,7 +175,7 @@ def arm_expiry(ctx: Ctx, aid: AttemptID, att: docs.Doc) -> list[Step | Later]:
         att["is_expired"] = True
         return []
     record = {"aid": aid.encoded, "due_us": int(due)}
-    ctx.uow.put(docs.expiry_path(aid), record)
+    att[docs.EXPIRY_DUE] = int(due)  # the caller writes att
     if int(due) - ctx.now_us > TIMER_QUEUE_HORIZON_US:
         return []  # Engine.sweep reads the expiries
     return [expiry_later(record)]
@@ -200,38 +212,49 @@ def open_deps(ctx: Ctx, aid: AttemptID, execution: int, limit: int | None) -> in
 def arm_timer(
     ctx: Ctx, eid: ExecutionID, ex: docs.Doc, state: ExecutionState, after_us: int
 ) -> list[Step | Later]:
-    """Arm the execution's single timer (``after_us`` <= 0 disarms it); ``ex`` is written."""
-    path = docs.timer_path(eid)
-    ctx.uow.put(docs.execution_path(eid), ex)
-    if after_us <= 0:
+    """Arm the execution's single timer (``after_us`` <= 0 disarms it); ``ex`` is written.
+
+    The timer is a field of the attempt, which holds the current execution:
+    arming costs no write of its own. An archived execution has ended: no timer.
+    """
+    put_execution(ctx, eid, ex)
+    att = ctx.uow.get(docs.attempt_path(eid.attempt_id))
+    if after_us <= 0 or att is None or att.get(docs.CURRENT) is not ex:
         disarm_timer(ctx, eid, ex)
         return []
-    ex["timer_armed"] = True
     deadline = ctx.now_us + after_us
     timer = {"eid": str(eid), "state": int(state), "deadline_us": deadline, "polls": 0}
-    ctx.uow.put(path, timer)
+    set_timer(att, timer)
     if after_us > TIMER_QUEUE_HORIZON_US:
         return []  # the sweep fires it when due (Engine.sweep reads the timers)
     return [timer_later(timer)]
 
 
-def disarm_timer(ctx: Ctx, eid: ExecutionID, ex: docs.Doc) -> None:
-    """Delete the execution's timer record, unless ``ex`` says there is none.
+def set_timer(att: docs.Doc, timer: docs.Doc) -> None:
+    """(Re)arm ``timer`` on attempt ``att`` (the caller writes ``att``)."""
+    att["timer"] = timer
+    att[docs.TIMER_DUE] = int(timer["deadline_us"])
 
-    Executions note whether a timer (and a poll) record may exist, so that the
-    usual case, none, costs no delete (a billed write on Firestore). Older
-    execution records without the note get the delete.
-    """
-    if ex.get("timer_armed", True):
-        ctx.uow.delete(docs.timer_path(eid))
-        ex["timer_armed"] = False
+
+def disarm_timer(ctx: Ctx, eid: ExecutionID, ex: docs.Doc) -> None:
+    """Remove execution ``eid``'s timer from its attempt, if armed (the attempt is
+    written then: it is, anyway, by every step that disarms)."""
+    apath = docs.attempt_path(eid.attempt_id)
+    att = ctx.uow.get(apath)
+    if att is not None and docs.timer_of(att, eid) is not None:
+        del att["timer"]
+        att.pop(docs.TIMER_DUE, None)
+        ctx.uow.put(apath, att)
 
 
 def disarm_poll(ctx: Ctx, eid: ExecutionID, ex: docs.Doc) -> None:
-    """Delete the execution's poll record, unless ``ex`` says there is none (as timers)."""
-    if ex.get("poll_armed", True):
-        ctx.uow.delete(docs.poll_path(eid))
-        ex["poll_armed"] = False
+    """Remove execution ``eid``'s poll from its attempt, if scheduled (as timers)."""
+    apath = docs.attempt_path(eid.attempt_id)
+    att = ctx.uow.get(apath)
+    if att is not None and docs.poll_of(att, eid) is not None:
+        del att["poll"]
+        att.pop(docs.POLL_DUE, None)
+        ctx.uow.put(apath, att)
 
 
 def arm_stop_timer(ctx: Ctx, eid: ExecutionID, ex: docs.Doc) -> list[Step | Later]:
@@ -252,7 +275,7 @@ def rearm_stop_for_poll_timeout(ctx: Ctx, eid: ExecutionID, ex: docs.Doc) -> lis
     poll = int(ex.get("poll_timeout_us", 0))
     if ex["state"] != ExecutionState.STOPPING or poll <= 0:
         return []
-    timer = ctx.uow.get(docs.timer_path(eid))
+    timer = docs.timer_of(ctx.uow.get(docs.attempt_path(eid.attempt_id)), eid)
     if timer is None or timer["state"] != ExecutionState.STOPPING or int(timer["polls"]) > 0:
         return []
     due = int(ex.get("stopping_us", ctx.now_us)) + poll
@@ -272,7 +295,13 @@ def stop_timeout_us(ex: Mapping[str, Any]) -> int:
 def schedule_poll(
     ctx: Ctx, eid: ExecutionID, poll: Mapping[str, Any], due_us: int
 ) -> list[Step | Later]:
-    """(Re)write the execution's poll record and queue the poll at ``due_us``."""
+    """(Re)schedule the execution's poll (on its attempt) and queue it at ``due_us``."""
+    apath = docs.attempt_path(eid.attempt_id)
+    att = ctx.uow.get(apath)
+    if att is None or docs.current_execution(att, eid) is None:
+        return []  # an archived execution has ended: nothing to poll
     doc = {**poll, "due_us": due_us}
-    ctx.uow.put(docs.poll_path(eid), doc)
+    att["poll"] = doc
+    att[docs.POLL_DUE] = due_us
+    ctx.uow.put(apath, att)
     return [poll_later(doc)]

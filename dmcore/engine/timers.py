@@ -17,8 +17,10 @@ from dmcore.engine.core import Engine
 from dmcore.engine.records import (
     US,
     abnormal,
+    disarm_poll,
     result_doc_from_proto,
     schedule_poll,
+    set_timer,
 )
 from dmcore.ids import ExecutionID
 from dmcore.proto import dm_pb2
@@ -33,9 +35,15 @@ log = logging.getLogger("dm.engine")
 @rolls_forward(steps.TimerFired)
 def timer_fired(step: steps.TimerFired, ctx: Ctx) -> list[Step | Later]:
     eid = ExecutionID.parse(step.eid)
-    tpath = docs.timer_path(eid)
-    timer = ctx.uow.get(tpath)
-    if timer is None or timer["state"] != step.state or timer["deadline_us"] != step.deadline_us:
+    apath = docs.attempt_path(eid.attempt_id)
+    att = ctx.uow.get(apath)
+    timer = docs.timer_of(att, eid)
+    if (
+        att is None
+        or timer is None
+        or timer["state"] != step.state
+        or timer["deadline_us"] != step.deadline_us
+    ):
         return []
     if step.result is not None:
         return [steps.FinishExecution(eid=step.eid, result=step.result)]
@@ -47,15 +55,17 @@ def timer_fired(step: steps.TimerFired, ctx: Ctx) -> list[Step | Later]:
         "deadline_us": max(step.deadline_us, ctx.now_us) + interval,
         "polls": int(timer["polls"]) + (1 if step.polled else 0),
     }
-    ctx.uow.put(tpath, nxt)
+    set_timer(att, nxt)
+    ctx.uow.put(apath, att)
     return [steps.timer_later(nxt)]
 
 
 @executes(steps.TimeoutExecution)
 def timeout_execution(step: steps.TimeoutExecution, engine: Engine, delivery: int) -> None:
     eid = ExecutionID.parse(step.eid)
-    got = engine.store.get_many([docs.timer_path(eid), docs.execution_path(eid)])
-    timer, ex = got[docs.timer_path(eid)], got[docs.execution_path(eid)]
+    att = engine.store.get(docs.attempt_path(eid.attempt_id))
+    timer = docs.timer_of(att, eid)
+    ex = docs.read_execution(engine.store, eid, att) if att is not None else None
     if (
         timer is None
         or ex is None
@@ -102,8 +112,9 @@ def timeout_execution(step: steps.TimeoutExecution, engine: Engine, delivery: in
 @executes(steps.PollExecution)
 def poll_execution(step: steps.PollExecution, engine: Engine, delivery: int) -> None:
     eid = ExecutionID.parse(step.eid)
-    got = engine.store.get_many([docs.poll_path(eid), docs.execution_path(eid)])
-    poll, ex = got[docs.poll_path(eid)], got[docs.execution_path(eid)]
+    att = engine.store.get(docs.attempt_path(eid.attempt_id))
+    poll = docs.poll_of(att, eid)
+    ex = docs.read_execution(engine.store, eid, att) if att is not None else None
     if poll is None or poll["due_us"] != step.due_us:
         return  # a newer poll is scheduled, or polling ended
     done = steps.PollDone(eid=step.eid, due_us=step.due_us)
@@ -136,13 +147,15 @@ def poll_execution(step: steps.PollExecution, engine: Engine, delivery: int) -> 
 @rolls_forward(steps.PollDone)
 def poll_done(step: steps.PollDone, ctx: Ctx) -> list[Step | Later]:
     eid = ExecutionID.parse(step.eid)
-    path = docs.poll_path(eid)
-    poll = ctx.uow.get(path)
-    if poll is None or poll["due_us"] != step.due_us:
+    att = ctx.uow.get(docs.attempt_path(eid.attempt_id))
+    poll = docs.poll_of(att, eid)
+    if att is None or poll is None or poll["due_us"] != step.due_us:
         return []
     if step.result is not None:
         return [steps.FinishExecution(eid=step.eid, result=step.result)]
     if step.again:
         return schedule_poll(ctx, eid, poll, ctx.now_us + int(poll["interval_us"]))
-    ctx.uow.delete(path)
+    ex = docs.current_execution(att, eid)
+    if ex is not None:
+        disarm_poll(ctx, eid, ex)
     return []

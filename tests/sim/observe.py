@@ -190,7 +190,7 @@ class Internals:
 
     def result_writer(self, aid: AttemptID) -> int | None:
         """The execution that wrote ``aid``'s result (None: no result)."""
-        doc = self.store.get(docs.result_path(aid))
+        doc = docs.read_result(self.store, aid)
         return None if doc is None else int(doc["execution"])
 
     def reopens(self, aid: AttemptID) -> list[tuple[int, int]]:
@@ -236,12 +236,18 @@ class Internals:
     def leftovers(self, now_us: int) -> list[str]:
         """Work dm left armed: outbox records, timers, polls, and expiries due by now."""
         out = [f"outbox record left: {p}" for p, _ in self.store.query(docs.OUTBOX)]
-        out += [f"timer left armed: {p}" for p, _ in self.store.query(docs.TIMERS)]
-        out += [f"poll left scheduled: {p}" for p, _ in self.store.query(docs.POLLS)]
+        out += [
+            f"timer left armed: {p}"
+            for p, _ in self.store.query(docs.ATTEMPTS, order_by=docs.TIMER_DUE)
+        ]
+        out += [
+            f"poll left scheduled: {p}"
+            for p, _ in self.store.query(docs.ATTEMPTS, order_by=docs.POLL_DUE)
+        ]
         out += [
             f"expiry due but not applied: {p}"
-            for p, d in self.store.query(docs.EXPIRIES)
-            if int(d["due_us"]) <= now_us
+            for p, d in self.store.query(docs.ATTEMPTS, order_by=docs.EXPIRY_DUE)
+            if int(d[docs.EXPIRY_DUE]) <= now_us
         ]
         return out
 
@@ -252,12 +258,8 @@ class Internals:
         """Due times of everything armed that the sweep fires (timers, polls, expiries)."""
         return [
             int(d[field])
-            for collection, field in (
-                (docs.TIMERS, "deadline_us"),
-                (docs.POLLS, "due_us"),
-                (docs.EXPIRIES, "due_us"),
-            )
-            for _, d in self.store.query(collection)
+            for field in (docs.TIMER_DUE, docs.POLL_DUE, docs.EXPIRY_DUE)
+            for _, d in self.store.query(docs.ATTEMPTS, order_by=field)
         ]
 
     def next_armed_us(self, now_us: int) -> int | None:
@@ -278,15 +280,20 @@ class Internals:
         import json
 
         dependee, depender = drop_back_edge
-        result = self.store.get(docs.result_path(wrong_result))
-        assert result is not None
+        apath = docs.attempt_path(wrong_result)
+        att = self.store.get(apath)
+        result = docs.read_result(self.store, wrong_result, att)
+        assert att is not None and result is not None
         obj = json.loads(result["object"])
         obj["v"] += 1
         text = json.dumps(obj, separators=(",", ":"))
 
         def fn(tx: Transaction) -> None:
             tx.delete(docs.back_dep_path(dependee, depender))
-            tx.set(docs.result_path(wrong_result), {**result, "object": text})
+            if result is att["result"]:  # inline on the attempt
+                tx.set(apath, {**att, "result": {**result, "object": text}})
+            else:
+                tx.set(docs.result_path(wrong_result), {**result, "object": text})
             tx.set(docs.outbox_path("planted"), {"tasks": [], "created_us": 0})
 
         self.store.transaction(fn)

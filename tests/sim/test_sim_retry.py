@@ -209,20 +209,20 @@ def _finished_snapshot(h: Harness) -> dict[AttemptID, Any]:
     for p, d in h.store.query(docs.ATTEMPTS):
         if d["state"] == AttemptState.FINISHED:
             aid = AttemptID.decode(docs.last_id(p))
-            out[aid] = (d, h.store.get(docs.result_path(aid)))
+            out[aid] = (d, docs.read_result(h.store, aid, d))
     return out
 
 
 def _ended_executions(h: Harness) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for p, _ in h.store.query(docs.ATTEMPTS):
+    for p, att in h.store.query(docs.ATTEMPTS):
         aid = AttemptID.decode(docs.last_id(p))
-        for ep, ex in h.store.query(docs.executions_collection(aid)):
+        for ex in docs.list_executions(h.store, aid, att):
             if ExecutionState(ex["state"]) in (
                 ExecutionState.FINISHED,
                 ExecutionState.ABNORMAL_FINISHED,
             ):
-                out[ep] = ex
+                out[str(aid.execution(int(ex["num"])))] = ex
     return out
 
 
@@ -260,7 +260,7 @@ def _retry_round(sim: RetrySim, rng: random.Random, chosen: list[AttemptID]) -> 
     sim.run()
     v += [f"round {rnd}: {c}" for c in sim.check_cascades()]
     for aid, (att, res) in finished.items():
-        now = (h.attempt(aid), h.store.get(docs.result_path(aid)))
+        now = (h.attempt(aid), docs.read_result(h.store, aid))
         if now != (att, res):
             v.append(f"round {rnd}: FINISHED {sim.name(aid)} changed: {now}")
     now_ended = _ended_executions(h)

@@ -23,7 +23,9 @@ locals {
   # Large values no query looks at: collection id => fields exempted from indexing.
   unindexed_fields = {
     "quests/desc"       = { collection = "quests", field = "desc" }       # the quest's description (its parameters)
-    "results/object"    = { collection = "results", field = "object" }    # an attempt's result, up to 256 KiB
+    "attempts/ex"       = { collection = "attempts", field = "ex" }       # the current execution (config, result)
+    "attempts/result"   = { collection = "attempts", field = "result" }   # a small result, inline (up to 32 KiB)
+    "results/object"    = { collection = "results", field = "object" }    # a larger result, up to 256 KiB
     "executions/result" = { collection = "executions", field = "result" } # the distributor's result (the job's state)
     "outbox/tasks"      = { collection = "outbox", field = "tasks" }      # follow-up tasks waiting for dispatch
     # Timestamps no query looks at, in top-level collections written about once per
