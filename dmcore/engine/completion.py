@@ -1,6 +1,7 @@
 """A finished attempt reaches its dependers: marked terminal on its back-edge
-group, then each unpropagated back edge is acked, a batch per step
-(``Settings.propagate_batch``), the step chaining itself until none is left.
+group, then each unpropagated back edge and
+its forward edge are acked, a batch per step (``Settings.propagate_batch``),
+the step chaining itself until none is left; each depender's check is queued.
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ def propagate_completion(step: steps.PropagateCompletion, ctx: Ctx) -> list[Step
     out: list[Step | Later] = []
     for path, doc in rows:
         ctx.uow.put(path, {**doc, "propagated": True})
-        out.append(steps.AckFwdDep(depender=docs.last_id(path), dependee=step.aid))
+        # Each forward edge acked in this transaction (its own document: no hot spot
+        # however many dependers); only the dependers' checks are queued.
+        ack = steps.AckFwdDep(depender=docs.last_id(path), dependee=step.aid)
+        out.append(Later(ack, together=True))
     if len(rows) == batch:
         out.append(steps.PropagateCompletion(aid=step.aid))
     return out
