@@ -179,7 +179,9 @@ class Service:
 
         # Without an execution: create what is missing, report the state before.
         rsp.accepted = True
-        rsp.result.CopyFrom(self._snapshot_graph(aids, req.include.attempt.result, max_size))
+        # The state before, from what was read just now (not read again).
+        known = {**existing_quests, **existing}
+        rsp.result.CopyFrom(self._snapshot_graph(aids, req.include.attempt.result, max_size, known))
         by_quest: dict[str, list[str]] = collections.defaultdict(list)
         for a in new_attempts:
             by_quest[a.quest].append(a.encoded)
@@ -238,7 +240,7 @@ class Service:
             if (doc := existing[docs.attempt_path(a)]) is not None
             and is_terminal_attempt(AttemptState(doc["state"]))
         ]
-        self._reject_cycles(me, [a for a in aids if a.encoded not in set(terminal)])
+        self._reject_cycles(me, [a for a in aids if a.encoded not in set(terminal)], existing)
         token_b64 = base64.b64encode(req.for_execution.token).decode()
         new_encoded = [a.encoded for a in new_attempts]
         chunk_size = self.declare_chunk
@@ -286,7 +288,12 @@ class Service:
             new_quests, new_encoded = {}, []
         raise Unavailable("dependencies keep being re-opened; call again")
 
-    def _reject_cycles(self, me: AttemptID, dependees: list[AttemptID]) -> None:
+    def _reject_cycles(
+        self,
+        me: AttemptID,
+        dependees: list[AttemptID],
+        known: Mapping[str, docs.Doc | None],
+    ) -> None:
         """Refuse an edge that would close a cycle through unfinished attempts.
 
         An attempt waits only on the open edges of its current execution; edges
@@ -300,7 +307,10 @@ class Service:
             if a in seen:
                 continue
             seen.add(a)
-            att = store.get(docs.attempt_path(a))
+            apath = docs.attempt_path(a)
+            # The dependees were read just now (an absent one, created by this very
+            # call, has no edges): only attempts further down are read here.
+            att = known[apath] if apath in known else store.get(apath)
             if att is None or is_terminal_attempt(AttemptState(att["state"])):
                 continue
             open_edges = {"satisfied": False, "for_execution": int(att["cur_execution"])}
@@ -314,7 +324,11 @@ class Service:
                 todo.append(nxt)
 
     def _snapshot_graph(
-        self, aids: list[AttemptID], results: bool, max_size: int
+        self,
+        aids: list[AttemptID],
+        results: bool,
+        max_size: int,
+        known: Mapping[str, docs.Doc | None] | None = None,
     ) -> dm_pb2.GraphData:
         req = dm_pb2.WalkGraphReq()
         for a in aids:
@@ -327,7 +341,7 @@ class Service:
         req.include.attempt.result = results
         req.include.attempt.abnormal = True
         req.include.attempt.expired = True
-        return self._walk(req, authorized_all=True)
+        return self._walk(req, authorized_all=True, known=known)
 
     # -- ActivateExecution / FinishAttempt ----------------------------------------------------
 
@@ -474,10 +488,18 @@ class Service:
         return self._walk(req, authorized_all=me is None, me=me)
 
     def _walk(
-        self, req: dm_pb2.WalkGraphReq, *, authorized_all: bool, me: AttemptID | None = None
+        self,
+        req: dm_pb2.WalkGraphReq,
+        *,
+        authorized_all: bool,
+        me: AttemptID | None = None,
+        known: Mapping[str, docs.Doc | None] | None = None,
     ) -> dm_pb2.GraphData:
+        """The graph ``req`` asks for; ``known``: documents (or their absence) the
+        caller has just read, not read again."""
         eng = self.engine
         store = eng.store
+        known = known or {}
         inc = req.include
         out = dm_pb2.GraphData()
         budget = _data_limit(req.limit.max_data_size, "limit.max_data_size")
@@ -504,7 +526,7 @@ class Service:
             if listed:
                 roots.append((q, listed))
             else:
-                self._quest_entry(out, q, inc, excluded_quests)
+                self._quest_entry(out, q, inc, excluded_quests, known)
                 # Attempt ids are "<quest>|<number>": the quest's attempts are an id range.
                 rows = store.query_id_prefix(docs.ATTEMPTS, q + "|")
                 every = []
@@ -542,9 +564,10 @@ class Service:
             if aid in seen or aid in excluded or aid.quest in excluded_all:
                 continue
             seen.add(aid)
-            quest = self._quest_entry(out, aid.quest, inc, excluded_quests)
+            quest = self._quest_entry(out, aid.quest, inc, excluded_quests, known)
             att_msg = quest.attempts[aid.num]
-            got = store.get(docs.attempt_path(aid))
+            apath = docs.attempt_path(aid)
+            got = known[apath] if apath in known else store.get(apath)
             if got is None:
                 att_msg.DNE = True
                 continue
@@ -638,6 +661,7 @@ class Service:
         qid: str,
         inc: dm_pb2.WalkGraphReq.Include,
         excluded: set[str],
+        known: Mapping[str, docs.Doc | None],
     ) -> dm_pb2.Quest:
         if qid in out.quests:
             return out.quests[qid]
@@ -645,7 +669,8 @@ class Service:
         if inc.quest.ids:
             q.id.id = qid
         if inc.quest.data and qid not in excluded:
-            doc = self.engine.store.get(docs.quest_path(qid))
+            qpath = docs.quest_path(qid)
+            doc = known[qpath] if qpath in known else self.engine.store.get(qpath)
             if doc is None:
                 q.DNE = True
             else:
