@@ -239,21 +239,21 @@ def set_timer(att: docs.Doc, timer: docs.Doc) -> None:
 def disarm_timer(ctx: Ctx, eid: ExecutionID, ex: docs.Doc) -> None:
     """Remove execution ``eid``'s timer from its attempt, if armed (the attempt is
     written then: it is, anyway, by every step that disarms)."""
-    apath = docs.attempt_path(eid.attempt_id)
-    att = ctx.uow.get(apath)
-    if att is not None and docs.timer_of(att, eid) is not None:
-        del att["timer"]
-        att.pop(docs.TIMER_DUE, None)
-        ctx.uow.put(apath, att)
+    _disarm(ctx, eid, "timer", docs.TIMER_DUE)
 
 
 def disarm_poll(ctx: Ctx, eid: ExecutionID, ex: docs.Doc) -> None:
     """Remove execution ``eid``'s poll from its attempt, if scheduled (as timers)."""
+    _disarm(ctx, eid, "poll", docs.POLL_DUE)
+
+
+def _disarm(ctx: Ctx, eid: ExecutionID, field: str, due: str) -> None:
     apath = docs.attempt_path(eid.attempt_id)
     att = ctx.uow.get(apath)
-    if att is not None and docs.poll_of(att, eid) is not None:
-        del att["poll"]
-        att.pop(docs.POLL_DUE, None)
+    armed = (att or {}).get(field)
+    if att is not None and armed is not None and armed["eid"] == str(eid):
+        del att[field]
+        att.pop(due, None)
         ctx.uow.put(apath, att)
 
 
