@@ -186,12 +186,6 @@ def _root_of(url: str, payload: dict[str, Any]) -> str | None:
     return None if root is None else str(root())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the engine (dmcore/engine/core.py: Engine._task_for, the sweep's timer tasks, "
-    "the outbox records) gives no Task.shard_key, so tasks are sharded by name and one "
-    "root's steps spread over every queue; reported to the lead (issue 11)",
-)
 def test_the_engine_shards_its_tasks_by_root_record(
     harness: Harness, fake: FakeCloudTasksServer, sharded: CloudTasksQueue
 ) -> None:

@@ -328,7 +328,12 @@ class Engine:
         if name is None:
             what = json.dumps(payload, sort_keys=True, separators=(",", ":"))
             name = task_name(origin, what)
-        return Task(name=name, target=step_target(step), payload=payload, eta_us=eta)
+        # A mutation's tasks are sharded by its root record: one record's steps go to
+        # one queue (DM_TASKS_QUEUES), in the order that queue keeps.
+        shard = step.root() if isinstance(step, Mutation) else ""
+        return Task(
+            name=name, target=step_target(step), payload=payload, eta_us=eta, shard_key=shard
+        )
 
     def dispatch(self, outbox: Sequence[Outbox]) -> None:
         """Queue committed follow-ups, then delete their outbox records."""
@@ -488,8 +493,15 @@ def _task_doc(task: Task) -> dict[str, Any]:
         "target": task.target,
         "payload": task.payload,
         "eta_us": task.eta_us,
+        "shard_key": task.shard_key,
     }
 
 
 def _task_from_doc(d: Mapping[str, Any]) -> Task:
-    return Task(str(d["name"]), str(d["target"]), dict(d["payload"]), int(d["eta_us"]))
+    return Task(
+        str(d["name"]),
+        str(d["target"]),
+        dict(d["payload"]),
+        int(d["eta_us"]),
+        shard_key=str(d.get("shard_key", "")),
+    )
