@@ -15,8 +15,9 @@ emulator, counted by the store), so they are asserted exactly as bounds:
   only the edges).
 
 The leaf's <= 6 writes / <= 8 reads and the fan-in's <= 9 writes / <= 12 reads
-per execution are not met yet (see ``python -m bench.bench_firestore``) and are
-not asserted here.
+per execution are not met yet (see ``python -m bench.bench_firestore``): what dm
+costs today is asserted as a ceiling instead (:data:`CEILINGS`), so that no change
+makes it dearer unnoticed; lower them as the cost comes down, towards the goals.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ def _bench(host: str, scenarios: str, capsys: pytest.CaptureFixture[str]) -> dic
     bench_firestore.main(["--scenarios", scenarios, "--emulator-host", host, "--json"])
     out: dict[str, Any] = json.loads(capsys.readouterr().out)["scenarios"]
     return out
+
+
+CEILINGS = {"leaf": (11.0, 9.0), "fan-in": (25.33, 19.17)}
+"""What the scenarios ``leaf:5`` and ``fan-in:10`` cost on 2026-11-29 (reads,
+writes per execution, deletes included): a ratchet, never to be raised. Issue
+11's goals: leaf (8, 6), fan-in (12, 9)."""
 
 
 def _waiter_writes(scenario: dict[str, Any]) -> int:
@@ -61,3 +68,13 @@ def test_the_waiter_of_a_fan_in_is_not_written_per_dependency(
     assert (narrow["executions"], wide["executions"]) == (10 + 2, 40 + 2)
     assert _waiter_writes(narrow) == _waiter_writes(wide) <= 20
     assert wide["largest_commit"] <= 500
+
+
+def test_cost_per_execution_does_not_rise(
+    firestore_emulator: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    got = _bench(firestore_emulator, "leaf:5,fan-in:10", capsys)
+    for name, (reads, writes) in CEILINGS.items():
+        s = got[name]
+        assert s["reads_per_execution"] <= reads, (name, s["reads_per_execution"])
+        assert s["writes_per_execution"] <= writes, (name, s["writes_per_execution"])
