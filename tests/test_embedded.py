@@ -296,6 +296,24 @@ def test_a_batch_out_of_time_gives_back_the_tasks_it_did_not_start(tmp_path: Pat
         emb.close()
 
 
+def test_a_batch_runs_what_its_own_steps_queue_in_the_same_commit(tmp_path: Path) -> None:
+    emb = Embedded(tmp_path, build_registry(CONFIG))
+    try:
+        # One lease runs only the tasks due when it started: the execution's
+        # later steps (queued by those) wait for the next batch.
+        one = _ensure(emb, "one", 1)
+        assert run_batch(emb.engine, emb.queue, 100) >= 1
+        assert _state(emb, one) != AttemptState.FINISHED
+        # With time to hold the lock, the batch leases again what its steps
+        # queued, to the end of the execution: one batch, one commit.
+        two = _ensure(emb, "two", 2)
+        assert run_batch(emb.engine, emb.queue, 100, hold_s=600) >= 2
+        assert _state(emb, one) == _state(emb, two) == AttemptState.FINISHED
+        assert not emb.queue.any_due()
+    finally:
+        emb.close()
+
+
 def test_distributor_calls_out_of_time_are_given_back(tmp_path: Path) -> None:
     emb = _probed_home(tmp_path, in_process=False)
     try:

@@ -258,14 +258,17 @@ def run_batch(
     a job starts, and a job's supervisor is told to run a command only once
     the record it needs is committed.
 
-    ``hold_s`` bounds the time the batch runs tasks with the lock held,
-    ``calls_s`` the time spent on distributor calls after it; tasks not
-    started by then go back to the queue, their delivery uncounted
-    (:meth:`LocalQueue.release`). At least one task runs in each phase. A
-    failed task is put back with backoff (``on_failure`` hears of it first).
-    Distributor calls (``D.run`` and friends) are never made inside a store
-    transaction; a task whose effects are lost with its batch is delivered
-    again, as after any crash.
+    ``hold_s`` bounds the time the batch runs tasks with the lock held; until
+    then it leases again what its own steps queued (a chain's next link, a
+    job's report), so that a step and the ones it causes share one commit:
+    a commit (an fsync) costs more than most steps. ``calls_s`` bounds the
+    time spent on distributor calls after it; tasks not started by then go
+    back to the queue, their delivery uncounted (:meth:`LocalQueue.release`).
+    At least one task runs in each phase. Without ``hold_s``, one lease of
+    ``limit`` tasks. A failed task is put back with backoff (``on_failure``
+    hears of it first). Distributor calls (``D.run`` and friends) are never
+    made inside a store transaction; a task whose effects are lost with its
+    batch is delivered again, as after any crash.
     """
     if not queue.any_due():
         return 0  # no write lock for nothing (the idle worker polls)
@@ -273,27 +276,35 @@ def run_batch(
     engine.registry.call_guard = _refuse_in_batch
     after: list[LeasedTask] = []
     ran = 0
-    with engine.batch():
-        leased = queue.lease(limit)
-        started = time.monotonic()
-        done: list[LeasedTask] = []
-        with _calls_refused(locked):
-            for i, lt in enumerate(leased):
-                if i and hold_s is not None and time.monotonic() - started >= hold_s:
-                    queue.release(leased[i:])
-                    break
-                try:
-                    ok = _run_task(engine, queue, lt, on_failure)
-                except _CallRefused:
-                    # Actions call their distributor before they write (else the
-                    # run after the commit is one more delivery, which steps tolerate).
-                    after.append(lt)
-                    continue
-                ran += 1
-                if ok:
-                    done.append(lt)
-        if done:
-            queue.ack(done)
+    started = time.monotonic()
+
+    def out_of_time() -> bool:
+        return hold_s is not None and time.monotonic() - started >= hold_s
+
+    with engine.store.batch() if locked else contextlib.nullcontext():
+        while True:
+            with engine.batch():  # its follow-ups due now run at its end, in this commit
+                leased = queue.lease(limit)
+                done: list[LeasedTask] = []
+                with _calls_refused(locked):
+                    for i, lt in enumerate(leased):
+                        if ran and out_of_time():
+                            queue.release(leased[i:])
+                            break
+                        try:
+                            ok = _run_task(engine, queue, lt, on_failure)
+                        except _CallRefused:
+                            # Actions call their distributor before they write (else the
+                            # run after the commit is one more delivery, which steps tolerate).
+                            after.append(lt)
+                            continue
+                        ran += 1
+                        if ok:
+                            done.append(lt)
+                if done:
+                    queue.ack(done)
+            if not (locked and hold_s is not None and leased) or out_of_time():
+                break
     if not after:
         return ran
     started = time.monotonic()
