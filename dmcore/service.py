@@ -240,7 +240,8 @@ class Service:
             if (doc := existing[docs.attempt_path(a)]) is not None
             and is_terminal_attempt(AttemptState(doc["state"]))
         ]
-        self._reject_cycles(me, [a for a in aids if a.encoded not in set(terminal)], existing)
+        over = set(terminal)  # built once: a fan-in's resume has every dependency over
+        self._reject_cycles(me, [a for a in aids if a.encoded not in over], existing)
         token_b64 = base64.b64encode(req.for_execution.token).decode()
         new_encoded = [a.encoded for a in new_attempts]
         chunk_size = self.declare_chunk
