@@ -127,6 +127,16 @@ def run_request(emb: Embedded, req: dm_pb2.EnsureGraphDataReq) -> tuple[float, l
     def done() -> bool:
         return all(att.data.WhichOneof("attempt_type") in ENDED for _, _, att in walk(emb, qids))
 
+    # The answer holds each attempt's state when it was asked for: a client of a
+    # fully memoised graph learns from it that there is nothing to wait for.
+    answered = rsp.result.quests
+    if all(
+        q in answered
+        and 1 in answered[q].attempts
+        and answered[q].attempts[1].data.WhichOneof("attempt_type") in ENDED
+        for q in qids
+    ):
+        return time.perf_counter() - start, results(emb, qids)
     if not emb.drive(done, sweep_every_s=60, timeout_s=TIMEOUT_S):
         raise SystemExit(f"the graph did not finish in {TIMEOUT_S:.0f} s")
     seconds = time.perf_counter() - start
