@@ -91,6 +91,25 @@ def test_wal_mode(sq: SqliteStore) -> None:
     assert sq.connection().execute("PRAGMA synchronous").fetchone()[0] == 2
 
 
+def test_page_cache_per_connection(tmp_path: Path) -> None:
+    sq = SqliteStore(tmp_path / "c.sqlite", cache_mib=3)
+    try:
+        # Negative: KiB; every thread's connection gets it.
+        assert sq.connection().execute("PRAGMA cache_size").fetchone()[0] == -3 * 1024
+        seen: list[int] = []
+        t = threading.Thread(
+            target=lambda: seen.append(sq.connection().execute("PRAGMA cache_size").fetchone()[0])
+        )
+        t.start()
+        t.join()
+        assert seen == [-3 * 1024]
+    finally:
+        sq.close()
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="cache_mib"):
+            SqliteStore(tmp_path / "d.sqlite", cache_mib=bad)  # type: ignore[arg-type]
+
+
 def test_no_lost_updates_across_processes(tmp_path: Path) -> None:
     path = str(tmp_path / "dm.sqlite")
     SqliteStore(path).close()  # create the schema first
