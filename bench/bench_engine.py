@@ -165,8 +165,13 @@ def walk(
 
 def results(emb: Embedded, qids: Sequence[str]) -> list[Any]:
     """The results of attempt 1 of quests ``qids`` (None where it did not finish)."""
-    found = {q: att for q, n, att in walk(emb, qids, result=True) if n == 1}
-    return [json.loads(found[q].data.finished.data.object or "null") for q in qids]
+    # Decoded as they come: an attempt message kept would keep its whole graph's alive.
+    found = {
+        q: json.loads(att.data.finished.data.object or "null")
+        for q, n, att in walk(emb, qids, result=True)
+        if n == 1
+    }
+    return [found[q] for q in qids]
 
 
 def executions(emb: Embedded, roots: Sequence[str]) -> int:
