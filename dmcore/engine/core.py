@@ -90,7 +90,7 @@ class Settings:
 class _BatchState(threading.local):
     """Per thread: the mutations waiting to run at the end of the open batch, if any."""
 
-    steps: list[Mutation] | None = None
+    steps: collections.deque[Mutation] | None = None
 
 
 class Engine:
@@ -239,17 +239,17 @@ class Engine:
             yield
             return
         with self.store.batch():
-            state.steps = []
+            state.steps = collections.deque()  # run first in, first out
             try:
                 yield
                 self._run_inline(state.steps)
             finally:
                 state.steps = None
 
-    def _run_inline(self, steps: list[Mutation]) -> None:
+    def _run_inline(self, steps: collections.deque[Mutation]) -> None:
         ran = 0
         while steps:
-            step = steps.pop(0)
+            step = steps.popleft()
             if ran >= MAX_BATCH_INLINE:
                 self.enqueue(step)
                 continue
