@@ -296,6 +296,8 @@ def _get(conn: sqlite3.Connection, path: str) -> Doc | None:
 def _get_many(conn: sqlite3.Connection, paths: Sequence[str]) -> dict[str, Doc | None]:
     if isinstance(paths, str):  # a str is a Sequence[str]; almost surely a mistake
         raise TypeError("get_many takes a sequence of paths, not one path")
+    if len(paths) == 1:  # the common case (a step reads what it did not read yet)
+        return {paths[0]: _get(conn, paths[0])}
     bodies = _fetch_bodies(conn, paths)
     return {p: (_decode(bodies[p]) if p in bodies else None) for p in paths}
 
