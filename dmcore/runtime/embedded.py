@@ -276,12 +276,13 @@ def run_batch(
     engine.registry.call_guard = _refuse_in_batch
     after: list[LeasedTask] = []
     ran = 0
-    started = time.monotonic()
+    started = 0.0  # set once the batch holds the lock
 
     def out_of_time() -> bool:
         return hold_s is not None and time.monotonic() - started >= hold_s
 
     with engine.store.batch() if locked else contextlib.nullcontext():
+        started = time.monotonic()  # waiting for the lock is not counted
         while True:
             with engine.batch():  # its follow-ups due now run at its end, in this commit
                 leased = queue.lease(limit)
