@@ -340,14 +340,6 @@ def test_clear_errors(tmp_path: pathlib.Path) -> None:
         assert "Traceback" not in out_err
 
 
-def _interruptible() -> None:
-    """In the child before exec: SIGINT handled by default and not blocked."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
-
 def test_ctrl_c_leaves_jobs_running(tmp_path: pathlib.Path) -> None:
     """Ctrl-C stops waiting, not the jobs; the next `dm run` picks them up."""
     import signal
@@ -367,17 +359,19 @@ def test_ctrl_c_leaves_jobs_running(tmp_path: pathlib.Path) -> None:
         ]
     }
     (tmp_path / "run.json").write_text(json.dumps(run))
-    dm_cmd = [sys.executable, "-c", "from dmcore.cli import main; main()", "run", "run.json"]
+    # As from a terminal: Ctrl-C delivered. A test worker may hand its children
+    # SIGINT ignored (inherited across exec, as a shell's background job has it),
+    # and then dm rightly never sees it; reset in the child's own Python (no
+    # preexec_fn: the worker has gRPC threads, and forking them misbehaves).
+    prelude = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)"
+    dm_cmd = [sys.executable, "-c", f"{prelude}; from dmcore.cli import main; main()"]
+    dm_cmd += ["run", "run.json"]
     proc = subprocess.Popen(
         dm_cmd,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        # As from a terminal: Ctrl-C delivered. A test worker may hand its children
-        # SIGINT ignored or blocked (both survive exec; inherited, a shell's
-        # background job ignores it too), and then dm rightly never sees it.
-        preexec_fn=_interruptible,  # noqa: PLW1509 - resets signal state only
     )
     assert proc.stderr is not None
     seen = ""
