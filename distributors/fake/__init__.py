@@ -121,10 +121,13 @@ class FakeWorld:
         self.service: Service
         self.publish: Callable[[str, bytes, dict[str, str]], None] = lambda t, d, a: None
         self.runs = 0
+        self.in_process = True
+        """Registered as an in-process kind (dm may call it inside its batches); False
+        makes it stand for a distributor that starts processes or asks servers, which
+        the embedded worker calls only after its batch commits."""
 
     def install(self, registry: dist.Registry) -> None:
-        # A test double living in this process: dm may call it inside its batches.
-        registry.register(KIND, config_pb2.Config, self.factory, in_process=True)
+        registry.register(KIND, config_pb2.Config, self.factory, in_process=self.in_process)
 
     def factory(self, cfg: dist.Config) -> dist.D:
         assert isinstance(cfg.content, config_pb2.Config)

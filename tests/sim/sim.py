@@ -152,6 +152,9 @@ class Plan:
     """A job that runs to its end inside D.run, before dm has recorded the run."""
     p_new_config: float = 0.0
     """The service's configs are replaced (same content, a new version) between steps."""
+    out_of_process: bool = False
+    """The faulty distributor registered as not in-process: on the local queue the
+    embedded worker refuses its calls inside a batch and makes them after the commit."""
 
     def summary(self) -> str:
         edges = sum(len(n.deps) for n in self.nodes)
@@ -164,7 +167,8 @@ class Plan:
             f"retry_call={self.p_retry_call} stall={self.p_stall} expire={self.p_expire} "
             f"midjob={self.p_midjob} cancel={self.p_cancel}/{self.p_cancel_in_run} "
             f"fast={self.p_fast} new_config={self.p_new_config} "
-            f"tiny_batches={self.tiny_batches} workers={self.workers}"
+            f"tiny_batches={self.tiny_batches} workers={self.workers} "
+            f"out_of_process={self.out_of_process}"
         )
 
 
@@ -293,6 +297,8 @@ def make_plan(seed: int, *, min_nodes: int = 5, max_nodes: int = 40, workers: in
         workers=workers,
         p_fast=rng.choice([0.0, 0.0, 0.1, 0.3]),
         p_new_config=rng.choice([0.0, 0.0, 0.1]),
+        # Drawn apart, so that every seed keeps the plan it had before this knob.
+        out_of_process=random.Random(f"{seed}/out_of_process").random() < 0.5,
     )
 
 
@@ -386,6 +392,7 @@ class NotConverged(AssertionError):
 def new_harness(plan: Plan, tmp_path: Any, *, queue: str = "chaos", store: Any = None) -> Harness:
     """The harness a plan runs on: its chaos, the faulty distributor, its batch sizes."""
     world = FaultyWorld(plan.faults, f"dm-sim-faults/{plan.seed}")
+    world.in_process = not plan.out_of_process
     h = Harness(
         tmp_path,
         queue=queue,
