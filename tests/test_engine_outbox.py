@@ -107,3 +107,18 @@ def test_a_record_of_the_older_one_task_form_is_swept(down: Harness) -> None:
     down.drain()
     assert down.store.get("test_touch/7") == {"i": 7}
     assert outbox(down) == []
+
+
+def test_a_swept_record_keeps_each_tasks_shard_key(down: Harness) -> None:
+    """A task the sweep sends again keeps its root record as shard key, so it goes to
+    the Cloud Tasks queue of its first copy (whose name de-duplication then holds)."""
+    down.engine.run(Fan(n=3))
+    assert down.chaos is not None
+    down.chaos.chaos.fail_dispatch = 0.0
+    down.clock.advance(6)
+    assert down.engine.sweep()["outbox"] == 1
+    keys = {}
+    while (item := down.chaos.take()) is not None:
+        task, _ = item
+        keys[task.payload.get("i", task.name)] = task.shard_key
+    assert keys == {i: f"test_touch/{i}" for i in range(3)}, keys

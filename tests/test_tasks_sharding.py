@@ -14,8 +14,8 @@ DOUBLE: no Cloud Tasks emulator exists) and the official client:
 * every task of one root on one queue, over the wire;
 * a jobsim graph run to its end by the real engine through 4 queues, every
   queue taking a share of its deliveries;
-* that the engine gives its tasks their root as shard key: it does not yet
-  (xfail, the defect is reported: the engine is another engineer's).
+* that the engine gives its tasks their root record as shard key (kept in
+  outbox records, so a task the sweep sends again meets its first copy).
 """
 
 from __future__ import annotations
