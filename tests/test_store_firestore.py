@@ -30,6 +30,12 @@ pytestmark = pytest.mark.emulator
 class TestFirestoreStore(StoreContract):
     """Every contract test, each in a fresh namespace on the session's emulator."""
 
+    # The emulator reads each document of a batch get at its own moment (also
+    # in a read-only transaction): a writer committing in between shows half
+    # its writes (seen in a clean-clone CI run, and 1 in ~1,000 reads under
+    # load). Only a read-write transaction's reads are one snapshot there.
+    get_many_is_snapshot = False
+
     @pytest.fixture
     def store(self, firestore_store: FirestoreStore) -> Iterator[Store]:
         yield firestore_store

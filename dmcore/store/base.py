@@ -267,7 +267,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def get_many(self, paths: Sequence[str]) -> dict[str, Doc | None]:
-        """Read several documents outside any transaction."""
+        """Read several documents outside any transaction.
+
+        Each document is as it was at some moment during the call, not
+        necessarily the same moment for all (the Firestore emulator reads them
+        one by one). Read in a transaction when they must agree.
+        """
 
     @abc.abstractmethod
     def query(
