@@ -12,7 +12,11 @@ counted (:class:`~dmcore.store.firestore.FirestoreStats`), per scenario:
   per second on a document) and the largest commit;
 * a breakdown by step (the mutation a transaction ran, the task delivered,
   the API method) and by collection;
-* $ per million executions at the list prices of :mod:`bench.prices`.
+* $ per million executions at the list prices of :mod:`bench.prices`;
+* function invocations per execution, as Google Cloud would bill them: each
+  task delivered is one of ``dm_tasks``, each API call (the client's and the
+  jobs') one of ``dm_api``, each distributor notification one of ``dm_notify``
+  (here handled in-process; on Google Cloud it comes through Pub/Sub).
 
 dm's documents are counted apart from the distributor's own (jobsim keeps its
 tasks in dm's store: what goes through the store handed to distributors is
@@ -47,6 +51,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from bench import bench_engine, prices
+from dmcore.engine import base as engine_base
+from dmcore.engine import steps as engine_steps
 from dmcore.engine.base import Mutation
 from dmcore.engine.core import DISTRIBUTOR_TARGET_PREFIX, MUTATION_TARGET
 from dmcore.runtime import emulators
@@ -133,6 +139,8 @@ class Meter:
     def __init__(self, emb: Embedded, stats: FirestoreStats) -> None:
         self.stats = stats
         self.deliveries: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.invocations: collections.Counter[str] = collections.Counter()
+        """Function invocations Google Cloud would bill, by function."""
         engine = emb.engine
         run, handle, sweep = engine.run, engine.handle_task, engine.sweep
 
@@ -149,6 +157,9 @@ class Meter:
                 owner = DISTRIBUTOR if target.startswith(DISTRIBUTOR_TARGET_PREFIX) else DM
                 step = f"{target} task"
             self.deliveries[(owner, step)] += 1
+            # A distributor's own tasks (jobsim runs its jobs as tasks) are shown
+            # apart, like its documents: a real distributor runs jobs elsewhere.
+            self.invocations["dm_tasks" if owner == DM else DISTRIBUTOR] += 1
             with stats.labelled(owner=DM, step=step):
                 handle(target, payload, delivery, name)
 
@@ -162,11 +173,27 @@ class Meter:
         for method in self.API:
             setattr(emb.service, method, self._api(getattr(emb.service, method), method))
         engine.registry.store = OwnedStore(engine.store, stats, DISTRIBUTOR)
+        # A notification is handled in-process here; on Google Cloud each one is
+        # a dm_notify invocation. Counted for this engine only, until close().
+        kind = engine_steps.NotifyExecution
+        self._notify = handle_notification = engine_base._EXECUTE[kind]
+
+        def counted_notification(step: Any, on: Any, delivery: int) -> None:
+            if on is engine:
+                self.invocations["dm_notify"] += 1
+            handle_notification(step, on, delivery)
+
+        engine_base._EXECUTE[kind] = counted_notification
+
+    def close(self) -> None:
+        """Stop counting notifications (the handler is shared by every engine)."""
+        engine_base._EXECUTE[engine_steps.NotifyExecution] = self._notify
 
     def _api(self, fn: Callable[..., T], method: str) -> Callable[..., T]:
         step = "API " + "".join(w.title() for w in method.split("_"))
 
         def labelled(*args: Any, **kwargs: Any) -> T:
+            self.invocations["dm_api"] += 1
             with self.stats.labelled(owner=DM, step=step):
                 return fn(*args, **kwargs)
 
@@ -194,6 +221,7 @@ def report(
     *,
     stats: FirestoreStats,
     deliveries: Mapping[tuple[str, str], int],
+    invocations: Mapping[str, int],
     executions: int,
     seconds: float,
     roots: Sequence[str],
@@ -231,6 +259,7 @@ def report(
         ),
         reverse=True,
     )[:3]
+    dm_invocations = sum(n for f, n in invocations.items() if f != DISTRIBUTOR)
     per = {
         "reads": dm.reads / executions,
         "writes": (dm.writes + dm.deletes) / executions,
@@ -242,7 +271,7 @@ def report(
         writes=per["writes"] - per["deletes"],
         deletes=per["deletes"],
         tasks=per["tasks"],
-        requests=per["tasks"],
+        requests=dm_invocations / executions,
     )
     their_cost = prices.LIST.per_million(
         reads=theirs_ops.reads / executions,
@@ -263,6 +292,8 @@ def report(
         "deletes_per_execution": _per(dm.deletes, executions),
         "commits_per_execution": _per(commits[DM], executions),
         "tasks_per_execution": _per(dm_tasks, executions),
+        "invocations_per_execution": _per(dm_invocations, executions),
+        "invocations": {f: invocations.get(f, 0) for f in ("dm_api", "dm_tasks", "dm_notify")},
         "max_writes_one_document": hot[0][0] if hot else 0,
         "hottest_documents": [{"path": _short(p, roots), "writes": n} for n, p in hot],
         "largest_commit": stats.largest_commit,
@@ -273,6 +304,7 @@ def report(
             "writes_per_execution": _per(theirs_ops.writes + theirs_ops.deletes, executions),
             "commits_per_execution": _per(commits[DISTRIBUTOR], executions),
             "tasks_per_execution": _per(their_tasks, executions),
+            "invocations_per_execution": _per(invocations.get(DISTRIBUTOR, 0), executions),
             "usd_per_million_executions": round(their_cost, 2),
         },
         "not_counted": {
@@ -310,6 +342,7 @@ def run_scenario(name: str, size: int, project: str, home: pathlib.Path) -> dict
     phrases = bench_engine.SHAPES[kind](size)
     store = FirestoreStore(project=project, prefix=f"bench/{uuid.uuid4().hex}")
     emb = Embedded(home, build_registry(bench_engine.CONFIG), store=store)
+    meter: Meter | None = None
     try:
         meter = Meter(emb, store.stats)
         store.stats.reset()
@@ -326,11 +359,14 @@ def run_scenario(name: str, size: int, project: str, home: pathlib.Path) -> dict
             size,
             stats=store.stats,
             deliveries=meter.deliveries,
+            invocations=meter.invocations,
             executions=n,
             seconds=seconds,
             roots=roots,
         )
     finally:
+        if meter is not None:
+            meter.close()
         emb.close()
 
 
@@ -405,8 +441,12 @@ def lines(r: dict[str, Any]) -> list[str]:
         "per million executions",
         f"  the distributor's own ({', '.join(d['collections']) or 'none'}): "
         f"{d['reads_per_execution']} reads, {d['writes_per_execution']} writes, "
-        f"{d['tasks_per_execution']} tasks per execution (${d['usd_per_million_executions']:.2f}"
+        f"{d['tasks_per_execution']} tasks (function invocations) per execution "
+        f"(${d['usd_per_million_executions']:.2f}"
         " per million)",
+        f"  dm's function invocations per execution: {r['invocations_per_execution']} ("
+        + ", ".join(f"{f} {n:,}" for f, n in r["invocations"].items())
+        + " in all)",
         f"  most writes on one document: {r['max_writes_one_document']} ("
         + ", ".join(f"{h['path']}: {h['writes']}" for h in r["hottest_documents"])
         + f"); largest commit: {r['largest_commit']} writes",

@@ -63,6 +63,18 @@ def test_bench_firestore_smoke(firestore_emulator: str, capsys: pytest.CaptureFi
             assert writes == pytest.approx(s["writes_per_execution"] * n, abs=0.01 * n)
         deliveries = sum(r["deliveries"] for r in s["steps"].values())
         assert deliveries == pytest.approx(s["tasks_per_execution"] * n, abs=0.01 * n)
+        # Function invocations: every delivery of dm's tasks is one of dm_tasks; the
+        # client's EnsureGraphData and each job's calls are dm_api; each job's end
+        # is reported once (dm_notify); jobsim's own task is the distributor's.
+        calls = s["invocations"]
+        assert calls["dm_tasks"] == deliveries
+        assert calls["dm_api"] >= 1 + n and calls["dm_notify"] == n
+        assert sum(calls.values()) == pytest.approx(
+            s["invocations_per_execution"] * n, abs=0.01 * n
+        )
+        assert (
+            s["distributor"]["invocations_per_execution"] == s["distributor"]["tasks_per_execution"]
+        )
         assert s["max_writes_one_document"] >= 1
         assert s["largest_commit"] >= 1
         assert s["usd_per_million_executions"] > 0
