@@ -28,6 +28,7 @@ from dmcore.cli import progress, report
 from dmcore.cli.runfile import RunRequest, parse_run_file
 from dmcore.distributor import Registry
 from dmcore.engine import docs, records
+from dmcore.engine.layout import LayoutMismatch
 from dmcore.errors import DMError, InvalidArgument
 from dmcore.ids import AttemptID
 from dmcore.proto import dm_pb2
@@ -87,7 +88,10 @@ def _config(path: pathlib.Path | None) -> dict[str, Any]:
 
 @contextmanager
 def _open(home: pathlib.Path, config: Mapping[str, Any] | None = None) -> Iterator[Embedded]:
-    emb = Embedded(home, home_registry(home, config))
+    try:
+        emb = Embedded(home, home_registry(home, config))
+    except LayoutMismatch as e:
+        raise fail(e.message) from None
     try:
         yield emb
     except LockTimeout as e:  # another process kept the home's write lock for minutes
@@ -698,6 +702,8 @@ def serve(
         run_server(port, home, emulators, config=cfg)
     except EmulatorError as e:
         raise fail(str(e)) from None
+    except LayoutMismatch as e:
+        raise fail(e.message) from None
 
 
 @app.command()

@@ -24,6 +24,8 @@ have it match.
 
 ``aid`` is the encoded attempt ID (``<qid>|<inverted hex>``), ``eid`` the
 encoded execution number. Times are integer microseconds since the epoch.
+
+``meta/layout`` holds the version of this layout (:mod:`dmcore.engine.layout`).
 """
 
 from __future__ import annotations

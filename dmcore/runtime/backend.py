@@ -54,6 +54,7 @@ first built: the function refuses to start rather than run half-configured.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 import logging
@@ -64,6 +65,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from dmcore.client import serve_in_process
+from dmcore.engine import layout
 from dmcore.engine.core import Engine, Settings
 from dmcore.errors import InvalidArgument
 from dmcore.runtime.embedded import (
@@ -110,6 +112,20 @@ class Backend:
     kind: str
     embedded: Embedded | None = None
     closers: list[Callable[[], None]] = dataclasses.field(default_factory=list)
+    check_layout: Callable[[], None] | None = None
+    """The store's record-layout check (:func:`dmcore.engine.layout.check`), left
+    to the first request: building the backend contacts nothing (embedded: done
+    when the home opens)."""
+    _checked: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def ready(self) -> None:
+        """Check the store's record layout once; raises LayoutMismatch (every time)."""
+        if self.check_layout is None:
+            return
+        with self._checked:
+            if self.check_layout is not None:
+                self.check_layout()
+                self.check_layout = None
 
     def close(self) -> None:
         for close in reversed(self.closers):
@@ -289,7 +305,7 @@ def _embedded(env: Mapping[str, str]) -> Backend:
     if env.get("DM_NOTIFY_TOPIC", "").strip():
         settings.notify_topic = env["DM_NOTIFY_TOPIC"].strip()
     emb = Embedded(home, registry, settings=settings, store=store_from_env(env))
-    return Backend(emb.engine, emb.service, auth, "embedded", emb, [emb.close])
+    return Backend(emb.engine, emb.service, auth, "embedded", emb, [emb.close], emb.check_layout)
 
 
 def store_from_env(env: Mapping[str, str]) -> Store | None:
@@ -400,6 +416,13 @@ def _gcp(env: Mapping[str, str]) -> Backend:
         queue.close()
         raise ConfigError(f"DM_NOTIFY_TOPIC: {e}") from None
     store = _firestore_store(env, project)
+    database = env.get("DM_FIRESTORE_DATABASE", "").strip() or "(default)"
+    check_layout = functools.partial(
+        layout.check,
+        store,
+        f"Firestore database {database!r} of project {project!r}",
+        "deploy to another database, DM_FIRESTORE_DATABASE, or delete its documents",
+    )
     engine = Engine(
         store,
         queue,
@@ -414,4 +437,6 @@ def _gcp(env: Mapping[str, str]) -> Backend:
 
     engine.publish = publish
     closers = [x.close for x in (publisher, queue, store) if callable(getattr(x, "close", None))]
-    return Backend(engine, serve_in_process(Service(engine)), auth, "gcp", None, closers)
+    return Backend(
+        engine, serve_in_process(Service(engine)), auth, "gcp", None, closers, check_layout
+    )

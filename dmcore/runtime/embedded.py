@@ -26,6 +26,7 @@ jobs to start, one batch held the lock for minutes, and jobs gave up waiting.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -39,7 +40,7 @@ from typing import Any
 
 from dmcore.client import serve_in_process
 from dmcore.distributor import Registry, backoff
-from dmcore.engine import docs
+from dmcore.engine import docs, layout
 from dmcore.engine.core import Engine, Settings
 from dmcore.queue.base import Task
 from dmcore.queue.local import LeasedTask, LocalQueue
@@ -131,6 +132,19 @@ class Embedded:
             if store is None
             else store
         )
+        self.check_layout: Callable[[], None] | None = None
+        """The record-layout check of a store given (a server's, left to its first
+        request: opening contacts nothing); the home's own file is checked here."""
+        if store is None:
+            try:
+                layout.check(self.store, str(self.home), f"move {self.home} aside or delete it")
+            except layout.LayoutMismatch:
+                self.store.close()
+                raise
+        else:
+            self.check_layout = functools.partial(
+                layout.check, self.store, repr(self.store), "empty that store"
+            )
         if isinstance(self.store, SqliteStore):
             self.queue = LocalQueue(store=self.store, clock=clock)
             _adopt_old_queue(self.home / "queue.sqlite", self.queue)

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dmcore import logs
+from dmcore.engine.layout import LayoutMismatch
 from dmcore.errors import Code
 from dmcore.runtime import backend as backends
 from dmcore.server import notify as _notify
@@ -86,10 +87,22 @@ def _backend() -> backends.Backend | Response:
         return Response.error(Code.INTERNAL, "internal error (dm is misconfigured; see logs)")
 
 
+def _ready(b: backends.Backend) -> Response | None:
+    """None when ``b``'s store holds this dm's record layout, else the answer saying not."""
+    try:
+        b.ready()
+    except LayoutMismatch as e:
+        log.critical("the store holds another record layout", reason=e.message)
+        return Response.error(e.code, e.message)
+    return None
+
+
 def _http(req: Request, fn: Any, backend: backends.Backend | None) -> Response:
     b = backend or _backend()
     if isinstance(b, Response):
         return b
+    if (refused := _ready(b)) is not None:
+        return refused
     with logs.request_context(req.headers):
         out: Response = fn(b, req)
         return out
@@ -123,4 +136,5 @@ def notify(
     raises a :class:`~dmcore.errors.DMError` (the entry point answers its status).
     """
     b = backend or start()
+    b.ready()  # LayoutMismatch: a DMError, answered with its status
     return _notify.handle(b, data, ce_attributes, authorization)
