@@ -676,7 +676,6 @@ def test_activate_with_wrong_activation_token(h: Harness) -> None:
     # Before activation the activation token is no execution token.
     activation = h.world.task(eid).auth.token
     rejected(h, Unauthenticated, "", lambda: declare(h, eid, activation, aid_of(a, 2)))
-    rejected(h, PermissionDenied, "", lambda: finish(h, eid, activation, {"x": 1}))
     req = walk_req(aid_of(a))
     req.auth.CopyFrom(exec_auth(eid, activation))
     rejected(h, Unauthenticated, "", lambda: h.service.walk_graph(req, TRUSTED))
@@ -731,6 +730,45 @@ def test_activation_is_idempotent_for_the_same_token_only(h: Harness) -> None:
     assert h.result(aid_of(a)) == {"ok": True}
     # After the end, activating again is refused.
     rejected(h, PermissionDenied, "activate", lambda: activate(h, eid))
+
+
+def test_finish_attempt_with_the_activation_token_activates_and_finishes(h: Harness) -> None:
+    a = quest_desc("A")
+    start(h, a)
+    eid = aid_of(a).execution(1)
+    activation = h.world.task(eid).auth.token
+    # Only the activation token dm handed out finishes an execution not yet activated.
+    rejected(h, PermissionDenied, "", lambda: finish(h, eid, b"\x00" * 32, {"x": 1}))
+    assert h.exec_state(eid) == ExecutionState.SCHEDULING
+    finish(h, eid, activation, {"x": 1})  # one transaction: SCHEDULING -> RUNNING -> STOPPING
+    assert h.exec_state(eid) == ExecutionState.STOPPING
+    timer = docs.timer_of(h.attempt(eid.attempt_id), eid)
+    assert timer is not None and timer["state"] == ExecutionState.STOPPING
+    before = snapshot(h)
+    finish(h, eid, activation, {"x": 1})  # the same job retrying after a lost answer (W-6)
+    assert snapshot(h) == before
+    # A duplicate job instance with the same activation token: another result, or an
+    # activation of its own, is refused as a second activation is.
+    rejected(h, PermissionDenied, "", lambda: finish(h, eid, activation, {"x": 2}))
+    rejected(h, PermissionDenied, "activate", lambda: activate(h, eid, salt="dup"))
+    end(h, eid)
+    assert h.state(aid_of(a)) == AttemptState.FINISHED
+    assert h.result(aid_of(a)) == {"x": 1}
+
+
+def test_finish_attempt_with_the_activation_token_after_another_job_activated(
+    h: Harness,
+) -> None:
+    a = quest_desc("A")
+    start(h, a)
+    eid = aid_of(a).execution(1)
+    activation = h.world.task(eid).auth.token
+    token = activate(h, eid)  # the first job instance activated
+    rejected(h, PermissionDenied, "", lambda: finish(h, eid, activation, {"dup": True}))
+    assert h.exec_state(eid) == ExecutionState.RUNNING
+    finish(h, eid, token, {"first": True})
+    end(h, eid)
+    assert h.result(aid_of(a)) == {"first": True}
 
 
 def test_execution_calls_with_bad_tokens(h: Harness) -> None:

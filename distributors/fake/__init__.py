@@ -4,9 +4,10 @@ Nothing runs by itself: the test plays the job. ``FakeWorld.run_task(eid,
 callback)`` hands the callback a :class:`Job` with the execution's auth, quest
 description and distributor state (the previous execution's result); the
 callback may ``activate``, ``dep_on`` / ``ensure_graph_data``, ``walk_graph``
-and ``finish``, then return (success: the execution's distributor result is
-``job.state``), raise (FAILED) or raise :class:`Crash` (CRASHED). The world
-then publishes a notification, as a real distributor would.
+and ``finish`` (without ``activate`` first: with the activation token), then
+return (success: the execution's distributor result is ``job.state``), raise
+(FAILED) or raise :class:`Crash` (CRASHED). The world then publishes a
+notification, as a real distributor would.
 """
 
 from __future__ import annotations
@@ -106,7 +107,9 @@ class Job:
         data = dm_pb2.JsonResult(object=text)
         if expiration_us is not None:
             data.expiration.FromMicroseconds(expiration_us)
-        self._world.service.finish_attempt(dm_pb2.FinishAttemptReq(auth=self.auth, data=data))
+        # Not activated: the activation token activates and finishes at once.
+        auth = self.auth if self.token else self._task.auth
+        self._world.service.finish_attempt(dm_pb2.FinishAttemptReq(auth=auth, data=data))
 
 
 class FakeWorld:

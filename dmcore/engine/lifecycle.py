@@ -356,6 +356,18 @@ def cancel_task(step: steps.CancelTask, engine: Engine, delivery: int) -> None:
         log.error("distributor refused to cancel the task of ended execution %s: %s", eid, e)
 
 
+def _activates(att: docs.Doc | None, ex: docs.Doc | None, eid: ExecutionID) -> bool:
+    """Execution ``eid`` is current and waits for its activation token."""
+    return (
+        att is not None
+        and ex is not None
+        and att["state"] == AttemptState.EXECUTING
+        and att["cur_execution"] == eid.num
+        and ex["state"] == ExecutionState.SCHEDULING
+        and ex["token_state"] == "activation"
+    )
+
+
 @rolls_forward(steps.ActivateExecution)
 def activate_execution(step: steps.ActivateExecution, ctx: Ctx) -> list[Step | Later]:
     eid = ExecutionID.parse(step.eid)
@@ -369,7 +381,7 @@ def activate_execution(step: steps.ActivateExecution, ctx: Ctx) -> list[Step | L
     ):
         raise denied
     new_token = unb64(step.execution_token_b64)
-    if ex["state"] == ExecutionState.SCHEDULING and ex["token_state"] == "activation":
+    if _activates(att, ex, eid):
         if not token_matches(ex, unb64(step.activation_b64)):
             raise denied
         set_execution_state(ex, ExecutionState.RUNNING, ctx.now_us)
@@ -407,7 +419,18 @@ def finish_attempt(step: steps.FinishAttempt, ctx: Ctx) -> list[Step | Later]:
         ):
             return []
         raise PermissionDenied("bad execution auth: the attempt already has a result or halted")
-    att, ex = verify_running(ctx, eid, token, PermissionDenied)
+    if _activates(att, ex, eid):
+        # A job whose first call is FinishAttempt (dmcore.job activates lazily): its
+        # activation token activates and finishes at once, one write instead of two.
+        # The same checks as ActivateExecution: only the activation token dm handed
+        # out, and only before any job activated (then the execution is RUNNING with
+        # that job's token, and this is refused below).
+        assert att is not None and ex is not None
+        if not token_matches(ex, token):
+            raise PermissionDenied("bad execution auth")
+        set_execution_state(ex, ExecutionState.RUNNING, ctx.now_us)
+    else:
+        att, ex = verify_running(ctx, eid, token, PermissionDenied)
     set_execution_state(ex, ExecutionState.STOPPING, ctx.now_us)
     ex["token_state"] = "revoked"
     put_execution(ctx, eid, ex)

@@ -9,9 +9,11 @@ Everything random comes from the seed:
   from run (``fake_poll``), or polled while running (``fake_watch``);
 * what every execution does: succeed, fail, crash, exit early; notify or leave
   it to the STOPPING poll; repeat its halting or finishing call as a client
-  would after a lost response; finish with a result that expires (already, or
-  later); let dm's timers, dependency completions, sweeps and cancels happen
-  in the middle of the job;
+  would after a lost response; finish without activating (a job with nothing
+  to declare, as :mod:`dmcore.job` does); have a duplicate instance of the job
+  call dm second (its activation, or its direct FinishAttempt, is refused);
+  finish with a result that expires (already, or later); let dm's timers,
+  dependency completions, sweeps and cancels happen in the middle of the job;
 * the queue's faults (:class:`tests.harness.ChaosQueue`): duplicates (at once,
   or hours later, past the dedupe window), delays, reordering, dispatch
   failures after commit; duplicated and hours-late notifications;
@@ -94,6 +96,10 @@ POLL_TIMEOUT_S = {"fake_poll": 60}
 SLACK_S = 20
 """How late a timer may fire here: a delayed delivery, an outbox left to the sweep."""
 REPOLL_S = 30
+P_DIRECT_FINISH = 0.5
+"""How often a job with nothing to declare finishes without activating first."""
+P_DUPLICATE_JOB = 0.2
+"""How often a second instance of a job calls dm after the job's first call."""
 US = 1_000_000
 EXPIRED = dm_pb2.Attempt.Partial.EXPIRED
 
@@ -315,6 +321,7 @@ class ExecRecord:
     batches: int = 1  # declare the dependencies in this many EnsureGraphData calls
     expires_in_s: float | None = None  # the result's expiration, from FinishAttempt's time
     activated: bool = False
+    direct: bool = False  # finished without activating (the activation token's FinishAttempt)
     halted: bool = False
     finished: bool = False
     error: str = ""  # an unexpected error from a dm call
@@ -351,6 +358,8 @@ class ExecRecord:
     def describe(self) -> str:
         bits = [self.outcome, f"stop={self.stop}"]
         bits += [b for b, on in (("halted", self.halted), ("finished", self.finished)) if on]
+        if self.direct:
+            bits.append("direct")
         if self.silent:
             bits.append("silent")
         if self.ended_by_dm is not None:
@@ -762,9 +771,17 @@ class Sim:
             )
         if rec.stop == START:
             return self._end(rec, job)
+        # Drawn apart (per execution), so that every seed keeps the rest of its run.
+        own = random.Random(f"dm-sim-job/{self.plan.seed}/{eid}")
+        if rec.stop == DONE and not node.deps and own.random() < P_DIRECT_FINISH:
+            # A job whose first call is FinishAttempt (dmcore.job activates lazily):
+            # the activation token activates and finishes in one transaction.
+            rec.direct = True
+            return self._finish(rec, job, 1, own)
         self._call(rec, "ActivateExecution", job.activate)
         rec.activated = True
         self.activations[eid] = self.activations.get(eid, 0) + 1
+        self._duplicate(rec, job, own)
         self._midjob(rec)
         if rec.stop == ACTIVATED:
             return self._end(rec, job)
@@ -797,10 +814,16 @@ class Sim:
             self._midjob(rec)
         if rec.stop == DEPS:
             return self._end(rec, job)
+        return self._finish(rec, job, value, own)
+
+    def _finish(self, rec: ExecRecord, job: Job, value: int, own: random.Random) -> None:
         exp = None
         if rec.expires_in_s is not None:
             exp = self.h.clock() + int(rec.expires_in_s * US)
         self._call(rec, "FinishAttempt", lambda: job.finish({"v": value}, expiration_us=exp))
+        if rec.direct:
+            rec.activated = True
+            self.activations[rec.eid] = self.activations.get(rec.eid, 0) + 1
         rec.finished = True
         self._stopped(rec)
         rec.value = value
@@ -808,8 +831,30 @@ class Sim:
         if rec.retry_calls:
             finish = functools.partial(job.finish, {"v": value}, expiration_us=exp)
             self._call(rec, "FinishAttempt (retry)", finish)
+        if rec.direct:
+            self._duplicate(rec, job, own)
         self._midjob(rec)
         return self._end(rec, job)
+
+    def _duplicate(self, rec: ExecRecord, job: Job, own: random.Random) -> None:
+        """Maybe a second instance of the job (the distributor ran the task twice, or
+        redelivered it) comes second to the execution: its activation, or a direct
+        FinishAttempt with the activation token and another result, must be refused.
+        (Which instance comes first does not matter: the first is the job.)"""
+        if own.random() >= P_DUPLICATE_JOB:
+            return
+        dup = Job(self.h.world, self.h.world.task(rec.eid))
+        if own.random() < 0.5:
+            what, call = "ActivateExecution", dup.activate
+        else:
+            what = "FinishAttempt with the activation token"
+            call = functools.partial(dup.finish, {"v": -1, "duplicate": True})
+        try:
+            call()
+        except (PermissionDenied, Unauthenticated):
+            self.trace.append(f"duplicate of {self.ename(rec.eid)}: {what} refused")
+            return
+        self.violation(f"{self.ename(rec.eid)}: a duplicate job instance's {what} was accepted")
 
     def _stopped(self, rec: ExecRecord) -> None:
         rec.stopped_us = self.h.clock()
