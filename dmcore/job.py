@@ -29,7 +29,7 @@ A job that runs away from dm (started by a remote distributor: ``http``,
 ``LUCI_CONTEXT``       a Swarming task's context file: without ``DM_EXECUTION_AUTH`` the
                        auth is its ``swarming.secret_bytes`` (the ``swarming_v1`` distributor)
 
-:class:`Job` wraps the protocol: ``activate()``, ``depend(...)`` (may ask the
+:class:`Job` wraps the protocol: ``activate()`` (lazy), ``depend(...)`` (may ask the
 job to stop: dm runs it again once the dependencies finished), ``finish()``;
 ``parameters`` and ``state``. :func:`worker` turns a function of a Job into an
 HTTP target for functions-framework (the ``http`` distributor's worker).
@@ -177,6 +177,11 @@ class Job:
         self.auth = auth
         self.state_file = state_file
         self.token = b""
+        """This job's execution token once dm activated the execution with it."""
+        self._wanted_token = b""  # asked for by activate(), sent at the first call needing it
+        self.refused: DMError | None = None
+        """dm refused this job's activation (or its finish with the activation
+        token): another instance acts for the execution, or it ended."""
         self.reporter = reporter
         self.stopped = False
         """True once the execution stopped (finished, or halted for dependencies)."""
@@ -289,7 +294,7 @@ class Job:
 
     def _previous_state(self) -> Any:
         """The state in the result of the attempt's last execution that ended normally."""
-        if isinstance(self.client, remote.RemoteClient) and self.token:
+        if isinstance(self.client, remote.RemoteClient) and (self.token or self._wanted_token):
             att = self._own_attempt(executions=True)
             for num in sorted(att.executions, reverse=True):
                 ex = att.executions[num].data
@@ -300,21 +305,44 @@ class Job:
 
     # -- calls ------------------------------------------------------------------------
 
-    def activate(self, token: bytes | None = None) -> None:
+    def activate(self, token: bytes | None = None, *, now: bool = False) -> None:
         """Swap the activation token for this job's own (call once, first).
 
         ``token``: this job's execution token (at least 32 bytes; default: random).
+
+        Lazily, unless ``now``: dm is asked at the first call that needs an
+        activated execution (``depend``, the state or parameters read through the
+        API). A job whose first call is ``finish`` never activates: its
+        FinishAttempt, with the activation token, activates and finishes in one
+        transaction (one write less). Until it activates the execution stays
+        SCHEDULING, under the quest's *start* timeout, not its run timeout: a job
+        whose work may outlast the start timeout passes ``now=True``. Either way
+        one job instance acts for the execution: a second one is refused
+        (:attr:`refused`) at its first call.
         """
-        token = os.urandom(64) if token is None else token
-        self.client.activate_execution(
-            dm_pb2.ActivateExecutionReq(auth=self.auth, execution_token=token)
-        )
-        self.token = token
+        self._wanted_token = os.urandom(64) if token is None else token
+        if now:
+            self._activated_token()
+
+    def _activated_token(self) -> bytes:
+        if not self.token:
+            if not self._wanted_token:
+                raise JobError("activate() first")
+            req = dm_pb2.ActivateExecutionReq(auth=self.auth, execution_token=self._wanted_token)
+            self._refusable(lambda: self.client.activate_execution(req))
+            self.token = self._wanted_token
+        return self.token
+
+    def _refusable(self, call: Callable[[], Any]) -> None:
+        """Make a call with the activation token; a refusal is kept in :attr:`refused`."""
+        try:
+            call()
+        except (PermissionDenied, Unauthenticated) as e:
+            self.refused = e
+            raise
 
     def _auth(self) -> dm_pb2.Execution.Auth:
-        if not self.token:
-            raise JobError("activate() first")
-        return dm_pb2.Execution.Auth(id=self.auth.id, token=self.token)
+        return dm_pb2.Execution.Auth(id=self.auth.id, token=self._activated_token())
 
     def depend(
         self, quests: Sequence[Mapping[str, Any]], attempts: Sequence[int] = (1,)
@@ -349,9 +377,12 @@ class Job:
         """Record the attempt's result (a JSON object); the job should then exit."""
         text = result if isinstance(result, str) else json.dumps(result)
         self._keep_state()
-        self.client.finish_attempt(
-            dm_pb2.FinishAttemptReq(auth=self._auth(), data=dm_pb2.JsonResult(object=text))
-        )
+        data = dm_pb2.JsonResult(object=text)
+        if self.token or not self._wanted_token:
+            self.client.finish_attempt(dm_pb2.FinishAttemptReq(auth=self._auth(), data=data))
+        else:  # not activated yet: the activation token activates and finishes at once
+            req = dm_pb2.FinishAttemptReq(auth=self.auth, data=data)
+            self._refusable(lambda: self.client.finish_attempt(req))
         self._stopped()
 
     def _keep_state(self) -> None:
@@ -392,23 +423,22 @@ def run_order(
     * ``fn`` raised: 500, so Cloud Tasks delivers the task again; on the last
       delivery the order allows (``max_attempts``) CRASHED is reported and the
       answer is 200, so no queue setting can make it go on.
-    * dm refused the activation: another delivery activated this execution
-      with another token, or it has stopped already: 200, nothing to do.
+    * dm refused the activation (sent at the job's first call that needs it,
+      or its finish with the activation token): another delivery acts for this
+      execution, or it has stopped already: 200, nothing to do.
     * dm or the report could not be reached: 503 (delivered again).
     """
     job = Job.from_order(order, client)
     eid = job.execution_id
-    try:
-        job.activate(worker_token(order.auth.token))
-    except (PermissionDenied, Unauthenticated) as e:
-        log.warning("execution %s: activation refused (%s): nothing to do", eid, e.message)
-        return 200, f"execution {eid} is not ours to run: {e.message}"
-    except Unavailable as e:
-        return 503, f"dm is unavailable: {e.message}"
+    job.activate(worker_token(order.auth.token))  # lazily: at the job's first call
     try:
         try:
             fn(job)
         except Exception as e:
+            if job.refused is not None:
+                msg = job.refused.message
+                log.warning("execution %s: activation refused (%s): nothing to do", eid, msg)
+                return 200, f"execution {eid} is not ours to run: {msg}"
             if job.stopped:
                 log.exception("execution %s: the worker raised after the execution stopped", eid)
                 return 200, "stopped (the worker raised afterwards; see its log)"

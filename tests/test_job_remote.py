@@ -119,8 +119,9 @@ def test_remote_job_reads_parameters_through_the_api_and_reports_its_state_on_ha
         reporter=remote.Reporter(notify, str(eid)),
     )
     job.activate()
-    assert execution_state(eid) == ExecutionState.RUNNING
+    assert execution_state(eid) == ExecutionState.SCHEDULING  # lazily: at the first call
     assert job.parameters == {"name": "remote", "numbers": [1, 2, 3]}  # no env: via WalkGraph
+    assert execution_state(eid) == ExecutionState.RUNNING  # WalkGraph needs the execution token
     assert job.state == {}  # the first execution: nothing before it
     job.state = {"stage": 1}
     deps = job.depend([json_format.MessageToDict(quest_desc("dep"))])
@@ -138,15 +139,38 @@ def test_remote_job_finishes_and_dm_errors_keep_their_codes(
     client = remote.RemoteClient(served.base_url)
     bad = dm_pb2.Execution.Auth(id=eid.to_proto(), token=b"not the activation token")
     with pytest.raises(PermissionDenied):
-        dmjob.Job(client, bad, None).activate()
+        dmjob.Job(client, bad, None).activate(now=True)
     job = dmjob.Job(client, auth_of(served, eid), None, parameters='{"name": "finisher"}')
-    job.activate()
-    job.activate(job.token)  # the same token again: dm accepts (idempotent activation)
+    job.activate(now=True)
+    job.activate(job.token, now=True)  # the same token again: dm accepts (idempotent)
     job.finish({"answer": 42})
     assert job.stopped and execution_state(eid) == ExecutionState.STOPPING
     with pytest.raises(Unauthenticated) as e:
         job.depend([json_format.MessageToDict(quest_desc("late"))])  # the token is revoked
     assert e.value.code == Code.UNAUTHENTICATED
+
+
+def test_a_job_whose_first_call_is_finish_never_activates(
+    served: LocalServer, sink: HttpSink
+) -> None:
+    eid = start(served, quest_desc("direct"))
+    client = remote.RemoteClient(served.base_url)
+    job = dmjob.Job(client, auth_of(served, eid), None, parameters="{}")
+    job.activate()
+    job.finish({"answer": 42})  # FinishAttempt with the activation token
+    assert job.stopped and not job.token and job.refused is None
+    assert execution_state(eid) == ExecutionState.STOPPING
+    # A second instance of the job (the same task run twice) is refused at its first
+    # call, whichever it is; the first one's result stands.
+    for call in ("finish", "depend"):
+        dup = dmjob.Job(client, auth_of(served, eid), None, parameters="{}")
+        dup.activate()
+        with pytest.raises(PermissionDenied):
+            if call == "finish":
+                dup.finish({"answer": 43})
+            else:
+                dup.depend([json_format.MessageToDict(quest_desc("dep"))])
+        assert dup.refused is not None and not dup.stopped
 
 
 def test_from_env_picks_the_remote_client_and_reads_the_environment(
