@@ -47,7 +47,10 @@ transaction stays under Firestore's 500 writes per commit (W-14)."""
 MAX_RANGE_ATTEMPTS = 100_000
 """Most attempts a WalkGraph query may name through its attempt ranges, all together:
 each is a read, and the walk's 55 s budget would not reach much further."""
-QUEST_CHUNK = 100
+ENSURE_CHUNK = 60
+"""Attempts (or quests) one EnsureGraphData transaction reads and creates: each new
+one runs up to four steps inline (quest, attempt, its execution), under the engine's
+MAX_INLINE, and writes a few documents, under Firestore's 500 writes per commit."""
 DECLARE_TRIES = 3
 """Declarations of one EnsureGraphData call, when a dependency found over is re-opened
 (dm retry) before the answer is read; each try after the first halts unless it ended again."""
@@ -158,12 +161,15 @@ class Service:
             for n in _check_nums(nums.nums, f"raw_attempts[{qid}]", allow_all=False):
                 wanted[AttemptID(qid, n)] = None
 
+        aids = list(wanted)
+        if eid is None:
+            return self._ensure_graph(req, rsp, supplied, aids, max_size)
+
         qids = sorted({a.quest for a in wanted} | set(supplied))
         existing_quests = eng.store.get_many([docs.quest_path(q) for q in qids])
         for q in qids:
             if existing_quests[docs.quest_path(q)] is None and q not in supplied:
                 raise InvalidArgument(f'cannot create attempts for absent quest "{q}"')
-        aids = list(wanted)
         existing = eng.store.get_many([docs.attempt_path(a) for a in aids])
         new_quests = {
             q: base64.b64encode(d.SerializeToString()).decode()
@@ -171,29 +177,68 @@ class Service:
             if existing_quests[docs.quest_path(q)] is None
         }
         new_attempts = [a for a in aids if existing[docs.attempt_path(a)] is None]
+        return self._declare_deps(req, rsp, eid, aids, existing, new_quests, new_attempts, max_size)
 
-        if eid is not None:
-            return self._declare_deps(
-                req, rsp, eid, aids, existing, new_quests, new_attempts, max_size
+    def _ensure_graph(
+        self,
+        req: dm_pb2.EnsureGraphDataReq,
+        rsp: dm_pb2.EnsureGraphDataRsp,
+        supplied: Mapping[str, dm_pb2.Quest.Desc],
+        aids: list[AttemptID],
+        max_size: int,
+    ) -> dm_pb2.EnsureGraphDataRsp:
+        """Without an execution: create what is missing, answer with the state before.
+
+        Each part reads its quests and attempts in the transaction that creates the
+        missing ones (:class:`~dmcore.engine.steps.EnsureGraph`), and the answer is
+        made of what it read: each document is read once. A memoised re-run (all
+        there) commits read-only transactions.
+        """
+        eng = self.engine
+        # A quest named only by raw_attempts must exist: checked before anything is
+        # written (a part created already would stay, the request half done).
+        raw_only = sorted({a.quest for a in aids} - set(supplied))
+        if raw_only:
+            got = eng.store.get_many([docs.quest_path(q) for q in raw_only])
+            for q in raw_only:
+                if got[docs.quest_path(q)] is None:
+                    raise InvalidArgument(f'cannot create attempts for absent quest "{q}"')
+        by_quest: dict[str, list[str]] = {q: [] for q in supplied}
+        for a in aids:
+            by_quest.setdefault(a.quest, []).append(a.encoded)
+        known: dict[str, docs.Doc | None] = {}
+        part: list[tuple[str, list[str]]] = []
+        size = 0
+
+        def ensure() -> None:
+            nonlocal size
+            if not part:
+                return
+            step = steps.EnsureGraph(
+                quests={
+                    q: base64.b64encode(supplied[q].SerializeToString()).decode()
+                    for q, _ in part
+                    if q in supplied
+                },
+                attempts=[a for _, encs in part for a in encs],
             )
+            eng.run(step)
+            known.update(step.seen)
+            part.clear()
+            size = 0
 
-        # Without an execution: create what is missing, report the state before.
-        rsp.accepted = True
-        # The state before, from what was read just now (not read again).
-        known = {**existing_quests, **existing}
-        rsp.result.CopyFrom(self._snapshot_graph(aids, req.include.attempt.result, max_size, known))
-        by_quest: dict[str, list[str]] = collections.defaultdict(list)
-        for a in new_attempts:
-            by_quest[a.quest].append(a.encoded)
-        for q in new_quests:
-            by_quest.setdefault(q, [])
         # One commit for the whole request where the backend allows (embedded).
         with eng.batch():
             for q, encs in by_quest.items():
-                for start in range(0, max(1, len(encs)), QUEST_CHUNK):
-                    chunk = encs[start : start + QUEST_CHUNK]
-                    then = [steps.EnsureAttempt(aid=a).to_payload() for a in chunk]
-                    eng.run(steps.MergeQuest(qid=q, desc_b64=new_quests.get(q, ""), and_then=then))
+                for start in range(0, max(1, len(encs)), ENSURE_CHUNK):
+                    chunk = encs[start : start + ENSURE_CHUNK]
+                    part.append((q, chunk))
+                    size += max(1, len(chunk))
+                    if size >= ENSURE_CHUNK:
+                        ensure()
+            ensure()
+        rsp.accepted = True
+        rsp.result.CopyFrom(self._snapshot_graph(aids, req.include.attempt.result, max_size, known))
         return rsp
 
     def _check_execution_token(self, eid: ExecutionID, token: bytes, *, retry_ok: bool) -> None:

@@ -50,7 +50,7 @@ from dmcore.engine.records import (
     unb64,
     verify_running,
 )
-from dmcore.errors import FailedPrecondition, PermissionDenied
+from dmcore.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
 from dmcore.states import (
@@ -78,6 +78,28 @@ def merge_quest(step: steps.MergeQuest, ctx: Ctx) -> list[Step | Later]:
         ctx.uow.create(path, {"desc": step.desc_b64, "built_by": [], "created": ctx.now_us})
     # The quest's attempts (and back edges) in the same commit: no task each.
     return [Later(Step.from_payload(p), together=True) for p in step.and_then]
+
+
+@rolls_forward(steps.EnsureGraph)
+def ensure_graph(step: steps.EnsureGraph, ctx: Ctx) -> list[Step | Later]:
+    aids = [AttemptID.decode(a) for a in step.attempts]
+    qids = sorted(set(step.quests) | {a.quest for a in aids})
+    paths = [docs.quest_path(q) for q in qids] + [docs.attempt_path(a) for a in aids]
+    got = ctx.uow.get_many(paths)
+    step.seen = dict(got)
+    create: dict[str, list[dict[str, Any]]] = {
+        q: [] for q in step.quests if got[docs.quest_path(q)] is None
+    }
+    for a in aids:
+        if got[docs.attempt_path(a)] is not None:
+            continue
+        if got[docs.quest_path(a.quest)] is None and a.quest not in step.quests:
+            raise InvalidArgument(f'cannot create attempts for absent quest "{a.quest}"')
+        create.setdefault(a.quest, []).append(steps.EnsureAttempt(aid=a.encoded).to_payload())
+    # In this transaction (together), reading from its cache: nothing is read twice.
+    merges = [steps.MergeQuest(qid=q, desc_b64=step.quests.get(q, ""), and_then=then)
+              for q, then in create.items()]  # fmt: skip
+    return [Later(m, together=True) for m in merges]
 
 
 @rolls_forward(steps.EnsureAttempt)

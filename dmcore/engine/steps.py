@@ -37,6 +37,26 @@ class MergeQuest(Mutation):
 
 
 @dataclasses.dataclass
+class EnsureGraph(Mutation):
+    """A part of an EnsureGraphData without an execution, in one transaction: read the
+    documents of ``quests`` and of ``attempts`` (and their quests), then create what
+    is missing (:class:`MergeQuest`, :class:`EnsureAttempt`, run inline: no second read).
+
+    Sets ``seen``, for the answer: each document as read (None: absent, created here).
+    Run by the API only, never queued.
+    """
+
+    KIND = "EnsureGraph"
+    quests: dict[str, str]  # quest ID -> its description (base64), as supplied
+    attempts: list[str]
+    seen: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def root(self) -> str:
+        first = min([*self.quests, *(a.split("|", 1)[0] for a in self.attempts)])
+        return docs.quest_path(first)
+
+
+@dataclasses.dataclass
 class EnsureAttempt(Mutation):
     """Create attempt ``aid`` (SCHEDULING) if absent and schedule its first execution."""
 
