@@ -97,7 +97,7 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
         follow.append(steps.AddBackDep(dependee=d.encoded, depender=me.encoded, needs_ack=not done))
 
     # Create what is missing first: quest, then attempts, then the back edges.
-    ensure = [steps.EnsureAttempt(aid=a).to_payload() for a in step.new_attempts]
+    ensure = [steps.EnsureAttempt(aid=a, depended=True).to_payload() for a in step.new_attempts]
     chained: list[Step | Later] = []
     by_quest: dict[str, list[dict[str, Any]]] = {q: [] for q in step.new_quests}
     for a in ensure:
@@ -139,6 +139,7 @@ def add_back_dep(step: steps.AddBackDep, ctx: Ctx) -> list[Step | Later]:
     bpath = docs.back_dep_path(dependee, depender)
     got = ctx.uow.get_many([gpath, bpath])
     group, back = got[gpath], got[bpath]
+    _flag_depended(ctx, dependee)
     if group is None:
         # The first depender: an attempt that ended before any group existed
         # queued no completion (records.completion_follow_ups), so the group
@@ -163,6 +164,17 @@ def add_back_dep(step: steps.AddBackDep, ctx: Ctx) -> list[Step | Later]:
     if step.needs_ack and finished:
         return [steps.AckFwdDep(depender=step.depender, dependee=step.dependee)]
     return []
+
+
+def _flag_depended(ctx: Ctx, dependee: AttemptID) -> None:
+    """Flag the dependee as depended on (docs.DEPENDED), once: its end reads the flag, in
+    a transaction that conflicts with this one. Absent, it is created flagged (the
+    declaration's EnsureAttempt)."""
+    apath = docs.attempt_path(dependee)
+    att = ctx.uow.get(apath)
+    if att is not None and att.get(docs.DEPENDED) is False:
+        att[docs.DEPENDED] = True
+        ctx.uow.put(apath, att)
 
 
 @rolls_forward(steps.AckFwdDep)

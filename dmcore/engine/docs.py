@@ -85,6 +85,12 @@ def execution_path(eid: ExecutionID) -> str:
     return f"{ATTEMPTS}/{eid.attempt_id.encoded}/executions/{eid.encoded_num}"
 
 
+DEPENDED = "depended"
+"""The attempt's flag: some attempt depends on it (set in a transaction that reads
+the attempt: :func:`~dmcore.engine.deps.add_back_dep`, or the ``EnsureAttempt`` of a
+declaration). Its end queues the completion only then, so a leaf's end reads no
+back-edge document. Absent on attempts written before the flag: the group is read."""
+
 CURRENT = "ex"
 """The attempt's field holding its current execution: the steps of an execution
 read and write one document (its attempt), not two."""

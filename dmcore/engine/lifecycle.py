@@ -106,7 +106,13 @@ def ensure_graph(step: steps.EnsureGraph, ctx: Ctx) -> list[Step | Later]:
 def ensure_attempt(step: steps.EnsureAttempt, ctx: Ctx) -> list[Step | Later]:
     aid = AttemptID.decode(step.aid)
     path = docs.attempt_path(aid)
-    if ctx.uow.get(path) is not None:
+    att = ctx.uow.get(path)
+    if att is not None:
+        if step.depended and att.get(docs.DEPENDED) is False:
+            # Created meanwhile by a call without an execution: its end must reach
+            # the depender (whose AddBackDep may have run before the attempt existed).
+            att[docs.DEPENDED] = True
+            ctx.uow.put(path, att)
         return []
     ctx.uow.create(
         path,
@@ -124,6 +130,7 @@ def ensure_attempt(step: steps.EnsureAttempt, ctx: Ctx) -> list[Step | Later]:
             "is_expired": False,
             "result": None,
             "abnormal": None,
+            docs.DEPENDED: step.depended,
         },
     )
     return [steps.ScheduleExecution(aid=step.aid)]

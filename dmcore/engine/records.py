@@ -184,13 +184,15 @@ def arm_expiry(ctx: Ctx, aid: AttemptID, att: docs.Doc) -> list[Step | Later]:
 def completion_follow_ups(ctx: Ctx, aid: AttemptID) -> list[Step | Later]:
     """What the end of attempt ``aid`` (in this transaction) queues for its dependers.
 
-    Nothing when no back-edge group exists: no depender ever declared an edge
-    on it, so there is nothing to propagate (a leaf pays no completion task).
-    An AddBackDep racing this transaction reads the attempt as well, so it
-    either sees it terminal and acks its own edge, or creates the group first
-    and this transaction, retried, sees the group.
+    Nothing when no depender ever declared an edge on it (the attempt's
+    ``docs.DEPENDED`` flag, read with the attempt: a leaf pays no read and no
+    completion task). An AddBackDep racing this transaction reads and flags the
+    attempt, so it either sees it terminal and acks its own edge, or flags it
+    first and this transaction, retried, sees the flag. An attempt written before
+    the flag existed has its back-edge group read instead.
     """
-    if ctx.uow.get(docs.back_dep_group_path(aid)) is None:
+    flag = (ctx.uow.get(docs.attempt_path(aid)) or {}).get(docs.DEPENDED)
+    if flag is False or (flag is None and ctx.uow.get(docs.back_dep_group_path(aid)) is None):
         return []
     return [steps.RecordCompletion(aid=aid.encoded)]
 

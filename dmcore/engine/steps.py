@@ -62,6 +62,7 @@ class EnsureAttempt(Mutation):
 
     KIND = "EnsureAttempt"
     aid: str
+    depended: bool = False  # created for a dependency: flag it (docs.DEPENDED)
 
     def root(self) -> str:
         return f"{docs.ATTEMPTS}/{self.aid}"
