@@ -22,10 +22,15 @@ def record_completion(step: steps.RecordCompletion, ctx: Ctx) -> list[Step | Lat
     gpath = docs.back_dep_group_path(aid)
     got = ctx.uow.get_many([gpath, docs.attempt_path(aid)])
     group = got[gpath]
-    if (group is not None and group["attempt_finished"]) or not attempt_is_terminal(
-        got[docs.attempt_path(aid)]
+    if (
+        group is None
+        or group["attempt_finished"]
+        or not attempt_is_terminal(got[docs.attempt_path(aid)])
     ):
-        return []  # done, or late: the attempt was re-opened since (dmcore.engine.reopen)
+        # Done, or late: the attempt was re-opened since (dmcore.engine.reopen). No
+        # group: no back edge yet, and the first AddBackDep finds the attempt ended
+        # (a group made here would outlive a re-open with no depended flag to end it).
+        return []
     ctx.uow.put(gpath, {"attempt_finished": True})
     # In a later transaction, so AddBackDeps that read the group before this
     # write either committed first (and are seen) or retry and see it.
