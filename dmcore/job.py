@@ -29,7 +29,8 @@ A job that runs away from dm (started by a remote distributor: ``http``,
 ``LUCI_CONTEXT``       a Swarming task's context file: without ``DM_EXECUTION_AUTH`` the
                        auth is its ``swarming.secret_bytes`` (the ``swarming_v1`` distributor)
 
-:class:`Job` wraps the protocol: ``activate()`` (lazy), ``depend(...)`` (may ask the
+:class:`Job` wraps the protocol: ``activate()`` (``lazy=True``: with the
+first call that needs it), ``depend(...)`` (may ask the
 job to stop: dm runs it again once the dependencies finished), ``finish()``;
 ``parameters`` and ``state``. :func:`worker` turns a function of a Job into an
 HTTP target for functions-framework (the ``http`` distributor's worker).
@@ -305,23 +306,25 @@ class Job:
 
     # -- calls ------------------------------------------------------------------------
 
-    def activate(self, token: bytes | None = None, *, now: bool = False) -> None:
+    def activate(self, token: bytes | None = None, *, lazy: bool = False) -> None:
         """Swap the activation token for this job's own (call once, first).
 
         ``token``: this job's execution token (at least 32 bytes; default: random).
 
-        Lazily, unless ``now``: dm is asked at the first call that needs an
-        activated execution (``depend``, the state or parameters read through the
-        API). A job whose first call is ``finish`` never activates: its
-        FinishAttempt, with the activation token, activates and finishes in one
-        transaction (one write less). Until it activates the execution stays
-        SCHEDULING, under the quest's *start* timeout, not its run timeout: a job
-        whose work may outlast the start timeout passes ``now=True``. Either way
-        one job instance acts for the execution: a second one is refused
-        (:attr:`refused`) at its first call.
+        At once by default, as Dungeon Master does: a second instance of the job
+        (a task delivered twice) is refused here, before it does any work, and
+        the execution is RUNNING, under the quest's run timeout. ``lazy=True``
+        defers it to the first call that needs an activated execution
+        (``depend``, the state or parameters read through the API); a job whose
+        first call is ``finish`` then never activates: its FinishAttempt, with
+        the activation token, activates and finishes in one transaction (one
+        Firestore write and one function call less). The price: until then the
+        execution stays SCHEDULING, under the *start* timeout, and a duplicate
+        instance does the work before it is refused (:attr:`refused`) at
+        ``finish``. For short, idempotent jobs only.
         """
         self._wanted_token = os.urandom(64) if token is None else token
-        if now:
+        if not lazy:
             self._activated_token()
 
     def _activated_token(self) -> bytes:
@@ -423,14 +426,20 @@ def run_order(
     * ``fn`` raised: 500, so Cloud Tasks delivers the task again; on the last
       delivery the order allows (``max_attempts``) CRASHED is reported and the
       answer is 200, so no queue setting can make it go on.
-    * dm refused the activation (sent at the job's first call that needs it,
-      or its finish with the activation token): another delivery acts for this
-      execution, or it has stopped already: 200, nothing to do.
+    * dm refused the activation: another delivery activated this execution
+      with another token, or it has stopped already: 200, nothing to do (also
+      when ``fn`` activated lazily and was refused at its first call).
     * dm or the report could not be reached: 503 (delivered again).
     """
     job = Job.from_order(order, client)
     eid = job.execution_id
-    job.activate(worker_token(order.auth.token))  # lazily: at the job's first call
+    try:
+        job.activate(worker_token(order.auth.token))
+    except (PermissionDenied, Unauthenticated) as e:
+        log.warning("execution %s: activation refused (%s): nothing to do", eid, e.message)
+        return 200, f"execution {eid} is not ours to run: {e.message}"
+    except Unavailable as e:
+        return 503, f"dm is unavailable: {e.message}"
     try:
         try:
             fn(job)

@@ -245,7 +245,7 @@ def test_progress_lines_quiet_and_counts(pipeline: pathlib.Path) -> None:
 def test_plain_words_for_a_job_that_never_reported(pipeline: pathlib.Path) -> None:
     (pipeline / "plain.py").write_text("print('hello')\n")
     (pipeline / "half.py").write_text(
-        "from dmcore.job import Job\njob = Job.from_env()\njob.activate(now=True)\n"
+        "from dmcore.job import Job\njob = Job.from_env()\njob.activate()\n"
     )
     run = {
         "quests": [

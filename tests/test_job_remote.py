@@ -118,7 +118,7 @@ def test_remote_job_reads_parameters_through_the_api_and_reports_its_state_on_ha
         None,
         reporter=remote.Reporter(notify, str(eid)),
     )
-    job.activate()
+    job.activate(lazy=True)
     assert execution_state(eid) == ExecutionState.SCHEDULING  # lazily: at the first call
     assert job.parameters == {"name": "remote", "numbers": [1, 2, 3]}  # no env: via WalkGraph
     assert execution_state(eid) == ExecutionState.RUNNING  # WalkGraph needs the execution token
@@ -139,10 +139,10 @@ def test_remote_job_finishes_and_dm_errors_keep_their_codes(
     client = remote.RemoteClient(served.base_url)
     bad = dm_pb2.Execution.Auth(id=eid.to_proto(), token=b"not the activation token")
     with pytest.raises(PermissionDenied):
-        dmjob.Job(client, bad, None).activate(now=True)
+        dmjob.Job(client, bad, None).activate()
     job = dmjob.Job(client, auth_of(served, eid), None, parameters='{"name": "finisher"}')
-    job.activate(now=True)
-    job.activate(job.token, now=True)  # the same token again: dm accepts (idempotent)
+    job.activate()
+    job.activate(job.token)  # the same token again: dm accepts (idempotent)
     job.finish({"answer": 42})
     assert job.stopped and execution_state(eid) == ExecutionState.STOPPING
     with pytest.raises(Unauthenticated) as e:
@@ -156,7 +156,7 @@ def test_a_job_whose_first_call_is_finish_never_activates(
     eid = start(served, quest_desc("direct"))
     client = remote.RemoteClient(served.base_url)
     job = dmjob.Job(client, auth_of(served, eid), None, parameters="{}")
-    job.activate()
+    job.activate(lazy=True)
     job.finish({"answer": 42})  # FinishAttempt with the activation token
     assert job.stopped and not job.token and job.refused is None
     assert execution_state(eid) == ExecutionState.STOPPING
@@ -164,13 +164,18 @@ def test_a_job_whose_first_call_is_finish_never_activates(
     # call, whichever it is; the first one's result stands.
     for call in ("finish", "depend"):
         dup = dmjob.Job(client, auth_of(served, eid), None, parameters="{}")
-        dup.activate()
+        dup.activate(lazy=True)
         with pytest.raises(PermissionDenied):
             if call == "finish":
                 dup.finish({"answer": 43})
             else:
                 dup.depend([json_format.MessageToDict(quest_desc("dep"))])
         assert dup.refused is not None and not dup.stopped
+    # By default a job activates at once: a second instance is refused before any work.
+    eager = dmjob.Job(client, auth_of(served, eid), None, parameters="{}")
+    with pytest.raises(PermissionDenied):
+        eager.activate()
+    assert eager.refused is not None and not eager.token
 
 
 def test_from_env_picks_the_remote_client_and_reads_the_environment(

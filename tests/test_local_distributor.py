@@ -361,7 +361,7 @@ def test_exit_without_finishing_fails(emb: Embedded, tmp_path: pathlib.Path) -> 
         "quitter",
         """
         job = Job.from_env()
-        job.activate(now=True)  # activated (lazily, the execution stays SCHEDULING)
+        job.activate()
         """,
     )
     aid = submit(emb, quest(job))
