@@ -12,8 +12,9 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
+import itertools
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from google.protobuf import timestamp_pb2
@@ -33,6 +34,7 @@ from dmcore.errors import (
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
 from dmcore.states import AbnormalStatus, AttemptState, ExecutionState, is_terminal_attempt
+from dmcore.store.base import Store
 
 log = logging.getLogger("dm.service")
 
@@ -110,6 +112,49 @@ def _auth_eid(auth: dm_pb2.Execution.Auth, field: str) -> ExecutionID:
     if not auth.HasField("id"):
         raise InvalidArgument(f"{field}.id: required")
     return ExecutionID.from_proto(auth.id, f"{field}.id")
+
+
+class _ReadAhead:
+    """The documents a walk reads, in bulk ahead of its steps: a query may name
+    thousands of attempts (a memoised request's answer), and one read per chunk
+    of them costs far less than one per attempt and one per quest."""
+
+    CHUNK = 500
+
+    def __init__(self, store: Store, known: dict[str, docs.Doc | None] | None) -> None:
+        """``known``: documents (or their absence) the caller has just read; taken
+        out of it as they are used (a request may name 100,000 attempts)."""
+        self.store = store
+        self.docs: dict[str, docs.Doc | None] = {} if known is None else known
+
+    def get(self, path: str) -> docs.Doc | None:
+        """The document at ``path``: read ahead (then dropped: a walk uses it once) or now."""
+        if path in self.docs:
+            return self.docs.pop(path)
+        return self.store.get(path)
+
+    def starts(
+        self,
+        starts: Iterable[tuple[AttemptID, int, bool]],
+        out: dm_pb2.GraphData,
+        *,
+        quest_data: bool,
+    ) -> Iterator[tuple[AttemptID, int, bool]]:
+        """``starts``, the attempts of each chunk (and their quests not in ``out``
+        yet) read in one go before the chunk is walked."""
+        it = iter(starts)
+        while chunk := list(itertools.islice(it, self.CHUNK)):
+            paths = dict.fromkeys(docs.attempt_path(a) for a, _, _ in chunk)
+            if quest_data:
+                paths.update(
+                    dict.fromkeys(
+                        docs.quest_path(a.quest) for a, _, _ in chunk if a.quest not in out.quests
+                    )
+                )
+            missing = [p for p in paths if p not in self.docs]
+            if missing:
+                self.docs.update(self.store.get_many(missing))
+            yield from chunk
 
 
 class Service:
@@ -238,7 +283,9 @@ class Service:
                         ensure()
             ensure()
         rsp.accepted = True
-        rsp.result.CopyFrom(self._snapshot_graph(aids, req.include.attempt.result, max_size, known))
+        # Walked straight into the answer (no copy of a graph that may hold 100,000
+        # quests), each document dropped from ``known`` once the answer holds it.
+        self._snapshot_graph(aids, req.include.attempt.result, max_size, known, rsp.result)
         return rsp
 
     def _check_execution_token(self, eid: ExecutionID, token: bytes, *, retry_ok: bool) -> None:
@@ -374,8 +421,11 @@ class Service:
         aids: list[AttemptID],
         results: bool,
         max_size: int,
-        known: Mapping[str, docs.Doc | None] | None = None,
+        known: dict[str, docs.Doc | None] | None = None,
+        out: dm_pb2.GraphData | None = None,
     ) -> dm_pb2.GraphData:
+        """The named attempts and their direct dependencies (into ``out`` if given);
+        ``known``: as :meth:`_walk`'s."""
         req = dm_pb2.WalkGraphReq()
         for a in aids:
             req.query.attempt_list.to[a.quest].nums.append(a.num)
@@ -387,7 +437,7 @@ class Service:
         req.include.attempt.result = results
         req.include.attempt.abnormal = True
         req.include.attempt.expired = True
-        return self._walk(req, authorized_all=True, known=known)
+        return self._walk(req, authorized_all=True, known=known, out=out)
 
     # -- ActivateExecution / FinishAttempt ----------------------------------------------------
 
@@ -539,15 +589,17 @@ class Service:
         *,
         authorized_all: bool,
         me: AttemptID | None = None,
-        known: Mapping[str, docs.Doc | None] | None = None,
+        known: dict[str, docs.Doc | None] | None = None,
+        out: dm_pb2.GraphData | None = None,
     ) -> dm_pb2.GraphData:
-        """The graph ``req`` asks for; ``known``: documents (or their absence) the
-        caller has just read, not read again."""
+        """The graph ``req`` asks for (into ``out`` if given); ``known``: documents
+        (or their absence) the caller has just read, not read again (and taken
+        out of it as they are used)."""
         eng = self.engine
         store = eng.store
-        known = known or {}
+        ahead = _ReadAhead(store, known)
         inc = req.include
-        out = dm_pb2.GraphData()
+        out = dm_pb2.GraphData() if out is None else out
         budget = _data_limit(req.limit.max_data_size, "limit.max_data_size")
         max_time = records.duration_us(req.limit.max_time) if req.limit.HasField("max_time") else 0
         if max_time <= 0 or max_time > MAX_WALK_TIME_US:
@@ -572,7 +624,7 @@ class Service:
             if listed:
                 roots.append((q, listed))
             else:
-                self._quest_entry(out, q, inc, excluded_quests, known)
+                self._quest_entry(out, q, inc, excluded_quests, ahead.get)
                 # Attempt ids are "<quest>|<number>": the quest's attempts are an id range.
                 rows = store.query_id_prefix(docs.ATTEMPTS, q + "|")
                 every = []
@@ -588,7 +640,11 @@ class Service:
         # depth first: a stack, so the last query attempt and its dependencies first.
         if req.mode.dfs:
             roots = [(q, nums[::-1]) for q, nums in reversed(roots)]
-        starts = ((AttemptID(q, n), 0, False) for q, nums in roots for n in nums)
+        starts = ahead.starts(
+            ((AttemptID(q, n), 0, False) for q, nums in roots for n in nums),
+            out,
+            quest_data=inc.quest.data,
+        )
 
         # (attempt, depth, reached forward from the caller's attempt)
         todo: collections.deque[tuple[AttemptID, int, bool]] = collections.deque()
@@ -610,10 +666,9 @@ class Service:
             if aid in seen or aid in excluded or aid.quest in excluded_all:
                 continue
             seen.add(aid)
-            quest = self._quest_entry(out, aid.quest, inc, excluded_quests, known)
+            quest = self._quest_entry(out, aid.quest, inc, excluded_quests, ahead.get)
             att_msg = quest.attempts[aid.num]
-            apath = docs.attempt_path(aid)
-            got = known[apath] if apath in known else store.get(apath)
+            got = ahead.get(docs.attempt_path(aid))
             if got is None:
                 att_msg.DNE = True
                 continue
@@ -707,7 +762,7 @@ class Service:
         qid: str,
         inc: dm_pb2.WalkGraphReq.Include,
         excluded: set[str],
-        known: Mapping[str, docs.Doc | None],
+        read: Callable[[str], docs.Doc | None],
     ) -> dm_pb2.Quest:
         if qid in out.quests:
             return out.quests[qid]
@@ -715,8 +770,7 @@ class Service:
         if inc.quest.ids:
             q.id.id = qid
         if inc.quest.data and qid not in excluded:
-            qpath = docs.quest_path(qid)
-            doc = known[qpath] if qpath in known else self.engine.store.get(qpath)
+            doc = read(docs.quest_path(qid))
             if doc is None:
                 q.DNE = True
             else:

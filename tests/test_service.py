@@ -1316,6 +1316,59 @@ def test_walk_dne_markers(graph: Graph) -> None:
     assert g.quests[MISSING_QID].attempts[2].DNE
 
 
+def test_walk_reads_the_query_in_bulk(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WalkGraph reads the query's attempts and their quests one chunk at a time,
+    not one by one; EnsureGraphData answers with what it read to know what exists."""
+    h = Harness(tmp_path)
+    try:
+        descs = [quest_desc(f"bulk{i}") for i in range(600)]
+        h.ensure(*descs)
+        aids = [aid_of(d) for d in descs]
+        store = h.engine.store
+        reads: list[str] = []
+        get, get_many = store.get, store.get_many
+
+        def one(path: str) -> docs.Doc | None:
+            reads.append(path)
+            return get(path)
+
+        def many(paths: list[str]) -> dict[str, docs.Doc | None]:
+            reads.append(f"{len(paths)} at once")
+            return get_many(paths)
+
+        monkeypatch.setattr(store, "get", one)
+        monkeypatch.setattr(store, "get_many", many)
+        req = walk_req(*aids, AttemptID(MISSING_QID, 1))
+        req.include.quest.data = True
+        req.include.attempt.data = True
+        g = h.service.walk_graph(req, TRUSTED)
+        # 601 attempts and their 601 quests: 500 attempts and their quests, then
+        # the other 101 and theirs.
+        assert reads == ["1000 at once", "202 at once"]
+        for a in aids:
+            assert g.quests[a.quest].data.desc.distributor_config_name == "fake"
+            assert g.quests[a.quest].attempts[1].data.WhichOneof("attempt_type") is not None
+        assert g.quests[MISSING_QID].DNE and g.quests[MISSING_QID].attempts[1].DNE
+
+        reads.clear()
+        again = dm_pb2.EnsureGraphDataReq()
+        for d in descs:
+            again.quest.append(d)
+            again.quest_attempt.add(nums=[1])
+        rsp = h.service.ensure_graph_data(again, TRUSTED)
+        # Its EnsureGraph steps read them in their transactions; the answer is made
+        # of what they read, with no read of the store's own.
+        assert reads == []
+        assert len(rsp.result.quests) == 600
+        for a in aids:
+            assert rsp.result.quests[a.quest].data.desc.distributor_config_name == "fake"
+            assert rsp.result.quests[a.quest].attempts[1].data.WhichOneof("attempt_type")
+    finally:
+        h.close()
+
+
 def test_walk_attempt_range(graph: Graph) -> None:
     h, ids = graph.h, graph.ids
     d = ids["D1"].quest
