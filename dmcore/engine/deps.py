@@ -68,12 +68,13 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
     att, ex = verify_running(ctx, eid, token, Unauthenticated)
 
     edges = ctx.uow.get_many(paths)
+    terminal = set(step.terminal)  # a set: a fan-in's resume names 10,000 of them
     # Which dependees are over, read here: what the caller saw over, or a satisfied
     # edge says is over, may have been re-opened since (dm retry, dmcore.engine.reopen).
     check = [
         d
         for d, p in zip(dependees, paths, strict=True)
-        if d.encoded in step.terminal or bool((edges[p] or {}).get("satisfied"))
+        if d.encoded in terminal or bool((edges[p] or {}).get("satisfied"))
     ]
     now = ctx.uow.get_many([docs.attempt_path(d) for d in check])
     over = {d.encoded for d in check if attempt_is_terminal(now[docs.attempt_path(d)])}
