@@ -90,7 +90,7 @@ def _data_limit(requested: int, field: str) -> int:
 
 def _check_nums(nums: Iterable[int], field: str, *, allow_all: bool) -> list[int]:
     """AttemptList normalisation: descending, unique; [] / [0] = all (when allowed)."""
-    got = sorted(set(int(n) for n in nums), reverse=True)
+    got = sorted(set(nums), reverse=True)  # ints already (a proto's repeated int field)
     if got in ([], [0]):
         if not allow_all:
             raise InvalidArgument(f"{field}: must list attempt numbers (>= 1)")
@@ -190,13 +190,14 @@ class Service:
         rsp = dm_pb2.EnsureGraphDataRsp()
         supplied: dict[str, dm_pb2.Quest.Desc] = {}
         wanted: dict[AttemptID, None] = {}
+        built: dict[str, dist.D] = {}  # per config name: a request names few, for many quests
         for i, (desc, nums) in enumerate(zip(req.quest, req.quest_attempt, strict=True)):
             try:
                 norm = ids.normalize_desc(desc)
             except InvalidArgument as e:
                 raise InvalidArgument(f"quest[{i}].{e.message}") from None
             qid = ids.quest_id_of_normalized(norm)
-            self._validate_distributor(norm, f"quest[{i}]")
+            self._validate_distributor(norm, f"quest[{i}]", built)
             supplied[qid] = norm
             rsp.quest_ids.add(id=qid)
             for n in _check_nums(nums.nums, f"quest_attempt[{i}]", allow_all=False):
@@ -302,11 +303,18 @@ class Service:
         if not live or ex is None or not records.token_matches(ex, token):
             raise Unauthenticated("bad execution auth")
 
-    def _validate_distributor(self, desc: dm_pb2.Quest.Desc, field: str) -> None:
-        try:
-            d, _ = self.engine.registry.build_named(desc.distributor_config_name)
-        except dist.UnknownConfig as e:
-            raise InvalidArgument(f"{field}.distributor_config_name: {e.message}") from None
+    def _validate_distributor(
+        self, desc: dm_pb2.Quest.Desc, field: str, built: dict[str, dist.D]
+    ) -> None:
+        """``built``: the distributors this request has built so far, by config name."""
+        name = desc.distributor_config_name
+        d = built.get(name)
+        if d is None:
+            try:
+                d, _ = self.engine.registry.build_named(name)
+            except dist.UnknownConfig as e:
+                raise InvalidArgument(f"{field}.distributor_config_name: {e.message}") from None
+            built[name] = d
         try:
             d.validate(desc.distributor_parameters)
         except (ValueError, InvalidArgument) as e:
