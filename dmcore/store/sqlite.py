@@ -127,8 +127,10 @@ def _encode(doc: Doc) -> str:
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+@functools.lru_cache(maxsize=4096)
 def _split(path: str) -> tuple[str, str]:
-    """Validated document path -> (collection, id)."""
+    """Validated document path -> (collection, id); cached: a step reads and writes
+    the same few documents (its attempt, its edges) several times."""
     check_doc_path(path)
     collection, _, doc_id = path.rpartition("/")
     return collection, doc_id
