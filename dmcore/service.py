@@ -139,16 +139,20 @@ class _ReadAhead:
         out: dm_pb2.GraphData,
         *,
         quest_data: bool,
+        excluded_quests: set[str],
     ) -> Iterator[tuple[AttemptID, int, bool]]:
-        """``starts``, the attempts of each chunk (and their quests not in ``out``
-        yet) read in one go before the chunk is walked."""
+        """``starts``, the attempts of each chunk (and their quests whose data the
+        walk shows, not in ``out`` yet) read in one go before the chunk is walked.
+        ``starts`` holds no excluded attempt: nothing is read that is not shown."""
         it = iter(starts)
         while chunk := list(itertools.islice(it, self.CHUNK)):
             paths = dict.fromkeys(docs.attempt_path(a) for a, _, _ in chunk)
             if quest_data:
                 paths.update(
                     dict.fromkeys(
-                        docs.quest_path(a.quest) for a, _, _ in chunk if a.quest not in out.quests
+                        docs.quest_path(a.quest)
+                        for a, _, _ in chunk
+                        if a.quest not in out.quests and a.quest not in excluded_quests
                     )
                 )
             missing = [p for p in paths if p not in self.docs]
@@ -649,9 +653,16 @@ class Service:
         if req.mode.dfs:
             roots = [(q, nums[::-1]) for q, nums in reversed(roots)]
         starts = ahead.starts(
-            ((AttemptID(q, n), 0, False) for q, nums in roots for n in nums),
+            (
+                (aid, 0, False)
+                for q, nums in roots
+                if q not in excluded_all
+                for aid in (AttemptID(q, n) for n in nums)
+                if aid not in excluded
+            ),
             out,
             quest_data=inc.quest.data,
+            excluded_quests=excluded_quests,
         )
 
         # (attempt, depth, reached forward from the caller's attempt)

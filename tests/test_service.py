@@ -1352,6 +1352,20 @@ def test_walk_reads_the_query_in_bulk(
             assert g.quests[a.quest].attempts[1].data.WhichOneof("attempt_type") is not None
         assert g.quests[MISSING_QID].DNE and g.quests[MISSING_QID].attempts[1].DNE
 
+        # What the walk leaves out is not read ahead: an excluded attempt, the
+        # data of an excluded quest.
+        reads.clear()
+        req = walk_req(*aids[:3])
+        req.include.quest.data = True
+        req.include.attempt.data = True
+        req.exclude.attempts.to[aids[1].quest].nums.append(1)
+        req.exclude.quests.append(aids[2].quest)
+        g = h.service.walk_graph(req, TRUSTED)
+        assert reads == ["3 at once"]  # attempts 0 and 2, quest 0
+        assert aids[1].quest not in g.quests
+        assert not g.quests[aids[2].quest].HasField("data")
+        assert g.quests[aids[2].quest].attempts[1].data.WhichOneof("attempt_type")
+
         reads.clear()
         again = dm_pb2.EnsureGraphDataReq()
         for d in descs:
