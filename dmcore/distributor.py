@@ -24,6 +24,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime
+import importlib
 import importlib.metadata
 import json
 import logging
@@ -344,6 +345,33 @@ class Registry:
         kind = Kind(name, config_type, factory, check, in_process)
         self._kinds[name] = kind
         self._by_type_url[_type_url(config_type)] = kind
+
+    def register_deferred(
+        self,
+        name: str,
+        config_type: type[message.Message],
+        module: str,
+        *,
+        factory: str,
+        check: str = "",
+    ) -> None:
+        """:meth:`register` with the implementation imported on first use.
+
+        ``factory`` (and ``check``, optional) are names in ``module``, imported
+        when a config of kind ``name`` is checked or a distributor built. Some
+        implementations pull client libraries that take most of a second to
+        import; a process that loads the registry but uses none of them (a
+        ``local`` job, its supervisor) should not pay for them.
+        """
+
+        def new(cfg: Config) -> D:
+            made: D = getattr(importlib.import_module(module), factory)(cfg)
+            return made
+
+        def check_config(cfg: Any) -> None:
+            getattr(importlib.import_module(module), check)(cfg)
+
+        self.register(name, config_type, new, check_config if check else None)
 
     def load_entry_points(self) -> list[str]:
         """Call ``register(registry)`` of every installed ``dm.distributors`` entry point."""

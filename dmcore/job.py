@@ -45,14 +45,16 @@ import logging
 import os
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format
 
 from dmcore import fingerprint, ids, remote
-from dmcore.client import Client
 from dmcore.errors import DMError, PermissionDenied, Unauthenticated, Unavailable
 from dmcore.proto import dm_pb2
+
+if TYPE_CHECKING:
+    from dmcore.client import Client
 
 log = logging.getLogger("dm.job")
 
@@ -87,12 +89,13 @@ def client_from_env(env: Mapping[str, str]) -> Client:
         )
     home = env.get(ENV_HOME)
     if home:
+        # Only here: a job of an embedded dm runs dm's engine itself, on the
+        # home's store; a remote job (and `import dmcore.job`) does without.
+        from dmcore.client import LocalClient
         from dmcore.runtime.backend import store_from_env
         from dmcore.runtime.embedded import Embedded, home_registry
 
         emb = Embedded(home, home_registry(home), store=store_from_env(env))
-        from dmcore.client import LocalClient
-
         return LocalClient(emb.service)
     raise JobError(f"neither {ENV_API_URL} nor {ENV_HOME} is set: not started by dm?")
 

@@ -67,8 +67,14 @@ if TYPE_CHECKING:
 
 
 def register(registry: Registry) -> None:
-    """Entry point (group ``dm.distributors``): the ``cloud_run_jobs`` kind."""
+    """Entry point (group ``dm.distributors``): the ``cloud_run_jobs`` kind (implementation
+    imported on first use: :meth:`~dmcore.distributor.Registry.register_deferred`)."""
     from distributors.cloud_run_jobs import config_pb2
-    from distributors.cloud_run_jobs.distributor import KIND, CloudRunJobs, check_config
 
-    registry.register(KIND, config_pb2.Config, CloudRunJobs, check_config)
+    registry.register_deferred(
+        "cloud_run_jobs",
+        config_pb2.Config,
+        "distributors.cloud_run_jobs.distributor",
+        factory="CloudRunJobs",
+        check="check_config",
+    )

@@ -56,8 +56,14 @@ if TYPE_CHECKING:
 
 
 def register(registry: Registry) -> None:
-    """Entry point (group ``dm.distributors``): the ``http`` kind."""
+    """Entry point (group ``dm.distributors``): the ``http`` kind (implementation
+    imported on first use: :meth:`~dmcore.distributor.Registry.register_deferred`)."""
     from distributors.http import config_pb2
-    from distributors.http.distributor import KIND, HttpDistributor, check_config
 
-    registry.register(KIND, config_pb2.Config, HttpDistributor, check_config)
+    registry.register_deferred(
+        "http",
+        config_pb2.Config,
+        "distributors.http.distributor",
+        factory="HttpDistributor",
+        check="check_config",
+    )

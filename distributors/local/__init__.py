@@ -43,8 +43,13 @@ if TYPE_CHECKING:
 
 
 def register(registry: Registry) -> None:
-    """Entry point (group ``dm.distributors``): the ``local`` kind."""
+    """Entry point (group ``dm.distributors``): the ``local`` kind (implementation
+    imported on first use: :meth:`~dmcore.distributor.Registry.register_deferred`)."""
     from distributors.local import config_pb2
-    from distributors.local.distributor import KIND, LocalDistributor
 
-    registry.register(KIND, config_pb2.Config, LocalDistributor)
+    registry.register_deferred(
+        "local",
+        config_pb2.Config,
+        "distributors.local.distributor",
+        factory="LocalDistributor",
+    )

@@ -70,8 +70,14 @@ if TYPE_CHECKING:
 
 
 def register(registry: Registry) -> None:
-    """Entry point (group ``dm.distributors``): the ``swarming_v1`` kind."""
+    """Entry point (group ``dm.distributors``): the ``swarming_v1`` kind (implementation
+    imported on first use: :meth:`~dmcore.distributor.Registry.register_deferred`)."""
     from distributors.swarming_v1 import config_pb2
-    from distributors.swarming_v1.distributor import KIND, SwarmingV1, check_config
 
-    registry.register(KIND, config_pb2.Config, SwarmingV1, check_config)
+    registry.register_deferred(
+        "swarming_v1",
+        config_pb2.Config,
+        "distributors.swarming_v1.distributor",
+        factory="SwarmingV1",
+        check="check_config",
+    )
