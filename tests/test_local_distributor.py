@@ -462,6 +462,92 @@ def test_supervisor_death_is_a_crash(emb: Embedded, tmp_path: pathlib.Path) -> N
         tasks.stop_group(int(doc["command_pid"]))
 
 
+# -- the bound on commands running at once -----------------------------------------------------
+
+GATED = """
+job = Job.from_env()
+job.activate()
+params = json.loads(os.environ["DM_QUEST_PARAMETERS"])
+running = params["running"]
+mine = os.path.join(running, str(os.getpid()))
+open(mine, "w").close()
+with open(params["seen"], "a") as f:  # how many commands run now, this one included
+    f.write(f"{len(os.listdir(running))}\\n")
+deadline = time.monotonic() + 60
+while not os.path.exists(params["go"]) and time.monotonic() < deadline:
+    time.sleep(0.02)
+os.remove(mine)  # before exiting: its supervisor frees the slot only after that
+job.finish({"i": params["i"]})
+"""
+
+
+def bounded(tmp_path: pathlib.Path, max_jobs: int) -> Embedded:
+    home = tmp_path / "bounded"
+    config = {"distributor_configs": {"local": {"local": {"max_jobs": max_jobs}}}}
+    return Embedded(home, home_registry(home, config))
+
+
+def test_at_most_max_jobs_commands_run_at_once(tmp_path: pathlib.Path) -> None:
+    job = script(tmp_path, "gated", GATED)
+    running, seen, go = tmp_path / "running", tmp_path / "seen", tmp_path / "go"
+    running.mkdir()
+    where = {"running": str(running), "seen": str(seen), "go": str(go)}
+    emb = bounded(tmp_path, 2)
+    try:
+        aids = [submit(emb, quest(job, f"q{i}", params={"i": i, **where})) for i in range(6)]
+        # Every execution is handed to the distributor (run() returned a token for each)...
+        assert emb.drive(lambda: emb.store.count(tasks.COLLECTION) == 6, timeout_s=SAFETY_S)
+        wait_for(lambda: len(os.listdir(running)) == 2, "two commands to start")
+        records = dict(emb.store.query(tasks.COLLECTION))
+        # ...and all six supervisors live, but only two commands started: the rest wait.
+        assert all(tasks.supervisor_alive(pathlib.Path(d["lock"])) for d in records.values())
+        queued = sorted(d["command_pid"] is None for d in records.values())
+        assert queued == [False] * 2 + [True] * 4
+        assert tasks.slots_taken(emb.home / "logs" / "slots", 2) == 2
+        # For dm the waiting ones are still SCHEDULING (their start timeout applies).
+        states = sorted(ExecutionState(execution(emb, a.execution(1))["state"]) for a in aids)
+        assert states == [ExecutionState.SCHEDULING] * 4 + [ExecutionState.RUNNING] * 2
+        go.touch()
+        for a in aids:
+            assert AttemptState(ended(emb, a)["state"]) == AttemptState.FINISHED
+        assert sorted(result(emb, a)["i"] for a in aids) == list(range(6))
+        counts = [int(n) for n in seen.read_text().split()]
+        assert len(counts) == 6
+        assert max(counts) == 2
+        for path in records:
+            supervisor_gone(emb, path.rpartition("/")[2])
+    finally:
+        emb.close()
+
+
+def test_cancel_while_queued_never_starts_the_command(tmp_path: pathlib.Path) -> None:
+    job = script(tmp_path, "gated", GATED)
+    running, seen, go = tmp_path / "running", tmp_path / "seen", tmp_path / "go"
+    running.mkdir()
+    where = {"running": str(running), "seen": str(seen), "go": str(go)}
+    emb = bounded(tmp_path, 1)
+    try:
+        first = submit(emb, quest(job, "first", params={"i": 1, **where}))
+        assert emb.drive(lambda: len(os.listdir(running)) == 1, timeout_s=SAFETY_S)
+        second = submit(emb, quest(job, "second", params={"i": 2, **where}))
+        assert emb.drive(lambda: emb.store.count(tasks.COLLECTION) == 2, timeout_s=SAFETY_S)
+        token = execution(emb, second.execution(1))["dist_token"]
+        assert task_doc(emb, token)["command_pid"] is None  # queued
+
+        req = dm_pb2.CancelAttemptReq(attempt=second.to_proto(), reason="not now")
+        emb.service.cancel_attempt(req, Caller.trusted())
+        supervisor_gone(emb, token)
+        assert task_doc(emb, token)["status"] == tasks.CANCELLED
+        assert "before starting" in pathlib.Path(task_doc(emb, token)["log"]).read_text()
+        go.touch()
+        assert AttemptState(ended(emb, first)["state"]) == AttemptState.FINISHED
+        assert seen.read_text().split() == ["1"]  # the second command never ran
+        assert AttemptState(attempt(emb, second)["state"]) == AttemptState.ABNORMAL_FINISHED
+        supervisor_gone(emb, execution(emb, first.execution(1))["dist_token"])
+    finally:
+        emb.close()
+
+
 # -- validate -------------------------------------------------------------------------------
 
 

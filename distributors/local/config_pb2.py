@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64istributors/local/config.proto\x12\x15\x64m.distributors.local\x1a\x1egoogle/protobuf/duration.proto\"\x19\n\x06\x43onfig\x12\x0f\n\x07log_dir\x18\x01 \x01(\t\"\xe0\x01\n\nParameters\x12\x0f\n\x07\x63ommand\x18\x01 \x03(\t\x12\x37\n\x03\x65nv\x18\x02 \x03(\x0b\x32*.dm.distributors.local.Parameters.EnvEntry\x12\x0b\n\x03\x63wd\x18\x03 \x01(\t\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06inputs\x18\x05 \x03(\t\x12\x13\n\x0b\x66ingerprint\x18\x06 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64istributors/local/config.proto\x12\x15\x64m.distributors.local\x1a\x1egoogle/protobuf/duration.proto\"+\n\x06\x43onfig\x12\x0f\n\x07log_dir\x18\x01 \x01(\t\x12\x10\n\x08max_jobs\x18\x02 \x01(\r\"\xe0\x01\n\nParameters\x12\x0f\n\x07\x63ommand\x18\x01 \x03(\t\x12\x37\n\x03\x65nv\x18\x02 \x03(\x0b\x32*.dm.distributors.local.Parameters.EnvEntry\x12\x0b\n\x03\x63wd\x18\x03 \x01(\t\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06inputs\x18\x05 \x03(\t\x12\x13\n\x0b\x66ingerprint\x18\x06 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PARAMETERS_ENVENTRY']._loaded_options = None
   _globals['_PARAMETERS_ENVENTRY']._serialized_options = b'8\001'
   _globals['_CONFIG']._serialized_start=90
-  _globals['_CONFIG']._serialized_end=115
-  _globals['_PARAMETERS']._serialized_start=118
-  _globals['_PARAMETERS']._serialized_end=342
-  _globals['_PARAMETERS_ENVENTRY']._serialized_start=300
-  _globals['_PARAMETERS_ENVENTRY']._serialized_end=342
+  _globals['_CONFIG']._serialized_end=133
+  _globals['_PARAMETERS']._serialized_start=136
+  _globals['_PARAMETERS']._serialized_end=360
+  _globals['_PARAMETERS_ENVENTRY']._serialized_start=318
+  _globals['_PARAMETERS_ENVENTRY']._serialized_end=360
 # @@protoc_insertion_point(module_scope)

@@ -10,10 +10,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Config(_message.Message):
-    __slots__ = ("log_dir",)
+    __slots__ = ("log_dir", "max_jobs")
     LOG_DIR_FIELD_NUMBER: _ClassVar[int]
+    MAX_JOBS_FIELD_NUMBER: _ClassVar[int]
     log_dir: str
-    def __init__(self, log_dir: _Optional[str] = ...) -> None: ...
+    max_jobs: int
+    def __init__(self, log_dir: _Optional[str] = ..., max_jobs: _Optional[int] = ...) -> None: ...
 
 class Parameters(_message.Message):
     __slots__ = ("command", "env", "cwd", "timeout", "inputs", "fingerprint")

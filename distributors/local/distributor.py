@@ -144,6 +144,14 @@ class LocalDistributor(dist.D):
     def files(self, token: str) -> tasks.Files:
         return tasks.Files.of(self.log_dir(), token)
 
+    def max_jobs(self) -> int:
+        """How many commands run at once (``max_jobs``; 0: the CPU count)."""
+        return self.content.max_jobs or os.cpu_count() or 1
+
+    def slot_dir(self) -> pathlib.Path:
+        """Where the supervisors' slot locks are (one file per command running at once)."""
+        return self.log_dir() / "slots"
+
     # -- D -------------------------------------------------------------------------
 
     def run(
@@ -166,6 +174,7 @@ class LocalDistributor(dist.D):
         files = self.files(token)
         topic, auth_token = self.cfg.prepare_topic(eid)
         files.log.parent.mkdir(parents=True, exist_ok=True)
+        self.slot_dir().mkdir(parents=True, exist_ok=True)
         timeout_s = params.timeout.ToTimedelta().total_seconds()
         doc: Doc = {
             "status": tasks.STARTING,
@@ -223,6 +232,8 @@ class LocalDistributor(dist.D):
             "log": str(files.log),
             "state": str(files.state),
             "lock": str(files.lock),
+            "slots": self.max_jobs(),
+            "slot_dir": str(self.slot_dir()),
         }
         try:
             files.state.write_text(previous_state(prev_result))
@@ -260,8 +271,9 @@ class LocalDistributor(dist.D):
     @staticmethod
     def _start(
         token: str, home: pathlib.Path, files: tasks.Files, spec: dict[str, Any]
-    ) -> tuple[int, int]:
-        """Start the supervisor and wait for it to start the command: (its pid, command pid)."""
+    ) -> tuple[int, int | None]:
+        """Start the supervisor and wait until it has started the command or queued it:
+        (its pid, the command's pid or None while queued)."""
         log_fd = os.open(files.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             proc = subprocess.Popen(
@@ -295,7 +307,8 @@ class LocalDistributor(dist.D):
             if answer.get("transient"):
                 raise dist.TransientError(str(answer["error"]))
             raise ValueError(str(answer["error"]))
-        return int(answer["pid"]), int(answer["command_pid"])
+        command_pid = answer.get("command_pid")
+        return int(answer["pid"]), None if command_pid is None else int(command_pid)
 
     def cancel(self, desc: dm_pb2.Quest.Desc, token: str) -> None:
         path = tasks.task_path(token)

@@ -2,21 +2,28 @@
 
 ``run`` starts it in a session of its own and writes the task's spec to its
 stdin (JSON: ``argv``, ``env``, ``cwd``, ``timeout_s``, ``log``, ``state``,
-``lock``). The supervisor then
+``lock``, ``slots``, ``slot_dir``). The supervisor then
 
 1. forks once more and lets the first process exit, so that nobody has to
    reap it (dm may be long gone when it ends);
 2. takes the task's lock file, held for its whole life: that is how the
    distributor tells a live supervisor from a dead one (pids are reused);
-3. starts the command with stdout and stderr appended to the log, in a
+3. takes one of the ``slots`` slot locks in ``slot_dir`` (the bound on
+   commands running at once). With none free it checks that the command can
+   start, answers ``run`` ``{"pid": ..., "command_pid": null, "queued": true}``
+   and waits its turn: queued supervisors take turns at a gate lock, and the
+   one holding it looks for a free slot (the kernel drops a slot's lock when
+   its holder exits, however it exits);
+4. starts the command with stdout and stderr appended to the log, in a
    process group of its own (so it can kill the command and everything the
-   command started without killing itself), and answers ``run`` with one JSON
-   line on stdout: ``{"pid": ..., "command_pid": ...}`` or ``{"error": ...}``;
-4. waits; when the timeout passes or it is told to stop (SIGTERM, SIGINT,
+   command started without killing itself), and answers ``run`` (unless it
+   did already) with one JSON line on stdout: ``{"pid": ..., "command_pid":
+   ...}`` or ``{"error": ...}``;
+5. waits; when the timeout passes or it is told to stop (SIGTERM, SIGINT,
    SIGHUP) it sends SIGTERM to the command's group, then SIGKILL after a
    grace; once the command has ended, whatever is left in its group is
    killed;
-5. records the outcome and the final state file in the task record and
+6. records the outcome and the final state file in the task record and
    notifies dm (``Embedded(home).engine.receive_notification``, on the
    store ``DM_STORE`` names: dm's environment is inherited), retrying for a
    while if the store is busy.
@@ -29,12 +36,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import importlib
 import json
 import math
 import os
 import pathlib
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,8 +61,18 @@ if TYPE_CHECKING:
 POLL_S = 0.1
 """How often the supervisor looks at the command, its timeout and stop requests."""
 
+SLOT_POLL_S = 0.01
+"""How often the first queued supervisor (the one holding the gate) looks for a free slot."""
+
+NOT_STARTED = 127
+"""The exit code recorded when a queued command cannot start after all (as a shell's)."""
+
 REPORT_TRIES = 6
 """Attempts at recording the outcome and notifying dm (backoff 0.5 s, 1 s, 2 s, ...)."""
+
+
+class _Stopped(Exception):
+    """A stop signal while a queued supervisor blocks waiting for its turn."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,11 +157,16 @@ class Supervisor:
             state=pathlib.Path(spec["state"]),
             lock=pathlib.Path(spec["lock"]),
         )
+        self.slots = int(spec.get("slots") or 0)
+        self.slot_dir = pathlib.Path(str(spec.get("slot_dir") or self.files.log.parent))
         self.stop_signal: int | None = None
+        self._stop_raises = False
         self.log_fd = -1
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop_signal = signum
+        if self._stop_raises:
+            raise _Stopped
 
     def note(self, text: str) -> None:
         """A line of the supervisor's own in the task log."""
@@ -153,7 +177,7 @@ class Supervisor:
     # -- the life of the task -------------------------------------------------------
 
     def serve(self, answer_fd: int) -> int:
-        """Start the command, answer ``run`` on ``answer_fd``, wait, report."""
+        """Take a slot, start the command, answer ``run`` on ``answer_fd``, wait, report."""
         try:
             lock_fd = tasks.take_lock(self.files.lock)
         except (OSError, TimeoutError) as e:
@@ -162,6 +186,28 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         self.log_fd = os.open(self.files.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        answered = False
+        slot_fd: int | None = None
+        if self.slots:
+            gate = os.open(self.slot_dir / tasks.SLOT_GATE, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                # The gate first: a task arriving while others wait queues behind them.
+                at_gate = tasks.try_lock(gate)
+                slot_fd = tasks.take_slot(self.slot_dir, self.slots) if at_gate else None
+                if slot_fd is None:
+                    why = self._cannot_start()
+                    if why:
+                        return self._refuse(answer_fd, why)
+                    self._answer_run(answer_fd, None)
+                    answered = True
+                    self.note(f"queued: {self.slots} command(s) at most run at once")
+                    slot_fd = self._wait_for_slot(gate, at_gate)
+            finally:
+                os.close(gate)  # lets the next queued supervisor look for a slot
+            if slot_fd is None:  # told to stop while queued
+                assert self.stop_signal is not None
+                self.note(f"got {tasks.signal_name(self.stop_signal)} before starting")
+                return self._end(lock_fd, Outcome(tasks.KILLED, signal=self.stop_signal))
         self.note(f"starting {shlex.join(self.argv)} (in {self.cwd})")
         try:
             proc = subprocess.Popen(
@@ -176,22 +222,26 @@ class Supervisor:
             )
         except (OSError, subprocess.SubprocessError) as e:
             why = _cannot_start(self.argv[0], self.cwd, e)
+            if not answered:
+                return self._refuse(answer_fd, why)
+            # run() has returned: the outcome goes to dm like any other.
             self.note(f"cannot start: {why}")
-            self.files.lock.unlink(missing_ok=True)
-            _answer(answer_fd, {"error": f"cannot start {self.argv[0]!r}: {why}"})
-            return 1
-        # If run() is gone (dm died), carry on: its retry finds the record and
-        # keeps this task.
-        with contextlib.suppress(OSError):
-            _answer(answer_fd, {"pid": os.getpid(), "command_pid": proc.pid})
-        os.dup2(self.log_fd, answer_fd)  # closes the answer pipe: run() is done waiting
+            return self._end(lock_fd, Outcome(tasks.EXITED, exit_code=NOT_STARTED))
+        if not answered:
+            self._answer_run(answer_fd, proc.pid)
         started = time.monotonic()
         # Import dm while the command runs rather than after it (a few hundred ms
         # per execution); a failure shows up again, and is logged, in report().
         with contextlib.suppress(Exception):
             importlib.import_module("dmcore.runtime.embedded")
         outcome = self.wait(proc)
+        if slot_fd is not None:
+            os.close(slot_fd)  # the next queued command starts while this one reports
         self.note(f"{_describe(outcome, self.timeout_s)} after {time.monotonic() - started:.1f}s")
+        return self._end(lock_fd, outcome)
+
+    def _end(self, lock_fd: int, outcome: Outcome) -> int:
+        """Report ``outcome`` with the final state file, then let go of the task's lock."""
         try:
             raw: bytes | None = self.files.state.read_bytes()
         except FileNotFoundError:
@@ -200,6 +250,60 @@ class Supervisor:
         self.files.lock.unlink(missing_ok=True)
         os.close(lock_fd)
         return code
+
+    def _refuse(self, answer_fd: int, why: str) -> int:
+        """Answer ``run`` that the command cannot start (the execution is REJECTED)."""
+        self.note(f"cannot start: {why}")
+        self.files.lock.unlink(missing_ok=True)
+        _answer(answer_fd, {"error": f"cannot start {self.argv[0]!r}: {why}"})
+        return 1
+
+    def _answer_run(self, answer_fd: int, command_pid: int | None) -> None:
+        """Tell ``run`` the task is under way (``command_pid`` None: queued)."""
+        msg: dict[str, Any] = {"pid": os.getpid(), "command_pid": command_pid}
+        if command_pid is None:
+            msg["queued"] = True
+        # If run() is gone (dm died), carry on: its retry finds the record and
+        # keeps this task.
+        with contextlib.suppress(OSError):
+            _answer(answer_fd, msg)
+        os.dup2(self.log_fd, answer_fd)  # closes the answer pipe: run() is done waiting
+
+    def _cannot_start(self) -> str:
+        """Why the command would not start (checked before queueing it), or ""."""
+        program = self.argv[0]
+        if "/" in program:
+            path = os.path.join(self.cwd, program)
+            if not os.path.exists(path):
+                e: OSError = FileNotFoundError(2, os.strerror(2), program)
+            elif os.path.isdir(path) or not os.access(path, os.X_OK):
+                e = PermissionError(13, os.strerror(13), program)
+            else:
+                return ""
+        elif shutil.which(program, path=self.env.get("PATH", os.defpath)) is None:
+            e = FileNotFoundError(2, os.strerror(2), program)
+        else:
+            return ""
+        return _cannot_start(program, self.cwd, e)
+
+    def _wait_for_slot(self, gate: int, at_gate: bool) -> int | None:
+        """Wait for a free slot (holding ``gate`` while looking); None if told to stop."""
+        self._stop_raises = True
+        try:
+            if self.stop_signal is not None:
+                return None
+            if not at_gate:
+                fcntl.flock(gate, fcntl.LOCK_EX)  # a stop signal raises _Stopped
+            while self.stop_signal is None:
+                fd = tasks.take_slot(self.slot_dir, self.slots)
+                if fd is not None:
+                    return fd
+                time.sleep(SLOT_POLL_S)
+            return None
+        except _Stopped:
+            return None
+        finally:
+            self._stop_raises = False
 
     def wait(self, proc: subprocess.Popen[bytes]) -> Outcome:
         """Wait for the command, enforcing the timeout and stop requests."""

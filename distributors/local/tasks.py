@@ -81,15 +81,46 @@ def take_lock(path: pathlib.Path, timeout_s: float = 5.0) -> int:
     """
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    while not try_lock(fd):
+        if time.monotonic() > deadline:
+            os.close(fd)
+            raise TimeoutError(f"{path} is held by another supervisor")
+        time.sleep(0.01)
+    return fd
+
+
+SLOT_GATE = "queue.lock"
+"""In a slot folder: held by the first supervisor waiting for a free slot
+(the others queue for it)."""
+
+
+def try_lock(fd: int) -> bool:
+    """Lock ``fd`` exclusively if nobody else holds it; whether it did."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def take_slot(slot_dir: pathlib.Path, slots: int) -> int | None:
+    """Lock a free one of the ``slots`` slot files in ``slot_dir``: its fd, or None.
+
+    A supervisor holds a slot while its command runs: the number of slots
+    bounds the commands running at once, and the kernel drops the lock when
+    its holder dies, however it dies.
+    """
+    for i in range(slots):
+        fd = os.open(slot_dir / f"{i}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        if try_lock(fd):
             return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                raise TimeoutError(f"{path} is held by another supervisor") from None
-            time.sleep(0.01)
+        os.close(fd)
+    return None
+
+
+def slots_taken(slot_dir: pathlib.Path, slots: int) -> int:
+    """How many of the ``slots`` slots in ``slot_dir`` are held now."""
+    return sum(supervisor_alive(slot_dir / f"{i}.lock") for i in range(slots))
 
 
 def supervisor_alive(lock: pathlib.Path) -> bool:
