@@ -648,3 +648,23 @@ def test_release_gives_back_a_lease_uncounted(q: LocalQueue, clock: FakeClock) -
     assert q.pending_count() == 2
     q.ack([first[0], again])
     assert q.pending_count() == 0
+
+
+def test_wait_for_commit_wakes_on_another_process_commit(
+    q: LocalQueue, db_path: Path, clock: FakeClock
+) -> None:
+    """The embedded worker's idle wait: another connection's commit ends it; its own do not."""
+    since = q.data_version()
+    q.enqueue(task("own"))  # this process's own commit
+    assert q.data_version() == since
+    assert q.wait_for_commit(since, 0.05) is False  # nothing from elsewhere: the wait runs out
+    other = LocalQueue(db_path, clock=clock) if q.store is None else None
+    store = SqliteStore(db_path) if q.store is not None else None
+    elsewhere = other or LocalQueue(store=store, clock=clock)
+    try:
+        elsewhere.enqueue(task("theirs"))
+        assert q.wait_for_commit(since, 60.0) is True  # at once, not after 60 s
+    finally:
+        elsewhere.close()
+        if store is not None:
+            store.close()

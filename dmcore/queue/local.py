@@ -40,6 +40,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -398,6 +399,26 @@ class LocalQueue(TaskQueue):
             .fetchone()
         )
         return row is not None
+
+    def data_version(self) -> int:
+        """SQLite's ``data_version`` of this thread's connection: it changes when
+        another connection commits to the queue's file (this one's commits do not)."""
+        row = self._conn().execute("PRAGMA data_version").fetchone()
+        return int(row[0])
+
+    def wait_for_commit(self, since: int, timeout_s: float, every_s: float = 0.02) -> bool:
+        """Sleep up to ``timeout_s``; return early (True) once another process has
+        committed to the queue's file since :meth:`data_version` read ``since`` (a
+        job's supervisor reporting its end, a job's step), so the worker runs what
+        that queued now rather than at its next poll. A read of a shared-memory
+        counter every ``every_s``: no lock, no disk."""
+        deadline = time.monotonic() + timeout_s
+        while self.data_version() == since:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(every_s, left))
+        return True
 
     def next_due_us(self) -> int | None:
         """When the earliest pending task becomes deliverable (may be in the past).

@@ -187,12 +187,14 @@ class Embedded:
         """Work (and sweep) until ``until()`` is true or ``timeout_s`` passes.
 
         Sleeps, when idle, until the next task is due (at most 0.2 s at a
-        time, so processes finishing elsewhere are noticed). Returns whether
+        time), or until another process commits to the queue's file (a job's
+        end, reported by its supervisor, wakes it at once). Returns whether
         ``until()`` became true.
         """
         start = time.monotonic()
         last_sweep = start
         while True:
+            seen = self.queue.data_version()
             ran = self.drain()
             if tick is not None:
                 tick()
@@ -207,7 +209,7 @@ class Embedded:
             if ran == 0:
                 nxt = self.queue.next_due_us()
                 wait = 0.2 if nxt is None else max(0.0, min(0.2, (nxt - self.clock()) / 1e6))
-                time.sleep(wait)
+                self.queue.wait_for_commit(seen, wait)
 
     def close(self) -> None:
         self.queue.close()
