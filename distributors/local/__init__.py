@@ -1,7 +1,9 @@
 """local: runs a quest's command as a subprocess on this machine (embedded mode).
 
-Config (``config.proto``): ``{"local": {"log_dir": ...}}``; logs and state
-files go to ``<DM home>/logs`` by default. Quest distributor parameters:
+Config (``config.proto``): ``{"local": {"log_dir": ..., "max_jobs": N}}``;
+logs and state files go to ``<DM home>/logs`` by default; at most
+``max_jobs`` commands (default: the CPU count) run at once, the others wait
+their turn (their supervisor holds no slot yet: ``supervise.py``). Quest distributor parameters:
 ``{"command": [argv...], "env": {...}, "cwd": "...", "timeout": "600s"}``.
 
 How an execution runs:
@@ -11,7 +13,8 @@ How an execution runs:
   execution), writes the state file (the ``state`` of the previous
   execution's result, or ``{}``), and starts ``python -m
   distributors.local.supervise`` detached in its own session, then waits
-  (tens of milliseconds) until it has started the command. A command that
+  (tens of milliseconds) until it has started the command, or queued it
+  when ``max_jobs`` commands run already. A command that
   cannot start (not found, not executable) or a missing ``cwd`` is a
   non-transient error: the execution is REJECTED.
 * The command gets dm's environment + ``env`` + the variables of
