@@ -481,20 +481,27 @@ job.finish({"i": params["i"]})
 """
 
 
-def bounded(tmp_path: pathlib.Path, max_jobs: int) -> Embedded:
-    home = tmp_path / "bounded"
-    config = {"distributor_configs": {"local": {"local": {"max_jobs": max_jobs}}}}
-    return Embedded(home, home_registry(home, config))
+class Gated:
+    """Jobs running GATED under a home whose local distributor runs ``max_jobs`` at once."""
+
+    def __init__(self, tmp_path: pathlib.Path, max_jobs: int) -> None:
+        self.job = script(tmp_path, "gated", GATED)
+        self.running, self.seen, self.go = tmp_path / "running", tmp_path / "seen", tmp_path / "go"
+        self.running.mkdir()
+        home = tmp_path / "bounded"
+        config = {"distributor_configs": {"local": {"local": {"max_jobs": max_jobs}}}}
+        self.emb = Embedded(home, home_registry(home, config))
+
+    def quest(self, i: int) -> dict[str, Any]:
+        where = {"running": str(self.running), "seen": str(self.seen), "go": str(self.go)}
+        return quest(self.job, f"q{i}", params={"i": i, **where})
 
 
 def test_at_most_max_jobs_commands_run_at_once(tmp_path: pathlib.Path) -> None:
-    job = script(tmp_path, "gated", GATED)
-    running, seen, go = tmp_path / "running", tmp_path / "seen", tmp_path / "go"
-    running.mkdir()
-    where = {"running": str(running), "seen": str(seen), "go": str(go)}
-    emb = bounded(tmp_path, 2)
+    g = Gated(tmp_path, 2)
+    emb, running = g.emb, g.running
     try:
-        aids = [submit(emb, quest(job, f"q{i}", params={"i": i, **where})) for i in range(6)]
+        aids = [submit(emb, g.quest(i)) for i in range(6)]
         # Every execution is handed to the distributor (run() returned a token for each)...
         assert emb.drive(lambda: emb.store.count(tasks.COLLECTION) == 6, timeout_s=SAFETY_S)
         wait_for(lambda: len(os.listdir(running)) == 2, "two commands to start")
@@ -507,11 +514,11 @@ def test_at_most_max_jobs_commands_run_at_once(tmp_path: pathlib.Path) -> None:
         # For dm the waiting ones are still SCHEDULING (their start timeout applies).
         states = sorted(ExecutionState(execution(emb, a.execution(1))["state"]) for a in aids)
         assert states == [ExecutionState.SCHEDULING] * 4 + [ExecutionState.RUNNING] * 2
-        go.touch()
+        g.go.touch()
         for a in aids:
             assert AttemptState(ended(emb, a)["state"]) == AttemptState.FINISHED
         assert sorted(result(emb, a)["i"] for a in aids) == list(range(6))
-        counts = [int(n) for n in seen.read_text().split()]
+        counts = [int(n) for n in g.seen.read_text().split()]
         assert len(counts) == 6
         assert max(counts) == 2
         for path in records:
@@ -521,15 +528,12 @@ def test_at_most_max_jobs_commands_run_at_once(tmp_path: pathlib.Path) -> None:
 
 
 def test_cancel_while_queued_never_starts_the_command(tmp_path: pathlib.Path) -> None:
-    job = script(tmp_path, "gated", GATED)
-    running, seen, go = tmp_path / "running", tmp_path / "seen", tmp_path / "go"
-    running.mkdir()
-    where = {"running": str(running), "seen": str(seen), "go": str(go)}
-    emb = bounded(tmp_path, 1)
+    g = Gated(tmp_path, 1)
+    emb = g.emb
     try:
-        first = submit(emb, quest(job, "first", params={"i": 1, **where}))
-        assert emb.drive(lambda: len(os.listdir(running)) == 1, timeout_s=SAFETY_S)
-        second = submit(emb, quest(job, "second", params={"i": 2, **where}))
+        first = submit(emb, g.quest(1))
+        assert emb.drive(lambda: len(os.listdir(g.running)) == 1, timeout_s=SAFETY_S)
+        second = submit(emb, g.quest(2))
         assert emb.drive(lambda: emb.store.count(tasks.COLLECTION) == 2, timeout_s=SAFETY_S)
         token = execution(emb, second.execution(1))["dist_token"]
         assert task_doc(emb, token)["command_pid"] is None  # queued
@@ -539,9 +543,9 @@ def test_cancel_while_queued_never_starts_the_command(tmp_path: pathlib.Path) ->
         supervisor_gone(emb, token)
         assert task_doc(emb, token)["status"] == tasks.CANCELLED
         assert "before starting" in pathlib.Path(task_doc(emb, token)["log"]).read_text()
-        go.touch()
+        g.go.touch()
         assert AttemptState(ended(emb, first)["state"]) == AttemptState.FINISHED
-        assert seen.read_text().split() == ["1"]  # the second command never ran
+        assert g.seen.read_text().split() == ["1"]  # the second command never ran
         assert AttemptState(attempt(emb, second)["state"]) == AttemptState.ABNORMAL_FINISHED
         supervisor_gone(emb, execution(emb, first.execution(1))["dist_token"])
     finally:
