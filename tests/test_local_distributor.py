@@ -466,7 +466,7 @@ def test_supervisor_death_is_a_crash(emb: Embedded, tmp_path: pathlib.Path) -> N
 
 GATED = """
 job = Job.from_env()
-job.activate(now=True)  # RUNNING for dm from here
+job.activate()  # RUNNING for dm from here
 params = json.loads(os.environ["DM_QUEST_PARAMETERS"])
 running = params["running"]
 mine = os.path.join(running, str(os.getpid()))
