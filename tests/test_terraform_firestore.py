@@ -49,7 +49,7 @@ from typing import Any
 import pytest
 
 from distributors.fake import Crash, Job, quest_desc
-from dmcore.engine import docs
+from dmcore.engine import docs, layout
 from dmcore.ids import AttemptID
 from dmcore.proto import dm_pb2
 from dmcore.service import Caller
@@ -238,6 +238,11 @@ def _polled(h: Harness) -> None:
     h.settle(max_seconds=120)
 
 
+def _layout_checked(h: Harness) -> None:
+    """The record-layout check of a fresh store (its queries: is the store empty?)."""
+    layout.check(h.store, "the workload's store", "empty it")
+
+
 @pytest.fixture(scope="module")
 def recorded(firestore_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Recorded:
     rec = Recorded()
@@ -248,6 +253,7 @@ def recorded(firestore_client: Any, tmp_path_factory: pytest.TempPathFactory) ->
         ("big values", _big_values, None),
         ("re-opened", _reopened, None),
         ("polling", _polled, {"fake": {"fake": {"poll_interval": "30s"}}}),
+        ("record layout", _layout_checked, None),
     ]
     with pytest.MonkeyPatch.context() as mp, spies(rec, mp):
         # test_service compares SQLite snapshots around rejected calls (its own check);

@@ -62,7 +62,8 @@ def _read_or_record(tx: Transaction) -> int | None:
     doc = tx.get(PATH)
     if doc is not None:
         return int(doc["version"])
-    if any(tx.query(c, limit=1) for c in _RECORDS):
-        return None
+    for collection in _RECORDS:
+        if tx.query(collection, limit=1):
+            return None
     tx.set(PATH, {"version": VERSION})
     return VERSION
