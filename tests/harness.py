@@ -138,6 +138,15 @@ class ChaosQueue(TaskQueue):
                 self.pending.append((dataclasses.replace(task, eta_us=at), delivery + 1))
 
 
+def follow_ups_left(store: Store, now_us: int) -> bool:
+    """Whether committed follow-ups wait for the sweep: outbox records, or follow-ups
+    pending on an attempt that are due to be re-sent by ``now_us``."""
+    if store.count(docs.OUTBOX):
+        return True
+    first = store.query(docs.ATTEMPTS, order_by=docs.PENDING_DUE, limit=1)
+    return bool(first) and int(first[0][1][docs.PENDING_DUE]) <= now_us
+
+
 class Harness:
     """The engine + service + fake distributor, driven step by step by a test."""
 
@@ -327,7 +336,7 @@ class Harness:
             self.engine.sweep()
             if self.drain():
                 continue
-            if self.store.count(docs.OUTBOX):
+            if follow_ups_left(self.store, self.clock()):
                 continue  # a re-dispatch failed (chaos): sweep again
             nxt = self.next_due_us()
             if nxt is None or nxt > end:

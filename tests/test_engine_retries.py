@@ -30,7 +30,7 @@ from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
 from dmcore.service import Caller
 from dmcore.states import AbnormalStatus, AttemptState, ExecutionState
-from tests.harness import Harness
+from tests.harness import Harness, follow_ups_left
 from tests.sim.observe import Internals
 
 S = 1_000_000  # microseconds in a second
@@ -97,7 +97,7 @@ def run_until(h: Harness, t_us: int) -> None:
             continue
         nxt = h.next_due_us()
         target = t_us if nxt is None or nxt <= now else min(t_us, nxt)
-        if h.store.query(docs.OUTBOX, limit=1):  # left to the sweep: stale after 5 s
+        if follow_ups_left(h.store, now + OUTBOX_STALE_US):  # left to the sweep: stale after 5 s
             target = min(target, now + OUTBOX_STALE_US + S)
         # A timely sweep: it runs when the next timer far ahead falls due.
         target = min(target, _next_swept_us(h, now) or target)
@@ -115,9 +115,9 @@ def settle(h: Harness) -> None:
     by the sweep can fail on the ChaosQueue too, and then ``settle`` stops early)."""
     for _ in range(100):
         h.settle()
-        if not h.store.query(docs.OUTBOX, limit=1):
+        if not follow_ups_left(h.store, h.clock()):
             return
-    raise AssertionError("outbox never drained")
+    raise AssertionError("committed follow-ups never drained")
 
 
 def wait(h: Harness, seconds: float) -> None:

@@ -32,7 +32,7 @@ from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
 from dmcore.service import Caller
 from dmcore.states import AbnormalStatus, AttemptState, ExecutionState
-from tests.harness import Chaos, Harness, qid_of
+from tests.harness import Chaos, Harness, follow_ups_left, qid_of
 
 CONFIGS = {
     "fake": {"fake": {}},
@@ -93,9 +93,9 @@ def settle(h: Harness, max_seconds: float = 3600) -> None:
             h.settle(max_seconds)
         except ConnectionError:
             continue
-        if not h.store.query(docs.OUTBOX, limit=1):
+        if not follow_ups_left(h.store, h.clock()):
             return
-    raise AssertionError("the outbox never emptied")
+    raise AssertionError("the committed follow-ups never drained")
 
 
 def start(

@@ -166,7 +166,7 @@ def run_graph(
     internals = Internals(h.store)
     for _ in range(20):
         h.settle()
-        if not internals.pending_outbox():
+        if not internals.pending_outbox(h.clock()):
             break
     seen = graph(h, roots)
     problems: list[str] = []

@@ -154,7 +154,7 @@ def run_to_end(h: Harness, fake: FakeCloudTasksServer, rounds: int = 200) -> Non
         if fake.run_due():
             continue
         nxt = fake.next_due_us()
-        if nxt is None and not internals.pending_outbox():
+        if nxt is None and not internals.pending_outbox(h.clock()):
             return
         if nxt is not None:
             h.clock.now_us = max(h.clock.now_us, nxt)

@@ -217,6 +217,15 @@ class Uow:
         self._cache[path] = None
         self._dirty[path] = "delete"
 
+    def written(self) -> list[tuple[str, Doc]]:
+        """The documents this step will set or create at its end (changes still count)."""
+        out = []
+        for path, op in self._dirty.items():
+            doc = self._cache[path]
+            if op != "delete" and doc is not None:
+                out.append((path, doc))
+        return out
+
     def flush(self) -> None:
         for path, op in self._dirty.items():
             doc = self._cache[path]

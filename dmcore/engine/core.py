@@ -1,18 +1,26 @@
-"""The mutation runner: transactional steps, the outbox, dispatch and the sweep.
+"""The mutation runner: transactional steps, pending follow-ups, dispatch and the sweep.
 
 dm changes state only through *mutations* (spec §7). A transactional mutation
 runs in one store transaction on one root record and returns follow-ups.
 Follow-ups on the same root that are due now run inline in the same
 transaction (DM's tail call), as do those marked ``together`` (and then
-their root's); the others are written as outbox records in
-that transaction, so a step and its continuation commit together. After the
-commit the outbox records are handed to the task queue as *named* tasks and
-deleted; the sweep re-dispatches records left behind by a crash between
-commit and dispatch. A queue that lives in the store's own file (the
+their root's); the others are queued as *named* tasks after the commit.
+
+So that a crash between the commit and the queueing loses nothing, the
+follow-ups commit with their step, at no extra write: they are kept as the
+``pending`` field of an attempt document the transaction writes anyway
+(preferably the one the follow-up is about). Nothing clears them once queued
+(that would be a write); instead a later transaction that writes the same
+attempt while delivering one of them drops it (the follow-up's own step:
+RunExecution's claim writes the attempt it was queued for). What is left past
+``outbox_stale_us`` is re-sent by the sweep (same names: a task queued
+already is refused as a duplicate, and steps are idempotent anyway), which
+then clears it. A transaction that wrote no attempt keeps its follow-ups in
+an outbox record instead, deleted once they are queued (rare: a step deferring
+to a later try, a test's own step). A queue that lives in the store's own file (the
 embedded queue) takes the tasks in that same commit instead
-(:meth:`TaskQueue.enqueue_in`): the task row is its own outbox record, and
-two writes and a transaction per follow-up go away. Delivery is at least
-once, so every mutation is idempotent by state guards.
+(:meth:`TaskQueue.enqueue_in`): the task row is its own outbox record.
+Delivery is at least once, so every mutation is idempotent by state guards.
 
 Some steps must not run in a transaction (calling a distributor); those are
 *actions*: they read outside a transaction, call out, then run mutations.
@@ -50,6 +58,9 @@ log = logging.getLogger("dm.engine")
 MUTATION_TARGET = "mutation"
 DISTRIBUTOR_TARGET_PREFIX = "distributor/"
 OUTBOX_STALE_US = 5_000_000
+"""How long a committed follow-up waits before the sweep re-sends it."""
+SWEEP_SHARDS = 16
+"""Shards of the sweep's time-ordered keys on Firestore (see ``Settings.sweep_shards``)."""
 MAX_INLINE = 256
 """Same-root follow-ups one transaction runs inline (tail calls) before queueing the rest."""
 MAX_BATCH_INLINE = 10_000
@@ -71,6 +82,14 @@ class Settings:
 
     outbox_stale_us: int = OUTBOX_STALE_US
     sweep_batch: int = 200
+    """Due attempts the sweep takes per shard and field."""
+    sweep_shards: int = SWEEP_SHARDS
+    """Attempts with something for the sweep (``docs.SWEPT``) carry a shard number
+    (``docs.SWEEP_SHARD``) and the sweep queries each shard apart, so no index on a
+    due time, which only grows, takes all the writes (Firestore holds a collection
+    with such an index near 500 writes/s; a composite index on shard and due time
+    spreads them over this many ranges). 1: no shard field (SQLite, where one query
+    beats 16). Fixed for a deployment's life: attempts keep the shard they were given."""
     notify_topic: str = "dm-distributor-notify"
     notify_secret: bytes = b""
     """HMAC key of notification auth tokens (from configuration, never code)."""
@@ -91,6 +110,22 @@ class _BatchState(threading.local):
     """Per thread: the mutations waiting to run at the end of the open batch, if any."""
 
     steps: collections.deque[Mutation] | None = None
+
+
+class _Delivery(threading.local):
+    """Per thread: the name of the task being handled, if any (its pending entry is dropped
+    by the transactions of its handling that write the attempt holding it)."""
+
+    name: str | None = None
+
+
+@dataclasses.dataclass
+class Dispatch:
+    """What a committed transaction leaves to queue."""
+
+    tasks: list[Task] = dataclasses.field(default_factory=list)
+    records: list[str] = dataclasses.field(default_factory=list)
+    """Outbox records holding some of ``tasks``: deleted once they are queued."""
 
 
 class Engine:
@@ -115,6 +150,7 @@ class Engine:
         self._quests: collections.OrderedDict[str, dm_pb2.Quest.Desc] = collections.OrderedDict()
         self._quests_lock = threading.Lock()
         self._batch = _BatchState()
+        self._delivery = _Delivery()
         self.stats: dict[str, int] = {}
         self.publish: Publish | None = None
         """Where notifications returned by ``handle_task_queue_task`` go.
@@ -215,12 +251,12 @@ class Engine:
         """
         origin = origin or base64.urlsafe_b64encode(self.rand(16)).decode().rstrip("=")
         batch = self._batch.steps
-        outbox, now = self.store.transaction(
+        out, now = self.store.transaction(
             lambda tx: self._roll(tx, mutation, origin, batch is not None)
         )
         if batch is not None:
             batch.extend(now)  # committed with the batch: run before it ends, not queued
-        self.dispatch(outbox)
+        self.dispatch(out)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -266,11 +302,11 @@ class Engine:
 
     def _roll(
         self, tx: Transaction, first: Mutation, origin: str, batching: bool = False
-    ) -> tuple[list[Outbox], list[Mutation]]:
+    ) -> tuple[Dispatch, list[Mutation]]:
         """Run ``first`` and its same-root tail calls; queue the follow-ups.
 
-        Returns the outbox records to dispatch after the commit and (only when
-        ``batching``) the follow-ups that are mutations due now, for the batch to run.
+        Returns what to dispatch after the commit and (only when ``batching``)
+        the follow-ups that are mutations due now, for the batch to run.
         """
         uow = Uow(tx)
         ctx = Ctx(uow=uow, now_us=self.clock(), engine=self)
@@ -299,18 +335,73 @@ class Engine:
             inline = [m for m in later if isinstance(m, Mutation)]
             later = [m for m in later if not isinstance(m, Mutation)]
         tasks = [self._task_for(item, origin) for item in later]
+        homes = [_home(item.step if isinstance(item, Later) else item) for item in later]
+        if tasks and self.queue.enqueue_in(tx, tasks):
+            tasks = []  # queued by this very commit (the store's queue)
+        assert not tasks or not inline, "batching needs a queue that commits with the store"
+        held = self._hold(uow, tasks, homes, first.root(), ctx.now_us)
+        self._stamp_shards(uow)
         uow.flush()
-        if not tasks or self.queue.enqueue_in(tx, tasks):
-            return [], inline  # the tasks are queued by this very commit (the store's queue)
-        assert not inline, "batching needs a queue that commits with the store"
-        outbox: list[Outbox] = []
-        for group in _outbox_groups(tasks):
+        out = Dispatch(tasks)
+        left = [t for t in tasks if t.name not in held]
+        for group in _outbox_groups(left) if left else []:
             # Named by its tasks, as they are: a redelivery with other follow-ups
             # writes another record, never over one not yet dispatched.
             path = docs.outbox_path(task_name(origin, "outbox", *(t.name for t in group)))
             tx.set(path, {"tasks": [_task_doc(t) for t in group], "created_us": ctx.now_us})
-            outbox.append((path, group))
-        return outbox, []
+            out.records.append(path)
+        return out, inline
+
+    def _hold(
+        self, uow: Uow, tasks: Sequence[Task], homes: Sequence[str], root: str, now_us: int
+    ) -> set[str]:
+        """Keep ``tasks`` pending on the attempts ``uow`` writes anyway; drop the one
+        being delivered from them. Returns the names of the tasks kept so.
+
+        A task goes to its home attempt (the one it is about) if written, else to the
+        root's, else to any written, while the attempt has room (``PENDING_BYTES``,
+        ``PENDING_TASKS``); what finds none is left to an outbox record.
+        """
+        attempts = {p: d for p, d in uow.written() if docs.is_attempt_path(p)}
+        delivered = self._delivery.name
+        if delivered is not None:
+            for doc in attempts.values():
+                entries = doc.get(docs.PENDING) or []
+                if any(e["name"] == delivered for e in entries):
+                    _set_pending(doc, [e for e in entries if e["name"] != delivered])
+        held: set[str] = set()
+        if not tasks or not attempts:
+            return held
+        room = {
+            p: (
+                PENDING_BYTES - _pending_bytes(d.get(docs.PENDING) or []),
+                PENDING_TASKS - len(d.get(docs.PENDING) or []),
+            )
+            for p, d in attempts.items()
+        }
+        due = now_us + self.settings.outbox_stale_us
+        for task, home in zip(tasks, homes, strict=True):
+            entry = {**_task_doc(task), "due_us": due}
+            size = _pending_bytes([entry])
+            for p in dict.fromkeys([home, root, *attempts]):
+                if p not in room or room[p][0] < size or room[p][1] < 1:
+                    continue
+                doc = attempts[p]
+                mine = [e for e in doc.get(docs.PENDING) or [] if e["name"] != task.name]
+                _set_pending(doc, [*mine, entry])
+                room[p] = (room[p][0] - size, room[p][1] - 1)
+                held.add(task.name)
+                break
+        return held
+
+    def _stamp_shards(self, uow: Uow) -> None:
+        """Give the written attempts with something for the sweep their sweep shard."""
+        shards = self.settings.sweep_shards
+        if shards <= 1:
+            return
+        for path, doc in uow.written():
+            if docs.is_attempt_path(path) and any(f in doc for f in docs.SWEPT):
+                doc[docs.SWEEP_SHARD] = docs.sweep_shard(path, shards)
 
     def _task_for(self, item: Step | Later, origin: str) -> Task:
         """The task for a follow-up of the task ``origin``, named by what it does.
@@ -335,20 +426,27 @@ class Engine:
             name=name, target=step_target(step), payload=payload, eta_us=eta, shard_key=shard
         )
 
-    def dispatch(self, outbox: Sequence[Outbox]) -> None:
-        """Queue committed follow-ups, then delete their outbox records."""
-        if not outbox:
+    def dispatch(self, out: Dispatch) -> None:
+        """Queue committed follow-ups, then delete their outbox records (if any).
+
+        Pending follow-ups on attempts are not cleared here (that would be a
+        write): their delivery's step, or else the sweep, drops them.
+        """
+        if not out.tasks:
             return
-        tasks = [t for _, group in outbox for t in group]
         try:
-            self.queue.enqueue_many(tasks)
+            self.queue.enqueue_many(out.tasks)
         except Exception:
-            # Committed already: the sweep re-dispatches the outbox records.
+            # Committed already: the sweep re-sends them.
             log.warning(
-                "dispatch of %d follow-ups failed; left to the sweep", len(tasks), exc_info=True
+                "dispatch of %d follow-ups failed; left to the sweep",
+                len(out.tasks),
+                exc_info=True,
             )
             return
-        paths = [p for p, _ in outbox]
+        paths = out.records
+        if not paths:
+            return
 
         def drop(tx: Transaction) -> None:
             for p in paths:
@@ -381,35 +479,27 @@ class Engine:
         if target != MUTATION_TARGET:
             raise ValueError(f"unknown task target {target!r}")
         step = Step.from_payload(payload)
-        if isinstance(step, Mutation):
-            self.run(step, origin=name or None)
-        else:
-            assert isinstance(step, Action)
-            step.execute(self, delivery)
+        outer = self._delivery.name
+        self._delivery.name = name or None
+        try:
+            if isinstance(step, Mutation):
+                self.run(step, origin=name or None)
+            else:
+                assert isinstance(step, Action)
+                step.execute(self, delivery)
+        finally:
+            self._delivery.name = outer
 
     # -- the sweep ------------------------------------------------------------------
 
     def sweep(self) -> dict[str, int]:
-        """Re-dispatch stale outbox records; fire due timers, polls and expiries (idempotent)."""
+        """Re-send stale follow-ups; fire due timers, polls and expiries (idempotent)."""
         now = self.clock()
-        stale: list[Outbox] = []
-        for path, doc in self.store.query(
-            docs.OUTBOX, order_by="created_us", limit=self.settings.sweep_batch
-        ):
-            if doc["created_us"] > now - self.settings.outbox_stale_us:
-                break
-            # One record per step ("tasks"); records written before that hold one "task".
-            group = doc["tasks"] if "tasks" in doc else [doc["task"]]
-            stale.append((path, [_task_from_doc(t) for t in group]))
-        self.dispatch(stale)
+        resent = self._sweep_outbox(now) + self._sweep_pending(now)
         fired = 0
         # Timers, polls and expiries are fields of the attempts (docs.TIMER_DUE, ...):
         # an ordered query on one finds the attempts that have it, earliest first.
-        for _, att in self.store.query(
-            docs.ATTEMPTS, order_by=docs.TIMER_DUE, limit=self.settings.sweep_batch
-        ):
-            if att[docs.TIMER_DUE] > now:
-                break
+        for _, att in self._due(docs.TIMER_DUE, now):
             timer = att["timer"]
             step, name = steps.timer_step(timer)
             try:
@@ -422,11 +512,7 @@ class Engine:
                 continue
             fired += 1
         polled = 0
-        for _, att in self.store.query(
-            docs.ATTEMPTS, order_by=docs.POLL_DUE, limit=self.settings.sweep_batch
-        ):
-            if att[docs.POLL_DUE] > now:
-                break
+        for _, att in self._due(docs.POLL_DUE, now):
             later = steps.poll_later(att["poll"])
             try:
                 self.queue.enqueue(self._task_for(later, ""))
@@ -439,11 +525,7 @@ class Engine:
                 continue
             polled += 1
         expired = 0
-        for path, att in self.store.query(
-            docs.ATTEMPTS, order_by=docs.EXPIRY_DUE, limit=self.settings.sweep_batch
-        ):
-            if att[docs.EXPIRY_DUE] > now:
-                break
+        for path, att in self._due(docs.EXPIRY_DUE, now):
             record = {"aid": docs.last_id(path), "due_us": att[docs.EXPIRY_DUE]}
             try:
                 self.queue.enqueue(self._task_for(steps.expiry_later(record), ""))
@@ -455,15 +537,95 @@ class Engine:
                 )
                 continue
             expired += 1
-        return {"outbox": len(stale), "timers": fired, "polls": polled, "expiries": expired}
+        return {"outbox": resent, "timers": fired, "polls": polled, "expiries": expired}
+
+    def _due(self, field: str, now: int) -> Iterator[tuple[str, Doc]]:
+        """Attempts whose ``field`` is due by ``now``, earliest first in each sweep shard."""
+        shards = self.settings.sweep_shards
+        for shard in range(max(1, shards)):
+            where = {docs.SWEEP_SHARD: shard} if shards > 1 else None
+            for path, att in self.store.query(
+                docs.ATTEMPTS, where, order_by=field, limit=self.settings.sweep_batch
+            ):
+                if att[field] > now:
+                    break
+                yield path, att
+
+    def _sweep_pending(self, now: int) -> int:
+        """Re-send the pending follow-ups due by ``now``, then clear them; how many."""
+        resent = 0
+        for path, att in self._due(docs.PENDING_DUE, now):
+            tasks = [_task_from_doc(e) for e in att[docs.PENDING] if e["due_us"] <= now]
+            try:
+                self.queue.enqueue_many(tasks)
+            except Exception:
+                log.warning("re-sending follow-ups of %s failed", path, exc_info=True)
+                continue
+            names = {t.name for t in tasks}
+
+            def clear(tx: Transaction, path: str = path, names: set[str] = names) -> None:
+                doc = tx.get(path)
+                entries = (doc or {}).get(docs.PENDING) or []
+                keep = [e for e in entries if e["name"] not in names]
+                if doc is not None and len(keep) != len(entries):
+                    _set_pending(doc, keep)
+                    tx.set(path, doc)
+
+            self.store.transaction(clear)
+            resent += len(tasks)
+        return resent
+
+    def _sweep_outbox(self, now: int) -> int:
+        """Re-dispatch stale outbox records (a step that wrote no attempt); how many."""
+        stale = Dispatch()
+        for path, doc in self.store.query(
+            docs.OUTBOX, order_by="created_us", limit=self.settings.sweep_batch
+        ):
+            if doc["created_us"] > now - self.settings.outbox_stale_us:
+                break
+            # One record per step ("tasks"); records written before that hold one "task".
+            group = doc["tasks"] if "tasks" in doc else [doc["task"]]
+            stale.tasks += [_task_from_doc(t) for t in group]
+            stale.records.append(path)
+        self.dispatch(stale)
+        return len(stale.records)
 
 
 def step_target(step: Step) -> str:
     return MUTATION_TARGET
 
 
-Outbox = tuple[str, Sequence[Task]]
-"""An outbox record: its path and the follow-up tasks it holds."""
+PENDING_BYTES = 256 * 1024
+"""Follow-ups kept pending on one attempt, at most (JSON): the attempt also holds its
+current execution and a small result, and Firestore documents stop at 1 MiB."""
+PENDING_TASKS = 100
+
+
+def _home(step: Step) -> str:
+    """The attempt a follow-up is about (its pending entry is best kept there: its
+    delivery writes that attempt, and drops the entry at no extra write)."""
+    if isinstance(step, Mutation) and docs.is_attempt_path(step.root()):
+        return step.root()
+    eid = getattr(step, "eid", None)
+    if isinstance(eid, str) and eid:
+        return docs.attempt_path(ExecutionID.parse(eid).attempt_id)
+    aid = getattr(step, "aid", None)
+    return f"{docs.ATTEMPTS}/{aid}" if isinstance(aid, str) and aid else ""
+
+
+def _pending_bytes(entries: Sequence[Mapping[str, Any]]) -> int:
+    return sum(len(json.dumps(e, separators=(",", ":"))) for e in entries)
+
+
+def _set_pending(doc: Doc, entries: Sequence[Doc]) -> None:
+    """Set ``doc``'s pending follow-ups (and when the sweep is due to look at them)."""
+    if entries:
+        doc[docs.PENDING] = list(entries)
+        doc[docs.PENDING_DUE] = min(int(e["due_us"]) for e in entries)
+    else:
+        doc.pop(docs.PENDING, None)
+        doc.pop(docs.PENDING_DUE, None)
+
 
 OUTBOX_RECORD_BYTES = 512 * 1024
 """Follow-ups share an outbox record (one write and one delete per step, not per

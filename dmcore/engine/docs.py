@@ -14,14 +14,20 @@ Layout (DESIGN.md §4; SQLite mirrors Firestore)::
                                                    (a small one is inline: ``result.object``)
     back_dep_groups/{aid}                          attempt_finished (terminal) flag
     back_dep_groups/{aid}/back_deps/{depender aid} reverse edge: propagated
-    outbox/{id}                                    follow-up tasks committed with their step
+    outbox/{id}                                    follow-up tasks committed with a step that
+                                                   wrote no attempt (rare; Firestore only)
 
 The current execution's single armed timer (``timer``, due at ``timer_due_us``),
 its poll (``poll``, ``poll_due_us``) and a finished attempt's result expiry
 (``expiry_due_us``) are fields of the attempt, written with the step that arms
-them (no document of their own to write and delete); the sweep finds the due
-ones by an ordered query on the ``*_due_us`` field, which only attempts that
-have it match.
+them (no document of their own to write and delete). So are the follow-up tasks
+a step committed and dispatched after its commit (``pending``, re-sent by the
+sweep from ``pending_due_us`` on, unless a later write of the attempt by the
+follow-up's own delivery cleared them first). The sweep finds the due ones by
+an ordered query on the ``*_due_us`` field, which only attempts that have it
+match, one query per shard (``sweep_shard``, from the attempt's id): a due
+time only grows, and an index on it alone would hold its collection near
+Firestore's 500 writes/s.
 
 ``aid`` is the encoded attempt ID (``<qid>|<inverted hex>``), ``eid`` the
 encoded execution number. Times are integer microseconds since the epoch.
@@ -31,6 +37,7 @@ encoded execution number. Times are integer microseconds since the epoch.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Protocol
 
 from dmcore.ids import AttemptID, ExecutionID
@@ -61,6 +68,15 @@ OUTBOX = "outbox"
 TIMER_DUE = "timer_due_us"
 POLL_DUE = "poll_due_us"
 EXPIRY_DUE = "expiry_due_us"
+PENDING = "pending"
+"""Follow-up tasks committed with the attempt, each with its ``due_us`` (when the sweep
+re-sends it if nothing cleared it before)."""
+PENDING_DUE = "pending_due_us"
+"""The earliest ``due_us`` of the attempt's pending follow-ups."""
+SWEPT = (TIMER_DUE, POLL_DUE, EXPIRY_DUE, PENDING_DUE)
+"""The attempt fields the sweep reads in time order."""
+SWEEP_SHARD = "sweep_shard"
+"""Which of the sweep's shards the attempt is in (set with any of :data:`SWEPT`)."""
 
 
 INDEXED_FIELDS = ("satisfied", "propagated")
@@ -186,6 +202,18 @@ def poll_of(att: Doc | None, eid: ExecutionID) -> Doc | None:
 
 def outbox_path(oid: str) -> str:
     return f"{OUTBOX}/{oid}"
+
+
+def sweep_shard(path: str, shards: int) -> int:
+    """The sweep shard of the document at ``path``: spread evenly by a hash of its id."""
+    digest = hashlib.sha256(last_id(path).encode()).digest()
+    return int.from_bytes(digest[:4], "big") % shards
+
+
+def is_attempt_path(path: str) -> bool:
+    """Whether ``path`` is an attempt's own document (not one under it)."""
+    head, _, rest = path.partition("/")
+    return head == ATTEMPTS and bool(rest) and "/" not in rest
 
 
 def last_id(path: str) -> str:

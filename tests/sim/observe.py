@@ -23,6 +23,7 @@ from dmcore.proto import dm_pb2
 from dmcore.service import Caller, Service
 from dmcore.states import AbnormalStatus, AttemptState, ExecutionState
 from dmcore.store.base import Store, Transaction
+from tests.harness import follow_ups_left
 
 _ATTEMPT_STATES = {
     "scheduling": AttemptState.SCHEDULING,
@@ -237,6 +238,11 @@ class Internals:
         """Work dm left armed: outbox records, timers, polls, and expiries due by now."""
         out = [f"outbox record left: {p}" for p, _ in self.store.query(docs.OUTBOX)]
         out += [
+            f"follow-ups left pending: {p}"
+            for p, d in self.store.query(docs.ATTEMPTS, order_by=docs.PENDING_DUE)
+            if int(d[docs.PENDING_DUE]) <= now_us
+        ]
+        out += [
             f"timer left armed: {p}"
             for p, _ in self.store.query(docs.ATTEMPTS, order_by=docs.TIMER_DUE)
         ]
@@ -251,8 +257,14 @@ class Internals:
         ]
         return out
 
-    def pending_outbox(self) -> bool:
-        return bool(self.store.query(docs.OUTBOX, limit=1))
+    def pending_outbox(self, now_us: int | None = None) -> bool:
+        """Outbox records left, or (``now_us`` given) follow-ups pending on an attempt
+        that are due to be re-sent by then."""
+        if self.store.query(docs.OUTBOX, limit=1):
+            return True
+        if now_us is None:
+            return False
+        return follow_ups_left(self.store, now_us)
 
     def _armed(self) -> list[int]:
         """Due times of everything armed that the sweep fires (timers, polls, expiries)."""

@@ -580,7 +580,8 @@ class Sim:
             self._deliver_late()
             # The sweep's own queueing may have failed: sweep again until nothing is
             # left behind (an outbox record, or an armed timer, poll or expiry due).
-            if not self.internals.pending_outbox() and not self.internals.due_armed(self.h.clock()):
+            now = self.h.clock()
+            if not self.internals.pending_outbox(now) and not self.internals.due_armed(now):
                 return
         raise NotConverged("outbox records or due timers keep coming back after 200 settles")
 
