@@ -56,6 +56,9 @@ class Chaos:
     duplicate: float = 0.0
     delay: float = 0.0
     fail_dispatch: float = 0.0
+    """Chance that a dispatch fails (after the step's commit, as a process dying there)."""
+    fail_partway: bool = False
+    """A failing dispatch queues some of its tasks first (a random head of them)."""
     reorder: bool = True
     late_duplicate: float = 0.0
     """Chance that a task delivered once is delivered again hours later."""
@@ -86,7 +89,13 @@ class ChaosQueue(TaskQueue):
     def enqueue_many(self, tasks: Sequence[Task]) -> list[bool]:
         with self.lock:
             if self.chaos.fail_dispatch and self.rng.random() < self.chaos.fail_dispatch:
+                if self.chaos.fail_partway and len(tasks) > 1:
+                    self._queue(tasks[: self.rng.randint(1, len(tasks) - 1)])
                 raise ConnectionError("chaos: dispatch failed")
+            return self._queue(tasks)
+
+    def _queue(self, tasks: Sequence[Task]) -> list[bool]:
+        with self.lock:
             now = self.clock()
             window = None if self.chaos.dedupe_s is None else int(self.chaos.dedupe_s * 1e6)
             out = []

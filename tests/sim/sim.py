@@ -16,7 +16,8 @@ Everything random comes from the seed:
   dependency completions, sweeps and cancels happen in the middle of the job;
 * the queue's faults (:class:`tests.harness.ChaosQueue`): duplicates (at once,
   or hours later, past the dedupe window), delays, reordering, dispatch
-  failures after commit; duplicated and hours-late notifications;
+  failures after commit (the follow-ups committed with the step are then left
+  to the sweep: none, or only some, were queued); duplicated and hours-late notifications;
 * the distributor's faults (:mod:`tests.sim.faults`): transient and final
   errors of run, get_status and cancel, runs that time out having started the
   task, outages longer than dm's retry window, tasks the distributor loses;
@@ -265,6 +266,8 @@ def make_plan(seed: int, *, min_nodes: int = 5, max_nodes: int = 40, workers: in
             fail_dispatch=rng.choice([0.0, 0.05, 0.2, 0.4]),
         )
     chaos.dedupe_s = 3600.0  # as Cloud Tasks: a name is free again an hour after
+    # Drawn apart, so that every seed keeps the plan it had before this knob.
+    chaos.fail_partway = random.Random(f"{seed}/fail_partway").random() < 0.5
     chaos.late_duplicate = rng.choice([0.0, 0.0, 0.02, 0.1])
     chaos.twin = rng.choice([0.0, 0.1, 0.3]) if workers > 1 else 0.0
     if rng.random() < 0.3:
