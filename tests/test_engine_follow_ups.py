@@ -145,7 +145,14 @@ def test_a_record_of_the_older_one_task_form_is_swept(down: Harness) -> None:
     task = {"name": "legacy", "target": "mutation", "eta_us": 0}
     task["payload"] = Touch(i=7).to_payload()
     down.store.transaction(
-        lambda tx: tx.set(docs.outbox_path("legacy"), {"task": task, "created_us": 0})
+        lambda tx: tx.set(
+            docs.outbox_path("legacy"),
+            {
+                "task": task,
+                "created_us": 0,
+                docs.SWEEP_SHARD: docs.sweep_shard("outbox/legacy", core.SWEEP_SHARDS),
+            },
+        )
     )
     assert down.chaos is not None
     down.chaos.chaos.fail_dispatch = 0.0

@@ -348,7 +348,10 @@ class Engine:
             # Named by its tasks, as they are: a redelivery with other follow-ups
             # writes another record, never over one not yet dispatched.
             path = docs.outbox_path(task_name(origin, "outbox", *(t.name for t in group)))
-            tx.set(path, {"tasks": [_task_doc(t) for t in group], "created_us": ctx.now_us})
+            record = {"tasks": [_task_doc(t) for t in group], "created_us": ctx.now_us}
+            if self.settings.sweep_shards > 1:
+                record[docs.SWEEP_SHARD] = docs.sweep_shard(path, self.settings.sweep_shards)
+            tx.set(path, record)
             out.records.append(path)
         return out, inline
 
@@ -539,17 +542,19 @@ class Engine:
             expired += 1
         return {"outbox": resent, "timers": fired, "polls": polled, "expiries": expired}
 
-    def _due(self, field: str, now: int) -> Iterator[tuple[str, Doc]]:
-        """Attempts whose ``field`` is due by ``now``, earliest first in each sweep shard."""
+    def _due(
+        self, field: str, now: int, collection: str = docs.ATTEMPTS
+    ) -> Iterator[tuple[str, Doc]]:
+        """Documents whose ``field`` is ``now`` or earlier, earliest first in each sweep shard."""
         shards = self.settings.sweep_shards
         for shard in range(max(1, shards)):
             where = {docs.SWEEP_SHARD: shard} if shards > 1 else None
-            for path, att in self.store.query(
-                docs.ATTEMPTS, where, order_by=field, limit=self.settings.sweep_batch
+            for path, doc in self.store.query(
+                collection, where, order_by=field, limit=self.settings.sweep_batch
             ):
-                if att[field] > now:
+                if doc[field] > now:
                     break
-                yield path, att
+                yield path, doc
 
     def _sweep_pending(self, now: int) -> int:
         """Re-send the pending follow-ups due by ``now``, then clear them; how many."""
@@ -578,11 +583,7 @@ class Engine:
     def _sweep_outbox(self, now: int) -> int:
         """Re-dispatch stale outbox records (a step that wrote no attempt); how many."""
         stale = Dispatch()
-        for path, doc in self.store.query(
-            docs.OUTBOX, order_by="created_us", limit=self.settings.sweep_batch
-        ):
-            if doc["created_us"] > now - self.settings.outbox_stale_us:
-                break
+        for path, doc in self._due("created_us", now - self.settings.outbox_stale_us, docs.OUTBOX):
             # One record per step ("tasks"); records written before that hold one "task".
             group = doc["tasks"] if "tasks" in doc else [doc["task"]]
             stale.tasks += [_task_from_doc(t) for t in group]

@@ -151,6 +151,9 @@ class Embedded:
         else:
             self.queue = LocalQueue(self.home / "tasks.sqlite", clock=clock)
         settings = settings or Settings()
+        if isinstance(self.store, SqliteStore):
+            # One file, no per-collection write limit: one query per swept field beats 16.
+            settings.sweep_shards = 1
         if not settings.notify_secret:
             settings.notify_secret = load_secret(self.home / "secret")
         self.engine = Engine(
