@@ -14,9 +14,12 @@ from __future__ import annotations
 from dmcore.errors import FailedPrecondition
 from dmcore.store.base import Store, Transaction
 
-VERSION = 1
+VERSION = 2
 """The layout this dm reads and writes. Raise it with any change to what
-docs/layout.md describes that an older or newer engine would misread."""
+docs/layout.md describes that an older or newer engine would misread.
+2: follow-ups pending on attempts, sweep shards (an older engine would never
+re-send the former; this one would not sweep attempts or outbox records without
+the latter)."""
 
 PATH = "meta/layout"
 
