@@ -186,8 +186,17 @@ def ack_fwd_dep(step: steps.AckFwdDep, ctx: Ctx) -> list[Step | Later]:
     edge = got[path]
     if edge is None or edge["satisfied"] or not attempt_is_terminal(got[dee]):
         return []  # done, or late: the dependee was re-opened since (dmcore.engine.reopen)
+    execution = int(edge["for_execution"])
+    # Read before the write: the open edges of that execution, this one among them.
+    # Only the ack that closes the last one queues the waiter's check, so a fan-in
+    # of thousands reads the waiter once, not once per dependency. Two acks racing
+    # each read the other's edge open: serializable transactions retry one of them,
+    # which then finds its edge the last.
+    still_open = open_deps(ctx, AttemptID.decode(step.depender), execution, 2)
     ctx.uow.put(path, {**edge, "satisfied": True})
-    return [steps.CheckDeps(aid=step.depender, execution=int(edge["for_execution"]))]
+    if still_open > 1:
+        return []  # another edge is open: its ack checks the waiter
+    return [steps.CheckDeps(aid=step.depender, execution=execution)]
 
 
 @rolls_forward(steps.CheckDeps)

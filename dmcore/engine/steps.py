@@ -253,7 +253,8 @@ class AddBackDep(Mutation):
 
 @dataclasses.dataclass
 class AckFwdDep(Mutation):
-    """Mark one edge satisfied on its own record, then check the depender."""
+    """Mark one edge satisfied on its own record; the ack closing the last open edge
+    of the execution checks the depender."""
 
     KIND = "AckFwdDep"
     depender: str
