@@ -174,8 +174,6 @@ def test_follow_up_mutations_run_in_the_batch_not_the_queue(tmp_path: Path) -> N
         # mutations they led to ran in the batch that committed them.
         assert _queued_kinds(emb) == ["RunExecution"]
         assert emb.engine.stats["ScheduleExecution"] == 1
-        # A leaf no attempt depends on has no completion to propagate.
-        assert "RecordCompletion" not in emb.engine.stats
     finally:
         emb.close()
 
@@ -187,18 +185,18 @@ def test_a_failing_inline_follow_up_is_queued_and_retried(
 
     emb = Embedded(tmp_path, build_registry(CONFIG))
     try:
-        real = mu.PropagateCompletion.roll_forward
+        real = mu.CheckDeps.roll_forward
         fails = [OSError("once")]
 
-        def flaky(self: mu.PropagateCompletion, ctx: Any) -> Any:
+        def flaky(self: mu.CheckDeps, ctx: Any) -> Any:
             if fails:
                 raise fails.pop()
             return real(self, ctx)
 
-        monkeypatch.setattr(mu.PropagateCompletion, "roll_forward", flaky)
+        monkeypatch.setattr(mu.CheckDeps, "roll_forward", flaky)
         qid = _ensure(emb, "flaky", 3, ONE_DEP)
         assert emb.drive(lambda: _state(emb, qid) == AttemptState.FINISHED, timeout_s=60)
-        assert "PropagateCompletion" in _queued_kinds(emb)
+        assert "CheckDeps" in _queued_kinds(emb)
         assert not fails
     finally:
         emb.close()
@@ -214,9 +212,9 @@ def test_follow_ups_beyond_the_batch_cap_are_queued(
     try:
         qid = _ensure(emb, "capped", 4, ONE_DEP)
         assert emb.drive(lambda: _state(emb, qid) == AttemptState.FINISHED, timeout_s=60)
-        assert emb.drive(lambda: emb.engine.stats.get("PropagateCompletion", 0) == 1, timeout_s=60)
+        assert emb.drive(lambda: emb.engine.stats.get("CheckDeps", 0) == 1, timeout_s=60)
         kinds = _queued_kinds(emb)
-        assert {"MergeQuest", "PropagateCompletion", "CheckDeps"} <= set(kinds)
+        assert {"MergeQuest", "CheckDeps"} <= set(kinds)
     finally:
         emb.close()
 

@@ -1,7 +1,10 @@
-"""A finished attempt reaches its dependers: marked terminal on its back-edge
-group, then each unpropagated back edge and
-its forward edge are acked, a batch per step (``Settings.propagate_batch``),
-the step chaining itself until none is left; each depender's check is queued.
+"""A finished attempt reaches its dependers: each unpropagated back edge
+(``attempts/{aid}/back_deps/{depender}``) and its forward edge are acked, a
+batch per step (``Settings.propagate_batch``), the first in the transaction
+that ends the attempt (:func:`~dmcore.engine.records.completion_follow_ups`),
+then the step chaining itself until none is left. "Finished" is the attempt's
+own state: no document of its own. The ack closing a depender's last open
+edge queues its check (:func:`~dmcore.engine.deps.ack_fwd_dep`).
 """
 
 from __future__ import annotations
@@ -18,30 +21,16 @@ log = logging.getLogger("dm.engine")
 
 @rolls_forward(steps.RecordCompletion)
 def record_completion(step: steps.RecordCompletion, ctx: Ctx) -> list[Step | Later]:
-    aid = AttemptID.decode(step.aid)
-    gpath = docs.back_dep_group_path(aid)
-    got = ctx.uow.get_many([gpath, docs.attempt_path(aid)])
-    group = got[gpath]
-    if (
-        group is None
-        or group["attempt_finished"]
-        or not attempt_is_terminal(got[docs.attempt_path(aid)])
-    ):
-        # Done, or late: the attempt was re-opened since (dmcore.engine.reopen). No
-        # group: no back edge yet, and the first AddBackDep finds the attempt ended
-        # (a group made here would outlive a re-open with no depended flag to end it).
-        return []
-    ctx.uow.put(gpath, {"attempt_finished": True})
-    # In a later transaction, so AddBackDeps that read the group before this
-    # write either committed first (and are seen) or retry and see it.
+    # Queued by an earlier dm: its propagation, as the attempt's end now queues it.
+    if not attempt_is_terminal(ctx.uow.get(docs.attempt_path(AttemptID.decode(step.aid)))):
+        return []  # late: the attempt was re-opened since (dmcore.engine.reopen)
     return [steps.PropagateCompletion(aid=step.aid)]
 
 
 @rolls_forward(steps.PropagateCompletion)
 def propagate_completion(step: steps.PropagateCompletion, ctx: Ctx) -> list[Step | Later]:
     dependee = AttemptID.decode(step.aid)
-    group = ctx.uow.get(docs.back_dep_group_path(dependee))
-    if group is None or not group["attempt_finished"]:
+    if not attempt_is_terminal(ctx.uow.get(docs.attempt_path(dependee))):
         return []  # late: the attempt was re-opened since; its next end propagates
     batch = ctx.engine.settings.propagate_batch
     rows = ctx.uow.query(docs.back_deps_collection(dependee), {"propagated": False}, limit=batch)

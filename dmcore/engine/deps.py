@@ -136,46 +136,29 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
 @rolls_forward(steps.AddBackDep)
 def add_back_dep(step: steps.AddBackDep, ctx: Ctx) -> list[Step | Later]:
     dependee, depender = AttemptID.decode(step.dependee), AttemptID.decode(step.depender)
-    gpath = docs.back_dep_group_path(dependee)
     bpath = docs.back_dep_path(dependee, depender)
-    got = ctx.uow.get_many([gpath, bpath])
-    group, back = got[gpath], got[bpath]
-    _flag_depended(ctx, dependee)
-    if group is None:
-        # The first depender: an attempt that ended before any group existed
-        # queued no completion (records.completion_follow_ups), so the group
-        # starts finished and this edge is acked here.
-        ended = attempt_is_terminal(ctx.uow.get(docs.attempt_path(dependee)))
-        group = {"attempt_finished": ended}
-        ctx.uow.create(gpath, group)  # only created, never rewritten here (no hot document)
-    finished = bool(group["attempt_finished"])
-    if not step.needs_ack:
-        # The declaration found the dependee over and told the depender at once:
-        # nothing to propagate, but a re-open of the dependee must find this edge.
-        if attempt_is_terminal(ctx.uow.get(docs.attempt_path(dependee))):
-            finished = True
-        else:
-            # Re-opened (dm retry) since the declaration, maybe before this edge
-            # existed for the re-open to find: open it as the re-open would have.
-            if back is None or back["propagated"]:
-                ctx.uow.put(bpath, {"created": ctx.now_us, **(back or {}), "propagated": False})
-            return [steps.UnackFwdDep(depender=step.depender, dependee=step.dependee)]
-    if back is None or (finished and not back["propagated"]):
-        ctx.uow.put(bpath, {"propagated": finished, "created": ctx.now_us})
-    if step.needs_ack and finished:
+    apath = docs.attempt_path(dependee)
+    got = ctx.uow.get_many([apath, bpath])
+    # The dependee's end either committed before this read (seen here: the edge is
+    # acked here) or after this back edge (its propagation's query finds the edge).
+    att, back = got[apath], got[bpath]
+    ended = attempt_is_terminal(att)
+    if att is not None and not ended and att.get(docs.DEPENDED) is False:
+        # Its end must look for this edge (docs.DEPENDED). Absent, it is created
+        # flagged (the declaration's EnsureAttempt); ended, this edge is acked here.
+        ctx.uow.put(apath, {**att, docs.DEPENDED: True})
+    if not step.needs_ack and not ended:
+        # The declaration found the dependee over and told the depender at once,
+        # but it was re-opened (dm retry) since, maybe before this edge existed for
+        # the re-open to find: open the edge as the re-open would have.
+        if back is None or back["propagated"]:
+            ctx.uow.put(bpath, {"created": ctx.now_us, **(back or {}), "propagated": False})
+        return [steps.UnackFwdDep(depender=step.depender, dependee=step.dependee)]
+    if back is None or (ended and not back["propagated"]):
+        ctx.uow.put(bpath, {"propagated": ended, "created": ctx.now_us})
+    if step.needs_ack and ended:
         return [steps.AckFwdDep(depender=step.depender, dependee=step.dependee)]
     return []
-
-
-def _flag_depended(ctx: Ctx, dependee: AttemptID) -> None:
-    """Flag the dependee as depended on (docs.DEPENDED), once: its end reads the flag, in
-    a transaction that conflicts with this one. Absent, it is created flagged (the
-    declaration's EnsureAttempt)."""
-    apath = docs.attempt_path(dependee)
-    att = ctx.uow.get(apath)
-    if att is not None and att.get(docs.DEPENDED) is False:
-        att[docs.DEPENDED] = True
-        ctx.uow.put(apath, att)
 
 
 @rolls_forward(steps.AckFwdDep)

@@ -9,11 +9,11 @@ Layout (DESIGN.md §4; SQLite mirrors Firestore)::
                                                    (state, token hash, config snapshot)
     attempts/{aid}/executions/{eid}                an earlier execution, archived when the
                                                    next one starts
-    attempts/{aid}/fwd_deps/{dependee aid}         edge "aid depends on dependee"
+    attempts/{aid}/fwd_deps/{dependee aid}         edge "aid depends on dependee": satisfied
+    attempts/{aid}/back_deps/{depender aid}        reverse edge "depender depends on aid":
+                                                   propagated (the end of aid reached it)
     results/{aid}                                  the attempt's result object when large
                                                    (a small one is inline: ``result.object``)
-    back_dep_groups/{aid}                          attempt_finished (terminal) flag
-    back_dep_groups/{aid}/back_deps/{depender aid} reverse edge: propagated
     outbox/{id}                                    follow-up tasks committed with a step that
                                                    wrote no attempt (rare; Firestore only)
 
@@ -63,7 +63,6 @@ class Reader(Protocol):
 QUESTS = "quests"
 ATTEMPTS = "attempts"
 RESULTS = "results"
-BACK_DEP_GROUPS = "back_dep_groups"
 OUTBOX = "outbox"
 TIMER_DUE = "timer_due_us"
 POLL_DUE = "poll_due_us"
@@ -104,9 +103,10 @@ def execution_path(eid: ExecutionID) -> str:
 
 DEPENDED = "depended"
 """The attempt's flag: some attempt depends on it (set in a transaction that reads
-the attempt: :func:`~dmcore.engine.deps.add_back_dep`, or the ``EnsureAttempt`` of a
-declaration). Its end queues the completion only then, so a leaf's end reads no
-back-edge document. Absent on attempts written before the flag: the group is read."""
+the attempt: :func:`~dmcore.engine.deps.add_back_dep`, the ``EnsureAttempt`` of a
+declaration, or a re-open). Its end looks for back edges only then, so a leaf's end
+reads nothing more. An ended attempt is not flagged: an edge added then is acked at
+once."""
 
 CURRENT = "ex"
 """The attempt's field holding its current execution: the steps of an execution
@@ -176,16 +176,12 @@ def read_result(reader: Reader, aid: AttemptID, att: Doc | None = None) -> Doc |
     return reader.get(result_path(aid))
 
 
-def back_dep_group_path(dependee: AttemptID) -> str:
-    return f"{BACK_DEP_GROUPS}/{dependee.encoded}"
-
-
 def back_deps_collection(dependee: AttemptID) -> str:
-    return f"{BACK_DEP_GROUPS}/{dependee.encoded}/back_deps"
+    return f"{ATTEMPTS}/{dependee.encoded}/back_deps"
 
 
 def back_dep_path(dependee: AttemptID, depender: AttemptID) -> str:
-    return f"{BACK_DEP_GROUPS}/{dependee.encoded}/back_deps/{depender.encoded}"
+    return f"{ATTEMPTS}/{dependee.encoded}/back_deps/{depender.encoded}"
 
 
 def timer_of(att: Doc | None, eid: ExecutionID) -> Doc | None:

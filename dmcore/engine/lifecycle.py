@@ -32,6 +32,7 @@ from dmcore.engine.records import (
     arm_expiry,
     arm_stop_timer,
     arm_timer,
+    attempt_is_terminal,
     b64,
     completion_follow_ups,
     disarm_poll,
@@ -111,6 +112,9 @@ def ensure_attempt(step: steps.EnsureAttempt, ctx: Ctx) -> list[Step | Later]:
         if step.depended and att.get(docs.DEPENDED) is False:
             # Created meanwhile by a call without an execution: its end must reach
             # the depender (whose AddBackDep may have run before the attempt existed).
+            if attempt_is_terminal(att):
+                # Ended unflagged, so its end looked for no back edge: look now.
+                return [Later(steps.PropagateCompletion(aid=step.aid), together=True)]
             att[docs.DEPENDED] = True
             ctx.uow.put(path, att)
         return []

@@ -182,19 +182,22 @@ def arm_expiry(ctx: Ctx, aid: AttemptID, att: docs.Doc) -> list[Step | Later]:
 
 
 def completion_follow_ups(ctx: Ctx, aid: AttemptID) -> list[Step | Later]:
-    """What the end of attempt ``aid`` (in this transaction) queues for its dependers.
+    """What the end of attempt ``aid`` (in this transaction) does for its dependers.
 
     Nothing when no depender ever declared an edge on it (the attempt's
     ``docs.DEPENDED`` flag, read with the attempt: a leaf pays no read and no
-    completion task). An AddBackDep racing this transaction reads and flags the
-    attempt, so it either sees it terminal and acks its own edge, or flags it
-    first and this transaction, retried, sees the flag. An attempt written before
-    the flag existed has its back-edge group read instead.
+    task). Else its propagation, run in this very transaction (``together``): it
+    queries the attempt's unpropagated back edges and acks them, so a dependee
+    with a few dependers pays no task either. An AddBackDep racing this
+    transaction reads the attempt, so it either sees it terminal and acks its
+    own edge, or it flagged the attempt and wrote its back edge first, and this
+    transaction, retried, sees both (Firestore's transactions are serializable,
+    queries included: tests/test_store_firestore.py).
     """
-    flag = (ctx.uow.get(docs.attempt_path(aid)) or {}).get(docs.DEPENDED)
-    if flag is False or (flag is None and ctx.uow.get(docs.back_dep_group_path(aid)) is None):
+    att = ctx.uow.get(docs.attempt_path(aid))
+    if att is not None and att.get(docs.DEPENDED) is False:
         return []
-    return [steps.RecordCompletion(aid=aid.encoded)]
+    return [Later(steps.PropagateCompletion(aid=aid.encoded), together=True)]
 
 
 def attempt_is_terminal(doc: Mapping[str, Any] | None) -> bool:

@@ -9,9 +9,9 @@ re-opened: a finished result is immutable.
 The edges must look as if the re-opened attempt had never ended, so that the
 engine's usual handshake (spec §2.2) resumes its dependers when it ends again:
 
-1. :func:`reopen_attempt` (one transaction): the attempt goes SCHEDULING and
-   its back-edge group is no longer finished, so nothing acks its edges until
-   it ends again.
+1. :func:`reopen_attempt` (one transaction): the attempt goes SCHEDULING, so
+   nothing acks its edges until it ends again (the completion steps ack only
+   for an attempt that is over).
 2. :func:`reopen_dependers` walks its back edges, 64 per step: each goes back
    to unpropagated (the next completion acks it again; a depender whose edge
    is still satisfied ignores that ack) and :func:`unack_fwd_dep` opens the
@@ -77,10 +77,10 @@ def reopen_attempt(step: steps.ReopenAttempt, ctx: Ctx) -> list[Step | Later]:
     att["deps_execution"] = 0
     att["retry"] = {k: 0 for k in att["retry"]}
     att[WALK] = step.after_execution
+    # A depender that came while it was over acked its own edge and left the flag
+    # as it was (an ended attempt is not written): its next end must look.
+    att[docs.DEPENDED] = True
     ctx.uow.put(path, att)
-    gpath = docs.back_dep_group_path(aid)
-    if ctx.uow.get(gpath) is not None:
-        ctx.uow.put(gpath, {"attempt_finished": False})
     return [steps.ReopenDependers(aid=step.aid, after_execution=step.after_execution)]
 
 

@@ -240,7 +240,7 @@ class DeclareDeps(Mutation):
 
 @dataclasses.dataclass
 class AddBackDep(Mutation):
-    """Record the reverse edge on the dependee's group; ack at once if it already ended."""
+    """Record the reverse edge under the dependee; ack at once if it already ended."""
 
     KIND = "AddBackDep"
     dependee: str
@@ -248,7 +248,7 @@ class AddBackDep(Mutation):
     needs_ack: bool
 
     def root(self) -> str:
-        return f"{docs.BACK_DEP_GROUPS}/{self.dependee}"
+        return f"{docs.ATTEMPTS}/{self.dependee}/back_deps/{self.depender}"
 
 
 @dataclasses.dataclass
@@ -281,13 +281,15 @@ class CheckDeps(Mutation):
 
 @dataclasses.dataclass
 class RecordCompletion(Mutation):
-    """Mark attempt ``aid`` terminal on its group, then propagate to dependers."""
+    """Queued by an earlier dm (one that kept a back-edge group per attempt): now
+    only hands on to :class:`PropagateCompletion`, so a task in flight across an
+    upgrade still reaches the dependers."""
 
     KIND = "RecordCompletion"
     aid: str
 
     def root(self) -> str:
-        return f"{docs.BACK_DEP_GROUPS}/{self.aid}"
+        return f"{docs.ATTEMPTS}/{self.aid}#complete"
 
 
 @dataclasses.dataclass
@@ -298,7 +300,7 @@ class PropagateCompletion(Mutation):
     aid: str
 
     def root(self) -> str:
-        return f"{docs.BACK_DEP_GROUPS}/{self.aid}#propagate"
+        return f"{docs.ATTEMPTS}/{self.aid}#propagate"
 
 
 # -- timers and polls --------------------------------------------------------------------
@@ -454,7 +456,7 @@ class ReopenDependers(Mutation):
     after_execution: int
 
     def root(self) -> str:
-        return f"{docs.BACK_DEP_GROUPS}/{self.aid}#reopen"
+        return f"{docs.ATTEMPTS}/{self.aid}#reopen"
 
 
 @dataclasses.dataclass

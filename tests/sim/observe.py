@@ -221,10 +221,9 @@ class Internals:
         return None if doc is None else bool(doc["propagated"])
 
     def completion_recorded(self, aid: AttemptID) -> bool:
-        """Whether the end of ``aid`` was recorded where its dependers' edges look
-        (no group: no depender ever declared an edge, so there is nothing to record)."""
-        doc = self.store.get(docs.back_dep_group_path(aid))
-        return doc is None or bool(doc["attempt_finished"])
+        """Whether the end of ``aid`` reached every back edge recorded under it
+        (none left unpropagated; no back edge: nothing to reach)."""
+        return not self.store.query(docs.back_deps_collection(aid), {"propagated": False}, limit=1)
 
     def open_edges(self, aid: AttemptID, execution: int) -> int:
         """Edges of ``aid``'s execution ``execution`` not satisfied yet (diagnostics)."""

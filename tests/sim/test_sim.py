@@ -173,8 +173,9 @@ def test_regression_halting_retry_with_carried_over_edge(tmp_path: pathlib.Path)
     refused the repeated call with Unauthenticated.
 
     A|1|1 depends on new B|1 and C|1, halts, then crashes (retried): its edges
-    stay armed for execution 1. B|1 finishes; its RecordCompletion is still
-    queued when A|1|2 declares the same dependencies: it halts on C|1, and the
+    stay armed for execution 1. B|1 finishes; its propagation is still queued
+    (as when the commit that ends an attempt has no room left to run it) when
+    A|1|2 declares the same dependencies: it halts on C|1, and the
     same call repeated (a client retry after a lost response, W-6) must be
     answered "halted" again, not refused.
     """
@@ -200,7 +201,9 @@ def test_regression_halting_retry_with_carried_over_edge(tmp_path: pathlib.Path)
 
         h.world.run_task(b1.execution(1), b_job)
         data, attrs = h.inbox.pop()
+        inline, h.engine.settings.max_inline = h.engine.settings.max_inline, 1
         h.engine.receive_notification(data, attrs)  # B|1 FINISHED; the queue not drained
+        h.engine.settings.max_inline = inline
         assert h.state(b1) == AttemptState.FINISHED
         edge = h.store.get(docs.fwd_dep_path(a1, b1))
         assert edge is not None and not edge["satisfied"] and edge["for_execution"] == 1
