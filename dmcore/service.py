@@ -755,10 +755,7 @@ class Service:
                     for p, _ in store.query(docs.fwd_deps_collection(aid))
                 ]
             if inc.back_deps or walk_back:
-                back = [
-                    AttemptID.decode(docs.last_id(p))
-                    for p, _ in store.query(docs.back_deps_collection(aid))
-                ]
+                back = docs.list_dependers(store, aid, doc)
             if inc.fwd_deps:
                 for a in fwd:
                     att_msg.fwd_deps.to[a.quest].nums.append(a.num)

@@ -30,11 +30,16 @@ def record_completion(step: steps.RecordCompletion, ctx: Ctx) -> list[Step | Lat
 @rolls_forward(steps.PropagateCompletion)
 def propagate_completion(step: steps.PropagateCompletion, ctx: Ctx) -> list[Step | Later]:
     dependee = AttemptID.decode(step.aid)
-    if not attempt_is_terminal(ctx.uow.get(docs.attempt_path(dependee))):
+    att = ctx.uow.get(docs.attempt_path(dependee))
+    if att is None or not attempt_is_terminal(att):
         return []  # late: the attempt was re-opened since; its next end propagates
     batch = ctx.engine.settings.propagate_batch
     rows = ctx.uow.query(docs.back_deps_collection(dependee), {"propagated": False}, limit=batch)
     out: list[Step | Later] = []
+    if not step.more:
+        # The inline dependers, once: their acks do nothing to a satisfied edge.
+        for d in att.get(docs.DEPENDERS, []):
+            out.append(Later(steps.AckFwdDep(depender=d, dependee=step.aid), together=True))
     for path, doc in rows:
         ctx.uow.put(path, {**doc, "propagated": True})
         # Each forward edge acked in this transaction (its own document: no hot spot
@@ -42,5 +47,5 @@ def propagate_completion(step: steps.PropagateCompletion, ctx: Ctx) -> list[Step
         ack = steps.AckFwdDep(depender=docs.last_id(path), dependee=step.aid)
         out.append(Later(ack, together=True))
     if len(rows) == batch:
-        out.append(steps.PropagateCompletion(aid=step.aid))
+        out.append(steps.PropagateCompletion(aid=step.aid, more=True))
     return out

@@ -136,17 +136,32 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
 @rolls_forward(steps.AddBackDep)
 def add_back_dep(step: steps.AddBackDep, ctx: Ctx) -> list[Step | Later]:
     dependee, depender = AttemptID.decode(step.dependee), AttemptID.decode(step.depender)
-    bpath = docs.back_dep_path(dependee, depender)
     apath = docs.attempt_path(dependee)
-    got = ctx.uow.get_many([apath, bpath])
+    att = ctx.uow.get(apath)
     # The dependee's end either committed before this read (seen here: the edge is
-    # acked here) or after this back edge (its propagation's query finds the edge).
-    att, back = got[apath], got[bpath]
+    # acked here) or after this back edge (its propagation finds the edge).
     ended = attempt_is_terminal(att)
-    if att is not None and not ended and att.get(docs.DEPENDED) is False:
-        # Its end must look for this edge (docs.DEPENDED). Absent, it is created
-        # flagged (the declaration's EnsureAttempt); ended, this edge is acked here.
-        ctx.uow.put(apath, {**att, docs.DEPENDED: True})
+    inline: list[str] = [] if att is None else list(att.get(docs.DEPENDERS, []))
+    if att is not None and (
+        step.depender in inline or (not ended and len(inline) < docs.INLINE_DEPENDERS)
+    ):
+        # Inline on the attempt (written with it when this rides with its creation):
+        # no document; an ack or an un-ack is guarded by the forward edge's state.
+        # Never added to an ended attempt: its record stays as it ended.
+        if step.depender not in inline:
+            # The flag in the same write: its end must look for its dependers. Past
+            # the inline ones it is set already; absent, the attempt is created
+            # flagged (the declaration's EnsureAttempt); ended, the edge is acked here.
+            att[docs.DEPENDERS] = [*inline, step.depender]
+            att[docs.DEPENDED] = True
+            ctx.uow.put(apath, att)
+        if not step.needs_ack and not ended:
+            return [steps.UnackFwdDep(depender=step.depender, dependee=step.dependee)]
+        if step.needs_ack and ended:
+            return [steps.AckFwdDep(depender=step.depender, dependee=step.dependee)]
+        return []
+    bpath = docs.back_dep_path(dependee, depender)
+    back = ctx.uow.get(bpath)
     if not step.needs_ack and not ended:
         # The declaration found the dependee over and told the depender at once,
         # but it was re-opened (dm retry) since, maybe before this edge existed for

@@ -11,7 +11,9 @@ Layout (DESIGN.md §4; SQLite mirrors Firestore)::
                                                    next one starts
     attempts/{aid}/fwd_deps/{dependee aid}         edge "aid depends on dependee": satisfied
     attempts/{aid}/back_deps/{depender aid}        reverse edge "depender depends on aid":
-                                                   propagated (the end of aid reached it)
+                                                   propagated (the end of aid reached it);
+                                                   the first dependers are inline instead
+                                                   (the attempt's ``dependers``)
     results/{aid}                                  the attempt's result object when large
                                                    (a small one is inline: ``result.object``)
     outbox/{id}                                    follow-up tasks committed with a step that
@@ -174,6 +176,23 @@ def read_result(reader: Reader, aid: AttemptID, att: Doc | None = None) -> Doc |
     if att is not None and summary is None:
         return None
     return reader.get(result_path(aid))
+
+
+DEPENDERS = "dependers"
+"""The attempt's first dependers (encoded ids), inline: their reverse edges cost
+no document of their own (a fan-in's shard is created with its one depender)."""
+INLINE_DEPENDERS = 8
+"""Dependers kept inline on an attempt; more get a back-edge document each, so a
+hub of many dependers is written at most this many times for them."""
+
+
+def list_dependers(reader: Reader, dependee: AttemptID, att: Doc | None) -> list[AttemptID]:
+    """Every depender of attempt ``att``: inline, then those with a back-edge document."""
+    inline: list[str] = (att or {}).get(DEPENDERS, [])
+    rows = reader.query(back_deps_collection(dependee), limit=None)
+    # A depender may be in both (recorded before its dependee existed, then again).
+    found = dict.fromkeys([*inline, *(last_id(p) for p, _ in rows)])
+    return [AttemptID.decode(a) for a in found]
 
 
 def back_deps_collection(dependee: AttemptID) -> str:

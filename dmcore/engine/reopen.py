@@ -98,11 +98,18 @@ def reopen_dependers(step: steps.ReopenDependers, ctx: Ctx) -> list[Step | Later
         return []  # the walk is over or the attempt moved on
     rows = ctx.uow.query(docs.back_deps_collection(aid), {"propagated": True}, limit=REOPEN_BATCH)
     out: list[Step | Later] = []
+    if step.first:
+        # The inline dependers, once (an un-ack of an open edge does nothing).
+        out += [
+            steps.UnackFwdDep(depender=d, dependee=step.aid) for d in att.get(docs.DEPENDERS, [])
+        ]
     for bpath, doc in rows:
         ctx.uow.put(bpath, {**doc, "propagated": False})
         out.append(steps.UnackFwdDep(depender=docs.last_id(bpath), dependee=step.aid))
     if len(rows) == REOPEN_BATCH:
-        out.append(step)
+        out.append(
+            steps.ReopenDependers(aid=step.aid, after_execution=step.after_execution, first=False)
+        )
     else:
         # Over: a duplicate of this step now yields nothing, so its follow-ups cannot
         # take the names (or the outbox record) of this one's (they are positional).

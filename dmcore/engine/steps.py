@@ -298,6 +298,8 @@ class PropagateCompletion(Mutation):
 
     KIND = "PropagateCompletion"
     aid: str
+    more: bool = False
+    """A chained step: the inline dependers were acked by the first."""
 
     def root(self) -> str:
         return f"{docs.ATTEMPTS}/{self.aid}#propagate"
@@ -454,6 +456,8 @@ class ReopenDependers(Mutation):
     KIND = "ReopenDependers"
     aid: str
     after_execution: int
+    first: bool = True
+    """The first step of the walk: it also un-acks the inline dependers."""
 
     def root(self) -> str:
         return f"{docs.ATTEMPTS}/{self.aid}#reopen"

@@ -218,7 +218,11 @@ class Internals:
     def back_edge_propagated(self, dependee: AttemptID, depender: AttemptID) -> bool | None:
         """Whether the dependee's completion reached this back edge (None: no back edge)."""
         doc = self.store.get(docs.back_dep_path(dependee, depender))
-        return None if doc is None else bool(doc["propagated"])
+        if doc is not None:
+            return bool(doc["propagated"])
+        # Inline on the dependee: no mark of its own (its forward edge tells).
+        att = self.store.get(docs.attempt_path(dependee)) or {}
+        return True if depender.encoded in att.get(docs.DEPENDERS, []) else None
 
     def completion_recorded(self, aid: AttemptID) -> bool:
         """Whether the end of ``aid`` reached every back edge recorded under it
@@ -301,6 +305,13 @@ class Internals:
 
         def fn(tx: Transaction) -> None:
             tx.delete(docs.back_dep_path(dependee, depender))
+            dee_path = docs.attempt_path(dependee)
+            dee = self.store.get(dee_path) if dee_path != apath else att
+            if dee is not None and depender.encoded in dee.get(docs.DEPENDERS, []):
+                # Inline on the dependee: dropped there.
+                dee[docs.DEPENDERS] = [d for d in dee[docs.DEPENDERS] if d != depender.encoded]
+                if dee_path != apath:
+                    tx.set(dee_path, dee)
             if result is att["result"]:  # inline on the attempt
                 tx.set(apath, {**att, "result": {**result, "object": text}})
             else:
