@@ -1,5 +1,6 @@
-"""A finished attempt reaches its dependers: each unpropagated back edge
-(``attempts/{aid}/back_deps/{depender}``) and its forward edge are acked, a
+"""A finished attempt reaches its dependers: the forward edge of each inline
+depender (the attempt's ``dependers``), and each unpropagated back edge
+(``attempts/{aid}/back_deps/{depender}``) and its forward edge, are acked, a
 batch per step (``Settings.propagate_batch``), the first in the transaction
 that ends the attempt (:func:`~dmcore.engine.records.completion_follow_ups`),
 then the step chaining itself until none is left. "Finished" is the attempt's
@@ -17,14 +18,6 @@ from dmcore.engine.records import attempt_is_terminal
 from dmcore.ids import AttemptID
 
 log = logging.getLogger("dm.engine")
-
-
-@rolls_forward(steps.RecordCompletion)
-def record_completion(step: steps.RecordCompletion, ctx: Ctx) -> list[Step | Later]:
-    # Queued by an earlier dm: its propagation, as the attempt's end now queues it.
-    if not attempt_is_terminal(ctx.uow.get(docs.attempt_path(AttemptID.decode(step.aid)))):
-        return []  # late: the attempt was re-opened since (dmcore.engine.reopen)
-    return [steps.PropagateCompletion(aid=step.aid)]
 
 
 @rolls_forward(steps.PropagateCompletion)

@@ -14,12 +14,16 @@ from __future__ import annotations
 from dmcore.errors import FailedPrecondition
 from dmcore.store.base import Store, Transaction
 
-VERSION = 2
+VERSION = 3
 """The layout this dm reads and writes. Raise it with any change to what
 docs/layout.md describes that an older or newer engine would misread.
+
 2: follow-ups pending on attempts, sweep shards (an older engine would never
 re-send the former; this one would not sweep attempts or outbox records without
-the latter)."""
+the latter).
+
+3: no ``back_dep_groups``; reverse edges inline on the dependee's attempt
+(``dependers``), past the first 8 in ``attempts/{aid}/back_deps``."""
 
 PATH = "meta/layout"
 

@@ -280,19 +280,6 @@ class CheckDeps(Mutation):
 
 
 @dataclasses.dataclass
-class RecordCompletion(Mutation):
-    """Queued by an earlier dm (one that kept a back-edge group per attempt): now
-    only hands on to :class:`PropagateCompletion`, so a task in flight across an
-    upgrade still reaches the dependers."""
-
-    KIND = "RecordCompletion"
-    aid: str
-
-    def root(self) -> str:
-        return f"{docs.ATTEMPTS}/{self.aid}#complete"
-
-
-@dataclasses.dataclass
 class PropagateCompletion(Mutation):
     """Ack up to 64 unpropagated back edges per step, chaining until none are left."""
 

@@ -250,7 +250,6 @@ def _retry_round(sim: RetrySim, rng: random.Random, chosen: list[AttemptID]) -> 
         if rng.random() < 0.5:
             # Completion steps of the end before the re-open, delivered late.
             late_steps: list[Mutation] = [
-                steps.RecordCompletion(aid=aid.encoded),
                 steps.PropagateCompletion(aid=aid.encoded),
             ]
             late_steps += [
@@ -511,7 +510,7 @@ def test_a_waiting_depender_waits_again_for_its_retried_dependency(
     """Retrying D opens X's satisfied edge to D again (UnackFwdDep): when E ends, X
     keeps waiting for D's new end instead of resuming to read D as not finished.
     ``late``: the completion steps of D's failed end are delivered again after the
-    retry (RecordCompletion, PropagateCompletion, AckFwdDep); they must not satisfy X's edge."""
+    retry (PropagateCompletion, AckFwdDep); they must not satisfy X's edge."""
     h = Harness(tmp_path, queue="local")
     try:
         x1, d1, e1, quests = _waiting_on_a_failed_and_a_running(h)
@@ -519,7 +518,6 @@ def test_a_waiting_depender_waits_again_for_its_retried_dependency(
         h.settle()
         for step in (
             [
-                steps.RecordCompletion(aid=d1.encoded),
                 steps.PropagateCompletion(aid=d1.encoded),
                 steps.AckFwdDep(depender=x1.encoded, dependee=d1.encoded),
             ]
