@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from distributors.fake import Job, quest_desc
+from dmcore.engine import docs
 from dmcore.ids import AttemptID
 from dmcore.queue.base import Task
 from dmcore.states import AttemptState
@@ -182,3 +183,46 @@ def test_a_declaration_in_parts_is_atomic_in_effect(h: Harness) -> None:
     h.settle()
     assert seen == [10]
     assert h.state(top1) == AttemptState.FINISHED
+
+
+def test_an_attempt_created_unflagged_meanwhile_still_reaches_its_depender(
+    tmp_path: pathlib.Path,
+) -> None:
+    """X declares a dependency on D's attempt 2 (D exists, the attempt does not): its
+    AddBackDep runs first (no attempt: a back-edge document), then a call without an
+    execution creates the attempt unflagged (docs.DEPENDED false), which ends reading
+    no back edge. The declaration's EnsureAttempt, delivered last, finds it ended and
+    propagates: X resumes."""
+    h = Harness(tmp_path, queue="chaos", chaos=Chaos(reorder=False))
+    try:
+        assert h.chaos is not None
+        x, d = quest_desc("x"), quest_desc("d")
+        x1, d2 = AttemptID(qid_of(x), 1), AttemptID(qid_of(d), 2)
+        h.ensure(x, d)
+
+        def job(j: Job) -> None:
+            j.activate()
+            assert j.dep_on(d2).should_halt
+
+        h.world.run_task(x1.execution(1), job)
+        held = []
+        while (item := h.chaos.take()) is not None:
+            task, _ = item
+            if task.payload.get("kind") == "EnsureAttempt":
+                held.append(item)
+            else:
+                h._deliver(*item)
+        assert [t.payload["aid"] for t, _ in held] == [d2.encoded]
+        h.drain()
+        h.ensure(d, attempts=(2,))
+        assert h.attempt(d2)[docs.DEPENDED] is False
+        h.play(d2.execution(1), lambda j: j.finish({"v": 1}))
+        h.settle()
+        assert h.state(x1) == AttemptState.WAITING  # its end looked for no back edge
+        for item in held:
+            h._deliver(*item)
+        h.settle()
+        assert h.state(x1) != AttemptState.WAITING
+        assert h.attempt(x1)["cur_execution"] == 2
+    finally:
+        h.close()

@@ -691,3 +691,32 @@ def test_a_duplicate_of_the_last_reopen_step_loses_nothing(tmp_path: pathlib.Pat
         _retried_then_resumed(h, d1, x1.execution(3), [d1], [d], want=2)
     finally:
         h.close()
+
+
+def test_a_retried_attempt_that_ended_unflagged_reaches_a_later_depender(
+    tmp_path: pathlib.Path,
+) -> None:
+    """D, created without a dependency (docs.DEPENDED false), fails; only then X
+    declares its dependencies on D (over: acked at once, D left as it ended) and E.
+    Retrying D re-opens X's edge to D; D's next end must reach X, so the re-open
+    flags D."""
+    h = Harness(tmp_path, queue="local")
+    try:
+        x, d, e = quest_desc("x"), quest_desc("d"), quest_desc("e")
+        x1, d1, e1 = (AttemptID(qid_of(q), 1) for q in (x, d, e))
+        h.ensure(x, d, e)
+        h.play(d1.execution(1), _value_job([], [], fail=True))
+        h.settle()
+        assert h.attempt(d1)[docs.DEPENDED] is False
+        h.play(x1.execution(1), _value_job([d1, e1], []))
+        h.settle()
+        assert h.attempt(d1)[docs.DEPENDED] is False  # over: its record unchanged
+        assert h.state(x1) == AttemptState.WAITING
+        h.service.retry_attempt(d1, Caller.trusted())
+        h.settle()
+        assert not h.store.get(docs.fwd_dep_path(x1, d1))["satisfied"]  # type: ignore[index]
+        h.play(e1.execution(1), _value_job([], []))
+        h.settle()
+        _retried_then_resumed(h, d1, x1.execution(2), [d1, e1], [], want=3)
+    finally:
+        h.close()
