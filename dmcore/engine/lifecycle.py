@@ -453,7 +453,7 @@ def finish_attempt(step: steps.FinishAttempt, ctx: Ctx) -> list[Step | Later]:
             return []
         raise PermissionDenied("bad execution auth: the attempt already has a result or halted")
     if _activates(att, ex, eid):
-        # A job whose first call is FinishAttempt (dmcore.job activates lazily): its
+        # A job whose first call is FinishAttempt (`Job.activate(lazy=True)`, jobsim): its
         # activation token activates and finishes at once, one write instead of two.
         # The same checks as ActivateExecution: only the activation token dm handed
         # out, and only before any job activated (then the execution is RUNNING with
