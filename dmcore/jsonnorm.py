@@ -10,11 +10,12 @@ U+FFFD the way Go's decoder does it.
 
 from __future__ import annotations
 
+import _json
 import json
 import re
 from collections.abc import Iterator
 from itertools import repeat
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias, cast
 
 __all__ = [
     "MAX_DEPTH",
@@ -413,12 +414,68 @@ def _literal_keywords(container: Any) -> Any:
     return container
 
 
+def _reject_float(text: str) -> Any:
+    raise _NotPlain(text)
+
+
+class _NotPlain(ValueError):
+    """A float literal: Python would re-write it (``1e2`` as ``100.0``), Go keeps it."""
+
+
+def _unencodable(value: object) -> Any:
+    raise TypeError(type(value).__name__)  # never reached: decoded JSON only
+
+
+# Both in C (CPython's own accelerator, which json uses too): the scanner hands floats
+# to _reject_float (ints and keywords round-trip exactly: a JSON int has no leading
+# zero, and "-0" is kept off this path); the encoder is built once (json.dumps with
+# options builds one a call, half of its time).
+_PLAIN_SCAN: Final = _json.make_scanner(
+    cast(Any, json.JSONDecoder(parse_float=_reject_float, parse_constant=_reject_float))
+)
+_PLAIN_ENCODE: Final = _json.make_encoder(
+    None, _unencodable, _json.encode_basestring, None, ":", ",", True, False, False
+)
+
+
+def _plain(raw: str | bytes) -> str | None:
+    """The most common case, entirely in C; None whenever it might differ from Go.
+
+    Only ASCII text without a backslash (so no escape at all: every string is
+    written back as it came), without ``<``, ``>``, ``&`` (which Go escapes),
+    without ``-0`` (kept verbatim by Go, ``0`` by Python) and without a float
+    literal (the scanner refuses those). There Python's compact, key-sorted output
+    is Go's byte for byte: ASCII keys sort the same as strings and as UTF-8.
+    """
+    if raw == "{}":
+        return raw  # distributor parameters, most of the time
+    if isinstance(raw, bytes):
+        if not raw.isascii():
+            return None
+        raw = raw.decode("ascii")
+    elif not isinstance(raw, str) or not raw.isascii():
+        return None
+    if "\\" in raw or "<" in raw or ">" in raw or "&" in raw or "-0" in raw:
+        return None
+    text = raw.strip(" \t\n\r")
+    try:
+        value, end = _PLAIN_SCAN(text, 0)
+        if end != len(text) or not isinstance(value, dict):
+            return None
+        return "".join(_PLAIN_ENCODE(value, 0))
+    except (StopIteration, ValueError, RecursionError):
+        return None  # _NotPlain, or not JSON: the other paths decide and word the error
+
+
 def normalize(raw: str | bytes, *, allow_null: bool = True) -> str:
     """Return Go's ``json.Marshal`` of ``raw`` decoded into a map; raise JsonError if invalid.
 
     The top level must be an object; a bare ``null`` gives ``"null"`` unless
     ``allow_null`` is false.
     """
+    plain = _plain(raw)
+    if plain is not None:
+        return plain
     fast = _fast_parse(raw)
     if isinstance(fast, dict):
         return _emit(fast)

@@ -557,3 +557,63 @@ def test_prop_fast_path_agrees_with_own_parser(raw: str, as_bytes: bool) -> None
     """normalize() takes the C parser when it can; the output must not change by it."""
     text: str | bytes = raw.encode("utf-8", "surrogatepass") if as_bytes else raw
     assert _outcome(normalize, text) == _outcome(jsonnorm._normalize_slow, text)
+
+
+# --- the plain path (ASCII without escapes, in C) ------------------------------------------
+
+_PLAIN_TEXT = st.text(
+    alphabet=st.one_of(
+        st.characters(min_codepoint=0x20, max_codepoint=0x7F, exclude_characters='"\\'),
+        st.sampled_from("<>&-0"),
+    ),
+    max_size=8,
+)
+_PLAIN_VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(10**40), max_value=10**40),
+        st.floats(allow_nan=False, allow_infinity=False),
+        _PLAIN_TEXT,
+    ),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_PLAIN_TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.one_of(
+        st.dictionaries(_PLAIN_TEXT, _PLAIN_VALUES, max_size=6).map(
+            lambda o: json.dumps(o, ensure_ascii=False)
+        ),
+        st.builds(
+            _dump_shuffled,
+            st.dictionaries(_PLAIN_TEXT, _PLAIN_VALUES, max_size=6),
+            st.randoms(use_true_random=False),
+        ),
+        st.lists(st.sampled_from(_TOKENS), max_size=14).map("".join),
+    ),
+    st.booleans(),
+)
+def test_prop_plain_path_agrees_with_own_parser(raw: str, as_bytes: bool) -> None:
+    """The C-only path for plain ASCII gives our parser's bytes, or steps aside."""
+    text: str | bytes = raw.encode("utf-8", "surrogatepass") if as_bytes else raw
+    plain = jsonnorm._plain(text)
+    if plain is not None:
+        assert plain == jsonnorm._normalize_slow(text)
+    assert _outcome(normalize, text) == _outcome(jsonnorm._normalize_slow, text)
+
+
+def test_plain_path_takes_the_common_case_and_leaves_the_rest() -> None:
+    """A quest's usual parameters go through the C path; what Go writes otherwise does not."""
+    leaf = '{"name": "leaf1", "return_stage": {"retval": 1}, "ok": [true, null, -3]}'
+    assert (
+        jsonnorm._plain(leaf) == '{"name":"leaf1","ok":[true,null,-3],"return_stage":{"retval":1}}'
+    )
+    assert jsonnorm._plain(leaf.encode()) == jsonnorm._normalize_slow(leaf)
+    assert jsonnorm._plain("{}") == "{}"
+    for other in ('{"a": 1.0}', '{"a": 1e2}', '{"a": -0}', '{"a": "<"}', '{"a": "\\n"}',
+                  '{"a": "\u00e9"}', '[]', 'null', '{"a": NaN}', '{"a": 1'):  # fmt: skip
+        assert jsonnorm._plain(other) is None, other
+    assert normalize('{"a": 1e2, "b": -0}') == '{"a":1e2,"b":-0}'
