@@ -106,6 +106,9 @@ def request(phrases: Phrases) -> dm_pb2.EnsureGraphDataReq:
             distributor_parameters="{}",
         )
         req.quest_attempt.add(nums=[1])
+    # The answer carries the results of what is over already (a memoised re-run):
+    # the client needs no second request for them.
+    req.include.attempt.result = True
     return req
 
 
@@ -152,8 +155,11 @@ def timed_request(emb: Embedded, req: dm_pb2.EnsureGraphDataReq) -> Timed:
         and answered[q].attempts[1].data.WhichOneof("attempt_type") in ENDED
         for q in qids
     ):
+        found = [
+            json.loads(answered[q].attempts[1].data.finished.data.object or "null") for q in qids
+        ]
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-        return Timed(seconds, cpu, results(emb, qids))
+        return Timed(seconds, cpu, found)
     if not emb.drive(done, sweep_every_s=60, timeout_s=TIMEOUT_S):
         raise SystemExit(f"the graph did not finish in {TIMEOUT_S:.0f} s")
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu

@@ -115,6 +115,11 @@ def _auth_eid(auth: dm_pb2.Execution.Auth, field: str) -> ExecutionID:
     return ExecutionID.from_proto(auth.id, f"{field}.id")
 
 
+Loader = Callable[[Sequence[AttemptID]], Mapping[str, "docs.Doc | None"]]
+"""Reads the documents of a chunk of a walk's query attempts and of their quests,
+by path (absent: None)."""
+
+
 class _ReadAhead:
     """The documents a walk reads, in bulk ahead of its steps: a query may name
     thousands of attempts (a memoised request's answer), and one read per chunk
@@ -122,11 +127,13 @@ class _ReadAhead:
 
     CHUNK = 500
 
-    def __init__(self, store: Store, known: dict[str, docs.Doc | None] | None) -> None:
-        """``known``: documents (or their absence) the caller has just read; taken
-        out of it as they are used (a request may name 100,000 attempts)."""
+    def __init__(self, store: Store, load: Loader | None = None) -> None:
+        """``load``: how a chunk of query attempts is read (by default, their
+        documents and their quests'); its documents are held only until the walk
+        has used them (a request may name 100,000 attempts)."""
         self.store = store
-        self.docs: dict[str, docs.Doc | None] = {} if known is None else known
+        self.load = load
+        self.docs: dict[str, docs.Doc | None] = {}
 
     def get(self, path: str) -> docs.Doc | None:
         """The document at ``path``: read ahead (then dropped: a walk uses it once) or now."""
@@ -147,6 +154,10 @@ class _ReadAhead:
         ``starts`` holds no excluded attempt: nothing is read that is not shown."""
         it = iter(starts)
         while chunk := list(itertools.islice(it, self.CHUNK)):
+            if self.load is not None:
+                self.docs.update(self.load([a for a, _, _ in chunk]))
+                yield from chunk
+                continue
             paths = dict.fromkeys(docs.attempt_path(a) for a, _, _ in chunk)
             if quest_data:
                 paths.update(
@@ -254,44 +265,43 @@ class Service:
             for q in raw_only:
                 if got[docs.quest_path(q)] is None:
                     raise InvalidArgument(f'cannot create attempts for absent quest "{q}"')
-        by_quest: dict[str, list[str]] = {q: [] for q in supplied}
-        for a in aids:
-            by_quest.setdefault(a.quest, []).append(a.encoded)
-        known: dict[str, docs.Doc | None] = {}
-        part: list[tuple[str, list[str]]] = []
-        size = 0
+        # Each chunk of the answer's attempts is ensured (read, and created where
+        # missing) just before the walk answers for it, from what the ensure read:
+        # each document is read once, and held only until the answer has it (a
+        # request may name 100,000 attempts).
+        descs = {q: base64.b64encode(d.SerializeToString()).decode() for q, d in supplied.items()}
+        unensured = dict.fromkeys(aids)
 
-        def ensure() -> None:
-            nonlocal size
-            if not part:
-                return
-            step = steps.EnsureGraph(
-                quests={
-                    q: base64.b64encode(supplied[q].SerializeToString()).decode()
-                    for q, _ in part
-                    if q in supplied
-                },
-                attempts=[a for _, encs in part for a in encs],
-            )
-            eng.run(step)
-            known.update(step.seen)
-            part.clear()
-            size = 0
+        def ensure(chunk: Sequence[AttemptID]) -> dict[str, docs.Doc | None]:
+            seen: dict[str, docs.Doc | None] = {}
+            todo = [a for a in chunk if a in unensured]
+            for start in range(0, len(todo), ENSURE_CHUNK):
+                part = todo[start : start + ENSURE_CHUNK]
+                step = steps.EnsureGraph(
+                    quests={a.quest: descs[a.quest] for a in part if a.quest in descs},
+                    attempts=[a.encoded for a in part],
+                )
+                eng.run(step)
+                seen.update(step.seen)
+                for a in part:
+                    del unensured[a]
+            return seen
 
         # One commit for the whole request where the backend allows (embedded).
         with eng.batch():
-            for q, encs in by_quest.items():
-                for start in range(0, max(1, len(encs)), ENSURE_CHUNK):
-                    chunk = encs[start : start + ENSURE_CHUNK]
-                    part.append((q, chunk))
-                    size += max(1, len(chunk))
-                    if size >= ENSURE_CHUNK:
-                        ensure()
-            ensure()
+            self._snapshot_graph(
+                aids,
+                req.include.attempt.result,
+                max_size,
+                load=ensure,
+                out=rsp.result,
+                descs=supplied,
+            )
+            # Those the walk did not reach (out of time): created all the same.
+            rest = list(unensured)
+            for start in range(0, len(rest), _ReadAhead.CHUNK):
+                ensure(rest[start : start + _ReadAhead.CHUNK])
         rsp.accepted = True
-        # Walked straight into the answer (no copy of a graph that may hold 100,000
-        # quests), each document dropped from ``known`` once the answer holds it.
-        self._snapshot_graph(aids, req.include.attempt.result, max_size, known, rsp.result)
         return rsp
 
     def _check_execution_token(self, eid: ExecutionID, token: bytes, *, retry_ok: bool) -> None:
@@ -434,14 +444,14 @@ class Service:
         aids: list[AttemptID],
         results: bool,
         max_size: int,
-        known: dict[str, docs.Doc | None] | None = None,
+        *,
+        load: Loader | None = None,
         out: dm_pb2.GraphData | None = None,
+        descs: Mapping[str, dm_pb2.Quest.Desc] | None = None,
     ) -> dm_pb2.GraphData:
         """The named attempts and their direct dependencies (into ``out`` if given);
-        ``known``: as :meth:`_walk`'s."""
+        ``load``, ``descs``: as :meth:`_walk`'s."""
         req = dm_pb2.WalkGraphReq()
-        for a in aids:
-            req.query.attempt_list.to[a.quest].nums.append(a.num)
         # Spec §2.1/§3.2: the named attempts and their direct dependencies.
         req.limit.max_depth = 1
         req.limit.max_data_size = max_size
@@ -450,7 +460,12 @@ class Service:
         req.include.attempt.result = results
         req.include.attempt.abnormal = True
         req.include.attempt.expired = True
-        return self._walk(req, authorized_all=True, known=known, out=out)
+        by_quest: dict[str, list[int]] = {}
+        for a in aids:
+            by_quest.setdefault(a.quest, []).append(a.num)
+        # As WalkGraph orders a query's attempts: quests sorted, numbers descending.
+        roots = [(q, sorted(set(nums), reverse=True)) for q, nums in sorted(by_quest.items())]
+        return self._walk(req, authorized_all=True, roots=roots, load=load, out=out, descs=descs)
 
     # -- ActivateExecution / FinishAttempt ----------------------------------------------------
 
@@ -602,15 +617,21 @@ class Service:
         *,
         authorized_all: bool,
         me: AttemptID | None = None,
-        known: dict[str, docs.Doc | None] | None = None,
+        roots: Sequence[tuple[str, Sequence[int]]] | None = None,
+        load: Loader | None = None,
         out: dm_pb2.GraphData | None = None,
+        descs: Mapping[str, dm_pb2.Quest.Desc] | None = None,
     ) -> dm_pb2.GraphData:
-        """The graph ``req`` asks for (into ``out`` if given); ``known``: documents
-        (or their absence) the caller has just read, not read again (and taken
-        out of it as they are used)."""
+        """The graph ``req`` asks for (into ``out`` if given).
+
+        ``roots``: the query's attempts as (quest, numbers) in walk order, instead
+        of ``req.query`` (checked already); ``load``: how chunks of them are read
+        (:class:`_ReadAhead`); ``descs``: quest descriptions the caller holds
+        already (the answer needs not decode them again).
+        """
         eng = self.engine
         store = eng.store
-        ahead = _ReadAhead(store, known)
+        ahead = _ReadAhead(store, load)
         inc = req.include
         out = dm_pb2.GraphData() if out is None else out
         budget = _data_limit(req.limit.max_data_size, "limit.max_data_size")
@@ -631,13 +652,13 @@ class Service:
 
         # The query's attempts, per quest, in query order; ranges stay ranges
         # (expanded one attempt at a time, so the time budget bounds them too).
-        roots: list[tuple[str, Sequence[int]]] = []
+        query: list[tuple[str, Sequence[int]]] = [] if roots is None else list(roots)
         for q, nums in sorted(req.query.attempt_list.to.items()):
             listed = _check_nums(nums.nums, "query", allow_all=True)
             if listed:
-                roots.append((q, listed))
+                query.append((q, listed))
             else:
-                self._quest_entry(out, q, inc, excluded_quests, ahead.get)
+                self._quest_entry(out, q, inc, excluded_quests, ahead.get, descs=descs)
                 # Attempt ids are "<quest>|<number>": the quest's attempts are an id range.
                 rows = store.query_id_prefix(docs.ATTEMPTS, q + "|")
                 every = []
@@ -647,16 +668,16 @@ class Service:
                     if records.attempt_expired(doc, now) and not inc.attempt.expired:
                         continue
                     every.append(int(doc["num"]))
-                roots.append((q, every))
-        roots += [(r.quest, range(r.low, r.high)) for r in req.query.attempt_range]
+                query.append((q, every))
+        query += [(r.quest, range(r.low, r.high)) for r in req.query.attempt_range]
         # Breadth first: every query attempt (depth 0) before what they lead to;
         # depth first: a stack, so the last query attempt and its dependencies first.
         if req.mode.dfs:
-            roots = [(q, nums[::-1]) for q, nums in reversed(roots)]
+            query = [(q, nums[::-1]) for q, nums in reversed(query)]
         starts = ahead.starts(
             (
                 (aid, 0, False)
-                for q, nums in roots
+                for q, nums in query
                 if q not in excluded_all
                 for aid in (AttemptID(q, n) for n in nums)
                 if aid not in excluded
@@ -686,7 +707,7 @@ class Service:
             if aid in seen or aid in excluded or aid.quest in excluded_all:
                 continue
             seen.add(aid)
-            quest = self._quest_entry(out, aid.quest, inc, excluded_quests, ahead.get)
+            quest = self._quest_entry(out, aid.quest, inc, excluded_quests, ahead.get, descs=descs)
             att_msg = quest.attempts[aid.num]
             got = ahead.get(docs.attempt_path(aid))
             if got is None:
@@ -749,12 +770,14 @@ class Service:
                 dm_pb2.WalkGraphReq.Mode.BACKWARDS,
                 dm_pb2.WalkGraphReq.Mode.BOTH,
             )
-            if inc.fwd_deps or walk_fwd:
+            # Edges are read only to be shown or followed (not at the depth limit).
+            deeper = req.limit.max_depth == -1 or depth < req.limit.max_depth
+            if inc.fwd_deps or (walk_fwd and deeper):
                 fwd = [
                     AttemptID.decode(docs.last_id(p))
                     for p, _ in store.query(docs.fwd_deps_collection(aid))
                 ]
-            if inc.back_deps or walk_back:
+            if inc.back_deps or (walk_back and deeper):
                 back = docs.list_dependers(store, aid, doc)
             if inc.fwd_deps:
                 for a in fwd:
@@ -762,7 +785,7 @@ class Service:
             if inc.back_deps:
                 for a in back:
                     att_msg.back_deps.to[a.quest].nums.append(a.num)
-            if req.limit.max_depth == -1 or depth < req.limit.max_depth:
+            if deeper:
                 if walk_fwd:
                     todo.extend((a, depth + 1, forward_of_me or aid == me) for a in fwd)
                 if walk_back:
@@ -780,6 +803,8 @@ class Service:
         inc: dm_pb2.WalkGraphReq.Include,
         excluded: set[str],
         read: Callable[[str], docs.Doc | None],
+        *,
+        descs: Mapping[str, dm_pb2.Quest.Desc] | None = None,
     ) -> dm_pb2.Quest:
         if qid in out.quests:
             return out.quests[qid]
@@ -791,7 +816,9 @@ class Service:
             if doc is None:
                 q.DNE = True
             else:
-                desc = self.engine.quest_desc(qid, doc)
+                # A supplied description is the stored one: the quest ID hashes it.
+                desc = descs.get(qid) if descs is not None else None
+                desc = desc if desc is not None else self.engine.quest_desc(qid, doc)
                 assert desc is not None
                 q.data.created.CopyFrom(_ts(doc["created"]))
                 q.data.desc.CopyFrom(desc)
