@@ -76,7 +76,7 @@ def desc_from_json(obj: Mapping[str, Any]) -> dm_pb2.Quest.Desc:
 
 def normalize_desc(desc: dm_pb2.Quest.Desc | Mapping[str, Any]) -> dm_pb2.Quest.Desc:
     """A normalised copy of ``desc``; raises InvalidArgument naming the bad field."""
-    src = desc_from_json(desc) if isinstance(desc, Mapping) else desc
+    src = desc if isinstance(desc, dm_pb2.Quest.Desc) else desc_from_json(desc)
     out = dm_pb2.Quest.Desc()
     out.CopyFrom(src)
     out.DiscardUnknownFields()  # unknown fields would change the hash
@@ -95,12 +95,13 @@ def normalize_desc(desc: dm_pb2.Quest.Desc | Mapping[str, Any]) -> dm_pb2.Quest.
         except jsonnorm.JsonError as e:
             raise InvalidArgument(f"{field}: {e}") from None
 
-    out.meta.SetInParent()
-    out.meta.retry.SetInParent()
-    out.meta.timeouts.SetInParent()
+    meta = out.meta
+    meta.retry.SetInParent()  # and meta with it
+    timeouts = meta.timeouts
+    timeouts.SetInParent()
     for phase in ("start", "run", "stop"):
-        if out.meta.timeouts.HasField(phase):
-            d = getattr(out.meta.timeouts, phase)
+        if timeouts.HasField(phase):
+            d = getattr(timeouts, phase)
             if d.seconds < 0 or d.nanos < 0:
                 raise InvalidArgument(f"meta.timeouts.{phase}: must not be negative")
     return out

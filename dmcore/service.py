@@ -17,8 +17,6 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from google.protobuf import timestamp_pb2
-
 from dmcore import distributor as dist
 from dmcore import ids, jsonnorm
 from dmcore.engine import docs, records, steps
@@ -75,12 +73,6 @@ class Caller:
     @classmethod
     def anonymous(cls) -> Caller:
         return cls("anonymous", False, False)
-
-
-def _ts(us: int) -> timestamp_pb2.Timestamp:
-    t = timestamp_pb2.Timestamp()
-    t.FromMicroseconds(int(us))
-    return t
 
 
 def _data_limit(requested: int, field: str) -> int:
@@ -207,13 +199,14 @@ class Service:
         supplied: dict[str, dm_pb2.Quest.Desc] = {}
         wanted: dict[AttemptID, None] = {}
         built: dict[str, dist.D] = {}  # per config name: a request names few, for many quests
+        valid: set[tuple[str, str]] = set()
         for i, (desc, nums) in enumerate(zip(req.quest, req.quest_attempt, strict=True)):
             try:
                 norm = ids.normalize_desc(desc)
             except InvalidArgument as e:
                 raise InvalidArgument(f"quest[{i}].{e.message}") from None
             qid = ids.quest_id_of_normalized(norm)
-            self._validate_distributor(norm, f"quest[{i}]", built)
+            self._validate_distributor(norm, f"quest[{i}]", built, valid)
             supplied[qid] = norm
             rsp.quest_ids.add(id=qid)
             for n in _check_nums(nums.nums, f"quest_attempt[{i}]", allow_all=False):
@@ -319,10 +312,18 @@ class Service:
             raise Unauthenticated("bad execution auth")
 
     def _validate_distributor(
-        self, desc: dm_pb2.Quest.Desc, field: str, built: dict[str, dist.D]
+        self,
+        desc: dm_pb2.Quest.Desc,
+        field: str,
+        built: dict[str, dist.D],
+        valid: set[tuple[str, str]],
     ) -> None:
-        """``built``: the distributors this request has built so far, by config name."""
+        """``built``: the distributors this request has built so far, by config name;
+        ``valid``: the (config name, distributor parameters) it has found valid (a
+        request's quests share a few)."""
         name = desc.distributor_config_name
+        if (name, desc.distributor_parameters) in valid:
+            return
         d = built.get(name)
         if d is None:
             try:
@@ -334,6 +335,7 @@ class Service:
             d.validate(desc.distributor_parameters)
         except (ValueError, InvalidArgument) as e:
             raise InvalidArgument(f"{field}.distributor_parameters: {e}") from None
+        valid.add((name, desc.distributor_parameters))
 
     def _declare_deps(  # noqa: PLR0917 - internal, called once
         self,
@@ -820,14 +822,14 @@ class Service:
                 desc = descs.get(qid) if descs is not None else None
                 desc = desc if desc is not None else self.engine.quest_desc(qid, doc)
                 assert desc is not None
-                q.data.created.CopyFrom(_ts(doc["created"]))
+                q.data.created.FromMicroseconds(int(doc["created"]))
                 q.data.desc.CopyFrom(desc)
         return q
 
     def _fill_attempt(self, msg: dm_pb2.Attempt, aid: AttemptID, doc: Mapping[str, Any]) -> None:
         d = msg.data
-        d.created.CopyFrom(_ts(doc["created"]))
-        d.modified.CopyFrom(_ts(doc["modified"]))
+        d.created.FromMicroseconds(int(doc["created"]))
+        d.modified.FromMicroseconds(int(doc["modified"]))
         d.num_executions = int(doc["cur_execution"])
         state = AttemptState(doc["state"])
         if state == AttemptState.SCHEDULING:
@@ -844,7 +846,7 @@ class Service:
             r = doc.get("result") or {}
             d.finished.data.size = int(r.get("size", 0))
             if r.get("expiration_us") is not None:
-                d.finished.data.expiration.CopyFrom(_ts(r["expiration_us"]))
+                d.finished.data.expiration.FromMicroseconds(int(r["expiration_us"]))
         else:
             ab = doc.get("abnormal") or {}
             d.abnormal_finish.status = int(ab.get("status", 0))  # type: ignore[assignment]
@@ -873,8 +875,8 @@ class Service:
             if not (inc.execution.data or inc.execution.result):
                 continue
             ed = em.data
-            ed.created.CopyFrom(_ts(ex["created"]))
-            ed.modified.CopyFrom(_ts(ex["modified"]))
+            ed.created.FromMicroseconds(int(ex["created"]))
+            ed.modified.FromMicroseconds(int(ex["modified"]))
             cfg = ex.get("config") or {}
             info = ed.distributor_info
             info.config_name = str(cfg.get("name", ""))
