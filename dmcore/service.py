@@ -126,6 +126,13 @@ class _ReadAhead:
         self.store = store
         self.load = load
         self.docs: dict[str, docs.Doc | None] = {}
+        self.edges: dict[str, list[tuple[str, docs.Doc]]] = {}
+
+    def fwd_edges(self, aid: AttemptID) -> list[tuple[str, docs.Doc]]:
+        """The forward edges of ``aid``: read ahead (then dropped) or now."""
+        coll = docs.fwd_deps_collection(aid)
+        got = self.edges.pop(coll, None)
+        return self.store.query(coll) if got is None else got
 
     def get(self, path: str) -> docs.Doc | None:
         """The document at ``path``: read ahead (then dropped: a walk uses it once) or now."""
@@ -140,28 +147,39 @@ class _ReadAhead:
         *,
         quest_data: bool,
         excluded_quests: set[str],
+        fwd_edges: Callable[[docs.Doc], bool] | None,
     ) -> Iterator[tuple[AttemptID, int, bool]]:
         """``starts``, the attempts of each chunk (and their quests whose data the
-        walk shows, not in ``out`` yet) read in one go before the chunk is walked.
+        walk shows, not in ``out`` yet) read in one go before the chunk is walked,
+        and the forward edges of those whose document ``fwd_edges`` says the walk
+        reads them of.
         ``starts`` holds no excluded attempt: nothing is read that is not shown."""
         it = iter(starts)
         while chunk := list(itertools.islice(it, self.CHUNK)):
             if self.load is not None:
                 self.docs.update(self.load([a for a, _, _ in chunk]))
-                yield from chunk
-                continue
-            paths = dict.fromkeys(docs.attempt_path(a) for a, _, _ in chunk)
-            if quest_data:
-                paths.update(
-                    dict.fromkeys(
-                        docs.quest_path(a.quest)
-                        for a, _, _ in chunk
-                        if a.quest not in out.quests and a.quest not in excluded_quests
+            else:
+                paths = dict.fromkeys(docs.attempt_path(a) for a, _, _ in chunk)
+                if quest_data:
+                    paths.update(
+                        dict.fromkeys(
+                            docs.quest_path(a.quest)
+                            for a, _, _ in chunk
+                            if a.quest not in out.quests and a.quest not in excluded_quests
+                        )
                     )
-                )
-            missing = [p for p in paths if p not in self.docs]
-            if missing:
-                self.docs.update(self.store.get_many(missing))
+                missing = [p for p in paths if p not in self.docs]
+                if missing:
+                    self.docs.update(self.store.get_many(missing))
+            if fwd_edges is not None:
+                # Only edges the walk reads (on Firestore a query costs a read even
+                # when it finds nothing): an absent attempt has none.
+                colls = []
+                for a, _, _ in chunk:
+                    doc = self.docs.get(docs.attempt_path(a))
+                    if doc is not None and fwd_edges(doc):
+                        colls.append(docs.fwd_deps_collection(a))
+                self.edges.update(self.store.query_collections(colls))
             yield from chunk
 
 
@@ -650,7 +668,17 @@ class Service:
                 excluded_all.add(q)
             excluded.update(AttemptID(q, n) for n in nums.nums if n)
         direction = req.mode.direction
+        walk_fwd = direction in (dm_pb2.WalkGraphReq.Mode.FORWARDS, dm_pb2.WalkGraphReq.Mode.BOTH)
+        walk_back = direction in (dm_pb2.WalkGraphReq.Mode.BACKWARDS, dm_pb2.WalkGraphReq.Mode.BOTH)
         want_data = inc.attempt.data or inc.attempt.result
+
+        def shown(doc: docs.Doc, expired: bool | None = None) -> bool:
+            """Whether the answer shows (and walks through) an attempt, not a placeholder."""
+            if doc.get("is_abnormal") and not inc.attempt.abnormal:
+                return False
+            if expired is None:
+                expired = records.attempt_expired(doc, now)
+            return not expired or inc.attempt.expired
 
         # The query's attempts, per quest, in query order; ranges stay ranges
         # (expanded one attempt at a time, so the time budget bounds them too).
@@ -687,6 +715,7 @@ class Service:
             out,
             quest_data=inc.quest.data,
             excluded_quests=excluded_quests,
+            fwd_edges=shown if inc.fwd_deps or (walk_fwd and req.limit.max_depth != 0) else None,
         )
 
         # (attempt, depth, reached forward from the caller's attempt)
@@ -717,9 +746,7 @@ class Service:
                 continue
             doc = got
             expired = records.attempt_expired(doc, now)
-            if (doc.get("is_abnormal") and not inc.attempt.abnormal) or (
-                expired and not inc.attempt.expired
-            ):
+            if not shown(doc, expired):
                 continue  # a placeholder, not walked through
             if inc.attempt.ids:
                 att_msg.id.CopyFrom(aid.to_proto())
@@ -764,21 +791,10 @@ class Service:
                         budget -= used
             fwd: list[AttemptID] = []
             back: list[AttemptID] = []
-            walk_fwd = direction in (
-                dm_pb2.WalkGraphReq.Mode.FORWARDS,
-                dm_pb2.WalkGraphReq.Mode.BOTH,
-            )
-            walk_back = direction in (
-                dm_pb2.WalkGraphReq.Mode.BACKWARDS,
-                dm_pb2.WalkGraphReq.Mode.BOTH,
-            )
             # Edges are read only to be shown or followed (not at the depth limit).
             deeper = req.limit.max_depth == -1 or depth < req.limit.max_depth
             if inc.fwd_deps or (walk_fwd and deeper):
-                fwd = [
-                    AttemptID.decode(docs.last_id(p))
-                    for p, _ in store.query(docs.fwd_deps_collection(aid))
-                ]
+                fwd = [AttemptID.decode(docs.last_id(p)) for p, _ in ahead.fwd_edges(aid)]
             if inc.back_deps or (walk_back and deeper):
                 back = docs.list_dependers(store, aid, doc)
             if inc.fwd_deps:

@@ -429,6 +429,19 @@ class StoreContract:
             with pytest.raises(InvalidPath):
                 store.query_id_prefix("p", bad)
 
+    def test_query_collections(self, store: Store) -> None:
+        for path in ("e/a/sub/2", "e/a/sub/1", "e/b/sub/1", "e/a/sub/1/deeper/x", "e/ab/sub/9"):
+            put(store, path, {"at": path})
+        got = store.query_collections(["e/b/sub", "e/a/sub", "e/c/sub", "e/a/sub"])
+        assert list(got) == ["e/b/sub", "e/a/sub", "e/c/sub"]  # as asked, once each
+        assert [p for p, _ in got["e/a/sub"]] == ["e/a/sub/1", "e/a/sub/2"]  # id order, direct
+        assert got["e/b/sub"] == [("e/b/sub/1", {"at": "e/b/sub/1"})]
+        assert got["e/c/sub"] == []
+        assert store.query_collections([]) == {}
+        for bad in ("", "e/a", "e/a/sub/1"):  # a document's path is not a collection's
+            with pytest.raises(InvalidPath):
+                store.query_collections(["e/a/sub", bad])
+
     def test_query_direct_children_only(self, store: Store) -> None:
         self._seed(store)
         assert "q/a/sub/s1" not in self._paths(store.query("q", where={"kind": "x"}))

@@ -813,6 +813,25 @@ class SqliteStore(Store):
         head = collection + "/"
         return [(head + doc_id, _decode(body)) for doc_id, body in rows]
 
+    def query_collections(self, collections: Sequence[str]) -> dict[str, list[tuple[str, Doc]]]:
+        # One statement per chunk of collections (a walk's 500 attempts' edges), not one each.
+        out: dict[str, list[tuple[str, Doc]]] = {}
+        for c in collections:
+            check_collection_path(c)
+            out[c] = []
+        names = list(out)
+        conn = self._conn()
+        for i in range(0, len(names), _CHUNK):
+            chunk = names[i : i + _CHUNK]
+            rows = conn.execute(
+                "SELECT collection, id, body FROM docs WHERE collection IN "
+                f"({','.join('?' * len(chunk))}) ORDER BY collection, id",
+                chunk,
+            )
+            for collection, doc_id, body in rows:
+                out[collection].append((f"{collection}/{doc_id}", _decode(body)))
+        return out
+
     def count(self, collection: str, where: Mapping[str, Any] | None = None) -> int:
         clauses, params = _filters(collection, where)
         sql = f"SELECT count(*) FROM docs WHERE {' AND '.join(clauses)}"
