@@ -480,12 +480,9 @@ class Service:
         req.include.attempt.result = results
         req.include.attempt.abnormal = True
         req.include.attempt.expired = True
-        by_quest: dict[str, list[int]] = {}
-        for a in aids:
-            by_quest.setdefault(a.quest, []).append(a.num)
         # As WalkGraph orders a query's attempts: quests sorted, numbers descending.
-        roots = [(q, sorted(set(nums), reverse=True)) for q, nums in sorted(by_quest.items())]
-        return self._walk(req, authorized_all=True, roots=roots, load=load, out=out, descs=descs)
+        starts = sorted(dict.fromkeys(aids), key=lambda a: (a.quest, -a.num))
+        return self._walk(req, authorized_all=True, starts=starts, load=load, out=out, descs=descs)
 
     # -- ActivateExecution / FinishAttempt ----------------------------------------------------
 
@@ -637,15 +634,15 @@ class Service:
         *,
         authorized_all: bool,
         me: AttemptID | None = None,
-        roots: Sequence[tuple[str, Sequence[int]]] | None = None,
+        starts: Sequence[AttemptID] | None = None,
         load: Loader | None = None,
         out: dm_pb2.GraphData | None = None,
         descs: Mapping[str, dm_pb2.Quest.Desc] | None = None,
     ) -> dm_pb2.GraphData:
         """The graph ``req`` asks for (into ``out`` if given).
 
-        ``roots``: the query's attempts as (quest, numbers) in walk order, instead
-        of ``req.query`` (checked already); ``load``: how chunks of them are read
+        ``starts``: the query's attempts in walk order, instead of ``req.query``
+        (checked already); ``load``: how chunks of them are read
         (:class:`_ReadAhead`); ``descs``: quest descriptions the caller holds
         already (the answer needs not decode them again).
         """
@@ -674,15 +671,15 @@ class Service:
 
         def shown(doc: docs.Doc, expired: bool | None = None) -> bool:
             """Whether the answer shows (and walks through) an attempt, not a placeholder."""
-            if doc.get("is_abnormal") and not inc.attempt.abnormal:
+            if not inc.attempt.abnormal and doc.get("is_abnormal"):
                 return False
-            if expired is None:
-                expired = records.attempt_expired(doc, now)
-            return not expired or inc.attempt.expired
+            if inc.attempt.expired:
+                return True
+            return not (records.attempt_expired(doc, now) if expired is None else expired)
 
         # The query's attempts, per quest, in query order; ranges stay ranges
         # (expanded one attempt at a time, so the time budget bounds them too).
-        query: list[tuple[str, Sequence[int]]] = [] if roots is None else list(roots)
+        query: list[tuple[str, Sequence[int]]] = []
         for q, nums in sorted(req.query.attempt_list.to.items()):
             listed = _check_nums(nums.nums, "query", allow_all=True)
             if listed:
@@ -704,13 +701,16 @@ class Service:
         # depth first: a stack, so the last query attempt and its dependencies first.
         if req.mode.dfs:
             query = [(q, nums[::-1]) for q, nums in reversed(query)]
-        starts = ahead.starts(
+        given: Iterable[AttemptID] = () if starts is None else starts
+        if req.mode.dfs:
+            given = reversed(list(given))
+        first = ahead.starts(
             (
                 (aid, 0, False)
-                for q, nums in query
-                if q not in excluded_all
-                for aid in (AttemptID(q, n) for n in nums)
-                if aid not in excluded
+                for aid in itertools.chain(
+                    given, (AttemptID(q, n) for q, nums in query for n in nums)
+                )
+                if aid.quest not in excluded_all and not (excluded and aid in excluded)
             ),
             out,
             quest_data=inc.quest.data,
@@ -725,7 +725,7 @@ class Service:
         while True:
             if req.mode.dfs and todo:
                 item = todo.pop()
-            elif (start := next(starts, None)) is not None:
+            elif (start := next(first, None)) is not None:
                 item = (start[0], 0, start[0] == me)
             elif todo:
                 item = todo.pop() if req.mode.dfs else todo.popleft()
@@ -735,7 +735,7 @@ class Service:
                 out.had_more = True
                 break
             aid, depth, forward_of_me = item
-            if aid in seen or aid in excluded or aid.quest in excluded_all:
+            if aid in seen or (excluded and aid in excluded) or aid.quest in excluded_all:
                 continue
             seen.add(aid)
             quest = self._quest_entry(out, aid.quest, inc, excluded_quests, ahead.get, descs=descs)
