@@ -281,11 +281,11 @@ class Service:
         # each document is read once, and held only until the answer has it (a
         # request may name 100,000 attempts).
         descs = {q: base64.b64encode(d.SerializeToString()).decode() for q, d in supplied.items()}
-        unensured = dict.fromkeys(aids)
+        unensured = {a.encoded for a in aids}  # strings: their hash is kept, an ID's is not
 
         def ensure(chunk: Sequence[AttemptID]) -> dict[str, docs.Doc | None]:
             seen: dict[str, docs.Doc | None] = {}
-            todo = [a for a in chunk if a in unensured]
+            todo = [a for a in chunk if a.encoded in unensured]
             for start in range(0, len(todo), ENSURE_CHUNK):
                 part = todo[start : start + ENSURE_CHUNK]
                 step = steps.EnsureGraph(
@@ -294,8 +294,7 @@ class Service:
                 )
                 eng.run(step)
                 seen.update(step.seen)
-                for a in part:
-                    del unensured[a]
+                unensured.difference_update(step.attempts)
             return seen
 
         # One commit for the whole request where the backend allows (embedded).
@@ -309,7 +308,7 @@ class Service:
                 descs=supplied,
             )
             # Those the walk did not reach (out of time): created all the same.
-            rest = list(unensured)
+            rest = [a for a in aids if a.encoded in unensured]
             for start in range(0, len(rest), _ReadAhead.CHUNK):
                 ensure(rest[start : start + _ReadAhead.CHUNK])
         rsp.accepted = True
@@ -481,7 +480,7 @@ class Service:
         req.include.attempt.abnormal = True
         req.include.attempt.expired = True
         # As WalkGraph orders a query's attempts: quests sorted, numbers descending.
-        starts = sorted(dict.fromkeys(aids), key=lambda a: (a.quest, -a.num))
+        starts = sorted(aids, key=lambda a: (a.quest, -a.num))  # aids: no repeats
         return self._walk(req, authorized_all=True, starts=starts, load=load, out=out, descs=descs)
 
     # -- ActivateExecution / FinishAttempt ----------------------------------------------------
@@ -726,7 +725,7 @@ class Service:
             if req.mode.dfs and todo:
                 item = todo.pop()
             elif (start := next(first, None)) is not None:
-                item = (start[0], 0, start[0] == me)
+                item = (start[0], 0, me is not None and start[0] == me)
             elif todo:
                 item = todo.pop() if req.mode.dfs else todo.popleft()
             else:

@@ -52,8 +52,10 @@ class EnsureGraph(Mutation):
     seen: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def root(self) -> str:
-        first = min([*self.quests, *(a.split("|", 1)[0] for a in self.attempts)])
-        return docs.quest_path(first)
+        # Quest IDs all have 43 characters, so the least "<quest>|<num>" names the
+        # least quest: one split, not one per attempt (the engine asks this often).
+        first = min(self.attempts).partition("|")[0] if self.attempts else None
+        return docs.quest_path(min(filter(None, (first, *self.quests))))
 
 
 @dataclasses.dataclass
