@@ -717,17 +717,22 @@ class Service:
             fwd_edges=shown if inc.fwd_deps or (walk_fwd and req.limit.max_depth != 0) else None,
         )
 
+        # The request's options, read once (a protobuf field read is not free, and the
+        # loop runs once per attempt).
+        dfs, max_depth = req.mode.dfs, req.limit.max_depth
+        show_ids, show_result = inc.attempt.ids, inc.attempt.result
+        n_executions, show_fwd, show_back = inc.num_executions, inc.fwd_deps, inc.back_deps
         # (attempt, depth, reached forward from the caller's attempt)
         todo: collections.deque[tuple[AttemptID, int, bool]] = collections.deque()
         seen: set[AttemptID] = set()
         infos: dict[tuple[str, str], dist.D | None] = {}
         while True:
-            if req.mode.dfs and todo:
+            if dfs and todo:
                 item = todo.pop()
             elif (start := next(first, None)) is not None:
                 item = (start[0], 0, me is not None and start[0] == me)
             elif todo:
-                item = todo.pop() if req.mode.dfs else todo.popleft()
+                item = todo.pop() if dfs else todo.popleft()
             else:
                 break
             if eng.clock() > deadline:
@@ -747,7 +752,7 @@ class Service:
             expired = records.attempt_expired(doc, now)
             if not shown(doc, expired):
                 continue  # a placeholder, not walked through
-            if inc.attempt.ids:
+            if show_ids:
                 att_msg.id.CopyFrom(aid.to_proto())
             if want_data:
                 self._fill_attempt(att_msg, aid, doc)
@@ -755,7 +760,7 @@ class Service:
             authorized: bool | None = None  # may the caller see this attempt's results?
             if authorized_all or forward_of_me or aid == me:
                 authorized = True
-            if inc.attempt.result and doc["state"] == AttemptState.FINISHED:
+            if show_result and doc["state"] == AttemptState.FINISHED:
                 if authorized is None:
                     authorized = self._depends_on(me, aid)
                 size = int((doc.get("result") or {}).get("size", 0))
@@ -770,7 +775,7 @@ class Service:
                     if res is not None:
                         budget -= len(res["object"].encode())
                         att_msg.data.finished.data.object = res["object"]
-            if inc.num_executions:
+            if n_executions:
                 self._fill_executions(att_msg, aid, inc, infos, att=doc, now=now)
                 # Execution result objects: the same visibility and budget as the attempt's.
                 for num in sorted(att_msg.executions, reverse=True):
@@ -791,15 +796,15 @@ class Service:
             fwd: list[AttemptID] = []
             back: list[AttemptID] = []
             # Edges are read only to be shown or followed (not at the depth limit).
-            deeper = req.limit.max_depth == -1 or depth < req.limit.max_depth
-            if inc.fwd_deps or (walk_fwd and deeper):
+            deeper = max_depth == -1 or depth < max_depth
+            if show_fwd or (walk_fwd and deeper):
                 fwd = [AttemptID.decode(docs.last_id(p)) for p, _ in ahead.fwd_edges(aid)]
-            if inc.back_deps or (walk_back and deeper):
+            if show_back or (walk_back and deeper):
                 back = docs.list_dependers(store, aid, doc)
-            if inc.fwd_deps:
+            if show_fwd:
                 for a in fwd:
                     att_msg.fwd_deps.to[a.quest].nums.append(a.num)
-            if inc.back_deps:
+            if show_back:
                 for a in back:
                     att_msg.back_deps.to[a.quest].nums.append(a.num)
             if deeper:
