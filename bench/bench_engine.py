@@ -12,7 +12,9 @@ to finished attempts, with jobsim jobs that do nothing:
   chain stage): every link but the last halts and resumes, so the figure that
   matters is the time per link;
 * for every case, a fully memoised re-run of the same request (every result
-  reused, nothing executes), and the peak memory (RSS) of the process;
+  reused, nothing executes; the request asks for results, so the answer
+  carries them and the client sends nothing more), and the peak memory (RSS)
+  of the process;
 * for scale, raw sqlite3 commits per second in the same place and run.
 
 Each run is a fresh home in a fresh Python process (so each peak RSS is that
