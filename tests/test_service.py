@@ -29,6 +29,7 @@ import pytest
 
 from distributors.fake import Crash, FakeDistributor, Job, quest_desc
 from dmcore import distributor as dist
+from dmcore import service as service_mod
 from dmcore.engine import docs
 from dmcore.errors import (
     Code,
@@ -1337,14 +1338,25 @@ def test_walk_reads_the_query_in_bulk(
             reads.append(f"{len(paths)} at once")
             return get_many(paths)
 
+        def query(collection: str, *args: Any, **kwargs: Any) -> list[tuple[str, docs.Doc]]:
+            reads.append(f"query {collection}")
+            return store_query(collection, *args, **kwargs)
+
+        def edges(collections: list[str]) -> dict[str, list[tuple[str, docs.Doc]]]:
+            reads.append(f"{len(collections)} collections at once")
+            return query_collections(collections)
+
+        store_query, query_collections = store.query, store.query_collections
         monkeypatch.setattr(store, "get", one)
         monkeypatch.setattr(store, "get_many", many)
+        monkeypatch.setattr(store, "query", query)
+        monkeypatch.setattr(store, "query_collections", edges)
         req = walk_req(*aids, AttemptID(MISSING_QID, 1))
         req.include.quest.data = True
         req.include.attempt.data = True
         g = h.service.walk_graph(req, TRUSTED)
         # 601 attempts and their 601 quests: 500 attempts and their quests, then
-        # the other 101 and theirs.
+        # the other 101 and theirs; no edges (depth 0: nothing to follow or show).
         assert reads == ["1000 at once", "202 at once"]
         for a in aids:
             assert g.quests[a.quest].data.desc.distributor_config_name == "fake"
@@ -1372,12 +1384,40 @@ def test_walk_reads_the_query_in_bulk(
             again.quest_attempt.add(nums=[1])
         rsp = h.service.ensure_graph_data(again, TRUSTED)
         # Its EnsureGraph steps read them in their transactions; the answer is made
-        # of what they read, with no read of the store's own.
-        assert reads == []
+        # of what they read, and of the forward edges of each chunk read at once
+        # (depth 1: the answer shows direct dependencies).
+        assert reads == ["500 collections at once", "100 collections at once"]
         assert len(rsp.result.quests) == 600
         for a in aids:
             assert rsp.result.quests[a.quest].data.desc.distributor_config_name == "fake"
             assert rsp.result.quests[a.quest].attempts[1].data.WhichOneof("attempt_type")
+    finally:
+        h.close()
+
+
+def test_ensure_creates_everything_even_when_its_answer_runs_out_of_time(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EnsureGraphData ensures each chunk as its answer reaches it: a walk out of
+    time (had_more) must not leave the rest of the request uncreated."""
+    h = Harness(tmp_path)
+    try:
+        descs = [quest_desc(f"late{i}") for i in range(3)]
+        monkeypatch.setattr(service_mod, "MAX_WALK_TIME_US", -1)  # over before it starts
+        monkeypatch.setattr(service_mod._ReadAhead, "CHUNK", 2)  # its first chunk of 3
+        req = dm_pb2.EnsureGraphDataReq()
+        for d in descs:
+            req.quest.append(d)
+            req.quest_attempt.add(nums=[1, 2])
+        rsp = h.service.ensure_graph_data(req, TRUSTED)
+        assert rsp.accepted and rsp.result.had_more
+        assert not rsp.result.quests  # nothing answered ...
+        monkeypatch.undo()
+        got = h.service.walk_graph(
+            walk_req(*(aid_of(d, n) for d in descs for n in (1, 2))), TRUSTED
+        )
+        for d in descs:  # ... and everything created
+            assert [got.quests[aid_of(d).quest].attempts[n].DNE for n in (1, 2)] == [False, False]
     finally:
         h.close()
 
