@@ -201,6 +201,10 @@ def _big_values(h: Harness) -> None:
     h.play(a1.execution(2), finish)
     h.settle(max_seconds=1)
     h.service.walk_graph(walk, Caller.trusted())
+    # Unbounded: the edges of a dependency are read when it is reached (a query
+    # attempt's are read ahead, a chunk at once).
+    walk.limit.max_depth = -1
+    h.service.walk_graph(walk, Caller.trusted())
     (other,) = h.ensure(quest_desc("cancelled"))
     h.service.cancel_attempt(
         dm_pb2.CancelAttemptReq(attempt=AttemptID(other, 1).to_proto()), Caller.trusted()
