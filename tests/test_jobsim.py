@@ -24,6 +24,7 @@ import pytest
 from distributors import jobsim
 from distributors.jobsim import config_pb2
 from dmcore import distributor as dist
+from dmcore import ids
 from dmcore.engine import docs
 from dmcore.engine.records import b64
 from dmcore.engine.steps import NotifyExecution
@@ -942,3 +943,47 @@ def test_entry_point_registers_the_kind() -> None:
     reg = dist.Registry()
     jobsim.register(reg)
     assert reg.kinds["jobsim"].config_type is config_pb2.Config
+
+
+# -- plans (what a deps or chain stage asks for, worked out once) ------------------------------
+
+
+def test_a_stage_is_planned_once_and_the_plan_names_its_sub_quests() -> None:
+    text = json.dumps(
+        {
+            "name": "p",
+            "seed": 3,
+            "stages": [
+                {"chain": {"links": 2}},
+                {"deps": {"deps": [{"shards": 3, "phrase": {"name": "s"}, "retries": 1}]}},
+            ],
+        }
+    )
+    cache = jobsim._PlanCache(1 << 20)
+    chain = cache.get(text, 0, "jobsim")
+    assert cache.get(text, 0, "jobsim") is chain  # the resume asks for the same plan
+    req = dm_pb2.EnsureGraphDataReq.FromString(chain.request)
+    (link,) = req.quest
+    sub = json.loads(link.parameters)
+    assert sub["stages"][0]["chain"] == {"links": 1} and int(sub["seed"]) == 3
+    assert [a.quest for a in chain.pending] == [ids.quest_id(link)]
+    shards = cache.get(text, 1, "jobsim")
+    names = [
+        json.loads(q.parameters)["name"]
+        for q in dm_pb2.EnsureGraphDataReq.FromString(shards.request).quest
+    ]
+    assert names == ["s_0", "s_1", "s_2"]
+    assert [n for _, n in shards.chain_max] == [2, 2, 2]  # retries 1: up to 2 attempts each
+    assert cache.get(text, 0, "other") is not chain  # the config is part of the key
+
+
+def test_plans_past_the_cache_size_are_dropped_oldest_first() -> None:
+    texts = [json.dumps({"name": f"p{i}", "stages": [{"chain": {"links": 1}}]}) for i in range(3)]
+    one = jobsim._make_plan(texts[0], 0, "jobsim")
+    cache = jobsim._PlanCache(2 * (len(one.request) + len(texts[0])) + 10)
+    first = cache.get(texts[0], 0, "jobsim")
+    cache.get(texts[1], 0, "jobsim")
+    assert cache.get(texts[0], 0, "jobsim") is first  # now the most recent
+    cache.get(texts[2], 0, "jobsim")  # over the size: texts[1] goes
+    assert cache.get(texts[0], 0, "jobsim") is first
+    assert len(cache._plans) == 2 and (texts[1], 0, "jobsim") not in cache._plans

@@ -35,6 +35,7 @@ and a result carries an expiration only when the phrase gives one.
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import datetime
 import functools
@@ -43,6 +44,7 @@ import logging
 import math
 import os
 import random
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -316,14 +318,15 @@ class _Job:
         *,
         eid: ExecutionID,
         activation: bytes,
-        phrase: config_pb2.Phrase,
+        phrase_text: str,
         state: JobState,
         config_name: str,
     ) -> None:
         self.client = client
         self.eid = eid
         self.activation = activation
-        self.phrase = phrase
+        self.phrase_text = phrase_text
+        self.phrase = parse_phrase(phrase_text)
         self.state = state
         self.config_name = config_name
         self.token = b""
@@ -370,7 +373,7 @@ class _Job:
                     st.stage += 1
                     return _Stall(delay)
             elif kind == "deps":
-                added = self.deps(stage.deps)
+                added = self.deps(st.stage)
                 if added is None:
                     return _Done()  # halted: dm runs a new execution once the deps finish
                 st.sum += added
@@ -415,43 +418,21 @@ class _Job:
         """Chain stage ``index``: the value of this phrase one link down, or None to halt."""
         if links == 0:
             return 0
-        dep = config_pb2.Dependency()
-        dep.phrase.CopyFrom(self.phrase)  # same name and seed; only the link count differs
-        dep.phrase.stages[index].chain.links = links - 1
-        return self.deps(config_pb2.DepsStage(deps=[dep]))
+        return self.deps(index)
 
-    def deps(self, stage: config_pb2.DepsStage) -> int | None:
-        """Depend on the stage's sub-phrases; the sum of successful values, or None to halt.
+    def deps(self, index: int) -> int | None:
+        """Depend on stage ``index``'s sub-phrases; the sum of successful values, or None to halt.
 
         Every listed attempt counts once; a ``retries`` dependency moves on to
         the next attempt while the current one reports failure, so only its
         last attempt can add a value.
         """
-        if not stage.deps:
+        plan = _plan(self.phrase_text, index, self.config_name)
+        if not plan.pending:
             return 0
-        seed = self.phrase.seed
-        rnd = seeded(seed)
-        descs: dict[str, dm_pb2.Quest.Desc] = {}
-        nums: dict[str, set[int]] = {}
-        chain_max: dict[str, int] = {}
-        for i, dep in enumerate(expand_deps(stage)):
-            sub = config_pb2.Phrase()
-            sub.CopyFrom(dep.phrase)
-            sub.seed = derive_seed(dep, seed, i, rnd)
-            desc = quest_desc(sub, self.config_name)
-            qid = ids.quest_id(desc)
-            descs[qid] = desc
-            if dep.WhichOneof("attempt_strategy") == "retries":
-                chain_max[qid] = max(chain_max.get(qid, 0), dep.retries + 1)
-                nums.setdefault(qid, set()).add(1)
-            else:
-                nums.setdefault(qid, set()).update(expand_range(dep.attempts))
-
-        req = dm_pb2.EnsureGraphDataReq()
-        for qid, desc in descs.items():
-            req.quest.append(desc)
-            req.quest_attempt.add(nums=sorted(nums[qid]))
-        pending = [AttemptID(q, n) for q in descs for n in sorted(nums[q])]
+        req = dm_pb2.EnsureGraphDataReq.FromString(plan.request)
+        pending = list(plan.pending)
+        chain_max = dict(plan.chain_max)
         outcomes: dict[AttemptID, tuple[bool, int]] = {}
         while True:
             req.include.attempt.result = True
@@ -471,6 +452,110 @@ class _Job:
             if not req.raw_attempts.to:
                 return sum(value for ok, value in outcomes.values() if ok)
             pending = [AttemptID(q, n.nums[0]) for q, n in sorted(req.raw_attempts.to.items())]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What a deps or chain stage asks dm for first, worked out once per phrase and stage."""
+
+    request: bytes
+    """The EnsureGraphDataReq naming the sub-quests and their attempts (serialised:
+    each use parses its own copy)."""
+    pending: tuple[AttemptID, ...]
+    """The attempts that request names, whose outcomes count."""
+    chain_max: tuple[tuple[str, int], ...]
+    """Per ``retries`` dependency, its quest and how many attempts it may take."""
+
+
+def _stage_deps(phrase: config_pb2.Phrase, index: int) -> config_pb2.DepsStage:
+    """The dependencies of stage ``index`` (a deps stage, or a chain stage's next link)."""
+    stage = phrase.stages[index]
+    if stage.WhichOneof("stage_type") == "deps":
+        return stage.deps
+    dep = config_pb2.Dependency()
+    dep.phrase.CopyFrom(phrase)  # same name and seed; only the link count differs
+    dep.phrase.stages[index].chain.links = stage.chain.links - 1
+    return config_pb2.DepsStage(deps=[dep])
+
+
+def _make_plan(phrase_text: str, index: int, config_name: str) -> _Plan:
+    phrase = parse_phrase(phrase_text)
+    stage = _stage_deps(phrase, index)
+    seed = phrase.seed
+    rnd = seeded(seed)
+    descs: dict[str, dm_pb2.Quest.Desc] = {}
+    nums: dict[str, set[int]] = {}
+    chain_max: dict[str, int] = {}
+    for i, dep in enumerate(expand_deps(stage)):
+        sub = config_pb2.Phrase()
+        sub.CopyFrom(dep.phrase)
+        sub.seed = derive_seed(dep, seed, i, rnd)
+        desc = quest_desc(sub, config_name)
+        qid = ids.quest_id(desc)
+        descs[qid] = desc
+        if dep.WhichOneof("attempt_strategy") == "retries":
+            chain_max[qid] = max(chain_max.get(qid, 0), dep.retries + 1)
+            nums.setdefault(qid, set()).add(1)
+        else:
+            nums.setdefault(qid, set()).update(expand_range(dep.attempts))
+    req = dm_pb2.EnsureGraphDataReq()
+    for qid, desc in descs.items():
+        req.quest.append(desc)
+        req.quest_attempt.add(nums=sorted(nums[qid]))
+    return _Plan(
+        request=req.SerializeToString(),
+        pending=tuple(AttemptID(q, n) for q in descs for n in sorted(nums[q])),
+        chain_max=tuple(sorted(chain_max.items())),
+    )
+
+
+PLAN_CACHE_BYTES = 16 * 1024 * 1024
+"""Plans kept (their serialised requests, at most about this much): a job that halts
+on its dependencies asks for the same ones again when it resumes."""
+
+
+class _PlanCache:
+    """Plans by (phrase text, stage, config), least recently used dropped first, by size."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._plans: collections.OrderedDict[tuple[str, int, str], _Plan] = (
+            collections.OrderedDict()
+        )
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _size(key: tuple[str, int, str], plan: _Plan) -> int:
+        return len(plan.request) + len(key[0])
+
+    def get(self, phrase_text: str, index: int, config_name: str) -> _Plan:
+        key = (phrase_text, index, config_name)
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+                return plan
+        plan = _make_plan(phrase_text, index, config_name)
+        size = self._size(key, plan)
+        if size > self.max_bytes // 2:  # one plan never empties the cache
+            return plan
+        with self._lock:
+            if key not in self._plans:
+                self._plans[key] = plan
+                self._bytes += size
+            while self._bytes > self.max_bytes:
+                old_key, old = self._plans.popitem(last=False)
+                self._bytes -= self._size(old_key, old)
+        return plan
+
+
+_plans = _PlanCache(PLAN_CACHE_BYTES)
+
+
+def _plan(phrase_text: str, index: int, config_name: str) -> _Plan:
+    """:func:`_make_plan`, remembered (:class:`_PlanCache`)."""
+    return _plans.get(phrase_text, index, config_name)
 
 
 def _outcome(graph: dm_pb2.GraphData, aid: AttemptID) -> tuple[bool, int]:
@@ -684,13 +769,12 @@ class JobsimDistributor(dist.D):
         doc = claimed
         eid = ExecutionID.parse(str(doc["eid"]))
         try:
-            phrase = parse_phrase(str(doc["phrase"]))
             state = JobState.parse(str(doc["state"]))
             job = _Job(
                 client,
                 eid=eid,
                 activation=base64.b64decode(doc["activation"]),
-                phrase=phrase,
+                phrase_text=str(doc["phrase"]),
                 state=state,
                 config_name=str(doc["config"]),
             )
