@@ -22,6 +22,7 @@ and helpers at the end of this module.
 from __future__ import annotations
 
 import abc
+import copy
 import dataclasses
 import datetime
 import importlib
@@ -280,7 +281,14 @@ class Snapshot:
     content: dict[str, Any]
 
     def to_doc(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Not dataclasses.asdict: its generic deep copy cost more than the step
+        # that stores the snapshot (every ScheduleExecution, every distributor task).
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "version": self.version,
+            "content": copy.deepcopy(self.content),
+        }
 
     @classmethod
     def from_doc(cls, d: Mapping[str, Any]) -> Snapshot:

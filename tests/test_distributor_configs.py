@@ -4,11 +4,13 @@ quests pass their distributor's ``validate`` (what ``dm run`` checks first)."""
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import pytest
 from typer.testing import CliRunner
 
+from dmcore import distributor as dist
 from dmcore.cli.commands import app
 from dmcore.cli.runfile import parse_run_file
 from dmcore.runtime.embedded import build_registry
@@ -86,3 +88,12 @@ def test_malformed_configs_are_refused_with_the_field_named(
     assert r.exit_code == 2, r.output
     assert message in " ".join(r.output.split())
     assert "Traceback" not in r.output
+
+
+def test_a_snapshot_doc_is_its_fields_with_a_content_of_its_own() -> None:
+    snap = dist.Snapshot("jobsim", "jobsim", "v1", {"pool": "p", "nested": {"list": [1, 2]}})
+    doc = snap.to_doc()
+    assert doc == dataclasses.asdict(snap)
+    assert dist.Snapshot.from_doc(doc) == snap
+    doc["content"]["nested"]["list"].append(3)  # a document changed later leaves the snapshot be
+    assert snap.content == {"pool": "p", "nested": {"list": [1, 2]}}
