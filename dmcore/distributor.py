@@ -564,6 +564,11 @@ class Registry:
         if self.call_guard is not None and kind is not None and not kind.in_process:
             self.call_guard()
 
+    def in_process(self, kind: str) -> bool:
+        """Whether distributors of ``kind`` are :attr:`Kind.in_process` (False if unknown)."""
+        found = self._kinds.get(kind)
+        return found is not None and found.in_process
+
     def build_named(self, name: str) -> tuple[D, Config]:
         return self.build(self.snapshot(name))
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from distributors import jobsim
 from distributors.jobsim import config_pb2 as jobsim_pb2
+from dmcore import distributor as dist
 from dmcore.proto import dm_pb2
 from dmcore.queue.base import Task
 from dmcore.queue.local import LocalQueue
@@ -273,6 +274,37 @@ def test_distributors_are_called_outside_the_batch_unless_in_process(
         emb.close()
 
 
+class _FlakyWorker(jobsim.JobsimDistributor):
+    """jobsim whose worker task fails on its first delivery (before it claims the task)."""
+
+    failed: ClassVar[list[bytes]] = []
+
+    def handle_task_queue_task(self, request: dist.TaskRequest) -> list[dist.Notification]:
+        if request.body not in _FlakyWorker.failed:
+            _FlakyWorker.failed.append(request.body)
+            raise RuntimeError("worker lost its connection")
+        return super().handle_task_queue_task(request)
+
+
+def test_an_in_process_task_run_in_the_batch_that_fails_is_queued(tmp_path: Path) -> None:
+    """The task an in-process distributor queues for now runs in the batch, not through
+    the queue; if it fails, the queue has it (nothing accepted is lost)."""
+    registry = build_registry(CONFIG)
+    registry.register("jobsim", jobsim_pb2.Config, _FlakyWorker, in_process=True)
+    _FlakyWorker.failed.clear()
+    emb = Embedded(tmp_path, registry)
+    try:
+        qid = _ensure(emb, "flaky", 3)
+        assert run_batch(emb.engine, emb.queue, 100) == 1  # the run; its task failed in the batch
+        assert len(_FlakyWorker.failed) == 1
+        assert _state(emb, qid) == AttemptState.EXECUTING
+        assert emb.queue.pending_count() == 1  # the task, queued to be delivered again
+        assert emb.drive(lambda: _state(emb, qid) == AttemptState.FINISHED, timeout_s=60)
+        assert len(_FlakyWorker.failed) == 1
+    finally:
+        emb.close()
+
+
 def test_a_batch_out_of_time_gives_back_the_tasks_it_did_not_start(tmp_path: Path) -> None:
     emb = Embedded(tmp_path, build_registry(CONFIG))
     try:
@@ -297,11 +329,16 @@ def test_a_batch_out_of_time_gives_back_the_tasks_it_did_not_start(tmp_path: Pat
 def test_a_batch_runs_what_its_own_steps_queue_in_the_same_commit(tmp_path: Path) -> None:
     emb = Embedded(tmp_path, build_registry(CONFIG))
     try:
-        # One lease runs only the tasks due when it started: the execution's
-        # later steps (queued by those) wait for the next batch.
-        one = _ensure(emb, "one", 1)
-        assert run_batch(emb.engine, emb.queue, 100) >= 1
-        assert _state(emb, one) != AttemptState.FINISHED
+        # One lease runs only the tasks due when it started, and what they cause
+        # in the batch without the queue: a leaf's run, its job (an in-process
+        # distributor's task due now), its end. A task its steps queue (the run
+        # of a dependency its job declared) waits for the next lease.
+        leaf = _ensure(emb, "leaf", 1)
+        one = _ensure(emb, "one", 1, [{"deps": {"deps": [{"phrase": {"name": "dep"}}]}}])
+        assert run_batch(emb.engine, emb.queue, 100) == 2
+        assert _state(emb, leaf) == AttemptState.FINISHED
+        assert _state(emb, one) == AttemptState.WAITING
+        assert emb.queue.any_due()
         # With time to hold the lock, the batch leases again what its steps
         # queued, to the end of the execution: one batch, one commit.
         two = _ensure(emb, "two", 2)

@@ -77,7 +77,9 @@ def test_publish_failure_fails_the_task_for_redelivery(ph: Harness) -> None:
     ph.engine.publish = rec
     aid = start(ph, FANOUT)
     assert _root_result(ph, aid) == {"success": True, "value": 19}
-    assert sum("pubsub unavailable" in f for f in ph.failures) == 2
+    # Both failed publishes were made again (embedded, a task run in the worker's
+    # batch that fails is queued rather than failed as a delivery): none lost.
+    assert rec.calls == 2 + len(rec.published)
     assert (
         len({tokens.verify(SECRET, a["auth_token"], ph.clock())[0] for _, a in rec.published}) == 8
     )

@@ -107,9 +107,10 @@ class Settings:
 
 
 class _BatchState(threading.local):
-    """Per thread: the mutations waiting to run at the end of the open batch, if any."""
+    """Per thread: the steps waiting to run at the end of the open batch, if any
+    (follow-up mutations, and tasks of in-process distributors)."""
 
-    steps: collections.deque[Mutation] | None = None
+    steps: collections.deque[Mutation | steps.HandleDistributorTask] | None = None
 
 
 class _Delivery(threading.local):
@@ -176,6 +177,20 @@ class Engine:
     def _enqueue_distributor_task(
         self, snap: Snapshot, body: bytes, delay_s: float, name: str | None = None
     ) -> None:
+        batch = self._batch.steps
+        if batch is not None and delay_s <= 0 and self.registry.in_process(snap.kind):
+            # Inside a batch (the queue commits with the store) a task due now of a
+            # distributor that calls nothing outside this process runs at the batch's
+            # end, in its commit, like a follow-up mutation: no queue round trip
+            # (jobsim's worker task, once per execution). A failure queues it.
+            batch.append(
+                steps.HandleDistributorTask(
+                    config_name=snap.name,
+                    body_b64=base64.b64encode(body).decode(),
+                    config=snap.to_doc(),
+                )
+            )
+            return
         if name is None:
             name = base64.urlsafe_b64encode(self.rand(18)).decode()
         else:
@@ -282,16 +297,21 @@ class Engine:
             finally:
                 state.steps = None
 
-    def _run_inline(self, steps: collections.deque[Mutation]) -> None:
+    def _run_inline(
+        self, waiting: collections.deque[Mutation | steps.HandleDistributorTask]
+    ) -> None:
         ran = 0
-        while steps:
-            step = steps.popleft()
+        while waiting:
+            step = waiting.popleft()
             if ran >= MAX_BATCH_INLINE:
                 self.enqueue(step)
                 continue
             ran += 1
             try:
-                self.run(step)
+                if isinstance(step, Mutation):
+                    self.run(step)
+                else:
+                    step.execute(self, 1)
             except Exception:
                 log.warning("inline %s failed; queued to be retried", step.KIND, exc_info=True)
                 self.enqueue(step)
