@@ -12,6 +12,7 @@ import pytest
 from distributors import jobsim
 from distributors.jobsim import config_pb2 as jobsim_pb2
 from dmcore import distributor as dist
+from dmcore.engine import core
 from dmcore.proto import dm_pb2
 from dmcore.queue.base import Task
 from dmcore.queue.local import LocalQueue
@@ -305,6 +306,23 @@ def test_an_in_process_task_run_in_the_batch_that_fails_is_queued(tmp_path: Path
         emb.close()
 
 
+def test_a_batch_runs_few_jobs_itself_the_rest_go_through_the_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs and in-process tasks past ``MAX_BATCH_ACTIONS`` are queued: the worker's
+    batch commits between leases (after ``HOLD_S``), not at the end of a long chain."""
+    monkeypatch.setattr(core, "MAX_BATCH_ACTIONS", 2)
+    emb = Embedded(tmp_path, build_registry(CONFIG))
+    try:
+        qid = _ensure(emb, "chain", 1, [{"chain": {"links": 5}}])
+        assert run_batch(emb.engine, emb.queue, 100) == 1
+        assert _state(emb, qid) == AttemptState.WAITING
+        assert emb.queue.pending_count() >= 1  # the rest of the chain, queued
+        assert emb.drive(lambda: _state(emb, qid) == AttemptState.FINISHED, timeout_s=60)
+    finally:
+        emb.close()
+
+
 def test_a_batch_out_of_time_gives_back_the_tasks_it_did_not_start(tmp_path: Path) -> None:
     emb = Embedded(tmp_path, build_registry(CONFIG))
     try:
@@ -330,15 +348,16 @@ def test_a_batch_runs_what_its_own_steps_queue_in_the_same_commit(tmp_path: Path
     emb = Embedded(tmp_path, build_registry(CONFIG))
     try:
         # One lease runs only the tasks due when it started, and what they cause
-        # in the batch without the queue: a leaf's run, its job (an in-process
-        # distributor's task due now), its end. A task its steps queue (the run
-        # of a dependency its job declared) waits for the next lease.
-        leaf = _ensure(emb, "leaf", 1)
-        one = _ensure(emb, "one", 1, [{"deps": {"deps": [{"phrase": {"name": "dep"}}]}}])
-        assert run_batch(emb.engine, emb.queue, 100) == 2
-        assert _state(emb, leaf) == AttemptState.FINISHED
-        assert _state(emb, one) == AttemptState.WAITING
-        assert emb.queue.any_due()
+        # in the batch without the queue: with an in-process distributor (jobsim)
+        # a job's task due now, the runs of its dependencies, their jobs, the
+        # resume. A task queued for later (a stalled job's wake-up) waits for
+        # another lease.
+        root = _ensure(emb, "root", 1, [{"deps": {"deps": [{"phrase": {"name": "dep"}}]}}])
+        one = _ensure(emb, "one", 1, [{"stall": {"delay": "0.001s"}}])
+        assert run_batch(emb.engine, emb.queue, 100) == 2  # the two runs the request queued
+        assert _state(emb, root) == AttemptState.FINISHED
+        assert _state(emb, one) == AttemptState.EXECUTING
+        assert emb.queue.pending_count() == 1
         # With time to hold the lock, the batch leases again what its steps
         # queued, to the end of the execution: one batch, one commit.
         two = _ensure(emb, "two", 2)

@@ -164,6 +164,10 @@ class Uow:
             self._cache[path] = self._tx.get(path)
         return self._cache[path]
 
+    def cached(self, path: str) -> Doc | None:
+        """The document at ``path`` as this step has it, if it read or wrote it (no read)."""
+        return self._cache.get(path)
+
     def get_many(self, paths: Sequence[str]) -> dict[str, Doc | None]:
         missing = [p for p in paths if p not in self._cache]
         if missing:

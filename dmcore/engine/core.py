@@ -65,6 +65,10 @@ MAX_INLINE = 256
 """Same-root follow-ups one transaction runs inline (tail calls) before queueing the rest."""
 MAX_BATCH_INLINE = 10_000
 """Follow-up mutations a batch runs itself before it commits; more are queued."""
+MAX_BATCH_ACTIONS = 64
+"""Runs and in-process distributor tasks a batch runs itself (``Engine.batch``); more
+go through the queue, whose worker commits its batch after about ``HOLD_S``: a chain
+of jobsim jobs would otherwise hold the store's write lock to its end."""
 PROPAGATE_BATCH = 64
 """Back edges a completion acks per step; the step chains itself until none is left."""
 INLINE_WRITE_BUDGET = 300
@@ -108,9 +112,13 @@ class Settings:
 
 class _BatchState(threading.local):
     """Per thread: the steps waiting to run at the end of the open batch, if any
-    (follow-up mutations, and tasks of in-process distributors)."""
+    (follow-up mutations; runs and tasks of in-process distributors)."""
 
-    steps: collections.deque[Mutation | steps.HandleDistributorTask] | None = None
+    steps: collections.deque[Mutation | Action] | None = None
+    delivers: bool = False
+    """The open batch delivers queued tasks (a worker's, not an API call's): only then
+    do runs and tasks of in-process distributors join it. An API call returns once
+    its own steps are committed and leaves the jobs it causes to the worker."""
 
 
 class _Delivery(threading.local):
@@ -178,7 +186,12 @@ class Engine:
         self, snap: Snapshot, body: bytes, delay_s: float, name: str | None = None
     ) -> None:
         batch = self._batch.steps
-        if batch is not None and delay_s <= 0 and self.registry.in_process(snap.kind):
+        if (
+            batch is not None
+            and self._batch.delivers
+            and delay_s <= 0
+            and self.registry.in_process(snap.kind)
+        ):
             # Inside a batch (the queue commits with the store) a task due now of a
             # distributor that calls nothing outside this process runs at the batch's
             # end, in its commit, like a follow-up mutation: no queue round trip
@@ -281,7 +294,9 @@ class Engine:
         a step's follow-ups then wait for the same commit as the step, and
         those that are mutations due now run at the end of the block, in the
         same commit, instead of making a round trip through the queue (up to
-        ``MAX_BATCH_INLINE``; a failing one, and any beyond, are queued). Otherwise
+        ``MAX_BATCH_INLINE``; a failing one, and any beyond, are queued); so do, in
+        a batch that delivers tasks (a worker's), the runs of executions and the
+        tasks due now of in-process distributors (jobsim). Otherwise
         this does nothing and each step commits (and dispatches) on its own.
         A batch inside a batch is part of it.
         """
@@ -291,22 +306,25 @@ class Engine:
             return
         with self.store.batch():
             state.steps = collections.deque()  # run first in, first out
+            state.delivers = False
             try:
                 yield
                 self._run_inline(state.steps)
             finally:
                 state.steps = None
+                state.delivers = False
 
-    def _run_inline(
-        self, waiting: collections.deque[Mutation | steps.HandleDistributorTask]
-    ) -> None:
-        ran = 0
+    def _run_inline(self, waiting: collections.deque[Mutation | Action]) -> None:
+        ran = actions = 0
         while waiting:
             step = waiting.popleft()
-            if ran >= MAX_BATCH_INLINE:
+            if ran >= MAX_BATCH_INLINE or (
+                not isinstance(step, Mutation) and actions >= MAX_BATCH_ACTIONS
+            ):
                 self.enqueue(step)
                 continue
             ran += 1
+            actions += not isinstance(step, Mutation)
             try:
                 if isinstance(step, Mutation):
                     self.run(step)
@@ -322,7 +340,7 @@ class Engine:
 
     def _roll(
         self, tx: Transaction, first: Mutation, origin: str, batching: bool = False
-    ) -> tuple[Dispatch, list[Mutation]]:
+    ) -> tuple[Dispatch, list[Mutation | Action]]:
         """Run ``first`` and its same-root tail calls; queue the follow-ups.
 
         Returns what to dispatch after the commit and (only when ``batching``)
@@ -350,10 +368,19 @@ class Engine:
                 pending[0:0] = step.roll_forward(ctx)
             else:
                 later.append(step)
-        inline: list[Mutation] = []
+        inline: list[Mutation | Action] = []
         if batching:
-            inline = [m for m in later if isinstance(m, Mutation)]
-            later = [m for m in later if not isinstance(m, Mutation)]
+            queued: list[Step | Later] = []
+            for item in later:
+                if isinstance(item, Mutation) or (
+                    isinstance(item, Action)
+                    and self._batch.delivers
+                    and self._runs_in_process(uow, item)
+                ):
+                    inline.append(item)
+                else:
+                    queued.append(item)
+            later = queued
         tasks = [self._task_for(item, origin) for item in later]
         homes = [_home(item.step if isinstance(item, Later) else item) for item in later]
         if tasks and self.queue.enqueue_in(tx, tasks):
@@ -374,6 +401,23 @@ class Engine:
             tx.set(path, record)
             out.records.append(path)
         return out, inline
+
+    def _runs_in_process(self, uow: Uow, item: Action) -> bool:
+        """Whether ``item`` is the run, due now, of an execution whose distributor is
+        in-process (its config read from the attempt this step has in hand).
+
+        In a batch it then runs at the batch's end like a follow-up mutation, not
+        through the queue: its calls reach nothing outside, so they may be made
+        while the batch holds the store's write lock.
+        """
+        if not isinstance(item, steps.RunExecution):
+            return False
+        eid = ExecutionID.parse(item.eid)
+        att = uow.cached(docs.attempt_path(eid.attempt_id))
+        ex = att.get(docs.CURRENT) if att is not None else None
+        if not ex or ex.get("num") != eid.num or not ex.get("config"):
+            return False
+        return self.registry.in_process(str(ex["config"].get("kind", "")))
 
     def _hold(
         self, uow: Uow, tasks: Sequence[Task], homes: Sequence[str], root: str, now_us: int
@@ -491,6 +535,8 @@ class Engine:
         task's name, from which follow-up names derive (so a redelivered task
         produces the same follow-up names, refused as duplicates).
         """
+        if self._batch.steps is not None:
+            self._batch.delivers = True
         if target.startswith(DISTRIBUTOR_TARGET_PREFIX):
             config = payload.get("config")
             steps.HandleDistributorTask(
