@@ -538,3 +538,34 @@ def test_indexed_field_serves_filtered_queries(tmp_path: Path) -> None:
         ]
     finally:
         s.close()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "a/b",
+        "a/b/c/d",
+        "a",
+        "a/b/c",
+        "a//b",
+        "/a/b",
+        "a/b/",
+        "/a",
+        "a/",
+        "",
+        "//",
+        "a//b/c",
+        "a/b//",
+    ],
+)
+def test_path_split_refuses_what_check_doc_path_refuses(path: str) -> None:
+    from dmcore.store.base import InvalidPath, check_doc_path
+    from dmcore.store.sqlite import _split_path
+
+    try:
+        check_doc_path(path)
+    except InvalidPath:
+        with pytest.raises(InvalidPath):
+            _split_path(path)
+    else:
+        assert _split_path(path) == tuple(path.rsplit("/", 1))

@@ -127,13 +127,22 @@ def _encode(doc: Doc) -> str:
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-@functools.lru_cache(maxsize=4096)
-def _split(path: str) -> tuple[str, str]:
-    """Validated document path -> (collection, id); cached: a step reads and writes
-    the same few documents (its attempt, its edges) several times."""
-    check_doc_path(path)
+def _split_path(path: str) -> tuple[str, str]:
+    """Validated document path -> (collection, id).
+
+    Plain string tests where the path is well formed (an even number of
+    segments, none empty); :func:`check_doc_path` words the error otherwise.
+    """
     collection, _, doc_id = path.rpartition("/")
+    if not doc_id or not collection or path.count("/") % 2 == 0 or "//" in path or path[0] == "/":
+        check_doc_path(path)
     return collection, doc_id
+
+
+_split = functools.lru_cache(maxsize=4096)(_split_path)
+""":func:`_split_path`, cached: a step reads and writes the same few documents (its
+attempt, its edges) several times. Bulk reads (:func:`_fetch_bodies`) do not use it:
+their thousands of paths, each read once, would push those out of it."""
 
 
 @functools.lru_cache(maxsize=1024)
@@ -268,7 +277,7 @@ def _fetch_bodies(conn: sqlite3.Connection, paths: Iterable[str]) -> dict[str, s
     """
     by_coll: dict[str, list[str]] = {}
     for path in paths:
-        collection, doc_id = _split(path)
+        collection, doc_id = _split_path(path)
         by_coll.setdefault(collection, []).append(doc_id)
     batches = [
         (collection, ids[i : i + _CHUNK])
