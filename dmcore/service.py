@@ -19,7 +19,7 @@ from typing import Any
 
 from dmcore import distributor as dist
 from dmcore import ids, jsonnorm
-from dmcore.engine import docs, records, steps
+from dmcore.engine import deps, docs, records, steps
 from dmcore.engine.core import Engine
 from dmcore.errors import (
     FailedPrecondition,
@@ -40,7 +40,6 @@ MAX_DATA_SIZE_DEFAULT = 16 * 1024 * 1024
 MAX_DATA_SIZE_CAP = 30 * 1024 * 1024
 MAX_WALK_TIME_US = 55_000_000
 MIN_EXECUTION_TOKEN = 32
-MAX_CYCLE_WALK = 10_000
 DECLARE_CHUNK = 100
 """Dependencies one transaction records (W-14): with the attempt and the outbox
 record of their follow-ups, a commit touches about 100 documents (issue 11), far
@@ -52,9 +51,6 @@ ENSURE_CHUNK = 60
 """Attempts (or quests) one EnsureGraphData transaction reads and creates: each new
 one runs up to four steps inline (quest, attempt, its execution), under the engine's
 MAX_INLINE, and writes a few documents, under Firestore's 500 writes per commit."""
-DECLARE_TRIES = 3
-"""Declarations of one EnsureGraphData call, when a dependency found over is re-opened
-(dm retry) before the answer is read; each try after the first halts unless it ended again."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,14 +87,6 @@ def _check_nums(nums: Iterable[int], field: str, *, allow_all: bool) -> list[int
     if 0 in got:
         raise InvalidArgument(f"{field}: 0 (all attempts) cannot be mixed with attempt numbers")
     return got
-
-
-def _is_over(graph: dm_pb2.GraphData, aid: AttemptID) -> bool:
-    """Whether ``graph`` shows attempt ``aid`` finished or ended abnormally."""
-    q = graph.quests.get(aid.quest)
-    if q is None or aid.num not in q.attempts:
-        return False
-    return q.attempts[aid.num].data.WhichOneof("attempt_type") in ("finished", "abnormal_finish")
 
 
 def _auth_eid(auth: dm_pb2.Execution.Auth, field: str) -> ExecutionID:
@@ -195,7 +183,6 @@ class Service:
     def ensure_graph_data(
         self, req: dm_pb2.EnsureGraphDataReq, caller: Caller
     ) -> dm_pb2.EnsureGraphDataRsp:
-        eng = self.engine
         if len(req.quest) != len(req.quest_attempt):
             raise InvalidArgument("quest, quest_attempt: must have the same length")
         if req.template_quest or req.template_attempt:
@@ -238,19 +225,7 @@ class Service:
         if eid is None:
             return self._ensure_graph(req, rsp, supplied, aids, max_size)
 
-        qids = sorted({a.quest for a in wanted} | set(supplied))
-        existing_quests = eng.store.get_many([docs.quest_path(q) for q in qids])
-        for q in qids:
-            if existing_quests[docs.quest_path(q)] is None and q not in supplied:
-                raise InvalidArgument(f'cannot create attempts for absent quest "{q}"')
-        existing = eng.store.get_many([docs.attempt_path(a) for a in aids])
-        new_quests = {
-            q: base64.b64encode(d.SerializeToString()).decode()
-            for q, d in supplied.items()
-            if existing_quests[docs.quest_path(q)] is None
-        }
-        new_attempts = [a for a in aids if existing[docs.attempt_path(a)] is None]
-        return self._declare_deps(req, rsp, eid, aids, existing, new_quests, new_attempts, max_size)
+        return self._declare_deps(req, rsp, eid, aids, supplied, max_size)
 
     def _ensure_graph(
         self,
@@ -360,103 +335,67 @@ class Service:
         rsp: dm_pb2.EnsureGraphDataRsp,
         eid: ExecutionID,
         aids: list[AttemptID],
-        existing: Mapping[str, docs.Doc | None],
-        new_quests: dict[str, str],
-        new_attempts: list[AttemptID],
+        supplied: Mapping[str, dm_pb2.Quest.Desc],
         max_size: int,
     ) -> dm_pb2.EnsureGraphDataRsp:
+        """Declare the dependencies: each part reads its dependees in the transaction
+        that records their edges (:class:`~dmcore.engine.steps.DeclareDeps`), and
+        the answer is made of what the parts read: each attempt is read once."""
         me = eid.attempt_id
+        store = self.engine.store
         if me in aids:
             raise InvalidArgument(f"attempt {me}: an attempt cannot depend on itself")
-        terminal = [
-            a.encoded
-            for a in aids
-            if (doc := existing[docs.attempt_path(a)]) is not None
-            and is_terminal_attempt(AttemptState(doc["state"]))
-        ]
-        over = set(terminal)  # built once: a fan-in's resume has every dependency over
-        self._reject_cycles(me, [a for a in aids if a.encoded not in over], existing)
-        token_b64 = base64.b64encode(req.for_execution.token).decode()
-        new_encoded = [a.encoded for a in new_attempts]
+        # A quest named only by raw_attempts must exist: checked before anything is
+        # written (MergeQuest creates only what the caller described).
+        raw_only = sorted({a.quest for a in aids} - set(supplied))
+        if raw_only:
+            got = store.get_many([docs.quest_path(q) for q in raw_only])
+            for q in raw_only:
+                if got[docs.quest_path(q)] is None:
+                    raise InvalidArgument(f'cannot create attempts for absent quest "{q}"')
         chunk_size = self.declare_chunk
-        if len(aids) > chunk_size:
+        chunks = [aids[i : i + chunk_size] for i in range(0, len(aids), chunk_size)] or [[]]
+        if len(chunks) > 1:
+            # Parts commit one by one: a cycle is refused before the first, as one
+            # declaration would (each part checks its own dependees again).
+            known = store.get_many([docs.attempt_path(a) for a in aids])
+            deps.reject_cycles(
+                lambda p: known[p] if p in known else store.get(p),
+                store.query,
+                me,
+                [a for a in aids if not records.attempt_is_terminal(known[docs.attempt_path(a)])],
+            )
+        quests = {q: base64.b64encode(d.SerializeToString()).decode() for q, d in supplied.items()}
+        named = {a.quest for a in aids}
+        token_b64 = base64.b64encode(req.for_execution.token).decode()
+        seen: dict[str, docs.Doc | None] = {}
+        halts = False
+        for n, chunk in enumerate(chunks):
+            last = n == len(chunks) - 1
+            in_chunk = {a.quest for a in chunk}
             # Too many edges for one transaction (W-14): record them in parts (each
-            # under Firestore's 500 writes), inert until the last step decides.
-            new_set = set(new_encoded)
-            for start in range(0, len(aids), chunk_size):
-                chunk = [a.encoded for a in aids[start : start + chunk_size]]
-                in_chunk = set(chunk)
-                quests = {AttemptID.decode(a).quest for a in chunk}
-                self.engine.run(
-                    steps.DeclareDeps(
-                        eid=str(eid),
-                        token_b64=token_b64,
-                        deps=chunk,
-                        terminal=[a for a in terminal if a in in_chunk],
-                        new_quests={q: d for q, d in new_quests.items() if q in quests},
-                        new_attempts=[a for a in chunk if a in new_set],
-                        part=True,
-                    )
-                )
-            new_quests, new_encoded = {}, []  # created by the parts
-        for _ in range(DECLARE_TRIES):
+            # about DECLARE_CHUNK documents), inert until the last part decides.
             step = steps.DeclareDeps(
                 eid=str(eid),
                 token_b64=token_b64,
-                deps=[a.encoded for a in aids],
-                terminal=terminal,
-                new_quests=new_quests,
-                new_attempts=new_encoded,
+                deps=[a.encoded for a in chunk],
+                # A supplied quest none of whose attempts is named: with the last part.
+                quests={
+                    q: d for q, d in quests.items() if q in in_chunk or (last and q not in named)
+                },
+                part=not last,
+                parts_halt=halts,
             )
             self.engine.run(step)
-            rsp.accepted = True
-            if step.halted:
-                rsp.should_halt = True
-                return rsp
-            graph = self._snapshot_graph(aids, req.include.attempt.result, max_size)
-            terminal = [a.encoded for a in aids if _is_over(graph, a)]
-            if len(terminal) == len(aids):
-                rsp.result.CopyFrom(graph)
-                return rsp
-            # A dependency was re-opened (dm retry) after the declaration found it
-            # over: declare again, which halts on it (nothing new to create now).
-            new_quests, new_encoded = {}, []
-        raise Unavailable("dependencies keep being re-opened; call again")
-
-    def _reject_cycles(
-        self,
-        me: AttemptID,
-        dependees: list[AttemptID],
-        known: Mapping[str, docs.Doc | None],
-    ) -> None:
-        """Refuse an edge that would close a cycle through unfinished attempts.
-
-        An attempt waits only on the open edges of its current execution; edges
-        left by an earlier execution that ended abnormally (W-2) are stale.
-        """
-        seen: set[AttemptID] = set()
-        todo = list(dependees)
-        store = self.engine.store
-        while todo and len(seen) < MAX_CYCLE_WALK:
-            a = todo.pop()
-            if a in seen:
-                continue
-            seen.add(a)
-            apath = docs.attempt_path(a)
-            # The dependees were read just now (an absent one, created by this very
-            # call, has no edges): only attempts further down are read here.
-            att = known[apath] if apath in known else store.get(apath)
-            if att is None or is_terminal_attempt(AttemptState(att["state"])):
-                continue
-            open_edges = {"satisfied": False, "for_execution": int(att["cur_execution"])}
-            for path, _ in store.query(docs.fwd_deps_collection(a), open_edges):
-                nxt = AttemptID.decode(docs.last_id(path))
-                if nxt == me:
-                    raise InvalidArgument(
-                        f"depending on {dependees[0] if len(dependees) == 1 else 'these attempts'}"
-                        f" would close a cycle through {a}"
-                    )
-                todo.append(nxt)
+            halts = halts or step.halted
+            seen.update(step.seen)
+        rsp.accepted = True
+        if halts:
+            rsp.should_halt = True
+            return rsp
+        # Every dependee was over when its part read it: the answer is what was read.
+        self._snapshot_graph(aids, req.include.attempt.result, max_size, seen, rsp.result)
+        return rsp
 
     def _snapshot_graph(
         self,

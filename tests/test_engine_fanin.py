@@ -188,11 +188,11 @@ def test_a_declaration_in_parts_is_atomic_in_effect(h: Harness) -> None:
 def test_an_attempt_created_unflagged_meanwhile_still_reaches_its_depender(
     tmp_path: pathlib.Path,
 ) -> None:
-    """X declares a dependency on D's attempt 2 (D exists, the attempt does not): its
-    AddBackDep runs first (no attempt: a back-edge document), then a call without an
-    execution creates the attempt unflagged (docs.DEPENDED false), which ends reading
-    no back edge. The declaration's EnsureAttempt, delivered last, finds it ended and
-    propagates: X resumes."""
+    """X declares a dependency on D's attempt 2 (D exists, the attempt does not): the
+    declaration's MergeQuest (the attempt's EnsureAttempt, then its AddBackDep, in one
+    commit) is held while a call without an execution creates the attempt unflagged
+    (docs.DEPENDED false), which ends reading no back edge. The held MergeQuest,
+    delivered last, finds it ended: X resumes."""
     h = Harness(tmp_path, queue="chaos", chaos=Chaos(reorder=False))
     try:
         assert h.chaos is not None
@@ -208,11 +208,14 @@ def test_an_attempt_created_unflagged_meanwhile_still_reaches_its_depender(
         held = []
         while (item := h.chaos.take()) is not None:
             task, _ = item
-            if task.payload.get("kind") == "EnsureAttempt":
+            if task.payload.get("kind") == "MergeQuest":
                 held.append(item)
             else:
                 h._deliver(*item)
-        assert [t.payload["aid"] for t, _ in held] == [d2.encoded]
+        assert [[s["kind"] for s in t.payload["and_then"]] for t, _ in held] == [
+            ["EnsureAttempt", "AddBackDep"]
+        ]
+        assert held[0][0].payload["and_then"][0]["aid"] == d2.encoded
         h.drain()
         h.ensure(d, attempts=(2,))
         assert h.attempt(d2)[docs.DEPENDED] is False

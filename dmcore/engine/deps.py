@@ -11,6 +11,7 @@ dependers too (W-1).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from dmcore.engine import docs, steps
@@ -27,7 +28,7 @@ from dmcore.engine.records import (
     unb64,
     verify_running,
 )
-from dmcore.errors import Unauthenticated
+from dmcore.errors import InvalidArgument, Unauthenticated
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.states import (
     AttemptState,
@@ -35,6 +36,71 @@ from dmcore.states import (
 )
 
 log = logging.getLogger("dm.engine")
+
+
+MAX_CYCLE_WALK = 10_000
+"""Attempts a cycle check walks at most (a graph deeper than this is not searched further)."""
+
+
+def reject_cycles(
+    get: Callable[[str], docs.Doc | None],
+    query: Callable[[str, Mapping[str, Any]], Sequence[tuple[str, docs.Doc]]],
+    me: AttemptID,
+    dependees: Sequence[AttemptID],
+) -> None:
+    """Refuse an edge that would close a cycle through unfinished attempts.
+
+    ``get`` and ``query`` read the store (in a transaction, or not). An attempt
+    waits only on the open edges of its current execution; edges left by an
+    earlier execution that ended abnormally (W-2) are stale.
+    """
+    seen: set[AttemptID] = set()
+    todo = list(dependees)
+    while todo and len(seen) < MAX_CYCLE_WALK:
+        a = todo.pop()
+        if a in seen:
+            continue
+        seen.add(a)
+        att = get(docs.attempt_path(a))
+        if att is None or attempt_is_terminal(att):
+            continue
+        open_edges = {"satisfied": False, "for_execution": int(att["cur_execution"])}
+        for path, _ in query(docs.fwd_deps_collection(a), open_edges):
+            nxt = AttemptID.decode(docs.last_id(path))
+            if nxt == me:
+                raise InvalidArgument(
+                    f"depending on {dependees[0] if len(dependees) == 1 else 'these attempts'}"
+                    f" would close a cycle through {a}"
+                )
+            todo.append(nxt)
+
+
+def _declared_before(
+    ctx: Ctx, eid: ExecutionID, dependees: list[AttemptID], paths: list[str], token: bytes
+) -> bool:
+    """Whether this declaration repeats one that halted execution ``eid`` already, its
+    answer lost (W-6): every edge recorded then (or its dependee over since)."""
+    att, ex = load_current(ctx, eid)
+    if not (
+        att is not None
+        and ex is not None
+        and att["cur_execution"] == eid.num
+        and ex.get("token_state") == "revoked"
+        and att.get("deps_execution") == eid.num
+        and token_matches(ex, token)
+    ):
+        return False
+    edges = ctx.uow.get_many(paths)
+    now = ctx.uow.get_many([docs.attempt_path(d) for d in dependees])
+    return all(
+        e is not None
+        and (e["satisfied"] or e["for_execution"] == eid.num or attempt_is_terminal(a))
+        for e, a in zip(
+            (edges[p] for p in paths),
+            (now[docs.attempt_path(d)] for d in dependees),
+            strict=True,
+        )
+    )
 
 
 @rolls_forward(steps.DeclareDeps)
@@ -45,44 +111,44 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
     step.halted = False
     dependees = [AttemptID.decode(d) for d in step.deps]
     paths = [docs.fwd_dep_path(me, d) for d in dependees]
-
-    att, ex = load_current(ctx, eid)
-    if (
-        att is not None
-        and ex is not None
-        and att["cur_execution"] == eid.num
-        and ex.get("token_state") == "revoked"
-        and att.get("deps_execution") == eid.num
-        and token_matches(ex, token)
-    ):
-        # A retry of the halting call after a lost response (W-6).
-        edges = ctx.uow.get_many(paths)
-        finished = set(step.terminal)
-        if step.part or all(
-            e is not None
-            and (e["satisfied"] or e["for_execution"] == eid.num or d.encoded in finished)
-            for d, e in zip(dependees, (edges[p] for p in paths), strict=True)
-        ):
-            step.halted = True
-            return []
+    if _declared_before(ctx, eid, dependees, paths, token):
+        # A part of it too: the parts of a retried call each check their own edges.
+        step.halted = True
+        return []
     att, ex = verify_running(ctx, eid, token, Unauthenticated)
 
-    edges = ctx.uow.get_many(paths)
-    terminal = set(step.terminal)  # a set: a fan-in's resume names 10,000 of them
-    # Which dependees are over, read here: what the caller saw over, or a satisfied
-    # edge says is over, may have been re-opened since (dm retry, dmcore.engine.reopen).
-    check = [
-        d
-        for d, p in zip(dependees, paths, strict=True)
-        if d.encoded in terminal or bool((edges[p] or {}).get("satisfied"))
-    ]
-    now = ctx.uow.get_many([docs.attempt_path(d) for d in check])
-    over = {d.encoded for d in check if attempt_is_terminal(now[docs.attempt_path(d)])}
+    # Each dependee read once, here; the answer is made of what was read (seen).
+    apaths = [docs.attempt_path(d) for d in dependees]
+    now = ctx.uow.get_many(apaths)
+    step.seen = dict(now)
+    # An absent dependee (created below) has no edges: only live ones are walked.
+    live = [d for d, p in zip(dependees, apaths, strict=True) if now[p] is not None]
+    reject_cycles(
+        ctx.uow.get,
+        ctx.uow.query,
+        me,
+        [d for d in live if not attempt_is_terminal(now[docs.attempt_path(d)])],
+    )
+    # The edge of an absent dependee is written open whatever it held: not read.
+    edges = ctx.uow.get_many([docs.fwd_dep_path(me, d) for d in live])
     follow: list[Step | Later] = []
-    halt = any(d.encoded not in over for d in dependees)
-    for d, p in zip(dependees, paths, strict=True):
+    create: dict[str, list[dict[str, Any]]] = {}
+    halt = False
+    for d, p, ap in zip(dependees, paths, apaths, strict=True):
+        open_edge = {"quest": d.quest, "num": d.num, "for_execution": eid.num, "satisfied": False}
+        back = steps.AddBackDep(dependee=d.encoded, depender=me.encoded, needs_ack=True)
+        if now[ap] is None:
+            # Created flagged, its back edge in the same commit after it: an AddBackDep
+            # never finds its dependee absent.
+            halt = True
+            ctx.uow.put(p, open_edge)
+            create.setdefault(d.quest, []).extend(
+                [steps.EnsureAttempt(aid=d.encoded, depended=True).to_payload(), back.to_payload()]
+            )
+            continue
+        done = attempt_is_terminal(now[ap])
+        halt = halt or not done
         e = edges[p]
-        done = d.encoded in over
         if e is not None and done:
             if not e["satisfied"]:
                 # The dependee ended before its completion reached this edge:
@@ -91,37 +157,28 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
             continue
         if e is not None and not e["satisfied"] and e["for_execution"] == eid.num:
             continue  # armed for this execution already
-        ctx.uow.put(
-            p,
-            {"quest": d.quest, "num": d.num, "for_execution": eid.num, "satisfied": done},
-        )
-        follow.append(steps.AddBackDep(dependee=d.encoded, depender=me.encoded, needs_ack=not done))
+        ctx.uow.put(p, {**open_edge, "satisfied": done})
+        back.needs_ack = not done
+        follow.append(back)
 
-    # Create what is missing first: quest, then attempts, then the back edges.
-    ensure = [steps.EnsureAttempt(aid=a, depended=True).to_payload() for a in step.new_attempts]
-    chained: list[Step | Later] = []
-    by_quest: dict[str, list[dict[str, Any]]] = {q: [] for q in step.new_quests}
-    for a in ensure:
-        q = AttemptID.decode(a["aid"]).quest
-        if q in by_quest:
-            by_quest[q].append(a)
-        else:
-            chained.append(Step.from_payload(a))
-    for back in follow:
-        assert isinstance(back, steps.AddBackDep)
-        q = AttemptID.decode(back.dependee).quest
-        if q in by_quest:
-            by_quest[q].append(back.to_payload())
-        else:
-            chained.append(back)
-    for q, then in by_quest.items():
-        chained.insert(0, steps.MergeQuest(qid=q, desc_b64=step.new_quests[q], and_then=then))
+    # A supplied quest is created with its first new attempt; one none of whose
+    # named attempts exists is merged (created if absent) even with none to create.
+    named = {d.quest for d, ap in zip(dependees, apaths, strict=True) if now[ap] is not None}
+    for q in step.quests:
+        if q not in named:
+            create.setdefault(q, [])
+    chained: list[Step | Later] = [
+        steps.MergeQuest(qid=q, desc_b64=step.quests.get(q, ""), and_then=then)
+        for q, then in create.items()
+    ]
+    chained += follow
 
     if step.part:
         # The edges of execution eid.num stay inert (the attempt's deps_execution is
-        # not set) until the DeclareDeps over every edge decides.
+        # not set) until the last part decides, told whether this one halts.
+        step.halted = halt
         return chained
-    if halt:
+    if halt or step.parts_halt:
         set_execution_state(ex, ExecutionState.STOPPING, ctx.now_us)
         ex["token_state"] = "revoked"
         put_execution(ctx, eid, ex)

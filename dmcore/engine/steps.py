@@ -215,26 +215,32 @@ class CancelWaiting(Mutation):
 class DeclareDeps(Mutation):
     """An execution's dependencies (EnsureGraphData with for_execution, spec §2.1).
 
-    ``deps`` are encoded dependee attempt IDs; ``terminal`` those the caller
-    saw finished (FINISHED or ABNORMAL_FINISHED); ``new_quests`` maps quest ID
-    -> desc (base64 wire) for quests to create; ``new_attempts`` attempts to
-    create. Sets ``halted`` (and keeps the execution RUNNING when False).
+    ``deps`` are encoded dependee attempt IDs; ``quests`` maps quest ID -> desc
+    (base64 wire) for the quests the caller supplied (created with their first
+    new attempt, or alone when it names none of theirs). The dependees are read
+    in this transaction, once: an absent one is created (flagged depended), its
+    edge written open without a read. Sets ``halted`` (and keeps the execution
+    RUNNING when False) and ``seen``: each dependee's attempt document as read
+    (None: absent), for the answer.
 
     ``part``: only record these edges and their follow-ups, one part of a
     declaration too large for one transaction (W-14); the execution stays
-    RUNNING and the edges inert until the DeclareDeps over every edge that
-    follows the parts decides.
+    RUNNING and the edges inert until the last part (not ``part``) decides. A
+    part sets ``halted`` when the declaration must halt for one of its own
+    dependees; the last part is told so (``parts_halt``), so no transaction
+    reads more than its own part.
+    Run by the API only, never queued.
     """
 
     KIND = "DeclareDeps"
     eid: str
     token_b64: str
     deps: list[str]
-    terminal: list[str]
-    new_quests: dict[str, str]
-    new_attempts: list[str]
+    quests: dict[str, str] = dataclasses.field(default_factory=dict)
     halted: bool = False
     part: bool = False
+    parts_halt: bool = False
+    seen: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def root(self) -> str:
         return docs.attempt_path(ExecutionID.parse(self.eid).attempt_id)
