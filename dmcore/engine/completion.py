@@ -20,6 +20,19 @@ from dmcore.ids import AttemptID
 log = logging.getLogger("dm.engine")
 
 
+def may_have_back_docs(att: docs.Doc) -> bool:
+    """Whether attempt ``att`` may have unpropagated back-edge documents.
+
+    A live attempt's dependers are inline until it has ``INLINE_DEPENDERS``
+    (an AddBackDep always finds its dependee: a declaration creates it with its
+    depender, ``EnsureAttempt.depender``); those added while it had ended are
+    propagated already, until a re-open (``reopened``) un-propagates them. So an
+    attempt with fewer and never re-opened has none: its end queries nothing.
+    """
+    inline = att.get(docs.DEPENDERS, [])
+    return len(inline) >= docs.INLINE_DEPENDERS or bool(att.get("reopened"))
+
+
 @rolls_forward(steps.PropagateCompletion)
 def propagate_completion(step: steps.PropagateCompletion, ctx: Ctx) -> list[Step | Later]:
     dependee = AttemptID.decode(step.aid)
@@ -27,7 +40,11 @@ def propagate_completion(step: steps.PropagateCompletion, ctx: Ctx) -> list[Step
     if att is None or not attempt_is_terminal(att):
         return []  # late: the attempt was re-opened since; its next end propagates
     batch = ctx.engine.settings.propagate_batch
-    rows = ctx.uow.query(docs.back_deps_collection(dependee), {"propagated": False}, limit=batch)
+    rows: list[tuple[str, docs.Doc]] = []
+    if step.more or may_have_back_docs(att):
+        rows = ctx.uow.query(
+            docs.back_deps_collection(dependee), {"propagated": False}, limit=batch
+        )
     out: list[Step | Later] = []
     if not step.more:
         # The inline dependers, once: their acks do nothing to a satisfied edge.

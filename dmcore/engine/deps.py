@@ -129,8 +129,16 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
         me,
         [d for d in live if not attempt_is_terminal(now[docs.attempt_path(d)])],
     )
-    # The edge of an absent dependee is written open whatever it held: not read.
-    edges = ctx.uow.get_many([docs.fwd_dep_path(me, d) for d in live])
+    # Edges not read: an absent dependee's (written open, whatever it held), and
+    # an over one's that lists this depender inline (its edge exists: written
+    # before the AddBackDep that listed it; acked, or its ack is under way).
+    known_over = {
+        d
+        for d in live
+        if attempt_is_terminal(dee := now[docs.attempt_path(d)])
+        and me.encoded in (dee or {}).get(docs.DEPENDERS, [])
+    }
+    edges = ctx.uow.get_many([docs.fwd_dep_path(me, d) for d in live if d not in known_over])
     follow: list[Step | Later] = []
     create: dict[str, list[dict[str, Any]]] = {}
     halt = False
@@ -142,9 +150,10 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
             # never finds its dependee absent.
             halt = True
             ctx.uow.put(p, open_edge)
-            create.setdefault(d.quest, []).extend(
-                [steps.EnsureAttempt(aid=d.encoded, depended=True).to_payload(), back.to_payload()]
-            )
+            ensure = steps.EnsureAttempt(aid=d.encoded, depended=True, depender=me.encoded)
+            create.setdefault(d.quest, []).append(ensure.to_payload())
+            continue
+        if d in known_over:
             continue
         done = attempt_is_terminal(now[ap])
         halt = halt or not done

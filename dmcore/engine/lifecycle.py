@@ -108,16 +108,20 @@ def ensure_attempt(step: steps.EnsureAttempt, ctx: Ctx) -> list[Step | Later]:
     aid = AttemptID.decode(step.aid)
     path = docs.attempt_path(aid)
     att = ctx.uow.get(path)
+    back: list[Step | Later] = []
+    if step.depender:
+        add = steps.AddBackDep(dependee=step.aid, depender=step.depender, needs_ack=True)
+        back.append(Later(add, together=True))
     if att is not None:
         if step.depended and att.get(docs.DEPENDED) is False:
             # Created meanwhile by a call without an execution: its end must reach
             # the depender (whose AddBackDep may have run before the attempt existed).
             if attempt_is_terminal(att):
                 # Ended unflagged, so its end looked for no back edge: look now.
-                return [Later(steps.PropagateCompletion(aid=step.aid), together=True)]
+                return [Later(steps.PropagateCompletion(aid=step.aid), together=True), *back]
             att[docs.DEPENDED] = True
             ctx.uow.put(path, att)
-        return []
+        return back
     ctx.uow.create(
         path,
         {
@@ -137,7 +141,7 @@ def ensure_attempt(step: steps.EnsureAttempt, ctx: Ctx) -> list[Step | Later]:
             docs.DEPENDED: step.depended,
         },
     )
-    return [steps.ScheduleExecution(aid=step.aid)]
+    return [steps.ScheduleExecution(aid=step.aid), *back]
 
 
 @rolls_forward(steps.ScheduleExecution)

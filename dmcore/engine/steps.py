@@ -65,6 +65,9 @@ class EnsureAttempt(Mutation):
     KIND = "EnsureAttempt"
     aid: str
     depended: bool = False  # created for a dependency: flag it (docs.DEPENDED)
+    depender: str = ""
+    """A declaration's: the depender's reverse edge (AddBackDep), in the same commit,
+    after the attempt exists (so an AddBackDep never finds its dependee absent)."""
 
     def root(self) -> str:
         return f"{docs.ATTEMPTS}/{self.aid}"
