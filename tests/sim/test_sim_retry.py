@@ -538,12 +538,11 @@ def test_a_waiting_depender_waits_again_for_its_retried_dependency(
         h.close()
 
 
-@pytest.mark.parametrize("when", ["before its transaction", "before its answer"])
 def test_a_retry_racing_a_depend_call_halts_the_caller(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, when: str
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """X depends on D, which ended abnormally as X's call began; a user retries D
-    while the call is under way. X must not be told D is over: it halts, and
+    before the call's transaction. X must not be told D is over: it halts, and
     resumes once D ends again (the alternative, an answer without a halt that
     shows D running, is one no job can act on)."""
     h = Harness(tmp_path, queue="local")
@@ -554,30 +553,16 @@ def test_a_retry_racing_a_depend_call_halts_the_caller(
         h.play(d1.execution(1), _value_job([], [], fail=True))
         h.settle()
         assert h.state(d1) == AttemptState.ABNORMAL_FINISHED
-        raced: list[str] = []
+        raced: list[bool] = []
+        run = h.engine.run
 
-        def retry_d() -> None:
-            if not raced:
-                raced.append(when)
+        def run_after_retry(m: Mutation, **kw: Any) -> None:
+            if isinstance(m, steps.DeclareDeps) and not raced:
+                raced.append(True)
                 h.service.retry_attempt(d1, Caller.trusted())
+            run(m, **kw)
 
-        if when == "before its transaction":
-            run = h.engine.run
-
-            def run_after_retry(m: Mutation, **kw: Any) -> None:
-                if isinstance(m, steps.DeclareDeps):
-                    retry_d()
-                run(m, **kw)
-
-            monkeypatch.setattr(h.engine, "run", run_after_retry)
-        else:
-            snapshot = h.service._snapshot_graph
-
-            def snapshot_after_retry(*a: Any) -> dm_pb2.GraphData:
-                retry_d()
-                return snapshot(*a)
-
-            monkeypatch.setattr(h.service, "_snapshot_graph", snapshot_after_retry)
+        monkeypatch.setattr(h.engine, "run", run_after_retry)
         halted: list[bool] = []
 
         def x_job(j: Job) -> None:
@@ -586,10 +571,51 @@ def test_a_retry_racing_a_depend_call_halts_the_caller(
 
         h.play(x1.execution(1), x_job)
         monkeypatch.undo()
-        assert raced == [when] and halted == [True]
+        assert raced == [True] and halted == [True]
         h.settle()
         assert h.state(x1) == AttemptState.WAITING
         _retried_then_resumed(h, d1, x1.execution(2), [d1], [d], want=2)
+    finally:
+        h.close()
+
+
+def test_a_retry_after_a_depend_calls_transaction_leaves_its_answer_whole(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """X depends on D, which ended abnormally; a user retries D after X's declaration
+    committed but before its answer is made. The answer is what the declaration's
+    transaction read (D over, abnormally), not a later read that would show D
+    running without a halt: X is told, as if the retry came after the call."""
+    h = Harness(tmp_path, queue="local")
+    try:
+        x, d = quest_desc("x"), quest_desc("d")
+        x1, d1 = AttemptID(qid_of(x), 1), AttemptID(qid_of(d), 1)
+        h.ensure(x, d)
+        h.play(d1.execution(1), _value_job([], [], fail=True))
+        h.settle()
+        assert h.state(d1) == AttemptState.ABNORMAL_FINISHED
+        snapshot = h.service._snapshot_graph
+
+        def snapshot_after_retry(*a: Any) -> dm_pb2.GraphData:
+            h.service.retry_attempt(d1, Caller.trusted())
+            return snapshot(*a)
+
+        monkeypatch.setattr(h.service, "_snapshot_graph", snapshot_after_retry)
+        told: list[str] = []
+
+        def x_job(j: Job) -> None:
+            j.activate()
+            rsp = j.dep_on(d1, quests=[d])
+            assert not rsp.should_halt
+            told.append(
+                rsp.result.quests[d1.quest].attempts[d1.num].data.WhichOneof("attempt_type")
+            )
+            j.finish({"v": 0})
+
+        h.play(x1.execution(1), x_job)
+        monkeypatch.undo()
+        assert told == ["abnormal_finish"]
+        assert h.state(d1) != AttemptState.ABNORMAL_FINISHED  # re-opened meanwhile
     finally:
         h.close()
 
