@@ -192,10 +192,9 @@ class Service:
         max_size = _data_limit(req.limit.max_data_size, "limit.max_data_size")
         eid: ExecutionID | None = None
         if req.HasField("for_execution"):
+            # The token is checked before anything of the request's graph is read: in
+            # DeclareDeps' transaction (a forged one costs one read and learns nothing).
             eid = _auth_eid(req.for_execution, "for_execution")
-            # Before anything that depends on the request's graph: a forged token costs
-            # one read and learns nothing. (DeclareDeps checks again, transactionally.)
-            self._check_execution_token(eid, req.for_execution.token, retry_ok=True)
         elif not caller.can_write:
             raise PermissionDenied(f"{caller.identity} may not create quests (not a writer)")
 
@@ -345,19 +344,18 @@ class Service:
         store = self.engine.store
         if me in aids:
             raise InvalidArgument(f"attempt {me}: an attempt cannot depend on itself")
-        # A quest named only by raw_attempts must exist: checked before anything is
-        # written (MergeQuest creates only what the caller described).
-        raw_only = sorted({a.quest for a in aids} - set(supplied))
-        if raw_only:
+        chunk_size = self.declare_chunk
+        chunks = [aids[i : i + chunk_size] for i in range(0, len(aids), chunk_size)] or [[]]
+        if len(chunks) > 1:
+            # Parts commit one by one: what one declaration refuses in its transaction
+            # (a forged token, an absent quest named by raw_attempts, a cycle) is
+            # refused before the first (and each part checks its own again).
+            self._check_execution_token(eid, req.for_execution.token, retry_ok=True)
+            raw_only = sorted({a.quest for a in aids} - set(supplied))
             got = store.get_many([docs.quest_path(q) for q in raw_only])
             for q in raw_only:
                 if got[docs.quest_path(q)] is None:
                     raise InvalidArgument(f'cannot create attempts for absent quest "{q}"')
-        chunk_size = self.declare_chunk
-        chunks = [aids[i : i + chunk_size] for i in range(0, len(aids), chunk_size)] or [[]]
-        if len(chunks) > 1:
-            # Parts commit one by one: a cycle is refused before the first, as one
-            # declaration would (each part checks its own dependees again).
             known = store.get_many([docs.attempt_path(a) for a in aids])
             deps.reject_cycles(
                 lambda p: known[p] if p in known else store.get(p),

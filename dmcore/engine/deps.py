@@ -123,6 +123,13 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
     step.seen = dict(now)
     # An absent dependee (created below) has no edges: only live ones are walked.
     live = [d for d, p in zip(dependees, apaths, strict=True) if now[p] is not None]
+    # A quest the caller did not describe must exist to get a new attempt: refused
+    # before anything is written (MergeQuest creates only what was described).
+    raw = sorted({d.quest for d in dependees} - set(step.quests) - {d.quest for d in live})
+    got = ctx.uow.get_many([docs.quest_path(q) for q in raw])
+    for q in raw:
+        if got[docs.quest_path(q)] is None:
+            raise InvalidArgument(f'cannot create attempts for absent quest "{q}"')
     reject_cycles(
         ctx.uow.get,
         ctx.uow.query,
