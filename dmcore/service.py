@@ -40,10 +40,10 @@ MAX_DATA_SIZE_DEFAULT = 16 * 1024 * 1024
 MAX_DATA_SIZE_CAP = 30 * 1024 * 1024
 MAX_WALK_TIME_US = 55_000_000
 MIN_EXECUTION_TOKEN = 32
-DECLARE_CHUNK = 100
-"""Dependencies one transaction records (W-14): with the attempt and the outbox
-record of their follow-ups, a commit touches about 100 documents (issue 11), far
-under Firestore's 500 writes."""
+DECLARE_CHUNK = 32
+"""Dependencies one transaction records (W-14): a new one is read and created there
+with its quest and its edge (three documents), so with the waiter's attempt a
+commit touches about 100 documents (issue 11), far under Firestore's 500 writes."""
 MAX_RANGE_ATTEMPTS = 100_000
 """Most attempts a WalkGraph query may name through its attempt ranges, all together:
 each is a read, and the walk's 55 s budget would not reach much further."""

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from distributors.fake import Job, quest_desc
-from dmcore.engine import docs
+from dmcore.engine import core, docs
 from dmcore.ids import AttemptID
 from dmcore.queue.base import Task
 from dmcore.states import AttemptState
@@ -186,13 +186,15 @@ def test_a_declaration_in_parts_is_atomic_in_effect(h: Harness) -> None:
 
 
 def test_an_attempt_created_unflagged_meanwhile_still_reaches_its_depender(
-    tmp_path: pathlib.Path,
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """X declares a dependency on D's attempt 2 (D exists, the attempt does not): the
-    declaration's MergeQuest (the attempt's EnsureAttempt, with X's reverse edge, in
-    one commit) is held while a call without an execution creates the attempt unflagged
-    (docs.DEPENDED false), which ends reading no back edge. The held MergeQuest,
-    delivered last, finds it ended: X resumes."""
+    """X declares a dependency on D's attempt 2 (D exists, the attempt does not). The
+    declaration creates it in its own commit, unless its write budget is spent: then
+    the MergeQuest (the attempt's EnsureAttempt, with X's reverse edge, in one commit)
+    is queued, and here held while a call without an execution creates the attempt
+    unflagged (docs.DEPENDED false), which ends reading no back edge. The held
+    MergeQuest, delivered last, finds it ended: X resumes."""
+    monkeypatch.setattr(core, "INLINE_WRITE_BUDGET", 0)  # every follow-up queued
     h = Harness(tmp_path, queue="chaos", chaos=Chaos(reorder=False))
     try:
         assert h.chaos is not None
@@ -205,6 +207,7 @@ def test_an_attempt_created_unflagged_meanwhile_still_reaches_its_depender(
             assert j.dep_on(d2).should_halt
 
         h.world.run_task(x1.execution(1), job)
+        monkeypatch.undo()
         held = []
         while (item := h.chaos.take()) is not None:
             task, _ = item

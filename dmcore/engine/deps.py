@@ -183,10 +183,11 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
     for q in step.quests:
         if q not in named:
             create.setdefault(q, [])
-    chained: list[Step | Later] = [
-        steps.MergeQuest(qid=q, desc_b64=step.quests.get(q, ""), and_then=then)
-        for q, then in create.items()
-    ]
+    # In this transaction (together), reading from its cache: a new dependee is read
+    # once, and created with no task of its own (queued past the write budget).
+    merges = [steps.MergeQuest(qid=q, desc_b64=step.quests.get(q, ""), and_then=then)
+              for q, then in create.items()]  # fmt: skip
+    chained: list[Step | Later] = [Later(m, together=True) for m in merges]
     chained += follow
 
     if step.part:
