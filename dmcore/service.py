@@ -288,19 +288,24 @@ class Service:
         rsp.accepted = True
         return rsp
 
-    def _check_execution_token(self, eid: ExecutionID, token: bytes, *, retry_ok: bool) -> None:
+    def _check_execution_token(
+        self, eid: ExecutionID, token: bytes, *, retry_ok: bool
+    ) -> docs.Doc | None:
         """One read: the execution exists, runs and ``token`` is its token, else Unauthenticated.
 
         ``retry_ok``: a token already revoked by a halting EnsureGraphData also
         passes (that call's retry after a lost answer, W-6; DeclareDeps decides).
+        Returns the attempt's document as read (None: an archived execution).
         """
-        ex = docs.read_execution(self.engine.store, eid)
+        att = self.engine.store.get(docs.attempt_path(eid.attempt_id))
+        ex = None if att is None else docs.read_execution(self.engine.store, eid, att)
         live = ex is not None and (
             (ex["state"] == ExecutionState.RUNNING and ex.get("token_state") == "execution")
             or (retry_ok and ex.get("token_state") == "revoked")
         )
         if not live or ex is None or not records.token_matches(ex, token):
             raise Unauthenticated("bad execution auth")
+        return att
 
     def _validate_distributor(
         self,
@@ -350,19 +355,21 @@ class Service:
             # Parts commit one by one: what one declaration refuses in its transaction
             # (a forged token, an absent quest named by raw_attempts, a cycle) is
             # refused before the first (and each part checks its own again).
-            self._check_execution_token(eid, req.for_execution.token, retry_ok=True)
+            att = self._check_execution_token(eid, req.for_execution.token, retry_ok=True)
             raw_only = sorted({a.quest for a in aids} - set(supplied))
             got = store.get_many([docs.quest_path(q) for q in raw_only])
             for q in raw_only:
                 if got[docs.quest_path(q)] is None:
                     raise InvalidArgument(f'cannot create attempts for absent quest "{q}"')
-            known = store.get_many([docs.attempt_path(a) for a in aids])
-            deps.reject_cycles(
-                lambda p: known[p] if p in known else store.get(p),
-                store.query,
-                me,
-                [a for a in aids if not records.attempt_is_terminal(known[docs.attempt_path(a)])],
-            )
+            # A cycle closes through an edge into this attempt: none if nothing depends
+            # on it (docs.DEPENDED, set in the commit of any edge into a live attempt).
+            if att is None or att.get(docs.DEPENDED) is not False:
+                known = store.get_many([docs.attempt_path(a) for a in aids])
+                over = records.attempt_is_terminal
+                live = [a for a in aids if not over(known[docs.attempt_path(a)])]
+                deps.reject_cycles(
+                    lambda p: known[p] if p in known else store.get(p), store.query, me, live
+                )
         quests = {q: base64.b64encode(d.SerializeToString()).decode() for q, d in supplied.items()}
         named = {a.quest for a in aids}
         token_b64 = base64.b64encode(req.for_execution.token).decode()

@@ -999,6 +999,28 @@ def test_cycle_that_can_be_seen_is_rejected(h: Harness) -> None:
     complete(h, a1, {"a": 1})
 
 
+def test_a_cycle_in_a_declaration_in_parts_is_refused_before_any_part(h: Harness) -> None:
+    """A declaration too large for one transaction commits in parts (W-14): a cycle
+    closed by its last part is refused before the first, so nothing is written."""
+    a, b = quest_desc("A"), quest_desc("B")
+    others = [quest_desc(f"X{i}") for i in range(4)]
+    start(h, a)
+    a1, b1 = aid_of(a), aid_of(b)
+    ta = activate(h, a1.execution(1))
+    assert declare(h, a1.execution(1), ta, b1, quests=(b,)).should_halt
+    h.settle()
+    tb = activate(h, b1.execution(1))
+    h.service.declare_chunk = 2
+    rejected(
+        h,
+        InvalidArgument,
+        "cycle",
+        lambda: declare(
+            h, b1.execution(1), tb, *(aid_of(x) for x in others), a1, quests=(*others, a)
+        ),
+    )
+
+
 def test_stale_edge_of_a_crashed_execution_is_no_cycle(h: Harness) -> None:
     """Only the edges of an attempt's current execution make it wait (W-2)."""
     a, b = quest_desc("A", crashed=1), quest_desc("B")

@@ -146,7 +146,7 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
         and me.encoded in (dee or {}).get(docs.DEPENDERS, [])
     }
     edges = ctx.uow.get_many([docs.fwd_dep_path(me, d) for d in live if d not in known_over])
-    follow: list[Step | Later] = []
+    follow: list[steps.AddBackDep] = []
     create: dict[str, list[dict[str, Any]]] = {}
     halt = False
     for d, p, ap in zip(dependees, paths, apaths, strict=True):
@@ -188,7 +188,9 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
     merges = [steps.MergeQuest(qid=q, desc_b64=step.quests.get(q, ""), and_then=then)
               for q, then in create.items()]  # fmt: skip
     chained: list[Step | Later] = [Later(m, together=True) for m in merges]
-    chained += follow
+    # The reverse edges too: an edge into a live attempt flags it (docs.DEPENDED) in
+    # the commit that writes the edge (a declaration in parts relies on it).
+    chained += [Later(back, together=True) for back in follow]
 
     if step.part:
         # The edges of execution eid.num stay inert (the attempt's deps_execution is
