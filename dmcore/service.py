@@ -398,8 +398,19 @@ class Service:
         if halts:
             rsp.should_halt = True
             return rsp
+
         # Every dependee was over when its part read it: the answer is what was read.
-        self._snapshot_graph(aids, req.include.attempt.result, max_size, seen, rsp.result)
+        def load(chunk: Sequence[AttemptID]) -> dict[str, docs.Doc | None]:
+            paths = [docs.attempt_path(a) for a in chunk]
+            got = {p: seen.pop(p) for p in paths if p in seen}
+            rest = [p for p in paths if p not in got]
+            rest += dict.fromkeys(docs.quest_path(a.quest) for a in chunk)
+            got.update(store.get_many(rest))
+            return got
+
+        self._snapshot_graph(
+            aids, req.include.attempt.result, max_size, load=load, out=rsp.result, descs=supplied
+        )
         return rsp
 
     def _snapshot_graph(
@@ -658,7 +669,9 @@ class Service:
             out,
             quest_data=inc.quest.data,
             excluded_quests=excluded_quests,
-            fwd_edges=shown if inc.fwd_deps or (walk_fwd and req.limit.max_depth != 0) else None,
+            fwd_edges=(lambda d: shown(d) and d.get(docs.DECLARED) is not False)
+            if inc.fwd_deps or (walk_fwd and req.limit.max_depth != 0)
+            else None,
         )
 
         # The request's options, read once (a protobuf field read is not free, and the
@@ -741,7 +754,9 @@ class Service:
             back: list[AttemptID] = []
             # Edges are read only to be shown or followed (not at the depth limit).
             deeper = max_depth == -1 or depth < max_depth
-            if show_fwd or (walk_fwd and deeper):
+            # An attempt that never declared dependencies has no edges (docs.DECLARED).
+            declared = doc.get(docs.DECLARED) is not False
+            if declared and (show_fwd or (walk_fwd and deeper)):
                 fwd = [AttemptID.decode(docs.last_id(p)) for p, _ in ahead.fwd_edges(aid)]
             if show_back or (walk_back and deeper):
                 back = docs.list_dependers(store, aid, doc)

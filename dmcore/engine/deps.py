@@ -197,6 +197,10 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
         # not set) until the last part decides, told whether this one halts.
         step.halted = halt
         return chained
+    if att.get(docs.DECLARED) is False:
+        # Its forward edges exist now (of this part and those before): walks look.
+        att[docs.DECLARED] = True
+        ctx.uow.put(docs.attempt_path(me), att)
     if halt or step.parts_halt:
         set_execution_state(ex, ExecutionState.STOPPING, ctx.now_us)
         ex["token_state"] = "revoked"

@@ -110,6 +110,12 @@ declaration, or a re-open). Its end looks for back edges only then, so a leaf's 
 reads nothing more. An ended attempt is not flagged: an edge added then is acked at
 once."""
 
+DECLARED = "declared"
+"""The attempt's flag: it has declared dependencies (forward edges). Created False,
+set by the last part of its first declaration (a write of the attempt it makes
+anyway when it halts); a walk queries the forward edges of an attempt only when it
+is not False, so a leaf's place in an answer costs its attempt document alone."""
+
 CURRENT = "ex"
 """The attempt's field holding its current execution: the steps of an execution
 read and write one document (its attempt), not two."""

@@ -139,6 +139,7 @@ def ensure_attempt(step: steps.EnsureAttempt, ctx: Ctx) -> list[Step | Later]:
             "result": None,
             "abnormal": None,
             docs.DEPENDED: step.depended,
+            docs.DECLARED: False,
         },
     )
     return [steps.ScheduleExecution(aid=step.aid), *back]
