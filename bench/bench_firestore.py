@@ -297,6 +297,7 @@ def report(
         "max_writes_one_document": hot[0][0] if hot else 0,
         "hottest_documents": [{"path": _short(p, roots), "writes": n} for n, p in hot],
         "largest_commit": stats.largest_commit,
+        "max_documents_one_transaction": stats.largest_transaction,
         "usd_per_million_executions": round(cost, 2),
         "distributor": {
             "collections": sorted(theirs),
@@ -449,7 +450,8 @@ def lines(r: dict[str, Any]) -> list[str]:
         + " in all)",
         f"  most writes on one document: {r['max_writes_one_document']} ("
         + ", ".join(f"{h['path']}: {h['writes']}" for h in r["hottest_documents"])
-        + f"); largest commit: {r['largest_commit']} writes",
+        + f"); largest commit: {r['largest_commit']} writes"
+        + f"; most documents one transaction touched: {r['max_documents_one_transaction']}",
     ]
     steps = dict(sorted(r["steps"].items(), key=lambda kv: -kv[1]["writes"] - kv[1]["reads"]))
     out += _table("by step (dm)", ("deliveries", "commits", *OPS), steps)

@@ -492,6 +492,19 @@ class StoreContract:
         assert store.count("q", where={"meta.owner": "ann"}) == 2
         assert store.count("nothing") == 0
 
+    def test_count_in_a_transaction(self, store: Store) -> None:
+        self._seed(store)
+
+        def fn(tx: Transaction) -> tuple[int, int, int, int]:
+            return (
+                tx.count("q"),
+                tx.count("q", {"kind": "x"}),
+                tx.count("q", {"kind": "x"}, limit=2),
+                tx.count("nothing", limit=2),
+            )
+
+        assert store.transaction(fn) == (5, 3, 2, 0)
+
     # ---- paths
 
     @pytest.mark.parametrize("path", ["", "c", "c/d/e", "/c/d", "c/d/", "c//d", "a/b/c"])

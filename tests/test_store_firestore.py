@@ -274,6 +274,33 @@ def test_query_in_a_transaction_sees_a_racing_insert(fs: FirestoreStore) -> None
     assert fs.stats.retries >= 1
 
 
+def test_count_in_a_transaction_sees_a_racing_close(fs: FirestoreStore) -> None:
+    """Serializable counts: two open items, two transactions each count the open ones
+    (an aggregation, not reading them) and close their own; whichever commits second
+    must have seen the other's close (retried) and count 1. An ack relies on this: only
+    the one that closes the waiter's last open edge queues its check."""
+    put(fs, "items/0", {"open": True})
+    put(fs, "items/1", {"open": True})
+    barrier = threading.Barrier(2)
+    first = threading.local()
+    seen: dict[int, int] = {}
+
+    def close_mine(worker: int) -> None:
+        def fn(tx: Transaction) -> int:
+            n = tx.count("items", {"open": True}, limit=2)
+            if not getattr(first, "done", False):
+                first.done = True
+                barrier.wait(timeout=30)  # both have counted before either writes
+            tx.set(f"items/{worker}", {"open": False})
+            return n
+
+        seen[worker] = fs.transaction(fn, attempts=10)
+
+    run_threads(2, close_mine)
+    assert sorted(seen.values()) == [1, 2]
+    assert fs.stats.retries >= 1
+
+
 def test_racing_creates_of_one_document(fs: FirestoreStore) -> None:
     """Two transactions find a document missing and create it: one creates it, the
     other never overwrites it (it is retried and finds it, or its create fails)."""

@@ -203,6 +203,15 @@ class Uow:
             items.sort(key=lambda kv: _field(kv[1], order_by))
         return items[:limit] if limit is not None else items
 
+    def count(
+        self, collection: str, where: Mapping[str, Any] | None = None, limit: int | None = None
+    ) -> int:
+        """How many documents :meth:`query` would return, without reading them (a
+        store's aggregation) unless this step has written into ``collection``."""
+        if any(p.rsplit("/", 1)[0] == collection for p in self._dirty):
+            return len(self.query(collection, where, limit=limit))
+        return self._tx.count(collection, where, limit)
+
     @property
     def pending_writes(self) -> int:
         """Documents this step will write at its end."""

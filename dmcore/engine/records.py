@@ -205,10 +205,10 @@ def attempt_is_terminal(doc: Mapping[str, Any] | None) -> bool:
 
 
 def open_deps(ctx: Ctx, aid: AttemptID, execution: int, limit: int | None) -> int:
-    rows = ctx.uow.query(
-        docs.fwd_deps_collection(aid), {"for_execution": execution, "satisfied": False}, limit=limit
-    )
-    return len(rows)
+    """Open edges of ``aid``'s execution (up to ``limit``): counted, not read (an ack's
+    "is another one open?" costs one read on Firestore, not one per edge found)."""
+    where = {"for_execution": execution, "satisfied": False}
+    return ctx.uow.count(docs.fwd_deps_collection(aid), where, limit)
 
 
 # -- the execution's timer and poll ----------------------------------------------------

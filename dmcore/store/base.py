@@ -186,6 +186,13 @@ class Transaction(abc.ABC):
     ) -> list[tuple[str, Doc]]:
         """Documents directly in ``collection`` matching every equality in ``where``."""
 
+    def count(
+        self, collection: str, where: Mapping[str, Any] | None = None, limit: int | None = None
+    ) -> int:
+        """How many documents :meth:`query` would return (at most ``limit``); a backend
+        that bills per document returned counts without returning them."""
+        return len(self.query(collection, where, limit=limit))
+
     @abc.abstractmethod
     def set(self, path: str, doc: Doc) -> None:
         """Write ``doc`` at ``path`` at commit, replacing what is there."""

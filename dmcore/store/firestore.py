@@ -279,6 +279,9 @@ class FirestoreStats:
     labels: dict[tuple[str, str], LabelCounts] = dataclasses.field(default_factory=dict)
     largest_commit: int = 0
     """Most writes and deletes in one commit."""
+    largest_transaction: int = 0
+    """Most documents one committed transaction touched: read (found or not, or
+    returned by a query) or written, each counted once."""
     _lock: threading.Lock = dataclasses.field(
         default_factory=threading.Lock, repr=False, compare=False
     )
@@ -305,6 +308,7 @@ class FirestoreStats:
             self.documents = {}
             self.labels = {}
             self.largest_commit = 0
+            self.largest_transaction = 0
 
     # -- who did it (detailed)
 
@@ -359,13 +363,17 @@ class FirestoreStats:
                 self._document(p).reads += 1
             self._label().on(collection_of(collection)).reads += billed
 
-    def commit(self, written: Sequence[str], deleted: Sequence[str]) -> None:
-        """A committed transaction or batch."""
+    def commit(
+        self, written: Sequence[str], deleted: Sequence[str], read: Iterable[str] = ()
+    ) -> None:
+        """A committed transaction (``read``: the documents it read) or batch."""
         self.add(writes=len(written), deletes=len(deleted), commits=1)
         if not self.detailed:
             return
+        touched = len({*read, *written, *deleted})
         with self._lock:
             self.largest_commit = max(self.largest_commit, len(written) + len(deleted))
+            self.largest_transaction = max(self.largest_transaction, touched)
             label = self._label()
             label.commits += 1
             for p in written:
@@ -433,6 +441,7 @@ class _FirestoreTransaction(BufferedTransaction[dict[str, Any]]):
         self._store = store
         self._retry_id = retry_id
         self._fs: firestore.Transaction | None = None
+        self._read: set[str] = set()  # documents read, for FirestoreStats
 
     @property
     def fs_id(self) -> bytes | None:
@@ -454,10 +463,12 @@ class _FirestoreTransaction(BufferedTransaction[dict[str, Any]]):
 
     def get(self, path: str) -> Doc | None:
         _doc_path(path)
+        self._read.add(path)
         return self._store._get_many([path], self._reader())[path]
 
     def get_many(self, paths: Sequence[str]) -> dict[str, Doc | None]:
         self._store._check_paths(paths)
+        self._read.update(paths)
         return self._store._get_many(paths, self._reader())
 
     def query(
@@ -469,7 +480,7 @@ class _FirestoreTransaction(BufferedTransaction[dict[str, Any]]):
         limit: int | None = None,
     ) -> list[tuple[str, Doc]]:
         _collection_path(collection)
-        return self._store._query(
+        rows = self._store._query(
             collection,
             where=where,
             order_by=order_by,
@@ -477,6 +488,16 @@ class _FirestoreTransaction(BufferedTransaction[dict[str, Any]]):
             limit=limit,
             tx=self._reader(),
         )
+        self._read.update(p for p, _ in rows)
+        return rows
+
+    def count(
+        self, collection: str, where: Mapping[str, Any] | None = None, limit: int | None = None
+    ) -> int:
+        # An aggregation in the transaction: one read per 1,000 index entries it
+        # scans (``limit`` bounds them), however many documents match.
+        _collection_path(collection)
+        return self._store._count(collection, where, limit, self._reader())
 
     # -- writes: buffered (BufferedTransaction), encoded for the client
 
@@ -525,7 +546,7 @@ class _FirestoreTransaction(BufferedTransaction[dict[str, Any]]):
         except gexc.AlreadyExists as e:
             present = sorted(self._writes.must_be_absent())
             raise AlreadyExists(f"document(s) already exist among: {', '.join(present)}") from e
-        store.stats.commit(written, deleted)
+        store.stats.commit(written, deleted, self._read)
 
     def _abandon(self, *, rollback: bool = True) -> None:
         """End without committing; roll the Firestore transaction back (best effort)."""
@@ -726,10 +747,22 @@ class FirestoreStore(Store):
 
     def count(self, collection: str, where: Mapping[str, Any] | None = None) -> int:
         _collection_path(collection)
+        return self._count(collection, where, None, None)
+
+    def _count(
+        self,
+        collection: str,
+        where: Mapping[str, Any] | None,
+        limit: int | None,
+        tx: firestore.Transaction | None,
+    ) -> int:
+        q = self._build_query(collection, where)
+        if limit is not None:
+            q = q.limit(limit)
         # The library annotates count() as returning a class; it returns an instance.
-        agg = cast(AggregationQuery, self._build_query(collection, where).count(alias="n"))
+        agg = cast(AggregationQuery, q.count(alias="n"))
         self.query_shapes.add(_shape(collection, where, aggregate=True))
-        rows: list[Any] = list(agg.get())  # [[AggregationResult]] at run time
+        rows: list[Any] = list(agg.get(transaction=tx))  # [[AggregationResult]] at run time
         n = 0
         for row in rows:
             for result in row if isinstance(row, list) else [row]:
