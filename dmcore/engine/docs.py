@@ -4,7 +4,8 @@ Layout (DESIGN.md §4; SQLite mirrors Firestore)::
 
     quests/{qid}                                   Quest: desc, built_by, created
     attempts/{aid}                                 Attempt (state, counters, ``depended``:
-                                                   anything depends on it, ...) and, in its
+                                                   anything depends on it, ``declared``: it
+                                                   has forward edges, ...) and, in its
                                                    field ``ex``, its current execution
                                                    (state, token hash, config snapshot)
     attempts/{aid}/executions/{eid}                an earlier execution, archived when the

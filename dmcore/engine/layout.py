@@ -14,7 +14,7 @@ from __future__ import annotations
 from dmcore.errors import FailedPrecondition
 from dmcore.store.base import Store, Transaction
 
-VERSION = 3
+VERSION = 4
 """The layout this dm reads and writes. Raise it with any change to what
 docs/layout.md describes that an older or newer engine would misread.
 
@@ -23,7 +23,12 @@ re-send the former; this one would not sweep attempts or outbox records without
 the latter).
 
 3: no ``back_dep_groups``; reverse edges inline on the dependee's attempt
-(``dependers``), past the first 8 in ``attempts/{aid}/back_deps``."""
+(``dependers``), past the first 8 in ``attempts/{aid}/back_deps``.
+
+4: a declaration creates a new dependee with its depender inline, so an attempt
+with fewer than 8 inline dependers, never re-opened, has no back-edge document
+to look for when it ends (a layout-3 store may hold one); attempts record
+whether they declared dependencies (``declared``)."""
 
 PATH = "meta/layout"
 
