@@ -9,7 +9,8 @@ counted (:class:`~dmcore.store.firestore.FirestoreStats`), per scenario:
 
 * reads, writes, deletes, commits and queue tasks (deliveries) per execution;
 * the most writes on any one document (Firestore sustains about one write
-  per second on a document) and the largest commit;
+  per second on a document), the largest commit and the most documents one
+  transaction touched (read or written: ``max_documents_one_transaction``);
 * a breakdown by step (the mutation a transaction ran, the task delivered,
   the API method) and by collection;
 * $ per million executions at the list prices of :mod:`bench.prices`;

@@ -77,6 +77,7 @@ def test_bench_firestore_smoke(firestore_emulator: str, capsys: pytest.CaptureFi
         )
         assert s["max_writes_one_document"] >= 1
         assert s["largest_commit"] >= 1
+        assert s["max_documents_one_transaction"] >= s["largest_commit"]
         assert s["usd_per_million_executions"] > 0
         # jobsim keeps one task document per execution in its own collection.
         assert s["distributor"]["collections"] == ["jobsim_tasks"]
