@@ -538,6 +538,17 @@ def test_a_waiting_depender_waits_again_for_its_retried_dependency(
         h.close()
 
 
+def _failed_dependency(h: Harness) -> tuple[dm_pb2.Quest.Desc, AttemptID, AttemptID]:
+    """Quests X and D, D's attempt ended abnormally: (D's desc, X|1, D|1)."""
+    x, d = quest_desc("x"), quest_desc("d")
+    x1, d1 = AttemptID(qid_of(x), 1), AttemptID(qid_of(d), 1)
+    h.ensure(x, d)
+    h.play(d1.execution(1), _value_job([], [], fail=True))
+    h.settle()
+    assert h.state(d1) == AttemptState.ABNORMAL_FINISHED
+    return d, x1, d1
+
+
 def test_a_retry_racing_a_depend_call_halts_the_caller(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -547,12 +558,7 @@ def test_a_retry_racing_a_depend_call_halts_the_caller(
     shows D running, is one no job can act on)."""
     h = Harness(tmp_path, queue="local")
     try:
-        x, d = quest_desc("x"), quest_desc("d")
-        x1, d1 = AttemptID(qid_of(x), 1), AttemptID(qid_of(d), 1)
-        h.ensure(x, d)
-        h.play(d1.execution(1), _value_job([], [], fail=True))
-        h.settle()
-        assert h.state(d1) == AttemptState.ABNORMAL_FINISHED
+        d, x1, d1 = _failed_dependency(h)
         raced: list[bool] = []
         run = h.engine.run
 
@@ -588,12 +594,7 @@ def test_a_retry_after_a_depend_calls_transaction_leaves_its_answer_whole(
     running without a halt: X is told, as if the retry came after the call."""
     h = Harness(tmp_path, queue="local")
     try:
-        x, d = quest_desc("x"), quest_desc("d")
-        x1, d1 = AttemptID(qid_of(x), 1), AttemptID(qid_of(d), 1)
-        h.ensure(x, d)
-        h.play(d1.execution(1), _value_job([], [], fail=True))
-        h.settle()
-        assert h.state(d1) == AttemptState.ABNORMAL_FINISHED
+        d, x1, d1 = _failed_dependency(h)
         snapshot = h.service._snapshot_graph
 
         def snapshot_after_retry(*a: Any) -> dm_pb2.GraphData:
