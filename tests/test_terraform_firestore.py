@@ -127,7 +127,7 @@ def spies(rec: Recorded, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
         monkeypatch.setattr(FirestoreStore, name, spy)
 
-    for name in ("_query", "count", "query_id_prefix"):
+    for name in ("_query", "_count", "query_id_prefix"):  # _count: a transaction's too
         site_spy(name)
 
     def write_spy(name: str) -> None:
@@ -235,6 +235,31 @@ def _reopened(h: Harness) -> None:
     h.settle(max_seconds=60)
 
 
+def _hub(h: Harness) -> None:
+    """A dependee with more dependers than fit inline, its completion acked in steps
+    of one: back-edge documents queried, chained steps (each with an outbox record:
+    a chained step writes no attempt)."""
+    h.engine.settings.propagate_batch = 1
+    hub_desc = quest_desc("hub")
+    hub = AttemptID(qid_of(hub_desc), 1)
+    qids = h.ensure(*(quest_desc(f"spoke{i}") for i in range(docs.INLINE_DEPENDERS + 2)))
+    h.settle(max_seconds=1)
+
+    def depend(job: Job) -> None:
+        job.activate()
+        job.dep_on(hub, quests=[hub_desc])
+
+    def finish(job: Job) -> None:
+        job.activate()
+        job.finish({"v": 1})
+
+    for q in qids:
+        h.play(AttemptID(q, 1).execution(1), depend)
+    h.settle(max_seconds=5)
+    h.play(hub.execution(1), finish)
+    h.settle(max_seconds=60)
+
+
 def _polled(h: Harness) -> None:
     """An execution whose end is never notified: found by the sweep's polls."""
     (qid,) = h.ensure(quest_desc("polled", crashed=1))
@@ -264,6 +289,7 @@ def recorded(firestore_client: Any, tmp_path_factory: pytest.TempPathFactory) ->
     runs += [
         ("big values", _big_values, None),
         ("re-opened", _reopened, None),
+        ("hub", _hub, None),
         ("polling", _polled, {"fake": {"fake": {"poll_interval": "30s"}}}),
         ("record layout", _layout_checked, None),
     ]
