@@ -240,6 +240,7 @@ def _hub(h: Harness) -> None:
     of one: back-edge documents queried, chained steps (each with an outbox record:
     a chained step writes no attempt)."""
     h.engine.settings.propagate_batch = 1
+    h.engine.settings.max_inline = 1  # the chained steps queued, not tail calls
     hub_desc = quest_desc("hub")
     hub = AttemptID(qid_of(hub_desc), 1)
     qids = h.ensure(*(quest_desc(f"spoke{i}") for i in range(docs.INLINE_DEPENDERS + 2)))
@@ -258,6 +259,14 @@ def _hub(h: Harness) -> None:
     h.settle(max_seconds=5)
     h.play(hub.execution(1), finish)
     h.settle(max_seconds=60)
+    # Backwards from the hub, showing edges: the spokes' forward edges are read when
+    # they are reached (they declared some; a query attempt's are read ahead).
+    walk = dm_pb2.WalkGraphReq()
+    walk.query.attempt_list.to[hub.quest].nums.append(hub.num)
+    walk.mode.direction = dm_pb2.WalkGraphReq.Mode.BACKWARDS
+    walk.include.fwd_deps = True
+    walk.limit.max_depth = -1
+    h.service.walk_graph(walk, Caller.trusted())
 
 
 def _polled(h: Harness) -> None:
