@@ -167,7 +167,8 @@ class _ReadAhead:
                     doc = self.docs.get(docs.attempt_path(a))
                     if doc is not None and fwd_edges(doc):
                         colls.append(docs.fwd_deps_collection(a))
-                self.edges.update(self.store.query_collections(colls))
+                if colls:
+                    self.edges.update(self.store.query_collections(colls))
             yield from chunk
 
 
