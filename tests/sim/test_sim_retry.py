@@ -597,9 +597,9 @@ def test_a_retry_after_a_depend_calls_transaction_leaves_its_answer_whole(
         d, x1, d1 = _failed_dependency(h)
         snapshot = h.service._snapshot_graph
 
-        def snapshot_after_retry(*a: Any) -> dm_pb2.GraphData:
+        def snapshot_after_retry(*a: Any, **kw: Any) -> dm_pb2.GraphData:
             h.service.retry_attempt(d1, Caller.trusted())
-            return snapshot(*a)
+            return snapshot(*a, **kw)
 
         monkeypatch.setattr(h.service, "_snapshot_graph", snapshot_after_retry)
         told: list[str] = []
