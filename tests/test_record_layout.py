@@ -4,6 +4,10 @@ Records change shape between versions of dm (docs/layout.md) and are not
 migrated: an engine reading another layout's records would misread them
 silently. Checked on SQLite (a home) and on the Firestore emulator, through
 the engine's open (``Embedded``), the CLI, and the gcp backend's check.
+
+The same record holds the sweep's shard count: an engine configured with fewer
+shards than the store's records were stamped with still sweeps them all, and a
+switch between no shards and shards is refused.
 """
 
 from __future__ import annotations
@@ -17,11 +21,16 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from distributors.fake import quest_desc
 from dmcore.cli import app
-from dmcore.engine import layout
+from dmcore.engine import docs, layout
+from dmcore.engine.core import Engine, Settings
+from dmcore.ids import AttemptID
+from dmcore.proto import dm_pb2
 from dmcore.runtime.embedded import Embedded, build_registry
 from dmcore.store.base import Store
 from dmcore.store.sqlite import SqliteStore
+from tests.harness import Chaos, Harness, qid_of
 from tests.store_contract import put, run_threads
 
 JOBSIM: dict[str, Any] = {"distributor_configs": {"jobsim": {"jobsim": {}}}}
@@ -38,14 +47,14 @@ def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[St
         yield request.getfixturevalue("firestore_store")
 
 
-def _check(store: Store) -> None:
-    layout.check(store, "the test store", "empty it")
+def _check(store: Store, shards: int = 16) -> int:
+    return layout.check(store, "the test store", "empty it", sweep_shards=shards)
 
 
 def test_an_empty_store_is_given_this_layout_and_opens_again(store: Store) -> None:
-    _check(store)
-    assert store.get(layout.PATH) == {"version": layout.VERSION}
-    _check(store)  # the second open reads it and passes
+    assert _check(store) == 16
+    assert store.get(layout.PATH) == {"version": layout.VERSION, layout.SHARDS: 16}
+    assert _check(store) == 16  # the second open reads it and passes
     put(store, "quests/q", {"desc": {}})
     _check(store)  # records written in this layout do not matter
 
@@ -84,7 +93,7 @@ def test_engines_opening_an_empty_store_at_once_agree(tmp_path: pathlib.Path) ->
 
     try:
         run_threads(4, open_one)
-        assert stores[0].get(layout.PATH) == {"version": layout.VERSION}
+        assert stores[0].get(layout.PATH) == {"version": layout.VERSION, layout.SHARDS: 16}
     finally:
         for s in stores:
             s.close()
@@ -159,3 +168,80 @@ def test_the_gcp_functions_answer_failed_precondition(
             server.notify({}, {}, backend=b)
     finally:
         b.close()
+
+
+# -- the sweep's shard count -------------------------------------------------------------
+
+
+def test_fewer_shards_than_recorded_still_sweep_the_recorded_count(store: Store) -> None:
+    assert _check(store, 16) == 16
+    assert _check(store, 4) == 16  # records may be in shards 4..15: swept
+    assert store.get(layout.PATH) == {"version": layout.VERSION, layout.SHARDS: 16}
+
+
+def test_more_shards_are_recorded_for_every_engine(store: Store) -> None:
+    assert _check(store, 16) == 16
+    assert _check(store, 32) == 32
+    assert store.get(layout.PATH) == {"version": layout.VERSION, layout.SHARDS: 32}
+    assert _check(store, 16) == 32  # an engine still configured with 16 sweeps 32
+
+
+def test_a_count_recorded_before_counts_were_is_taken_as_configured(store: Store) -> None:
+    put(store, layout.PATH, {"version": layout.VERSION})  # a store of this layout, no count
+    assert _check(store, 16) == 16
+    assert store.get(layout.PATH) == {"version": layout.VERSION, layout.SHARDS: 16}
+
+
+@pytest.mark.parametrize(("recorded", "configured"), [(1, 16), (16, 1)])
+def test_a_switch_between_no_shards_and_shards_is_refused(
+    store: Store, recorded: int, configured: int
+) -> None:
+    put(store, layout.PATH, {"version": layout.VERSION, layout.SHARDS: recorded})
+    with pytest.raises(layout.LayoutMismatch) as e:
+        _check(store, configured)
+    assert f"the test store holds dm records for a sweep of {recorded} shard(s)" in e.value.message
+    assert f"this dm is configured with {configured}" in e.value.message
+    assert f"set sweep_shards back to {recorded}" in e.value.message
+    assert store.get(layout.PATH) == {"version": layout.VERSION, layout.SHARDS: recorded}
+
+
+def test_a_timer_stamped_under_more_shards_fires_after_the_count_is_lowered(
+    store: Store, tmp_path: pathlib.Path
+) -> None:
+    """A start timer armed by a 16-shard engine in shard 8 or above: an 8-shard engine
+    sweeps it once the layout check has told it the recorded count; without that
+    check its sweep never asks that shard (the stranding this guards against)."""
+    h = Harness(tmp_path, queue="chaos", chaos=Chaos(reorder=False), store=store)
+    try:
+        layout.check_settings(store, "the test store", "empty it", h.engine.settings)
+        desc = next(d for d in map(_timed, range(100)) if _shard(d, 16) >= 8)
+        h.ensure(desc)  # its execution waits for its job, a start timer armed
+        att = h.attempt(AttemptID(qid_of(desc), 1))
+        assert att[docs.SWEEP_SHARD] >= 8 and docs.TIMER_DUE in att
+        h.clock.advance(START_S + 1)
+
+        def lowered() -> Engine:
+            settings = Settings(sweep_shards=8, notify_secret=b"s")
+            return Engine(store, h.engine.queue, h.registry, clock=h.clock, rand=h.rng.randbytes,
+                          settings=settings)  # fmt: skip
+
+        assert lowered().sweep()["timers"] == 0  # unchecked: shard 8+ is never asked
+        engine = lowered()
+        layout.check_settings(store, "the test store", "empty it", engine.settings)
+        assert engine.settings.swept_shards == 16
+        assert engine.sweep()["timers"] == 1
+    finally:
+        h.close()
+
+
+START_S = 120
+
+
+def _timed(i: int) -> dm_pb2.Quest.Desc:
+    desc = quest_desc(f"timed{i}")
+    desc.meta.timeouts.start.FromSeconds(START_S)
+    return desc
+
+
+def _shard(desc: dm_pb2.Quest.Desc, shards: int) -> int:
+    return docs.sweep_shard(docs.attempt_path(AttemptID(qid_of(desc), 1)), shards)

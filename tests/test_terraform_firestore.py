@@ -286,7 +286,7 @@ def _polled(h: Harness) -> None:
 
 def _layout_checked(h: Harness) -> None:
     """The record-layout check of a fresh store (its queries: is the store empty?)."""
-    layout.check(h.store, "the workload's store", "empty it")
+    layout.check_settings(h.store, "the workload's store", "empty it", h.engine.settings)
 
 
 @pytest.fixture(scope="module")

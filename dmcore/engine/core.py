@@ -93,7 +93,12 @@ class Settings:
     due time, which only grows, takes all the writes (Firestore holds a collection
     with such an index near 500 writes/s; a composite index on shard and due time
     spreads them over this many ranges). 1: no shard field (SQLite, where one query
-    beats 16). Fixed for a deployment's life: attempts keep the shard they were given."""
+    beats 16). Records keep the shard they were given until written again, so the
+    sweep queries at least ``swept_shards``."""
+    swept_shards: int = 0
+    """Shards the store's records may have been stamped with (recorded in the store by
+    :func:`dmcore.engine.layout.check`): a store stamped under a larger count before
+    ``sweep_shards`` was lowered keeps being swept over all of them."""
     notify_topic: str = "dm-distributor-notify"
     notify_secret: bytes = b""
     """HMAC key of notification auth tokens (from configuration, never code)."""
@@ -612,7 +617,7 @@ class Engine:
         self, field: str, now: int, collection: str = docs.ATTEMPTS
     ) -> Iterator[tuple[str, Doc]]:
         """Documents whose ``field`` is ``now`` or earlier, earliest first in each sweep shard."""
-        shards = self.settings.sweep_shards
+        shards = max(self.settings.sweep_shards, self.settings.swept_shards)
         for shard in range(max(1, shards)):
             where = {docs.SWEEP_SHARD: shard} if shards > 1 else None
             for path, doc in self.store.query(

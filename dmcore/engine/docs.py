@@ -35,7 +35,8 @@ Firestore's 500 writes/s.
 ``aid`` is the encoded attempt ID (``<qid>|<inverted hex>``), ``eid`` the
 encoded execution number. Times are integer microseconds since the epoch.
 
-``meta/layout`` holds the version of this layout (:mod:`dmcore.engine.layout`).
+``meta/layout`` holds the version of this layout and the largest sweep shard
+count the store's records were stamped with (:mod:`dmcore.engine.layout`).
 """
 
 from __future__ import annotations

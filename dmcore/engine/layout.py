@@ -7,10 +7,22 @@ lose work without saying so. So each store says which layout wrote it, in
 one document, ``meta/layout``, written when the first engine opens an empty
 store; an engine refuses, in plain words, a store of another layout or one
 written before layouts were recorded. One read per engine start.
+
+The same document records the sweep's shard count (``sweep_shards``: the
+largest count any engine has stamped the store's records with). A record
+keeps the ``sweep_shard`` it was given until it is written again, so an
+engine configured with fewer shards than recorded still sweeps the recorded
+count (nothing is stranded in a shard it no longer queries); more shards are
+recorded, then swept by every engine. Only a change between no shards (1, no
+shard field: SQLite) and shards is refused: neither sweep finds the other's
+records.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from dmcore.engine.core import Settings
 from dmcore.errors import FailedPrecondition
 from dmcore.store.base import Store, Transaction
 
@@ -31,6 +43,8 @@ to look for when it ends (a layout-3 store may hold one); attempts record
 whether they declared dependencies (``declared``)."""
 
 PATH = "meta/layout"
+SHARDS = "sweep_shards"
+"""The field of ``PATH`` holding the largest sweep shard count records were stamped with."""
 
 _RECORDS = ("quests", "attempts")
 """Collections every store with dm's work in it has documents in."""
@@ -40,17 +54,22 @@ class LayoutMismatch(FailedPrecondition):
     """The store holds dm's records in another layout than this dm's."""
 
 
-def check(store: Store, where: str, afresh: str) -> None:
+def check(store: Store, where: str, afresh: str, *, sweep_shards: int) -> int:
     """Record this layout in an empty ``store``, or refuse one of another layout.
 
     ``where`` names the store for the message (a home folder, a Firestore
-    database), ``afresh`` says how to start with an empty one. Raises
+    database), ``afresh`` says how to start with an empty one; ``sweep_shards``
+    is the engine's (``Settings.sweep_shards``). Returns how many shards the
+    sweep must query: the larger of it and the count recorded. Raises
     :class:`LayoutMismatch`.
     """
     doc = store.get(PATH)  # outside a transaction: no write lock for the usual case
-    found = int(doc["version"]) if doc is not None else store.transaction(_read_or_record)
+    if doc is None or (int(doc["version"]) == VERSION and _to_record(doc, sweep_shards)):
+        doc = store.transaction(lambda tx: _read_or_record(tx, sweep_shards))
+    found = None if doc is None else int(doc["version"])
     if found == VERSION:
-        return
+        assert doc is not None
+        return _swept(int(doc[SHARDS]), sweep_shards, where)
     if found is None:
         raise LayoutMismatch(
             f"{where} holds dm records written by an older dm, before record layouts "
@@ -69,13 +88,46 @@ def check(store: Store, where: str, afresh: str) -> None:
     )
 
 
-def _read_or_record(tx: Transaction) -> int | None:
-    """The store's layout; an empty store is given this one. None: records, no version."""
+def check_settings(store: Store, where: str, afresh: str, settings: Settings) -> None:
+    """:func:`check` for an engine's ``settings``: its sweep then covers every shard
+    the store's records may carry (``Settings.swept_shards``)."""
+    settings.swept_shards = check(store, where, afresh, sweep_shards=settings.sweep_shards)
+
+
+def _swept(recorded: int, configured: int, where: str) -> int:
+    if (recorded > 1) != (configured > 1):
+        raise LayoutMismatch(
+            f"{where} holds dm records for a sweep of {recorded} shard(s) "
+            f"(sweep_shards, recorded in {PATH}); this dm is configured with "
+            f"{configured}. Records stamped for one of these sweeps are never found by "
+            f"the other: set sweep_shards back to {recorded}"
+            + (", or any count above 1." if recorded > 1 else ".")
+        )
+    return max(recorded, configured)
+
+
+def _read_or_record(tx: Transaction, sweep_shards: int) -> dict[str, Any] | None:
+    """The store's layout document; an empty store is given this layout, and the
+    shard count is recorded (raised to ``sweep_shards`` if larger, added where it
+    is missing: every engine of this layout used the one it is configured with).
+    None: records, no version."""
     doc = tx.get(PATH)
-    if doc is not None:
-        return int(doc["version"])
-    for collection in _RECORDS:
-        if tx.query(collection, limit=1):
-            return None
-    tx.set(PATH, {"version": VERSION})
-    return VERSION
+    if doc is None:
+        for collection in _RECORDS:
+            if tx.query(collection, limit=1):
+                return None
+        doc = {"version": VERSION, SHARDS: sweep_shards}
+        tx.set(PATH, doc)
+        return doc
+    if int(doc["version"]) != VERSION:
+        return doc
+    if _to_record(doc, sweep_shards):
+        doc = {**doc, SHARDS: sweep_shards}
+        tx.set(PATH, doc)
+    return doc
+
+
+def _to_record(doc: dict[str, Any], sweep_shards: int) -> bool:
+    """Whether ``sweep_shards`` is to be recorded in the layout document ``doc``."""
+    recorded = doc.get(SHARDS)
+    return recorded is None or 1 < int(recorded) < sweep_shards

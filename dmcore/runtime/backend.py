@@ -417,20 +417,15 @@ def _gcp(env: Mapping[str, str]) -> Backend:
         raise ConfigError(f"DM_NOTIFY_TOPIC: {e}") from None
     store = _firestore_store(env, project)
     database = env.get("DM_FIRESTORE_DATABASE", "").strip() or "(default)"
+    settings = engine_settings(env, notify_topic=topic, notify_secret=secret)
     check_layout = functools.partial(
-        layout.check,
+        layout.check_settings,
         store,
         f"Firestore database {database!r} of project {project!r}",
         "deploy to another database, DM_FIRESTORE_DATABASE, or delete its documents",
+        settings,
     )
-    engine = Engine(
-        store,
-        queue,
-        registry,
-        clock=wall_clock_us,
-        rand=os.urandom,
-        settings=engine_settings(env, notify_topic=topic, notify_secret=secret),
-    )
+    engine = Engine(store, queue, registry, clock=wall_clock_us, rand=os.urandom, settings=settings)
 
     def publish(data: bytes, attrs: dict[str, str]) -> None:
         publisher.publish(data, attrs)

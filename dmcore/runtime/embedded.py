@@ -132,28 +132,30 @@ class Embedded:
             if store is None
             else store
         )
+        settings = settings or Settings()
+        if isinstance(self.store, SqliteStore):
+            # One file, no per-collection write limit: one query per swept field beats 16.
+            settings.sweep_shards = 1
         self.check_layout: Callable[[], None] | None = None
         """The record-layout check of a store given (a server's, left to its first
         request: opening contacts nothing); the home's own file is checked here."""
         if store is None:
             try:
-                layout.check(self.store, str(self.home), f"move {self.home} aside or delete it")
+                layout.check_settings(
+                    self.store, str(self.home), f"move {self.home} aside or delete it", settings
+                )
             except layout.LayoutMismatch:
                 self.store.close()
                 raise
         else:
             self.check_layout = functools.partial(
-                layout.check, self.store, repr(self.store), "empty that store"
+                layout.check_settings, self.store, repr(self.store), "empty that store", settings
             )
         if isinstance(self.store, SqliteStore):
             self.queue = LocalQueue(store=self.store, clock=clock)
             _adopt_old_queue(self.home / "queue.sqlite", self.queue)
         else:
             self.queue = LocalQueue(self.home / "tasks.sqlite", clock=clock)
-        settings = settings or Settings()
-        if isinstance(self.store, SqliteStore):
-            # One file, no per-collection write limit: one query per swept field beats 16.
-            settings.sweep_shards = 1
         if not settings.notify_secret:
             settings.notify_secret = load_secret(self.home / "secret")
         self.engine = Engine(
