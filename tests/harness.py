@@ -271,6 +271,18 @@ class Harness:
             total += n
         return total
 
+    def deliver_one(self) -> bool:
+        """Run one task due now (the ChaosQueue's pick, or the local queue's next),
+        so that a test can act between two deliveries; whether one ran."""
+        if self.local is not None:
+            return run_batch(self.engine, self.local, 1, self._failed) > 0
+        assert self.chaos is not None
+        item = self.chaos.take()
+        if item is None:
+            return False
+        self._deliver(*item)
+        return True
+
     def _deliver(self, task: Task, delivery: int) -> None:
         assert self.chaos is not None
         try:

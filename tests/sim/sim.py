@@ -21,6 +21,12 @@ Everything random comes from the seed:
 * the distributor's faults (:mod:`tests.sim.faults`): transient and final
   errors of run, get_status and cancel, runs that time out having started the
   task, outages longer than dm's retry window, tasks the distributor loses;
+* a second client: right after a job declares its dependencies, another
+  caller (a user's ``dm ensure``) asks for one of them without an execution,
+  between two deliveries of the declaration's follow-ups, and the distributor
+  runs what that starts at once, so the dependee may be created unflagged
+  after its depender's AddBackDep and end before the declaration's
+  EnsureAttempt arrives;
 * the driver's moves: the order in which it plays pending executions, when it
   settles, when it stalls (leaves executions unplayed while the clock jumps
   past their start timeout, then plays them late), when it cancels an attempt
@@ -162,6 +168,9 @@ class Plan:
     out_of_process: bool = False
     """The faulty distributor registered as not in-process: on the local queue the
     embedded worker refuses its calls inside a batch and makes them after the commit."""
+    p_second_client: float = 0.0
+    """After a job's declaration, another client ensures one of the declared attempts
+    amid the declaration's follow-ups (:meth:`Sim._second_client`)."""
 
     def summary(self) -> str:
         edges = sum(len(n.deps) for n in self.nodes)
@@ -175,7 +184,7 @@ class Plan:
             f"midjob={self.p_midjob} cancel={self.p_cancel}/{self.p_cancel_in_run} "
             f"fast={self.p_fast} new_config={self.p_new_config} "
             f"tiny_batches={self.tiny_batches} workers={self.workers} "
-            f"out_of_process={self.out_of_process}"
+            f"out_of_process={self.out_of_process} second_client={self.p_second_client}"
         )
 
 
@@ -308,6 +317,7 @@ def make_plan(seed: int, *, min_nodes: int = 5, max_nodes: int = 40, workers: in
         p_new_config=rng.choice([0.0, 0.0, 0.1]),
         # Drawn apart, so that every seed keeps the plan it had before this knob.
         out_of_process=random.Random(f"{seed}/out_of_process").random() < 0.5,
+        p_second_client=random.Random(f"{seed}/second_client").choice([0.0, 0.3, 0.6]),
     )
 
 
@@ -439,6 +449,8 @@ class Sim:
         self.rng = random.Random(f"dm-sim-drive/{plan.seed}")
         self.lock = threading.RLock()  # cancels may come from worker threads (in D.run)
         self.run_rng = random.Random(f"dm-sim-in-run/{plan.seed}")
+        # Its own stream: a seed without a second client keeps the run it had.
+        self.client_rng = random.Random(f"dm-sim-second-client/{plan.seed}")
         self.by_qid = {n.qid: n for n in plan.nodes}
         self.max_iterations = max_iterations or 200 + 40 * len(plan.nodes)
         self.records: dict[ExecutionID, ExecRecord] = {}
@@ -803,6 +815,7 @@ class Sim:
             if rsp.should_halt:
                 rec.halted = True
                 self._stopped(rec)
+                self._second_client(rec, aids)
                 job.state["halts"] = int(job.state.get("halts", 0)) + 1
                 job.state["last"] = eid.num
                 if rec.retry_calls:
@@ -815,6 +828,7 @@ class Sim:
                 return self._end(rec, job)
             for a in aids:
                 value += self._dep_value(rec, rsp, a)
+            self._second_client(rec, aids)
             self._midjob(rec)
         if rec.stop == DEPS:
             return self._end(rec, job)
@@ -859,6 +873,39 @@ class Sim:
             self.trace.append(f"duplicate of {self.ename(rec.eid)}: {what} refused")
             return
         self.violation(f"{self.ename(rec.eid)}: a duplicate job instance's {what} was accepted")
+
+    def _second_client(self, rec: ExecRecord, declared: list[AttemptID]) -> None:
+        """Maybe another client asks for one of the attempts a job just declared.
+
+        A few of the declaration's follow-ups are delivered first (its AddBackDep
+        may find no attempt yet), then the other client's EnsureGraphData (no
+        execution: it creates the attempt unflagged, docs.DEPENDED), then the
+        engine goes on one task at a time and the distributor runs the attempt's
+        job as soon as it is handed over: the attempt may end before the
+        declaration's own EnsureAttempt is delivered, and its end must still
+        reach the depender.
+        """
+        crng = self.client_rng
+        if rec.fast or not declared or crng.random() >= self.plan.p_second_client:
+            return
+        target = crng.choice(declared)
+        for _ in range(crng.randint(0, 4)):
+            if not self.h.deliver_one():
+                break
+        node = self.by_qid[target.quest]
+        req = dm_pb2.EnsureGraphDataReq()
+        req.quest.append(node.desc)
+        req.quest_attempt.add(nums=[target.num])
+        self.h.service.ensure_graph_data(req, Caller.trusted())
+        self.ensured[target] = None
+        self.trace.append(f"second client ensures {self.name(target)}")
+        for _ in range(200):
+            mine = [e for e in self._playable() if e.attempt_id == target and e not in self.runs]
+            if mine:
+                self._play(mine[0])  # a fast distributor: its job runs at once
+                return
+            if not self.h.deliver_one():
+                return
 
     def _stopped(self, rec: ExecRecord) -> None:
         rec.stopped_us = self.h.clock()

@@ -24,7 +24,8 @@ from collections.abc import Iterator
 import pytest
 
 from distributors.fake import Crash, Job, quest_desc
-from dmcore.engine import docs
+from dmcore.engine import base, docs, records, steps
+from dmcore.engine.base import Ctx, Later, Mutation, Step
 from dmcore.ids import AttemptID
 from dmcore.states import AttemptState
 from dmcore.store.base import Store
@@ -145,6 +146,33 @@ def test_checker_catches_a_task_left_running(clean: Sim) -> None:
     task = clean.h.world.task(clean.played[-1])
     task.result = None  # as if dm had ended it but never cancelled the task
     assert "left running" in "\n".join(clean.check())
+
+
+PLANTED_SEED = 17
+"""A default seed in which the second client creates a declared attempt unflagged after
+its depender's AddBackDep and lets it end before the declaration's EnsureAttempt (re-find
+one with the planted bug below, and update this, when the plan's draws change)."""
+
+
+def test_the_second_client_finds_an_unflagged_dependee_that_ended_unseen(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The simulation itself: with the fix of this race taken out again (a declaration's
+    EnsureAttempt that finds its attempt ended unflagged propagates nothing), a seed
+    leaves the depender waiting for good."""
+    real = base._ROLL_FORWARD[steps.EnsureAttempt]
+
+    def planted(step: Mutation, ctx: Ctx) -> list[Step | Later]:
+        assert isinstance(step, steps.EnsureAttempt)
+        att = ctx.uow.get(docs.attempt_path(AttemptID.decode(step.aid)))
+        if step.depended and records.attempt_is_terminal(att) and att and not att[docs.DEPENDED]:
+            return []  # ended unflagged: its end looked for no back edge, nor does this
+        return real(step, ctx)
+
+    kind: type[Mutation] = steps.EnsureAttempt
+    monkeypatch.setitem(base._ROLL_FORWARD, kind, planted)
+    with pytest.raises(AssertionError, match="WAITING, not terminal"):
+        simulate(PLANTED_SEED, tmp_path, queue="chaos")
 
 
 def _fingerprint(sim: Sim) -> str:
