@@ -810,12 +810,13 @@ class Sim:
             aids = [self.aid(j, a) for j, a in batch]
             quests = [self.plan.nodes[j].desc for j in dict.fromkeys(j for j, _ in batch)]
             declare = functools.partial(job.dep_on, *aids, quests=quests)
+            fresh = [a for a in aids if a not in set(self.known())]
             rsp = self._call(rec, "EnsureGraphData", declare)
             self.declared.setdefault(aid, {}).update(dict.fromkeys(aids))
             if rsp.should_halt:
                 rec.halted = True
                 self._stopped(rec)
-                self._second_client(rec, aids)
+                self._second_client(rec, fresh or aids)
                 job.state["halts"] = int(job.state.get("halts", 0)) + 1
                 job.state["last"] = eid.num
                 if rec.retry_calls:
@@ -828,7 +829,7 @@ class Sim:
                 return self._end(rec, job)
             for a in aids:
                 value += self._dep_value(rec, rsp, a)
-            self._second_client(rec, aids)
+            self._second_client(rec, fresh or aids)
             self._midjob(rec)
         if rec.stop == DEPS:
             return self._end(rec, job)
@@ -875,7 +876,8 @@ class Sim:
         self.violation(f"{self.ename(rec.eid)}: a duplicate job instance's {what} was accepted")
 
     def _second_client(self, rec: ExecRecord, declared: list[AttemptID]) -> None:
-        """Maybe another client asks for one of the attempts a job just declared.
+        """Maybe another client asks for one of the attempts a job just declared
+        (``declared``: those the declaration asked for first, if any).
 
         A few of the declaration's follow-ups are delivered first (its AddBackDep
         may find no attempt yet), then the other client's EnsureGraphData (no
