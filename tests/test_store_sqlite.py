@@ -35,12 +35,13 @@ class TestSqliteContract(StoreContract):
 
 
 class TestSqliteIndexedContract(StoreContract):
-    """The contract again with the queried fields indexed: indexes change no result."""
+    """The contract again with the queried fields indexed, for equality and order (ordered
+    columns): indexes change no result."""
 
     @pytest.fixture
     def store(self, tmp_path: Path) -> Iterator[Store]:
         fields = ("flag", "n", "kind", "meta.owner", "meta.lvl", "opt", "rank", "name", "g.t")
-        s = SqliteStore(tmp_path / "dm.sqlite", indexed_fields=fields)
+        s = SqliteStore(tmp_path / "dm.sqlite", indexed_fields=fields, ordered_fields=fields)
         yield s
         s.close()
 

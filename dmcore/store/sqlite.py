@@ -28,6 +28,13 @@ Why this shape:
   Do not carry a store across ``fork``: make a new one in the child.
 * Documents are compact JSON in one table keyed by ``(collection, id)``;
   queries filter and sort with SQLite's JSON functions.
+* Fields that ordered queries sort on in large collections (the sweep's due
+  times: ``ordered_fields``) are also kept in two columns of the document's
+  own row (``"r:<field>"``: the type's rank in Firestore's order, ``"v:<field>"``:
+  the value), taken from the document dict when it is written (no JSON parse)
+  and indexed where present. One row, one statement: the columns cannot
+  disagree with the document. Without them an ordered query parses every
+  document of the collection.
 """
 
 from __future__ import annotations
@@ -104,12 +111,123 @@ CREATE TABLE IF NOT EXISTS docs (
 # a write touches two b-trees only; a document's path is collection + "/" + id.
 
 _GET = "SELECT body FROM docs WHERE collection = ? AND id = ?"
-_UPSERT = (
-    "INSERT INTO docs (collection, id, body) VALUES (?, ?, ?) "
-    "ON CONFLICT (collection, id) DO UPDATE SET body = excluded.body"
-)
-_INSERT = "INSERT INTO docs (collection, id, body) VALUES (?, ?, ?)"
 _DELETE = "DELETE FROM docs WHERE collection = ? AND id = ?"
+
+_MISSING: Any = object()
+
+
+def _rank_col(field: str) -> str:
+    return f'"r:{field}"'  # _json_path has refused quotes in field
+
+
+def _value_col(field: str) -> str:
+    return f'"v:{field}"'
+
+
+def _order_key(value: Any) -> tuple[int, Any]:
+    """(rank, value) of a field's value in Firestore's order: null < bool < number <
+    string < array < map, then the value (arrays and maps by their JSON text)."""
+    if value is None:
+        return 0, None
+    if value is True or value is False:
+        return 1, int(value)
+    if isinstance(value, int):
+        return 2, value if -(2**63) <= value < 2**63 else float(value)
+    if isinstance(value, float):
+        return 2, value
+    if isinstance(value, str):
+        return 3, value
+    return (4 if isinstance(value, list) else 5), _ENCODER.encode(value)
+
+
+class _Ordered:
+    """The ordered fields a store keeps columns for, and its write statements.
+
+    Immutable: a store swaps in a new one when another process added a field
+    (``schema_version`` changed), between transactions.
+    """
+
+    __slots__ = ("fields", "insert", "paths", "schema_version", "top", "upsert", "void")
+
+    def __init__(self, fields: Sequence[str], schema_version: int) -> None:
+        self.fields = tuple(fields)
+        self.schema_version = schema_version
+        self.paths = tuple(tuple(f.split(".")) for f in self.fields)
+        self.top = frozenset(p[0] for p in self.paths)
+        self.void: tuple[None, ...] = (None,) * (2 * len(self.fields))
+        cols = "".join(f", {_rank_col(f)}, {_value_col(f)}" for f in self.fields)
+        marks = ", ?" * (3 + 2 * len(self.fields))
+        self.insert = f"INSERT INTO docs (collection, id, body{cols}) VALUES ({marks[2:]})"
+        sets = "".join(
+            f", {c} = excluded.{c}" for f in self.fields for c in (_rank_col(f), _value_col(f))
+        )
+        self.upsert = (
+            f"{self.insert} ON CONFLICT (collection, id) DO UPDATE SET body = excluded.body{sets}"
+        )
+
+    def columns(self, doc: Doc) -> tuple[Any, ...]:
+        """The ordered columns' values for ``doc`` (None, None where it lacks the field)."""
+        if doc.keys().isdisjoint(self.top):  # most documents: no field to look at
+            return self.void
+        out: list[Any] = []
+        for path in self.paths:
+            v: Any = doc
+            for seg in path:
+                v = v.get(seg, _MISSING) if isinstance(v, dict) else _MISSING
+                if v is _MISSING:
+                    break
+            out += (None, None) if v is _MISSING else _order_key(v)
+        return tuple(out)
+
+
+def _ordered_in(conn: sqlite3.Connection) -> list[str]:
+    """The fields ``docs`` has ordered columns for, in the order they were added."""
+    return [
+        name[2:]
+        for (name,) in conn.execute("SELECT name FROM pragma_table_info('docs')")
+        if name.startswith("r:")
+    ]
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    v: int = conn.execute("PRAGMA schema_version").fetchone()[0]
+    return v
+
+
+def _add_ordered(conn: sqlite3.Connection, field: str) -> None:
+    """Give ``docs`` the ordered columns of ``field``, filled from the documents there
+    (a store of an earlier schema, or one opened without the field), and their index."""
+    p = _json_path(field)
+    r, v = _rank_col(field), _value_col(field)
+    conn.execute(f"ALTER TABLE docs ADD COLUMN {r}")
+    conn.execute(f"ALTER TABLE docs ADD COLUMN {v}")
+    conn.execute(
+        f"UPDATE docs SET {r} = CASE json_type(body, {p}) WHEN 'null' THEN 0"
+        " WHEN 'true' THEN 1 WHEN 'false' THEN 1 WHEN 'integer' THEN 2 WHEN 'real' THEN 2"
+        f" WHEN 'text' THEN 3 WHEN 'array' THEN 4 ELSE 5 END, {v} = json_extract(body, {p})"
+        f" WHERE json_type(body, {p}) IS NOT NULL"
+    )
+    conn.execute(
+        f'CREATE INDEX IF NOT EXISTS "docs_order:{field}" ON docs (collection, {r}, {v}, id) '
+        f"WHERE {r} IS NOT NULL"
+    )
+
+
+def ensure_ordered(
+    conn: sqlite3.Connection, fields: Sequence[str], lock_wait: float = LOCK_WAIT_S
+) -> _Ordered:
+    """Add (and fill) the ordered columns ``fields`` lack; all the file has, with its
+    schema version. Reads first: no write lock when nothing is missing."""
+    for f in fields:
+        _json_path(f)  # refuses what a column name could not hold either
+    if set(fields).issubset(_ordered_in(conn)):
+        return _Ordered(_ordered_in(conn), _schema_version(conn))
+    with immediate(conn, lock_wait):
+        have = _ordered_in(conn)  # again, under the lock: another process may have added them
+        for f in dict.fromkeys(fields):
+            if f not in have:
+                _add_ordered(conn, f)
+        return _Ordered(_ordered_in(conn), _schema_version(conn))
 
 
 def _encode(doc: Doc) -> str:
@@ -239,17 +357,24 @@ def _select(
     order_by: str | None,
     descending: bool,
     limit: int | None,
+    *,
+    ordered: Sequence[str] = (),
 ) -> tuple[str, list[Any]]:
-    """SQL and parameters for :meth:`Store.query`."""
+    """SQL and parameters for :meth:`Store.query`; ``ordered``: the fields with ordered
+    columns (their index gives the rows in order, reading only those with the field)."""
     clauses, params = _filters(collection, where)
+    d = " DESC" if descending else ""
     if order_by is None:
         order = "id"
+    elif order_by in ordered:
+        r = _rank_col(order_by)
+        clauses.append(f"{r} IS NOT NULL")  # the partial index's condition, word for word
+        order = f"{r}{d}, {_value_col(order_by)}{d}, id"
     else:
         p = _json_path(order_by)
         # Firestore leaves out documents without the field, and orders values
         # by type first: null < bool < number < string < array < map.
         clauses.append(f"json_type(body, {p}) IS NOT NULL")
-        d = " DESC" if descending else ""
         order = (
             f"CASE json_type(body, {p}) WHEN 'null' THEN 0 WHEN 'false' THEN 1"
             f" WHEN 'true' THEN 1 WHEN 'integer' THEN 2 WHEN 'real' THEN 2"
@@ -321,8 +446,9 @@ def _query(
     order_by: str | None,
     descending: bool,
     limit: int | None,
+    ordered: Sequence[str],
 ) -> list[tuple[str, Doc]]:
-    sql, params = _select(collection, where, order_by, descending, limit)
+    sql, params = _select(collection, where, order_by, descending, limit, ordered=ordered)
     prefix = collection + "/"
     return [(prefix + doc_id, _decode(body)) for doc_id, body in conn.execute(sql, params)]
 
@@ -415,7 +541,7 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in msg or "busy" in msg
 
 
-def _execute(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[str, ...]]) -> None:
+def _execute(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
     # executemany costs about twice execute for the one row most writes have.
     if len(rows) == 1:
         conn.execute(sql, rows[0])
@@ -423,13 +549,18 @@ def _execute(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[str, ...]]
         conn.executemany(sql, rows)
 
 
-class _SqliteTransaction(BufferedTransaction[str]):
+_Row = tuple[Any, ...]
+"""A document as written: its JSON text, then its ordered columns (:class:`_Ordered`)."""
+
+
+class _SqliteTransaction(BufferedTransaction[_Row]):
     """Reads go to the connection (inside BEGIN IMMEDIATE); writes are buffered."""
 
     def __init__(self, conn: sqlite3.Connection, store: SqliteStore) -> None:
         super().__init__()
         self._conn = conn
         self._store = store
+        self._ordered = store._ordered  # as of this transaction's start (see _refresh)
         self._joined: list[Callable[[sqlite3.Connection], None]] = []
         self._writing = False
 
@@ -465,12 +596,13 @@ class _SqliteTransaction(BufferedTransaction[str]):
             order_by=order_by,
             descending=descending,
             limit=limit,
+            ordered=self._ordered.fields,
         )
 
     # -- writes: buffered (BufferedTransaction), serialised as JSON text
 
-    def _encode(self, doc: Doc) -> str:
-        return _encode(doc)
+    def _encode(self, doc: Doc) -> _Row:
+        return (_encode(doc), *self._ordered.columns(doc))
 
     # -- commit
 
@@ -488,7 +620,7 @@ class _SqliteTransaction(BufferedTransaction[str]):
         for fn in self._joined:
             fn(self._conn)
 
-    def _apply_docs(self, buffer: WriteBuffer[str]) -> None:
+    def _apply_docs(self, buffer: WriteBuffer[_Row]) -> None:
         buffer.check_size(self._store.max_writes)
         buffer.check_doomed()
         must_be_absent = buffer.must_be_absent()
@@ -496,28 +628,28 @@ class _SqliteTransaction(BufferedTransaction[str]):
             present = sorted(_fetch_bodies(self._conn, must_be_absent))
             if present:
                 raise AlreadyExists(f"document(s) already exist: {', '.join(present)}")
-        upserts: list[tuple[str, str, str]] = []
-        inserts: list[tuple[str, str, str]] = []
+        upserts: list[_Row] = []
+        inserts: list[_Row] = []
         deletes: list[tuple[str, str]] = []
         for path, w in buffer.writes.items():
             collection, _, doc_id = path.rpartition("/")
             if w.body is None:
                 deletes.append((collection, doc_id))
             elif w.must_be_absent:
-                inserts.append((collection, doc_id, w.body))
+                inserts.append((collection, doc_id, *w.body))
             else:
-                upserts.append((collection, doc_id, w.body))
+                upserts.append((collection, doc_id, *w.body))
         # Paths are distinct, so the three batches commute.
         self._writing = True
         if deletes:
             _execute(self._conn, _DELETE, deletes)
         if inserts:
             try:
-                _execute(self._conn, _INSERT, inserts)
+                _execute(self._conn, self._ordered.insert, inserts)
             except sqlite3.IntegrityError as e:  # unreachable under the write lock; kept as a guard
                 raise AlreadyExists(str(e)) from e
         if upserts:
-            _execute(self._conn, _UPSERT, upserts)
+            _execute(self._conn, self._ordered.upsert, upserts)
 
 
 class _Local(threading.local):
@@ -552,12 +684,19 @@ class SqliteStore(Store):
         lock_wait: float = LOCK_WAIT_S,
         busy_timeout: float = _BUSY_TIMEOUT_S,
         indexed_fields: Sequence[str] = (),
+        ordered_fields: Sequence[str] = (),
         durable: bool = True,
         cache_mib: int = CACHE_MIB,
     ) -> None:
         """``indexed_fields``: (dotted) fields that equality queries filter on in
         large collections; each gets an index, as Firestore indexes every field.
         Without one such a query reads the whole collection.
+
+        ``ordered_fields``: (dotted) fields that ordered queries sort on in large
+        collections (the sweep's due times); each is kept in indexed columns
+        of the document's row (module docstring). A file that lacks them gets
+        them at open, filled from its documents; once a file has them, every
+        store on it keeps them, whatever it was given.
 
         ``cache_mib``: the page cache of each thread's connection (at most; it
         grows with what is read).
@@ -583,6 +722,18 @@ class SqliteStore(Store):
             raise StoreError(f"could not put {self._path} in WAL mode (got {mode!r})")
         schema = {"docs": _SCHEMA, **{_index_name(f): _index_sql(f) for f in indexed_fields}}
         ensure_schema(conn, schema, lock_wait)
+        self._ordered = ensure_ordered(conn, ordered_fields, lock_wait)
+
+    def _refresh(self, conn: sqlite3.Connection) -> None:
+        """Take up ordered columns another process added since (under the write lock,
+        before a transaction writes): every writer must fill them."""
+        if _schema_version(conn) != self._ordered.schema_version:
+            self._ordered = _Ordered(_ordered_in(conn), _schema_version(conn))
+
+    @property
+    def ordered_fields(self) -> tuple[str, ...]:
+        """The fields this file keeps ordered columns for."""
+        return self._ordered.fields
 
     @property
     def path(self) -> Path:
@@ -674,6 +825,7 @@ class SqliteStore(Store):
         self._take_tx_lock()
         try:
             begin_immediate(conn, self._lock_wait)
+            self._refresh(conn)
             tx = _SqliteTransaction(conn, self)
             try:
                 result = fn(tx)
@@ -734,6 +886,7 @@ class SqliteStore(Store):
         self._take_tx_lock()
         try:
             begin_immediate(conn, self._lock_wait)
+            self._refresh(conn)
             local.in_batch = True
             local.batch_broken = False
             try:
@@ -810,6 +963,7 @@ class SqliteStore(Store):
             order_by=order_by,
             descending=descending,
             limit=limit,
+            ordered=self._ordered.fields,
         )
 
     def query_id_prefix(self, collection: str, prefix: str) -> list[tuple[str, Doc]]:
