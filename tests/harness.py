@@ -177,7 +177,12 @@ class Harness:
         # Not durable (no fsync: tests are about what is committed, not power cuts),
         # and held to Firestore's 500 writes per commit, whatever the store.
         self.store = (
-            SqliteStore(tmp_path / "dm.sqlite", indexed_fields=docs.INDEXED_FIELDS, durable=False)
+            SqliteStore(
+                tmp_path / "dm.sqlite",
+                indexed_fields=docs.INDEXED_FIELDS,
+                ordered_fields=docs.SWEPT,
+                durable=False,
+            )
             if store is None
             else cast(SqliteStore, store)
         )

@@ -50,6 +50,7 @@ def build(
         # A short busy timeout is for tests of a busy store: give up soon after it, too.
         lock_wait=LOCK_WAIT_S if busy_timeout is None else busy_timeout,
         indexed_fields=docs.INDEXED_FIELDS,
+        ordered_fields=docs.SWEPT,
         **more,
     )
     registry.store = store

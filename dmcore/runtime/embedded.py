@@ -128,7 +128,11 @@ class Embedded:
         self.home.mkdir(parents=True, exist_ok=True)
         self.clock = clock
         self.store: Store = (
-            SqliteStore(self.home / "dm.sqlite", indexed_fields=docs.INDEXED_FIELDS)
+            SqliteStore(
+                self.home / "dm.sqlite",
+                indexed_fields=docs.INDEXED_FIELDS,
+                ordered_fields=docs.SWEPT,
+            )
             if store is None
             else store
         )

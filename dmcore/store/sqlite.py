@@ -115,6 +115,9 @@ _DELETE = "DELETE FROM docs WHERE collection = ? AND id = ?"
 
 _MISSING: Any = object()
 
+_Row = tuple[Any, ...]
+"""A document as written: its JSON text, then its ordered columns (:meth:`_Ordered.row`)."""
+
 
 def _rank_col(field: str) -> str:
     return f'"r:{field}"'  # _json_path has refused quotes in field
@@ -143,41 +146,60 @@ def _order_key(value: Any) -> tuple[int, Any]:
 class _Ordered:
     """The ordered fields a store keeps columns for, and its write statements.
 
-    Immutable: a store swaps in a new one when another process added a field
-    (``schema_version`` changed), between transactions.
+    A row binds the columns of the fields its document has only (each bound
+    value costs about as much as its column's index): a statement per set of
+    present fields sets the others to NULL. Fixed once built: a store swaps in
+    a new one when another process added a field (``schema_version`` changed),
+    between transactions.
     """
 
-    __slots__ = ("fields", "insert", "paths", "schema_version", "top", "upsert", "void")
+    __slots__ = ("_statements", "fields", "paths", "schema_version", "top")
 
     def __init__(self, fields: Sequence[str], schema_version: int) -> None:
         self.fields = tuple(fields)
         self.schema_version = schema_version
         self.paths = tuple(tuple(f.split(".")) for f in self.fields)
         self.top = frozenset(p[0] for p in self.paths)
-        self.void: tuple[None, ...] = (None,) * (2 * len(self.fields))
-        cols = "".join(f", {_rank_col(f)}, {_value_col(f)}" for f in self.fields)
-        marks = ", ?" * (3 + 2 * len(self.fields))
-        self.insert = f"INSERT INTO docs (collection, id, body{cols}) VALUES ({marks[2:]})"
-        sets = "".join(
-            f", {c} = excluded.{c}" for f in self.fields for c in (_rank_col(f), _value_col(f))
-        )
-        self.upsert = (
-            f"{self.insert} ON CONFLICT (collection, id) DO UPDATE SET body = excluded.body{sets}"
-        )
+        self._statements: dict[tuple[int, ...], tuple[str, str]] = {}
 
-    def columns(self, doc: Doc) -> tuple[Any, ...]:
-        """The ordered columns' values for ``doc`` (None, None where it lacks the field)."""
+    def row(self, body: str, doc: Doc) -> _Row:
+        """What is written of ``doc``: its JSON text, which fields it has (their
+        indexes in ``fields``), then the rank and value of each of those."""
         if doc.keys().isdisjoint(self.top):  # most documents: no field to look at
-            return self.void
-        out: list[Any] = []
-        for path in self.paths:
+            return (body, ())
+        present: list[int] = []
+        values: list[Any] = []
+        for i, path in enumerate(self.paths):
             v: Any = doc
             for seg in path:
                 v = v.get(seg, _MISSING) if isinstance(v, dict) else _MISSING
                 if v is _MISSING:
                     break
-            out += (None, None) if v is _MISSING else _order_key(v)
-        return tuple(out)
+            if v is not _MISSING:
+                present.append(i)
+                values += _order_key(v)
+        return (body, tuple(present), *values)
+
+    def statements(self, present: tuple[int, ...]) -> tuple[str, str]:
+        """(insert, upsert) of a row whose document has the fields ``present``."""
+        sql = self._statements.get(present)
+        if sql is None:
+            had = [self.fields[i] for i in present]
+            cols = [c for f in had for c in (_rank_col(f), _value_col(f))]
+            names = "".join(f", {c}" for c in cols)
+            marks = ", ?" * len(cols)
+            insert = f"INSERT INTO docs (collection, id, body{names}) VALUES (?, ?, ?{marks})"
+            sets = [f"{c} = excluded.{c}" for c in cols] + [
+                f"{c} = NULL"
+                for i, f in enumerate(self.fields)
+                if i not in present
+                for c in (_rank_col(f), _value_col(f))
+            ]
+            upsert = f"{insert} ON CONFLICT (collection, id) DO UPDATE SET " + ", ".join(
+                ["body = excluded.body", *sets]
+            )
+            sql = self._statements[present] = (insert, upsert)
+        return sql
 
 
 def _ordered_in(conn: sqlite3.Connection) -> list[str]:
@@ -549,10 +571,6 @@ def _execute(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]
         conn.executemany(sql, rows)
 
 
-_Row = tuple[Any, ...]
-"""A document as written: its JSON text, then its ordered columns (:class:`_Ordered`)."""
-
-
 class _SqliteTransaction(BufferedTransaction[_Row]):
     """Reads go to the connection (inside BEGIN IMMEDIATE); writes are buffered."""
 
@@ -602,7 +620,7 @@ class _SqliteTransaction(BufferedTransaction[_Row]):
     # -- writes: buffered (BufferedTransaction), serialised as JSON text
 
     def _encode(self, doc: Doc) -> _Row:
-        return (_encode(doc), *self._ordered.columns(doc))
+        return self._ordered.row(_encode(doc), doc)
 
     # -- commit
 
@@ -625,31 +643,34 @@ class _SqliteTransaction(BufferedTransaction[_Row]):
         buffer.check_doomed()
         must_be_absent = buffer.must_be_absent()
         if must_be_absent:
-            present = sorted(_fetch_bodies(self._conn, must_be_absent))
-            if present:
-                raise AlreadyExists(f"document(s) already exist: {', '.join(present)}")
-        upserts: list[_Row] = []
-        inserts: list[_Row] = []
+            there = sorted(_fetch_bodies(self._conn, must_be_absent))
+            if there:
+                raise AlreadyExists(f"document(s) already exist: {', '.join(there)}")
+        # Rows by statement: create or not, and which ordered fields the document has.
+        rows: dict[tuple[bool, tuple[int, ...]], list[tuple[Any, ...]]] = {}
         deletes: list[tuple[str, str]] = []
         for path, w in buffer.writes.items():
             collection, _, doc_id = path.rpartition("/")
             if w.body is None:
                 deletes.append((collection, doc_id))
-            elif w.must_be_absent:
-                inserts.append((collection, doc_id, *w.body))
             else:
-                upserts.append((collection, doc_id, *w.body))
-        # Paths are distinct, so the three batches commute.
+                body, fields, *values = w.body
+                rows.setdefault((w.must_be_absent, fields), []).append(
+                    (collection, doc_id, body, *values)
+                )
+        # Paths are distinct, so the batches commute.
         self._writing = True
         if deletes:
             _execute(self._conn, _DELETE, deletes)
-        if inserts:
+        for (create, has), group in rows.items():
+            insert, upsert = self._ordered.statements(has)
+            if not create:
+                _execute(self._conn, upsert, group)
+                continue
             try:
-                _execute(self._conn, self._ordered.insert, inserts)
+                _execute(self._conn, insert, group)
             except sqlite3.IntegrityError as e:  # unreachable under the write lock; kept as a guard
                 raise AlreadyExists(str(e)) from e
-        if upserts:
-            _execute(self._conn, self._ordered.upsert, upserts)
 
 
 class _Local(threading.local):
