@@ -106,7 +106,8 @@ VALUES = st.one_of(
     st.booleans(),
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
     st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=5),
+    # No NUL: SQLite's JSON functions (the checker's, the scan's) cut text there.
+    st.text(st.characters(blacklist_characters="\x00"), max_size=5),
     st.lists(st.integers(0, 9), max_size=3),
 )
 DOCS = st.dictionaries(st.sampled_from([*docs.SWEPT, "g", "other"]), VALUES, max_size=4).map(

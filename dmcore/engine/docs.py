@@ -77,7 +77,9 @@ re-sends it if nothing cleared it before)."""
 PENDING_DUE = "pending_due_us"
 """The earliest ``due_us`` of the attempt's pending follow-ups."""
 SWEPT = (TIMER_DUE, POLL_DUE, EXPIRY_DUE, PENDING_DUE)
-"""The attempt fields the sweep reads in time order."""
+"""The attempt fields the sweep reads in time order. The SQLite store keeps them in
+indexed columns of the attempt's row (its ``ordered_fields``), so a sweep reads only
+the attempts that have one; Firestore indexes them with the shard (terraform)."""
 SWEEP_SHARD = "sweep_shard"
 """Which of the sweep's shards the attempt is in (set with any of :data:`SWEPT`)."""
 

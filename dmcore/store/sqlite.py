@@ -165,7 +165,7 @@ class _Ordered:
     def row(self, body: str, doc: Doc) -> _Row:
         """What is written of ``doc``: its JSON text, which fields it has (their
         indexes in ``fields``), then the rank and value of each of those."""
-        if doc.keys().isdisjoint(self.top):  # most documents: no field to look at
+        if self.top.isdisjoint(doc):  # most documents: no field to look at
             return (body, ())
         present: list[int] = []
         values: list[Any] = []
@@ -579,6 +579,7 @@ class _SqliteTransaction(BufferedTransaction[_Row]):
         self._conn = conn
         self._store = store
         self._ordered = store._ordered  # as of this transaction's start (see _refresh)
+        self._row = self._ordered.row
         self._joined: list[Callable[[sqlite3.Connection], None]] = []
         self._writing = False
 
@@ -620,7 +621,7 @@ class _SqliteTransaction(BufferedTransaction[_Row]):
     # -- writes: buffered (BufferedTransaction), serialised as JSON text
 
     def _encode(self, doc: Doc) -> _Row:
-        return self._ordered.row(_encode(doc), doc)
+        return self._row(_encode(doc), doc)
 
     # -- commit
 
@@ -654,10 +655,18 @@ class _SqliteTransaction(BufferedTransaction[_Row]):
             if w.body is None:
                 deletes.append((collection, doc_id))
             else:
-                body, fields, *values = w.body
-                rows.setdefault((w.must_be_absent, fields), []).append(
-                    (collection, doc_id, body, *values)
+                b = w.body
+                row = (
+                    (collection, doc_id, b[0])
+                    if len(b) == 2
+                    else (collection, doc_id, b[0], *b[2:])
                 )
+                key = (w.must_be_absent, b[1])
+                group = rows.get(key)
+                if group is None:
+                    rows[key] = [row]
+                else:
+                    group.append(row)
         # Paths are distinct, so the batches commute.
         self._writing = True
         if deletes:
