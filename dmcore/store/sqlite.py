@@ -855,14 +855,16 @@ class SqliteStore(Store):
         self._take_tx_lock()
         try:
             begin_immediate(conn, self._lock_wait)
-            self._refresh(conn)
-            tx = _SqliteTransaction(conn, self)
+            tx: _SqliteTransaction | None = None
             try:
+                self._refresh(conn)
+                tx = _SqliteTransaction(conn, self)
                 result = fn(tx)
                 tx._apply()
                 conn.execute("COMMIT")
             except BaseException:
-                tx._live = False
+                if tx is not None:
+                    tx._live = False
                 if conn.in_transaction:
                     # Never mask the original exception with a rollback failure.
                     with contextlib.suppress(sqlite3.Error):
@@ -916,10 +918,10 @@ class SqliteStore(Store):
         self._take_tx_lock()
         try:
             begin_immediate(conn, self._lock_wait)
-            self._refresh(conn)
             local.in_batch = True
             local.batch_broken = False
             try:
+                self._refresh(conn)
                 yield
                 if local.batch_broken:
                     raise StoreError("batch rolled back: a transaction in it failed mid-write")
