@@ -21,12 +21,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dmcore.engine import docs
+from dmcore.runtime.embedded import Embedded, build_registry
 from dmcore.store.base import StoreError, Transaction
 from dmcore.store.sqlite import SqliteStore, _json_path, _select
 from tests.harness import Harness
 from tests.store_contract import put
 
 FIELDS = (*docs.SWEPT, "g.t")
+CONFIG = {"distributor_configs": {"jobsim": {"jobsim": {"pool": "t"}}}}
 
 
 def disagreements(store: SqliteStore) -> list[str]:
@@ -196,6 +198,32 @@ def test_an_earlier_file_is_filled_at_open(tmp_path: Path) -> None:
         assert [p for p, _ in again.query("attempts", order_by=docs.EXPIRY_DUE)] == ["attempts/e"]
     finally:
         again.close()
+
+
+def test_a_home_from_before_the_columns_is_swept_through_them_after_its_open(
+    tmp_path: Path,
+) -> None:
+    """The embedded runtime's own open: a home whose file has no ordered columns (as dm
+    wrote them before) gets them, and its next sweep finds what was due in it then."""
+    Embedded(tmp_path, build_registry(CONFIG)).close()  # an empty home, its layout recorded
+    with sqlite3.connect(tmp_path / "dm.sqlite") as conn:  # back to the earlier schema
+        for f in docs.SWEPT:
+            conn.execute(f'DROP INDEX "docs_order:{f}"')
+            conn.execute(f'ALTER TABLE docs DROP COLUMN "r:{f}"')
+            conn.execute(f'ALTER TABLE docs DROP COLUMN "v:{f}"')
+    old = SqliteStore(tmp_path / "dm.sqlite")
+    assert old.ordered_fields == ()
+    put(old, f"{docs.ATTEMPTS}/a", {"state": 3, docs.EXPIRY_DUE: 1})  # long due
+    old.close()
+
+    emb = Embedded(tmp_path, build_registry(CONFIG))
+    try:
+        assert isinstance(emb.store, SqliteStore)
+        assert emb.store.ordered_fields == docs.SWEPT
+        assert disagreements(emb.store) == []
+        assert emb.engine.sweep()["expiries"] == 1
+    finally:
+        emb.close()
 
 
 def test_a_store_opened_before_the_columns_were_added_fills_them(tmp_path: Path) -> None:
