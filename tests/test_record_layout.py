@@ -47,6 +47,10 @@ def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[St
         yield request.getfixturevalue("firestore_store")
 
 
+OLDER = min(layout.TAKEN_UP) - 1
+"""An older layout this dm refuses (it takes up the ones in ``TAKEN_UP``)."""
+
+
 def _check(store: Store, shards: int = 16) -> int:
     return layout.check(store, "the test store", "empty it", sweep_shards=shards)
 
@@ -70,7 +74,7 @@ def test_records_without_a_layout_are_refused_and_left_alone(store: Store) -> No
 
 @pytest.mark.parametrize(
     ("found", "advice"),
-    [(layout.VERSION - 1, "Start afresh (empty it)"), (layout.VERSION + 1, "Upgrade dm")],
+    [(OLDER, "Start afresh (empty it)"), (layout.VERSION + 1, "Upgrade dm")],
 )
 def test_another_layout_is_refused_with_what_to_do(store: Store, found: int, advice: str) -> None:
     put(store, layout.PATH, {"version": found})
@@ -79,6 +83,24 @@ def test_another_layout_is_refused_with_what_to_do(store: Store, found: int, adv
     assert f"in layout {found}; this dm reads layout {layout.VERSION} only" in e.value.message
     assert advice in e.value.message
     assert store.get(layout.PATH) == {"version": found}
+
+
+@pytest.mark.parametrize("recorded", [None, 16, 32])
+def test_a_layout_taken_up_is_recorded_as_this_one_and_keeps_its_count(
+    store: Store, recorded: int | None
+) -> None:
+    """A store of a layout in TAKEN_UP is read as it is; opening it records this
+    layout, so that the older dm that wrote it refuses it from then on."""
+    (found,) = layout.TAKEN_UP
+    put(
+        store,
+        layout.PATH,
+        {"version": found} if recorded is None else {"version": found, layout.SHARDS: recorded},
+    )
+    put(store, "attempts/a|fffffffe", {"state": "FINISHED"})
+    assert _check(store, 16) == (recorded or 16)
+    assert store.get(layout.PATH) == {"version": layout.VERSION, layout.SHARDS: recorded or 16}
+    assert store.get("attempts/a|fffffffe") == {"state": "FINISHED"}
 
 
 def test_engines_opening_an_empty_store_at_once_agree(tmp_path: pathlib.Path) -> None:
@@ -102,7 +124,7 @@ def test_engines_opening_an_empty_store_at_once_agree(tmp_path: pathlib.Path) ->
 def test_an_embedded_home_of_another_layout_is_refused(tmp_path: pathlib.Path) -> None:
     Embedded(tmp_path, build_registry(JOBSIM)).close()  # a home of this layout
     store = SqliteStore(tmp_path / "dm.sqlite")
-    put(store, layout.PATH, {"version": layout.VERSION - 1})
+    put(store, layout.PATH, {"version": OLDER})
     store.close()
     with pytest.raises(layout.LayoutMismatch) as e:
         Embedded(tmp_path, build_registry(JOBSIM))
@@ -135,7 +157,7 @@ def test_the_gcp_functions_answer_failed_precondition(
 
     project = f"dm-layout-{uuid.uuid4().hex[:8]}"
     old = FirestoreStore(project=project)
-    put(old, layout.PATH, {"version": layout.VERSION - 1})
+    put(old, layout.PATH, {"version": OLDER})
     old.close()
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:1")  # never contacted
     b = from_env(
@@ -163,7 +185,7 @@ def test_the_gcp_functions_answer_failed_precondition(
         assert rsp.status == 412, rsp.body  # pRPC's FAILED_PRECONDITION
         body = rsp.body.decode()
         assert f"Firestore database '(default)' of project '{project}'" in body
-        assert f"holds dm records in layout {layout.VERSION - 1}" in body
+        assert f"holds dm records in layout {OLDER}" in body
         with pytest.raises(layout.LayoutMismatch):
             server.notify({}, {}, backend=b)
     finally:

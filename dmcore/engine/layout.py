@@ -26,7 +26,7 @@ from dmcore.engine.core import Settings
 from dmcore.errors import FailedPrecondition
 from dmcore.store.base import Store, Transaction
 
-VERSION = 4
+VERSION = 5
 """The layout this dm reads and writes. Raise it with any change to what
 docs/layout.md describes that an older or newer engine would misread.
 
@@ -40,7 +40,17 @@ the latter).
 4: a declaration creates a new dependee with its depender inline, so an attempt
 with fewer than 8 inline dependers, never re-opened, has no back-edge document
 to look for when it ends (a layout-3 store may hold one); attempts record
-whether they declared dependencies (``declared``)."""
+whether they declared dependencies (``declared``).
+
+5: on SQLite, the sweep's due fields are also kept in ordered columns of the
+attempt's row (docs/layout.md); a layout-4 dm writing such a file would let
+them go stale, so it must refuse it. The records are as in 4: a layout-4
+store is taken up (see ``TAKEN_UP``)."""
+
+TAKEN_UP = frozenset({4})
+"""Layouts whose records this dm reads as they are: opening such a store records
+it as ``VERSION`` (nothing else is written), so that the dm that wrote it
+refuses it from then on."""
 
 PATH = "meta/layout"
 SHARDS = "sweep_shards"
@@ -64,7 +74,7 @@ def check(store: Store, where: str, afresh: str, *, sweep_shards: int) -> int:
     :class:`LayoutMismatch`.
     """
     doc = store.get(PATH)  # outside a transaction: no write lock for the usual case
-    if doc is None or (int(doc["version"]) == VERSION and _to_record(doc, sweep_shards)):
+    if doc is None or int(doc["version"]) in TAKEN_UP or _to_record(doc, sweep_shards):
         doc = store.transaction(lambda tx: _read_or_record(tx, sweep_shards))
     found = None if doc is None else int(doc["version"])
     if found == VERSION:
@@ -109,8 +119,8 @@ def _swept(recorded: int, configured: int, where: str) -> int:
 def _read_or_record(tx: Transaction, sweep_shards: int) -> dict[str, Any] | None:
     """The store's layout document; an empty store is given this layout, and the
     shard count is recorded (raised to ``sweep_shards`` if larger, added where it
-    is missing: every engine of this layout used the one it is configured with).
-    None: records, no version."""
+    is missing: every engine of this layout used the one it is configured with);
+    a layout in ``TAKEN_UP`` is recorded as this one. None: records, no version."""
     doc = tx.get(PATH)
     if doc is None:
         for collection in _RECORDS:
@@ -119,15 +129,23 @@ def _read_or_record(tx: Transaction, sweep_shards: int) -> dict[str, Any] | None
         doc = {"version": VERSION, SHARDS: sweep_shards}
         tx.set(PATH, doc)
         return doc
+    taken_up = int(doc["version"]) in TAKEN_UP
+    if taken_up:
+        doc = {**doc, "version": VERSION}
     if int(doc["version"]) != VERSION:
         return doc
-    if _to_record(doc, sweep_shards):
+    recording = _to_record(doc, sweep_shards)
+    if recording:
         doc = {**doc, SHARDS: sweep_shards}
+    if taken_up or recording:
         tx.set(PATH, doc)
     return doc
 
 
 def _to_record(doc: dict[str, Any], sweep_shards: int) -> bool:
-    """Whether ``sweep_shards`` is to be recorded in the layout document ``doc``."""
+    """Whether ``sweep_shards`` is to be recorded in the layout document ``doc``
+    (of this layout)."""
+    if int(doc["version"]) != VERSION:
+        return False
     recorded = doc.get(SHARDS)
     return recorded is None or 1 < int(recorded) < sweep_shards
