@@ -27,7 +27,9 @@ Why this shape:
   shared between threads, they are only closed from elsewhere by :meth:`close`.
   Do not carry a store across ``fork``: make a new one in the child.
 * Documents are compact JSON in one table keyed by ``(collection, id)``;
-  queries filter and sort with SQLite's JSON functions.
+  queries filter and sort with SQLite's JSON functions. They are written by
+  the standard library's encoder (it refuses NaN and infinities) and read by
+  msgspec's decoder, several times faster, to the same values.
 * Fields that ordered queries sort on in large collections (the sweep's due
   times: ``ordered_fields``) are also kept in two columns of the document's
   own row (``"r:<field>"``: the type's rank in Firestore's order, ``"v:<field>"``:
@@ -53,6 +55,8 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+
+import msgspec
 
 from dmcore.store.base import (
     AlreadyExists,
@@ -476,8 +480,19 @@ def _query(
 
 
 def _decode(body: str) -> Doc:
-    doc: Doc = json.loads(body)
+    try:
+        doc: Doc = _DECODER.decode(body)
+    except (ValueError, RecursionError):
+        # What msgspec refuses and Python's parser reads (a NaN or an escaped lone
+        # surrogate that an older store may hold): read as it always was.
+        doc = json.loads(body)
     return doc
+
+
+_DECODER = msgspec.json.Decoder()
+"""Reads stored bodies 2-3x faster than ``json.loads`` (a memoised answer decodes
+thousands), to the same values: ints of any size stay exact ints, floats are read
+correctly rounded, key order is kept, the last of two equal keys wins."""
 
 
 def _file_of(conn: sqlite3.Connection) -> str:
