@@ -140,14 +140,14 @@ class AttemptID:
 
     quest: str
     num: int
+    encoded: str = dataclasses.field(init=False, repr=False, compare=False)
+    """Storage key: ``<quest>|<inverted hex>``, newer attempts first."""
 
     def __post_init__(self) -> None:
         _check_num(self.num, "attempt")
-
-    @functools.cached_property
-    def encoded(self) -> str:
-        """Storage key: ``<quest>|<inverted hex>``, newer attempts first."""
-        return f"{self.quest}|{_encode_num(self.num)}"
+        # Made with the ID (nearly every one is stored or read): a cached property
+        # costs several times more on its first use (its lock).
+        object.__setattr__(self, "encoded", f"{self.quest}|{MAX_NUM ^ self.num:08x}")
 
     @classmethod
     def decode(cls, s: str) -> AttemptID:

@@ -77,8 +77,10 @@ def _data_limit(requested: int, field: str) -> int:
     return min(int(requested), MAX_DATA_SIZE_CAP)
 
 
-def _check_nums(nums: Iterable[int], field: str, *, allow_all: bool) -> list[int]:
+def _check_nums(nums: Sequence[int], field: str, *, allow_all: bool) -> list[int]:
     """AttemptList normalisation: descending, unique; [] / [0] = all (when allowed)."""
+    if len(nums) == 1 and nums[0] > 0:
+        return [nums[0]]  # the common case (a proto's repeated uint32: an int)
     got = sorted(set(nums), reverse=True)  # ints already (a proto's repeated int field)
     if got in ([], [0]):
         if not allow_all:
@@ -211,7 +213,8 @@ class Service:
             except InvalidArgument as e:
                 raise InvalidArgument(f"quest[{i}].{e.message}") from None
             qid = ids.quest_id_of_normalized(norm)
-            self._validate_distributor(norm, f"quest[{i}]", built, valid)
+            if (norm.distributor_config_name, norm.distributor_parameters) not in valid:
+                self._validate_distributor(norm, f"quest[{i}]", built, valid)
             supplied[qid] = norm
             rsp.quest_ids.add(id=qid)
             for n in _check_nums(nums.nums, f"quest_attempt[{i}]", allow_all=False):

@@ -83,17 +83,19 @@ def merge_quest(step: steps.MergeQuest, ctx: Ctx) -> list[Step | Later]:
 
 @rolls_forward(steps.EnsureGraph)
 def ensure_graph(step: steps.EnsureGraph, ctx: Ctx) -> list[Step | Later]:
-    aids = [AttemptID.decode(a) for a in step.attempts]
-    qids = sorted(set(step.quests) | {a.quest for a in aids})
-    paths = [docs.quest_path(q) for q in qids] + [docs.attempt_path(a) for a in aids]
-    got = ctx.uow.get_many(paths)
-    step.seen = dict(got)
+    # Paths from the encoded IDs as they are: a memoised request's parts find every
+    # attempt, and decode none (thousands of them).
+    att_paths = {docs.ATTEMPTS + "/" + a: a for a in step.attempts}
+    qids = sorted(set(step.quests).union(a.partition("|")[0] for a in step.attempts))
+    got = ctx.uow.get_many([docs.quest_path(q) for q in qids] + list(att_paths))
+    step.seen = got
     create: dict[str, list[dict[str, Any]]] = {
         q: [] for q in step.quests if got[docs.quest_path(q)] is None
     }
-    for a in aids:
-        if got[docs.attempt_path(a)] is not None:
+    for path, encoded in att_paths.items():
+        if got[path] is not None:
             continue
+        a = AttemptID.decode(encoded)
         if got[docs.quest_path(a.quest)] is None and a.quest not in step.quests:
             raise InvalidArgument(f'cannot create attempts for absent quest "{a.quest}"')
         create.setdefault(a.quest, []).append(steps.EnsureAttempt(aid=a.encoded).to_payload())

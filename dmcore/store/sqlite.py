@@ -461,7 +461,7 @@ def _get_many(conn: sqlite3.Connection, paths: Sequence[str]) -> dict[str, Doc |
     if len(paths) == 1:  # the common case (a step reads what it did not read yet)
         return {paths[0]: _get(conn, paths[0])}
     bodies = _fetch_bodies(conn, paths)
-    return {p: (_decode(bodies[p]) if p in bodies else None) for p in paths}
+    return {p: None if (b := bodies.get(p)) is None else _decode(b) for p in paths}
 
 
 def _query(
