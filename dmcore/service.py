@@ -91,6 +91,14 @@ def _check_nums(nums: Sequence[int], field: str, *, allow_all: bool) -> list[int
     return got
 
 
+def _set_us(ts: Any, us: int) -> None:
+    """``ts.FromMicroseconds(us)`` for a stored time (always in range): its range check
+    and float-free arithmetic cost more than the two fields (an answer sets thousands)."""
+    seconds, micros = divmod(us, 1_000_000)
+    ts.seconds = seconds
+    ts.nanos = micros * 1000
+
+
 def _auth_eid(auth: dm_pb2.Execution.Auth, field: str) -> ExecutionID:
     if not auth.HasField("id"):
         raise InvalidArgument(f"{field}.id: required")
@@ -616,6 +624,7 @@ class Service:
         now = eng.clock()
         deadline = now + max_time
         excluded_quests = set(req.exclude.quests)
+        filled = {q: out.quests[q] for q in out.quests}  # the quest entries made
         excluded: set[AttemptID] = set()
         excluded_all: set[str] = set()
         for q, nums in req.exclude.attempts.to.items():
@@ -627,11 +636,13 @@ class Service:
         walk_back = direction in (dm_pb2.WalkGraphReq.Mode.BACKWARDS, dm_pb2.WalkGraphReq.Mode.BOTH)
         want_data = inc.attempt.data or inc.attempt.result
 
+        show_abnormal, show_expired = inc.attempt.abnormal, inc.attempt.expired
+
         def shown(doc: docs.Doc, expired: bool | None = None) -> bool:
             """Whether the answer shows (and walks through) an attempt, not a placeholder."""
-            if not inc.attempt.abnormal and doc.get("is_abnormal"):
+            if not show_abnormal and doc.get("is_abnormal"):
                 return False
-            if inc.attempt.expired:
+            if show_expired:
                 return True
             return not (records.attempt_expired(doc, now) if expired is None else expired)
 
@@ -643,7 +654,9 @@ class Service:
             if listed:
                 query.append((q, listed))
             else:
-                self._quest_entry(out, q, inc, excluded_quests, ahead.get, descs=descs)
+                self._quest_entry(
+                    out, q, inc, excluded_quests, ahead.get, descs=descs, filled=filled
+                )
                 # Attempt ids are "<quest>|<number>": the quest's attempts are an id range.
                 rows = store.query_id_prefix(docs.ATTEMPTS, q + "|")
                 every = []
@@ -703,7 +716,9 @@ class Service:
             if aid in seen or (excluded and aid in excluded) or aid.quest in excluded_all:
                 continue
             seen.add(aid)
-            quest = self._quest_entry(out, aid.quest, inc, excluded_quests, ahead.get, descs=descs)
+            quest = self._quest_entry(
+                out, aid.quest, inc, excluded_quests, ahead.get, descs=descs, filled=filled
+            )
             att_msg = quest.attempts[aid.num]
             got = ahead.get(docs.attempt_path(aid))
             if got is None:
@@ -789,11 +804,16 @@ class Service:
         excluded: set[str],
         read: Callable[[str], docs.Doc | None],
         *,
+        filled: dict[str, dm_pb2.Quest],
         descs: Mapping[str, dm_pb2.Quest.Desc] | None = None,
     ) -> dm_pb2.Quest:
-        if qid in out.quests:
-            return out.quests[qid]
-        q = out.quests[qid]
+        """``out``'s entry of quest ``qid``, made and filled if new; ``filled``: the
+        entries made so far, kept by the walk (a dict look-up costs less than a
+        protobuf map's)."""
+        q = filled.get(qid)
+        if q is not None:
+            return q
+        q = filled[qid] = out.quests[qid]
         if inc.quest.ids:
             q.id.id = qid
         if inc.quest.data and qid not in excluded:
@@ -805,17 +825,24 @@ class Service:
                 desc = descs.get(qid) if descs is not None else None
                 desc = desc if desc is not None else self.engine.quest_desc(qid, doc)
                 assert desc is not None
-                q.data.created.FromMicroseconds(int(doc["created"]))
-                q.data.desc.CopyFrom(desc)
+                data = q.data
+                _set_us(data.created, int(doc["created"]))
+                data.desc.CopyFrom(desc)
         return q
 
     def _fill_attempt(self, msg: dm_pb2.Attempt, aid: AttemptID, doc: Mapping[str, Any]) -> None:
         d = msg.data
-        d.created.FromMicroseconds(int(doc["created"]))
-        d.modified.FromMicroseconds(int(doc["modified"]))
+        _set_us(d.created, int(doc["created"]))
+        _set_us(d.modified, int(doc["modified"]))
         d.num_executions = int(doc["cur_execution"])
-        state = AttemptState(doc["state"])
-        if state == AttemptState.SCHEDULING:
+        state = int(doc["state"])  # compared as an int: an enum made per attempt costs
+        if state == AttemptState.FINISHED:  # the most common in a large answer
+            r = doc.get("result") or {}
+            data = d.finished.data
+            data.size = int(r.get("size", 0))
+            if r.get("expiration_us") is not None:
+                _set_us(data.expiration, int(r["expiration_us"]))
+        elif state == AttemptState.SCHEDULING:
             d.scheduling.SetInParent()
         elif state == AttemptState.EXECUTING:
             d.executing.cur_execution_id = int(doc["cur_execution"])
@@ -825,11 +852,6 @@ class Service:
                 {"for_execution": int(doc["cur_execution"]), "satisfied": False},
             )
             d.waiting.num_waiting = len(rows)
-        elif state == AttemptState.FINISHED:
-            r = doc.get("result") or {}
-            d.finished.data.size = int(r.get("size", 0))
-            if r.get("expiration_us") is not None:
-                d.finished.data.expiration.FromMicroseconds(int(r["expiration_us"]))
         else:
             ab = doc.get("abnormal") or {}
             d.abnormal_finish.status = int(ab.get("status", 0))  # type: ignore[assignment]
