@@ -31,6 +31,18 @@ def test_bench_engine_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert cases["chain:3"]["per_link_ms"] > 0
 
 
+def test_bench_reads_a_memoised_answer_only_when_every_attempt_is_over() -> None:
+    answer = bench_engine.dm_pb2.GraphData()
+    answer.quests["a"].attempts[1].data.finished.data.object = '{"value":1}'
+    answer.quests["b"].attempts[1].data.abnormal_finish.reason = "failed"
+    assert bench_engine.memoised_results(answer, ["b", "a"]) == [None, {"value": 1}]
+    answer.quests["c"].attempts[1].data.executing.cur_execution_id = 1
+    answer.quests["d"].attempts[2].data.finished.data.object = "{}"
+    for qids in (["a", "c"], ["a", "d"], ["a", "e"]):
+        assert bench_engine.memoised_results(answer, qids) is None
+    assert "e" not in answer.quests  # looked for, not added
+
+
 def test_bench_engine_refuses_unknown_cases(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         bench_engine.main(["--cases", "nope:3"])
