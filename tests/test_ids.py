@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dmcore import ids
 from dmcore.errors import InvalidArgument
@@ -46,6 +49,16 @@ def test_vector_from_json_dict_form() -> None:
 def _raw_hash(desc: dm_pb2.Quest.Desc) -> str:
     digest = hashlib.sha256(desc.SerializeToString()).digest()
     return base64.urlsafe_b64encode(digest).decode()[:-1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=30), st.text(min_size=1, max_size=10))
+def test_quest_id_is_the_url_safe_base64_of_the_hash(tag: str, name: str) -> None:
+    # Every digest byte pattern, so "+" and "/" (as "-" and "_") are met too.
+    d = ids.normalize_desc(_desc(json.dumps({"tag": tag}), "{}"))
+    d.distributor_config_name = name
+    digest = hashlib.sha256(d.SerializeToString(deterministic=True)).digest()
+    assert ids.quest_id_of_normalized(d) == base64.urlsafe_b64encode(digest).decode()[:-1]
 
 
 def test_meta_without_empty_submessages_differs() -> None:
