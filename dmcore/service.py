@@ -116,6 +116,11 @@ class _ReadAhead:
     of them costs far less than one per attempt and one per quest."""
 
     CHUNK = 500
+    LOAD_CHUNK = 2 * ENSURE_CHUNK
+    """A chunk read by a ``load`` (EnsureGraphData's parts, one transaction per
+    ENSURE_CHUNK attempts anyway): smaller, so that its decoded documents are let
+    go younger (the garbage collector's passes over them took 8% of a memoised
+    re-run of 10,000 quests with chunks of 500, 5% with these)."""
 
     def __init__(self, store: Store, load: Loader | None = None) -> None:
         """``load``: how a chunk of query attempts is read (by default, their
@@ -123,6 +128,7 @@ class _ReadAhead:
         has used them (a request may name 100,000 attempts)."""
         self.store = store
         self.load = load
+        self.chunk = self.CHUNK if load is None else self.LOAD_CHUNK
         self.docs: dict[str, docs.Doc | None] = {}
         self.edges: dict[str, list[tuple[str, docs.Doc]]] = {}
 
@@ -153,7 +159,7 @@ class _ReadAhead:
         reads them of.
         ``starts`` holds no excluded attempt: nothing is read that is not shown."""
         it = iter(starts)
-        while chunk := list(itertools.islice(it, self.CHUNK)):
+        while chunk := list(itertools.islice(it, self.chunk)):
             if self.load is not None:
                 self.docs.update(self.load([a for a, _, _ in chunk]))
             else:

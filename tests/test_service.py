@@ -1427,7 +1427,7 @@ def test_ensure_creates_everything_even_when_its_answer_runs_out_of_time(
     try:
         descs = [quest_desc(f"late{i}") for i in range(3)]
         monkeypatch.setattr(service_mod, "MAX_WALK_TIME_US", -1)  # over before it starts
-        monkeypatch.setattr(service_mod._ReadAhead, "CHUNK", 2)  # its first chunk of 3
+        monkeypatch.setattr(service_mod._ReadAhead, "LOAD_CHUNK", 2)  # its first chunk of 3
         req = dm_pb2.EnsureGraphDataReq()
         for d in descs:
             req.quest.append(d)
