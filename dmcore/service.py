@@ -14,6 +14,7 @@ import collections
 import dataclasses
 import itertools
 import logging
+import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -453,7 +454,8 @@ class Service:
         req.include.attempt.abnormal = True
         req.include.attempt.expired = True
         # As WalkGraph orders a query's attempts: quests sorted, numbers descending.
-        starts = sorted(aids, key=lambda a: (a.quest, -a.num))  # aids: no repeats
+        # (An encoded ID is "<quest>|<inverted number>": the same order, a C-level key.)
+        starts = sorted(aids, key=operator.attrgetter("encoded"))  # aids: no repeats
         return self._walk(req, authorized_all=True, starts=starts, load=load, out=out, descs=descs)
 
     # -- ActivateExecution / FinishAttempt ----------------------------------------------------

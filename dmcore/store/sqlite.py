@@ -426,13 +426,14 @@ def _fetch_bodies(conn: sqlite3.Connection, paths: Iterable[str]) -> dict[str, s
 
     Several statements run in one read transaction, so the result is one snapshot.
     """
-    by_coll: dict[str, list[str]] = {}
+    by_coll: dict[str, dict[str, str]] = {}  # collection -> id -> path
     for path in paths:
         collection, doc_id = _split_path(path)
-        by_coll.setdefault(collection, []).append(doc_id)
+        by_coll.setdefault(collection, {})[doc_id] = path
     batches = [
-        (collection, ids[i : i + _CHUNK])
-        for collection, ids in by_coll.items()
+        (collection, named, ids[i : i + _CHUNK])
+        for collection, named in by_coll.items()
+        for ids in [list(named)]
         for i in range(0, len(ids), _CHUNK)
     ]
     out: dict[str, str] = {}
@@ -440,10 +441,10 @@ def _fetch_bodies(conn: sqlite3.Connection, paths: Iterable[str]) -> dict[str, s
     if own_tx:
         conn.execute("BEGIN")
     try:
-        for collection, ids in batches:
+        for collection, named, ids in batches:
             rows = conn.execute(_get_many_sql(len(ids)), [collection, *ids])
             for doc_id, body in rows:
-                out[f"{collection}/{doc_id}"] = body
+                out[named[doc_id]] = body
     finally:
         if own_tx:
             conn.execute("COMMIT")
