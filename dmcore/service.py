@@ -78,10 +78,8 @@ def _data_limit(requested: int, field: str) -> int:
     return min(int(requested), MAX_DATA_SIZE_CAP)
 
 
-def _check_nums(nums: Sequence[int], field: str, *, allow_all: bool) -> list[int]:
+def _check_nums(nums: Iterable[int], field: str, *, allow_all: bool) -> list[int]:
     """AttemptList normalisation: descending, unique; [] / [0] = all (when allowed)."""
-    if len(nums) == 1 and nums[0] > 0:
-        return [nums[0]]  # the common case (a proto's repeated uint32: an int)
     got = sorted(set(nums), reverse=True)  # ints already (a proto's repeated int field)
     if got in ([], [0]):
         if not allow_all:
@@ -232,7 +230,11 @@ class Service:
                 self._validate_distributor(norm, f"quest[{i}]", built, valid)
             supplied[qid] = norm
             rsp.quest_ids.add(id=qid)
-            for n in _check_nums(nums.nums, f"quest_attempt[{i}]", allow_all=False):
+            listed = nums.nums
+            if len(listed) == 1 and listed[0] > 0:  # the common case: no field name made
+                wanted[AttemptID(qid, listed[0])] = None
+                continue
+            for n in _check_nums(listed, f"quest_attempt[{i}]", allow_all=False):
                 wanted[AttemptID(qid, n)] = None
         for qid, nums in sorted(req.raw_attempts.to.items()):
             ids.check_quest_id(qid, f"raw_attempts[{qid}]")
