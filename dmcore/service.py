@@ -708,7 +708,7 @@ class Service:
         n_executions, show_fwd, show_back = inc.num_executions, inc.fwd_deps, inc.back_deps
         # (attempt, depth, reached forward from the caller's attempt)
         todo: collections.deque[tuple[AttemptID, int, bool]] = collections.deque()
-        seen: set[AttemptID] = set()
+        seen: set[str] = set()  # encoded: a str keeps its hash, an ID computes it
         infos: dict[tuple[str, str], dist.D | None] = {}
         while True:
             if dfs and todo:
@@ -723,9 +723,9 @@ class Service:
                 out.had_more = True
                 break
             aid, depth, forward_of_me = item
-            if aid in seen or (excluded and aid in excluded) or aid.quest in excluded_all:
+            if aid.encoded in seen or (excluded and aid in excluded) or aid.quest in excluded_all:
                 continue
-            seen.add(aid)
+            seen.add(aid.encoded)
             quest = self._quest_entry(
                 out, aid.quest, inc, excluded_quests, ahead.get, descs=descs, filled=filled
             )
@@ -796,9 +796,9 @@ class Service:
                 for a in back:
                     att_msg.back_deps.to[a.quest].nums.append(a.num)
             if deeper:
-                if walk_fwd:
+                if walk_fwd and fwd:
                     todo.extend((a, depth + 1, forward_of_me or aid == me) for a in fwd)
-                if walk_back:
+                if walk_back and back:
                     todo.extend((a, depth + 1, False) for a in back)
         return out
 
