@@ -61,6 +61,24 @@ def test_quest_id_is_the_url_safe_base64_of_the_hash(tag: str, name: str) -> Non
     assert ids.quest_id_of_normalized(d) == base64.urlsafe_b64encode(digest).decode()[:-1]
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.builds(
+            ids.AttemptID,
+            st.from_regex(r"[A-Za-z0-9_-]{43}", fullmatch=True),
+            st.integers(min_value=1, max_value=ids.MAX_NUM),
+        ),
+        max_size=20,
+    )
+)
+def test_encoded_ids_sort_by_quest_then_newest_attempt(aids: list[ids.AttemptID]) -> None:
+    # The service orders a memoised answer by encoded ID, as WalkGraph orders a query.
+    by_encoded = sorted(aids, key=lambda a: a.encoded)
+    assert by_encoded == sorted(aids, key=lambda a: (a.quest, -a.num))
+    assert all(ids.AttemptID.decode(a.encoded) == a for a in aids)
+
+
 def test_meta_without_empty_submessages_differs() -> None:
     d = _desc('{"key":["value"]}', "{}")
     d.meta.SetInParent()
