@@ -91,18 +91,12 @@ def normalize_desc(desc: dm_pb2.Quest.Desc | Mapping[str, Any]) -> dm_pb2.Quest.
         )
     # Each field by name, set only if normalising changed it (a request of thousands
     # of quests: setting a string field copies and checks it).
-    try:
-        raw = out.parameters
-        if (norm := jsonnorm.normalize(raw)) != raw:
-            out.parameters = norm
-    except jsonnorm.JsonError as e:
-        raise InvalidArgument(f"parameters: {e}") from None
-    try:
-        raw = out.distributor_parameters
-        if (norm := jsonnorm.normalize(raw)) != raw:
-            out.distributor_parameters = norm
-    except jsonnorm.JsonError as e:
-        raise InvalidArgument(f"distributor_parameters: {e}") from None
+    raw = out.parameters
+    if (norm := _normalized(raw, "parameters")) != raw:
+        out.parameters = norm
+    raw = out.distributor_parameters
+    if (norm := _normalized(raw, "distributor_parameters")) != raw:
+        out.distributor_parameters = norm
 
     meta = out.meta
     meta.retry.SetInParent()  # and meta with it
@@ -112,6 +106,13 @@ def normalize_desc(desc: dm_pb2.Quest.Desc | Mapping[str, Any]) -> dm_pb2.Quest.
         if d.seconds < 0 or d.nanos < 0:
             raise InvalidArgument(f"meta.timeouts.{field.name}: must not be negative")
     return out
+
+
+def _normalized(raw: str, field: str) -> str:
+    try:
+        return jsonnorm.normalize(raw)
+    except jsonnorm.JsonError as e:
+        raise InvalidArgument(f"{field}: {e}") from None
 
 
 def quest_id_of_normalized(desc: dm_pb2.Quest.Desc) -> str:
