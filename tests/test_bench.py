@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from bench import bench_engine
+from dmcore.proto import dm_pb2
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -32,7 +33,7 @@ def test_bench_engine_smoke(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_bench_reads_a_memoised_answer_only_when_every_attempt_is_over() -> None:
-    answer = bench_engine.dm_pb2.GraphData()
+    answer = dm_pb2.GraphData()
     answer.quests["a"].attempts[1].data.finished.data.object = '{"value":1}'
     answer.quests["b"].attempts[1].data.abnormal_finish.reason = "failed"
     assert bench_engine.memoised_results(answer, ["b", "a"]) == [None, {"value": 1}]
