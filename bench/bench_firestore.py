@@ -44,6 +44,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import random
 import sys
 import tempfile
 import time
@@ -57,7 +58,8 @@ from dmcore.engine import steps as engine_steps
 from dmcore.engine.base import Mutation
 from dmcore.engine.core import DISTRIBUTOR_TARGET_PREFIX, MUTATION_TARGET
 from dmcore.runtime import emulators
-from dmcore.runtime.embedded import Embedded, build_registry
+from dmcore.runtime.embedded import Embedded, build_registry, run_batch
+from dmcore.service import Caller
 from dmcore.store.base import Doc, Store, Transaction
 from dmcore.store.firestore import FirestoreStats, FirestoreStore, OpCounts, collection_of
 
@@ -338,19 +340,59 @@ def _short(path: str, roots: Sequence[str]) -> str:
     return "/".join(parts)
 
 
-def run_scenario(name: str, size: int, project: str, home: pathlib.Path) -> dict[str, Any]:
-    """One scenario in a fresh namespace of the emulator's ``project``."""
+class StepClock:
+    """The time of an exact run (``--exact``): it moves only when no task is due."""
+
+    def __init__(self) -> None:
+        self.now_us = int(time.time() * 1_000_000)
+
+    def __call__(self) -> int:
+        return self.now_us
+
+
+def run_exactly(
+    emb: Embedded, clock: StepClock, phrases: bench_engine.Phrases
+) -> tuple[float, list[Any]]:
+    """:func:`bench_engine.run` in an order that depends on nothing but the graph: one
+    worker leases the due tasks in queue order, never cut short by wall-clock
+    limits, and the clock jumps to the next task's time only when none is due."""
+    start = time.perf_counter()
+    rsp = emb.service.ensure_graph_data(bench_engine.request(phrases), Caller.trusted())
+    qids = [q.id for q in rsp.quest_ids]
+    while True:
+        if run_batch(emb.engine, emb.queue) == 0:
+            nxt = emb.queue.next_due_us()
+            if nxt is None:
+                break
+            clock.now_us = max(clock.now_us, nxt)
+    return time.perf_counter() - start, bench_engine.results(emb, qids)
+
+
+def run_scenario(
+    name: str, size: int, project: str, home: pathlib.Path, *, exact: bool = False
+) -> dict[str, Any]:
+    """One scenario in a fresh namespace of the emulator's ``project``; ``exact``: in
+    an order that makes its counts the same at every run (:func:`run_exactly`)."""
     kind = SHAPES[name]
     phrases = bench_engine.SHAPES[kind](size)
     store = FirestoreStore(project=project, prefix=f"bench/{uuid.uuid4().hex}")
-    emb = Embedded(home, build_registry(bench_engine.CONFIG), store=store)
+    clock = StepClock()
+    registry = build_registry(bench_engine.CONFIG)
+    if exact:
+        rng = random.Random(f"{name}:{size}")
+        emb = Embedded(home, registry, store=store, clock=clock, rand=rng.randbytes)
+    else:
+        emb = Embedded(home, registry, store=store)
     meter: Meter | None = None
     try:
         meter = Meter(emb, store.stats)
         store.stats.reset()
         store.stats.detailed = True
         with store.stats.labelled(owner=BENCH):
-            seconds, results = bench_engine.run(emb, phrases)
+            if exact:
+                seconds, results = run_exactly(emb, clock, phrases)
+            else:
+                seconds, results = bench_engine.run(emb, phrases)
             n = bench_engine.executions(emb, bench_engine.quest_ids(phrases))
         values = [r.get("value") if isinstance(r, dict) else None for r in results]
         if values != bench_engine.expected_values(kind, size):
@@ -469,6 +511,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument(
+        "--exact",
+        action="store_true",
+        help="run each graph in one order that does not depend on timing (a stepped clock, "
+        "seeded randomness, batches not cut by time): the same counts at every run",
+    )
+    ap.add_argument(
         "--emulator-host",
         help="use the Firestore emulator at HOST:PORT (a project of its own, left in place) "
         "instead of starting one",
@@ -494,7 +542,7 @@ def main(argv: list[str] | None = None) -> None:
     ):
         for i, (name, size) in enumerate(scenarios):
             started = time.monotonic()
-            r = run_scenario(name, size, project, pathlib.Path(tmp) / f"s{i}")
+            r = run_scenario(name, size, project, pathlib.Path(tmp) / f"s{i}", exact=args.exact)
             out["scenarios"][name] = r
             if not args.json:
                 print("\n".join(lines(r)), flush=True)
