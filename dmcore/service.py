@@ -190,9 +190,14 @@ class _ReadAhead:
 class Service:
     """dm.Deps bound to one engine."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, *, between_parts: Callable[[ExecutionID, int], None] | None = None
+    ) -> None:
         self.engine = engine
         self.declare_chunk = DECLARE_CHUNK
+        self.between_parts = between_parts
+        """Called between two parts of a declaration (execution, index of the next
+        part): what other callers do there (a test's or the simulation's hook)."""
 
     # -- EnsureGraphData --------------------------------------------------------------
 
@@ -372,32 +377,25 @@ class Service:
             raise InvalidArgument(f"attempt {me}: an attempt cannot depend on itself")
         chunk_size = self.declare_chunk
         chunks = [aids[i : i + chunk_size] for i in range(0, len(aids), chunk_size)] or [[]]
+        token_b64 = base64.b64encode(req.for_execution.token).decode()
         if len(chunks) > 1:
             # Parts commit one by one: what one declaration refuses in its transaction
             # (a forged token, an absent quest named by raw_attempts, a cycle) is
             # refused before the first (and each part checks its own again).
-            att = self._check_execution_token(eid, req.for_execution.token, retry_ok=True)
             raw_only = sorted({a.quest for a in aids} - set(supplied))
             got = store.get_many([docs.quest_path(q) for q in raw_only])
             for q in raw_only:
                 if got[docs.quest_path(q)] is None:
                     raise InvalidArgument(f'cannot create attempts for absent quest "{q}"')
-            # A cycle closes through an edge into this attempt: none if nothing depends
-            # on it (docs.DEPENDED, set in the commit of any edge into a live attempt).
-            if att is None or att.get(docs.DEPENDED) is not False:
-                known = store.get_many([docs.attempt_path(a) for a in aids])
-                over = records.attempt_is_terminal
-                live = [a for a in aids if not over(known[docs.attempt_path(a)])]
-                deps.reject_cycles(
-                    lambda p: known[p] if p in known else store.get(p), store.query, me, live
-                )
+            self._check_cycles_of_parts(eid, token_b64, aids)
         quests = {q: base64.b64encode(d.SerializeToString()).decode() for q, d in supplied.items()}
         named = {a.quest for a in aids}
-        token_b64 = base64.b64encode(req.for_execution.token).decode()
         seen: dict[str, docs.Doc | None] = {}
         halts = False
         for n, chunk in enumerate(chunks):
             last = n == len(chunks) - 1
+            if n and self.between_parts is not None:
+                self.between_parts(eid, n)
             in_chunk = {a.quest for a in chunk}
             # Too many edges for one transaction (W-14): record them in parts (each
             # about DECLARE_CHUNK documents), inert until the last part decides.
@@ -411,6 +409,7 @@ class Service:
                 },
                 part=not last,
                 parts_halt=halts,
+                claimed=len(chunks) > 1,
             )
             self.engine.run(step)
             halts = halts or step.halted
@@ -433,6 +432,45 @@ class Service:
             aids, req.include.attempt.result, max_size, load=load, out=rsp.result, descs=supplied
         )
         return rsp
+
+    def _check_cycles_of_parts(
+        self, eid: ExecutionID, token_b64: str, aids: list[AttemptID]
+    ) -> None:
+        """Before a declaration's first part: its attempt's claim taken (a forged token
+        refused), then the whole declaration checked for cycles, so that no part
+        refuses one after another committed (a partial write of a refused call).
+
+        A cycle closed meanwhile by another declaration would need an edge recorded
+        after the claim by a walk that passed through this attempt: that walk met
+        the claim and its caller was told to try again (deps.reject_cycles). A
+        refused declaration drops its claim.
+        """
+        me = eid.attempt_id
+        store = self.engine.store
+        claim = steps.DeclareDeps(eid=str(eid), token_b64=token_b64, deps=[], claim=True)
+        self.engine.run(claim)
+        if claim.halted:
+            return  # a retry of a declaration that halted: decided, each part confirms
+        att = claim.seen[docs.attempt_path(me)]
+        # A cycle closes through an edge into this attempt: none if nothing depends
+        # on it (docs.DEPENDED, set in the commit of any edge into a live attempt).
+        if att.get(docs.DEPENDED) is False:
+            return
+        try:
+            known = store.get_many([docs.attempt_path(a) for a in aids])
+            over = records.attempt_is_terminal
+            live = [a for a in aids if not over(known[docs.attempt_path(a)])]
+            deps.reject_cycles(
+                lambda p: known[p] if p in known else store.get(p),
+                store.query,
+                me,
+                live,
+                claims_at_us=self.engine.clock(),
+            )
+        except (InvalidArgument, Unavailable):
+            drop = steps.DeclareDeps(eid=str(eid), token_b64=token_b64, deps=[], unclaim=True)
+            self.engine.run(drop)
+            raise
 
     def _snapshot_graph(
         self,

@@ -28,7 +28,7 @@ from dmcore.engine.records import (
     unb64,
     verify_running,
 )
-from dmcore.errors import InvalidArgument, Unauthenticated
+from dmcore.errors import InvalidArgument, Unauthenticated, Unavailable
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.states import (
     AttemptState,
@@ -41,18 +41,46 @@ log = logging.getLogger("dm.engine")
 MAX_CYCLE_WALK = 10_000
 """Attempts a cycle check walks at most (a graph deeper than this is not searched further)."""
 
+DECLARING_LEASE_US = 120_000_000
+"""How long a declaration in parts holds its claim (docs.DECLARING) without a part:
+a call that died between parts blocks others' cycle checks through its attempt at
+most this long. Each part renews it once half has passed."""
+
+
+def declaring(att: docs.Doc | None, now_us: int) -> bool:
+    """Whether attempt ``att``'s current execution is recording a declaration in parts
+    (its claim, docs.DECLARING, holds): its edges are not all recorded yet."""
+    claim = (att or {}).get(docs.DECLARING)
+    return (
+        att is not None
+        and claim is not None
+        and att["state"] == AttemptState.EXECUTING
+        and claim["execution"] == att["cur_execution"]
+        and claim["until_us"] > now_us
+    )
+
 
 def reject_cycles(
     get: Callable[[str], docs.Doc | None],
     query: Callable[[str, Mapping[str, Any]], Sequence[tuple[str, docs.Doc]]],
     me: AttemptID,
     dependees: Sequence[AttemptID],
+    *,
+    claims_at_us: int | None,
 ) -> None:
     """Refuse an edge that would close a cycle through unfinished attempts.
 
     ``get`` and ``query`` read the store (in a transaction, or not). An attempt
     waits only on the open edges of its current execution; edges left by an
     earlier execution that ended abnormally (W-2) are stale.
+
+    ``claims_at_us``: the time at which another attempt's claim (a declaration in
+    parts under way, :func:`declaring`) is looked at: the walk cannot tell where
+    that attempt's edges yet to come lead, so the caller is told to try again
+    (Unavailable). None: the caller holds a claim of its own and checked the
+    whole declaration after taking it, so what a claim would hide cannot close a
+    cycle through this one (each edge of such a cycle recorded since was checked
+    by a walk that met this claim).
     """
     seen: set[AttemptID] = set()
     todo = list(dependees)
@@ -64,6 +92,11 @@ def reject_cycles(
         att = get(docs.attempt_path(a))
         if att is None or attempt_is_terminal(att):
             continue
+        if claims_at_us is not None and a != me and declaring(att, claims_at_us):
+            raise Unavailable(
+                f"attempt {a} is recording a declaration in parts: its edges may close"
+                " a cycle with this one; try again once it is done"
+            )
         open_edges = {"satisfied": False, "for_execution": int(att["cur_execution"])}
         for path, _ in query(docs.fwd_deps_collection(a), open_edges):
             nxt = AttemptID.decode(docs.last_id(path))
@@ -109,13 +142,30 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
     me = eid.attempt_id
     token = unb64(step.token_b64)
     step.halted = False
+    if step.unclaim:
+        return _unclaim(ctx, eid, token)
     dependees = [AttemptID.decode(d) for d in step.deps]
     paths = [docs.fwd_dep_path(me, d) for d in dependees]
     if _declared_before(ctx, eid, dependees, paths, token):
         # A part of it too: the parts of a retried call each check their own edges.
+        # (Its claim too: the declaration was decided, nothing to claim.)
         step.halted = True
         return []
     att, ex = verify_running(ctx, eid, token, Unauthenticated)
+    if step.claim:
+        # Before the whole declaration's cycle check: any edge recorded after this
+        # commit by a walk through this attempt meets the claim (reject_cycles).
+        att[docs.DECLARING] = {"execution": eid.num, "until_us": ctx.now_us + DECLARING_LEASE_US}
+        ctx.uow.put(docs.attempt_path(me), att)
+        step.seen = {docs.attempt_path(me): att}
+        return []
+    if step.claimed and step.part:
+        claim = att.get(docs.DECLARING)
+        if claim is not None and claim["until_us"] - ctx.now_us < DECLARING_LEASE_US // 2:
+            # Renewed at most once per half lease: a long declaration (thousands of
+            # parts) writes its attempt a few times, not once per part.
+            claim["until_us"] = ctx.now_us + DECLARING_LEASE_US
+            ctx.uow.put(docs.attempt_path(me), att)
 
     # Each dependee read once, here; the answer is made of what was read (seen).
     apaths = [docs.attempt_path(d) for d in dependees]
@@ -135,6 +185,7 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
         ctx.uow.query,
         me,
         [d for d in live if not attempt_is_terminal(now[docs.attempt_path(d)])],
+        claims_at_us=None if step.claimed else ctx.now_us,
     )
     # Edges not read: an absent dependee's (written open, whatever it held), and
     # an over one's that lists this depender inline (its edge exists: written
@@ -197,9 +248,11 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
         # not set) until the last part decides, told whether this one halts.
         step.halted = halt
         return chained
-    if att.get(docs.DECLARED) is False:
+    if att.get(docs.DECLARED) is False or docs.DECLARING in att:
         # Its forward edges exist now (of this part and those before): walks look.
+        # Its claim dropped: every edge is recorded, walks see them all.
         att[docs.DECLARED] = True
+        att.pop(docs.DECLARING, None)
         ctx.uow.put(docs.attempt_path(me), att)
     if halt or step.parts_halt:
         set_execution_state(ex, ExecutionState.STOPPING, ctx.now_us)
@@ -211,6 +264,21 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
         chained += arm_stop_timer(ctx, eid, ex)
         step.halted = True
     return chained
+
+
+def _unclaim(ctx: Ctx, eid: ExecutionID, token: bytes) -> list[Step | Later]:
+    """Drop the claim of execution ``eid``'s declaration, refused before its first part."""
+    att, ex = load_current(ctx, eid)
+    if (
+        att is not None
+        and ex is not None
+        and att["cur_execution"] == eid.num
+        and (att.get(docs.DECLARING) or {}).get("execution") == eid.num
+        and token_matches(ex, token)
+    ):
+        del att[docs.DECLARING]
+        ctx.uow.put(docs.attempt_path(eid.attempt_id), att)
+    return []
 
 
 @rolls_forward(steps.AddBackDep)

@@ -5,7 +5,8 @@ Layout (DESIGN.md §4; SQLite mirrors Firestore)::
     quests/{qid}                                   Quest: desc, built_by, created
     attempts/{aid}                                 Attempt (state, counters, ``depended``:
                                                    anything depends on it, ``declared``: it
-                                                   has forward edges, ...) and, in its
+                                                   has forward edges, ``declaring``: a
+                                                   declaration in parts under way, ...) and, in its
                                                    field ``ex``, its current execution
                                                    (state, token hash, config snapshot)
     attempts/{aid}/executions/{eid}                an earlier execution, archived when the
@@ -119,6 +120,13 @@ DECLARED = "declared"
 set by the last part of its first declaration (a write of the attempt it makes
 anyway when it halts); a walk queries the forward edges of an attempt only when it
 is not False, so a leaf's place in an answer costs its attempt document alone."""
+
+DECLARING = "declaring"
+"""The attempt's claim while its execution records a declaration in parts (W-14):
+``{"execution": n, "until_us": t}``. Taken before the first part and before the
+declaration's cycle check (:func:`~dmcore.engine.deps.declaring`), dropped by the
+last part; while it holds, another declaration whose cycle walk reaches this
+attempt is told to try again (its future edges are not recorded yet)."""
 
 CURRENT = "ex"
 """The attempt's field holding its current execution: the steps of an execution

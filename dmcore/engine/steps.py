@@ -232,6 +232,12 @@ class DeclareDeps(Mutation):
     part sets ``halted`` when the declaration must halt for one of its own
     dependees; the last part is told so (``parts_halt``), so no transaction
     reads more than its own part.
+
+    A declaration in parts first takes the attempt's claim (``claim``, no
+    ``deps``: docs.DECLARING, which makes others' cycle checks through it wait),
+    then checks the whole declaration for cycles, then runs its parts
+    (``claimed``: they ignore others' claims, and the last one drops its own);
+    ``unclaim`` drops the claim of a declaration refused before its first part.
     Run by the API only, never queued.
     """
 
@@ -244,6 +250,9 @@ class DeclareDeps(Mutation):
     part: bool = False
     parts_halt: bool = False
     seen: dict[str, Any] = dataclasses.field(default_factory=dict)
+    claim: bool = False
+    unclaim: bool = False
+    claimed: bool = False
 
     def root(self) -> str:
         return docs.attempt_path(ExecutionID.parse(self.eid).attempt_id)

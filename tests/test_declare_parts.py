@@ -1,0 +1,186 @@
+"""A declaration in parts (W-14) and another declaration closing a cycle between its
+parts: the refused one leaves nothing behind, the accepted one is whole.
+
+A declaration of more than ``declare_chunk`` dependencies commits in parts. Before
+the first, it takes its attempt's claim (docs.DECLARING) and checks the whole
+declaration for cycles; another declaration whose cycle walk reaches the claimed
+attempt meanwhile is told to try again (Unavailable), as its edge could close a
+cycle with a part not recorded yet. The interleavings are set by the service's
+``between_parts`` hook, on SQLite and on the Firestore emulator.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Iterator
+
+import pytest
+
+from distributors.fake import quest_desc
+from dmcore.engine import docs, steps
+from dmcore.engine.base import Mutation
+from dmcore.errors import DMError, InvalidArgument, Unavailable
+from dmcore.ids import AttemptID, ExecutionID
+from dmcore.proto import dm_pb2
+from dmcore.states import AttemptState, ExecutionState
+from dmcore.store.base import Store
+from tests.harness import Chaos, Harness
+from tests.test_service import activate, aid_of, complete, declare, end, finish, start
+
+
+@pytest.fixture(params=["sqlite", pytest.param("firestore", marks=pytest.mark.emulator)])
+def h(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Harness]:
+    store: Store | None = None
+    if request.param == "firestore":
+        store = request.getfixturevalue("firestore_store")
+    harness = Harness(tmp_path, queue="chaos", seed=3, chaos=Chaos(duplicate=0.3), store=store)
+    harness.service.declare_chunk = 2
+    yield harness
+    harness.close()
+
+
+def _edges(h: Harness, aid: AttemptID) -> dict[str, docs.Doc]:
+    return {docs.last_id(p): d for p, d in h.store.query(docs.fwd_deps_collection(aid))}
+
+
+def _graph(h: Harness) -> tuple[dm_pb2.Quest.Desc, list[dm_pb2.Quest.Desc], AttemptID, AttemptID]:
+    """A runs and is about to declare X0, X1 (new: the first part) and B (the second
+    part); B runs (ensured by a user) and has not declared anything."""
+    a, b = quest_desc("A"), quest_desc("B")
+    xs = [quest_desc(f"X{i}") for i in range(2)]
+    start(h, a, b)
+    return b, xs, aid_of(a), aid_of(b)
+
+
+def test_a_cycle_closed_between_parts_is_refused_to_its_closer(h: Harness) -> None:
+    """B's declaration of A between A's parts would close A -> B -> A once A's second
+    part is recorded: B is told to try again (nothing of it written), A's declaration
+    is accepted whole, and B's retry is refused as a cycle."""
+    b, xs, a1, b1 = _graph(h)
+    ta, tb = activate(h, a1.execution(1)), activate(h, b1.execution(1))
+    told: list[DMError] = []
+
+    def closer(eid: ExecutionID, part: int) -> None:
+        assert (eid, part) == (a1.execution(1), 1)
+        with pytest.raises(Unavailable) as info:
+            declare(h, b1.execution(1), tb, a1)
+        told.append(info.value)
+        assert _edges(h, b1) == {}  # nothing of B's refused call
+
+    h.service.between_parts = closer
+    rsp = declare(h, a1.execution(1), ta, *(aid_of(x) for x in xs), b1, quests=(*xs, b))
+    h.service.between_parts = None
+    assert told and "recording a declaration in parts" in told[0].message
+    assert rsp.should_halt
+    assert set(_edges(h, a1)) == {aid_of(x).encoded for x in xs} | {b1.encoded}
+    assert docs.DECLARING not in h.attempt(a1)
+    with pytest.raises(InvalidArgument, match="cycle"):
+        declare(h, b1.execution(1), tb, a1)
+    assert _edges(h, b1) == {}
+    # Everything unwinds: B and the Xs finish, then A.
+    h.settle()
+    for x in xs:
+        complete(h, aid_of(x), {"x": 1})
+    finish(h, b1.execution(1), tb, {"b": 1})
+    end(h, b1.execution(1))
+    end(h, a1.execution(1))
+    assert h.state(a1) == AttemptState.EXECUTING
+    complete(h, a1, {"a": 1})
+
+
+def test_a_walk_through_a_claimed_attempt_waits_only_while_it_declares(h: Harness) -> None:
+    """C depends on A, A's declaration in parts under way: C is told to try again
+    (no cycle, but A's edges yet to come could make one); once A's call returned,
+    C's same call is accepted. A claim left by a call that died between its parts
+    stops others only until its lease runs out."""
+    _b, xs, a1, b1 = _graph(h)
+    c = quest_desc("C")
+    start(h, c)
+    c1 = aid_of(c)
+    ta, tc = activate(h, a1.execution(1)), activate(h, c1.execution(1))
+    tb = activate(h, b1.execution(1))
+    assert declare(h, b1.execution(1), tb, a1).should_halt  # B -> A: A's walk is C's
+    calls: list[str] = []
+
+    def other(eid: ExecutionID, part: int) -> None:
+        try:
+            declare(h, c1.execution(1), tc, b1)
+        except Unavailable:
+            calls.append("unavailable")
+
+    h.service.between_parts = other
+    ys = (*xs, quest_desc("Y"))
+    assert declare(h, a1.execution(1), ta, *(aid_of(y) for y in ys), quests=ys).should_halt
+    h.service.between_parts = None
+    assert calls == ["unavailable"]
+    assert declare(h, c1.execution(1), tc, b1).should_halt
+
+
+def test_a_claim_left_by_a_dead_call_lapses(h: Harness) -> None:
+    """A's call dies after its first part (the process stopped): its claim holds for
+    the lease only; A's own repeated call completes the declaration."""
+    b, xs, a1, b1 = _graph(h)
+    c = quest_desc("C")
+    start(h, c)
+    c1 = aid_of(c)
+    ta, tc = activate(h, a1.execution(1)), activate(h, c1.execution(1))
+
+    class Died(Exception):
+        pass
+
+    def die(eid: ExecutionID, part: int) -> None:
+        raise Died
+
+    deps_of_a = (*(aid_of(x) for x in xs), b1)
+    h.service.between_parts = die
+    with pytest.raises(Died):
+        declare(h, a1.execution(1), ta, *deps_of_a, quests=(*xs, b))
+    h.service.between_parts = None
+    assert h.exec_state(a1.execution(1)) == ExecutionState.RUNNING
+    with pytest.raises(Unavailable):
+        declare(h, c1.execution(1), tc, a1)
+    h.clock.advance(121)
+    assert declare(h, c1.execution(1), tc, a1).should_halt
+    # A's repeated call: the cycle A -> B is none (B does not reach A); accepted whole.
+    assert declare(h, a1.execution(1), ta, *deps_of_a, quests=(*xs, b)).should_halt
+    assert set(_edges(h, a1)) == {d.encoded for d in deps_of_a}
+
+
+def test_a_declaration_refused_for_a_cycle_drops_its_claim_even_after_a_failure(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A declaration in parts that closes a cycle is refused before any part; its
+    claim is dropped. If dropping it fails, the call fails (the claim lapses); the
+    client's retry is refused the same way and drops it: nothing refused stays."""
+    b, xs, a1, b1 = _graph(h)
+    ta, tb = activate(h, a1.execution(1)), activate(h, b1.execution(1))
+    assert declare(h, b1.execution(1), tb, a1).should_halt  # B -> A
+    before = {aid_of(x): h.store.get(docs.attempt_path(aid_of(x))) for x in xs}
+    run = h.engine.run
+    fail_next_drop = [True]
+
+    class Lost(Exception):
+        pass
+
+    def run_losing_the_drop(mutation: Mutation, *, origin: str | None = None) -> None:
+        # The store fails the drop's commit once (a lost connection, a crash).
+        if isinstance(mutation, steps.DeclareDeps) and mutation.unclaim and fail_next_drop[0]:
+            fail_next_drop[0] = False
+            raise Lost
+        run(mutation, origin=origin)
+
+    monkeypatch.setattr(h.engine, "run", run_losing_the_drop)
+    with pytest.raises(Lost):
+        declare(h, a1.execution(1), ta, *(aid_of(x) for x in xs), b1, quests=(*xs, b))
+    assert docs.DECLARING in h.attempt(a1)
+    with pytest.raises(InvalidArgument, match="cycle"):
+        declare(h, a1.execution(1), ta, *(aid_of(x) for x in xs), b1, quests=(*xs, b))
+    monkeypatch.undo()
+    assert docs.DECLARING not in h.attempt(a1)
+    assert _edges(h, a1) == {}
+    assert before == {aid_of(x): None for x in xs}
+    assert all(h.store.get(docs.attempt_path(a)) is None for a in before)
+    # A runs on, and may still declare what closes no cycle (in parts).
+    assert h.exec_state(a1.execution(1)) == ExecutionState.RUNNING
+    ys = (*xs, quest_desc("Y"))
+    assert declare(h, a1.execution(1), ta, *(aid_of(y) for y in ys), quests=ys).should_halt
