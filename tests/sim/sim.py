@@ -65,6 +65,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from distributors.fake import Crash, Job, quest_desc
+from dmcore.engine import layout
 from dmcore.errors import InvalidArgument, PermissionDenied, Unauthenticated, Unavailable
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
@@ -171,6 +172,12 @@ class Plan:
     p_second_client: float = 0.0
     """After a job's declaration, another client ensures one of the declared attempts
     amid the declaration's follow-ups (:meth:`Sim._second_client`)."""
+    p_between_parts: float = 0.0
+    """Between two parts of a declaration (in parts of 2 dependencies then), other
+    callers' work: deliveries, and a dependee's job that first tries to close a
+    cycle onto the declaring attempt (:meth:`Sim._between_parts`)."""
+    reshard: bool = False
+    """``sweep_shards`` changes now and then during the run (:meth:`Sim._reshard`)."""
 
     def summary(self) -> str:
         edges = sum(len(n.deps) for n in self.nodes)
@@ -184,7 +191,8 @@ class Plan:
             f"midjob={self.p_midjob} cancel={self.p_cancel}/{self.p_cancel_in_run} "
             f"fast={self.p_fast} new_config={self.p_new_config} "
             f"tiny_batches={self.tiny_batches} workers={self.workers} "
-            f"out_of_process={self.out_of_process} second_client={self.p_second_client}"
+            f"out_of_process={self.out_of_process} second_client={self.p_second_client} "
+            f"between_parts={self.p_between_parts} reshard={self.reshard}"
         )
 
 
@@ -318,6 +326,8 @@ def make_plan(seed: int, *, min_nodes: int = 5, max_nodes: int = 40, workers: in
         # Drawn apart, so that every seed keeps the plan it had before this knob.
         out_of_process=random.Random(f"{seed}/out_of_process").random() < 0.5,
         p_second_client=random.Random(f"{seed}/second_client").choice([0.0, 0.3, 0.6]),
+        p_between_parts=random.Random(f"{seed}/between_parts").choice([0.0, 0.0, 0.5, 1.0]),
+        reshard=random.Random(f"{seed}/reshard").random() < 0.3,
     )
 
 
@@ -430,6 +440,12 @@ def new_harness(plan: Plan, tmp_path: Any, *, queue: str = "chaos", store: Any =
         h.engine.settings.max_inline = 2
         h.engine.settings.propagate_batch = 2
         h.service.declare_chunk = 3
+    if plan.p_between_parts:
+        h.service.declare_chunk = 2  # most declarations in parts
+    if plan.reshard:
+        # The store's layout recorded (as a home's open or a server's first request
+        # does), so that a later change of sweep_shards is checked against it.
+        layout.check_settings(h.store, "sim", "a new run", h.engine.settings)
     return h
 
 
@@ -451,6 +467,14 @@ class Sim:
         self.run_rng = random.Random(f"dm-sim-in-run/{plan.seed}")
         # Its own stream: a seed without a second client keeps the run it had.
         self.client_rng = random.Random(f"dm-sim-second-client/{plan.seed}")
+        self.parts_rng = random.Random(f"dm-sim-between-parts/{plan.seed}")
+        self.shards_rng = random.Random(f"dm-sim-reshard/{plan.seed}")
+        self.declaring: tuple[ExecutionID, list[AttemptID]] | None = None
+        """The declaration a job's call is recording (its hook's other callers' work)."""
+        self.closer_of: dict[ExecutionID, AttemptID] = {}
+        """Executions played between another's parts: the attempt to try to depend on."""
+        self.in_parts = False
+        h.service.between_parts = self._between_parts
         self.by_qid = {n.qid: n for n in plan.nodes}
         self.max_iterations = max_iterations or 200 + 40 * len(plan.nodes)
         self.records: dict[ExecutionID, ExecRecord] = {}
@@ -499,6 +523,8 @@ class Sim:
                 self.ensured.update((self.aid(i, a), None) for a in nums)
                 self.trace.append(f"ensure n{i} {nums}")
             self._settle()
+            if self.plan.reshard and self.shards_rng.random() < 0.15:
+                self._reshard()
             if self.rng.random() < self.plan.p_cancel:
                 self._cancel_some("between steps")
             if self.rng.random() < self.plan.p_new_config:
@@ -554,11 +580,25 @@ class Sim:
         )
         self.trace.append(f"configs replaced (sim-v{self.config_version})")
 
+    def _reshard(self) -> None:
+        """An operator changes ``sweep_shards`` (to another count above 1: a switch from
+        or to 1 is refused) and the next request's layout check records it: the sweep
+        must still find what was stamped for the old count."""
+        settings = self.h.engine.settings
+        new = self.shards_rng.choice(
+            [n for n in (2, 3, 5, 8, 16, 40) if n != settings.sweep_shards]
+        )
+        settings.sweep_shards = new
+        layout.check_settings(self.h.store, "sim", "a new run", settings)
+        self.trace.append(f"sweep_shards -> {new}")
+
     def _fast(self, eid: ExecutionID) -> None:
         """Inside D.run, the task started: maybe the job runs to its end right now."""
         with self.lock:
             if self.run_rng.random() >= self.plan.p_fast or eid not in self._playable():
                 return
+            if self.in_parts:
+                return  # between a declaration's parts, only _between_parts plays
             self._play(eid, fast=True)
 
     def _playable(self) -> list[ExecutionID]:
@@ -734,7 +774,7 @@ class Sim:
 
     def _midjob(self, rec: ExecRecord) -> None:
         """dm's work goes on while the job runs: tasks, a bit of time, a sweep, a cancel."""
-        if rec.fast or self.rng.random() >= self.plan.p_midjob:
+        if rec.fast or self.in_parts or self.rng.random() >= self.plan.p_midjob:
             return
         if self.rng.random() < 0.5:
             self._jump(self.rng.uniform(0, MIDJOB_S))
@@ -797,6 +837,8 @@ class Sim:
         self._call(rec, "ActivateExecution", job.activate)
         rec.activated = True
         self.activations[eid] = self.activations.get(eid, 0) + 1
+        if eid in self.closer_of:
+            self._close_a_cycle(rec, job, self.closer_of.pop(eid))
         self._duplicate(rec, job, own)
         self._midjob(rec)
         if rec.stop == ACTIVATED:
@@ -811,7 +853,11 @@ class Sim:
             quests = [self.plan.nodes[j].desc for j in dict.fromkeys(j for j, _ in batch)]
             declare = functools.partial(job.dep_on, *aids, quests=quests)
             fresh = [a for a in aids if a not in set(self.known())]
-            rsp = self._call(rec, "EnsureGraphData", declare)
+            outer, self.declaring = self.declaring, (eid, aids)
+            try:
+                rsp = self._call(rec, "EnsureGraphData", declare)
+            finally:
+                self.declaring = outer
             self.declared.setdefault(aid, {}).update(dict.fromkeys(aids))
             if rsp.should_halt:
                 rec.halted = True
@@ -888,7 +934,7 @@ class Sim:
         reach the depender.
         """
         crng = self.client_rng
-        if rec.fast or not declared or crng.random() >= self.plan.p_second_client:
+        if rec.fast or self.in_parts or not declared or crng.random() >= self.plan.p_second_client:
             return
         target = crng.choice(declared)
         for _ in range(crng.randint(0, 4)):
@@ -908,6 +954,61 @@ class Sim:
                 return
             if not self.h.deliver_one():
                 return
+
+    def _between_parts(self, eid: ExecutionID, part: int) -> None:
+        """The service's hook between two parts of a declaration: maybe other callers
+        work there. A few tasks are delivered (the earlier parts' follow-ups: new
+        dependees scheduled, run, maybe ended before the declaration decides), then
+        one of the declaration's dependees whose job was handed over is played, and
+        its job first tries to depend on the declaring attempt: a cycle once the
+        declaration is whole, which dm must refuse (now, or told to try again) and
+        leave no trace of, while the declaration itself is accepted whole.
+
+        Nothing else runs meanwhile (no clock move, cancel or second client), and no
+        other declaration's parts nest in here.
+        """
+        prng = self.parts_rng
+        if self.in_parts or self.declaring is None or prng.random() >= self.plan.p_between_parts:
+            return
+        declarer, dependees = self.declaring
+        if declarer != eid:
+            return
+        self.in_parts = True
+        try:
+            for _ in range(prng.randint(0, 6)):
+                if not self.h.deliver_one():
+                    break
+            wanted = set(dependees)
+            for _ in range(50):
+                mine = [
+                    e for e in self._playable() if e.attempt_id in wanted and e not in self.runs
+                ]
+                if mine:
+                    closer = prng.choice(sorted(mine, key=str))
+                    self.closer_of[closer] = eid.attempt_id
+                    self.trace.append(
+                        f"between parts {part} of {self.ename(eid)}: play {self.ename(closer)}"
+                    )
+                    self._play(closer, fast=True)
+                    self.closer_of.pop(closer, None)  # its job never activated
+                    return
+                if prng.random() < 0.5 or not self.h.deliver_one():
+                    return
+        finally:
+            self.in_parts = False
+
+    def _close_a_cycle(self, rec: ExecRecord, job: Job, onto: AttemptID) -> None:
+        """The job of a dependee of ``onto``'s declaration under way tries to depend on
+        ``onto``: refused, for a cycle or to try again, and nothing of it stays."""
+        try:
+            job.dep_on(onto)
+        except (InvalidArgument, Unavailable) as e:
+            self.trace.append(f"{self.ename(rec.eid)} -> {self.name(onto)} refused: {e!r}")
+            return
+        self.violation(
+            f"{self.ename(rec.eid)}: its declaration of {self.name(onto)}, which declares it"
+            " (a cycle), was accepted"
+        )
 
     def _stopped(self, rec: ExecRecord) -> None:
         rec.stopped_us = self.h.clock()

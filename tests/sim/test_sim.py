@@ -16,16 +16,19 @@ call :func:`simulate`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import pathlib
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from distributors.fake import Crash, Job, quest_desc
-from dmcore.engine import base, docs, records, steps
+from dmcore.engine import base, deps, docs, layout, records, steps
 from dmcore.engine.base import Ctx, Later, Mutation, Step
+from dmcore.engine.core import Settings
 from dmcore.ids import AttemptID
 from dmcore.states import AttemptState
 from dmcore.store.base import Store
@@ -219,6 +222,60 @@ def test_an_edge_into_a_live_unflagged_attempt_must_flag_it(
     monkeypatch.setitem(base._ROLL_FORWARD, kind, planted)
     with pytest.raises(AssertionError, match="WAITING, not terminal"):
         simulate(UNFLAGGED_EDGE_SEED, tmp_path, queue="chaos")
+
+
+CYCLE_BETWEEN_PARTS_SEED = 4
+"""A default seed (declarations in parts of 2, other callers' work between parts) in
+which a dependee's job, played between its depender's parts, declares its depender
+before the part that records the reverse edge (re-find one with the planted bug
+below, and update this, when the plan's draws change: of seeds 0..59, 4 and 50 fail
+with it)."""
+
+
+def test_a_cycle_closed_between_a_declarations_parts_is_refused_to_its_closer(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the declaration's claim taken out (cycle walks ignore docs.DECLARING), the
+    dependee's declaration of its depender, between the depender's parts, is accepted,
+    and the depender's next part finds the cycle and is refused after its earlier parts
+    committed (a partial write). The simulation catches it only through its hook
+    between parts (Service.between_parts): the same seed passes without it."""
+    real = deps.reject_cycles
+
+    def planted(*args: Any, claims_at_us: int | None, **kwargs: Any) -> None:
+        real(*args, claims_at_us=None, **kwargs)
+
+    monkeypatch.setattr(deps, "reject_cycles", planted)
+    plan = dataclasses.replace(make_plan(CYCLE_BETWEEN_PARTS_SEED), p_between_parts=0.0)
+    simulate(CYCLE_BETWEEN_PARTS_SEED, tmp_path / "without", queue="chaos", plan=plan)
+    with pytest.raises(AssertionError, match="a cycle"):
+        simulate(CYCLE_BETWEEN_PARTS_SEED, tmp_path / "with", queue="chaos")
+
+
+RESHARD_SEED = 14
+"""A default seed that changes ``sweep_shards`` mid-run and fails when the sweep
+forgets the shards of what was stamped before (of seeds 0..150, 14 fails with the
+bug below, as do 4, 31, 47, 49, 56, 67, 72, 100, 105, 135, 147, 148, 149)."""
+
+
+def test_a_lowered_sweep_shard_count_must_not_strand_what_was_stamped(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The layout check raises the sweep to the largest count the records were stamped
+    with (Settings.swept_shards). With that taken out, a lowered ``sweep_shards``
+    leaves the timers and follow-ups of the higher shards unswept: the run does not
+    settle. The same seed passes when the count never changes."""
+    real = layout.check_settings
+
+    def planted(store: Store, where: str, afresh: str, settings: Settings) -> None:
+        real(store, where, afresh, settings)
+        settings.swept_shards = 0  # the sweep forgets the shards stamped before
+
+    monkeypatch.setattr(layout, "check_settings", planted)
+    plan = dataclasses.replace(make_plan(RESHARD_SEED), reshard=False)
+    simulate(RESHARD_SEED, tmp_path / "without", queue="chaos", plan=plan)
+    with pytest.raises(AssertionError, match="keep coming back"):
+        simulate(RESHARD_SEED, tmp_path / "with", queue="chaos")
 
 
 def _fingerprint(sim: Sim) -> str:
