@@ -27,6 +27,14 @@ Everything random comes from the seed:
   runs what that starts at once, so the dependee may be created unflagged
   after its depender's AddBackDep and end before the declaration's
   EnsureAttempt arrives;
+* inside a service call: between two parts of a declaration (then in parts of
+  2 dependencies; the service's ``between_parts`` hook), other callers' work:
+  deliveries of the earlier parts' follow-ups, and a dependee's job that first
+  tries to depend on its declaring depender, a cycle dm must refuse (now, or
+  told to try again) without a trace while the declaration is accepted whole;
+* an operator changing ``sweep_shards`` mid-run (checked as a server's next
+  request does: ``layout.check_settings``), so the sweep must still find what
+  was stamped for another count;
 * the driver's moves: the order in which it plays pending executions, when it
   settles, when it stalls (leaves executions unplayed while the clock jumps
   past their start timeout, then plays them late), when it cancels an attempt
