@@ -997,7 +997,7 @@ class Sim:
                     self.trace.append(
                         f"between parts {part} of {self.ename(eid)}: play {self.ename(closer)}"
                     )
-                    self._play(closer, fast=True)
+                    self._play(closer)
                     self.closer_of.pop(closer, None)  # its job never activated
                     return
                 if prng.random() < 0.5 or not self.h.deliver_one():
