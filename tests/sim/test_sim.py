@@ -228,7 +228,7 @@ CYCLE_BETWEEN_PARTS_SEED = 4
 """A default seed (declarations in parts of 2, other callers' work between parts) in
 which a dependee's job, played between its depender's parts, declares its depender
 before the part that records the reverse edge (re-find one with the planted bug
-below, and update this, when the plan's draws change: of seeds 0..59, 4 and 50 fail
+below, and update this, when the plan's draws change: of seeds 0..59, 4 and 9 fail
 with it)."""
 
 
