@@ -3,13 +3,17 @@
 :class:`Client` is the dm.Deps API as four calls. :class:`LocalClient` calls
 a :class:`~dmcore.service.Service` in the same process (embedded mode,
 tests); an HTTP client speaking pRPC to ``dm_api`` implements the same
-protocol for code running elsewhere.
+protocol for code running elsewhere (and retries what is worth retrying);
+:class:`RetryingClient` does so for any other client.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import time
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
+from dmcore.errors import Unavailable
 from dmcore.proto import dm_pb2
 from dmcore.service import Caller, Service
 
@@ -22,6 +26,9 @@ class Client(Protocol):
     def finish_attempt(self, req: dm_pb2.FinishAttemptReq) -> None: ...
 
     def walk_graph(self, req: dm_pb2.WalkGraphReq) -> dm_pb2.GraphData: ...
+
+
+T = TypeVar("T")
 
 
 class LocalClient:
@@ -42,6 +49,43 @@ class LocalClient:
 
     def walk_graph(self, req: dm_pb2.WalkGraphReq) -> dm_pb2.GraphData:
         return self.service.walk_graph(req, self.caller)
+
+
+class RetryingClient:
+    """``inner``, each call asked again when dm answers UNAVAILABLE (``tries`` in
+    all, waiting 0.5 s, 1 s, 2 s, ... at most 8 s in between; ``sleep`` injected).
+
+    Safe because dm answers so only when nothing of the call was written (e.g.
+    an attempt on the way is recording a declaration in parts), and every call
+    a job makes is idempotent.
+    """
+
+    def __init__(
+        self, inner: Client, tries: int = 5, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self.inner = inner
+        self.tries = max(1, tries)
+        self.sleep = sleep
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        for attempt in range(self.tries - 1):
+            try:
+                return fn()
+            except Unavailable:
+                self.sleep(min(8.0, 0.5 * 2**attempt))
+        return fn()
+
+    def ensure_graph_data(self, req: dm_pb2.EnsureGraphDataReq) -> dm_pb2.EnsureGraphDataRsp:
+        return self._call(lambda: self.inner.ensure_graph_data(req))
+
+    def activate_execution(self, req: dm_pb2.ActivateExecutionReq) -> None:
+        self._call(lambda: self.inner.activate_execution(req))
+
+    def finish_attempt(self, req: dm_pb2.FinishAttemptReq) -> None:
+        self._call(lambda: self.inner.finish_attempt(req))
+
+    def walk_graph(self, req: dm_pb2.WalkGraphReq) -> dm_pb2.GraphData:
+        return self._call(lambda: self.inner.walk_graph(req))
 
 
 def serve_in_process(service: Service) -> Service:

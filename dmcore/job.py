@@ -91,12 +91,12 @@ def client_from_env(env: Mapping[str, str]) -> Client:
     if home:
         # Only here: a job of an embedded dm runs dm's engine itself, on the
         # home's store; a remote job (and `import dmcore.job`) does without.
-        from dmcore.client import LocalClient
+        from dmcore.client import LocalClient, RetryingClient
         from dmcore.runtime.backend import store_from_env
         from dmcore.runtime.embedded import Embedded, home_registry
 
         emb = Embedded(home, home_registry(home), store=store_from_env(env))
-        return LocalClient(emb.service)
+        return RetryingClient(LocalClient(emb.service))  # as a remote client retries
     raise JobError(f"neither {ENV_API_URL} nor {ENV_HOME} is set: not started by dm?")
 
 

@@ -28,7 +28,7 @@ from dmcore import ids
 from dmcore.engine import docs
 from dmcore.engine.records import b64
 from dmcore.engine.steps import NotifyExecution
-from dmcore.errors import InvalidArgument
+from dmcore.errors import InvalidArgument, Unavailable
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
 from dmcore.service import Caller
@@ -831,6 +831,31 @@ def test_unexpected_job_error_fails_the_execution_with_its_text(lh: Harness) -> 
     assert "boom in the client" in att["abnormal"]["reason"]
     t = task(lh, aid.execution(1))
     assert t["status"] == jobsim.FAILED and "boom in the client" in t["reason"]
+
+
+def test_a_job_told_unavailable_asks_again_later(lh: Harness) -> None:
+    """dm answers UNAVAILABLE when nothing of the call was written and it is worth
+    asking again (an attempt on the way is recording a declaration in parts): the
+    job stalls for a moment and asks again, it does not fail."""
+    from dmcore.client import LocalClient
+
+    calls: list[str] = []
+
+    class BusyOnce(LocalClient):
+        def ensure_graph_data(self, req: dm_pb2.EnsureGraphDataReq) -> dm_pb2.EnsureGraphDataRsp:
+            calls.append("ensure")
+            if len(calls) == 1:
+                raise Unavailable("recording a declaration in parts; try again")
+            return super().ensure_graph_data(req)
+
+    lh.registry.client = lambda: BusyOnce(lh.service)
+    leaf = {"name": "k", "return_stage": {"retval": 4}}
+    aid = start(lh, {"name": "busy", "stages": [{"deps": {"deps": [{"phrase": leaf}]}}]})
+    settle(lh, max_seconds=120)
+    assert lh.state(aid) == AttemptState.FINISHED
+    assert lh.result(aid) == {"success": True, "value": 5}
+    assert len(calls) >= 2
+    assert task(lh, aid.execution(1))["wake"] >= 1  # it stalled once, not failed
 
 
 @pytest.mark.parametrize(

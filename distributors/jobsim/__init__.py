@@ -53,7 +53,7 @@ from google.protobuf import json_format, timestamp_pb2
 from distributors.jobsim import config_pb2
 from dmcore import distributor as dist
 from dmcore import ids, jsonnorm
-from dmcore.errors import Code
+from dmcore.errors import Code, Unavailable
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
 from dmcore.store.base import StoreError, Transaction
@@ -292,6 +292,10 @@ class _Done:
     """The job ended normally (finished its attempt or halted for dependencies)."""
 
 
+RETRY_DELAY_S = 1.0
+"""How long a job waits before asking dm again when dm answered UNAVAILABLE."""
+
+
 @dataclasses.dataclass(frozen=True)
 class _Stall:
     delay_s: float
@@ -372,15 +376,19 @@ class _Job:
                 if delay > 0:
                     st.stage += 1
                     return _Stall(delay)
-            elif kind == "deps":
-                added = self.deps(st.stage)
+            elif kind in ("deps", "chain"):
+                try:
+                    if kind == "deps":
+                        added = self.deps(st.stage)
+                    else:
+                        added = self.chain(st.stage, stage.chain.links)
+                except Unavailable as e:
+                    # e.g. an attempt on the way is recording a declaration in parts:
+                    # nothing of this call was written; the stage is asked again later.
+                    log.info("jobsim %s: stage %d to be asked again: %s", self.eid, st.stage, e)
+                    return _Stall(RETRY_DELAY_S)
                 if added is None:
                     return _Done()  # halted: dm runs a new execution once the deps finish
-                st.sum += added
-            elif kind == "chain":
-                added = self.chain(st.stage, stage.chain.links)
-                if added is None:
-                    return _Done()
                 st.sum += added
             else:
                 raise ValueError(f"stage {st.stage}: unknown stage type {kind!r}")
