@@ -194,7 +194,7 @@ class Service:
         self, engine: Engine, *, between_parts: Callable[[ExecutionID, int], None] | None = None
     ) -> None:
         self.engine = engine
-        self.declare_chunk = DECLARE_CHUNK
+        self.declare_chunk = max(DECLARE_CHUNK, (engine.store.transaction_docs or 0) // 3)
         self.between_parts = between_parts
         """Called between two parts of a declaration (execution, index of the next
         part): what other callers do there (a test's or the simulation's hook)."""

@@ -13,12 +13,15 @@ from distributors import jobsim
 from distributors.jobsim import config_pb2 as jobsim_pb2
 from dmcore import distributor as dist
 from dmcore.engine import core
+from dmcore.engine.base import Mutation
 from dmcore.proto import dm_pb2
 from dmcore.queue.base import Task
 from dmcore.queue.local import LocalQueue
 from dmcore.runtime.embedded import Embedded, build_registry, run_batch
-from dmcore.service import Caller
+from dmcore.service import DECLARE_CHUNK, Caller, Service
 from dmcore.states import AttemptState
+from dmcore.store import sqlite as sqlite_store
+from dmcore.store.base import MAX_COMMIT_WRITES
 from tests.lock_watch import watched
 
 CONFIG = {"distributor_configs": {"jobsim": {"jobsim": {"pool": "t"}}}}
@@ -383,3 +386,78 @@ def test_distributor_calls_out_of_time_are_given_back(tmp_path: Path) -> None:
         assert all(_state(emb, q) == AttemptState.FINISHED for q in qids)
     finally:
         emb.close()
+
+
+def test_a_sqlite_store_takes_declarations_in_large_parts(tmp_path: Path) -> None:
+    """Parts sized for the store: Firestore's ~100 documents (32 dependencies) where
+    the store keeps Firestore's write limit (the tests' harness), the SQLite store's
+    ``transaction_docs`` (1,000 dependencies) where it has none."""
+    emb = Embedded(tmp_path / "home", build_registry(CONFIG))
+    try:
+        assert emb.store.max_writes is None
+        assert emb.store.transaction_docs == sqlite_store.TRANSACTION_DOCS
+        assert emb.service.declare_chunk == sqlite_store.TRANSACTION_DOCS // 3
+    finally:
+        emb.close()
+    limited = sqlite_store.SqliteStore(tmp_path / "limited.sqlite")
+    limited.max_writes = MAX_COMMIT_WRITES
+    assert limited.transaction_docs is None
+    engine = core.Engine(
+        limited,
+        LocalQueue(store=limited, clock=lambda: 0),
+        dist.Registry(),
+        clock=lambda: 0,
+        rand=bytes,
+    )
+    assert Service(engine).declare_chunk == DECLARE_CHUNK
+    assert engine._inline_limits() == (core.MAX_INLINE, core.INLINE_WRITE_BUDGET)
+    limited.close()
+
+
+def test_a_declaration_part_runs_all_its_steps_in_its_own_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part of ``transaction_docs`` documents creates its dependees (quest, attempt,
+    execution, back edge) in its transaction: none of those steps takes a transaction
+    of its own after it, though a part's 100 new dependees are far more tail calls
+    (and writes) than Firestore's limits allow one transaction."""
+    monkeypatch.setattr(sqlite_store, "TRANSACTION_DOCS", 300)  # parts of 100
+    width = 250
+    emb = Embedded(tmp_path / "home", build_registry(CONFIG))
+    first: list[str] = []
+    run = emb.engine.run
+
+    def spy(mutation: Mutation, *, origin: str | None = None) -> None:
+        first.append(mutation.KIND)
+        run(mutation, origin=origin)
+
+    monkeypatch.setattr(emb.engine, "run", spy)
+    try:
+        assert emb.service.declare_chunk == 100
+        fan_in = {
+            "name": "root",
+            "stages": [
+                {
+                    "deps": {
+                        "deps": [
+                            {
+                                "shards": width,
+                                "attempts": {"items": [{"single": 1}]},
+                                "phrase": {"name": "leaf", "return_stage": {"retval": 1}},
+                            }
+                        ]
+                    }
+                }
+            ],
+        }
+        qid = _ensure(emb, "root", 0, fan_in["stages"])
+        emb.drive(lambda: _state(emb, qid) == AttemptState.FINISHED, timeout_s=120)
+        assert _state(emb, qid) == AttemptState.FINISHED
+    finally:
+        emb.close()
+    # Two declarations (the first halts, the resumed execution's is answered at once),
+    # three parts each; the dependees' own steps only in the parts' transactions.
+    assert first.count("DeclareDeps") == 6
+    for kind in ("MergeQuest", "EnsureAttempt", "ScheduleExecution", "AddBackDep"):
+        assert kind not in first, kind
+    assert emb.engine.stats["MergeQuest"] == width + 1  # and the root's

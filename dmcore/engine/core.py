@@ -76,6 +76,11 @@ INLINE_WRITE_BUDGET = 300
 (the rest are queued): with its outbox records it stays under Firestore's 500
 writes per commit (``MAX_COMMIT_WRITES``), whatever the fan-out."""
 
+INLINE_ROOM = 2
+"""Tail calls and writes one transaction allows per document of the store's
+``transaction_docs`` (a new dependee of a declaration's part: three documents, about
+four tail calls and five writes)."""
+
 Publish = Callable[[bytes, dict[str, str]], None]
 """Publish one message (data, attributes) to the notification topic; raise on failure."""
 
@@ -354,23 +359,25 @@ class Engine:
         uow = Uow(tx)
         ctx = Ctx(uow=uow, now_us=self.clock(), engine=self)
         roots = {first.root()}
-        pending: list[Step | Later] = [first]
+        pending: collections.deque[Step | Later] = collections.deque([first])
         later: list[Step | Later] = []
         ran = 0
+        most, budget = self._inline_limits()
         while pending:
-            item = pending.pop(0)
+            item = pending.popleft()
             together = isinstance(item, Later) and item.together
             step = item.step if isinstance(item, Later) and together else item
             if (
                 isinstance(step, Mutation)
                 and (together or step.root() in roots)
-                and ran < self.settings.max_inline
-                and (ran == 0 or uow.pending_writes < INLINE_WRITE_BUDGET)
+                and ran < most
+                and (ran == 0 or uow.pending_writes < budget)
             ):
                 ran += 1
                 roots.add(step.root())
                 self.stats[step.KIND] = self.stats.get(step.KIND, 0) + 1
-                pending[0:0] = step.roll_forward(ctx)
+                # Depth first: a step's follow-ups before the steps already waiting.
+                pending.extendleft(reversed(step.roll_forward(ctx)))
             else:
                 later.append(step)
         inline: list[Mutation | Action] = []
@@ -406,6 +413,22 @@ class Engine:
             tx.set(path, record)
             out.records.append(path)
         return out, inline
+
+    def _inline_limits(self) -> tuple[int, int]:
+        """Tail calls one transaction runs, at most, and the pending writes past which
+        it runs no more (the rest are queued, or run by the batch on their own).
+
+        Firestore's by default (``max_inline``; ``INLINE_WRITE_BUDGET``, under its 500
+        writes a commit). A store that takes parts of ``transaction_docs`` documents
+        (SQLite, no write limit) has room for all the tail calls of such a part (a
+        declaration's quests, attempts and back edges): else most of a part's steps
+        would each take a transaction of their own after it.
+        """
+        docs_cap = self.store.transaction_docs
+        if docs_cap is None:
+            return self.settings.max_inline, INLINE_WRITE_BUDGET
+        room = INLINE_ROOM * docs_cap
+        return max(self.settings.max_inline, room), max(INLINE_WRITE_BUDGET, room)
 
     def _runs_in_process(self, uow: Uow, item: Action) -> bool:
         """Whether ``item`` is the run, due now, of an execution whose distributor is

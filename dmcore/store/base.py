@@ -250,6 +250,14 @@ class Store(abc.ABC):
     max_writes: int | None = None
     """Refuse (TooManyWrites) a transaction writing more documents than this."""
 
+    @property
+    def transaction_docs(self) -> int | None:
+        """About how many documents a step cut into parts (a large declaration) may
+        touch in one part's transaction; None: Firestore's comfortable ~100 (the
+        engine's own part sizes). A store whose commits cost the same at any size
+        says more: fewer parts, fewer transactions."""
+        return None
+
     @abc.abstractmethod
     def transaction(self, fn: Callable[[Transaction], T], *, attempts: int = 10) -> T:
         """Run ``fn`` in a transaction and commit; retry on :class:`Contention`.
