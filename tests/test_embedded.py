@@ -434,23 +434,12 @@ def test_a_declaration_part_runs_all_its_steps_in_its_own_transaction(
     monkeypatch.setattr(emb.engine, "run", spy)
     try:
         assert emb.service.declare_chunk == 100
-        fan_in = {
-            "name": "root",
-            "stages": [
-                {
-                    "deps": {
-                        "deps": [
-                            {
-                                "shards": width,
-                                "attempts": {"items": [{"single": 1}]},
-                                "phrase": {"name": "leaf", "return_stage": {"retval": 1}},
-                            }
-                        ]
-                    }
-                }
-            ],
+        dep = {
+            "shards": width,
+            "attempts": {"items": [{"single": 1}]},
+            "phrase": {"name": "leaf", "return_stage": {"retval": 1}},
         }
-        qid = _ensure(emb, "root", 0, fan_in["stages"])
+        qid = _ensure(emb, "root", 0, [{"deps": {"deps": [dep]}}])
         emb.drive(lambda: _state(emb, qid) == AttemptState.FINISHED, timeout_s=120)
         assert _state(emb, qid) == AttemptState.FINISHED
     finally:
