@@ -17,7 +17,7 @@ from dmcore.engine.base import Mutation
 from dmcore.proto import dm_pb2
 from dmcore.queue.base import Task
 from dmcore.queue.local import LocalQueue
-from dmcore.runtime.embedded import Embedded, build_registry, run_batch
+from dmcore.runtime.embedded import QUEST_CACHE, Embedded, build_registry, run_batch
 from dmcore.service import DECLARE_CHUNK, Caller, Service
 from dmcore.states import AttemptState
 from dmcore.store import sqlite as sqlite_store
@@ -450,3 +450,21 @@ def test_a_declaration_part_runs_all_its_steps_in_its_own_transaction(
     for kind in ("MergeQuest", "EnsureAttempt", "ScheduleExecution", "AddBackDep"):
         assert kind not in first, kind
     assert emb.engine.stats["MergeQuest"] == width + 1  # and the root's
+
+
+def test_an_embedded_engine_keeps_the_quests_of_a_large_graph(tmp_path: Path) -> None:
+    """One process runs the whole graph: it keeps 100,000 quests' descriptions (each
+    step of a quest past the engine's default 10,000 would read it again); settings
+    given are kept as they are."""
+    emb = Embedded(tmp_path / "home", build_registry(CONFIG))
+    try:
+        assert emb.engine.settings.quest_cache == QUEST_CACHE
+        assert QUEST_CACHE >= 100_000 > core.Settings().quest_cache
+    finally:
+        emb.close()
+    given = core.Settings(quest_cache=7)
+    emb = Embedded(tmp_path / "other", build_registry(CONFIG), settings=given)
+    try:
+        assert emb.engine.settings.quest_cache == 7
+    finally:
+        emb.close()

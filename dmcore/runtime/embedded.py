@@ -136,7 +136,7 @@ class Embedded:
             if store is None
             else store
         )
-        settings = settings or Settings()
+        settings = settings or Settings(quest_cache=QUEST_CACHE)
         if isinstance(self.store, SqliteStore):
             # One file, no per-collection write limit: one query per swept field beats 16.
             settings.sweep_shards = 1
@@ -226,6 +226,12 @@ class Embedded:
         if callable(close):
             close()
 
+
+QUEST_CACHE = 100_000
+"""Quest descriptions an embedded engine keeps (``Settings.quest_cache``; about 550 bytes
+each, some 55 MiB in all): the one process runs the whole graph, and a graph of more
+quests than the default 10,000 would read and decode each again at each of its steps
+(its run, its schedule, its end), the oldest being dropped first."""
 
 HOLD_S = 0.5
 """How long the worker's batch runs tasks while it holds the store's write lock
