@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import multiprocessing
 import re
 import sqlite3
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from dmcore.store import sqlite as sqlite_store
 from dmcore.store.base import (
     AlreadyExists,
     Contention,
@@ -570,3 +572,29 @@ def test_path_split_refuses_what_check_doc_path_refuses(path: str) -> None:
             _split_path(path)
     else:
         assert _split_path(path) == tuple(path.rsplit("/", 1))
+
+
+def test_the_wal_is_checkpointed_at_the_stores_size_not_sqlites_default(tmp_path: Path) -> None:
+    """Every connection of the store (each thread's) checkpoints its write-ahead log
+    at ``WAL_CHECKPOINT_PAGES``, and commits still reach the database file then."""
+    store = SqliteStore(tmp_path / "dm.sqlite")
+    try:
+        seen: list[int] = []
+
+        def look() -> None:
+            seen.append(store._conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+
+        look()
+        other = threading.Thread(target=look)
+        other.start()
+        other.join()
+        assert seen == [sqlite_store.WAL_CHECKPOINT_PAGES] * 2
+        assert sqlite_store.WAL_CHECKPOINT_PAGES > 1000  # SQLite's default
+        store.transaction(lambda tx: tx.set("c/a", {"x": 1}))
+    finally:
+        store.close()
+    # Closed (the log checkpointed into the file): a plain reader finds the document.
+    conn = sqlite3.connect(tmp_path / "dm.sqlite")
+    (body,) = conn.execute("SELECT body FROM docs WHERE id = 'a'").fetchone()
+    assert json.loads(body) == {"x": 1}
+    conn.close()

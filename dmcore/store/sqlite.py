@@ -89,6 +89,14 @@ TRANSACTION_DOCS = 3000
 a commit costs an fsync whatever its size, and a transaction has no write limit, so a
 declaration of 10,000 dependencies takes 10 parts instead of Firestore's 313."""
 
+WAL_CHECKPOINT_PAGES = 10_000
+"""Pages the write-ahead log grows to before a commit copies them into the database
+(``wal_autocheckpoint``; SQLite's default 1,000). Hash-keyed documents scatter a
+worker's batch over a thousand pages or more, so at the default nearly every batch
+commit also checkpointed; at 10,000 (some 40 MiB) a page written by several batches
+is copied once: a fan-in of 5,000 wrote 30% fewer bytes and spent 20-40% less time
+committing."""
+
 CACHE_MIB = 64
 """Page cache of each connection. SQLite's default (2 MiB, some 500 pages) is
 a small part of a graph of 10,000 executions (~50 MB): documents are keyed by
@@ -819,6 +827,7 @@ class SqliteStore(Store):
         )
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute(f"PRAGMA cache_size=-{self._cache_kib}")  # negative: KiB, not pages
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         holder = _ConnHolder(conn)
         fin = weakref.finalize(holder, conn.close)
         with self._lock:
