@@ -12,7 +12,7 @@ import pytest
 from distributors import jobsim
 from distributors.jobsim import config_pb2 as jobsim_pb2
 from dmcore import distributor as dist
-from dmcore.engine import core
+from dmcore.engine import core, steps
 from dmcore.engine.base import Mutation
 from dmcore.proto import dm_pb2
 from dmcore.queue.base import Task
@@ -428,7 +428,8 @@ def test_a_declaration_part_runs_all_its_steps_in_its_own_transaction(
     run = emb.engine.run
 
     def spy(mutation: Mutation, *, origin: str | None = None) -> None:
-        first.append(mutation.KIND)
+        claims = isinstance(mutation, steps.DeclareDeps) and (mutation.claim or mutation.unclaim)
+        first.append("claim" if claims else mutation.KIND)
         run(mutation, origin=origin)
 
     monkeypatch.setattr(emb.engine, "run", spy)
@@ -445,8 +446,10 @@ def test_a_declaration_part_runs_all_its_steps_in_its_own_transaction(
     finally:
         emb.close()
     # Two declarations (the first halts, the resumed execution's is answered at once),
-    # three parts each; the dependees' own steps only in the parts' transactions.
+    # three parts each, each in parts claiming its attempt first (docs/behaviour.md);
+    # the dependees' own steps only in the parts' transactions.
     assert first.count("DeclareDeps") == 6
+    assert first.count("claim") == 2
     for kind in ("MergeQuest", "EnsureAttempt", "ScheduleExecution", "AddBackDep"):
         assert kind not in first, kind
     assert emb.engine.stats["MergeQuest"] == width + 1  # and the root's
