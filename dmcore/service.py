@@ -390,23 +390,25 @@ class Service:
             self._check_cycles_of_parts(eid, token_b64, aids)
         quests = {q: base64.b64encode(d.SerializeToString()).decode() for q, d in supplied.items()}
         named = {a.quest for a in aids}
+        unnamed = {q: d for q, d in quests.items() if q not in named}
         seen: dict[str, docs.Doc | None] = {}
         halts = False
         for n, chunk in enumerate(chunks):
             last = n == len(chunks) - 1
             if n and self.between_parts is not None:
                 self.between_parts(eid, n)
-            in_chunk = {a.quest for a in chunk}
+            # A supplied quest none of whose attempts is named: with the last part. (Per
+            # part, not over every quest: a declaration of N in N/32 parts stays O(N).)
+            part_quests = {a.quest: quests[a.quest] for a in chunk if a.quest in quests}
+            if last:
+                part_quests.update(unnamed)
             # Too many edges for one transaction (W-14): record them in parts (each
             # about DECLARE_CHUNK documents), inert until the last part decides.
             step = steps.DeclareDeps(
                 eid=str(eid),
                 token_b64=token_b64,
                 deps=[a.encoded for a in chunk],
-                # A supplied quest none of whose attempts is named: with the last part.
-                quests={
-                    q: d for q, d in quests.items() if q in in_chunk or (last and q not in named)
-                },
+                quests=part_quests,
                 part=not last,
                 parts_halt=halts,
                 claimed=len(chunks) > 1,
