@@ -392,11 +392,17 @@ def test_a_sqlite_store_takes_declarations_in_large_parts(tmp_path: Path) -> Non
     """Parts sized for the store: Firestore's ~100 documents (32 dependencies) where
     the store keeps Firestore's write limit (the tests' harness), the SQLite store's
     ``transaction_docs`` (1,000 dependencies) where it has none."""
+    declare = steps.DeclareDeps(eid="q|1|1", token_b64="", deps=[])
+    other = steps.MergeQuest(qid="q", desc_b64="")
+    small = (core.MAX_INLINE, core.INLINE_WRITE_BUDGET)
     emb = Embedded(tmp_path / "home", build_registry(CONFIG))
     try:
         assert emb.store.max_writes is None
         assert emb.store.transaction_docs == sqlite_store.TRANSACTION_DOCS
         assert emb.service.declare_chunk == sqlite_store.TRANSACTION_DOCS // 3
+        assert emb.engine._inline_limits(declare) > small
+        # Only a declaration's part: any other transaction keeps the small limits.
+        assert emb.engine._inline_limits(other) == small
     finally:
         emb.close()
     limited = sqlite_store.SqliteStore(tmp_path / "limited.sqlite")
@@ -410,7 +416,7 @@ def test_a_sqlite_store_takes_declarations_in_large_parts(tmp_path: Path) -> Non
         rand=bytes,
     )
     assert Service(engine).declare_chunk == DECLARE_CHUNK
-    assert engine._inline_limits() == (core.MAX_INLINE, core.INLINE_WRITE_BUDGET)
+    assert engine._inline_limits(declare) == small
     limited.close()
 
 

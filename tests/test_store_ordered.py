@@ -11,6 +11,7 @@ an earlier schema, and when another store on the file added them).
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dmcore.engine import docs
+from dmcore.engine import docs, layout
 from dmcore.runtime.embedded import Embedded, build_registry
+from dmcore.store import sqlite as sqlite_store
 from dmcore.store.base import StoreError, Transaction
 from dmcore.store.sqlite import SqliteStore, _json_path, _select
 from tests.harness import Harness
@@ -283,3 +285,69 @@ def test_a_rolled_back_transaction_changes_neither_document_nor_columns(
 def test_fields_the_columns_cannot_name_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="bad field path"):
         SqliteStore(tmp_path / "dm.sqlite", ordered_fields=['a"b'])
+
+
+def test_columns_an_older_dm_left_stale_are_filled_again_until_this_layout_is_recorded(
+    tmp_path: Path,
+) -> None:
+    """A dm of this layout adds the columns at open and stops before recording its
+    layout; a dm of the layout before (which writes bodies only) changes a document;
+    the next open of this layout fills the columns again, so the sweep sees what the
+    documents say. Once the layout is recorded, opens read nothing more."""
+    home = tmp_path / "home"
+    Embedded(home, build_registry(CONFIG)).close()
+    db = home / "dm.sqlite"
+    with sqlite3.connect(db) as conn:  # a home of layout 4, as the previous dm wrote it
+        for f in docs.SWEPT:
+            conn.execute(f'DROP INDEX "docs_order:{f}"')
+            conn.execute(f'ALTER TABLE docs DROP COLUMN "r:{f}"')
+            conn.execute(f'ALTER TABLE docs DROP COLUMN "v:{f}"')
+    old = SqliteStore(db)
+    put(old, layout.PATH, {"version": sqlite_store.ORDERED_SINCE_LAYOUT - 1, layout.SHARDS: 1})
+    put(old, f"{docs.ATTEMPTS}/a", {"state": 3, docs.EXPIRY_DUE: 1})
+    put(old, f"{docs.ATTEMPTS}/b", {"state": 3})
+    old.close()
+    # This layout's store adds the columns, and its dm stops before layout.check.
+    SqliteStore(db, ordered_fields=docs.SWEPT).close()
+    with sqlite3.connect(db) as conn:  # the older dm writes bodies only
+        conn.execute(
+            "UPDATE docs SET body = ? WHERE collection = 'attempts' AND id = 'a'",
+            (json.dumps({"state": 3}),),
+        )
+        conn.execute(
+            "UPDATE docs SET body = ? WHERE collection = 'attempts' AND id = 'b'",
+            (json.dumps({"state": 3, docs.EXPIRY_DUE: 2}),),
+        )
+    emb = Embedded(home, build_registry(CONFIG))
+    try:
+        assert isinstance(emb.store, SqliteStore)
+        assert disagreements(emb.store) == []
+        assert [p for p, _ in emb.store.query(docs.ATTEMPTS, order_by=docs.EXPIRY_DUE)] == [
+            f"{docs.ATTEMPTS}/b"
+        ]
+        emb.engine.sweep()  # finds b's expiry, does not trip over a
+        assert emb.store.get(layout.PATH)["version"] == layout.VERSION  # type: ignore[index]
+    finally:
+        emb.close()
+    assert layout.VERSION >= sqlite_store.ORDERED_SINCE_LAYOUT
+
+
+def test_a_sweep_passes_over_a_row_whose_columns_disagree_with_its_document(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Columns are set by the statement that writes the document, but a file an older
+    dm wrote while running beside this one can still disagree: the sweep passes over
+    such a row (and says so) instead of stopping every sweep on it."""
+    home = tmp_path / "home"
+    emb = Embedded(home, build_registry(CONFIG))
+    try:
+        put(emb.store, f"{docs.ATTEMPTS}/a", {"state": 3, docs.EXPIRY_DUE: 1})
+        with sqlite3.connect(home / "dm.sqlite") as conn:  # the body only, as an older dm
+            conn.execute(
+                "UPDATE docs SET body = ? WHERE collection = 'attempts' AND id = 'a'",
+                (json.dumps({"state": 3}),),
+            )
+        emb.engine.sweep()
+        assert "has no expiry_due_us" in caplog.text
+    finally:
+        emb.close()

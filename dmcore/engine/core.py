@@ -362,7 +362,7 @@ class Engine:
         pending: collections.deque[Step | Later] = collections.deque([first])
         later: list[Step | Later] = []
         ran = 0
-        most, budget = self._inline_limits()
+        most, budget = self._inline_limits(first)
         while pending:
             item = pending.popleft()
             together = isinstance(item, Later) and item.together
@@ -414,18 +414,22 @@ class Engine:
             out.records.append(path)
         return out, inline
 
-    def _inline_limits(self) -> tuple[int, int]:
-        """Tail calls one transaction runs, at most, and the pending writes past which
-        it runs no more (the rest are queued, or run by the batch on their own).
+    def _inline_limits(self, first: Mutation) -> tuple[int, int]:
+        """Tail calls the transaction of ``first`` runs, at most, and the pending writes
+        past which it runs no more (the rest are queued, or run by the batch on their
+        own).
 
         Firestore's by default (``max_inline``; ``INLINE_WRITE_BUDGET``, under its 500
-        writes a commit). A store that takes parts of ``transaction_docs`` documents
-        (SQLite, no write limit) has room for all the tail calls of such a part (a
-        declaration's quests, attempts and back edges): else most of a part's steps
-        would each take a transaction of their own after it.
+        writes a commit). A declaration on a store that takes parts of
+        ``transaction_docs`` documents (SQLite, no write limit) has room for all the
+        tail calls of such a part (its quests, attempts and back edges): else most
+        of a part's steps would each take a transaction of their own after it. Only
+        a declaration: any other step keeps the small limits, so that one (a
+        completion reaching thousands of dependers) does not hold the write lock
+        for thousands of steps.
         """
         docs_cap = self.store.transaction_docs
-        if docs_cap is None:
+        if docs_cap is None or first.KIND != "DeclareDeps":
             return self.settings.max_inline, INLINE_WRITE_BUDGET
         room = INLINE_ROOM * docs_cap
         return max(self.settings.max_inline, room), max(INLINE_WRITE_BUDGET, room)
@@ -646,7 +650,11 @@ class Engine:
             for path, doc in self.store.query(
                 collection, where, order_by=field, limit=self.settings.sweep_batch
             ):
-                if doc[field] > now:
+                due = doc.get(field)
+                if due is None:  # an index that disagrees with the document: not due
+                    log.warning("sweep: %s has no %s though its store ordered it so", path, field)
+                    continue
+                if due > now:
                     break
                 yield path, doc
 

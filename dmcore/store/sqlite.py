@@ -233,36 +233,68 @@ def _schema_version(conn: sqlite3.Connection) -> int:
     return v
 
 
-def _add_ordered(conn: sqlite3.Connection, field: str) -> None:
-    """Give ``docs`` the ordered columns of ``field``, filled from the documents there
-    (a store of an earlier schema, or one opened without the field), and their index."""
+def _fill_ordered(conn: sqlite3.Connection, field: str) -> None:
+    """Set the ordered columns of ``field`` from every document (NULL where it lacks it)."""
     p = _json_path(field)
     r, v = _rank_col(field), _value_col(field)
-    conn.execute(f"ALTER TABLE docs ADD COLUMN {r}")
-    conn.execute(f"ALTER TABLE docs ADD COLUMN {v}")
     conn.execute(
         f"UPDATE docs SET {r} = CASE json_type(body, {p}) WHEN 'null' THEN 0"
         " WHEN 'true' THEN 1 WHEN 'false' THEN 1 WHEN 'integer' THEN 2 WHEN 'real' THEN 2"
-        f" WHEN 'text' THEN 3 WHEN 'array' THEN 4 ELSE 5 END, {v} = json_extract(body, {p})"
-        f" WHERE json_type(body, {p}) IS NOT NULL"
+        f" WHEN 'text' THEN 3 WHEN 'array' THEN 4 WHEN 'object' THEN 5 END,"
+        f" {v} = json_extract(body, {p})"
     )
+
+
+def _add_ordered(conn: sqlite3.Connection, field: str) -> None:
+    """Give ``docs`` the ordered columns of ``field``, filled from the documents there
+    (a store of an earlier schema, or one opened without the field), and their index."""
+    r, v = _rank_col(field), _value_col(field)
+    conn.execute(f"ALTER TABLE docs ADD COLUMN {r}")
+    conn.execute(f"ALTER TABLE docs ADD COLUMN {v}")
+    _fill_ordered(conn, field)
     conn.execute(
         f'CREATE INDEX IF NOT EXISTS "docs_order:{field}" ON docs (collection, {r}, {v}, id) '
         f"WHERE {r} IS NOT NULL"
     )
 
 
+ORDERED_SINCE_LAYOUT = 5
+"""The record layout (``meta/layout``'s ``version``; dmcore.engine.layout) whose dm
+keeps the ordered columns: a dm of an earlier one writes documents without them."""
+
+
+def _written_before_ordered(conn: sqlite3.Connection) -> bool:
+    """Whether the file's records say a dm of a layout before the ordered columns may
+    have written them (its ``meta/layout`` is older than ``ORDERED_SINCE_LAYOUT``)."""
+    row = conn.execute(_GET, ("meta", "layout")).fetchone()
+    if row is None:
+        return False
+    version = json.loads(row[0]).get("version")
+    return isinstance(version, int) and version < ORDERED_SINCE_LAYOUT
+
+
 def ensure_ordered(
     conn: sqlite3.Connection, fields: Sequence[str], lock_wait: float = LOCK_WAIT_S
 ) -> _Ordered:
     """Add (and fill) the ordered columns ``fields`` lack; all the file has, with its
-    schema version. Reads first: no write lock when nothing is missing."""
+    schema version. Reads first: no write lock when nothing is to be done.
+
+    Columns a file has are filled again from the documents while its records are
+    of an earlier layout (an older dm may have written them since they were
+    added, e.g. after a dm of this layout added them and stopped before recording
+    its layout): once this dm's layout is recorded, older ones refuse the file.
+    """
     for f in fields:
         _json_path(f)  # refuses what a column name could not hold either
-    if set(fields).issubset(_ordered_in(conn)):
+    if set(fields).issubset(_ordered_in(conn)) and not (
+        _ordered_in(conn) and _written_before_ordered(conn)
+    ):
         return _Ordered(_ordered_in(conn), _schema_version(conn))
     with immediate(conn, lock_wait):
         have = _ordered_in(conn)  # again, under the lock: another process may have added them
+        if _written_before_ordered(conn):
+            for f in have:
+                _fill_ordered(conn, f)
         for f in dict.fromkeys(fields):
             if f not in have:
                 _add_ordered(conn, f)
