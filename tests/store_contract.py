@@ -328,6 +328,33 @@ class StoreContract:
         assert store.get_many([]) == {}
         assert store.get_many(["c/a", "c/a"]) == {"c/a": {"v": "a"}}
 
+    def test_peek_many_reads_parts(self, store: Store) -> None:
+        put(store, "c/a", {"v": 1, "big": {"x": [1, 2]}, "n": None, "s": "a"})
+        put(store, "c/b", {"s": "b"})
+        put(store, "c/a/sub/s", {"v": 3})
+        paths = ["c/a", "c/missing", "c/b", "c/a/sub/s"]
+        fields = ("v", "n", "s")
+        want = {
+            "c/a": {"v": 1, "n": None, "s": "a"},
+            "c/missing": None,
+            "c/b": {"v": None, "n": None, "s": "b"},  # a field it lacks: None
+            "c/a/sub/s": {"v": 3, "n": None, "s": None},
+        }
+        assert store.transaction(lambda tx: tx.peek_many(paths, fields)) == want
+        assert store.transaction(lambda tx: tx.peek_many(["c/a"], ("big",))) == {
+            "c/a": {"big": {"x": [1, 2]}}
+        }
+        assert store.transaction(lambda tx: tx.peek_many([], fields)) == {}
+
+    def test_peek_many_after_a_write_is_refused(self, store: Store) -> None:
+        def fn(tx: Transaction) -> None:
+            tx.set("c/w", {"v": 1})
+            tx.peek_many(["c/a"], ("v",))
+
+        with pytest.raises(ReadAfterWrite):
+            store.transaction(fn)
+        assert store.get("c/w") is None
+
     def test_max_writes_refuses_a_larger_transaction(self, store: Store) -> None:
         def write(n: int) -> Callable[[Transaction], None]:
             def fn(tx: Transaction) -> None:

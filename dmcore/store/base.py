@@ -175,6 +175,19 @@ class Transaction(abc.ABC):
     def get_many(self, paths: Sequence[str]) -> dict[str, Doc | None]:
         """Several documents at once (one round trip where the backend allows)."""
 
+    def peek_many(
+        self, paths: Sequence[str], fields: tuple[str, ...]
+    ) -> dict[str, Mapping[str, Any] | None]:
+        """Read-only parts of several documents: of each present one, its top-level
+        ``fields`` (None where it has no such field; an absent document: None). The same reads as
+        :meth:`get_many` (in this transaction's snapshot); for an answer, never
+        to be written back (a part is not the document).
+
+        By default the documents are read whole and cut; a store may read less
+        (SQLite decodes only those fields of each body)."""
+        got = self.get_many(paths)
+        return {p: None if d is None else {f: d.get(f) for f in fields} for p, d in got.items()}
+
     @abc.abstractmethod
     def query(
         self,

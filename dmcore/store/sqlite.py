@@ -510,6 +510,47 @@ def _get_many(conn: sqlite3.Connection, paths: Sequence[str]) -> dict[str, Doc |
     return {p: None if (b := bodies.get(p)) is None else _decode(b) for p in paths}
 
 
+def _peek_many(
+    conn: sqlite3.Connection, paths: Sequence[str], fields: tuple[str, ...]
+) -> dict[str, Mapping[str, Any] | None]:
+    decode = _part_decoder(fields)
+    bodies = _fetch_bodies(conn, paths)
+    return {p: None if (b := bodies.get(p)) is None else decode(b) for p in paths}
+
+
+@functools.lru_cache(maxsize=16)
+def _part_decoder(fields: tuple[str, ...]) -> Callable[[str], dict[str, Any]]:
+    """Decodes only ``fields`` of a body: msgspec skips the others without building
+    them (an attempt's current execution is most of its bytes, and an answer that
+    shows no executions needs none of it)."""
+
+    def cut(body: str) -> dict[str, Any]:
+        doc = _decode(body)
+        return {f: doc.get(f) for f in fields}
+
+    # Attributes named f0, f1, ... (a document's field may be no identifier).
+    names = [f"f{i}" for i in range(len(fields))]
+    try:
+        part = msgspec.defstruct(
+            "Part",
+            [(n, Any, None) for n in names],
+            rename=dict(zip(names, fields, strict=True)),
+            gc=False,
+        )
+    except ValueError:  # a name msgspec cannot match (quotes, control characters)
+        return cut
+    decoder = msgspec.json.Decoder(part)
+    astuple = msgspec.structs.astuple
+
+    def decode(body: str) -> dict[str, Any]:
+        try:
+            return dict(zip(fields, astuple(decoder.decode(body)), strict=True))
+        except (ValueError, RecursionError):
+            return cut(body)  # what msgspec refuses, read as _decode reads it
+
+    return decode
+
+
 def _query(
     conn: sqlite3.Connection,
     collection: str,
@@ -659,6 +700,12 @@ class _SqliteTransaction(BufferedTransaction[_Row]):
     def get_many(self, paths: Sequence[str]) -> dict[str, Doc | None]:
         self._before_read()
         return _get_many(self._conn, paths)
+
+    def peek_many(
+        self, paths: Sequence[str], fields: tuple[str, ...]
+    ) -> dict[str, Mapping[str, Any] | None]:
+        self._before_read()
+        return _peek_many(self._conn, paths, fields)
 
     def query(
         self,
