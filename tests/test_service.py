@@ -30,7 +30,7 @@ import pytest
 from distributors.fake import Crash, FakeDistributor, Job, quest_desc
 from dmcore import distributor as dist
 from dmcore import service as service_mod
-from dmcore.engine import docs
+from dmcore.engine import docs, steps
 from dmcore.errors import (
     Code,
     DMError,
@@ -1441,6 +1441,58 @@ def test_ensure_creates_everything_even_when_its_answer_runs_out_of_time(
         )
         for d in descs:  # ... and everything created
             assert [got.quests[aid_of(d).quest].attempts[n].DNE for n in (1, 2)] == [False, False]
+    finally:
+        h.close()
+
+
+@pytest.mark.parametrize("results", [True, False])
+def test_memoised_answer_from_parts_is_the_answer_from_whole_documents(
+    tmp_path: pathlib.Path, results: bool
+) -> None:
+    """EnsureGraphData's answer reads only steps.EnsureGraph.ANSWERED of each attempt
+    (Transaction.peek_many): it must be the answer made from whole documents, for
+    attempts in every state (a field missing from ANSWERED would show here)."""
+    h = Harness(tmp_path)
+    try:
+        q = {n: quest_desc(f"parts-{n}") for n in ("small", "large", "bad", "run", "wait", "new")}
+        start(h, *q.values())
+        aids = {n: aid_of(d) for n, d in q.items()}
+        complete(h, aids["small"], {"s": 1}, state={"n": 1})
+        complete(h, aids["large"], {"pad": "x" * (docs.INLINE_RESULT_BYTES + 100)})
+        fail(h, aids["bad"].execution(1))
+        activate(h, aids["run"].execution(1))
+        wait_eid = aids["wait"].execution(1)
+        assert declare(h, wait_eid, activate(h, wait_eid), aids["run"]).should_halt
+        end(h, wait_eid, {"stage": 1})
+        assert h.state(aids["wait"]) == AttemptState.WAITING
+        assert h.state(aids["new"]) == AttemptState.EXECUTING  # never activated
+        # Whole documents have more than the answer reads (the current execution).
+        assert docs.CURRENT in h.attempt(aids["run"])
+        assert docs.CURRENT not in steps.EnsureGraph.ANSWERED
+
+        req = dm_pb2.EnsureGraphDataReq()
+        req.include.attempt.result = results
+        for d in q.values():
+            req.quest.append(d)
+            req.quest_attempt.add(nums=[1])
+        before = snapshot(h)
+        got = h.service.ensure_graph_data(req, TRUSTED)
+        assert snapshot(h) == before  # memoised: nothing written
+        whole = service_mod.Service(h.engine)._snapshot_graph(
+            [aids[n] for n in q], results, service_mod.MAX_DATA_SIZE_DEFAULT
+        )
+        assert got.result == whole
+        small = attempt_msg(got.result, aids["small"])
+        obj = small.data.finished.data.object
+        assert (json.loads(obj) == {"s": 1}) if results else obj == ""
+        assert attempt_msg(got.result, aids["wait"]).data.waiting.num_waiting == 1
+
+        # The step's parts: the answered fields of each attempt; quests whole.
+        step = steps.EnsureGraph(quests={}, attempts=[a.encoded for a in aids.values()])
+        h.engine.run(step)
+        for a in aids.values():
+            assert set(step.seen[docs.attempt_path(a)]) == set(steps.EnsureGraph.ANSWERED)
+            assert step.seen[docs.quest_path(a.quest)] == h.store.get(docs.quest_path(a.quest))
     finally:
         h.close()
 

@@ -174,6 +174,28 @@ class Uow:
             self._cache.update(self._tx.get_many(missing))
         return {p: self._cache[p] for p in paths}
 
+    def peek_many(
+        self, paths: Sequence[str], fields: tuple[str, ...]
+    ) -> dict[str, Mapping[str, Any] | None]:
+        """Read-only parts of documents (:meth:`Transaction.peek_many`), for an answer.
+
+        A part is kept out of the cache (a later :meth:`get` reads the whole
+        document, which the step may write); an absence is kept (it is whole)."""
+        got: dict[str, Mapping[str, Any] | None] = {}
+        missing = []
+        for p in paths:
+            if p in self._cache:
+                d = self._cache[p]
+                got[p] = None if d is None else {f: d.get(f) for f in fields}
+            else:
+                missing.append(p)
+        if missing:
+            for p, part in self._tx.peek_many(missing, fields).items():
+                got[p] = part
+                if part is None:
+                    self._cache[p] = None
+        return got
+
     def query(
         self,
         collection: str,

@@ -87,7 +87,10 @@ def ensure_graph(step: steps.EnsureGraph, ctx: Ctx) -> list[Step | Later]:
     # attempt, and decode none (thousands of them).
     att_paths = {docs.ATTEMPTS + "/" + a: a for a in step.attempts}
     qids = sorted(set(step.quests).union(a.partition("|")[0] for a in step.attempts))
-    got = ctx.uow.get_many([docs.quest_path(q) for q in qids] + list(att_paths))
+    got: dict[str, Any] = ctx.uow.get_many([docs.quest_path(q) for q in qids])
+    # Attempts only for the answer (those found are not written here; those created
+    # are read whole by EnsureAttempt: an absence is cached, no second read).
+    got.update(ctx.uow.peek_many(list(att_paths), step.ANSWERED))
     step.seen = got
     create: dict[str, list[dict[str, Any]]] = {
         q: [] for q in step.quests if got[docs.quest_path(q)] is None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from dmcore.engine import docs
 from dmcore.engine.base import Action, Later, Mutation, task_name
@@ -42,11 +42,27 @@ class EnsureGraph(Mutation):
     documents of ``quests`` and of ``attempts`` (and their quests), then create what
     is missing (:class:`MergeQuest`, :class:`EnsureAttempt`, run inline: no second read).
 
-    Sets ``seen``, for the answer: each document as read (None: absent, created here).
+    Sets ``seen``, for the answer: each quest's document as read, each attempt's
+    :attr:`ANSWERED` fields as read (None: absent, created here).
     Run by the API only, never queued.
     """
 
     KIND = "EnsureGraph"
+    ANSWERED: ClassVar[tuple[str, ...]] = (
+        "state",
+        "created",
+        "modified",
+        "cur_execution",
+        "result",
+        "abnormal",
+        "is_abnormal",
+        "is_expired",
+        docs.DECLARED,
+    )
+    """The attempt fields EnsureGraphData's answer reads (its attempts, their data and
+    results, no executions): a present attempt is read only for them (its current
+    execution, most of its bytes, is not decoded), as a read-only part
+    (:meth:`~dmcore.store.base.Transaction.peek_many`)."""
     quests: dict[str, str]  # quest ID -> its description (base64), as supplied
     attempts: list[str]
     seen: dict[str, Any] = dataclasses.field(default_factory=dict)
