@@ -31,6 +31,7 @@ from distributors.fake import Crash, FakeDistributor, Job, quest_desc
 from dmcore import distributor as dist
 from dmcore import service as service_mod
 from dmcore.engine import docs, steps
+from dmcore.engine.base import Uow
 from dmcore.errors import (
     Code,
     DMError,
@@ -43,6 +44,7 @@ from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
 from dmcore.service import Caller
 from dmcore.states import AbnormalStatus, AttemptState, ExecutionState
+from dmcore.store.base import Transaction
 from tests.harness import Harness, qid_of
 
 FORWARDS = dm_pb2.WalkGraphReq.Mode.FORWARDS
@@ -1495,6 +1497,22 @@ def test_memoised_answer_from_parts_is_the_answer_from_whole_documents(
             assert step.seen[docs.quest_path(a.quest)] == h.store.get(docs.quest_path(a.quest))
     finally:
         h.close()
+
+
+def test_a_step_reads_whole_what_it_peeked(h: Harness) -> None:
+    """Uow.peek_many keeps parts out of the step's cache: a step that then reads a
+    document (to write it) gets it whole; an absence is kept."""
+    whole = {"v": 1, docs.CURRENT: {"num": 1, "pad": "x"}}
+    h.store.transaction(lambda tx: tx.set("c/a", whole))
+
+    def fn(tx: Transaction) -> None:
+        uow = Uow(tx)
+        assert uow.peek_many(["c/a", "c/b"], ("v",)) == {"c/a": {"v": 1}, "c/b": None}
+        assert uow.cached("c/a") is None and uow.get("c/b") is None
+        assert uow.get("c/a") == whole
+        assert uow.peek_many(["c/a"], ("v", "w")) == {"c/a": {"v": 1, "w": None}}
+
+    h.store.transaction(fn)
 
 
 def test_walk_attempt_range(graph: Graph) -> None:
