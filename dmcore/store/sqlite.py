@@ -528,23 +528,30 @@ def _part_decoder(fields: tuple[str, ...]) -> Callable[[str], dict[str, Any]]:
         doc = _decode(body)
         return {f: doc.get(f) for f in fields}
 
-    # Attributes named f0, f1, ... (a document's field may be no identifier).
-    names = [f"f{i}" for i in range(len(fields))]
-    try:
-        part = msgspec.defstruct(
-            "Part",
-            [(n, Any, None) for n in names],
-            rename=dict(zip(names, fields, strict=True)),
-            gc=False,
-        )
-    except ValueError:  # a name msgspec cannot match (quotes, control characters)
-        return cut
+    try:  # the fields as the Struct's attributes: asdict makes the part in C
+        part = msgspec.defstruct("Part", [(f, Any, None) for f in fields], gc=False)
+        to_part: Callable[[Any], dict[str, Any]] = msgspec.structs.asdict
+    except (TypeError, ValueError):  # no identifier: attributes f0, f1, ... renamed
+        names = [f"f{i}" for i in range(len(fields))]
+        try:
+            part = msgspec.defstruct(
+                "Part",
+                [(n, Any, None) for n in names],
+                rename=dict(zip(names, fields, strict=True)),
+                gc=False,
+            )
+        except ValueError:  # a name msgspec cannot match (quotes, control characters)
+            return cut
+        astuple = msgspec.structs.astuple
+
+        def to_part(p: Any) -> dict[str, Any]:
+            return dict(zip(fields, astuple(p), strict=True))
+
     decoder = msgspec.json.Decoder(part)
-    astuple = msgspec.structs.astuple
 
     def decode(body: str) -> dict[str, Any]:
         try:
-            return dict(zip(fields, astuple(decoder.decode(body)), strict=True))
+            return to_part(decoder.decode(body))
         except (ValueError, RecursionError):
             return cut(body)  # what msgspec refuses, read as _decode reads it
 
