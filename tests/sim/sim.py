@@ -707,7 +707,10 @@ class Sim:
             self.late_notes.append((self.h.clock() + self.rng.randint(3600, 6 * 3600) * US, eid))
         self.trace.append(f"play {self.ename(eid)}: {rec.describe()}")
         if not fast:
-            self.h.drain()
+            # Between a declaration's parts this thread may be inside a job played in
+            # D.run (_fast), holding self.lock: worker threads would wait for it in
+            # _in_run while this one waits for them. There, deliver on this thread.
+            self.h.drain(workers=1 if self.in_parts else None)
 
     def _renotify(self) -> None:
         if not self.played or self.rng.random() >= self.plan.p_renotify:
