@@ -378,6 +378,8 @@ class Service:
         chunk_size = self.declare_chunk
         chunks = [aids[i : i + chunk_size] for i in range(0, len(aids), chunk_size)] or [[]]
         token_b64 = base64.b64encode(req.for_execution.token).decode()
+        # Names this call in its claim: another call of the execution cannot drop it.
+        call = base64.urlsafe_b64encode(self.engine.rand(12)).decode() if len(chunks) > 1 else ""
         if len(chunks) > 1:
             # Parts commit one by one: what one declaration refuses in its transaction
             # (a forged token, an absent quest named by raw_attempts, a cycle) is
@@ -387,7 +389,7 @@ class Service:
             for q in raw_only:
                 if got[docs.quest_path(q)] is None:
                     raise InvalidArgument(f'cannot create attempts for absent quest "{q}"')
-            self._check_cycles_of_parts(eid, token_b64, aids)
+            self._check_cycles_of_parts(eid, token_b64, aids, supplied, call)
         quests = {q: base64.b64encode(d.SerializeToString()).decode() for q, d in supplied.items()}
         named = {a.quest for a in aids}
         unnamed = {q: d for q, d in quests.items() if q not in named}
@@ -412,8 +414,15 @@ class Service:
                 part=not last,
                 parts_halt=halts,
                 claimed=len(chunks) > 1,
+                call=call,
             )
-            self.engine.run(step)
+            try:
+                self.engine.run(step)
+            except deps.ClaimLost:
+                # Its lease ran out between parts (nothing of this part written):
+                # the whole declaration checked again under a new claim, once.
+                self._check_cycles_of_parts(eid, token_b64, aids, supplied, call)
+                self.engine.run(step)
             halts = halts or step.halted
             seen.update(step.seen)
         rsp.accepted = True
@@ -436,11 +445,17 @@ class Service:
         return rsp
 
     def _check_cycles_of_parts(
-        self, eid: ExecutionID, token_b64: str, aids: list[AttemptID]
+        self,
+        eid: ExecutionID,
+        token_b64: str,
+        aids: list[AttemptID],
+        supplied: Mapping[str, dm_pb2.Quest.Desc],
+        call: str,
     ) -> None:
-        """Before a declaration's first part: its attempt's claim taken (a forged token
-        refused), then the whole declaration checked for cycles, so that no part
-        refuses one after another committed (a partial write of a refused call).
+        """Before a declaration's first part: its attempt's claim taken by call
+        ``call`` (a forged token refused), then the whole declaration checked for
+        cycles, so that no part refuses one after another committed (a partial
+        write of a refused call).
 
         A cycle closed meanwhile by another declaration would need an edge recorded
         after the claim by a walk that passed through this attempt: that walk met
@@ -449,16 +464,16 @@ class Service:
         """
         me = eid.attempt_id
         store = self.engine.store
-        claim = steps.DeclareDeps(eid=str(eid), token_b64=token_b64, deps=[], claim=True)
+        claim = steps.DeclareDeps(eid=str(eid), token_b64=token_b64, deps=[], claim=True, call=call)
         self.engine.run(claim)
         if claim.halted:
             return  # a retry of a declaration that halted: decided, each part confirms
         att = claim.seen[docs.attempt_path(me)]
-        # A cycle closes through an edge into this attempt: none if nothing depends
-        # on it (docs.DEPENDED, set in the commit of any edge into a live attempt).
-        if att.get(docs.DEPENDED) is False:
-            return
         try:
+            # A cycle closes through an edge into this attempt: none if nothing depends
+            # on it (docs.DEPENDED, set in the commit of any edge into a live attempt).
+            if att.get(docs.DEPENDED) is False:
+                return
             known = store.get_many([docs.attempt_path(a) for a in aids])
             over = records.attempt_is_terminal
             live = [a for a in aids if not over(known[docs.attempt_path(a)])]
@@ -470,7 +485,9 @@ class Service:
                 claims_at_us=self.engine.clock(),
             )
         except (InvalidArgument, Unavailable):
-            drop = steps.DeclareDeps(eid=str(eid), token_b64=token_b64, deps=[], unclaim=True)
+            drop = steps.DeclareDeps(
+                eid=str(eid), token_b64=token_b64, deps=[], unclaim=True, call=call
+            )
             self.engine.run(drop)
             raise
 

@@ -151,7 +151,8 @@ def test_a_declaration_refused_for_a_cycle_drops_its_claim_even_after_a_failure(
 ) -> None:
     """A declaration in parts that closes a cycle is refused before any part; its
     claim is dropped. If dropping it fails, the call fails (the claim lapses); the
-    client's retry is refused the same way and drops it: nothing refused stays."""
+    client's retry, another call, is told to try again while that claim holds, then
+    is refused the same way and drops its own: nothing refused stays."""
     b, xs, a1, b1 = _graph(h)
     ta, tb = activate(h, a1.execution(1)), activate(h, b1.execution(1))
     assert declare(h, b1.execution(1), tb, a1).should_halt  # B -> A
@@ -173,6 +174,9 @@ def test_a_declaration_refused_for_a_cycle_drops_its_claim_even_after_a_failure(
     with pytest.raises(Lost):
         declare(h, a1.execution(1), ta, *(aid_of(x) for x in xs), b1, quests=(*xs, b))
     assert docs.DECLARING in h.attempt(a1)
+    with pytest.raises(Unavailable, match="another call"):
+        declare(h, a1.execution(1), ta, *(aid_of(x) for x in xs), b1, quests=(*xs, b))
+    h.clock.advance(121)
     with pytest.raises(InvalidArgument, match="cycle"):
         declare(h, a1.execution(1), ta, *(aid_of(x) for x in xs), b1, quests=(*xs, b))
     monkeypatch.undo()
@@ -184,3 +188,70 @@ def test_a_declaration_refused_for_a_cycle_drops_its_claim_even_after_a_failure(
     assert h.exec_state(a1.execution(1)) == ExecutionState.RUNNING
     ys = (*xs, quest_desc("Y"))
     assert declare(h, a1.execution(1), ta, *(aid_of(y) for y in ys), quests=ys).should_halt
+
+
+def test_another_call_of_the_same_execution_between_parts_waits(h: Harness) -> None:
+    """C -> A exists. Between the parts of A's declaration, a second call by A itself
+    (another thread of its job, or a client retry while the first call still runs)
+    would close A -> C -> A; it is told to try again and leaves the first call's
+    claim alone: B -> A is still told to wait, and A's first call is accepted whole
+    (no part refused after another committed). A single-part second call waits too."""
+    b, xs, a1, b1 = _graph(h)
+    c = quest_desc("C")
+    zs = [quest_desc(f"Z{i}") for i in range(2)]
+    start(h, c)
+    c1 = aid_of(c)
+    ta, tb, tc = (activate(h, x.execution(1)) for x in (a1, b1, c1))
+    assert declare(h, c1.execution(1), tc, a1).should_halt  # C -> A
+    told: list[str] = []
+
+    def second_calls(eid: ExecutionID, part: int) -> None:
+        claim = h.attempt(a1)[docs.DECLARING]
+        with pytest.raises(Unavailable) as in_parts:
+            declare(h, a1.execution(1), ta, *(aid_of(z) for z in zs), c1, quests=tuple(zs))
+        with pytest.raises(Unavailable) as single:
+            declare(h, a1.execution(1), ta, aid_of(zs[0]), quests=(zs[0],))
+        told.extend([in_parts.value.message, single.value.message])
+        assert h.attempt(a1)[docs.DECLARING] == claim  # still the first call's
+        with pytest.raises(Unavailable):
+            declare(h, b1.execution(1), tb, a1)  # B -> A would close A -> B -> A
+        assert _edges(h, b1) == {}
+
+    h.service.between_parts = second_calls
+    rsp = declare(h, a1.execution(1), ta, *(aid_of(x) for x in xs), b1, quests=(*xs, b))
+    h.service.between_parts = None
+    assert len(told) == 2 and all("another call" in m for m in told)
+    assert rsp.should_halt
+    assert set(_edges(h, a1)) == {aid_of(x).encoded for x in xs} | {b1.encoded}
+    assert docs.DECLARING not in h.attempt(a1)
+    assert all(h.store.get(docs.attempt_path(aid_of(z))) is None for z in zs)
+    with pytest.raises(InvalidArgument, match="cycle"):
+        declare(h, b1.execution(1), tb, a1)
+
+
+def test_a_part_whose_claim_lapsed_checks_the_whole_declaration_again(h: Harness) -> None:
+    """A's call stalls between its parts past the lease: its next part finds the
+    claim gone, writes nothing, and the whole declaration is checked again under a
+    new claim; meanwhile B -> A (no cycle yet: A's part with B is not recorded) was
+    accepted, so the check refuses A's call as a cycle before its second part."""
+    b, xs, a1, b1 = _graph(h)
+    ta, tb = activate(h, a1.execution(1)), activate(h, b1.execution(1))
+
+    def stall(eid: ExecutionID, part: int) -> None:
+        h.clock.advance(121)
+        assert declare(h, b1.execution(1), tb, a1).should_halt  # the claim lapsed
+
+    h.service.between_parts = stall
+    with pytest.raises(InvalidArgument, match="cycle"):
+        declare(h, a1.execution(1), ta, *(aid_of(x) for x in xs), b1, quests=(*xs, b))
+    h.service.between_parts = None
+    assert set(_edges(h, a1)) == {aid_of(x).encoded for x in xs}  # the first part only
+    assert docs.DECLARING not in h.attempt(a1)
+    assert h.exec_state(a1.execution(1)) == ExecutionState.RUNNING
+
+    # Without another declaration meanwhile, the new check passes and the call is whole.
+    h.service.between_parts = lambda eid, part: h.clock.advance(121)
+    ys = (*xs, quest_desc("Y"))
+    assert declare(h, a1.execution(1), ta, *(aid_of(y) for y in ys), quests=ys).should_halt
+    h.service.between_parts = None
+    assert set(_edges(h, a1)) == {aid_of(y).encoded for y in ys}

@@ -60,6 +60,22 @@ def declaring(att: docs.Doc | None, now_us: int) -> bool:
     )
 
 
+class ClaimLost(Unavailable):
+    """A part of a declaration in parts found its claim gone: its lease ran out
+    between parts (another call of the execution may have claimed since). The
+    caller checks the whole declaration again under a new claim, or gives up."""
+
+
+def _claim_holds(att: docs.Doc, eid: ExecutionID, call: str, now_us: int) -> bool:
+    """Whether call ``call`` of execution ``eid`` still holds its attempt's claim."""
+    claim = att.get(docs.DECLARING) or {}
+    return (
+        claim.get("execution") == eid.num
+        and claim.get("call") == call
+        and int(claim.get("until_us", 0)) > now_us
+    )
+
+
 def reject_cycles(
     get: Callable[[str], docs.Doc | None],
     query: Callable[[str, Mapping[str, Any]], Sequence[tuple[str, docs.Doc]]],
@@ -143,7 +159,7 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
     token = unb64(step.token_b64)
     step.halted = False
     if step.unclaim:
-        return _unclaim(ctx, eid, token)
+        return _unclaim(ctx, eid, token, step.call)
     dependees = [AttemptID.decode(d) for d in step.deps]
     paths = [docs.fwd_dep_path(me, d) for d in dependees]
     if _declared_before(ctx, eid, dependees, paths, token):
@@ -152,16 +168,40 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
         step.halted = True
         return []
     att, ex = verify_running(ctx, eid, token, Unauthenticated)
+    if not (step.claimed or step.claim) and declaring(att, ctx.now_us):
+        # Another call of this execution (a second thread, a retry while the first
+        # still runs) is recording a declaration in parts: wait, like anyone else.
+        raise Unavailable(
+            f"execution {eid} is recording a declaration in parts in another call;"
+            " try again once it is done"
+        )
     if step.claim:
+        if declaring(att, ctx.now_us) and not _claim_holds(att, eid, step.call, ctx.now_us):
+            raise Unavailable(
+                f"execution {eid} is recording a declaration in parts in another call;"
+                " try again once it is done"
+            )
         # Before the whole declaration's cycle check: any edge recorded after this
-        # commit by a walk through this attempt meets the claim (reject_cycles).
-        att[docs.DECLARING] = {"execution": eid.num, "until_us": ctx.now_us + DECLARING_LEASE_US}
+        # commit by a walk through this attempt meets the claim (reject_cycles). The
+        # call is named, so that only it drops or renews the claim.
+        att[docs.DECLARING] = {
+            "execution": eid.num,
+            "call": step.call,
+            "until_us": ctx.now_us + DECLARING_LEASE_US,
+        }
         ctx.uow.put(docs.attempt_path(me), att)
         step.seen = {docs.attempt_path(me): att}
         return []
-    if step.claimed and step.part:
-        claim = att.get(docs.DECLARING)
-        if claim is not None and claim["until_us"] - ctx.now_us < DECLARING_LEASE_US // 2:
+    if step.claimed:
+        if not _claim_holds(att, eid, step.call, ctx.now_us):
+            # Refused before writing: what was checked under the claim may no
+            # longer hold (edges into this attempt recorded since it lapsed).
+            raise ClaimLost(
+                f"execution {eid}: the claim of this declaration in parts lapsed"
+                " between its parts; try again"
+            )
+        claim = att[docs.DECLARING]
+        if step.part and claim["until_us"] - ctx.now_us < DECLARING_LEASE_US // 2:
             # Renewed at most once per half lease: a long declaration (thousands of
             # parts) writes its attempt a few times, not once per part.
             claim["until_us"] = ctx.now_us + DECLARING_LEASE_US
@@ -250,7 +290,8 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
         return chained
     if att.get(docs.DECLARED) is False or docs.DECLARING in att:
         # Its forward edges exist now (of this part and those before): walks look.
-        # Its claim dropped: every edge is recorded, walks see them all.
+        # Its claim dropped: every edge is recorded, walks see them all. (A claim
+        # here is its own, or one lapsed: another call's live claim refused it above.)
         att[docs.DECLARED] = True
         att.pop(docs.DECLARING, None)
         ctx.uow.put(docs.attempt_path(me), att)
@@ -266,14 +307,17 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
     return chained
 
 
-def _unclaim(ctx: Ctx, eid: ExecutionID, token: bytes) -> list[Step | Later]:
-    """Drop the claim of execution ``eid``'s declaration, refused before its first part."""
+def _unclaim(ctx: Ctx, eid: ExecutionID, token: bytes, call: str) -> list[Step | Later]:
+    """Drop the claim of call ``call`` of execution ``eid``'s declaration, refused
+    before its first part (another call's claim stays)."""
     att, ex = load_current(ctx, eid)
+    claim = (att or {}).get(docs.DECLARING) or {}
     if (
         att is not None
         and ex is not None
         and att["cur_execution"] == eid.num
-        and (att.get(docs.DECLARING) or {}).get("execution") == eid.num
+        and claim.get("execution") == eid.num
+        and claim.get("call") == call
         and token_matches(ex, token)
     ):
         del att[docs.DECLARING]

@@ -123,10 +123,12 @@ is not False, so a leaf's place in an answer costs its attempt document alone.""
 
 DECLARING = "declaring"
 """The attempt's claim while its execution records a declaration in parts (W-14):
-``{"execution": n, "until_us": t}``. Taken before the first part and before the
-declaration's cycle check (:func:`~dmcore.engine.deps.declaring`), dropped by the
-last part; while it holds, another declaration whose cycle walk reaches this
-attempt is told to try again (its future edges are not recorded yet)."""
+``{"execution": n, "call": nonce, "until_us": t}``. Taken before the first part and
+before the declaration's cycle check (:func:`~dmcore.engine.deps.declaring`), dropped
+by the last part; while it holds, another declaration whose cycle walk reaches this
+attempt is told to try again (its future edges are not recorded yet), and so is
+another call of the same execution. ``call`` names the call that took it: only it
+renews or drops it, and each of its parts writes only while it holds."""
 
 CURRENT = "ex"
 """The attempt's field holding its current execution: the steps of an execution

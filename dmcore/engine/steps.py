@@ -254,6 +254,9 @@ class DeclareDeps(Mutation):
     then checks the whole declaration for cycles, then runs its parts
     (``claimed``: they ignore others' claims, and the last one drops its own);
     ``unclaim`` drops the claim of a declaration refused before its first part.
+    ``call``: the nonce naming the call that claims: only it renews or drops its
+    claim, and each of its parts refuses to write once the claim is not its own
+    or has lapsed (another call of the same execution is told to try again).
     Run by the API only, never queued.
     """
 
@@ -269,6 +272,7 @@ class DeclareDeps(Mutation):
     claim: bool = False
     unclaim: bool = False
     claimed: bool = False
+    call: str = ""
 
     def root(self) -> str:
         return docs.attempt_path(ExecutionID.parse(self.eid).attempt_id)
