@@ -384,11 +384,6 @@ class Service:
             # Parts commit one by one: what one declaration refuses in its transaction
             # (a forged token, an absent quest named by raw_attempts, a cycle) is
             # refused before the first (and each part checks its own again).
-            raw_only = sorted({a.quest for a in aids} - set(supplied))
-            got = store.get_many([docs.quest_path(q) for q in raw_only])
-            for q in raw_only:
-                if got[docs.quest_path(q)] is None:
-                    raise InvalidArgument(f'cannot create attempts for absent quest "{q}"')
             self._check_cycles_of_parts(eid, token_b64, aids, supplied, call)
         quests = {q: base64.b64encode(d.SerializeToString()).decode() for q, d in supplied.items()}
         named = {a.quest for a in aids}
@@ -453,9 +448,9 @@ class Service:
         call: str,
     ) -> None:
         """Before a declaration's first part: its attempt's claim taken by call
-        ``call`` (a forged token refused), then the whole declaration checked for
-        cycles, so that no part refuses one after another committed (a partial
-        write of a refused call).
+        ``call`` (a forged token refused first, so it learns nothing of the quests),
+        then the whole declaration checked (absent quests, cycles), so that no part
+        refuses one after another committed (a partial write of a refused call).
 
         A cycle closed meanwhile by another declaration would need an edge recorded
         after the claim by a walk that passed through this attempt: that walk met
@@ -470,6 +465,11 @@ class Service:
             return  # a retry of a declaration that halted: decided, each part confirms
         att = claim.seen[docs.attempt_path(me)]
         try:
+            raw_only = sorted({a.quest for a in aids} - set(supplied))
+            got = store.get_many([docs.quest_path(q) for q in raw_only])
+            for q in raw_only:
+                if got[docs.quest_path(q)] is None:
+                    raise InvalidArgument(f'cannot create attempts for absent quest "{q}"')
             # A cycle closes through an edge into this attempt: none if nothing depends
             # on it (docs.DEPENDED, set in the commit of any edge into a live attempt).
             if att.get(docs.DEPENDED) is False:

@@ -19,7 +19,7 @@ import pytest
 from distributors.fake import quest_desc
 from dmcore.engine import docs, steps
 from dmcore.engine.base import Mutation
-from dmcore.errors import DMError, InvalidArgument, Unavailable
+from dmcore.errors import DMError, InvalidArgument, Unauthenticated, Unavailable
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
 from dmcore.states import AttemptState, ExecutionState
@@ -255,3 +255,17 @@ def test_a_part_whose_claim_lapsed_checks_the_whole_declaration_again(h: Harness
     assert declare(h, a1.execution(1), ta, *(aid_of(y) for y in ys), quests=ys).should_halt
     h.service.between_parts = None
     assert set(_edges(h, a1)) == {aid_of(y).encoded for y in ys}
+
+
+@pytest.mark.parametrize("parts", [True, False])
+def test_a_forged_token_learns_nothing_of_absent_quests(h: Harness, parts: bool) -> None:
+    """A forged token naming an absent quest is refused for its token (before the
+    quest is looked up), in parts or not; nothing is written or claimed."""
+    _b, _xs, a1, _b1 = _graph(h)
+    activate(h, a1.execution(1))
+    nowhere = aid_of(quest_desc("Nowhere")).quest  # never ensured
+    absent = [AttemptID(nowhere, n) for n in (1, 2, 3)]
+    with pytest.raises(Unauthenticated):
+        declare(h, a1.execution(1), b"forged" * 4, *absent[: 3 if parts else 1])
+    assert docs.DECLARING not in h.attempt(a1)
+    assert _edges(h, a1) == {}
