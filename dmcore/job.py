@@ -426,7 +426,9 @@ def run_order(
       reported its state itself when it stopped.
     * ``fn`` returned without stopping: FAILED "worker returned without
       finishing" is reported; 200 (a retry would not do better).
-    * ``fn`` raised: 500, so Cloud Tasks delivers the task again; on the last
+    * ``fn`` raised Unavailable (dm answered UNAVAILABLE past the client's
+      retries): 503, delivered again, whatever the delivery (not a crash).
+    * ``fn`` raised otherwise: 500, so Cloud Tasks delivers the task again; on the last
       delivery the order allows (``max_attempts``) CRASHED is reported and the
       answer is 200, so no queue setting can make it go on.
     * dm refused the activation: another delivery activated this execution
@@ -454,6 +456,11 @@ def run_order(
             if job.stopped:
                 log.exception("execution %s: the worker raised after the execution stopped", eid)
                 return 200, "stopped (the worker raised afterwards; see its log)"
+            if isinstance(e, Unavailable):
+                # dm was busy past the client's retries (a long declaration's claim):
+                # not the worker's fault, so not counted towards a crash.
+                log.warning("execution %s: dm is unavailable (%s): to be redelivered", eid, e)
+                return 503, f"dm is unavailable: {e.message}"
             last = order.max_attempts > 0 and delivery >= order.max_attempts
             log.exception("execution %s: the worker raised (delivery %d)", eid, delivery)
             if not last:
