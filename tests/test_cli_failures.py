@@ -233,6 +233,11 @@ def test_explain_says_why_not_reused(pipeline: pathlib.Path) -> None:
 
 
 def test_progress_lines_quiet_and_counts(pipeline: pathlib.Path) -> None:
+    # Progress reads the graph every TICK_S: top is seen WAITING only if it waits
+    # across a tick, so leaf takes a while before it fails (else, when leaf failed
+    # before top's halt was recorded, top went from EXECUTING to its end unseen).
+    leaf = LEAF.replace('print("reading the input")', "import time; time.sleep(2)")
+    (pipeline / "leaf.py").write_text(leaf)
     code, _, err = dm("run", "run.json")
     assert code == 1
     # Not a terminal: one line per state change, of this run's attempts only.
