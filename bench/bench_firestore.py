@@ -117,9 +117,13 @@ class OwnedStore(Store):
         order_by: str | None = None,
         descending: bool = False,
         limit: int | None = None,
+        *,
+        at_most: Any = None,
     ) -> list[tuple[str, Doc]]:
         return self._as_owner(
-            lambda: self.inner.query(collection, where, order_by, descending, limit)
+            lambda: self.inner.query(
+                collection, where, order_by, descending, limit, at_most=at_most
+            )
         )
 
     def query_id_prefix(self, collection: str, prefix: str) -> list[tuple[str, Doc]]:

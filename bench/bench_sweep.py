@@ -39,9 +39,10 @@ from dmcore.store.base import Doc, Transaction
 from dmcore.store.sqlite import SqliteStore
 
 DUE = 200
-"""Attempts with due fields (a timer, pending follow-ups) at every N: a full page of
-each of those queries (``Settings.sweep_batch``), the most a sweep decodes per field.
-The rest are finished attempts the sweep should not look at."""
+"""Attempts with due fields not yet due (a timer, pending follow-ups) at every N: a full
+page of each of those queries (``Settings.sweep_batch``). A sweep's queries are bounded
+by now, so it should decode none of them; the rest are finished attempts the sweep
+should not look at either."""
 FILL_CHUNK = 500
 WRITES = 20_000
 WRITES_PER_COMMIT = 100

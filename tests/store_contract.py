@@ -502,6 +502,31 @@ class StoreContract:
         assert self._paths(store.query("o", limit=3)) == ["o/1", "o/2", "o/3"]
         assert self._paths(store.query("o", order_by="missing")) == []
 
+    def test_query_at_most(self, store: Store) -> None:
+        """``at_most`` bounds the ordered field as a range filter: values of the bound's
+        type only (numbers: ints and floats alike), inclusive, in order, under ``limit``."""
+
+        def fn(tx: Transaction) -> None:
+            tx.set("m/1", {"rank": 3})
+            tx.set("m/2", {"rank": 1, "s": 0})
+            tx.set("m/3", {"rank": 2.5, "s": 1})
+            tx.set("m/4", {"rank": 2, "s": 0})
+            tx.set("m/5", {"rank": "1"})  # a string: never within a number's range
+            tx.set("m/6", {"rank": None})
+            tx.set("m/7", {"rank": True})
+            tx.set("m/8", {"other": 0})
+
+        store.transaction(fn)
+        assert self._paths(store.query("m", order_by="rank", at_most=2.5)) == ["m/2", "m/4", "m/3"]
+        assert self._paths(store.query("m", order_by="rank", at_most=3, limit=2)) == ["m/2", "m/4"]
+        assert self._paths(store.query("m", order_by="rank", at_most=0)) == []
+        assert self._paths(store.query("m", {"s": 0}, order_by="rank", at_most=5)) == ["m/2", "m/4"]
+        assert self._paths(store.query("m", order_by="rank", at_most="9")) == ["m/5"]
+        with pytest.raises(ValueError, match="order_by"):
+            store.query("m", at_most=3)
+        with pytest.raises(TypeError, match="at_most"):
+            store.query("m", order_by="rank", at_most=True)
+
     def test_query_order_by_strings(self, store: Store) -> None:
         def fn(tx: Transaction) -> None:
             for i, name in enumerate(["pear", "Apple", "apple", "banana"]):

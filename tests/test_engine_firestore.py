@@ -93,3 +93,31 @@ def test_diamond_runs_shared_dependency_once(
 ) -> None:
     """A→B, A→C, B→D, C→D on Firestore: D runs once and its result is reused."""
     _run_and_measure(fh, scenarios.test_diamond_runs_shared_dependency_once, record_property)
+
+
+def test_a_sweep_with_nothing_due_reads_nothing_not_yet_due(
+    tmp_path: pathlib.Path, firestore_store: FirestoreStore
+) -> None:
+    """Attempts whose timers, polls, expiries and follow-ups are all due later cost a
+    sweep nothing: each of its queries is bounded by now, so it bills one read for its
+    empty answer, not a page of documents it would pass over (as it did before)."""
+    h = Harness(tmp_path, store=firestore_store)
+    try:
+        shards = max(1, h.engine.settings.sweep_shards, h.engine.settings.swept_shards)
+        later = h.engine.clock() + 3600 * 10**6
+
+        def arm(tx: Any) -> None:
+            for i in range(60):
+                path = f"{docs.ATTEMPTS}/later{i}"
+                doc: dict[str, Any] = {f: later for f in docs.SWEPT}
+                if shards > 1:
+                    doc[docs.SWEEP_SHARD] = docs.sweep_shard(path, shards)
+                tx.set(path, doc)
+
+        firestore_store.transaction(arm)
+        firestore_store.stats.reset()
+        assert h.engine.sweep() == {"outbox": 0, "timers": 0, "polls": 0, "expiries": 0}
+        queries = (len(docs.SWEPT) + 1) * shards  # each swept field and the outbox, per shard
+        assert firestore_store.stats.reads <= queries
+    finally:
+        h.close()

@@ -105,6 +105,21 @@ def test_a_query_in_another_order_is_answered_without_the_index(store: SqliteSto
     assert "docs_order:" in plan_of(store, sql, params)
 
 
+def test_a_bounded_query_reads_the_index_up_to_its_bound(store: SqliteStore) -> None:
+    """The sweep's bounded query (due by now) is served by the same index: a sweep
+    with nothing due reads no row of what is not yet due."""
+    store.transaction(
+        lambda tx: [tx.set(f"o/{i}", {docs.TIMER_DUE: v}) for i, v in enumerate([30, 10, 20])]
+    )
+    got = store.query("o", order_by=docs.TIMER_DUE, limit=5, at_most=20)
+    assert [p for p, _ in got] == ["o/1", "o/2"]
+    sql, params = _select(
+        "o", None, docs.TIMER_DUE, False, 5, ordered=store.ordered_fields, at_most=20
+    )
+    plan = plan_of(store, sql, params)
+    assert "docs_order:" in plan and "TEMP B-TREE" not in plan
+
+
 VALUES = st.one_of(
     st.none(),
     st.booleans(),

@@ -647,8 +647,10 @@ class Engine:
         shards = max(self.settings.sweep_shards, self.settings.swept_shards)
         for shard in range(max(1, shards)):
             where = {docs.SWEEP_SHARD: shard} if shards > 1 else None
+            # Bounded by ``now``: a sweep with nothing due reads nothing (on
+            # Firestore one read for the empty answer, not a page of the not yet due).
             for path, doc in self.store.query(
-                collection, where, order_by=field, limit=self.settings.sweep_batch
+                collection, where, order_by=field, limit=self.settings.sweep_batch, at_most=now
             ):
                 due = doc.get(field)
                 if due is None:  # an index that disagrees with the document: not due

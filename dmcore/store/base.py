@@ -310,8 +310,15 @@ class Store(abc.ABC):
         order_by: str | None = None,
         descending: bool = False,
         limit: int | None = None,
+        *,
+        at_most: Any = None,
     ) -> list[tuple[str, Doc]]:
-        """Query outside any transaction; same rules as :meth:`Transaction.query`."""
+        """Query outside any transaction; same rules as :meth:`Transaction.query`.
+
+        ``at_most`` (a number or a string; needs ``order_by``) keeps only the
+        documents whose ``order_by`` field is of the bound's type and at most
+        it, as a Firestore range filter does: a sweep for what is due reads
+        only what is due, not a page of what is not yet."""
 
     @abc.abstractmethod
     def query_id_prefix(self, collection: str, prefix: str) -> list[tuple[str, Doc]]:

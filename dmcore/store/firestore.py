@@ -645,9 +645,20 @@ class FirestoreStore(Store):
         descending: bool,
         limit: int | None,
         tx: firestore.Transaction | None,
+        at_most: Any = None,
     ) -> list[tuple[str, Doc]]:
         q = self._build_query(collection, where)
         order: list[tuple[str, str]] = []
+        ranges: list[str] = []
+        if at_most is not None:
+            if order_by is None:
+                raise ValueError("at_most needs order_by: it bounds the ordered field")
+            if isinstance(at_most, bool) or not isinstance(at_most, int | float | str):
+                raise TypeError(f"at_most: only a number or a string, not {type(at_most).__name__}")
+            # The same index as the order alone: a range on the first ordered field.
+            bound = _where_value(order_by, at_most)
+            q = q.where(filter=FieldFilter(_field_path(order_by), "<=", bound))
+            ranges.append(order_by)
         if order_by is not None:
             direction = firestore.Query.DESCENDING if descending else firestore.Query.ASCENDING
             q = q.order_by(_field_path(order_by), direction=direction)
@@ -655,7 +666,7 @@ class FirestoreStore(Store):
             if descending:  # ties in path order, as the port says
                 q = q.order_by(FieldPath.document_id(), direction=firestore.Query.ASCENDING)
                 order.append((NAME_FIELD, ASCENDING))
-        self.query_shapes.add(_shape(collection, where, order))
+        self.query_shapes.add(_shape(collection, where, order, ranges))
         if limit is not None:
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
                 raise ValueError(f"limit must be a non-negative int, not {limit!r}")
@@ -722,6 +733,8 @@ class FirestoreStore(Store):
         order_by: str | None = None,
         descending: bool = False,
         limit: int | None = None,
+        *,
+        at_most: Any = None,
     ) -> list[tuple[str, Doc]]:
         _collection_path(collection)
         return self._query(
@@ -731,6 +744,7 @@ class FirestoreStore(Store):
             descending=descending,
             limit=limit,
             tx=None,
+            at_most=at_most,
         )
 
     def query_id_prefix(self, collection: str, prefix: str) -> list[tuple[str, Doc]]:

@@ -160,6 +160,13 @@ def _order_key(value: Any) -> tuple[int, Any]:
     return (4 if isinstance(value, list) else 5), _ENCODER.encode(value)
 
 
+def _bound_key(value: Any) -> tuple[int, Any]:
+    """:func:`_order_key` of a range bound: a number or a string (what dm bounds)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError(f"at_most: only a number or a string, not {type(value).__name__}")
+    return _order_key(value)
+
+
 class _Ordered:
     """The ordered fields a store keeps columns for, and its write statements.
 
@@ -430,19 +437,32 @@ def _select(
     limit: int | None,
     *,
     ordered: Sequence[str] = (),
+    at_most: Any = None,
 ) -> tuple[str, list[Any]]:
     """SQL and parameters for :meth:`Store.query`; ``ordered``: the fields with ordered
     columns (their index gives the rows in order, reading only those with the field)."""
     clauses, params = _filters(collection, where)
     d = " DESC" if descending else ""
+    if at_most is not None and order_by is None:
+        raise ValueError("at_most needs order_by: it bounds the ordered field")
     if order_by is None:
         order = "id"
     elif order_by in ordered:
         r = _rank_col(order_by)
         clauses.append(f"{r} IS NOT NULL")  # the partial index's condition, word for word
+        if at_most is not None:
+            # Firestore's range filters match values of the bound's type only.
+            rank, bound = _bound_key(at_most)
+            clauses.append(f"{r} = ? AND {_value_col(order_by)} <= ?")
+            params += [rank, bound]
         order = f"{r}{d}, {_value_col(order_by)}{d}, id"
     else:
         p = _json_path(order_by)
+        if at_most is not None:
+            rank, bound = _bound_key(at_most)
+            types = "('integer', 'real')" if rank == 2 else "('text')"
+            clauses.append(f"json_type(body, {p}) IN {types} AND json_extract(body, {p}) <= ?")
+            params.append(bound)
         # Firestore leaves out documents without the field, and orders values
         # by type first: null < bool < number < string < array < map.
         clauses.append(f"json_type(body, {p}) IS NOT NULL")
@@ -567,8 +587,11 @@ def _query(
     descending: bool,
     limit: int | None,
     ordered: Sequence[str],
+    at_most: Any = None,
 ) -> list[tuple[str, Doc]]:
-    sql, params = _select(collection, where, order_by, descending, limit, ordered=ordered)
+    sql, params = _select(
+        collection, where, order_by, descending, limit, ordered=ordered, at_most=at_most
+    )
     prefix = collection + "/"
     return [(prefix + doc_id, _decode(body)) for doc_id, body in conn.execute(sql, params)]
 
@@ -1108,6 +1131,8 @@ class SqliteStore(Store):
         order_by: str | None = None,
         descending: bool = False,
         limit: int | None = None,
+        *,
+        at_most: Any = None,
     ) -> list[tuple[str, Doc]]:
         return _query(
             self._conn(),
@@ -1117,6 +1142,7 @@ class SqliteStore(Store):
             descending=descending,
             limit=limit,
             ordered=self._ordered.fields,
+            at_most=at_most,
         )
 
     def query_id_prefix(self, collection: str, prefix: str) -> list[tuple[str, Doc]]:
