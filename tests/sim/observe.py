@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from typing import Any
 
 from dmcore.engine import docs
 from dmcore.ids import AttemptID, ExecutionID
@@ -228,6 +229,12 @@ class Internals:
         """Whether the end of ``aid`` reached every back edge recorded under it
         (none left unpropagated; no back edge: nothing to reach)."""
         return not self.store.query(docs.back_deps_collection(aid), {"propagated": False}, limit=1)
+
+    def claim(self, aid: AttemptID) -> dict[str, Any] | None:
+        """The claim of a declaration in parts under way on ``aid`` (None: none)."""
+        doc = self.store.get(docs.attempt_path(aid)) or {}
+        claim = doc.get(docs.DECLARING)
+        return dict(claim) if claim else None
 
     def open_edges(self, aid: AttemptID, execution: int) -> int:
         """Edges of ``aid``'s execution ``execution`` not satisfied yet (diagnostics)."""

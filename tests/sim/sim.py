@@ -32,6 +32,9 @@ Everything random comes from the seed:
   deliveries of the earlier parts' follow-ups, and a dependee's job that first
   tries to depend on its declaring depender, a cycle dm must refuse (now, or
   told to try again) without a trace while the declaration is accepted whole;
+  and another call of the declaring execution itself (the same declaration, or
+  one of its dependencies), which must be told to try again and leave the first
+  call's claim as it was;
 * an operator changing ``sweep_shards`` mid-run (checked as a server's next
   request does: ``layout.check_settings``), so the sweep must still find what
   was stamped for another count;
@@ -186,6 +189,9 @@ class Plan:
     cycle onto the declaring attempt (:meth:`Sim._between_parts`)."""
     reshard: bool = False
     """``sweep_shards`` changes now and then during the run (:meth:`Sim._reshard`)."""
+    p_own_call: float = 0.0
+    """Between two parts of a declaration, the declaring execution calls again
+    (:meth:`Sim._own_call`)."""
 
     def summary(self) -> str:
         edges = sum(len(n.deps) for n in self.nodes)
@@ -200,7 +206,8 @@ class Plan:
             f"fast={self.p_fast} new_config={self.p_new_config} "
             f"tiny_batches={self.tiny_batches} workers={self.workers} "
             f"out_of_process={self.out_of_process} second_client={self.p_second_client} "
-            f"between_parts={self.p_between_parts} reshard={self.reshard}"
+            f"between_parts={self.p_between_parts} own_call={self.p_own_call} "
+            f"reshard={self.reshard}"
         )
 
 
@@ -336,6 +343,7 @@ def make_plan(seed: int, *, min_nodes: int = 5, max_nodes: int = 40, workers: in
         p_second_client=random.Random(f"{seed}/second_client").choice([0.0, 0.3, 0.6]),
         p_between_parts=random.Random(f"{seed}/between_parts").choice([0.0, 0.0, 0.5, 1.0]),
         reshard=random.Random(f"{seed}/reshard").random() < 0.3,
+        p_own_call=random.Random(f"{seed}/own_call").choice([0.0, 0.5, 1.0]),
     )
 
 
@@ -418,6 +426,16 @@ class CancelRecord:
     ended: ExecutionID | None = None  # the execution it ended CANCELLED, if any
 
 
+@dataclasses.dataclass(frozen=True)
+class Declaring:
+    """A job's declaration under way: what another call of the same job would repeat."""
+
+    eid: ExecutionID
+    aids: list[AttemptID]
+    job: Job
+    quests: list[dm_pb2.Quest.Desc]
+
+
 class JobCallError(Exception):
     """A dm call made by a simulated job failed (expected or not; see the record)."""
 
@@ -477,8 +495,9 @@ class Sim:
         self.client_rng = random.Random(f"dm-sim-second-client/{plan.seed}")
         self.parts_rng = random.Random(f"dm-sim-between-parts/{plan.seed}")
         self.shards_rng = random.Random(f"dm-sim-reshard/{plan.seed}")
-        self.declaring: tuple[ExecutionID, list[AttemptID]] | None = None
+        self.declaring: Declaring | None = None
         """The declaration a job's call is recording (its hook's other callers' work)."""
+        self.own_rng = random.Random(f"dm-sim-own-call/{plan.seed}")
         self.closer_of: dict[ExecutionID, AttemptID] = {}
         """Executions played between another's parts: the attempt to try to depend on."""
         self.in_parts = False
@@ -864,7 +883,7 @@ class Sim:
             quests = [self.plan.nodes[j].desc for j in dict.fromkeys(j for j, _ in batch)]
             declare = functools.partial(job.dep_on, *aids, quests=quests)
             fresh = [a for a in aids if a not in set(self.known())]
-            outer, self.declaring = self.declaring, (eid, aids)
+            outer, self.declaring = self.declaring, Declaring(eid, aids, job, quests)
             try:
                 rsp = self._call(rec, "EnsureGraphData", declare)
             finally:
@@ -981,7 +1000,7 @@ class Sim:
         prng = self.parts_rng
         if self.in_parts or self.declaring is None or prng.random() >= self.plan.p_between_parts:
             return
-        declarer, dependees = self.declaring
+        declarer, dependees = self.declaring.eid, self.declaring.aids
         if declarer != eid:
             return
         self.in_parts = True
@@ -989,6 +1008,8 @@ class Sim:
             for _ in range(prng.randint(0, 6)):
                 if not self.h.deliver_one():
                     break
+            if self.own_rng.random() < self.plan.p_own_call:
+                self._own_call(self.declaring, part)
             wanted = set(dependees)
             for _ in range(50):
                 mine = [
@@ -1007,6 +1028,35 @@ class Sim:
                     return
         finally:
             self.in_parts = False
+
+    def _own_call(self, d: Declaring, part: int) -> None:
+        """Between its parts, another call of the declaring execution itself (another
+        thread of its job, or its client retrying while the first call still runs):
+        the same declaration (in parts too), or one of its dependencies alone. While
+        the first call's claim holds it is told to try again (Unavailable), and the
+        first call's claim stays: were it taken or dropped by this call, a cycle could
+        be closed under the first call's later parts (a partial write)."""
+        claim = self.internals.claim(d.eid.attempt_id)
+        if claim is None or claim.get("execution") != d.eid.num:
+            return  # no claim (a retry of a declaration that halted): nothing to wait for
+        whole = self.own_rng.random() < 0.7
+        aids = d.aids if whole else [self.own_rng.choice(d.aids)]
+        quests = [q for q in d.quests if qid_of(q) in {a.quest for a in aids}]
+        what = f"another call of {self.ename(d.eid)} between its parts {part}"
+        try:
+            d.job.dep_on(*aids, quests=quests)
+        except Unavailable as e:
+            self.trace.append(f"{what}: {'whole' if whole else 'one'}: {e!r}")
+        except (PermissionDenied, Unauthenticated) as e:
+            now = look(self.h.service, d.eid)
+            if now is None or now.state != ExecutionState.ABNORMAL_FINISHED:
+                self.violation(f"{what} refused although it runs: {e!r}")
+        except Exception as e:
+            self.violation(f"{what} raised {e!r}, not Unavailable")
+        else:
+            self.violation(f"{what} was accepted while the first call's claim holds")
+        if self.internals.claim(d.eid.attempt_id) != claim:
+            self.violation(f"{what}: the first call's claim {claim} changed")
 
     def _close_a_cycle(self, rec: ExecRecord, job: Job, onto: AttemptID) -> None:
         """The job of a dependee of ``onto``'s declaration under way tries to depend on
