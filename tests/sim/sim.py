@@ -45,7 +45,12 @@ Everything random comes from the seed:
   and the task's start);
 * the engine's batch sizes (tiny ones make a few dozen edges take several
   transactions and chained steps) and, for some runs, several worker threads
-  delivering tasks at once (those runs vary from one replay to the next).
+  delivering tasks at once (those runs vary from one replay to the next);
+* the store's: SQLite's own sizes (no write limit, declarations in parts of a
+  few documents with their large inline limits), or a home an older dm (record
+  layout 4, no ordered columns) writes until dm of this layout opens it mid-run,
+  the first open sometimes stopping before it records its layout
+  (:mod:`tests.sim.stores`).
 
 The same seed replays the same run exactly when it runs on one worker (for the
 same engine code: a change in how the engine draws random bytes reshuffles
@@ -73,18 +78,23 @@ import json
 import random
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from distributors.fake import Crash, Job, quest_desc
-from dmcore.engine import layout
+from dmcore.engine import core, docs, layout
+from dmcore.engine.core import Settings
 from dmcore.errors import InvalidArgument, PermissionDenied, Unauthenticated, Unavailable
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
 from dmcore.service import Caller
 from dmcore.states import AbnormalStatus, AttemptState, ExecutionState
+from dmcore.store.sqlite import SqliteStore
 from tests.harness import Chaos, Harness, qid_of
 from tests.sim.faults import Faults, FaultyWorld
 from tests.sim.observe import AttemptView, ExecutionView, Internals, Observed, attempt_now, look
+from tests.sim.stores import OlderDmStore, SmallPartsStore
+from tests.test_store_ordered import disagreements
 
 T = TypeVar("T")
 
@@ -119,6 +129,12 @@ P_DIRECT_FINISH = 0.5
 """How often a job with nothing to declare finishes without activating first."""
 P_DUPLICATE_JOB = 0.2
 """How often a second instance of a job calls dm after the job's first call."""
+P_SQLITE_SIZES = 0.12
+"""Seeds run at SQLite's own sizes (``Plan.parts_docs``)."""
+P_UPGRADE = 0.12
+"""Seeds that start on a layout-4 home and upgrade it mid-run (``Plan.upgrade_at``)."""
+OLDER_LAYOUT = 4
+"""The record layout of the older dm (``layout.TAKEN_UP``): no ordered columns."""
 US = 1_000_000
 EXPIRED = dm_pb2.Attempt.Partial.EXPIRED
 
@@ -192,6 +208,17 @@ class Plan:
     p_own_call: float = 0.0
     """Between two parts of a declaration, the declaring execution calls again
     (:meth:`Sim._own_call`)."""
+    parts_docs: int = 0
+    """SQLite's own sizes (:class:`tests.sim.stores.SmallPartsStore`): no write limit,
+    declarations in parts of this many documents and their large inline limits,
+    with ``max_inline`` 2 (0: Firestore's, which the harness holds every store to)."""
+    upgrade_at: int = 0
+    """The run starts on a home of record layout 4 (:class:`tests.sim.stores.OlderDmStore`,
+    no ordered columns) and dm of this layout opens it at this driver iteration (0:
+    never; the ChaosQueue on SQLite only), :meth:`Sim._upgrade`."""
+    upgrade_crash: bool = False
+    """The first open stops before recording the layout: the older dm runs on, over
+    the columns that open added, until a second open."""
 
     def summary(self) -> str:
         edges = sum(len(n.deps) for n in self.nodes)
@@ -207,7 +234,8 @@ class Plan:
             f"tiny_batches={self.tiny_batches} workers={self.workers} "
             f"out_of_process={self.out_of_process} second_client={self.p_second_client} "
             f"between_parts={self.p_between_parts} own_call={self.p_own_call} "
-            f"reshard={self.reshard}"
+            f"reshard={self.reshard} parts_docs={self.parts_docs} "
+            f"upgrade_at={self.upgrade_at} upgrade_crash={self.upgrade_crash}"
         )
 
 
@@ -315,6 +343,9 @@ def make_plan(seed: int, *, min_nodes: int = 5, max_nodes: int = 40, workers: in
             cancel_transient=rng.choice([0.0, 0.3]),
             cancel_refuse=rng.choice([0.0, 0.1, 0.3]),
         )
+    # Drawn apart, so that every seed keeps the plan it had before these knobs.
+    sizes = random.Random(f"{seed}/sqlite_sizes")
+    upgrade = random.Random(f"{seed}/upgrade")
     return Plan(
         seed=seed,
         nodes=nodes,
@@ -344,6 +375,9 @@ def make_plan(seed: int, *, min_nodes: int = 5, max_nodes: int = 40, workers: in
         p_between_parts=random.Random(f"{seed}/between_parts").choice([0.0, 0.0, 0.5, 1.0]),
         reshard=random.Random(f"{seed}/reshard").random() < 0.3,
         p_own_call=random.Random(f"{seed}/own_call").choice([0.0, 0.5, 1.0]),
+        parts_docs=sizes.choice([6, 9, 12]) if sizes.random() < P_SQLITE_SIZES else 0,
+        upgrade_at=upgrade.randint(1, 6) if upgrade.random() < P_UPGRADE else 0,
+        upgrade_crash=upgrade.random() < 0.5,
     )
 
 
@@ -448,9 +482,27 @@ class NotConverged(AssertionError):
 
 
 def new_harness(plan: Plan, tmp_path: Any, *, queue: str = "chaos", store: Any = None) -> Harness:
-    """The harness a plan runs on: its chaos, the faulty distributor, its batch sizes."""
+    """The harness a plan runs on: its chaos, the faulty distributor, its batch sizes,
+    and its store when the plan asks for another than the harness's (on SQLite)."""
     world = FaultyWorld(plan.faults, f"dm-sim-faults/{plan.seed}")
     world.in_process = not plan.out_of_process
+    upgrading = bool(plan.upgrade_at) and queue == "chaos" and store is None
+    if store is None and upgrading:
+        store = OlderDmStore(_home(tmp_path), indexed_fields=docs.INDEXED_FIELDS, durable=False)
+        store.transaction(
+            lambda tx: tx.set(
+                layout.PATH,
+                {"version": OLDER_LAYOUT, layout.SHARDS: Settings().sweep_shards},
+            )
+        )
+    elif store is None and plan.parts_docs:
+        store = SmallPartsStore(
+            _home(tmp_path),
+            parts_docs=plan.parts_docs,
+            indexed_fields=docs.INDEXED_FIELDS,
+            ordered_fields=docs.SWEPT,
+            durable=False,
+        )
     h = Harness(
         tmp_path,
         queue=queue,
@@ -468,11 +520,23 @@ def new_harness(plan: Plan, tmp_path: Any, *, queue: str = "chaos", store: Any =
         h.service.declare_chunk = 3
     if plan.p_between_parts:
         h.service.declare_chunk = 2  # most declarations in parts
-    if plan.reshard:
+    if isinstance(h.store, SmallPartsStore):
+        h.store.max_writes = None  # the store's own limits (the harness set Firestore's)
+        h.engine.settings.max_inline = 2  # Firestore's 256, to scale with parts_docs
+        h.engine.settings.propagate_batch = 2
+        # The service's rule (transaction_docs // 3), without Firestore's 32 as a floor.
+        h.service.declare_chunk = plan.parts_docs // 3
+        if plan.workers == 1:
+            h.store.steps = lambda: h.engine.stats
+    if plan.reshard and not upgrading:
         # The store's layout recorded (as a home's open or a server's first request
         # does), so that a later change of sweep_shards is checked against it.
         layout.check_settings(h.store, "sim", "a new run", h.engine.settings)
     return h
+
+
+def _home(tmp_path: Any) -> Path:
+    return Path(tmp_path) / "dm.sqlite"  # where the harness's own store would be
 
 
 class Sim:
@@ -502,6 +566,11 @@ class Sim:
         """Executions played between another's parts: the attempt to try to depend on."""
         self.in_parts = False
         h.service.between_parts = self._between_parts
+        self.older = h.store if isinstance(h.store, OlderDmStore) else None
+        """The older dm's store while it runs (until :meth:`_upgrade` switches)."""
+        self.upgrade_next = plan.upgrade_at
+        self.upgrade_rng = random.Random(f"dm-sim-upgrade/{plan.seed}")
+        self.opens = 0
         self.by_qid = {n.qid: n for n in plan.nodes}
         self.max_iterations = max_iterations or 200 + 40 * len(plan.nodes)
         self.records: dict[ExecutionID, ExecRecord] = {}
@@ -549,8 +618,10 @@ class Sim:
                 self.h.ensure(self.plan.nodes[i].desc, attempts=nums)
                 self.ensured.update((self.aid(i, a), None) for a in nums)
                 self.trace.append(f"ensure n{i} {nums}")
+            if self.older is not None and self.iterations >= self.upgrade_next:
+                self._upgrade()
             self._settle()
-            if self.plan.reshard and self.shards_rng.random() < 0.15:
+            if self.plan.reshard and self.shards_rng.random() < 0.15 and self.older is None:
                 self._reshard()
             if self.rng.random() < self.plan.p_cancel:
                 self._cancel_some("between steps")
@@ -565,6 +636,9 @@ class Sim:
                     self.h.clock.now_us = max(self.h.clock.now_us, nxt)
                     continue
                 if todo:
+                    continue
+                if self.older is not None:
+                    self._upgrade()  # the run ended first: the last opens come now
                     continue
                 break
             self.rng.shuffle(pending)
@@ -618,6 +692,34 @@ class Sim:
         settings.sweep_shards = new
         layout.check_settings(self.h.store, "sim", "a new run", settings)
         self.trace.append(f"sweep_shards -> {new}")
+
+    def _upgrade(self) -> None:
+        """dm of this layout opens the older dm's home: the store adds the ordered
+        columns, filled from the documents, and the layout is recorded (5), after
+        which dm of this layout runs. With ``upgrade_crash``, the first open stops
+        before recording it: the older dm runs on (its bodies only, over the new
+        columns) and a later open must fill them again before they are used."""
+        older = self.older
+        assert older is not None
+        self.opens += 1
+        new = SqliteStore(
+            older.path,
+            indexed_fields=docs.INDEXED_FIELDS,
+            ordered_fields=docs.SWEPT,
+            durable=False,
+        )
+        if self.plan.upgrade_crash and self.opens == 1:
+            new.close()
+            self.upgrade_next = self.iterations + self.upgrade_rng.randint(1, 4)
+            self.trace.append(f"upgrade: opened, stopped before recording layout {layout.VERSION}")
+            return
+        new.max_writes = older.max_writes
+        layout.check_settings(new, "sim", "a new run", self.h.engine.settings)
+        self.h.store = self.h.engine.store = self.h.registry.store = new
+        self.internals.store = new
+        self.older = None
+        older.close()
+        self.trace.append(f"upgrade: opened, layout {layout.VERSION} recorded")
 
     def _fast(self, eid: ExecutionID) -> None:
         """Inside D.run, the task started: maybe the job runs to its end right now."""
@@ -1167,12 +1269,15 @@ class Sim:
         * every declared edge is shown both ways, none invented;
         * every result whose expiration has passed is shown expired.
 
-        On the engine's records (:class:`Internals`):
+        On the engine's records (:class:`Internals`) and the store:
 
         * each result was written by its attempt's last execution; every
           expired result is marked; forward edges satisfied, back edges
           propagated, completions recorded; nothing left over (outbox records,
-          armed timers, polls, due expiries); the queue is empty.
+          armed timers, polls, due expiries); the queue is empty;
+        * on SQLite, the ordered columns agree with the documents; at SQLite's
+          sizes, no transaction but a declaration's ran more steps than
+          ``max_inline`` (:meth:`_check_store`).
         """
         v = self.violations[:]
         seen = Observed(self.h.service, {a.quest for a in self.known()} | set(self.by_qid))
@@ -1206,9 +1311,32 @@ class Sim:
         v += self._check_expiry(atts)
 
         v += self.internals.leftovers(self.h.clock())
+        v += self._check_store()
         if self.h.next_due_us() is not None:
             v.append(f"queue still holds tasks (next due at {self.h.next_due_us()})")
         v += [f"{self.ename(e)}: handed to the fake, never played" for e in self._playable()]
+        return v
+
+    def _check_store(self) -> list[str]:
+        """On SQLite, the ordered columns agree with the documents (what the sweep
+        reads is what they say; after an upgrade too). At SQLite's sizes, only a
+        declaration's transaction runs more steps than ``max_inline`` (its large
+        inline limits, ``core.INLINE_ROOM`` per document of a part); any other keeps
+        the small ones, so that none holds the write lock for thousands of steps."""
+        store = self.h.store
+        if self.older is not None:
+            return ["the run ended on the older dm's store: never upgraded"]
+        if not isinstance(store, SqliteStore):
+            return []
+        v = [f"ordered columns disagree: {d}" for d in disagreements(store)[:10]]
+        if isinstance(store, SmallPartsStore) and store.steps is not None:
+            small = self.h.engine.settings.max_inline
+            large = max(small, core.INLINE_ROOM * store.parts_docs)
+            for ran in store.ran:
+                most = large if ran.declaration else small
+                if ran.total > most:
+                    v.append(f"a transaction ran {ran.total} steps, at most {most}: {ran.steps}")
+                    break
         return v
 
     def name(self, aid: AttemptID) -> str:
