@@ -5,7 +5,7 @@ honours ``pytest_addoption`` in conftests it loads at start-up, and
 ``tests/sim/conftest.py`` is not one of them when running ``pytest tests``.
 ``--seeds`` sets the ChaosQueue seeds (0..N-1); the other kinds run a share of
 as many (a twentieth on the local queue and with worker threads, at least
-their defaults), so ``--seeds 100000`` is a long run of every kind.
+their defaults; jobsim's a fortieth), so ``--seeds 100000`` is a long run of every kind.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ LOCAL_SEEDS = 50
 leased batches in one commit, follow-up mutations run inside the batch."""
 THREADED_SEEDS = 50
 """Seeds also run with three worker threads delivering tasks at once (SQLite)."""
+JOBSIM_SEEDS = 25
+"""Seeds also played by jobsim instead of the fake distributor (tests/sim/test_sim_jobsim.py;
+a fortieth of ``--seeds``, at least this many)."""
 FIRESTORE_SEEDS = (0, 1, 2, 3, 4)
 """Seeds also run on the Firestore emulator (slower: a few are enough; odd ones threaded)."""
 
@@ -57,6 +60,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "threaded_seed" in names:
         threaded = [int(one)] if one is not None else list(range(max(THREADED_SEEDS, share)))
         metafunc.parametrize("threaded_seed", threaded, ids=lambda s: f"seed-{s}")
+    if "jobsim_seed" in names:
+        js = [int(one)] if one is not None else list(range(max(JOBSIM_SEEDS, many // 40)))
+        metafunc.parametrize("jobsim_seed", js, ids=lambda s: f"seed-{s}")
     if "firestore_seed" in names:
         fs = [int(one)] if one is not None else list(FIRESTORE_SEEDS)
         metafunc.parametrize("firestore_seed", fs, ids=lambda s: f"seed-{s}")
