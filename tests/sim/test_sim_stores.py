@@ -23,7 +23,7 @@ import pytest
 
 from dmcore.engine import core, docs, layout
 from dmcore.engine.base import Mutation
-from dmcore.engine.core import INLINE_ROOM, INLINE_WRITE_BUDGET, Engine
+from dmcore.engine.core import INLINE_ROOM, INLINE_WRITE_BUDGET, Engine, Settings
 from dmcore.ids import ExecutionID
 from dmcore.store import sqlite
 from tests.sim.sim import Sim, make_plan, new_harness
@@ -110,7 +110,7 @@ def test_an_upgrade_leaves_the_home_at_this_layout_with_columns_that_agree(
     try:
         home = h.store.path
         assert h.store.ordered_fields == ()
-        assert h.store.get(layout.PATH) == {"version": 4, layout.SHARDS: 16}
+        assert h.store.get(layout.PATH) == {"version": 4, layout.SHARDS: Settings().sweep_shards}
         sim = Sim(plan, h)
         sim.run()
         assert sim.check() == []
