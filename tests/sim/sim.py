@@ -1090,7 +1090,8 @@ class Sim:
     def _between_parts(self, eid: ExecutionID, part: int) -> None:
         """The service's hook between two parts of a declaration: maybe other callers
         work there. A few tasks are delivered (the earlier parts' follow-ups: new
-        dependees scheduled, run, maybe ended before the declaration decides), then
+        dependees scheduled, run, maybe ended before the declaration decides), maybe
+        another call of the declaring execution itself (:meth:`_own_call`), then
         one of the declaration's dependees whose job was handed over is played, and
         its job first tries to depend on the declaring attempt: a cycle once the
         declaration is whole, which dm must refuse (now, or told to try again) and
