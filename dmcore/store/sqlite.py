@@ -27,9 +27,10 @@ Why this shape:
   shared between threads, they are only closed from elsewhere by :meth:`close`.
   Do not carry a store across ``fork``: make a new one in the child.
 * Documents are compact JSON in one table keyed by ``(collection, id)``;
-  queries filter and sort with SQLite's JSON functions. They are written by
-  the standard library's encoder (it refuses NaN and infinities) and read by
-  msgspec's decoder, several times faster, to the same values.
+  queries filter and sort with SQLite's JSON functions. They are written and
+  read by msgspec, several times faster than the standard library, to the
+  same text and values; what msgspec would write differently (NaN, types
+  JSON lacks) goes to the standard encoder, which refuses it (:func:`_encode`).
 * Fields that ordered queries sort on in large collections (the sweep's due
   times: ``ordered_fields``) are also kept in two columns of the document's
   own row (``"r:<field>"``: the type's rank in Firestore's order, ``"v:<field>"``:
@@ -311,16 +312,34 @@ def ensure_ordered(
 def _encode(doc: Doc) -> str:
     """Serialise a document, refusing anything a JSON reader could not load back.
 
-    ``ensure_ascii=False`` keeps non-ASCII keys unescaped, so that JSON paths in
-    queries (compared against the raw key text by SQLite) match them.
+    Non-ASCII text stays unescaped, so that JSON paths in queries (compared
+    against the raw key text by SQLite) match non-ASCII keys; compact separators,
+    so that a key's text is followed by its colon (:func:`_key_probe`).
+
+    msgspec writes it, 2-3x faster than the standard library, and the text is
+    kept when it reads back equal to ``doc``. It is then the standard encoder's
+    text but for the spelling of exponents (``1e16``, ``1e-05``: ``1e+16``,
+    ``1e-05``; the same float). msgspec also writes what JSON has no type
+    for, and NaN as null, but none of those reads back equal: every such
+    document, and all msgspec refuses (str subclasses, keys that are not
+    strings or numbers, lone surrogates), goes to the standard encoder, which
+    writes or refuses it as it always did (NaN, infinities, bytes, sets,
+    dates, ...).
     """
     if not isinstance(doc, dict):
         raise TypeError(f"a document must be a dict, not {type(doc).__name__}")
+    try:
+        raw = _FAST_ENCODE(doc)
+        if _DECODER.decode(raw) == doc:
+            return raw.decode()
+    except Exception:  # the standard encoder decides, and words any refusal
+        pass
     return _ENCODER.encode(doc)
 
 
 # Built once: json.dumps with options builds a new encoder on every call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_FAST_ENCODE = msgspec.json.Encoder().encode
 
 
 def _split_path(path: str) -> tuple[str, str]:
