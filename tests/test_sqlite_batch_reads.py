@@ -1,0 +1,237 @@
+"""SqliteStore.batch() keeps what it read and wrote for re-reads (``_Bodies``).
+
+A batch holds the write lock, so its own writes are the only changes: a re-read
+needs no statement. Each test counts the SELECTs the connection runs, or checks
+every read against a statement that bypasses the kept bodies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dmcore.store import sqlite as sqlite_store
+from dmcore.store.base import AlreadyExists, StoreError, Transaction
+from dmcore.store.sqlite import SqliteStore
+
+
+@pytest.fixture
+def sq(tmp_path: Path) -> Iterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "dm.sqlite")
+    yield s
+    s.close()
+
+
+class _Selects:
+    """Counts the SELECTs of this thread's connection of ``store``."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.n = 0
+        store.connection().set_trace_callback(self._saw)
+
+    def _saw(self, sql: str) -> None:
+        if sql.lstrip().upper().startswith("SELECT"):
+            self.n += 1
+
+
+def _get(store: SqliteStore, path: str) -> Any:
+    return store.transaction(lambda tx: tx.get(path))
+
+
+def _truth(store: SqliteStore, path: str) -> Any:
+    """The document as the connection holds it, not through the kept bodies."""
+    collection, _, doc_id = path.rpartition("/")
+    row = store.connection().execute(sqlite_store._GET, (collection, doc_id)).fetchone()
+    return None if row is None else sqlite_store._decode(row[0])
+
+
+def test_a_batch_rereads_without_a_statement(sq: SqliteStore) -> None:
+    sq.transaction(lambda tx: tx.set("a/1", {"n": 1}))
+    selects = _Selects(sq)
+    _get(sq, "a/1")
+    _get(sq, "a/1")
+    assert selects.n == 2  # outside a batch every read is a statement
+    with sq.batch():
+        selects.n = 0
+        first = _get(sq, "a/1")
+        first["n"] = 99  # the caller's own copy
+        assert _get(sq, "a/1") == {"n": 1}
+        assert sq.get("a/1") == {"n": 1}  # outside a transaction, in the batch: the same
+        assert sq.transaction(lambda tx: tx.get_many(["a/1"])) == {"a/1": {"n": 1}}
+        assert _get(sq, "a/none") is None
+        assert _get(sq, "a/none") is None
+        assert selects.n == 2  # a/1 once, a/none once
+        sq.transaction(lambda tx: tx.set("a/2", {"n": 2}))
+        sq.transaction(lambda tx: (tx.set("a/1", {"n": 3}), tx.delete("a/none")))
+        sq.transaction(lambda tx: tx.delete("a/2"))
+        before = selects.n
+        assert _get(sq, "a/1") == {"n": 3}
+        assert _get(sq, "a/2") is None
+        assert selects.n == before  # what the batch wrote is read back without one
+    assert sq.get("a/1") == {"n": 3}
+
+
+def test_a_batch_forgets_what_it_kept_at_its_end(sq: SqliteStore) -> None:
+    # Another writer (here another store on the file, as another process) changes a
+    # document between two batches of this thread: the second batch reads the change.
+    other = SqliteStore(sq.path)
+    try:
+        sq.transaction(lambda tx: tx.set("a/1", {"n": 1}))
+        with sq.batch():
+            assert _get(sq, "a/1") == {"n": 1}
+        other.transaction(lambda tx: tx.set("a/1", {"n": 2}))
+        with sq.batch():
+            assert _get(sq, "a/1") == {"n": 2}
+        t = threading.Thread(target=lambda: other.transaction(lambda tx: tx.delete("a/1")))
+        t.start()
+        t.join()
+        with sq.batch():
+            assert _get(sq, "a/1") is None
+    finally:
+        other.close()
+
+
+def test_a_rolled_back_batch_leaves_nothing_kept(sq: SqliteStore) -> None:
+    sq.transaction(lambda tx: tx.set("a/1", {"n": 1}))
+    with pytest.raises(RuntimeError), sq.batch():
+        sq.transaction(lambda tx: tx.set("a/1", {"n": 2}))
+        assert _get(sq, "a/1") == {"n": 2}
+        raise RuntimeError("the worker died")
+    with sq.batch():
+        assert _get(sq, "a/1") == {"n": 1}
+
+
+def test_a_failed_transaction_leaves_what_was_kept(sq: SqliteStore) -> None:
+    def boom(tx: Transaction) -> None:
+        tx.set("a/1", {"n": 2})
+        raise RuntimeError("boom")
+
+    sq.transaction(lambda tx: tx.set("a/1", {"n": 1}))
+    with sq.batch():
+        assert _get(sq, "a/1") == {"n": 1}
+        with pytest.raises(RuntimeError):
+            sq.transaction(boom)
+        with pytest.raises(AlreadyExists):
+            sq.transaction(lambda tx: (tx.set("a/3", {"n": 3}), tx.create("a/1", {"n": 9})))
+        assert _get(sq, "a/1") == {"n": 1}
+        assert _get(sq, "a/3") is None
+
+
+def test_a_scope_rolled_back_inside_a_batch_undoes_what_was_kept(sq: SqliteStore) -> None:
+    # A store transaction inside write_scope (not what the local queue does, but
+    # allowed): the scope's savepoint undoes its document writes, and the kept bodies.
+    sq.transaction(lambda tx: tx.set("a/1", {"n": 1}))
+    with sq.batch():
+        assert _get(sq, "a/1") == {"n": 1}
+        with pytest.raises(RuntimeError), sq.write_scope():
+            sq.transaction(lambda tx: tx.set("a/1", {"n": 2}))
+            assert _get(sq, "a/1") == {"n": 2}
+            raise RuntimeError("the scope fails")
+        assert _truth(sq, "a/1") == {"n": 1}
+        assert _get(sq, "a/1") == {"n": 1}
+
+
+def test_a_batch_half_written_reads_what_the_connection_holds(sq: SqliteStore) -> None:
+    # A transaction fails after its documents were written (its joined write fails):
+    # until the batch's rollback, reads agree with the connection.
+    def bad(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+    def half(tx: Transaction) -> None:
+        tx.get("a/1")
+        tx.set("a/1", {"n": 2})
+        sq.join_transaction(tx, bad)
+
+    sq.transaction(lambda tx: tx.set("a/1", {"n": 1}))
+    with pytest.raises(StoreError, match="rolled back"), sq.batch():
+        with pytest.raises(sqlite3.OperationalError):
+            sq.transaction(half)
+        assert _get(sq, "a/1") == _truth(sq, "a/1")
+    assert sq.get("a/1") == {"n": 1}
+
+
+def test_a_statement_failing_mid_write_leaves_nothing_stale(sq: SqliteStore) -> None:
+    # The delete of a/1 is written, then the insert of a/boom fails (a trigger stands
+    # in for an I/O error): a/1 is read as the connection holds it, not as kept.
+    sq.transaction(lambda tx: tx.set("a/1", {"n": 1}))
+    sq.connection().execute(
+        "CREATE TRIGGER boom BEFORE INSERT ON docs WHEN NEW.id = 'boom' "
+        "BEGIN SELECT RAISE(ABORT, 'boom'); END"
+    )
+    with pytest.raises(StoreError, match="rolled back"), sq.batch():
+        assert _get(sq, "a/1") == {"n": 1}
+        with pytest.raises(sqlite3.IntegrityError):
+            sq.transaction(lambda tx: (tx.delete("a/1"), tx.set("a/boom", {"n": 2})))
+        assert _truth(sq, "a/1") is None  # half written, until the batch rolls back
+        assert _get(sq, "a/1") is None
+    assert sq.get("a/1") == {"n": 1}
+
+
+_PATHS = st.sampled_from(["a/1", "a/2", "a/3", "b/1/c/1"])
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["set", "create", "delete", "fail", "get", "get_many", "scope", "end"]),
+        _PATHS,
+        st.integers(0, 3),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_OPS, st.integers(1, 5))
+def test_reads_in_a_batch_agree_with_the_connection(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, str, int]], keep: int
+) -> None:
+    # Any mix of writes, failed transactions, rolled-back scopes and batch ends, with
+    # room for only ``keep`` bodies: every read is what the connection holds.
+    store = SqliteStore(tmp_path_factory.mktemp("b") / "dm.sqlite", durable=False)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(sqlite_store, "BATCH_BODIES", keep)
+
+    def fail(tx: Transaction, path: str, n: int) -> None:
+        tx.get(path)
+        tx.set(path, {"n": n, "failed": True})
+        raise RuntimeError("fails before its commit")
+
+    def step(op: str, path: str, n: int) -> None:
+        if op == "set":
+            store.transaction(lambda tx: tx.set(path, {"n": n}))
+        elif op == "create":
+            with pytest.raises(AlreadyExists) if _truth(store, path) else contextlib.nullcontext():
+                store.transaction(lambda tx: tx.create(path, {"n": n}))
+        elif op == "delete":
+            store.transaction(lambda tx: tx.delete(path))
+        elif op == "fail":
+            with pytest.raises(RuntimeError):
+                store.transaction(lambda tx: fail(tx, path, n))
+        elif op == "get":
+            assert _get(store, path) == _truth(store, path)
+        elif op == "get_many":
+            assert store.get_many([path]) == {path: _truth(store, path)}
+        elif op == "scope":
+            with pytest.raises(RuntimeError), store.write_scope():
+                store.transaction(lambda tx: tx.set(path, {"n": n, "scope": True}))
+                raise RuntimeError("rolled back")
+
+    try:
+        i = 0
+        while i < len(ops):
+            with store.batch():
+                while i < len(ops) and ops[i][0] != "end":
+                    step(*ops[i])
+                    for p in ("a/1", "a/2", "a/3", "b/1/c/1"):
+                        assert _get(store, p) == _truth(store, p)
+                    i += 1
+                i += 1
+    finally:
+        mp.undo()
+        store.close()
