@@ -598,3 +598,39 @@ def test_the_wal_is_checkpointed_at_the_stores_size_not_sqlites_default(tmp_path
     (body,) = conn.execute("SELECT body FROM docs WHERE id = 'a'").fetchone()
     assert json.loads(body) == {"x": 1}
     conn.close()
+
+
+def test_the_wal_shrinks_back_after_a_checkpoint(tmp_path: Path) -> None:
+    """A large write grows the write-ahead log past ``WAL_SIZE_LIMIT``; once it is
+    checkpointed, the next commit cuts it back (SQLite's default keeps it at its
+    largest). Every thread's connection has the limit."""
+    store = SqliteStore(tmp_path / "dm.sqlite", durable=False)
+    wal = tmp_path / "dm.sqlite-wal"
+    try:
+        limits: list[int] = []
+
+        def look() -> None:
+            limits.append(store._conn().execute("PRAGMA journal_size_limit").fetchone()[0])
+
+        look()
+        other = threading.Thread(target=look)
+        other.start()
+        other.join()
+        assert limits == [sqlite_store.WAL_SIZE_LIMIT] * 2
+
+        big = "x" * 4000
+
+        def fill(tx: Transaction) -> None:
+            for i in range(3 * sqlite_store.WAL_SIZE_LIMIT // len(big)):
+                tx.set(f"c/{i}", {"s": big})
+
+        store.transaction(fill)
+        assert wal.stat().st_size > 2 * sqlite_store.WAL_SIZE_LIMIT
+        busy, _, _ = store.connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert busy == 0
+        store.transaction(lambda tx: tx.set("c/after", {"n": 1}))
+        assert wal.stat().st_size <= sqlite_store.WAL_SIZE_LIMIT
+        assert store.get("c/after") == {"n": 1}
+        assert store.get("c/7") == {"s": big}
+    finally:
+        store.close()
