@@ -64,6 +64,7 @@ from dmcore.store.base import (
     BufferedTransaction,
     Contention,
     Doc,
+    PendingWrite,
     ReadAfterWrite,
     Store,
     StoreError,
@@ -563,6 +564,12 @@ class _Bodies(dict[str, str | None]):
             self.clear()
         self[path] = body
 
+    def wrote_many(self, writes: Mapping[str, PendingWrite[_Row]]) -> None:
+        if len(self) + len(writes) > BATCH_BODIES:
+            self.clear()
+        for path, w in writes.items():
+            self[path] = None if w.body is None else w.body[0]
+
 
 def _get(conn: sqlite3.Connection, path: str, bodies: _Bodies | None = None) -> Doc | None:
     if bodies is None:
@@ -818,6 +825,9 @@ class _SqliteTransaction(BufferedTransaction[_Row]):
 
     # -- writes: buffered (BufferedTransaction), serialised as JSON text
 
+    def _check_path(self, path: str) -> None:
+        _split(path)  # check_doc_path's rules, cached: a step mostly writes what it read
+
     def _encode(self, doc: Doc) -> _Row:
         return self._row(_encode(doc), doc)
 
@@ -838,55 +848,61 @@ class _SqliteTransaction(BufferedTransaction[_Row]):
             fn(self._conn)
 
     def _apply_docs(self, buffer: WriteBuffer[_Row]) -> None:
+        writes = buffer.writes
         buffer.check_size(self._store.max_writes)
-        buffer.check_doomed()
-        must_be_absent = buffer.must_be_absent()
-        if must_be_absent:
-            there = sorted(_fetch_bodies(self._conn, must_be_absent))
-            if there:
-                raise AlreadyExists(f"document(s) already exist: {', '.join(there)}")
-        # Rows by statement: create or not, and which ordered fields the document has.
+        # One pass: rows by statement (create or not, and which ordered fields the
+        # document has), deletes, and the paths a create needs absent.
         rows: dict[tuple[bool, tuple[int, ...]], list[tuple[Any, ...]]] = {}
         deletes: list[tuple[str, str]] = []
-        for path, w in buffer.writes.items():
+        absent: list[str] = []
+        doomed = False
+        for path, w in writes.items():
             collection, _, doc_id = path.rpartition("/")
-            if w.body is None:
+            if w.must_be_absent:
+                absent.append(path)
+            if w.doomed:
+                doomed = True
+            b = w.body
+            if b is None:
                 deletes.append((collection, doc_id))
+                continue
+            row = (collection, doc_id, b[0]) if len(b) == 2 else (collection, doc_id, b[0], *b[2:])
+            key = (w.must_be_absent, b[1])
+            group = rows.get(key)
+            if group is None:
+                rows[key] = [row]
             else:
-                b = w.body
-                row = (
-                    (collection, doc_id, b[0])
-                    if len(b) == 2
-                    else (collection, doc_id, b[0], *b[2:])
-                )
-                key = (w.must_be_absent, b[1])
-                group = rows.get(key)
-                if group is None:
-                    rows[key] = [row]
-                else:
-                    group.append(row)
+                group.append(row)
+        if doomed:
+            buffer.check_doomed()
+        if absent:
+            there = sorted(_fetch_bodies(self._conn, absent))
+            if there:
+                raise AlreadyExists(f"document(s) already exist: {', '.join(there)}")
         # Paths are distinct, so the batches commute.
         self._writing = True
         bodies = self._bodies
+        try:
+            if deletes:
+                _execute(self._conn, _DELETE, deletes)
+            for (create, has), group in rows.items():
+                insert, upsert = self._ordered.statements(has)
+                if not create:
+                    _execute(self._conn, upsert, group)
+                    continue
+                try:
+                    _execute(self._conn, insert, group)
+                except sqlite3.IntegrityError as e:  # unreachable under the write lock; a guard
+                    raise AlreadyExists(str(e)) from e
+        except BaseException:
+            if bodies is not None:
+                # Some statements may have written: those paths are read again from
+                # the connection (until the batch, now broken, rolls back).
+                for path in writes:
+                    bodies.pop(path, None)
+            raise
         if bodies is not None:
-            # Forgotten first: should a statement fail, no body read before stays
-            # (the batch is rolled back at its end anyway).
-            for path in buffer.writes:
-                bodies.pop(path, None)
-        if deletes:
-            _execute(self._conn, _DELETE, deletes)
-        for (create, has), group in rows.items():
-            insert, upsert = self._ordered.statements(has)
-            if not create:
-                _execute(self._conn, upsert, group)
-                continue
-            try:
-                _execute(self._conn, insert, group)
-            except sqlite3.IntegrityError as e:  # unreachable under the write lock; kept as a guard
-                raise AlreadyExists(str(e)) from e
-        if bodies is not None:
-            for path, w in buffer.writes.items():
-                bodies.wrote(path, None if w.body is None else w.body[0])
+            bodies.wrote_many(writes)
 
 
 class _Local(threading.local):
