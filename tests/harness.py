@@ -11,6 +11,7 @@ ChaosQueue's tasks from N threads at once, as several function instances would.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import random
@@ -188,6 +189,7 @@ class Harness:
         )
         self.store.max_writes = MAX_COMMIT_WRITES
         self.local: LocalQueue | None = None
+        self._batch_threads: list[concurrent.futures.ThreadPoolExecutor] = []
         self.chaos: ChaosQueue | None = None
         q: TaskQueue
         if queue == "local":
@@ -256,14 +258,16 @@ class Harness:
         """Deliver notifications and run every task due now; returns how many ran.
 
         ``workers`` (default ``self.workers``) > 1: the ChaosQueue's tasks are run
-        by that many threads at once (their order then varies from run to run).
+        by that many threads at once (their order then varies from run to run);
+        the local queue's batches, one at a time, each by one of that many threads
+        (drawn), so that a thread's batch follows commits of other connections.
         """
         workers = self.workers if workers is None else workers
         total = 0
         while total < max_tasks:
             n = self._deliver_inbox()
             if self.local is not None:
-                n += run_batch(self.engine, self.local, 50, self._failed)
+                n += self._local_batch(workers)
             elif workers > 1:
                 n += self._run_concurrently(workers)
             else:
@@ -297,6 +301,19 @@ class Harness:
             self.chaos.retry(task, delivery, self.clock() + int(backoff(delivery) * 1e6))
         else:
             self.chaos.maybe_duplicate(task, delivery)
+
+    def _local_batch(self, workers: int) -> int:
+        """One batch of the local queue, here or (``workers`` > 1) on a drawn thread of
+        a pool that lives as long as the harness."""
+        assert self.local is not None
+        if workers <= 1:
+            return run_batch(self.engine, self.local, 50, self._failed)
+        while len(self._batch_threads) < workers:
+            self._batch_threads.append(
+                concurrent.futures.ThreadPoolExecutor(1, f"batch-{len(self._batch_threads)}")
+            )
+        pool = self._batch_threads[self.rng.randrange(workers)]
+        return pool.submit(run_batch, self.engine, self.local, 50, self._failed).result()
 
     def _run_concurrently(self, workers: int) -> int:
         """Run the ChaosQueue's due tasks from ``workers`` threads until none is due."""
@@ -410,6 +427,8 @@ class Harness:
         return r
 
     def close(self) -> None:
+        for pool in self._batch_threads:
+            pool.shutdown()
         if self.local:
             self.local.close()
         self.store.close()
