@@ -22,7 +22,10 @@ Why this shape:
   the embedded worker runs a leased batch of tasks in one. Other tables in the
   same file (the local queue) can join a batch and a transaction
   (:meth:`SqliteStore.write_scope`, :meth:`SqliteStore.join_transaction`), so
-  a step and the tasks it queues commit together.
+  a step and the tasks it queues commit together. A batch keeps the bodies it
+  read and wrote for re-reads, and the thread's next batch takes them up while
+  nothing else was written (:class:`_Bodies`): a step re-reads what the steps
+  before it read or wrote, and under the write lock nobody else writes.
 * One connection per thread (``threading.local``); connections are never
   shared between threads, they are only closed from elsewhere by :meth:`close`.
   Do not carry a store across ``fork``: make a new one in the child.
