@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,48 +94,65 @@ def test_the_next_batch_rereads_without_a_statement(sq: SqliteStore) -> None:
         assert selects.n == before
 
 
+def _in_thread(fn: Callable[[], object]) -> None:
+    t = threading.Thread(target=fn)
+    t.start()
+    t.join()
+
+
+def _each_write_is_read_by_the_next_batch(
+    sq: SqliteStore, writes: list[tuple[Callable[[], object], Any]]
+) -> None:
+    """a/1 kept by a batch, then each ``write`` outside one: the next batch reads ``want``."""
+    sq.transaction(lambda tx: tx.set("a/1", {"n": 0}))
+    for write, want in writes:
+        with sq.batch():
+            _get(sq, "a/1")
+        write()
+        with sq.batch():
+            assert _get(sq, "a/1") == want
+
+
 def test_a_batch_forgets_what_another_connection_wrote_over(sq: SqliteStore) -> None:
     # Another writer (here another store on the file, as another process; then another
-    # thread of it) changes a document between two batches of this thread: the second
-    # batch reads the change.
+    # thread of either) changes a document between two batches of this thread.
     other = SqliteStore(sq.path)
     try:
-        sq.transaction(lambda tx: tx.set("a/1", {"n": 1}))
-        with sq.batch():
-            assert _get(sq, "a/1") == {"n": 1}
-        other.transaction(lambda tx: tx.set("a/1", {"n": 2}))
-        with sq.batch():
-            assert _get(sq, "a/1") == {"n": 2}
-        t = threading.Thread(target=lambda: other.transaction(lambda tx: tx.delete("a/1")))
-        t.start()
-        t.join()
-        with sq.batch():
-            assert _get(sq, "a/1") is None
-        t = threading.Thread(target=lambda: sq.transaction(lambda tx: tx.set("a/1", {"n": 3})))
-        t.start()
-        t.join()
-        with sq.batch():
-            assert _get(sq, "a/1") == {"n": 3}
+        _each_write_is_read_by_the_next_batch(
+            sq,
+            [
+                (lambda: other.transaction(lambda tx: tx.set("a/1", {"n": 2})), {"n": 2}),
+                (lambda: _in_thread(lambda: other.transaction(lambda tx: tx.delete("a/1"))), None),
+                (
+                    lambda: _in_thread(lambda: sq.transaction(lambda tx: tx.set("a/1", {"n": 3}))),
+                    {"n": 3},
+                ),
+            ],
+        )
     finally:
         other.close()
 
 
+def _write_by_hand(sq: SqliteStore, n: int, scope: bool) -> None:
+    body = f'{{"n":{n}}}'
+    if scope:
+        with sq.write_scope() as conn:
+            conn.execute("UPDATE docs SET body = ? WHERE id = '1'", (body,))
+    else:
+        sq.connection().execute("UPDATE docs SET body = ? WHERE id = '1'", (body,))
+
+
 def test_a_batch_forgets_what_its_own_connection_wrote_over(sq: SqliteStore) -> None:
     # This thread writes outside a batch: by a transaction, through write_scope, or
-    # by hand through its connection. The next batch reads the change.
-    sq.transaction(lambda tx: tx.set("a/1", {"n": 1}))
-    with sq.batch():
-        assert _get(sq, "a/1") == {"n": 1}
-    sq.transaction(lambda tx: tx.set("a/1", {"n": 2}))
-    with sq.batch():
-        assert _get(sq, "a/1") == {"n": 2}
-    with sq.write_scope() as conn:
-        conn.execute("UPDATE docs SET body = '{\"n\":3}' WHERE id = '1'")
-    with sq.batch():
-        assert _get(sq, "a/1") == {"n": 3}
-    sq.connection().execute("UPDATE docs SET body = '{\"n\":4}' WHERE id = '1'")
-    with sq.batch():
-        assert _get(sq, "a/1") == {"n": 4}
+    # by hand through its connection.
+    _each_write_is_read_by_the_next_batch(
+        sq,
+        [
+            (lambda: sq.transaction(lambda tx: tx.set("a/1", {"n": 2})), {"n": 2}),
+            (lambda: _write_by_hand(sq, 3, scope=True), {"n": 3}),
+            (lambda: _write_by_hand(sq, 4, scope=False), {"n": 4}),
+        ],
+    )
 
 
 def test_a_rolled_back_batch_leaves_nothing_kept(sq: SqliteStore) -> None:

@@ -574,20 +574,26 @@ def test_path_split_refuses_what_check_doc_path_refuses(path: str) -> None:
         assert _split_path(path) == tuple(path.rsplit("/", 1))
 
 
+def _pragma_of_two_threads(store: SqliteStore, pragma: str) -> list[int]:
+    """``pragma`` on this thread's connection of ``store``, then on another thread's."""
+    seen: list[int] = []
+
+    def look() -> None:
+        seen.append(store._conn().execute(f"PRAGMA {pragma}").fetchone()[0])
+
+    look()
+    other = threading.Thread(target=look)
+    other.start()
+    other.join()
+    return seen
+
+
 def test_the_wal_is_checkpointed_at_the_stores_size_not_sqlites_default(tmp_path: Path) -> None:
     """Every connection of the store (each thread's) checkpoints its write-ahead log
     at ``WAL_CHECKPOINT_PAGES``, and commits still reach the database file then."""
     store = SqliteStore(tmp_path / "dm.sqlite")
     try:
-        seen: list[int] = []
-
-        def look() -> None:
-            seen.append(store._conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0])
-
-        look()
-        other = threading.Thread(target=look)
-        other.start()
-        other.join()
+        seen = _pragma_of_two_threads(store, "wal_autocheckpoint")
         assert seen == [sqlite_store.WAL_CHECKPOINT_PAGES] * 2
         assert sqlite_store.WAL_CHECKPOINT_PAGES > 1000  # SQLite's default
         store.transaction(lambda tx: tx.set("c/a", {"x": 1}))
@@ -607,15 +613,7 @@ def test_the_wal_shrinks_back_after_a_checkpoint(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "dm.sqlite", durable=False)
     wal = tmp_path / "dm.sqlite-wal"
     try:
-        limits: list[int] = []
-
-        def look() -> None:
-            limits.append(store._conn().execute("PRAGMA journal_size_limit").fetchone()[0])
-
-        look()
-        other = threading.Thread(target=look)
-        other.start()
-        other.join()
+        limits = _pragma_of_two_threads(store, "journal_size_limit")
         assert limits == [sqlite_store.WAL_SIZE_LIMIT] * 2
 
         big = "x" * 4000
