@@ -113,6 +113,22 @@ def _each_write_is_read_by_the_next_batch(
             assert _get(sq, "a/1") == want
 
 
+def test_past_its_room_a_batch_keeps_the_latest(
+    sq: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "BATCH_BODIES", 4)
+    sq.transaction(lambda tx: [tx.set(f"a/{i}", {"n": i}) for i in range(6)])
+    selects = _Selects(sq)
+    with sq.batch():
+        for i in range(6):
+            assert _get(sq, f"a/{i}") == {"n": i}
+        assert selects.n == 6
+        assert _get(sq, "a/5") == {"n": 5}  # the latest stay
+        assert selects.n == 6
+        assert _get(sq, "a/0") == {"n": 0}  # the oldest went
+        assert selects.n == 7
+
+
 def test_a_batch_forgets_what_another_connection_wrote_over(sq: SqliteStore) -> None:
     # Another writer (here another store on the file, as another process; then another
     # thread of either) changes a document between two batches of this thread.

@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -546,7 +547,7 @@ def _fetch_bodies(conn: sqlite3.Connection, paths: Iterable[str]) -> dict[str, s
 
 
 BATCH_BODIES = 20_000
-"""Bodies a batch keeps for re-reads (:class:`_Bodies`); past that it starts afresh."""
+"""Bodies a thread's batches keep for re-reads (:class:`_Bodies`), some 20 MB at most."""
 
 
 class _Bodies(dict[str, str | None]):
@@ -589,14 +590,19 @@ class _Bodies(dict[str, str | None]):
         self.total_changes = conn.total_changes
         return self
 
+    def _room(self, n: int) -> None:
+        """Room for ``n`` more: past ``BATCH_BODIES`` the older half goes (in the order
+        first read or written; later steps mostly re-read what the last ones touched)."""
+        if len(self) + n > BATCH_BODIES:
+            for path in list(itertools.islice(self, len(self) // 2 + n)):
+                del self[path]
+
     def wrote(self, path: str, body: str | None) -> None:
-        if len(self) >= BATCH_BODIES:
-            self.clear()
+        self._room(1)
         self[path] = body
 
     def wrote_many(self, writes: Mapping[str, PendingWrite[_Row]]) -> None:
-        if len(self) + len(writes) > BATCH_BODIES:
-            self.clear()
+        self._room(len(writes))
         for path, w in writes.items():
             self[path] = None if w.body is None else w.body[0]
 
