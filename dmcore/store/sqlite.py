@@ -546,8 +546,10 @@ def _fetch_bodies(conn: sqlite3.Connection, paths: Iterable[str]) -> dict[str, s
     return out
 
 
-BATCH_BODIES = 20_000
-"""Bodies a thread's batches keep for re-reads (:class:`_Bodies`), some 20 MB at most."""
+BATCH_BODIES = 100_000
+"""Bodies a thread's batches keep for re-reads (:class:`_Bodies`). A fan-in of 10,000
+keeps its whole graph (100,000 documents, 15 MiB more peak RSS) and reads 4 documents
+an execution from SQLite, as a fan-in of 1,000 does; at 20,000 it read 7.5."""
 
 
 class _Bodies(dict[str, str | None]):
