@@ -276,6 +276,52 @@ def test_distributors_are_called_outside_the_batch_unless_in_process(
         )
         assert sorted(what for what, _ in CALLS) == EVERY_CALL
         assert {held for _, held in CALLS} == {in_process}
+        for q in qids:
+            att = emb.store.get(f"attempts/{q}|fffffffe")
+            assert att is not None
+            # The claim to run (with the first try's time) is written only where
+            # the batch does not hold the run to its record.
+            assert ("run_first_us" in att["ex"]) is not in_process
+            assert "run_claim" not in att["ex"]
+    finally:
+        emb.close()
+
+
+class _FlakyRun(jobsim.JobsimDistributor):
+    """jobsim whose D.run fails transiently the first time for each execution."""
+
+    failed: ClassVar[list[str]] = []
+
+    def run(
+        self,
+        desc: dm_pb2.Quest.Desc,
+        auth: dm_pb2.Execution.Auth,
+        prev_result: dm_pb2.JsonResult | None,
+    ) -> dist.Started:
+        eid = str(auth.id)
+        if eid not in _FlakyRun.failed:
+            _FlakyRun.failed.append(eid)
+            raise dist.TransientError("pool busy")
+        return super().run(desc, auth, prev_result)
+
+
+def test_a_run_held_by_the_batch_that_fails_transiently_is_tried_again(tmp_path: Path) -> None:
+    """Claimed without a write (the batch holds it), a run that fails transiently is
+    recorded as a failed try (with the first try's time, for the outage window) and
+    tried again after its backoff."""
+    registry = build_registry(CONFIG)
+    registry.register("jobsim", jobsim_pb2.Config, _FlakyRun, in_process=True)
+    _FlakyRun.failed.clear()
+    emb = Embedded(tmp_path, registry)
+    try:
+        qid = _ensure(emb, "flaky-run", 4)
+        assert run_batch(emb.engine, emb.queue, 100) == 1
+        att = emb.store.get(f"attempts/{qid}|fffffffe")
+        assert att is not None
+        assert att["ex"]["run_errors"] == 1 and att["ex"]["run_first_us"] > 0
+        assert att["ex"]["dist_token"] == ""
+        assert emb.drive(lambda: _state(emb, qid) == AttemptState.FINISHED, timeout_s=60)
+        assert len(_FlakyRun.failed) == 1
     finally:
         emb.close()
 

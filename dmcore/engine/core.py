@@ -125,6 +125,9 @@ class _BatchState(threading.local):
     (follow-up mutations; runs and tasks of in-process distributors)."""
 
     steps: collections.deque[Mutation | Action] | None = None
+    held_runs: set[str] | None = None
+    """Executions whose D.run this thread is making under the open batch's hold
+    (:meth:`Engine.holding_run`)."""
     delivers: bool = False
     """The open batch delivers queued tasks (a worker's, not an API call's): only then
     do runs and tasks of in-process distributors join it. An API call returns once
@@ -316,12 +319,14 @@ class Engine:
             return
         with self.store.batch():
             state.steps = collections.deque()  # run first in, first out
+            state.held_runs = set()
             state.delivers = False
             try:
                 yield
                 self._run_inline(state.steps)
             finally:
                 state.steps = None
+                state.held_runs = None
                 state.delivers = False
 
     def _run_inline(self, waiting: collections.deque[Mutation | Action]) -> None:
@@ -433,6 +438,35 @@ class Engine:
             return self.settings.max_inline, INLINE_WRITE_BUDGET
         room = INLINE_ROOM * docs_cap
         return max(self.settings.max_inline, room), max(INLINE_WRITE_BUDGET, room)
+
+    def batch_holds_run(self, kind: str) -> bool:
+        """Whether a D.run of a distributor of ``kind`` made now is held by the open batch.
+
+        Inside a batch this thread holds the store's write lock to the commit, and
+        everything an in-process distributor does lands in that same commit (or is
+        rolled back with it). No other delivery can then claim the run between the
+        claim's read and the run's record: the claim need not be written (one write
+        of the attempt less per execution in the embedded worker).
+        """
+        return self._batch.steps is not None and self.registry.in_process(kind)
+
+    def run_held(self, eid: str) -> bool:
+        """Whether this thread is inside D.run of execution ``eid`` under the batch's hold
+        (a duplicate delivered from inside that call must not run it again)."""
+        held = self._batch.held_runs
+        return held is not None and eid in held
+
+    @contextlib.contextmanager
+    def holding_run(self, eid: str) -> Iterator[None]:
+        """Mark D.run of ``eid``, claimed without a write (:meth:`batch_holds_run`), as
+        under way for the block."""
+        held = self._batch.held_runs
+        assert held is not None, "a held run is made inside a batch"
+        held.add(eid)
+        try:
+            yield
+        finally:
+            held.discard(eid)
 
     def _runs_in_process(self, uow: Uow, item: Action) -> bool:
         """Whether ``item`` is the run, due now, of an execution whose distributor is

@@ -223,6 +223,17 @@ def run_execution(step: steps.RunExecution, engine: Engine, delivery: int) -> No
     engine.run(claim)
     if claim.outcome != "run":
         return
+    if claim.claim:
+        _run_claimed(step, eid, engine, claim)
+    else:
+        with engine.holding_run(step.eid):
+            _run_claimed(step, eid, engine, claim)
+
+
+def _run_claimed(
+    step: steps.RunExecution, eid: ExecutionID, engine: Engine, claim: steps.ClaimRun
+) -> None:
+    """D.run, once claimed; then record how it went."""
     assert claim.config is not None
     desc = engine.quest_desc(eid.quest)
     assert desc is not None
@@ -310,6 +321,17 @@ def claim_run(step: steps.ClaimRun, ctx: Ctx) -> list[Step | Later]:
         # retry is queued for then already (the same task name).
         step.outcome = "busy"
         return [_run_later(step, not_before)]
+    if not held and ctx.engine.batch_holds_run(str(ex["config"].get("kind", ""))):
+        # The open batch holds the write lock until the run is recorded, in its
+        # commit: no other delivery can claim meanwhile, so nothing is written
+        # (RunFailed records the first try's time, should the run fail).
+        if ctx.engine.run_held(step.eid):
+            # A duplicate delivered from inside that very D.run: as if it found a claim.
+            step.outcome = "busy"
+            return [_run_later(step, ctx.now_us + ctx.engine.settings.run_lease_us)]
+        step.claim = ""
+        step.outcome = "run"
+        return []
     ex["run_claim"] = {"id": step.claim, "until_us": ctx.now_us + ctx.engine.settings.run_lease_us}
     if not ex.get("run_first_us"):
         ex["run_first_us"] = ctx.now_us  # the outage window counts from here
@@ -326,9 +348,13 @@ def run_failed(step: steps.RunFailed, ctx: Ctx) -> list[Step | Later]:
         return []
     assert ex is not None
     held = ex.get("run_claim")
-    if held is None or held["id"] != step.claim:
-        return []  # our claim ran out and another delivery took over
-    del ex["run_claim"]
+    if step.claim:
+        if held is None or held["id"] != step.claim:
+            return []  # our claim ran out and another delivery took over
+        del ex["run_claim"]
+    elif held is not None:
+        return []  # unreachable while the batch held the run (ClaimRun); never steal
+    ex.setdefault("run_first_us", ctx.now_us)  # a held run's claim did not record it
     errors = int(ex.get("run_errors", 0)) + 1
     ex["run_errors"] = errors
     put_execution(ctx, eid, ex)  # the Uow writes ex as it is at the end

@@ -120,7 +120,9 @@ class ClaimRun(Mutation):
     Sets ``outcome``: "run" (claimed), "done" (run already, or no longer needed)
     or "busy" (another delivery holds the claim: tried again when it expires);
     and, read in the same transaction for the caller, the execution's
-    ``config`` snapshot and the attempt's ``last_ok_execution``.
+    ``config`` snapshot and the attempt's ``last_ok_execution``. A run the open
+    batch holds (:meth:`Engine.batch_holds_run`) is claimed without a write: then
+    ``claim`` is set to "".
     """
 
     KIND = "ClaimRun"
