@@ -735,6 +735,44 @@ def test_duplicate_task_delivery_is_harmless(lh: Harness) -> None:
     assert d.handle_task_queue_task(dist.TaskRequest(tok.encode())) == []
 
 
+def test_a_job_that_only_finishes_plays_unclaimed_and_a_second_play_ends_alike(
+    lh: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No claim is written for a job that only finishes: another delivery meanwhile
+    (another worker) plays it too, with the same result, and the task ends once."""
+    d = _distributor(lh)
+    inner = jobsim._Job.finish
+    nested: list[list[dist.Notification]] = []
+    seen: list[str] = []
+
+    def finish_twice(self: Any, **kw: Any) -> Any:
+        tok = f"p|{self.eid}"
+        if not seen:
+            seen.append(task(lh, self.eid)["status"])
+            nested.append(d.handle_task_queue_task(dist.TaskRequest(tok.encode())))
+        return inner(self, **kw)
+
+    monkeypatch.setattr(jobsim._Job, "finish", finish_twice)
+    for phrase in (
+        {"name": "only-finishes", "stages": [{"failure": {"chance": 0}}]},
+        {"name": "stalls-first", "stages": [{"stall": {"delay": "0s"}}]},
+    ):
+        nested.clear()
+        seen.clear()
+        aid, result = play(lh, phrase)
+        assert result == {"success": True, "value": 1}
+        assert task(lh, aid.execution(1))["status"] == jobsim.FINISHED
+        assert lh.failures == []
+        if phrase["name"] == "only-finishes":
+            # Played from runnable: the second delivery played it too and reported.
+            assert seen == [jobsim.RUNNABLE]
+            assert [json.loads(n.data)["Status"] for n in nested[0]] == ["finished"]
+        else:
+            # A job that activates is claimed: the second delivery found it running.
+            assert seen == [jobsim.RUNNING]
+            assert nested[0] == []
+
+
 def test_many_duplicates_on_the_chaos_queue(tmp_path: pathlib.Path) -> None:
     h = bench(tmp_path, "chaos", seed=3, chaos=Chaos(duplicate=0.9, delay=0.5, fail_dispatch=0.2))
     try:

@@ -139,6 +139,14 @@ def check_phrase(p: config_pb2.Phrase, where: str = "phrase") -> None:
                 check_phrase(dep.phrase, f"{wd}.phrase")
 
 
+def only_finishes(p: config_pb2.Phrase) -> bool:
+    """Whether a job of ``p`` only finishes (failure stages at most): it asks dm one
+    thing, FinishAttempt with the activation token, and plays alike however often it
+    is played (its failure rolls are seeded), so a repeated play finishes with the
+    same result (accepted again by dm) and needs no claim."""
+    return all(s.WhichOneof("stage_type") == "failure" for s in p.stages)
+
+
 def expand_range(r: config_pb2.SparseRange, where: str = "attempts") -> list[int]:
     """The attempt numbers of a SparseRange (inclusive ranges, strictly increasing; [] -> [1])."""
     if not r.items:
@@ -741,7 +749,9 @@ class JobsimDistributor(dist.D):
 
         Deliveries are at least once: only the delivery that moves the task
         out of ``runnable`` (or the matching wake-up of a ``stalled`` task)
-        plays the job; a redelivery of the one that ended it reports again.
+        plays the job; a redelivery of the one that ended it reports again. A
+        job that only finishes (:func:`only_finishes`) is played unclaimed, by
+        whichever delivery finds it ``runnable``: every play ends alike.
         """
         task_id, wake = _parse_body(request.body)
         path = task_path(task_id)
@@ -753,6 +763,11 @@ class JobsimDistributor(dist.D):
             if doc is None:
                 return "unknown"
             st = doc["status"]
+            if st == RUNNABLE and wake == 0 and only_finishes(parse_phrase(str(doc["phrase"]))):
+                # Played without a claim (one write less): a concurrent play finishes
+                # alike, and whichever records first ends the task (_finish).
+                claimed.update(doc)
+                return "run"
             if (st == RUNNABLE and wake == 0) or (st == STALLED and wake == doc["wake"]):
                 claimed.update(doc, status=RUNNING)
                 tx.set(path, claimed)
@@ -848,10 +863,11 @@ class JobsimDistributor(dist.D):
     def _finish(
         self, path: str, status: str, *, state: str = "", reason: str = "", notify: bool = True
     ) -> dict[str, Any]:
-        """Record how the job ended (unless it was cancelled meanwhile)."""
+        """Record how the job ended (unless it was cancelled, or ended by another play,
+        meanwhile). A job that only finishes was played from ``runnable``, unclaimed."""
 
         def end(d: dict[str, Any]) -> dict[str, Any] | None:
-            if d["status"] != RUNNING:
+            if d["status"] != RUNNING and not (d["status"] == RUNNABLE and d["wake"] == 0):
                 return None
             new = {**d, "status": status, "reason": reason, "notify": notify}
             if state:
