@@ -21,7 +21,7 @@ from dmcore.runtime.embedded import QUEST_CACHE, Embedded, build_registry, run_b
 from dmcore.service import DECLARE_CHUNK, Caller, Service
 from dmcore.states import AttemptState
 from dmcore.store import sqlite as sqlite_store
-from dmcore.store.base import MAX_COMMIT_WRITES
+from dmcore.store.base import MAX_COMMIT_WRITES, BufferedTransaction
 from tests.lock_watch import watched
 
 CONFIG = {"distributor_configs": {"jobsim": {"jobsim": {"pool": "t"}}}}
@@ -241,6 +241,52 @@ def test_no_delete_of_records_that_were_never_written(tmp_path: Path) -> None:
         assert deletes == []
         assert emb.store.query("attempts", order_by="timer_due_us") == []
         assert emb.store.query("attempts", order_by="poll_due_us") == []
+    finally:
+        emb.close()
+
+
+def test_a_leafs_execution_in_the_worker_batch_reads_and_writes_its_attempt_so_often(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The documents a jobsim leaf's execution asks of the store in the embedded worker
+    (counts are deterministic): its attempt is read by the claim, RecordRun,
+    FinishAttempt and FinishExecution, and written by the last three (the claim, held
+    by the batch, writes nothing; the notification is handled without reading it
+    first); jobsim's task is read thrice and written twice (a job that only finishes
+    is not claimed)."""
+    reads: list[str] = []
+    writes: list[str] = []
+    tx_get, store_get = sqlite_store._SqliteTransaction.get, sqlite_store.SqliteStore.get
+    tx_set, tx_create = BufferedTransaction.set, BufferedTransaction.create
+
+    def read(get: Any) -> Any:
+        def counted(self: Any, path: str) -> Any:
+            reads.append(path)
+            return get(self, path)
+
+        return counted
+
+    def write(put: Any) -> Any:
+        def counted(self: Any, path: str, doc: Any) -> Any:
+            writes.append(path)
+            return put(self, path, doc)
+
+        return counted
+
+    emb = Embedded(tmp_path, build_registry(CONFIG))
+    try:
+        qid = _ensure(emb, "counted", 3)
+        monkeypatch.setattr(sqlite_store._SqliteTransaction, "get", read(tx_get))
+        monkeypatch.setattr(sqlite_store.SqliteStore, "get", read(store_get))
+        monkeypatch.setattr(BufferedTransaction, "set", write(tx_set))
+        monkeypatch.setattr(BufferedTransaction, "create", write(tx_create))
+        assert run_batch(emb.engine, emb.queue, 100) == 1
+        monkeypatch.undo()
+        assert _state(emb, qid) == AttemptState.FINISHED
+        attempt = f"attempts/{qid}|fffffffe"
+        assert (reads.count(attempt), writes.count(attempt)) == (4, 3)
+        tasks = [p for p in reads if p.startswith(jobsim.TASKS + "/")]
+        assert (len(tasks), len([p for p in writes if p.startswith(jobsim.TASKS + "/")])) == (3, 2)
     finally:
         emb.close()
 
