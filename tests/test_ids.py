@@ -165,6 +165,17 @@ def test_attempt_encoding_sorts_newest_first() -> None:
     assert str(a1) == f"{q}|1" and ids.AttemptID.parse(str(a1)) == a1
 
 
+def test_decoded_attempt_ids_are_kept_and_bad_keys_refused_each_time() -> None:
+    q = ids.quest_id(_desc('{"kept": 1}'))
+    key = ids.AttemptID(q, 7).encoded
+    first = ids.AttemptID.decode(key)
+    assert first == ids.AttemptID(q, 7) and ids.AttemptID.decode(key) is first
+    for bad in (f"{q}|ffffffff", f"{q}|zzzzzzzz", q):  # attempt 0, not hex, no number
+        for _ in range(2):  # a refusal is not remembered as an answer
+            with pytest.raises(InvalidArgument, match="attempt"):
+                ids.AttemptID.decode(bad)
+
+
 def test_execution_ids() -> None:
     q = ids.quest_id(_desc("{}"))
     e = ids.ExecutionID(q, 3, 2)
