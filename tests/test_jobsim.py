@@ -629,8 +629,10 @@ def test_run_is_idempotent_per_execution(lh: Harness) -> None:
     b = d.run(desc, _fake_auth(), None)
     assert a == b == dist.Started(f"p|{'A' * 43}|1|1", a.poll_timeout)
     assert a.poll_timeout.total_seconds() == 0
-    # Queued under the task's name each time: the queue keeps one task.
-    assert calls == [(a.token.encode(), a.token)] * 2
+    # Queued under the task's name each time: the queue keeps one task. A job that only
+    # finishes travels in its body (its delivery reads nothing).
+    assert [name for _, name in calls] == [a.token] * 2 and calls[0][0] == calls[1][0]
+    assert json.loads(calls[0][0])["task"] == a.token
     assert lh.local is not None
     assert [lt.task.target for lt in lh.local.lease(10)] == ["distributor/jobsim"]
     assert "/" not in jobsim.task_path("x/y|z").split("/", 1)[1]
@@ -771,6 +773,34 @@ def test_a_job_that_only_finishes_plays_unclaimed_and_a_second_play_ends_alike(
             # A job that activates is claimed: the second delivery found it running.
             assert seen == [jobsim.RUNNING]
             assert nested[0] == []
+
+
+def test_a_job_that_only_finishes_is_played_from_its_task_body(lh: Harness) -> None:
+    """Its task carries the job (nothing read to play it); a delivery after its end plays
+    it again to the same result, which dm accepts, and reports again; nothing changes."""
+    bodies: list[bytes] = []
+    inner = lh.registry.enqueue_task
+    assert inner is not None
+
+    def keep(config: dist.Snapshot, body: bytes, delay: float, name: str | None) -> None:
+        bodies.append(body)
+        inner(config, body, delay, name)
+
+    lh.registry.enqueue_task = keep
+    aid, result = play(lh, {"name": "carried", "return_stage": {"retval": 6}})
+    assert result == {"success": True, "value": 6}
+    (body,) = bodies
+    carried = json.loads(body)
+    assert carried["task"] == f"p|{aid.execution(1)}"
+    assert set(carried["play"]) == set(jobsim.PLAYED)
+    before = (lh.attempt(aid), task(lh, aid.execution(1)))
+    notes = _distributor(lh).handle_task_queue_task(dist.TaskRequest(body))
+    assert [json.loads(n.data)["Status"] for n in notes] == ["finished"]
+    assert (lh.attempt(aid), task(lh, aid.execution(1))) == before
+    assert lh.failures == []
+    # Bodies naming a task only still read as such, even one whose pool starts with "{".
+    assert jobsim._parse_body(b"{p|q|1|1") == ("{p|q|1|1", 0, None)
+    assert jobsim._parse_body(b'{"task": "p|q|1|1"}\n2') == ('{"task": "p|q|1|1"}', 2, None)
 
 
 def test_many_duplicates_on_the_chaos_queue(tmp_path: pathlib.Path) -> None:

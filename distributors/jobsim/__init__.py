@@ -6,6 +6,9 @@ stores a task (collection ``jobsim_tasks`` of dm's store) and queues it on
 dm's task queue; the queued task *is* the remote worker: it plays the job as
 a real dm client (``Config.client()``), then reports the end through one
 notification (or, with ``do_pollback``, waits for dm to poll ``get_status``).
+A job that only finishes (failure stages at most) plays alike however often it
+is played: its task carries it in its body and is played unclaimed, so its
+record is written twice (stored, ended) and read by those two writes only.
 
 Everything is deterministic given the phrase and dm's clock, so tests can
 compute outcomes independently:
@@ -611,13 +614,32 @@ def _body(task_id: str, wake: int) -> bytes:
     return task_id.encode() if wake == 0 else f"{task_id}\n{wake}".encode()
 
 
-def _parse_body(body: bytes) -> tuple[str, int]:
-    """A task body: the task ID, then (wake-ups after a stall) a newline and the ticket number."""
+PLAYED = ("eid", "state", "activation", "phrase", "config")
+"""The fields of a task a job that only finishes is played from (carried in its body)."""
+
+
+def _play_body(doc: Mapping[str, Any]) -> bytes:
+    """The body of the task of a job that only finishes: the task and what playing it
+    needs, so that its delivery reads nothing (one read and transaction less)."""
+    return json.dumps({"task": doc["id"], "play": {k: doc[k] for k in PLAYED}}).encode()
+
+
+def _parse_body(body: bytes) -> tuple[str, int, dict[str, Any] | None]:
+    """A task body: the task ID, then (wake-ups after a stall) a newline and the ticket
+    number; or (:func:`_play_body`) a JSON object with the task ID and the job to play."""
     text = body.decode(errors="replace")
+    if text.startswith("{"):
+        try:
+            obj = json.loads(text)
+            task_id, play = obj["task"], obj["play"]
+            if isinstance(task_id, str) and all(isinstance(play.get(k), str) for k in PLAYED):
+                return task_id, 0, {"id": task_id, **{k: play[k] for k in PLAYED}}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass  # not one: a task ID that starts with "{"
     head, sep, tail = text.rpartition("\n")
     if sep and tail.isdigit():
-        return head, int(tail)
-    return text, 0
+        return head, int(tail), None
+    return text, 0, None
 
 
 def _abnormal(status: dm_pb2.AbnormalFinish.Status, reason: str) -> dm_pb2.Result:
@@ -674,7 +696,7 @@ class JobsimDistributor(dist.D):
         prev_result: dm_pb2.JsonResult | None,
     ) -> dist.Started:
         """Store the task and queue it (once per execution ID); a bad phrase is a ValueError."""
-        parse_phrase(desc.parameters)
+        phrase = parse_phrase(desc.parameters)
         eid = ExecutionID.from_proto(auth.id)
         task_id = self.token_of(eid)
         path = task_path(task_id)
@@ -705,7 +727,8 @@ class JobsimDistributor(dist.D):
         if doc["status"] == RUNNABLE and doc["wake"] == 0:
             # Queued after the commit, under the task's name: a failure here is
             # retried by dm (run again), and a repeated run queues no second task.
-            self._enqueue(_body(task_id, 0), name=task_id)
+            body = _play_body(doc) if only_finishes(phrase) else _body(task_id, 0)
+            self._enqueue(body, name=task_id)
         if self.conf.do_pollback:
             return dist.Started(task_id, poll_timeout=POLLBACK, poll_interval=POLLBACK)
         return dist.Started(task_id)
@@ -751,9 +774,11 @@ class JobsimDistributor(dist.D):
         out of ``runnable`` (or the matching wake-up of a ``stalled`` task)
         plays the job; a redelivery of the one that ended it reports again. A
         job that only finishes (:func:`only_finishes`) is played unclaimed, by
-        whichever delivery finds it ``runnable``: every play ends alike.
+        every delivery (from its body, nothing read) or by one that finds it
+        ``runnable`` (a body naming the task only): every play ends alike, and
+        the first to record its end ends the task.
         """
-        task_id, wake = _parse_body(request.body)
+        task_id, wake, carried = _parse_body(request.body)
         path = task_path(task_id)
         client = self.cfg.client()
         claimed: dict[str, Any] = {}
@@ -779,7 +804,10 @@ class JobsimDistributor(dist.D):
                 return "notify"
             return "skip"
 
-        what = self._tx(claim)
+        if carried is not None and only_finishes(parse_phrase(carried["phrase"])):
+            claimed, what = carried, "run"
+        else:
+            what = self._tx(claim)
         if what == "unknown":
             log.warning("jobsim: task %r unknown, dropped", task_id)
         if what == "requeue":
@@ -801,12 +829,11 @@ class JobsimDistributor(dist.D):
                 state=state,
                 config_name=str(doc["config"]),
             )
-            token = base64.b64decode(doc["exec_token"]) if doc["exec_token"] else None
+            token = base64.b64decode(doc["exec_token"]) if doc.get("exec_token") else None
             outcome = job.run(token)
         except Exception as e:  # the job broke: the execution FAILED
             log.warning("jobsim %s: job failed", eid, exc_info=True)
-            doc = self._finish(path, FAILED, reason=f"{type(e).__name__}: {e}")
-            return self._notes(doc)
+            return self._notes(self._finish(path, FAILED, reason=f"{type(e).__name__}: {e}"))
         if isinstance(outcome, _Refused):
             self._finish(path, FAILED, reason=outcome.reason, notify=False)
             return []
@@ -823,8 +850,7 @@ class JobsimDistributor(dist.D):
             self._update(path, lambda d: stalled if d["status"] == RUNNING else None)
             self._queue_wake(path, task_id, stalled)
             return []
-        doc = self._finish(path, FINISHED, state=state.to_json())
-        return self._notes(doc)
+        return self._notes(self._finish(path, FINISHED, state=state.to_json()))
 
     def validate(self, distributor_parameters: str) -> None:
         """jobsim takes no distributor parameters: only ``{}`` is accepted.
@@ -862,9 +888,10 @@ class JobsimDistributor(dist.D):
 
     def _finish(
         self, path: str, status: str, *, state: str = "", reason: str = "", notify: bool = True
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | None:
         """Record how the job ended (unless it was cancelled, or ended by another play,
-        meanwhile). A job that only finishes was played from ``runnable``, unclaimed."""
+        meanwhile); None if the task is unknown (a job played from its body). A job that
+        only finishes was played from ``runnable``, unclaimed."""
 
         def end(d: dict[str, Any]) -> dict[str, Any] | None:
             if d["status"] != RUNNING and not (d["status"] == RUNNABLE and d["wake"] == 0):
@@ -875,7 +902,8 @@ class JobsimDistributor(dist.D):
             return new
 
         doc = self._update(path, end)
-        assert doc is not None
+        if doc is None:
+            log.warning("jobsim: task %s unknown, its end not recorded", path)
         return doc
 
     def _queue_wake(self, path: str, task_id: str, doc: Mapping[str, Any]) -> None:
@@ -888,9 +916,11 @@ class JobsimDistributor(dist.D):
             ),
         )
 
-    def _notes(self, doc: Mapping[str, Any]) -> list[dist.Notification]:
+    def _notes(self, doc: Mapping[str, Any] | None) -> list[dist.Notification]:
         """The end-of-job notification, unless dm is to poll (do_pollback) or not to be told."""
-        if self.conf.do_pollback or not doc["notify"] or doc["status"] not in (FINISHED, FAILED):
+        if doc is None or self.conf.do_pollback or not doc["notify"]:
+            return []
+        if doc["status"] not in (FINISHED, FAILED):
             return []
         sor = doc["reason"] if doc["status"] == FAILED else doc["state"]
         data = json.dumps({"Status": doc["status"], "StateOrReason": sor}).encode()
