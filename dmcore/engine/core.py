@@ -495,8 +495,10 @@ class Engine:
         root's, else to any written, while the attempt has room (``PENDING_BYTES``,
         ``PENDING_TASKS``); what finds none is left to an outbox record.
         """
-        attempts = {p: d for p, d in uow.written() if docs.is_attempt_path(p)}
         delivered = self._delivery.name
+        if not tasks and delivered is None:
+            return set()  # most steps of the embedded worker's batch: nothing to hold or drop
+        attempts = {p: d for p, d in uow.written() if docs.is_attempt_path(p)}
         if delivered is not None:
             for doc in attempts.values():
                 entries = doc.get(docs.PENDING) or []
