@@ -192,6 +192,15 @@ class Meter:
 
         engine_base._EXECUTE[kind] = counted_notification
 
+        def publish(data: bytes, attrs: dict[str, str]) -> None:
+            engine.receive_notification(data, attrs)
+
+        # As on Google Cloud (the gcp backend sets a publisher): a distributor task's
+        # notifications are published and each reaches dm_notify, which checks its
+        # token and reads the execution (NotifyExecution); the embedded worker handles
+        # them in the task, without that read.
+        engine.publish = publish
+
     def close(self) -> None:
         """Stop counting notifications (the handler is shared by every engine)."""
         engine_base._EXECUTE[engine_steps.NotifyExecution] = self._notify
