@@ -224,12 +224,13 @@ def test_an_edge_into_a_live_unflagged_attempt_must_flag_it(
         simulate(UNFLAGGED_EDGE_SEED, tmp_path, queue="chaos")
 
 
-CYCLE_BETWEEN_PARTS_SEED = 4
+CYCLE_BETWEEN_PARTS_SEED = 74
 """A default seed (declarations in parts of 2, other callers' work between parts) in
 which a dependee's job, played between its depender's parts, declares its depender
 before the part that records the reverse edge (re-find one with the planted bug
-below, and update this, when the plan's draws change: of seeds 0..59, 4 and 9 fail
-with it)."""
+below, and update this, when the plan's draws change: of seeds 0..79, only 74 fails
+with it since the embedded batch's claim and jobsim's unclaimed plays changed what
+the steps draw; 4 and 9 did before)."""
 
 
 def test_a_cycle_closed_between_a_declarations_parts_is_refused_to_its_closer(
