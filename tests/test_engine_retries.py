@@ -1016,6 +1016,46 @@ def test_stop_timer_due_before_the_run_is_recorded_waits_for_its_poll_timeout(
     assert h.exec_state(eid) == ExecutionState.FINISHED
 
 
+def test_stop_timer_due_before_the_run_is_recorded_polls_once_it_is(
+    h: Harness, spy: Spy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the simulation (local seed 111): as above, but with no poll timeout.
+    The quest's 5 s stop timer falls due while dm has no token, so it asks nothing
+    and is put off a re-poll interval (30 s). The stop phase is over once the run
+    is recorded: the first poll comes then, not at the put-off timer."""
+    counted_run = FakeDistributor.run
+    tries: list[int] = []
+
+    def timing_out(
+        self: FakeDistributor,
+        desc: dm_pb2.Quest.Desc,
+        auth: dm_pb2.Execution.Auth,
+        prev_result: dm_pb2.JsonResult | None,
+    ) -> dist.Started:
+        tries.append(h.clock())
+        if len(tries) == 1:
+            counted_run(self, desc, auth, prev_result)  # the task starts...
+            raise dist.TransientError("deadline exceeded")  # ...but dm is not told
+        if len(tries) < 4:
+            raise dist.TransientError("busy")
+        return counted_run(self, desc, auth, prev_result)
+
+    monkeypatch.setattr(FakeDistributor, "run", timing_out)
+    (qid,) = h.ensure(desc("stopped-before-recorded", stop=5))
+    eid = AttemptID(qid, 1).execution(1)
+    while not tries:
+        wait(h, 1)
+    quiet(h, eid, finishing({"r": 1}))  # the job runs and stops, dm has no token yet
+    stopped = h.clock()
+    run_until(h, stopped + 20 * S)
+    assert len(tries) == 4 and h.execution(eid)["dist_token"]
+    recorded = tries[-1]
+    assert recorded > stopped + 5 * S  # the stop timer fell due first, with nothing to ask
+    # Right after the run is recorded; late only by a delayed or re-sent delivery.
+    assert len(spy.polls) == 1 and recorded <= spy.polls[0] <= recorded + 10 * S
+    assert h.exec_state(eid) == ExecutionState.FINISHED
+
+
 def test_stop_hedge_when_no_stop_or_poll_timeout(h: Harness, spy: Spy) -> None:
     eid = start(h, desc("hedge"))
     finished = h.clock()

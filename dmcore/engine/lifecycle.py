@@ -42,7 +42,7 @@ from dmcore.engine.records import (
     load_current,
     open_deps,
     put_execution,
-    rearm_stop_for_poll_timeout,
+    rearm_stop_at_run,
     schedule_poll,
     set_attempt_state,
     set_execution_state,
@@ -398,9 +398,10 @@ def record_run(step: steps.RecordRun, ctx: Ctx) -> list[Step | Later]:
         out += schedule_poll(ctx, eid, poll, ctx.now_us + step.poll_interval_us)
     if state == ExecutionState.SCHEDULING:
         out += arm_timer(ctx, eid, ex, ExecutionState.SCHEDULING, ex["timeouts"]["start"])
-    # A fast job may have stopped before its run was recorded (defect: its poll
-    # timeout was lost and the 12 h hedge applied).
-    out += rearm_stop_for_poll_timeout(ctx, eid, ex)
+    # A fast job may have stopped before its run was recorded (defects: its poll
+    # timeout was lost and the 12 h hedge applied; a stop timer due meanwhile
+    # polled 30 s late).
+    out += rearm_stop_at_run(ctx, eid, ex)
     return out
 
 

@@ -267,23 +267,25 @@ def arm_stop_timer(ctx: Ctx, eid: ExecutionID, ex: docs.Doc) -> list[Step | Late
 
     The time is kept because the poll timeout may only become known later:
     ``D.run`` runs outside any transaction, so a fast job can stop before its
-    run is recorded; :func:`rearm_stop_for_poll_timeout` then shortens the phase.
+    run is recorded; :func:`rearm_stop_at_run` then sets the phase.
     """
     ex["stopping_us"] = ctx.now_us
     return arm_timer(ctx, eid, ex, ExecutionState.STOPPING, stop_timeout_us(ex))
 
 
-def rearm_stop_for_poll_timeout(ctx: Ctx, eid: ExecutionID, ex: docs.Doc) -> list[Step | Later]:
-    """A poll timeout recorded after the execution stopped replaces its stop timeout
-    (spec §4.5, longer or shorter), counted from when it stopped, unless the stop
-    timer has fired already."""
-    poll = int(ex.get("poll_timeout_us", 0))
-    if ex["state"] != ExecutionState.STOPPING or poll <= 0:
+def rearm_stop_at_run(ctx: Ctx, eid: ExecutionID, ex: docs.Doc) -> list[Step | Later]:
+    """The run is recorded after the execution stopped: its stop phase, counted from
+    when it stopped, lasts the poll timeout run gave (spec §4.5, longer or shorter
+    than the stop timeout), else the stop timeout. Unless a poll was made already,
+    the stop timer is set to that: one that fell due before the run was recorded
+    had nothing to ask and was put off a re-poll interval (timers.timer_fired),
+    while the phase may be over by now."""
+    if ex["state"] != ExecutionState.STOPPING:
         return []
     timer = docs.timer_of(ctx.uow.get(docs.attempt_path(eid.attempt_id)), eid)
     if timer is None or timer["state"] != ExecutionState.STOPPING or int(timer["polls"]) > 0:
         return []
-    due = int(ex.get("stopping_us", ctx.now_us)) + poll
+    due = int(ex.get("stopping_us", ctx.now_us)) + stop_timeout_us(ex)
     if due == int(timer["deadline_us"]):
         return []
     return arm_timer(ctx, eid, ex, ExecutionState.STOPPING, max(1, due - ctx.now_us))

@@ -83,8 +83,8 @@ def timeout_execution(step: steps.TimeoutExecution, engine: Engine, delivery: in
         return
     if not ex["dist_token"]:
         # The job stopped before its run was recorded (D.run outside any
-        # transaction): nothing to ask yet, and the poll timeout run returns
-        # still sets the stop phase (records.rearm_stop_for_poll_timeout).
+        # transaction): nothing to ask yet. Recording the run sets the timer
+        # again, to the end of the stop phase (records.rearm_stop_at_run).
         fired.polled = False
         engine.run(fired)
         return
