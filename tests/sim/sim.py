@@ -1387,7 +1387,8 @@ class Sim:
         """The stop phase of an execution that stopped quietly lasts its poll timeout
         from run, else its quest's stop timeout (§4.5), from when it stopped: the
         first get_status comes no earlier, and (dispatches not failing) no later
-        than a timely timer would (the driver's clock jumps aside); re-polls are 30 s
+        than a timely timer would, or than dm's recording of the run if that came
+        after (the driver's clock jumps aside); re-polls are 30 s
         apart (one worker only: concurrent duplicate deliveries may poll twice)."""
         v: list[str] = []
         for eid, rec in self.records.items():
@@ -1395,11 +1396,15 @@ class Sim:
                 continue
             node = self.by_qid[eid.quest]
             phase = POLL_TIMEOUT_S.get(node.config, node.stop_s) * US
-            calls = self.world.log(eid).status_calls[rec.polls_before_stop :]
+            log = self.world.log(eid)
+            calls = log.status_calls[rec.polls_before_stop :]
             if not calls:
                 continue  # dm learned the end otherwise (a late notification)
             due = rec.stopped_us + phase
-            latest = due
+            # dm has nothing to ask before it has the task's token: a job may stop
+            # before the run that started it is recorded (a run that timed out, then
+            # retried with backoff), and the first poll then comes once it is.
+            latest = max(due, log.last_try_us or 0) if log.runs_ok else due
             for start, end in self.jumps:
                 if start <= latest < end:
                     latest = end  # the clock jumped over the deadline
