@@ -975,14 +975,9 @@ def test_poll_timeout_applies_when_the_job_stops_before_run_returns(
     assert h.state(eid.attempt_id) == AttemptState.FINISHED
 
 
-def test_stop_timer_due_before_the_run_is_recorded_waits_for_its_poll_timeout(
-    h: Harness, spy: Spy, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Found by the simulation (seed 661): a run that started the task but answered
-    with a transient error (a timeout), the job stopping at once, and the quest's
-    short stop timer falling due before a retried run is recorded. With no token
-    there is nothing to poll: that is no poll, and the poll timeout run then
-    returns still sets the stop phase."""
+def run_times_out_first(h: Harness, monkeypatch: pytest.MonkeyPatch, ok_at: int) -> list[int]:
+    """``D.run`` starts the task at its first try but answers a transient error (a
+    timeout), then is busy until try ``ok_at``; returns the times of the tries."""
     counted_run = FakeDistributor.run
     tries: list[int] = []
 
@@ -996,11 +991,23 @@ def test_stop_timer_due_before_the_run_is_recorded_waits_for_its_poll_timeout(
         if len(tries) == 1:
             counted_run(self, desc, auth, prev_result)  # the task starts...
             raise dist.TransientError("deadline exceeded")  # ...but dm is not told
-        if len(tries) < 5:
+        if len(tries) < ok_at:
             raise dist.TransientError("busy")
         return counted_run(self, desc, auth, prev_result)
 
     monkeypatch.setattr(FakeDistributor, "run", timing_out)
+    return tries
+
+
+def test_stop_timer_due_before_the_run_is_recorded_waits_for_its_poll_timeout(
+    h: Harness, spy: Spy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the simulation (seed 661): a run that started the task but answered
+    with a transient error (a timeout), the job stopping at once, and the quest's
+    short stop timer falling due before a retried run is recorded. With no token
+    there is nothing to poll: that is no poll, and the poll timeout run then
+    returns still sets the stop phase."""
+    tries = run_times_out_first(h, monkeypatch, ok_at=5)
     (qid,) = h.ensure(desc("slow-to-record", "fake_poll", stop=5))
     eid = AttemptID(qid, 1).execution(1)
     while not tries:
@@ -1023,24 +1030,7 @@ def test_stop_timer_due_before_the_run_is_recorded_polls_once_it_is(
     The quest's 5 s stop timer falls due while dm has no token, so it asks nothing
     and is put off a re-poll interval (30 s). The stop phase is over once the run
     is recorded: the first poll comes then, not at the put-off timer."""
-    counted_run = FakeDistributor.run
-    tries: list[int] = []
-
-    def timing_out(
-        self: FakeDistributor,
-        desc: dm_pb2.Quest.Desc,
-        auth: dm_pb2.Execution.Auth,
-        prev_result: dm_pb2.JsonResult | None,
-    ) -> dist.Started:
-        tries.append(h.clock())
-        if len(tries) == 1:
-            counted_run(self, desc, auth, prev_result)  # the task starts...
-            raise dist.TransientError("deadline exceeded")  # ...but dm is not told
-        if len(tries) < 4:
-            raise dist.TransientError("busy")
-        return counted_run(self, desc, auth, prev_result)
-
-    monkeypatch.setattr(FakeDistributor, "run", timing_out)
+    tries = run_times_out_first(h, monkeypatch, ok_at=4)
     (qid,) = h.ensure(desc("stopped-before-recorded", stop=5))
     eid = AttemptID(qid, 1).execution(1)
     while not tries:
