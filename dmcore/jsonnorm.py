@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from itertools import repeat
 from typing import Any, Final, TypeAlias, cast
 
+import msgspec
+
 __all__ = [
     "MAX_DEPTH",
     "MAX_QUEST_PAYLOAD",
@@ -438,6 +440,11 @@ _PLAIN_ENCODE: Final = _json.make_encoder(
 )
 
 
+_FLOAT_LIKE: Final = re.compile("[0-9][.eE]")
+_MSGSPEC_DECODE: Final = msgspec.json.Decoder().decode
+_MSGSPEC_ENCODE: Final = msgspec.json.Encoder(order="sorted").encode
+
+
 def _plain(raw: str | bytes) -> str | None:
     """The most common case, entirely in C; None whenever it might differ from Go.
 
@@ -445,7 +452,8 @@ def _plain(raw: str | bytes) -> str | None:
     written back as it came), without ``<``, ``>``, ``&`` (which Go escapes),
     without ``-0`` (kept verbatim by Go, ``0`` by Python) and without a float
     literal (the scanner refuses those). There Python's compact, key-sorted output
-    is Go's byte for byte: ASCII keys sort the same as strings and as UTF-8.
+    is Go's byte for byte: ASCII keys sort the same as strings and as UTF-8; so is
+    msgspec's, which reads and writes the text when no float can be in it.
     """
     if raw == "{}":
         return raw  # distributor parameters, most of the time
@@ -457,6 +465,16 @@ def _plain(raw: str | bytes) -> str | None:
         return None
     if "\\" in raw or "<" in raw or ">" in raw or "&" in raw or "-0" in raw:
         return None
+    if _FLOAT_LIKE.search(raw) is None:
+        # No float literal (a digit then ".", "e" or "E", wherever it is): msgspec
+        # reads and writes it ~5x faster than the scanner and encoder below, to the
+        # same bytes (ints of any size exact, the last of two equal keys, keys sorted
+        # as str), and refuses what they refuse (too deep: RecursionError).
+        try:
+            value = _MSGSPEC_DECODE(raw)
+        except (msgspec.DecodeError, RecursionError):
+            return None  # the other paths decide and word the error
+        return _MSGSPEC_ENCODE(value).decode() if isinstance(value, dict) else None
     text = raw.strip(" \t\n\r")
     try:
         value, end = _PLAIN_SCAN(text, 0)

@@ -617,3 +617,43 @@ def test_plain_path_takes_the_common_case_and_leaves_the_rest() -> None:
                   '{"a": "\u00e9"}', '[]', 'null', '{"a": NaN}', '{"a": 1'):  # fmt: skip
         assert jsonnorm._plain(other) is None, other
     assert normalize('{"a": 1e2, "b": -0}') == '{"a":1e2,"b":-0}'
+
+
+_NO_FLOAT_TOKENS = [
+    "{", "}", "[", "]", ":", ",", " ", "\t", "\n", "\r", "\x0b", "\x0c", '"a"', '"b"', '"a b"',
+    '"\x01"', '"\x1f"', '"/"', '"\x7f"', '"e1"', "0", "1", "12", "-1", "01", "-", "00",
+    "1" + "0" * 40, "-" + "9" * 30, "true", "false", "null", "nul", "tru", "x",
+]  # fmt: skip
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.one_of(
+        st.lists(st.sampled_from(_NO_FLOAT_TOKENS), max_size=16).map("".join),
+        st.builds(
+            lambda keys, n: "{" + ",".join(f'"{k}":' + "[" * n + "]" * n for k in keys) + "}",
+            st.lists(st.sampled_from("abc"), max_size=3),
+            st.integers(0, 1100),
+        ),
+    ),
+    st.booleans(),
+)
+def test_prop_plain_path_without_floats_agrees_with_own_parser(raw: str, as_bytes: bool) -> None:
+    """Plain text without a float literal goes through msgspec: the same bytes as our
+    parser (raw control characters, odd whitespace, repeated keys, big ints, deep
+    nesting), or it steps aside."""
+    text: str | bytes = raw.encode() if as_bytes else raw
+    plain = jsonnorm._plain(text)
+    if plain is not None:
+        assert plain == jsonnorm._normalize_slow(text)
+    assert _outcome(normalize, text) == _outcome(jsonnorm._normalize_slow, text)
+
+
+def test_plain_path_reads_a_float_look_alike_in_a_string() -> None:
+    """ "v1.2" or "1e" inside a string is no number: still the plain path, still exact."""
+    raw = '{"tag": "v1.2", "k": "1e", "n": 12}'
+    assert jsonnorm._FLOAT_LIKE.search(raw) is not None  # the scanner's branch
+    assert jsonnorm._plain(raw) == '{"k":"1e","n":12,"tag":"v1.2"}' == jsonnorm._normalize_slow(raw)
+    assert jsonnorm._plain('{"b": 2, "a": [1, {"d": null, "c": true}]}') == (
+        '{"a":[1,{"c":true,"d":null}],"b":2}'
+    )
