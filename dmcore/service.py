@@ -10,6 +10,7 @@ only decode, call these and encode.
 from __future__ import annotations
 
 import base64
+import binascii
 import collections
 import dataclasses
 import itertools
@@ -222,6 +223,7 @@ class Service:
         # Render every quest first: nothing is written unless all are valid.
         rsp = dm_pb2.EnsureGraphDataRsp()
         supplied: dict[str, dm_pb2.Quest.Desc] = {}
+        stored: dict[str, str] = {}  # quest ID -> its description as stored (base64)
         wanted: dict[AttemptID, None] = {}
         built: dict[str, dist.D] = {}  # per config name: a request names few, for many quests
         valid: set[tuple[str, str]] = set()
@@ -230,10 +232,11 @@ class Service:
                 norm = ids.normalize_desc(desc)
             except InvalidArgument as e:
                 raise InvalidArgument(f"quest[{i}].{e.message}") from None
-            qid = ids.quest_id_of_normalized(norm)
+            qid, wire = ids.quest_id_and_wire(norm)
             if (norm.distributor_config_name, norm.distributor_parameters) not in valid:
                 self._validate_distributor(norm, f"quest[{i}]", built, valid)
             supplied[qid] = norm
+            stored[qid] = binascii.b2a_base64(wire, newline=False).decode()
             rsp.quest_ids.add(id=qid)
             listed = nums.nums
             if len(listed) == 1 and listed[0] > 0:  # the common case: no field name made
@@ -248,19 +251,21 @@ class Service:
 
         aids = list(wanted)
         if eid is None:
-            return self._ensure_graph(req, rsp, supplied, aids, max_size)
+            return self._ensure_graph(req, rsp, supplied, stored, aids, max_size)
 
-        return self._declare_deps(req, rsp, eid, aids, supplied, max_size)
+        return self._declare_deps(req, rsp, eid, aids, supplied, stored, max_size)
 
-    def _ensure_graph(
+    def _ensure_graph(  # noqa: PLR0917 - internal, called once
         self,
         req: dm_pb2.EnsureGraphDataReq,
         rsp: dm_pb2.EnsureGraphDataRsp,
         supplied: Mapping[str, dm_pb2.Quest.Desc],
+        stored: Mapping[str, str],
         aids: list[AttemptID],
         max_size: int,
     ) -> dm_pb2.EnsureGraphDataRsp:
         """Without an execution: create what is missing, answer with the state before.
+        ``stored``: the supplied descriptions as a quest document holds them.
 
         Each part reads its quests and attempts in the transaction that creates the
         missing ones (:class:`~dmcore.engine.steps.EnsureGraph`), and the answer is
@@ -280,7 +285,6 @@ class Service:
         # missing) just before the walk answers for it, from what the ensure read:
         # each document is read once, and held only until the answer has it (a
         # request may name 100,000 attempts).
-        descs = {q: base64.b64encode(d.SerializeToString()).decode() for q, d in supplied.items()}
         unensured = {a.encoded for a in aids}  # strings: their hash is kept, an ID's is not
 
         def ensure(chunk: Sequence[AttemptID]) -> dict[str, docs.Doc | None]:
@@ -289,7 +293,7 @@ class Service:
             for start in range(0, len(todo), ENSURE_CHUNK):
                 part = todo[start : start + ENSURE_CHUNK]
                 step = steps.EnsureGraph(
-                    quests={a.quest: descs[a.quest] for a in part if a.quest in descs},
+                    quests={a.quest: stored[a.quest] for a in part if a.quest in stored},
                     attempts=[a.encoded for a in part],
                 )
                 eng.run(step)
@@ -366,11 +370,13 @@ class Service:
         eid: ExecutionID,
         aids: list[AttemptID],
         supplied: Mapping[str, dm_pb2.Quest.Desc],
+        quests: Mapping[str, str],
         max_size: int,
     ) -> dm_pb2.EnsureGraphDataRsp:
         """Declare the dependencies: each part reads its dependees in the transaction
         that records their edges (:class:`~dmcore.engine.steps.DeclareDeps`), and
-        the answer is made of what the parts read: each attempt is read once."""
+        the answer is made of what the parts read: each attempt is read once.
+        ``quests``: the supplied descriptions as a quest document holds them."""
         me = eid.attempt_id
         store = self.engine.store
         if me in aids:
@@ -385,7 +391,6 @@ class Service:
             # (a forged token, an absent quest named by raw_attempts, a cycle) is
             # refused before the first (and each part checks its own again).
             self._check_cycles_of_parts(eid, token_b64, aids, supplied, call)
-        quests = {q: base64.b64encode(d.SerializeToString()).decode() for q, d in supplied.items()}
         named = {a.quest for a in aids}
         unnamed = {q: d for q, d in quests.items() if q not in named}
         seen: dict[str, docs.Doc | None] = {}

@@ -114,6 +114,29 @@ def test_unknown_fields_are_not_hashed() -> None:
     assert ids.quest_id(with_unknown) == ids.quest_id(d)
 
 
+def test_descriptions_with_and_without_meta_normalise_alike() -> None:
+    """normalize_desc has a path for a description without meta (a template copied)
+    and one for the rest: an absent meta, an empty one and one holding only unknown
+    fields give the same message, the same bytes and the same ID."""
+    plain = _desc('{"b": 1, "a": [true]}', '{"z": {}, "y": 2}')
+    empty = _desc('{"b": 1, "a": [true]}', '{"z": {}, "y": 2}')
+    empty.meta.SetInParent()
+    unknown_meta = dm_pb2.Quest.Desc.FromString(
+        plain.SerializeToString() + b"\x22\x03\xa8\x06\x01"  # meta: field 101, varint 1
+    )
+    assert unknown_meta.HasField("meta")
+    got = [ids.normalize_desc(d) for d in (plain, empty, unknown_meta)]
+    assert got[0] == got[1] == got[2]
+    assert len({ids.quest_id_and_wire(n)[1] for n in got}) == 1
+    assert got[0].parameters == '{"a":[true],"b":1}' and got[0].distributor_parameters == (
+        '{"y":2,"z":{}}'
+    )
+    assert got[0].meta.HasField("retry") and got[0].meta.HasField("timeouts")
+    assert b"\xa8\x06" not in got[2].SerializeToString()  # the unknown field dropped
+    qid, wire = ids.quest_id_and_wire(got[0])
+    assert qid == ids.quest_id(plain) and wire == got[0].SerializeToString(deterministic=True)
+
+
 @pytest.mark.parametrize(
     ("params", "dist", "match"),
     [
