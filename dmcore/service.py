@@ -110,6 +110,10 @@ Loader = Callable[[Sequence[AttemptID]], Mapping[str, "docs.Doc | None"]]
 by path (absent: None)."""
 
 
+_UNREAD: Any = object()
+"""Not read ahead (an absent document is read ahead as None)."""
+
+
 class _ReadAhead:
     """The documents a walk reads, in bulk ahead of its steps: a query may name
     thousands of attempts (a memoised request's answer), and one read per chunk
@@ -140,9 +144,8 @@ class _ReadAhead:
 
     def get(self, path: str) -> docs.Doc | None:
         """The document at ``path``: read ahead (then dropped: a walk uses it once) or now."""
-        if path in self.docs:
-            return self.docs.pop(path)
-        return self.store.get(path)
+        got = self.docs.pop(path, _UNREAD)
+        return self.store.get(path) if got is _UNREAD else got
 
     def starts(
         self,
@@ -696,6 +699,8 @@ class Service:
         now = eng.clock()
         deadline = now + max_time
         excluded_quests = set(req.exclude.quests)
+        # What a new quest entry shows: its ID; its data, unless excluded.
+        quest_shown = (inc.quest.ids, inc.quest.data, excluded_quests)
         filled = {q: out.quests[q] for q in out.quests}  # the quest entries made
         excluded: set[AttemptID] = set()
         excluded_all: set[str] = set()
@@ -709,6 +714,7 @@ class Service:
         want_data = inc.attempt.data or inc.attempt.result
 
         show_abnormal, show_expired = inc.attempt.abnormal, inc.attempt.expired
+        show_all = show_abnormal and show_expired
 
         def shown(doc: docs.Doc, expired: bool | None = None) -> bool:
             """Whether the answer shows (and walks through) an attempt, not a placeholder."""
@@ -726,9 +732,7 @@ class Service:
             if listed:
                 query.append((q, listed))
             else:
-                self._quest_entry(
-                    out, q, inc, excluded_quests, ahead.get, descs=descs, filled=filled
-                )
+                self._quest_entry(out, q, quest_shown, ahead.get, descs=descs, filled=filled)
                 # Attempt ids are "<quest>|<number>": the quest's attempts are an id range.
                 rows = store.query_id_prefix(docs.ATTEMPTS, q + "|")
                 every = []
@@ -747,14 +751,13 @@ class Service:
         given: Iterable[AttemptID] = () if starts is None else starts
         if req.mode.dfs:
             given = reversed(list(given))
+        wanted: Iterable[AttemptID] = itertools.chain(
+            given, (AttemptID(q, n) for q, nums in query for n in nums)
+        )
+        if excluded_all or excluded:  # (else no test per attempt)
+            wanted = (a for a in wanted if a.quest not in excluded_all and a not in excluded)
         first = ahead.starts(
-            (
-                (aid, 0, False)
-                for aid in itertools.chain(
-                    given, (AttemptID(q, n) for q, nums in query for n in nums)
-                )
-                if aid.quest not in excluded_all and not (excluded and aid in excluded)
-            ),
+            ((aid, 0, False) for aid in wanted),
             out,
             quest_data=inc.quest.data,
             excluded_quests=excluded_quests,
@@ -776,7 +779,7 @@ class Service:
             if dfs and todo:
                 item = todo.pop()
             elif (start := next(first, None)) is not None:
-                item = (start[0], 0, me is not None and start[0] == me)
+                item = start if me is None else (start[0], 0, start[0] == me)
             elif todo:
                 item = todo.pop() if dfs else todo.popleft()
             else:
@@ -788,9 +791,11 @@ class Service:
             if aid.encoded in seen or (excluded and aid in excluded) or aid.quest in excluded_all:
                 continue
             seen.add(aid.encoded)
-            quest = self._quest_entry(
-                out, aid.quest, inc, excluded_quests, ahead.get, descs=descs, filled=filled
-            )
+            quest = filled.get(aid.quest)
+            if quest is None:
+                quest = self._quest_entry(
+                    out, aid.quest, quest_shown, ahead.get, descs=descs, filled=filled
+                )
             att_msg = quest.attempts[aid.num]
             got = ahead.get(docs.attempt_path(aid))
             if got is None:
@@ -798,13 +803,11 @@ class Service:
                 continue
             doc = got
             expired = records.attempt_expired(doc, now)
-            if not shown(doc, expired):
+            if not (show_all or shown(doc, expired)):
                 continue  # a placeholder, not walked through
             if show_ids:
                 att_msg.id.CopyFrom(aid.to_proto())
-            if want_data:
-                self._fill_attempt(att_msg, aid, doc)
-                att_msg.data.expired = expired
+            data = self._fill_attempt(att_msg, aid, doc, expired) if want_data else None
             authorized: bool | None = None  # may the caller see this attempt's results?
             if authorized_all or forward_of_me or aid == me:
                 authorized = True
@@ -821,8 +824,11 @@ class Service:
                 else:
                     res = docs.read_result(store, aid, doc)
                     if res is not None:
-                        budget -= len(res["object"].encode())
-                        att_msg.data.finished.data.object = res["object"]
+                        obj = res["object"]
+                        budget -= len(obj) if obj.isascii() else len(obj.encode())
+                        if data is None:
+                            data = att_msg.data.finished.data
+                        data.object = obj
             if n_executions:
                 self._fill_executions(att_msg, aid, inc, infos, att=doc, now=now)
                 # Execution result objects: the same visibility and budget as the attempt's.
@@ -872,8 +878,7 @@ class Service:
         self,
         out: dm_pb2.GraphData,
         qid: str,
-        inc: dm_pb2.WalkGraphReq.Include,
-        excluded: set[str],
+        shown: tuple[bool, bool, set[str]],
         read: Callable[[str], docs.Doc | None],
         *,
         filled: dict[str, dm_pb2.Quest],
@@ -881,14 +886,16 @@ class Service:
     ) -> dm_pb2.Quest:
         """``out``'s entry of quest ``qid``, made and filled if new; ``filled``: the
         entries made so far, kept by the walk (a dict look-up costs less than a
-        protobuf map's)."""
+        protobuf map's); ``shown``: whether the entry shows the quest's ID, its data,
+        and the quests whose data it does not show (the request's options, read once)."""
         q = filled.get(qid)
         if q is not None:
             return q
         q = filled[qid] = out.quests[qid]
-        if inc.quest.ids:
+        show_ids, show_data, excluded = shown
+        if show_ids:
             q.id.id = qid
-        if inc.quest.data and qid not in excluded:
+        if show_data and qid not in excluded:
             doc = read(docs.quest_path(qid))
             if doc is None:
                 q.DNE = True
@@ -902,11 +909,17 @@ class Service:
                 data.desc.CopyFrom(desc)
         return q
 
-    def _fill_attempt(self, msg: dm_pb2.Attempt, aid: AttemptID, doc: Mapping[str, Any]) -> None:
+    def _fill_attempt(
+        self, msg: dm_pb2.Attempt, aid: AttemptID, doc: Mapping[str, Any], expired: bool
+    ) -> dm_pb2.JsonResult | None:
+        """``msg``'s data from attempt document ``doc``; returns a FINISHED attempt's
+        result message (where its object goes, if shown), else None."""
         d = msg.data
         _set_us(d.created, int(doc["created"]))
         _set_us(d.modified, int(doc["modified"]))
         d.num_executions = int(doc["cur_execution"])
+        if expired:
+            d.expired = True
         state = int(doc["state"])  # compared as an int: an enum made per attempt costs
         if state == AttemptState.FINISHED:  # the most common in a large answer
             r = doc.get("result") or {}
@@ -914,7 +927,8 @@ class Service:
             data.size = int(r.get("size", 0))
             if r.get("expiration_us") is not None:
                 _set_us(data.expiration, int(r["expiration_us"]))
-        elif state == AttemptState.SCHEDULING:
+            return data
+        if state == AttemptState.SCHEDULING:
             d.scheduling.SetInParent()
         elif state == AttemptState.EXECUTING:
             d.executing.cur_execution_id = int(doc["cur_execution"])
@@ -928,6 +942,7 @@ class Service:
             ab = doc.get("abnormal") or {}
             d.abnormal_finish.status = int(ab.get("status", 0))  # type: ignore[assignment]
             d.abnormal_finish.reason = str(ab.get("reason", ""))
+        return None
 
     def _fill_executions(
         self,
