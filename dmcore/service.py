@@ -288,20 +288,19 @@ class Service:
         # missing) just before the walk answers for it, from what the ensure read:
         # each document is read once, and held only until the answer has it (a
         # request may name 100,000 attempts).
-        unensured = {a.encoded for a in aids}  # strings: their hash is kept, an ID's is not
+        ensured: list[Sequence[AttemptID]] = []  # the chunks, as the walk reached them
 
         def ensure(chunk: Sequence[AttemptID]) -> dict[str, docs.Doc | None]:
+            ensured.append(chunk)
             seen: dict[str, docs.Doc | None] = {}
-            todo = [a for a in chunk if a.encoded in unensured]
-            for start in range(0, len(todo), ENSURE_CHUNK):
-                part = todo[start : start + ENSURE_CHUNK]
+            for start in range(0, len(chunk), ENSURE_CHUNK):
+                part = chunk[start : start + ENSURE_CHUNK]
                 step = steps.EnsureGraph(
-                    quests={a.quest: stored[a.quest] for a in part if a.quest in stored},
+                    quests={q: d for a in part if (d := stored.get(q := a.quest)) is not None},
                     attempts=[a.encoded for a in part],
                 )
                 eng.run(step)
                 seen.update(step.seen)
-                unensured.difference_update(step.attempts)
             return seen
 
         # One commit for the whole request where the backend allows (embedded).
@@ -314,10 +313,13 @@ class Service:
                 out=rsp.result,
                 descs=supplied,
             )
-            # Those the walk did not reach (out of time): created all the same.
-            rest = [a for a in aids if a.encoded in unensured]
-            for start in range(0, len(rest), _ReadAhead.CHUNK):
-                ensure(rest[start : start + _ReadAhead.CHUNK])
+            # The walk reads every chunk of its attempts unless it ran out of time:
+            # those it did not reach are created all the same.
+            if rsp.result.had_more:
+                done = {a.encoded for chunk in ensured for a in chunk}
+                rest = [a for a in aids if a.encoded not in done]
+                for start in range(0, len(rest), _ReadAhead.CHUNK):
+                    ensure(rest[start : start + _ReadAhead.CHUNK])
         rsp.accepted = True
         return rsp
 
