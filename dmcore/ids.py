@@ -91,7 +91,8 @@ def normalize_desc(desc: dm_pb2.Quest.Desc | Mapping[str, Any]) -> dm_pb2.Quest.
             f"{MAX_QUEST_PAYLOAD}-byte limit"
         )
     params = _normalized(raw_params, "parameters")
-    dist_params = _normalized(raw_dist, "distributor_parameters")
+    # "{}" is normal already, and most quests' distributor parameters.
+    dist_params = raw_dist if raw_dist == "{}" else _normalized(raw_dist, "distributor_parameters")
     out = dm_pb2.Quest.Desc()
     if not src.HasField("meta"):
         # The common case (a request of thousands of quests): the empty meta copied
