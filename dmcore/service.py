@@ -16,7 +16,7 @@ import dataclasses
 import itertools
 import logging
 import operator
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from dmcore import distributor as dist
@@ -162,6 +162,7 @@ class _ReadAhead:
         reads them of.
         ``starts`` holds no excluded attempt: nothing is read that is not shown."""
         it = iter(starts)
+        entries = out.quests  # (each look-up of a protobuf field makes a wrapper)
         while chunk := list(itertools.islice(it, self.chunk)):
             if self.load is not None:
                 self.docs.update(self.load([a for a, _, _ in chunk]))
@@ -172,7 +173,7 @@ class _ReadAhead:
                         dict.fromkeys(
                             docs.quest_path(a.quest)
                             for a, _, _ in chunk
-                            if a.quest not in out.quests and a.quest not in excluded_quests
+                            if a.quest not in entries and a.quest not in excluded_quests
                         )
                     )
                 missing = [p for p in paths if p not in self.docs]
@@ -230,6 +231,7 @@ class Service:
         wanted: dict[AttemptID, None] = {}
         built: dict[str, dist.D] = {}  # per config name: a request names few, for many quests
         valid: set[tuple[str, str]] = set()
+        add_quest_id = rsp.quest_ids.add  # (each look-up of a protobuf field makes a wrapper)
         for i, (desc, nums) in enumerate(zip(req.quest, req.quest_attempt, strict=True)):
             try:
                 norm = ids.normalize_desc(desc)
@@ -240,7 +242,7 @@ class Service:
                 self._validate_distributor(norm, f"quest[{i}]", built, valid)
             supplied[qid] = norm
             stored[qid] = binascii.b2a_base64(wire, newline=False).decode()
-            rsp.quest_ids.add(id=qid)
+            add_quest_id(id=qid)
             listed = nums.nums
             if len(listed) == 1 and listed[0] > 0:  # the common case: no field name made
                 wanted[AttemptID(qid, listed[0])] = None
@@ -703,7 +705,8 @@ class Service:
         excluded_quests = set(req.exclude.quests)
         # What a new quest entry shows: its ID; its data, unless excluded.
         quest_shown = (inc.quest.ids, inc.quest.data, excluded_quests)
-        filled = {q: out.quests[q] for q in out.quests}  # the quest entries made
+        entries = out.quests  # (each look-up of a protobuf field makes a wrapper)
+        filled = {q: entries[q] for q in entries}  # the quest entries made
         excluded: set[AttemptID] = set()
         excluded_all: set[str] = set()
         for q, nums in req.exclude.attempts.to.items():
@@ -734,7 +737,7 @@ class Service:
             if listed:
                 query.append((q, listed))
             else:
-                self._quest_entry(out, q, quest_shown, ahead.get, descs=descs, filled=filled)
+                self._quest_entry(entries, q, quest_shown, ahead.get, descs=descs, filled=filled)
                 # Attempt ids are "<quest>|<number>": the quest's attempts are an id range.
                 rows = store.query_id_prefix(docs.ATTEMPTS, q + "|")
                 every = []
@@ -796,7 +799,7 @@ class Service:
             quest = filled.get(aid.quest)
             if quest is None:
                 quest = self._quest_entry(
-                    out, aid.quest, quest_shown, ahead.get, descs=descs, filled=filled
+                    entries, aid.quest, quest_shown, ahead.get, descs=descs, filled=filled
                 )
             att_msg = quest.attempts[aid.num]
             got = ahead.get(docs.attempt_path(aid))
@@ -878,7 +881,7 @@ class Service:
 
     def _quest_entry(
         self,
-        out: dm_pb2.GraphData,
+        entries: MutableMapping[str, dm_pb2.Quest],
         qid: str,
         shown: tuple[bool, bool, set[str]],
         read: Callable[[str], docs.Doc | None],
@@ -886,14 +889,15 @@ class Service:
         filled: dict[str, dm_pb2.Quest],
         descs: Mapping[str, dm_pb2.Quest.Desc] | None = None,
     ) -> dm_pb2.Quest:
-        """``out``'s entry of quest ``qid``, made and filled if new; ``filled``: the
-        entries made so far, kept by the walk (a dict look-up costs less than a
-        protobuf map's); ``shown``: whether the entry shows the quest's ID, its data,
-        and the quests whose data it does not show (the request's options, read once)."""
+        """The entry of quest ``qid`` in an answer's ``entries`` (its ``quests``), made
+        and filled if new; ``filled``: the entries made so far, kept by the walk (a
+        dict look-up costs less than a protobuf map's); ``shown``: whether the entry
+        shows the quest's ID, its data, and the quests whose data it does not show
+        (the request's options, read once)."""
         q = filled.get(qid)
         if q is not None:
             return q
-        q = filled[qid] = out.quests[qid]
+        q = filled[qid] = entries[qid]
         show_ids, show_data, excluded = shown
         if show_ids:
             q.id.id = qid
