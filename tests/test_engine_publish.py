@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import pathlib
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.notify import tokens
 from dmcore.states import AttemptState
-from tests.harness import SECRET, Harness
+from tests.harness import SECRET, Chaos, Harness
 from tests.test_jobsim import FANOUT, bench, settle, start
 
 
@@ -101,3 +102,40 @@ def test_no_secret_no_publish(ph: Harness) -> None:
     ph.drain()
     assert rec.published == []
     assert any("no notification secret" in f for f in ph.failures)
+
+
+def test_a_task_queued_without_its_config_is_notified_through_the_execution(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A distributor task queued before tasks carried their config snapshot (an older
+    dm's) is handled by the distributor of the config as named now; its notifications
+    then go through the execution's own record (its snapshot, W-11, and the foreign
+    config check), not the inline shortcut that trusts the task's own snapshot."""
+    from dmcore.engine import core, notify
+
+    # Tasks through the queue (the local queue's batch runs jobsim's inline, with config).
+    ph = bench(tmp_path, queue="chaos", chaos=Chaos(duplicate=0.3, delay=0.2))
+    real_handle = ph.engine.handle_task
+
+    def as_an_older_dm_queued(
+        target: str, payload: Any, delivery: int = 1, name: str = ""
+    ) -> None:
+        if target.startswith(core.DISTRIBUTOR_TARGET_PREFIX):
+            payload = {k: v for k, v in payload.items() if k != "config"}
+        real_handle(target, payload, delivery, name)
+
+    through: list[str] = []
+    real_notify = notify.notify_execution
+
+    def counted(step: Any, engine: Any, delivery: int) -> None:
+        through.append(step.eid)
+        real_notify(step, engine, delivery)
+
+    monkeypatch.setattr(ph.engine, "handle_task", as_an_older_dm_queued)
+    monkeypatch.setattr(notify, "notify_execution", counted)
+    try:
+        aid = start(ph, FANOUT)
+        assert _root_result(ph, aid) == {"success": True, "value": 19}
+    finally:
+        ph.close()
+    assert len(set(through)) >= 7  # the root's executions and the six leaves'

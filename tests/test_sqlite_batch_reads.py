@@ -149,6 +149,46 @@ def test_a_batch_forgets_what_another_connection_wrote_over(sq: SqliteStore) -> 
         other.close()
 
 
+class _AfterCommit:
+    """A connection that runs ``then`` right after its next COMMIT returns: the moment
+    the write lock is free again and another process may write."""
+
+    def __init__(self, conn: sqlite3.Connection, then: Callable[[], None]) -> None:
+        self._conn, self._then = conn, [then]
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        cursor = self._conn.execute(sql, *args)
+        if sql == "COMMIT" and self._then:
+            self._then.pop()()
+        return cursor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def test_a_commit_landing_just_after_a_batch_is_not_read_stale(
+    sq: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process commits in the instant after a batch's COMMIT, before the batch
+    would have noted the file's version: the batch must have noted it before its
+    COMMIT, so that the next batch sees that commit and reads afresh (a lost update
+    otherwise: the next step would read the old document and write over the new)."""
+    sq.transaction(lambda tx: tx.set("a/1", {"n": 1}))
+    other = SqliteStore(sq.path)
+    try:
+        conn = sq.connection()
+        hooked = _AfterCommit(
+            conn, lambda: other.transaction(lambda tx: tx.set("a/1", {"n": 2}))
+        )
+        monkeypatch.setattr(sq, "_conn", lambda: hooked)
+        with sq.batch():
+            assert _get(sq, "a/1") == {"n": 1}  # kept by this batch
+        with sq.batch():
+            assert _get(sq, "a/1") == {"n": 2} == _truth(sq, "a/1")
+    finally:
+        other.close()
+
+
 def _write_by_hand(sq: SqliteStore, n: int, scope: bool) -> None:
     body = f'{{"n":{n}}}'
     if scope:

@@ -72,7 +72,23 @@ def handle_distributor_task(
         return
     for n in notes:
         try:
-            _end_as_notified(engine, d, n)
+            if step.config is not None:
+                _end_as_notified(engine, d, n)
+            else:
+                # A task queued before tasks carried their config: the distributor
+                # was built from the config as it is now, not the execution's
+                # snapshot (W-11); the execution's own record decides, as for any
+                # notification (and drops one from a foreign config).
+                notify_execution(
+                    steps.NotifyExecution(
+                        eid=str(n.execution_id),
+                        data_b64=b64(n.data),
+                        attrs=dict(n.attrs),
+                        config_name=step.config_name,
+                    ),
+                    engine,
+                    delivery,
+                )
         except Exception:
             # Keep the notification: queue it to be retried on its own.
             log.exception("notification for %s failed; queued for retry", n.execution_id)

@@ -329,8 +329,9 @@ def _encode(doc: Doc) -> str:
 
     msgspec writes it, 2-3x faster than the standard library, and the text is
     kept when it reads back equal to ``doc``. It is then the standard encoder's
-    text but for the spelling of exponents (``1e16``, ``1e-05``: ``1e+16``,
-    ``1e-05``; the same float). msgspec also writes what JSON has no type
+    text but for the spelling of some floats (msgspec's ``1e16`` and
+    ``0.00001`` for the standard library's ``1e+16`` and ``1e-05``: the same
+    float, to Python and to SQLite's JSON functions alike). msgspec also writes what JSON has no type
     for, and NaN as null, but none of those reads back equal: every such
     document, and all msgspec refuses (str subclasses, keys that are not
     strings or numbers, lone surrogates), goes to the standard encoder, which
@@ -587,7 +588,8 @@ class _Bodies(dict[str, str | None]):
         return cls()
 
     def kept(self, conn: sqlite3.Connection) -> _Bodies:
-        """These bodies, marked as true of the file as ``conn`` just committed it."""
+        """These bodies, marked as true of the file as ``conn`` is about to commit it
+        (called before its COMMIT, while it holds the write lock)."""
         self.data_version = _data_version(conn)
         self.total_changes = conn.total_changes
         return self
@@ -1213,8 +1215,12 @@ class SqliteStore(Store):
                 local.in_batch = False
                 local.batch_broken = False
                 local.bodies = None
+            # The file's version noted before COMMIT (under the write lock): once
+            # the lock is free another process may commit, and the next batch
+            # must see that it did (a connection's own commit changes neither).
+            bodies.kept(conn)
             conn.execute("COMMIT")
-            local.kept = bodies.kept(conn)
+            local.kept = bodies
         finally:
             self._tx_lock.release()
 
