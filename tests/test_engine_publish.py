@@ -117,9 +117,7 @@ def test_a_task_queued_without_its_config_is_notified_through_the_execution(
     ph = bench(tmp_path, queue="chaos", chaos=Chaos(duplicate=0.3, delay=0.2))
     real_handle = ph.engine.handle_task
 
-    def as_an_older_dm_queued(
-        target: str, payload: Any, delivery: int = 1, name: str = ""
-    ) -> None:
+    def as_an_older_dm_queued(target: str, payload: Any, delivery: int = 1, name: str = "") -> None:
         if target.startswith(core.DISTRIBUTOR_TARGET_PREFIX):
             payload = {k: v for k, v in payload.items() if k != "config"}
         real_handle(target, payload, delivery, name)

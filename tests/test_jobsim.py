@@ -1080,3 +1080,34 @@ def test_plans_past_the_cache_size_are_dropped_oldest_first() -> None:
     cache.get(texts[2], 0, "jobsim")  # over the size: texts[1] goes
     assert cache.get(texts[0], 0, "jobsim") is first
     assert len(cache._plans) == 2 and (texts[1], 0, "jobsim") not in cache._plans
+
+
+def test_a_duplicate_play_failing_while_the_first_finishes_leaves_it_finished(
+    lh: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that only finishes is played unclaimed by every delivery. Play A's
+    FinishAttempt is accepted by dm; before A records the end, a duplicate delivery B
+    plays and dm answers it with an error. B must not record FAILED (that would end a
+    finished job as failed, and A's end would then record nothing): its delivery
+    fails, to be made again, and the job ends finished."""
+    d = _distributor(lh)
+    inner = jobsim._Job.finish
+    first: list[int] = []
+    raised: list[Exception] = []
+
+    def finish(self: Any, **kw: Any) -> Any:
+        if first:  # B: dm is busy
+            raise RuntimeError("dm busy (transient)")
+        first.append(1)
+        out = inner(self, **kw)  # A: accepted by dm
+        try:
+            d.handle_task_queue_task(dist.TaskRequest(f"p|{self.eid}".encode()))
+        except RuntimeError as e:
+            raised.append(e)
+        return out
+
+    monkeypatch.setattr(jobsim._Job, "finish", finish)
+    aid, _ = play(lh, {"name": "only-finishes", "stages": [{"failure": {"chance": 0}}]})
+    assert [str(e) for e in raised] == ["dm busy (transient)"]
+    assert task(lh, aid.execution(1))["status"] == jobsim.FINISHED
+    assert lh.state(aid) == AttemptState.FINISHED

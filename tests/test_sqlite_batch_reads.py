@@ -177,9 +177,7 @@ def test_a_commit_landing_just_after_a_batch_is_not_read_stale(
     other = SqliteStore(sq.path)
     try:
         conn = sq.connection()
-        hooked = _AfterCommit(
-            conn, lambda: other.transaction(lambda tx: tx.set("a/1", {"n": 2}))
-        )
+        hooked = _AfterCommit(conn, lambda: other.transaction(lambda tx: tx.set("a/1", {"n": 2})))
         monkeypatch.setattr(sq, "_conn", lambda: hooked)
         with sq.batch():
             assert _get(sq, "a/1") == {"n": 1}  # kept by this batch

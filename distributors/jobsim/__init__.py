@@ -792,7 +792,7 @@ class JobsimDistributor(dist.D):
                 # Played without a claim (one write less): a concurrent play finishes
                 # alike, and whichever records first ends the task (_finish).
                 claimed.update(doc)
-                return "run"
+                return "play"
             if (st == RUNNABLE and wake == 0) or (st == STALLED and wake == doc["wake"]):
                 claimed.update(doc, status=RUNNING)
                 tx.set(path, claimed)
@@ -805,7 +805,7 @@ class JobsimDistributor(dist.D):
             return "skip"
 
         if carried is not None and only_finishes(parse_phrase(carried["phrase"])):
-            claimed, what = carried, "run"
+            claimed, what = carried, "play"
         else:
             what = self._tx(claim)
         if what == "unknown":
@@ -814,7 +814,7 @@ class JobsimDistributor(dist.D):
             self._queue_wake(path, task_id, claimed)
         if what == "notify":
             return self._notes(claimed)
-        if what != "run":
+        if what not in ("run", "play"):
             return []
 
         doc = claimed
@@ -832,6 +832,12 @@ class JobsimDistributor(dist.D):
             token = base64.b64decode(doc["exec_token"]) if doc.get("exec_token") else None
             outcome = job.run(token)
         except Exception as e:  # the job broke: the execution FAILED
+            if what == "play":
+                # Unclaimed, another play of this task may have finished it in dm
+                # and not yet here: recording FAILED now would end a finished job
+                # as failed. The delivery fails instead and is made again: that
+                # play ends it (or finds it ended, and hands the notification back).
+                raise
             log.warning("jobsim %s: job failed", eid, exc_info=True)
             return self._notes(self._finish(path, FAILED, reason=f"{type(e).__name__}: {e}"))
         if isinstance(outcome, _Refused):

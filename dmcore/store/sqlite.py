@@ -331,12 +331,12 @@ def _encode(doc: Doc) -> str:
     kept when it reads back equal to ``doc``. It is then the standard encoder's
     text but for the spelling of some floats (msgspec's ``1e16`` and
     ``0.00001`` for the standard library's ``1e+16`` and ``1e-05``: the same
-    float, to Python and to SQLite's JSON functions alike). msgspec also writes what JSON has no type
-    for, and NaN as null, but none of those reads back equal: every such
-    document, and all msgspec refuses (str subclasses, keys that are not
-    strings or numbers, lone surrogates), goes to the standard encoder, which
-    writes or refuses it as it always did (NaN, infinities, bytes, sets,
-    dates, ...).
+    float, to Python and to SQLite's JSON functions alike). msgspec also
+    writes what JSON has no type for, and NaN as null, but none of those reads
+    back equal: every such document, and all msgspec refuses (str subclasses,
+    keys that are not strings or numbers, lone surrogates), goes to the
+    standard encoder, which writes or refuses it as it always did (NaN,
+    infinities, bytes, sets, dates, ...).
     """
     if not isinstance(doc, dict):
         raise TypeError(f"a document must be a dict, not {type(doc).__name__}")
