@@ -333,6 +333,13 @@ def test_distributors_are_called_outside_the_batch_unless_in_process(
         emb.close()
 
 
+def _with_jobsim(tmp_path: Path, cls: type[jobsim.JobsimDistributor]) -> Embedded:
+    """An embedded dm whose jobsim configs are played, in process, by ``cls``."""
+    registry = build_registry(CONFIG)
+    registry.register("jobsim", jobsim_pb2.Config, cls, in_process=True)
+    return Embedded(tmp_path, registry)
+
+
 class _FlakyRun(jobsim.JobsimDistributor):
     """jobsim whose D.run fails transiently the first time for each execution."""
 
@@ -355,10 +362,8 @@ def test_a_run_held_by_the_batch_that_fails_transiently_is_tried_again(tmp_path:
     """Claimed without a write (the batch holds it), a run that fails transiently is
     recorded as a failed try (with the first try's time, for the outage window) and
     tried again after its backoff."""
-    registry = build_registry(CONFIG)
-    registry.register("jobsim", jobsim_pb2.Config, _FlakyRun, in_process=True)
     _FlakyRun.failed.clear()
-    emb = Embedded(tmp_path, registry)
+    emb = _with_jobsim(tmp_path, _FlakyRun)
     try:
         qid = _ensure(emb, "flaky-run", 4)
         assert run_batch(emb.engine, emb.queue, 100) == 1
@@ -387,10 +392,8 @@ class _FlakyWorker(jobsim.JobsimDistributor):
 def test_an_in_process_task_run_in_the_batch_that_fails_is_queued(tmp_path: Path) -> None:
     """The task an in-process distributor queues for now runs in the batch, not through
     the queue; if it fails, the queue has it (nothing accepted is lost)."""
-    registry = build_registry(CONFIG)
-    registry.register("jobsim", jobsim_pb2.Config, _FlakyWorker, in_process=True)
     _FlakyWorker.failed.clear()
-    emb = Embedded(tmp_path, registry)
+    emb = _with_jobsim(tmp_path, _FlakyWorker)
     try:
         qid = _ensure(emb, "flaky", 3)
         assert run_batch(emb.engine, emb.queue, 100) == 1  # the run; its task failed in the batch
