@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from google.protobuf import unknown_fields
 
 from distributors.fake import Crash, FakeDistributor, Job, quest_desc
 from dmcore import distributor as dist
@@ -657,6 +658,45 @@ def test_first_ensure_reports_the_graph_before_the_change(live: Live) -> None:
     assert attempt_msg(rsp.result, aid_of(x, 2)).data.HasField("executing")
     h.settle()
     assert snapshot(h) == before
+
+
+def test_ensure_answers_each_supplied_quest_with_its_stored_description(live: Live) -> None:
+    """EnsureGraphData's answer shows a supplied quest's description from what the
+    request named (its normalised wire bytes), not read back: it must be the one
+    stored, which WalkGraph decodes; with meta or without, unknown fields and
+    unnormalised parameters in the request."""
+    h = live.h
+    plain = quest_desc("plain")
+    plain.parameters = '{ "name" : "plain", "b": [1, 2], "a": {} }'
+    with_meta = quest_desc("meta", failed=3)
+    with_meta.meta.timeouts.start.seconds = 7
+    unknown = quest_desc("unknown")
+    unknown.MergeFromString(b"\xf8\x3f\x01")  # field 1023 (varint 1): not in Quest.Desc
+    descs = (plain, with_meta, unknown)
+    req = dm_pb2.EnsureGraphDataReq()
+    for d in descs:
+        req.quest.append(d)
+        req.quest_attempt.add(nums=[1])
+    req.include.attempt.result = True
+    for _ in range(2):  # created, then all there (memoised)
+        rsp = h.service.ensure_graph_data(req, TRUSTED)
+        walk = walk_req(*(aid_of(d) for d in descs), depth=0)
+        walk.include.quest.data = True
+        stored = h.service.walk_graph(walk, TRUSTED)
+        for d in descs:
+            answered = rsp.result.quests[qid_of(d)]
+            got = stored.quests[qid_of(d)].data.desc
+            assert got.distributor_config_name == "fake" and got.HasField("meta")
+            assert len(unknown_fields.UnknownFieldSet(got)) == 0
+            if not answered.DNE:
+                assert answered.data.desc == got
+                assert answered.data.desc.SerializeToString(deterministic=True) == (
+                    got.SerializeToString(deterministic=True)
+                )
+        h.settle()
+    assert rsp.result.quests[qid_of(plain)].data.desc.parameters == (
+        '{"a":{},"b":[1,2],"name":"plain"}'
+    )
 
 
 # -- B. wrong tokens and ACLs ----------------------------------------------------------------
