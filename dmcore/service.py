@@ -775,7 +775,8 @@ class Service:
             out,
             quest_data=inc.quest.data,
             excluded_quests=excluded_quests,
-            fwd_edges=(lambda d: shown(d) and d.get(docs.DECLARED) is not False)
+            # (Most attempts of a large graph are leaves: the cheaper test first.)
+            fwd_edges=(lambda d: d.get(docs.DECLARED) is not False and shown(d))
             if inc.fwd_deps or (walk_fwd and req.limit.max_depth != 0)
             else None,
         )
@@ -802,14 +803,15 @@ class Service:
                 out.had_more = True
                 break
             aid, depth, forward_of_me = item
-            if aid.encoded in seen or (excluded and aid in excluded) or aid.quest in excluded_all:
+            encoded, qid = aid.encoded, aid.quest
+            if encoded in seen or (excluded and aid in excluded) or qid in excluded_all:
                 continue
-            seen.add(aid.encoded)
-            if aid.quest in made:
-                quest = entries[aid.quest]
+            seen.add(encoded)
+            if qid in made:
+                quest = entries[qid]
             else:
-                quest = self._quest_entry(entries, aid.quest, quest_shown, ahead.get, descs=descs)
-                made.add(aid.quest)
+                quest = self._quest_entry(entries, qid, quest_shown, ahead.get, descs=descs)
+                made.add(qid)
             att_msg = quest.attempts[aid.num]
             got = ahead.get(docs.attempt_path(aid))
             if got is None:
@@ -825,7 +827,8 @@ class Service:
             authorized: bool | None = None  # may the caller see this attempt's results?
             if authorized_all or forward_of_me or aid == me:
                 authorized = True
-            if show_result and doc["state"] == AttemptState.FINISHED:
+            # (show_result implies want_data: data is the result message of a FINISHED one)
+            if show_result and data is not None:
                 if authorized is None:
                     authorized = self._depends_on(me, aid)
                 size = int((doc.get("result") or {}).get("size", 0))
