@@ -629,10 +629,9 @@ def test_run_is_idempotent_per_execution(lh: Harness) -> None:
     b = d.run(desc, _fake_auth(), None)
     assert a == b == dist.Started(f"p|{'A' * 43}|1|1", a.poll_timeout)
     assert a.poll_timeout.total_seconds() == 0
-    # Queued under the task's name each time: the queue keeps one task. A job that only
-    # finishes travels in its body (its delivery reads nothing).
-    assert [name for _, name in calls] == [a.token] * 2 and calls[0][0] == calls[1][0]
-    assert json.loads(calls[0][0])["task"] == a.token
+    # Queued under the task's name each time: the queue keeps one task (its body names
+    # the task: what every dm reads, by default).
+    assert calls == [(a.token.encode(), a.token)] * 2
     assert lh.local is not None
     assert [lt.task.target for lt in lh.local.lease(10)] == ["distributor/jobsim"]
     assert "/" not in jobsim.task_path("x/y|z").split("/", 1)[1]
@@ -775,9 +774,13 @@ def test_a_job_that_only_finishes_plays_unclaimed_and_a_second_play_ends_alike(
             assert nested[0] == []
 
 
-def test_a_job_that_only_finishes_is_played_from_its_task_body(lh: Harness) -> None:
-    """Its task carries the job (nothing read to play it); a delivery after its end plays
-    it again to the same result, which dm accepts, and reports again; nothing changes."""
+def test_a_job_that_only_finishes_is_played_from_its_task_body(
+    lh: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With DM_JOBSIM_TASK_BODY=job its task carries the job (nothing read to play it);
+    a delivery after its end plays it again to the same result, which dm accepts, and
+    reports again; nothing changes."""
+    monkeypatch.setenv(jobsim.BODY_ENV, jobsim.BODY_JOB)
     bodies: list[bytes] = []
     inner = lh.registry.enqueue_task
     assert inner is not None
@@ -791,16 +794,163 @@ def test_a_job_that_only_finishes_is_played_from_its_task_body(lh: Harness) -> N
     assert result == {"success": True, "value": 6}
     (body,) = bodies
     carried = json.loads(body)
-    assert carried["task"] == f"p|{aid.execution(1)}"
+    assert carried["task"] == f"p|{aid.execution(1)}" and carried["v"] == jobsim.BODY_VERSION
     assert set(carried["play"]) == set(jobsim.PLAYED)
     before = (lh.attempt(aid), task(lh, aid.execution(1)))
     notes = _distributor(lh).handle_task_queue_task(dist.TaskRequest(body))
     assert [json.loads(n.data)["Status"] for n in notes] == ["finished"]
     assert (lh.attempt(aid), task(lh, aid.execution(1))) == before
     assert lh.failures == []
+
+
+# -- task bodies across dm's releases (rolling back with tasks in flight) ---------------------
+
+
+def older_dm_parse(body: bytes) -> tuple[str, int]:
+    """An older dm's task body parser, as dm had it before commit 8193f07 (copied): the
+    task ID, then (wake-ups after a stall) a newline and the ticket number."""
+    text = body.decode(errors="replace")
+    head, sep, tail = text.rpartition("\n")
+    if sep and tail.isdigit():
+        return head, int(tail)
+    return text, 0
+
+
+def dm_8193f07_parse(body: bytes) -> tuple[str, int, dict[str, Any] | None]:
+    """The parser of dm from commit 8193f07 until bodies had a version (copied): also a
+    JSON object with the task ID and the job to play."""
+    text = body.decode(errors="replace")
+    if text.startswith("{"):
+        try:
+            obj = json.loads(text)
+            task_id, play = obj["task"], obj["play"]
+            if isinstance(task_id, str) and all(isinstance(play.get(k), str) for k in PLAYED):
+                return task_id, 0, {"id": task_id, **{k: play[k] for k in PLAYED}}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass
+    head, sep, tail = text.rpartition("\n")
+    if sep and tail.isdigit():
+        return head, int(tail), None
+    return text, 0, None
+
+
+PLAYED = ("eid", "state", "activation", "phrase", "config")
+"""The carried fields as dm_8193f07_parse knew them (jobsim.PLAYED may grow)."""
+
+ROLLBACK_PHRASES: list[dict[str, Any]] = [
+    {"name": "only-finishes", "stages": [{"failure": {"chance": 0}}]},
+    {"name": "stalls", "stages": [{"stall": {"delay": "5s"}}, {"stall": {"delay": "7s"}}]},
+    {"name": "deps", "stages": [{"deps": {"deps": [{"phrase": {"name": "dep"}}]}}]},
+]
+
+
+def _through_older_dm(h: Harness, bodies: list[bytes]) -> list[str]:
+    """Every task dm queues is taken by an older dm: it reads the body with
+    :func:`older_dm_parse` and claims the task that names as this dm claims a task ID
+    (and wake-up) body, or drops the body if there is no such task (returned: the task
+    IDs it dropped)."""
+    inner = h.registry.enqueue_task
+    assert inner is not None
+    dropped: list[str] = []
+
+    def older(config: dist.Snapshot, body: bytes, delay: float, name: str | None) -> None:
+        bodies.append(body)
+        task_id, wake = older_dm_parse(body)
+        if h.store.get(jobsim.task_path(task_id)) is None:  # stored before it is queued
+            dropped.append(task_id)
+            return
+        inner(config, f"{task_id}\n{wake}".encode() if wake else task_id.encode(), delay, name)
+
+    h.registry.enqueue_task = older
+    return dropped
+
+
+def test_an_older_dm_runs_the_tasks_this_dm_queues_by_default(lh: Harness) -> None:
+    """Rolled back with tasks in flight: an older dm (before 8193f07) reads every body this
+    dm queues by default, so each job is played and its attempt finished, none waiting for
+    its timeout."""
+    bodies: list[bytes] = []
+    dropped = _through_older_dm(lh, bodies)
+    for phrase in ROLLBACK_PHRASES:
+        aid = start(lh, phrase)
+        settle(lh)
+        assert dropped == []
+        assert lh.state(aid) == AttemptState.FINISHED, phrase
+        assert lh.result(aid)["success"] is True
+    assert len(bodies) == 7  # 3 jobs, 2 wake-ups, the dependency, the resumed execution
+    assert all(d["status"] == jobsim.FINISHED for _, d in lh.store.query(jobsim.TASKS))
+    assert lh.failures == []
+
+
+def test_with_the_job_in_its_body_an_older_dm_finds_no_task(
+    lh: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why DM_JOBSIM_TASK_BODY=job waits until no older dm takes the tasks: such a body is
+    a task ID no task has for an older dm (dropped: the execution waits for its
+    timeout), while dm from 8193f07 on plays it."""
+    monkeypatch.setenv(jobsim.BODY_ENV, jobsim.BODY_JOB)
+    bodies: list[bytes] = []
+    inner = lh.registry.enqueue_task
+    assert inner is not None
+    lh.registry.enqueue_task = lambda c, body, delay, name: bodies.append(body)
+    aid = start(lh, ROLLBACK_PHRASES[0])
+    lh.drain()
+    (body,) = bodies
+    task_id, _ = older_dm_parse(body)
+    assert lh.store.get(jobsim.task_path(task_id)) is None
+    assert dm_8193f07_parse(body) == jobsim._parse_body(body)
+    # This dm (and dm since 8193f07) plays it: the attempt finishes.
+    lh.registry.enqueue_task = inner
+    assert jobsim._parse_body(body)[0] == f"p|{aid.execution(1)}"
+    notes = _distributor(lh).handle_task_queue_task(dist.TaskRequest(body))
+    assert [json.loads(n.data)["Status"] for n in notes] == ["finished"]
+    for n in notes:  # processed as dm processes a distributor task's notifications
+        NotifyExecution(eid=str(n.execution_id), data_b64=b64(n.data), attrs={}).execute(
+            lh.engine, 1
+        )
+    settle(lh)
+    assert lh.state(aid) == AttemptState.FINISHED
+    assert task(lh, aid.execution(1))["status"] == jobsim.FINISHED
+
+
+def test_bodies_an_older_dm_queued_are_read_by_this_dm(lh: Harness) -> None:
+    """Rolled forward with tasks in flight: a task ID, a wake-up, the job in a body without
+    a version (dm from 8193f07), all read; a body of a later version is read by its task
+    ID (and wake-up) from the record."""
+    assert jobsim._parse_body(b"p|q|1|1") == ("p|q|1|1", 0, None)
+    assert jobsim._parse_body(b"p|q|1|1\n3") == ("p|q|1|1", 3, None)
     # Bodies naming a task only still read as such, even one whose pool starts with "{".
     assert jobsim._parse_body(b"{p|q|1|1") == ("{p|q|1|1", 0, None)
     assert jobsim._parse_body(b'{"task": "p|q|1|1"}\n2') == ('{"task": "p|q|1|1"}', 2, None)
+    later = {"v": jobsim.BODY_VERSION + 1, "task": "p|q|1|1", "wake": 2, "play": {"x": 1}}
+    assert jobsim._parse_body(json.dumps(later).encode()) == ("p|q|1|1", 2, None)
+    later_first = {"v": jobsim.BODY_VERSION + 1, "task": "p|q|1|1", "job": {}}
+    assert jobsim._parse_body(json.dumps(later_first).encode()) == ("p|q|1|1", 0, None)
+    # The job in a body as dm from 8193f07 queued it (no version) is played as it is.
+    queued: list[bytes] = []
+    inner = lh.registry.enqueue_task
+    assert inner is not None
+
+    def as_8193f07(config: dist.Snapshot, body: bytes, delay: float, name: str | None) -> None:
+        doc = lh.store.get(jobsim.task_path(body.decode()))
+        assert doc is not None
+        old = json.dumps({"task": doc["id"], "play": {k: doc[k] for k in PLAYED}}).encode()
+        queued.append(old)
+        inner(config, old, delay, name)
+
+    lh.registry.enqueue_task = as_8193f07
+    aid, result = play(lh, {"name": "carried", "return_stage": {"retval": 4}})
+    assert result == {"success": True, "value": 4}
+    assert len(queued) == 1 and jobsim._parse_body(queued[0])[2] is not None
+    assert task(lh, aid.execution(1))["status"] == jobsim.FINISHED
+    assert lh.failures == []
+
+
+def test_a_bad_task_body_setting_is_refused_at_start() -> None:
+    assert not jobsim.carries_job({})
+    assert jobsim.carries_job({jobsim.BODY_ENV: " job "})
+    with pytest.raises(ValueError, match="DM_JOBSIM_TASK_BODY: expected 'id' or 'job'"):
+        jobsim.carries_job({jobsim.BODY_ENV: "jobs"})
 
 
 def test_many_duplicates_on_the_chaos_queue(tmp_path: pathlib.Path) -> None:

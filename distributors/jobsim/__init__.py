@@ -7,8 +7,25 @@ dm's task queue; the queued task *is* the remote worker: it plays the job as
 a real dm client (``Config.client()``), then reports the end through one
 notification (or, with ``do_pollback``, waits for dm to poll ``get_status``).
 A job that only finishes (failure stages at most) plays alike however often it
-is played: its task carries it in its body and is played unclaimed, so its
-record is written twice (stored, ended) and read by those two writes only.
+is played, so it is played unclaimed: its record is written twice (stored,
+ended).
+
+Task bodies (what a delivery reads; by default dm queues only the first two,
+which every dm reads, so that rolling dm back with tasks in flight, or old and
+new instances side by side in a deployment, loses none):
+
+* ``<task ID>``: the job's first delivery; the job is read from its record.
+* ``<task ID>``, a newline, ``<wake>``: the wake-up ``wake`` of a stalled job.
+* ``{"v": 1, "task": <task ID>, "play": {...}}`` (``"v"`` absent: 1): a job that
+  only finishes, carried in the body (:data:`PLAYED`), so its delivery reads
+  nothing. Read by dm from 2026-11-30 (commit 8193f07) on: an older dm takes
+  the whole body for a task ID, finds no such task and drops it, leaving the
+  execution to its timeout. So dm writes it only with
+  ``DM_JOBSIM_TASK_BODY=job`` (:data:`BODY_ENV`), to set once no older dm can
+  take the queue's tasks (not before rolling back past that commit); by
+  default the plain task ID, which costs the delivery one read of the record.
+  A JSON body of a version this dm does not know is read by its ``"task"``
+  (and ``"wake"``, default 0) from the record, as a plain one.
 
 Everything is deterministic given the phrase and dm's clock, so tests can
 compute outcomes independently:
@@ -617,25 +634,56 @@ def _body(task_id: str, wake: int) -> bytes:
 PLAYED = ("eid", "state", "activation", "phrase", "config")
 """The fields of a task a job that only finishes is played from (carried in its body)."""
 
+BODY_VERSION = 1
+"""The version of the JSON task body this dm writes and plays from (see the module
+docstring): raise it with any change an older dm would misread, which then reads the
+body by its task ID."""
+
+BODY_ENV = "DM_JOBSIM_TASK_BODY"
+"""Which body a job that only finishes is queued with: ``id`` (default: the task ID,
+read by every dm) or ``job`` (the job itself, read by dm from commit 8193f07 on)."""
+BODY_ID = "id"
+BODY_JOB = "job"
+
+
+def carries_job(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether :data:`BODY_ENV` says to carry a job that only finishes in its task body;
+    ValueError names the variable and the values it takes."""
+    mode = env.get(BODY_ENV, "").strip() or BODY_ID
+    if mode not in (BODY_ID, BODY_JOB):
+        raise ValueError(f"{BODY_ENV}: expected {BODY_ID!r} or {BODY_JOB!r}, got {mode!r}")
+    return mode == BODY_JOB
+
 
 def _play_body(doc: Mapping[str, Any]) -> bytes:
     """The body of the task of a job that only finishes: the task and what playing it
     needs, so that its delivery reads nothing (one read and transaction less)."""
-    return json.dumps({"task": doc["id"], "play": {k: doc[k] for k in PLAYED}}).encode()
+    play = {k: doc[k] for k in PLAYED}
+    return json.dumps({"v": BODY_VERSION, "task": doc["id"], "play": play}).encode()
 
 
 def _parse_body(body: bytes) -> tuple[str, int, dict[str, Any] | None]:
     """A task body: the task ID, then (wake-ups after a stall) a newline and the ticket
-    number; or (:func:`_play_body`) a JSON object with the task ID and the job to play."""
+    number; or (:func:`_play_body`) a JSON object with the task ID and the job to play,
+    which is read by its task ID alone if it is of another version."""
     text = body.decode(errors="replace")
     if text.startswith("{"):
         try:
             obj = json.loads(text)
-            task_id, play = obj["task"], obj["play"]
-            if isinstance(task_id, str) and all(isinstance(play.get(k), str) for k in PLAYED):
+        except ValueError:
+            obj = None  # not one: a task ID that starts with "{"
+        task_id = obj.get("task") if isinstance(obj, dict) else None
+        if isinstance(task_id, str):
+            play = obj.get("play")
+            if (
+                obj.get("v", 1) == BODY_VERSION
+                and isinstance(play, dict)
+                and all(isinstance(play.get(k), str) for k in PLAYED)
+            ):
                 return task_id, 0, {"id": task_id, **{k: play[k] for k in PLAYED}}
-        except (ValueError, KeyError, TypeError, AttributeError):
-            pass  # not one: a task ID that starts with "{"
+            wake = obj.get("wake", 0)
+            if isinstance(wake, int) and not isinstance(wake, bool) and wake >= 0:
+                return task_id, wake, None
     head, sep, tail = text.rpartition("\n")
     if sep and tail.isdigit():
         return head, int(tail), None
@@ -727,7 +775,10 @@ class JobsimDistributor(dist.D):
         if doc["status"] == RUNNABLE and doc["wake"] == 0:
             # Queued after the commit, under the task's name: a failure here is
             # retried by dm (run again), and a repeated run queues no second task.
-            body = _play_body(doc) if only_finishes(phrase) else _body(task_id, 0)
+            # The job in the body only where every dm that may take the task reads it
+            # (BODY_ENV): an older dm would drop it, the execution left to its timeout.
+            carry = only_finishes(phrase) and carries_job()
+            body = _play_body(doc) if carry else _body(task_id, 0)
             self._enqueue(body, name=task_id)
         if self.conf.do_pollback:
             return dist.Started(task_id, poll_timeout=POLLBACK, poll_interval=POLLBACK)
@@ -935,5 +986,6 @@ class JobsimDistributor(dist.D):
 
 def register(registry: dist.Registry) -> None:
     """Entry point: register kind ``jobsim`` (config message :class:`config_pb2.Config`)."""
+    carries_job()  # a bad DM_JOBSIM_TASK_BODY stops dm at its start, not at a task
     # Simulated: every call returns at once, touching only dm's store and queue.
     registry.register(KIND, config_pb2.Config, JobsimDistributor, in_process=True)
