@@ -9,8 +9,9 @@ side of the wire, used by :mod:`dmcore.job`:
   :mod:`dmcore.server.prpc`). A pRPC error becomes the :class:`DMError` of its
   ``X-Prpc-Grpc-Code``; Unavailable, 5xx answers and broken connections are
   retried with backoff (every call a job makes is idempotent: activation with
-  the same token, identical FinishAttempt, EnsureGraphData), then raise
-  :class:`~dmcore.errors.Unavailable`.
+  the same token, identical FinishAttempt, EnsureGraphData) for up to
+  ``DM_API_RETRY_BUDGET_S`` seconds (:data:`DEFAULT_RETRY_BUDGET_S`), then
+  raise :class:`~dmcore.errors.Unavailable`.
 * :func:`id_token_source`: a Google ID token for a private ``dm_api`` (or a
   private worker), from the metadata server on Google Cloud or from the
   service account file named by ``GOOGLE_APPLICATION_CREDENTIALS``, through
@@ -30,6 +31,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import math
+import os
 import threading
 import time
 import urllib.error
@@ -61,7 +64,23 @@ SERVICE_PATH = "/prpc/dm.Deps/"
 
 CALL_TIMEOUT_S = 60.0
 RETRIES = 5
-"""Attempts of one call on an Unavailable answer or a broken connection."""
+"""Tries of one call of a distributor's own (on a failed answer or a broken
+connection): how often, where dm's calls have a time budget."""
+
+RETRY_BUDGET_ENV = "DM_API_RETRY_BUDGET_S"
+DEFAULT_RETRY_BUDGET_S = 60.0
+"""How long a call to dm (a job's, a report pushed to dm_notify) goes on retrying
+UNAVAILABLE, 5xx and 429 answers and broken connections, counted from its first try:
+no try starts past it (one started before may run its own timeout). dm answers
+UNAVAILABLE while another call holds the declaration it needs (a crashed call's
+claim: up to 2 min), and giving up costs the http worker one of its deliveries
+(``http_max_attempts``, 3 by default, 10 s and 20 s apart), after which the execution
+ends FAILED: 7.5 s (the budget of old) let a dm busy for about a minute fail the
+execution; 60 s rides out a claim of 2 min within two deliveries and stays well
+under the http distributor's default dispatch deadline (10 min). A worker whose
+config sets a short ``deadline`` wants a budget well under it."""
+BACKOFF_S = (0.5, 8.0)
+"""The first pause between tries and the longest (doubled in between)."""
 
 TokenSource = Callable[[], str]
 """Returns a bearer token (a Google ID token) for the next request."""
@@ -160,21 +179,48 @@ def default_token_source(url: str, audience: str = "") -> TokenSource | None:
     return id_token_source(audience or default_audience(url))
 
 
+def retry_budget_from_env(env: Mapping[str, str] = os.environ) -> float:
+    """The retry budget ``DM_API_RETRY_BUDGET_S`` sets (seconds, a number > 0), or
+    :data:`DEFAULT_RETRY_BUDGET_S`; InvalidArgument names the variable."""
+    text = env.get(RETRY_BUDGET_ENV, "").strip()
+    if not text:
+        return DEFAULT_RETRY_BUDGET_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise InvalidArgument(f"{RETRY_BUDGET_ENV}: expected seconds > 0, got {text!r}")
+    return value
+
+
 class HttpCaller:
-    """POSTs with an optional bearer token, retrying what may pass."""
+    """POSTs with an optional bearer token, retrying what may pass.
+
+    How long: ``retries`` tries when given (a distributor's own calls), else for
+    ``budget_s`` seconds (default :func:`retry_budget_from_env`: dm's API and
+    reports); with both, whichever ends first. ``sleep`` and ``clock`` are
+    injected (tests run them on a fake clock).
+    """
 
     def __init__(
         self,
         token: TokenSource | None = None,
         *,
         timeout_s: float = CALL_TIMEOUT_S,
-        retries: int = RETRIES,
+        retries: int | None = None,
+        budget_s: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.token = token
         self.timeout_s = timeout_s
-        self.retries = max(1, retries)
+        self.retries = None if retries is None else max(1, retries)
+        if budget_s is None and retries is None:
+            budget_s = retry_budget_from_env()
+        self.budget_s = budget_s
         self.sleep = sleep
+        self.clock = clock
         # Never through a proxy: dm_api is reached directly (and loopback in tests).
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -196,23 +242,48 @@ class HttpCaller:
                 e.close()
 
     def retrying(
-        self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        again: Callable[[int, Mapping[str, str]], bool] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
-        """:meth:`request`, again on 5xx/429 answers and on no answer (backoff 0.5 s, 1 s, ...)."""
+        """:meth:`request`, again on 5xx/429 answers, on answers ``again`` names, and on
+        no answer (backoff 0.5 s, 1 s, ... 8 s), within the tries or the budget."""
+        start = self.clock()
         last = ""
-        for attempt in range(self.retries):
-            if attempt:
-                self.sleep(min(8.0, 0.5 * 2 ** (attempt - 1)))
+        tries = 0
+        while True:
+            if tries:
+                pause = min(BACKOFF_S[1], BACKOFF_S[0] * 2 ** (tries - 1))
+                if self.retries is not None and tries >= self.retries:
+                    break
+                if self.budget_s is not None and self.clock() - start + pause > self.budget_s:
+                    break
+                self.sleep(pause)
+            tries += 1
             try:
                 status, h, data = self.request(method, url, body, headers)
             except OSError as e:
                 last = f"no answer from {url}: {e}"
                 continue
-            if status >= 500 or status == 429:
+            if status >= 500 or status == 429 or (again is not None and again(status, h)):
                 last = f"{url} answered {status}: {data[:200].decode(errors='replace').strip()}"
                 continue
             return status, h, data
-        raise Unavailable(f"{last} (after {self.retries} attempts)")
+        spent = self.clock() - start
+        raise Unavailable(f"{last} (after {tries} attempts in {spent:.1f} s)")
+
+
+def _prpc_code(headers: Mapping[str, str]) -> int | None:
+    code = {k.lower(): v for k, v in headers.items()}.get(GRPC_CODE_HEADER.lower())
+    return None if code is None else int(code)
+
+
+def _unavailable(status: int, headers: Mapping[str, str]) -> bool:
+    """dm answered UNAVAILABLE, whatever the HTTP status (pRPC's is 503)."""
+    return _prpc_code(headers) == int(Code.UNAVAILABLE)
 
 
 class RemoteClient:
@@ -225,25 +296,23 @@ class RemoteClient:
         self.caller = caller or HttpCaller(default_token_source(self.url))
 
     def call(self, method: str, req: message.Message, out: M) -> M:
-        """Call ``method``; parse the answer into ``out`` (DMError on a pRPC error)."""
+        """Call ``method``; parse the answer into ``out`` (DMError on a pRPC error;
+        Unavailable once the caller's tries or budget are spent)."""
         headers = {"Content-Type": PRPC_CONTENT_TYPE, "Accept": PRPC_CONTENT_TYPE}
         url = self.url + SERVICE_PATH + method
-        for attempt in range(self.caller.retries):
-            status, h, body = self.caller.retrying("POST", url, req.SerializeToString(), headers)
-            code = {k.lower(): v for k, v in h.items()}.get(GRPC_CODE_HEADER.lower())
-            if code is None:
-                raise Internal(f"{url} answered {status} without a pRPC code (not dm_api?)")
-            if int(code) == int(Code.UNAVAILABLE) and attempt + 1 < self.caller.retries:
-                self.caller.sleep(min(8.0, 0.5 * 2**attempt))
-                continue
-            if int(code) != int(Code.OK):
-                raise _error_for(int(code), body.decode(errors="replace").strip())
-            try:
-                out.ParseFromString(body)
-            except message.DecodeError as e:
-                raise Internal(f"{url}: undecodable answer: {e}") from None
-            return out
-        raise Unavailable(f"{url}: still unavailable after {self.caller.retries} attempts")
+        status, h, body = self.caller.retrying(
+            "POST", url, req.SerializeToString(), headers, again=_unavailable
+        )
+        code = _prpc_code(h)
+        if code is None:
+            raise Internal(f"{url} answered {status} without a pRPC code (not dm_api?)")
+        if code != int(Code.OK):
+            raise _error_for(code, body.decode(errors="replace").strip())
+        try:
+            out.ParseFromString(body)
+        except message.DecodeError as e:
+            raise Internal(f"{url}: undecodable answer: {e}") from None
+        return out
 
     def ensure_graph_data(self, req: dm_pb2.EnsureGraphDataReq) -> dm_pb2.EnsureGraphDataRsp:
         return self.call("EnsureGraphData", req, dm_pb2.EnsureGraphDataRsp())
