@@ -946,11 +946,26 @@ def test_bodies_an_older_dm_queued_are_read_by_this_dm(lh: Harness) -> None:
     assert lh.failures == []
 
 
-def test_a_bad_task_body_setting_is_refused_at_start() -> None:
+def test_a_bad_task_body_setting_is_refused_at_start(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert not jobsim.carries_job({})
     assert jobsim.carries_job({jobsim.BODY_ENV: " job "})
-    with pytest.raises(ValueError, match="DM_JOBSIM_TASK_BODY: expected 'id' or 'job'"):
+    with pytest.raises(InvalidArgument, match="DM_JOBSIM_TASK_BODY: expected 'id' or 'job'"):
         jobsim.carries_job({jobsim.BODY_ENV: "jobs"})
+    # `dm run` says so in plain words (exit 2) before it does anything.
+    from dmcore.cli import main
+
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text("quests: []\n")
+    monkeypatch.setenv(jobsim.BODY_ENV, "jobs")
+    monkeypatch.setattr("sys.argv", ["dm", "run", str(run_file), "--home", str(tmp_path / "h")])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "DM_JOBSIM_TASK_BODY: expected 'id' or 'job', got 'jobs'" in err
+    assert "Traceback" not in err and not (tmp_path / "h").exists()
 
 
 def test_many_duplicates_on_the_chaos_queue(tmp_path: pathlib.Path) -> None:

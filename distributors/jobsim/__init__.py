@@ -73,7 +73,7 @@ from google.protobuf import json_format, timestamp_pb2
 from distributors.jobsim import config_pb2
 from dmcore import distributor as dist
 from dmcore import ids, jsonnorm
-from dmcore.errors import Code, Unavailable
+from dmcore.errors import Code, InvalidArgument, Unavailable
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
 from dmcore.store.base import StoreError, Transaction
@@ -648,10 +648,10 @@ BODY_JOB = "job"
 
 def carries_job(env: Mapping[str, str] = os.environ) -> bool:
     """Whether :data:`BODY_ENV` says to carry a job that only finishes in its task body;
-    ValueError names the variable and the values it takes."""
+    InvalidArgument names the variable and the values it takes."""
     mode = env.get(BODY_ENV, "").strip() or BODY_ID
     if mode not in (BODY_ID, BODY_JOB):
-        raise ValueError(f"{BODY_ENV}: expected {BODY_ID!r} or {BODY_JOB!r}, got {mode!r}")
+        raise InvalidArgument(f"{BODY_ENV}: expected {BODY_ID!r} or {BODY_JOB!r}, got {mode!r}")
     return mode == BODY_JOB
 
 

@@ -787,4 +787,7 @@ def show_request(file: pathlib.Path) -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except InvalidArgument as e:  # a setting no command checks, e.g. a distributor's env
+        raise SystemExit(fail(e.message).exit_code) from None
