@@ -21,6 +21,8 @@ A job that runs away from dm (started by a remote distributor: ``http``,
                        with a Google ID token when it is https (a private dm_api)
 ``DM_API_AUDIENCE``    the ID token's audience, if not the URL's origin (a Cloud
                        Function's ``cloudfunctions.net`` URL: the function's URL)
+``DM_API_RETRY_BUDGET_S`` how long a call to dm answered UNAVAILABLE is retried
+                       (seconds, default 60; set by whoever runs the worker, if at all)
 ``DM_QUEST_PARAMETERS`` / ``DM_QUEST_PARAMETERS_FILE`` as above; with neither, the job
                        reads the parameters through the API
 ``DM_PREVIOUS_STATE``  the previous execution's state (JSON); absent: read through the API
@@ -73,6 +75,8 @@ ENV_REPORT_TOKEN = "DM_REPORT_AUTH_TOKEN"
 ENV_REPORT_TOPIC = "DM_REPORT_TOPIC"
 ENV_REPORT_URL = "DM_REPORT_URL"
 ENV_LUCI_CONTEXT = "LUCI_CONTEXT"
+ENV_API_RETRY_BUDGET = remote.RETRY_BUDGET_ENV
+"""How long a call to dm retries (seconds; :data:`remote.DEFAULT_RETRY_BUDGET_S`)."""
 
 
 class JobError(Exception):

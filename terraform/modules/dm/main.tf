@@ -76,6 +76,7 @@ locals {
     DM_TASKS_SERVICE_ACCOUNT   = google_service_account.invoker.email
     DM_TASKS_DISPATCH_DEADLINE = tostring(var.tasks_dispatch_deadline_s)
     DM_RUN_RETRY_WINDOW_S      = tostring(var.run_retry_window_s)
+    DM_JOBSIM_TASK_BODY        = var.jobsim_task_body
     DM_NOTIFY_TOPIC            = google_pubsub_topic.notify.id
     DM_NOTIFY_SECRET_FILE      = "${local.secret_dir}/${local.secret_file}"
     DM_CONFIG                  = local.dm_config

@@ -128,6 +128,17 @@ variable "run_retry_window_s" {
   }
 }
 
+variable "jobsim_task_body" {
+  description = "DM_JOBSIM_TASK_BODY: \"id\" (every dm reads it) or \"job\" (the job in the body, one read less; read only by dm from commit 8193f07: set it once no older dm takes the tasks, docs/behaviour.md)."
+  type        = string
+  default     = "id"
+
+  validation {
+    condition     = contains(["id", "job"], var.jobsim_task_body)
+    error_message = "jobsim_task_body: \"id\" or \"job\"."
+  }
+}
+
 variable "tasks_max_dispatches_per_second" {
   description = "Rate limit of each Cloud Tasks queue (Cloud Tasks caps it at 500)."
   type        = number
