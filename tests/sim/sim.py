@@ -46,6 +46,10 @@ Everything random comes from the seed:
 * the engine's batch sizes (tiny ones make a few dozen edges take several
   transactions and chained steps) and, for some runs, several worker threads
   delivering tasks at once (those runs vary from one replay to the next);
+* on the local queue, several dm processes on one home (:class:`tests.sim.stores.Processes`:
+  each its own connections, kept bodies and lock): the driver's moves are one
+  process's or another's, and right after one's batch commits, before it goes on,
+  another may deliver tasks (:meth:`Sim._other_process`);
 * the store's: SQLite's own sizes (no write limit, declarations in parts of a
   few documents with their large inline limits), or a home an older dm (record
   layout 4, no ordered columns) writes until dm of this layout opens it mid-run,
@@ -93,7 +97,7 @@ from dmcore.store.sqlite import SqliteStore
 from tests.harness import Chaos, Harness, qid_of
 from tests.sim.faults import Faults, FaultyWorld
 from tests.sim.observe import AttemptView, ExecutionView, Internals, Observed, attempt_now, look
-from tests.sim.stores import OlderDmStore, SmallPartsStore
+from tests.sim.stores import OlderDmStore, Processes, SmallPartsStore
 from tests.test_store_ordered import disagreements
 
 T = TypeVar("T")
@@ -133,6 +137,10 @@ P_SQLITE_SIZES = 0.12
 """Seeds run at SQLite's own sizes (``Plan.parts_docs``)."""
 P_UPGRADE = 0.12
 """Seeds that start on a layout-4 home and upgrade it mid-run (``Plan.upgrade_at``)."""
+P_PROCESSES = 0.5
+"""Seeds run by several processes on one home, on the local queue (``Plan.processes``)."""
+P_OTHER_COMMITS = 0.3
+"""How often another process works right after a process's batch commits."""
 OLDER_LAYOUT = 4
 """The record layout of the older dm (``layout.TAKEN_UP``): no ordered columns."""
 US = 1_000_000
@@ -219,6 +227,11 @@ class Plan:
     upgrade_crash: bool = False
     """The first open stops before recording the layout: the older dm runs on, over
     the columns that open added, until a second open."""
+    processes: int = 0
+    """On the local queue (one worker thread, the harness's kind of store), this many
+    dm processes share the home (:class:`tests.sim.stores.Processes`; 0: one)."""
+    p_other_commits: float = 0.0
+    """How often another process works right after a batch commits (:meth:`Sim._other_process`)."""
 
     def summary(self) -> str:
         edges = sum(len(n.deps) for n in self.nodes)
@@ -235,7 +248,8 @@ class Plan:
             f"out_of_process={self.out_of_process} second_client={self.p_second_client} "
             f"between_parts={self.p_between_parts} own_call={self.p_own_call} "
             f"reshard={self.reshard} parts_docs={self.parts_docs} "
-            f"upgrade_at={self.upgrade_at} upgrade_crash={self.upgrade_crash}"
+            f"upgrade_at={self.upgrade_at} upgrade_crash={self.upgrade_crash} "
+            f"processes={self.processes}/{self.p_other_commits}"
         )
 
 
@@ -346,6 +360,7 @@ def make_plan(seed: int, *, min_nodes: int = 5, max_nodes: int = 40, workers: in
     # Drawn apart, so that every seed keeps the plan it had before these knobs.
     sizes = random.Random(f"{seed}/sqlite_sizes")
     upgrade = random.Random(f"{seed}/upgrade")
+    processes = random.Random(f"{seed}/processes")
     return Plan(
         seed=seed,
         nodes=nodes,
@@ -378,6 +393,8 @@ def make_plan(seed: int, *, min_nodes: int = 5, max_nodes: int = 40, workers: in
         parts_docs=sizes.choice([6, 9, 12]) if sizes.random() < P_SQLITE_SIZES else 0,
         upgrade_at=upgrade.randint(1, 6) if upgrade.random() < P_UPGRADE else 0,
         upgrade_crash=upgrade.random() < 0.5,
+        processes=processes.randint(2, 3) if processes.random() < P_PROCESSES else 0,
+        p_other_commits=P_OTHER_COMMITS,
     )
 
 
@@ -503,6 +520,14 @@ def new_harness(plan: Plan, tmp_path: Any, *, queue: str = "chaos", store: Any =
             ordered_fields=docs.SWEPT,
             durable=False,
         )
+    elif store is None and plan.processes and queue == "local" and plan.workers == 1:
+        store = Processes(
+            _home(tmp_path),
+            processes=plan.processes,
+            indexed_fields=docs.INDEXED_FIELDS,
+            ordered_fields=docs.SWEPT,
+            durable=False,
+        )
     h = Harness(
         tmp_path,
         queue=queue,
@@ -570,6 +595,13 @@ class Sim:
         """The older dm's store while it runs (until :meth:`_upgrade` switches)."""
         self.upgrade_next = plan.upgrade_at
         self.upgrade_rng = random.Random(f"dm-sim-upgrade/{plan.seed}")
+        self.processes = h.store if isinstance(h.store, Processes) else None
+        """The processes sharing the home, if several (:meth:`_other_process`)."""
+        self.proc_rng = random.Random(f"dm-sim-processes/{plan.seed}")
+        self.in_other = False
+        if self.processes is not None:
+            for i, s in enumerate(self.processes.stores):
+                s.after_commit = functools.partial(self._other_process, i)
         self.opens = 0
         self.by_qid = {n.qid: n for n in plan.nodes}
         self.max_iterations = max_iterations or 200 + 40 * len(plan.nodes)
@@ -620,6 +652,10 @@ class Sim:
                 self.trace.append(f"ensure n{i} {nums}")
             if self.older is not None and self.iterations >= self.upgrade_next:
                 self._upgrade()
+            if self.processes is not None:
+                # The driver's moves of this iteration (its deliveries, the jobs' calls)
+                # are one process's; the others act right after its commits.
+                self.processes.current = self.proc_rng.randrange(len(self.processes.stores))
             self._settle()
             if self.plan.reshard and self.shards_rng.random() < 0.15 and self.older is None:
                 self._reshard()
@@ -720,6 +756,38 @@ class Sim:
         self.older = None
         older.close()
         self.trace.append(f"upgrade: opened, layout {layout.VERSION} recorded")
+
+    def _other_process(self, committed: int) -> None:
+        """Right after a batch of process ``committed`` commits, before that process
+        goes on (notes what it keeps, or starts its next batch), maybe another
+        process works and commits: it plays the job of a task the first has just
+        started (a fast distributor; the job's calls are the other process's), or
+        delivers a few tasks. The first process's next batch must see those commits,
+        not take up the bodies its last batch kept as still true."""
+        procs = self.processes
+        assert procs is not None
+        prng = self.proc_rng
+        if self.in_other or self.in_parts or prng.random() >= self.plan.p_other_commits:
+            return
+        other = prng.choice([p for p in range(len(procs.stores)) if p != committed])
+        self.in_other = True
+        try:
+            with procs.acting_as(other):
+                pending = [e for e in self._playable() if e not in self.runs]
+                if pending and prng.random() < 0.7:
+                    eid = prng.choice(sorted(pending, key=str))
+                    self.trace.append(f"process {other} plays {self.ename(eid)}")
+                    self._play(eid)
+                    return
+                n = 0
+                for _ in range(prng.randint(1, 3)):
+                    if not self.h.deliver_one():
+                        break
+                    n += 1
+                if n:
+                    self.trace.append(f"process {other} delivers {n}")
+        finally:
+            self.in_other = False
 
     def _fast(self, eid: ExecutionID) -> None:
         """Inside D.run, the task started: maybe the job runs to its end right now."""
