@@ -13,14 +13,12 @@ land unseen by what the first process keeps.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import pathlib
-import re
-import textwrap
 
 import pytest
 
 from dmcore.store import sqlite
+from tests.sim.planted import replanted
 from tests.sim.sim import Sim, make_plan, new_harness
 from tests.sim.stores import Processes
 from tests.sim.test_sim import simulate
@@ -31,7 +29,7 @@ the file's version after its COMMIT (re-find one with the planted bug below, and
 this, when the plan's draws change: of the 26 such seeds of 0..49, 7, 8, 16, 23, 24, 30,
 31 and 38 fail with it)."""
 
-NOTED = re.compile(r'bodies\.kept\(conn\)(\n\s*)conn\.execute\("COMMIT"\)')
+NOTED = r'bodies\.kept\(conn\)(\n\s*)conn\.execute\("COMMIT"\)'
 LATE = r'conn.execute("COMMIT")\1bodies.kept(conn)'
 
 
@@ -68,12 +66,8 @@ def test_a_batch_noting_the_files_version_after_its_commit_fails_the_simulation(
     landing in between; its next batch takes up the bodies it kept, reads a document
     older than the file's and writes over the newer one. The same seed passes when
     no other process commits in that instant."""
-    source = textwrap.dedent(inspect.getsource(sqlite.SqliteStore.batch))
-    planted, n = NOTED.subn(LATE, source)
-    assert n == 1, "SqliteStore.batch changed: re-plant the bug"
-    scope = dict(vars(sqlite))
-    exec(compile(planted, sqlite.__file__, "exec"), scope)
-    monkeypatch.setattr(sqlite.SqliteStore, "batch", scope["batch"])
+    planted = replanted(sqlite.SqliteStore.batch, NOTED, LATE)
+    monkeypatch.setattr(sqlite.SqliteStore, "batch", planted)
     plan = dataclasses.replace(make_plan(SEED), p_other_commits=0.0)
     simulate(SEED, tmp_path / "without", queue="local", plan=plan)
     with pytest.raises(AssertionError, match=r"invariant violation|the run raised"):
