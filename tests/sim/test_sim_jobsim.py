@@ -5,7 +5,10 @@ handling runs under the queue's faults here: duplicated, delayed, reordered
 deliveries and dispatches failing after the commit (the ChaosQueue), dm telling a
 declaration to try again (UNAVAILABLE: between the parts of another declaration,
 whose claim a walk meets, or a busy dm, :class:`BusyClient`), stalls, claims of
-its own task documents, finishes and notifications or polls.
+its own task documents, finishes and notifications or polls; and a duplicate
+delivery of a job's task played inside the job's accepted FinishAttempt, before
+the job records its end, whose own FinishAttempt a busy dm fails
+(:class:`DuplicatePlays`).
 
 Each seed draws a forest of phrases (deps stages with shards, sub-phrases shared
 between parents, stalls; no failure stage: every attempt must finish) and the
@@ -28,12 +31,16 @@ import pytest
 
 from distributors import jobsim
 from dmcore.client import LocalClient
+from dmcore.distributor import backoff
+from dmcore.engine.core import DISTRIBUTOR_TARGET_PREFIX
 from dmcore.errors import Unavailable
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
+from dmcore.queue.base import Task
 from dmcore.states import AttemptState
 from tests.harness import Chaos, Harness
 from tests.sim.observe import Internals
+from tests.sim.planted import replanted
 from tests.sim.sim import replay_hint
 
 CONFIGS = {
@@ -55,11 +62,14 @@ class JobsimPlan:
     declare_chunk: int
     p_between_parts: float
     p_busy: float
+    p_duplicate_play: float = 0.0
+    """How often a duplicate of a job's task plays inside its accepted FinishAttempt."""
 
     def summary(self) -> str:
         return (
             f"{len(self.roots)} roots; {self.chaos}; declare_chunk={self.declare_chunk} "
-            f"between_parts={self.p_between_parts} busy={self.p_busy}"
+            f"between_parts={self.p_between_parts} busy={self.p_busy} "
+            f"duplicate_play={self.p_duplicate_play}"
         )
 
 
@@ -119,6 +129,8 @@ def make_jobsim_plan(seed: int) -> JobsimPlan:
         declare_chunk=rng.choice([2, 3, 32]),
         p_between_parts=rng.choice([0.0, 0.5, 1.0]),
         p_busy=rng.choice([0.0, 0.1, 0.3]),
+        # Drawn apart, so that every seed keeps the plan it had before this knob.
+        p_duplicate_play=random.Random(f"{seed}/duplicate_play").choice([0.0, 0.3, 0.7]),
     )
 
 
@@ -131,13 +143,81 @@ def value(p: dict[str, Any]) -> int:
     return total
 
 
+BUSY_FINISH = "dm is busy; finish again later"
+"""What the busy dm answers a duplicate play's FinishAttempt (:class:`DuplicatePlays`)."""
+
+
+class DuplicatePlays:
+    """A job's task delivered twice at once: right after dm accepts one play's
+    FinishAttempt, before that play records the job's end, a duplicate delivery of
+    the same task plays, and a busy dm fails its FinishAttempt (UNAVAILABLE). A job
+    that only finishes is played unclaimed by both (jobsim.only_finishes): the
+    duplicate must not record its failure, which would end a finished job as failed;
+    its delivery fails and the queue makes it again."""
+
+    def __init__(self, h: Harness, p: float, seed: int) -> None:
+        self.h, self.p = h, p
+        self.rng = random.Random(f"dm-sim-jobsim-duplicate/{seed}")
+        self.delivering: list[tuple[str, dict[str, Any], int, str]] = []
+        """The tasks being handled, innermost last: (target, payload, delivery, name)."""
+        self.refusing = False
+        self.played = 0
+        real = h.engine.handle_task
+
+        def handle_task(target: str, payload: Any, delivery: int = 1, name: str = "") -> None:
+            self.delivering.append((target, dict(payload), delivery, name))
+            try:
+                real(target, payload, delivery, name)
+            finally:
+                self.delivering.pop()
+
+        h.engine.handle_task = handle_task  # type: ignore[method-assign]
+
+    def after_finish(self) -> None:
+        """A play's FinishAttempt was accepted: maybe the duplicate plays now."""
+        if self.refusing or not self.delivering or self.rng.random() >= self.p:
+            return
+        target, payload, delivery, name = self.delivering[-1]
+        if not target.startswith(DISTRIBUTOR_TARGET_PREFIX):
+            return
+        self.refusing, self.played = True, self.played + 1
+        h = self.h
+        try:
+            h.engine.handle_task(target, payload, delivery + 1, name)
+        except Exception:
+            # As the queue has it: a failed delivery is made again, with backoff.
+            assert h.chaos is not None
+            eta = h.clock() + int(backoff(delivery + 1) * 1e6)
+            h.chaos.retry(Task(name, target, payload, eta), delivery + 1, eta)
+        finally:
+            self.refusing = False
+
+
 class BusyClient(LocalClient):
     """A dm that is sometimes too busy for a declaration (test double): it answers
-    UNAVAILABLE before anything of the call is done, as dm does."""
+    UNAVAILABLE before anything of the call is done, as dm does; and busy for the
+    FinishAttempt of a duplicate play (:class:`DuplicatePlays`)."""
 
-    def __init__(self, h: Harness, rng: random.Random, p_busy: float, told: list[str]) -> None:
+    def __init__(
+        self,
+        h: Harness,
+        rng: random.Random,
+        p_busy: float,
+        told: list[str],
+        duplicates: DuplicatePlays | None = None,
+    ) -> None:
         super().__init__(h.service)
         self.rng, self.p_busy, self.told = rng, p_busy, told
+        self.duplicates = duplicates
+
+    def finish_attempt(self, req: dm_pb2.FinishAttemptReq) -> None:
+        dup = self.duplicates
+        if dup is not None and dup.refusing:
+            self.told.append("busy finish")
+            raise Unavailable(BUSY_FINISH)
+        super().finish_attempt(req)
+        if dup is not None:
+            dup.after_finish()
 
     def ensure_graph_data(self, req: dm_pb2.EnsureGraphDataReq) -> dm_pb2.EnsureGraphDataRsp:
         if req.HasField("for_execution") and self.rng.random() < self.p_busy:
@@ -162,7 +242,8 @@ def simulate_jobsim(seed: int, tmp_path: pathlib.Path, plan: JobsimPlan | None =
             h.registry.config_from_dict({"distributor_configs": CONFIGS}), version="v1"
         )
         busy_rng = random.Random(f"dm-sim-jobsim-busy/{seed}")
-        h.registry.client = lambda: BusyClient(h, busy_rng, plan.p_busy, told)
+        dups = DuplicatePlays(h, plan.p_duplicate_play, seed) if plan.p_duplicate_play else None
+        h.registry.client = lambda: BusyClient(h, busy_rng, plan.p_busy, told, dups)
         h.service.declare_chunk = plan.declare_chunk
         parts_rng = random.Random(f"dm-sim-jobsim-parts/{seed}")
         nested = [False]
@@ -259,3 +340,39 @@ def test_jobsim_failing_its_execution_on_unavailable_fails_the_simulation(
         simulate_jobsim(UNAVAILABLE_SEED, tmp_path / "claim", quiet)
     monkeypatch.undo()
     assert simulate_jobsim(UNAVAILABLE_SEED, tmp_path / "fixed", quiet) == ["claim"]
+
+
+DUPLICATE_PLAY_SEED = 2
+"""A default seed in which a duplicate play of a job that only finishes fails inside
+the first play's accepted FinishAttempt, and which fails when that play records
+FAILED (re-find one with the planted bug below when the plan's draws change)."""
+
+
+def plant_failing_duplicate(module: Any) -> Any:
+    """jobsim's handling of a task with the fix of last session taken out: an unclaimed
+    play whose job breaks records FAILED, as a claimed run does."""
+    return replanted(
+        module.JobsimDistributor.handle_task_queue_task, r'if what == "play":', "if False:"
+    )
+
+
+def test_a_duplicate_play_recording_its_failure_fails_the_simulation(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Last session's mistake, planted again: a duplicate play of a job that only
+    finishes, failing (dm busy) while the first play's FinishAttempt is accepted,
+    records FAILED: the job dm has FINISHED ends failed in jobsim, and the first play's
+    end records nothing. The same seed passes without the duplicate plays."""
+    planted = plant_failing_duplicate(jobsim)
+    monkeypatch.setattr(jobsim.JobsimDistributor, "handle_task_queue_task", planted)
+    quiet = dataclasses.replace(make_jobsim_plan(DUPLICATE_PLAY_SEED), p_duplicate_play=0.0)
+    simulate_jobsim(DUPLICATE_PLAY_SEED, tmp_path / "without", quiet)
+    with pytest.raises(AssertionError, match=r"jobsim task .*: failed"):
+        simulate_jobsim(DUPLICATE_PLAY_SEED, tmp_path / "with")
+
+
+def test_duplicate_plays_fail_inside_accepted_finishes(tmp_path: pathlib.Path) -> None:
+    """The mechanism does what it is for: duplicates play, their FinishAttempt is
+    failed by the busy dm, and every invariant holds."""
+    told = simulate_jobsim(DUPLICATE_PLAY_SEED, tmp_path)
+    assert "busy finish" in told
