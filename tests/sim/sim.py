@@ -31,7 +31,10 @@ Everything random comes from the seed:
   2 dependencies; the service's ``between_parts`` hook), other callers' work:
   deliveries of the earlier parts' follow-ups, and a dependee's job that first
   tries to depend on its declaring depender, a cycle dm must refuse (now, or
-  told to try again) without a trace while the declaration is accepted whole;
+  told to try again) without a trace while the declaration is accepted whole
+  (often a dependency of a part still to come, which another client has just
+  asked for: only the declaration's claim stops it; declarations then sometimes
+  in parts of one dependency, so that one of two has parts);
   and another call of the declaring execution itself (the same declaration, or
   one of its dependencies), which must be told to try again and leave the first
   call's claim as it was;
@@ -211,6 +214,11 @@ class Plan:
     """Between two parts of a declaration (in parts of 2 dependencies then), other
     callers' work: deliveries, and a dependee's job that first tries to close a
     cycle onto the declaring attempt (:meth:`Sim._between_parts`)."""
+    p_later_closer: float = 0.0
+    """Between two parts of a declaration, another client asks for a dependency of
+    a later part and its job tries to close a cycle (:meth:`Sim._later_closer`);
+    and (with ``p_between_parts``) as often, a declaration is made in parts of one
+    dependency, so that a declaration of two has parts."""
     reshard: bool = False
     """``sweep_shards`` changes now and then during the run (:meth:`Sim._reshard`)."""
     p_own_call: float = 0.0
@@ -246,7 +254,8 @@ class Plan:
             f"fast={self.p_fast} new_config={self.p_new_config} "
             f"tiny_batches={self.tiny_batches} workers={self.workers} "
             f"out_of_process={self.out_of_process} second_client={self.p_second_client} "
-            f"between_parts={self.p_between_parts} own_call={self.p_own_call} "
+            f"between_parts={self.p_between_parts}/{self.p_later_closer} "
+            f"own_call={self.p_own_call} "
             f"reshard={self.reshard} parts_docs={self.parts_docs} "
             f"upgrade_at={self.upgrade_at} upgrade_crash={self.upgrade_crash} "
             f"processes={self.processes}/{self.p_other_commits}"
@@ -388,6 +397,7 @@ def make_plan(seed: int, *, min_nodes: int = 5, max_nodes: int = 40, workers: in
         out_of_process=random.Random(f"{seed}/out_of_process").random() < 0.5,
         p_second_client=random.Random(f"{seed}/second_client").choice([0.0, 0.3, 0.6]),
         p_between_parts=random.Random(f"{seed}/between_parts").choice([0.0, 0.0, 0.5, 1.0]),
+        p_later_closer=random.Random(f"{seed}/later_closer").choice([0.0, 0.5, 1.0]),
         reshard=random.Random(f"{seed}/reshard").random() < 0.3,
         p_own_call=random.Random(f"{seed}/own_call").choice([0.0, 0.5, 1.0]),
         parts_docs=sizes.choice([6, 9, 12]) if sizes.random() < P_SQLITE_SIZES else 0,
@@ -583,6 +593,8 @@ class Sim:
         # Its own stream: a seed without a second client keeps the run it had.
         self.client_rng = random.Random(f"dm-sim-second-client/{plan.seed}")
         self.parts_rng = random.Random(f"dm-sim-between-parts/{plan.seed}")
+        self.later_rng = random.Random(f"dm-sim-later-closer/{plan.seed}")
+        self.chunk_rng = random.Random(f"dm-sim-parts-of-one/{plan.seed}")
         self.shards_rng = random.Random(f"dm-sim-reshard/{plan.seed}")
         self.declaring: Declaring | None = None
         """The declaration a job's call is recording (its hook's other callers' work)."""
@@ -1054,10 +1066,14 @@ class Sim:
             declare = functools.partial(job.dep_on, *aids, quests=quests)
             fresh = [a for a in aids if a not in set(self.known())]
             outer, self.declaring = self.declaring, Declaring(eid, aids, job, quests)
+            chunk = self.h.service.declare_chunk
+            if self.plan.p_between_parts and self.chunk_rng.random() < self.plan.p_later_closer:
+                self.h.service.declare_chunk = 1  # a part per dependency: parts even of two
             try:
                 rsp = self._call(rec, "EnsureGraphData", declare)
             finally:
                 self.declaring = outer
+                self.h.service.declare_chunk = chunk
             self.declared.setdefault(aid, {}).update(dict.fromkeys(aids))
             if rsp.should_halt:
                 rec.halted = True
@@ -1171,7 +1187,8 @@ class Sim:
         prng = self.parts_rng
         if self.in_parts or self.declaring is None or prng.random() >= self.plan.p_between_parts:
             return
-        declarer, dependees = self.declaring.eid, self.declaring.aids
+        declaring = self.declaring
+        declarer, dependees = declaring.eid, declaring.aids
         if declarer != eid:
             return
         self.in_parts = True
@@ -1196,9 +1213,48 @@ class Sim:
                     self.closer_of.pop(closer, None)  # its job never activated
                     return
                 if prng.random() < 0.5 or not self.h.deliver_one():
-                    return
+                    break
+            later = self._later_closer(declaring, part)
+            if later is not None:
+                self.closer_of[later] = eid.attempt_id
+                self.trace.append(
+                    f"between parts {part} of {self.ename(eid)}: another client's "
+                    f"{self.ename(later)} plays"
+                )
+                self._play(later)
+                self.closer_of.pop(later, None)
         finally:
             self.in_parts = False
+
+    def _later_closer(self, d: Declaring, part: int) -> ExecutionID | None:
+        """Maybe another client asks for a dependency of the declaration's parts still
+        to come (absent yet: no edge to it is recorded), and dm hands its job over;
+        returns that execution, to be played as a closer. Its declaration of the
+        declaring attempt closes no cycle yet: only the declaration's claim stops it
+        (told to try again); accepted, the later part would find the cycle and be
+        refused after the earlier parts committed (a partial write)."""
+        lrng = self.later_rng
+        if lrng.random() >= self.plan.p_later_closer:
+            return None
+        known = set(self.known())
+        later = [a for a in d.aids if a not in known and a not in self.ensured]
+        later = [a for a in later if self.internals.edge_satisfied(d.eid.attempt_id, a) is None]
+        if not later:
+            return None
+        target = lrng.choice(later)
+        req = dm_pb2.EnsureGraphDataReq()
+        req.quest.append(self.by_qid[target.quest].desc)
+        req.quest_attempt.add(nums=[target.num])
+        self.h.service.ensure_graph_data(req, Caller.trusted())
+        self.ensured[target] = None
+        self.trace.append(f"between parts {part}: another client ensures {self.name(target)}")
+        for _ in range(200):
+            mine = [e for e in self._playable() if e.attempt_id == target and e not in self.runs]
+            if mine:
+                return mine[0]
+            if not self.h.deliver_one():
+                return None
+        return None
 
     def _own_call(self, d: Declaring, part: int) -> None:
         """Between its parts, another call of the declaring execution itself (another
