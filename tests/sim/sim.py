@@ -523,21 +523,9 @@ def new_harness(plan: Plan, tmp_path: Any, *, queue: str = "chaos", store: Any =
             )
         )
     elif store is None and plan.parts_docs:
-        store = SmallPartsStore(
-            _home(tmp_path),
-            parts_docs=plan.parts_docs,
-            indexed_fields=docs.INDEXED_FIELDS,
-            ordered_fields=docs.SWEPT,
-            durable=False,
-        )
+        store = SmallPartsStore(_home(tmp_path), parts_docs=plan.parts_docs, **AS_HARNESS)
     elif store is None and plan.processes and queue == "local" and plan.workers == 1:
-        store = Processes(
-            _home(tmp_path),
-            processes=plan.processes,
-            indexed_fields=docs.INDEXED_FIELDS,
-            ordered_fields=docs.SWEPT,
-            durable=False,
-        )
+        store = Processes(_home(tmp_path), processes=plan.processes, **AS_HARNESS)
     h = Harness(
         tmp_path,
         queue=queue,
@@ -568,6 +556,14 @@ def new_harness(plan: Plan, tmp_path: Any, *, queue: str = "chaos", store: Any =
         # does), so that a later change of sweep_shards is checked against it.
         layout.check_settings(h.store, "sim", "a new run", h.engine.settings)
     return h
+
+
+AS_HARNESS: dict[str, Any] = {
+    "indexed_fields": docs.INDEXED_FIELDS,
+    "ordered_fields": docs.SWEPT,
+    "durable": False,
+}
+"""How the harness opens its own SQLite store (the plan's other stores open alike)."""
 
 
 def _home(tmp_path: Any) -> Path:
@@ -1156,20 +1152,27 @@ class Sim:
         for _ in range(crng.randint(0, 4)):
             if not self.h.deliver_one():
                 break
-        node = self.by_qid[target.quest]
+        job = self._asked_from_outside(target, "second client")
+        if job is not None:
+            self._play(job)  # a fast distributor: its job runs at once
+
+    def _asked_from_outside(self, target: AttemptID, who: str) -> ExecutionID | None:
+        """Another client asks for ``target`` without an execution (a user's ``dm
+        ensure``), then the engine goes on one task at a time until the distributor
+        holds a job of it not played yet: that execution (None: none came)."""
         req = dm_pb2.EnsureGraphDataReq()
-        req.quest.append(node.desc)
+        req.quest.append(self.by_qid[target.quest].desc)
         req.quest_attempt.add(nums=[target.num])
         self.h.service.ensure_graph_data(req, Caller.trusted())
         self.ensured[target] = None
-        self.trace.append(f"second client ensures {self.name(target)}")
+        self.trace.append(f"{who} ensures {self.name(target)}")
         for _ in range(200):
             mine = [e for e in self._playable() if e.attempt_id == target and e not in self.runs]
             if mine:
-                self._play(mine[0])  # a fast distributor: its job runs at once
-                return
+                return mine[0]
             if not self.h.deliver_one():
-                return
+                return None
+        return None
 
     def _between_parts(self, eid: ExecutionID, part: int) -> None:
         """The service's hook between two parts of a declaration: maybe other callers
@@ -1237,24 +1240,11 @@ class Sim:
         if lrng.random() >= self.plan.p_later_closer:
             return None
         known = set(self.known())
-        later = [a for a in d.aids if a not in known and a not in self.ensured]
+        later = [a for a in d.aids if a not in known]
         later = [a for a in later if self.internals.edge_satisfied(d.eid.attempt_id, a) is None]
         if not later:
             return None
-        target = lrng.choice(later)
-        req = dm_pb2.EnsureGraphDataReq()
-        req.quest.append(self.by_qid[target.quest].desc)
-        req.quest_attempt.add(nums=[target.num])
-        self.h.service.ensure_graph_data(req, Caller.trusted())
-        self.ensured[target] = None
-        self.trace.append(f"between parts {part}: another client ensures {self.name(target)}")
-        for _ in range(200):
-            mine = [e for e in self._playable() if e.attempt_id == target and e not in self.runs]
-            if mine:
-                return mine[0]
-            if not self.h.deliver_one():
-                return None
-        return None
+        return self._asked_from_outside(lrng.choice(later), f"between parts {part}: another client")
 
     def _own_call(self, d: Declaring, part: int) -> None:
         """Between its parts, another call of the declaring execution itself (another
