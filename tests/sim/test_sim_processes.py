@@ -53,7 +53,7 @@ def test_processes_share_the_home_and_commit_between_each_others_batches(
         assert any(" plays " in line for line in others)
         assert any(" delivers " in line for line in others)
         # Each process used a connection of its own.
-        assert len({id(s.connection()) for s in store.stores}) == plan.processes
+        assert len({id(s.armed.conn) for s in store.stores if s.armed.conn}) == plan.processes
     finally:
         h.close()
 
