@@ -981,8 +981,11 @@ class Sim:
     # -- the job --
 
     def _midjob(self, rec: ExecRecord) -> None:
-        """dm's work goes on while the job runs: tasks, a bit of time, a sweep, a cancel."""
-        if rec.fast or self.in_parts or self.rng.random() >= self.plan.p_midjob:
+        """dm's work goes on while the job runs: tasks, a bit of time, a sweep, a cancel.
+        Not in a job played by another process right after a commit
+        (:meth:`_other_process`): the committing process's next work (a distributor
+        call it put off until after the commit) would wait for the clock to move."""
+        if rec.fast or self.in_parts or self.in_other or self.rng.random() >= self.plan.p_midjob:
             return
         if self.rng.random() < 0.5:
             self._jump(self.rng.uniform(0, MIDJOB_S))
