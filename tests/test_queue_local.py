@@ -135,7 +135,7 @@ def test_eta_respected(q: LocalQueue, clock: FakeClock) -> None:
     assert names(q.lease()) == ["later"]
 
 
-def test_lease_orders_by_eta_then_name_and_limits(q: LocalQueue, clock: FakeClock) -> None:
+def test_lease_orders_by_eta_then_as_queued_and_limits(q: LocalQueue, clock: FakeClock) -> None:
     q.enqueue_many(
         [
             task("c", eta_us=T0 - 1),
@@ -145,9 +145,36 @@ def test_lease_orders_by_eta_then_name_and_limits(q: LocalQueue, clock: FakeCloc
             task("future", eta_us=T0 + 1),
         ]
     )
+    q.enqueue(task("0", eta_us=T0 - 1))  # queued last: after c and a, whatever its name
     assert names(q.lease(limit=2)) == ["d", "b"]
-    assert names(q.lease()) == ["a", "c"]
+    assert names(q.lease()) == ["c", "a", "0"]
     assert q.lease(limit=0) == []
+
+
+def test_lease_uses_an_index_for_its_order(q: LocalQueue) -> None:
+    """The order by rowid comes from the index, not from sorting every pending task."""
+    plan = q._conn().execute(
+        "EXPLAIN QUERY PLAN SELECT name FROM tasks WHERE done_us IS NULL AND eta_us <= 1"
+        " AND leased_until <= 1 ORDER BY eta_us, rowid LIMIT 10"
+    )
+    details = [row[3] for row in plan]
+    assert any("USING INDEX tasks_due" in d for d in details), details
+    assert not any("TEMP B-TREE" in d for d in details), details
+
+
+def test_open_drops_an_older_queues_pending_index(db_path: Path, clock: FakeClock) -> None:
+    LocalQueue(db_path, clock=clock).close()
+    conn = sqlite3.connect(db_path)
+    conn.execute("DROP INDEX tasks_due")
+    conn.execute("CREATE INDEX tasks_pending ON tasks (eta_us, name) WHERE done_us IS NULL")
+    conn.commit()
+    conn.close()
+    queue = LocalQueue(db_path, clock=clock)
+    listed = queue._conn().execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+    indexes = {row[0] for row in listed}
+    queue.close()
+    assert "tasks_due" in indexes
+    assert "tasks_pending" not in indexes
 
 
 def test_lease_target_prefix(q: LocalQueue) -> None:

@@ -69,13 +69,18 @@ CREATE TABLE IF NOT EXISTS tasks (
     done_us INTEGER NULL,
     leased_at INTEGER NOT NULL DEFAULT 0
 )""",
-    # Pending tasks by due time: what lease() scans.
-    "tasks_pending": "CREATE INDEX IF NOT EXISTS tasks_pending ON tasks (eta_us, name)"
-    " WHERE done_us IS NULL",
+    # Pending tasks by due time, then as queued (the rowid every index ends with):
+    # what lease() scans.
+    "tasks_due": "CREATE INDEX IF NOT EXISTS tasks_due ON tasks (eta_us) WHERE done_us IS NULL",
     # Tombstones by age: what purge_tombstones() deletes.
     "tasks_done": "CREATE INDEX IF NOT EXISTS tasks_done ON tasks (done_us)"
     " WHERE done_us IS NOT NULL",
 }
+_OLD_PENDING = "tasks_pending"
+"""The pending tasks' index of an older dm, by (eta_us, name): dropped at open. Tasks
+ran in the order of their names, random hashes, so a worker's batch wrote documents
+all over the file; in the order queued, the steps of one batch write neighbouring
+rows (a fan-in of 10,000 wrote 43% fewer bytes)."""
 
 # Insert, or take over a name whose tombstone has expired (but was not purged
 # yet); a pending task or a live tombstone leaves the row alone (0 changes).
@@ -184,6 +189,9 @@ class LocalQueue(TaskQueue):
         # Every job process opens the queue: when the schema is there (always but
         # the first time), only reads, so that opening waits for no write lock.
         ensure_schema(self._conn(), _SCHEMA, self._lock_wait)
+        if self._has_index(_OLD_PENDING):  # replaced by tasks_due; an index costs every write
+            with self._write() as conn:
+                conn.execute(f"DROP INDEX IF EXISTS {_OLD_PENDING}")
         if not self._has_leased_at():  # a queue from before deliveries were told apart
             with self._write() as conn:
                 if not self._has_leased_at():
@@ -192,6 +200,10 @@ class LocalQueue(TaskQueue):
                     )
 
     # -- connections and transactions --
+
+    def _has_index(self, name: str) -> bool:
+        sql = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?"
+        return self._conn().execute(sql, (name,)).fetchone() is not None
 
     def _has_leased_at(self) -> bool:
         return any(
@@ -297,7 +309,7 @@ class LocalQueue(TaskQueue):
     # -- consuming --
 
     def lease(self, limit: int = 100, target_prefix: str | None = None) -> list[LeasedTask]:
-        """Leases up to ``limit`` due tasks (by eta, then name) for ``lease_us``.
+        """Leases up to ``limit`` due tasks (by eta, then as queued) for ``lease_us``.
 
         The tasks stay hidden from other leasers until the lease runs out; the
         caller must :meth:`ack` (or :meth:`nack`) them before then, otherwise
@@ -313,7 +325,7 @@ class LocalQueue(TaskQueue):
         if target_prefix:
             sql += " AND substr(target, 1, length(:prefix)) = :prefix"
             params["prefix"] = target_prefix
-        sql += " ORDER BY eta_us, name LIMIT :limit"
+        sql += " ORDER BY eta_us, rowid LIMIT :limit"
         with self._write() as conn:
             now = self.clock()
             params["now"] = now
