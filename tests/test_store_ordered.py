@@ -229,14 +229,14 @@ def test_a_home_from_before_the_columns_is_swept_through_them_after_its_open(
             conn.execute(f'ALTER TABLE docs DROP COLUMN "r:{f}"')
             conn.execute(f'ALTER TABLE docs DROP COLUMN "v:{f}"')
     old = SqliteStore(tmp_path / "dm.sqlite")
-    assert old.ordered_fields == ()
+    assert set(old.ordered_fields).isdisjoint(docs.SWEPT)
     put(old, f"{docs.ATTEMPTS}/a", {"state": 3, docs.EXPIRY_DUE: 1})  # long due
     old.close()
 
     emb = Embedded(tmp_path, build_registry(CONFIG))
     try:
         assert isinstance(emb.store, SqliteStore)
-        assert emb.store.ordered_fields == docs.SWEPT
+        assert set(docs.SWEPT) <= set(emb.store.ordered_fields)
         assert disagreements(emb.store) == []
         assert emb.engine.sweep()["expiries"] == 1
     finally:

@@ -532,13 +532,46 @@ def test_indexed_field_serves_filtered_queries(tmp_path: Path) -> None:
             put(s, f"attempts/a/fwd_deps/{i:03}", {"for_execution": 1, "satisfied": i != 7})
         # The engine's open-edges check: unsatisfied edges of one execution, first one.
         where = {"for_execution": 1, "satisfied": False}
-        sql, params = _select("attempts/a/fwd_deps", where, None, False, 1)
+        sql, params = _select(
+            "attempts/a/fwd_deps", where, None, False, 1, ordered=s.ordered_fields
+        )
         plan = " ".join(str(r) for r in s.connection().execute("EXPLAIN QUERY PLAN " + sql, params))
-        assert "docs_by_" in plan, plan
+        assert "docs_order:satisfied" in plan, plan
         assert "TEMP B-TREE" not in plan, plan  # id order straight from the index
         assert [p for p, _ in s.query("attempts/a/fwd_deps", where, limit=1)] == [
             "attempts/a/fwd_deps/007"
         ]
+        assert s.transaction(lambda tx: tx.count("attempts/a/fwd_deps", where, 2)) == 1
+        assert s.transaction(lambda tx: tx.count("attempts/a/fwd_deps", {"satisfied": True})) == 49
+        assert s.transaction(lambda tx: tx.count("attempts/a/fwd_deps", None, 10)) == 10
+    finally:
+        s.close()
+
+
+def test_open_drops_an_older_dms_expression_index_and_fills_the_columns(tmp_path: Path) -> None:
+    """A file whose equality filters an older dm served by an index on the JSON (computed
+    on every write): the field's columns take over, filled from the documents there."""
+    from dmcore.store.sqlite import _index_name
+
+    path = tmp_path / "dm.sqlite"
+    SqliteStore(path).close()
+    conn = sqlite3.connect(path)
+    name = _index_name("satisfied")
+    conn.execute(
+        f"CREATE INDEX {name} ON docs (collection, json_type(body, '$.\"satisfied\"'), id)"
+    )
+    conn.executemany(
+        "INSERT INTO docs (collection, id, body) VALUES ('e', ?, ?)",
+        [("1", '{"satisfied":false}'), ("2", '{"satisfied":true}'), ("3", "{}")],
+    )
+    conn.commit()
+    conn.close()
+    s = SqliteStore(path, indexed_fields=["satisfied"])
+    try:
+        listed = s.connection().execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        assert name not in {row[0] for row in listed}
+        assert [p for p, _ in s.query("e", {"satisfied": False})] == ["e/1"]
+        assert [p for p, _ in s.query("e", {"satisfied": True})] == ["e/2"]
     finally:
         s.close()
 

@@ -88,8 +88,9 @@ SWEEP_SHARD = "sweep_shard"
 INDEXED_FIELDS = ("satisfied", "propagated")
 """Fields the engine filters on in collections that grow large: open edges of a
 fan-in (``fwd_deps``: satisfied) and unpropagated back edges (``back_deps``:
-propagated). The SQLite store indexes them; Firestore indexes every field
-anyway. (A quest's attempts are found by their id prefix, no index needed.)"""
+propagated). The SQLite store keeps them in indexed columns of the row, as it does
+:data:`SWEPT` (no JSON parsed on a write); Firestore indexes every field anyway.
+(A quest's attempts are found by their id prefix, no index needed.)"""
 
 
 def quest_path(qid: str) -> str:

@@ -40,7 +40,10 @@ Why this shape:
   the value), taken from the document dict when it is written (no JSON parse)
   and indexed where present. One row, one statement: the columns cannot
   disagree with the document. Without them an ordered query parses every
-  document of the collection.
+  document of the collection. Fields that equality filters use in large
+  collections (``indexed_fields``: a fan-in's open edges) get the same columns,
+  compared by rank and value: an index on the JSON text instead costs two
+  parses of the document on every write of any document (2-3 us each here).
 """
 
 from __future__ import annotations
@@ -390,56 +393,71 @@ def _json_path(field: str) -> str:
     return "'" + ("$." + ".".join(labels)).replace("'", "''") + "'"
 
 
-def _index_sql(field: str) -> str:
-    """A partial index serving equality filters on ``field`` (documents that have it).
-
-    Its expressions are the very text :func:`_filters` writes, type then value
-    (both compared for equality), then ``id``, so a filtered query in id order
-    with a limit reads only the matching entries.
-    """
-    p = _json_path(field)
-    return (
-        f"CREATE INDEX IF NOT EXISTS {_index_name(field)} ON docs "
-        f"(collection, json_type(body, {p}), json_extract(body, {p}), id) "
-        f"WHERE {_key_probe(field)}"
-    )
-
-
 def _index_name(field: str) -> str:
+    """The expression index an older dm made for equality filters on ``field``: its key
+    (collection, then the field's JSON type and value) was computed, parsing the
+    document, on every write of any document, 2-3 us each; the field's columns
+    (``indexed_fields``) serve those filters now, and it is dropped at open."""
     return "docs_by_" + hashlib.sha256(field.encode()).hexdigest()[:16]
+
+
+def _drop_expression_indexes(
+    conn: sqlite3.Connection, fields: Sequence[str], lock_wait: float = LOCK_WAIT_S
+) -> None:
+    """Drop :func:`_index_name`'s indexes of ``fields``; no write lock when there are none."""
+    names = {_index_name(f) for f in fields}
+    have = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    if names.isdisjoint(have):
+        return
+    with immediate(conn, lock_wait):
+        for name in sorted(names & have):
+            conn.execute(f"DROP INDEX IF EXISTS {name}")
 
 
 def _key_probe(field: str) -> str:
     """SQL for a cheap necessary condition of ``field`` being in a document.
 
     Bodies are compact JSON, so a present field's (last) key appears quoted and
-    followed by a colon. A substring search decides which documents an index
-    covers without parsing every document written; :func:`_filters` adds the
-    same text to its queries, which is how SQLite sees that the index applies.
+    followed by a colon. A substring search passes over most documents of a
+    collection that lack the field without parsing them (a filter on a field
+    without columns reads the whole collection).
     """
     _json_path(field)  # refuses keys the JSON text would escape
     key = '"' + field.rsplit(".", 1)[-1] + '":'
     return "instr(body, '" + key.replace("'", "''") + "') > 0"
 
 
-def _filters(collection: str, where: Mapping[str, Any] | None) -> tuple[list[str], list[Any]]:
+def _filters(
+    collection: str, where: Mapping[str, Any] | None, columns: Sequence[str] = ()
+) -> tuple[list[str], list[Any]]:
     """WHERE clauses and parameters for a collection plus equality filters.
 
     Types are matched as Firestore does: True never equals 1, a string never
     equals an embedded map's JSON text, and ``None`` matches an explicit null
-    only (a missing field gives SQL NULL from json_type, not ``'null'``).
+    only (a missing field gives SQL NULL from json_type, not ``'null'``). A field
+    of ``columns`` (the ordered columns) is compared by its columns, rank then
+    value, which the column index serves (in id order); any other in the JSON.
     """
     check_collection_path(collection)
     clauses = ["collection = ?"]
     params: list[Any] = [collection]
     for field, value in (where or {}).items():
         p = _json_path(field)
+        if field in columns and (value is None or isinstance(value, int | float | str)):
+            r = _rank_col(field)
+            clauses.append(f"{r} IS NOT NULL")  # the partial index's condition, word for word
+            if value is None:
+                clauses.append(f"{r} = 0")
+            else:
+                # The rank tells true (1) from 1 and 1.0 (2, equal as numbers), as the
+                # JSON types do below.
+                clauses.append(f"{r} = ? AND {_value_col(field)} = ?")
+                params += _order_key(value)
+            continue
         clauses.append(_key_probe(field))
         if value is None:
             clauses.append(f"json_type(body, {p}) = 'null'")
         elif value is True:
-            # The json_extract term (1 / 0 for true / false) adds nothing but lets
-            # an index on the field (see _index_sql) give the rows in id order.
             clauses.append(f"json_type(body, {p}) = 'true' AND json_extract(body, {p}) = 1")
         elif value is False:
             clauses.append(f"json_type(body, {p}) = 'false' AND json_extract(body, {p}) = 0")
@@ -472,7 +490,7 @@ def _select(
 ) -> tuple[str, list[Any]]:
     """SQL and parameters for :meth:`Store.query`; ``ordered``: the fields with ordered
     columns (their index gives the rows in order, reading only those with the field)."""
-    clauses, params = _filters(collection, where)
+    clauses, params = _filters(collection, where, ordered)
     d = " DESC" if descending else ""
     if at_most is not None and order_by is None:
         raise ValueError("at_most needs order_by: it bounds the ordered field")
@@ -868,6 +886,15 @@ class _SqliteTransaction(BufferedTransaction[_Row]):
             ordered=self._ordered.fields,
         )
 
+    def count(
+        self, collection: str, where: Mapping[str, Any] | None = None, limit: int | None = None
+    ) -> int:
+        # Counted by SQLite: no document read or decoded (an ack's open-edges check).
+        self._before_read()
+        sql, params = _select(collection, where, None, False, limit, ordered=self._ordered.fields)
+        n: int = self._conn.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()[0]
+        return n
+
     # -- writes: buffered (BufferedTransaction), serialised as JSON text
 
     def _check_path(self, path: str) -> None:
@@ -991,8 +1018,9 @@ class SqliteStore(Store):
         cache_mib: int = CACHE_MIB,
     ) -> None:
         """``indexed_fields``: (dotted) fields that equality queries filter on in
-        large collections; each gets an index, as Firestore indexes every field.
-        Without one such a query reads the whole collection.
+        large collections; each is kept in indexed columns as an ordered field is
+        (below), as Firestore indexes every field. Without them such a query
+        reads the whole collection.
 
         ``ordered_fields``: (dotted) fields that ordered queries sort on in large
         collections (the sweep's due times); each is kept in indexed columns
@@ -1022,9 +1050,10 @@ class SqliteStore(Store):
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(f"could not put {self._path} in WAL mode (got {mode!r})")
-        schema = {"docs": _SCHEMA, **{_index_name(f): _index_sql(f) for f in indexed_fields}}
-        ensure_schema(conn, schema, lock_wait)
-        self._ordered = ensure_ordered(conn, ordered_fields, lock_wait)
+        ensure_schema(conn, {"docs": _SCHEMA}, lock_wait)
+        # Equality filters are served by the same columns and index as an order.
+        self._ordered = ensure_ordered(conn, [*ordered_fields, *indexed_fields], lock_wait)
+        _drop_expression_indexes(conn, indexed_fields, lock_wait)
 
     def _refresh(self, conn: sqlite3.Connection) -> None:
         """Take up ordered columns another process added since (under the write lock,
@@ -1324,7 +1353,7 @@ class SqliteStore(Store):
         return out
 
     def count(self, collection: str, where: Mapping[str, Any] | None = None) -> int:
-        clauses, params = _filters(collection, where)
+        clauses, params = _filters(collection, where, self._ordered.fields)
         sql = f"SELECT count(*) FROM docs WHERE {' AND '.join(clauses)}"
         n: int = self._conn().execute(sql, params).fetchone()[0]
         return n

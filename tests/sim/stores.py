@@ -89,6 +89,8 @@ class OlderDmStore(SqliteStore):
     never knew of them: its upserts leave them as they were, its inserts NULL."""
 
     def __init__(self, path: Path, **kwargs: Any) -> None:
+        # Its equality filters read the JSON (served by expression indexes then).
+        kwargs.pop("indexed_fields", None)
         super().__init__(path, ordered_fields=(), **kwargs)
         if self.ordered_fields:
             raise ValueError(f"{path} has ordered columns: an older dm's file never had")
