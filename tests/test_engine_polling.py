@@ -146,3 +146,34 @@ def test_transient_poll_errors_keep_polling(
     assert len(calls) == 4
     assert h.exec_state(ExecutionID(a1.quest, 1, 1)) == ExecutionState.SCHEDULING
     h.close()
+
+
+def test_settle_stops_at_its_end_while_polls_keep_coming(
+    hp: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Running executions polled in turn, some poll due in every step of settle's
+    clock: settle still returns at its end (sim seed 328 went on for hours of fake
+    time, its polls never letting the loop reach the check of ``max_seconds``)."""
+    deadline = [hp.clock() + 60_000_000]
+    real_sweep = hp.engine.sweep
+
+    def bounded_sweep() -> object:
+        # Fails the test instead of letting it run forever.
+        assert hp.clock() <= deadline[0], "settle ran past its end"
+        return real_sweep()
+
+    monkeypatch.setattr(hp.engine, "sweep", bounded_sweep)
+    aids = [AttemptID(qid, 1) for qid in hp.ensure(*(quest_desc(f"w{i}") for i in range(10)))]
+    hp.settle(max_seconds=1)
+    for a in aids:  # started 3 s apart: their polls, 30 s apart each, interleave
+        hp.world.run_task(a.execution(1), lambda job: job.activate(), notify=False)
+        hp.world.task(a.execution(1)).result = None  # still running, as the fake says
+        hp.drain()
+        hp.clock.advance(3)
+    polls = _polls(hp, monkeypatch)
+    end = hp.clock() + 300_000_000
+    deadline[0] = end + 60_000_000
+    hp.settle(max_seconds=300)
+    assert len(polls) >= 10 * 300 // 30 - 10  # each was polled through the 300 s
+    assert all(hp.exec_state(a.execution(1)) == ExecutionState.RUNNING for a in aids)
+    assert hp.clock() <= end + 30_000_000
