@@ -154,7 +154,7 @@ def test_settle_stops_at_its_end_while_polls_keep_coming(
     """Running executions polled in turn, some poll due in every step of settle's
     clock: settle still returns at its end (sim seed 328 went on for hours of fake
     time, its polls never letting the loop reach the check of ``max_seconds``)."""
-    deadline = [hp.clock() + 60_000_000]
+    deadline = [hp.clock() + 60_000_000]  # the set-up's 30 s and its settle's 1 s, with room
     real_sweep = hp.engine.sweep
 
     def bounded_sweep() -> object:
@@ -163,13 +163,17 @@ def test_settle_stops_at_its_end_while_polls_keep_coming(
         return real_sweep()
 
     monkeypatch.setattr(hp.engine, "sweep", bounded_sweep)
-    aids = [AttemptID(qid, 1) for qid in hp.ensure(*(quest_desc(f"w{i}") for i in range(10)))]
+    aids: list[AttemptID] = []
+    for i in range(10):  # handed to the distributor 3 s apart: their polls interleave
+        (qid,) = hp.ensure(quest_desc(f"w{i}"))
+        aids.append(AttemptID(qid, 1))
+        hp.drain()
+        hp.clock.advance(3)
     hp.settle(max_seconds=1)
-    for a in aids:  # started 3 s apart: their polls, 30 s apart each, interleave
+    for a in aids:
         hp.world.run_task(a.execution(1), lambda job: job.activate(), notify=False)
         hp.world.task(a.execution(1)).result = None  # still running, as the fake says
         hp.drain()
-        hp.clock.advance(3)
     polls = _polls(hp, monkeypatch)
     end = hp.clock() + 300_000_000
     deadline[0] = end + 60_000_000
