@@ -148,6 +148,16 @@ class ChaosQueue(TaskQueue):
                 self.pending.append((dataclasses.replace(task, eta_us=at), delivery + 1))
 
 
+SETTLE_OVERRUN_S = 3600
+"""How long past its end :meth:`Harness.settle` follows follow-ups that keep coming back
+before it gives up (:class:`SettleStuck`): a failed re-dispatch is retried by the next
+sweep, minutes at most, so an hour means they never go."""
+
+
+class SettleStuck(RuntimeError):
+    """Follow-ups keep coming back past settle's end: a run that can never settle."""
+
+
 def follow_ups_left(store: Store, now_us: int) -> bool:
     """Whether committed follow-ups wait for the sweep: outbox records, or follow-ups
     pending on an attempt that are due to be re-sent by ``now_us``."""
@@ -383,6 +393,13 @@ class Harness:
             if self.drain() and self.clock() < end:
                 continue
             if follow_ups_left(self.store, self.clock()):
+                if self.clock() > end + SETTLE_OVERRUN_S * 1_000_000:
+                    pending = self.store.query(docs.ATTEMPTS, order_by=docs.PENDING_DUE, limit=1)
+                    raise SettleStuck(
+                        f"follow-ups still left {SETTLE_OVERRUN_S} s past settle's end: "
+                        f"{self.store.count(docs.OUTBOX)} outbox records; first attempt with "
+                        f"pending ones: {pending[0][0] if pending else None}"
+                    )
                 continue  # a re-dispatch failed (chaos): sweep again
             nxt = self.next_due_us()
             if nxt is None or nxt > end:

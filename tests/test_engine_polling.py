@@ -19,7 +19,7 @@ from dmcore.engine import docs
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
 from dmcore.states import AbnormalStatus, AttemptState, ExecutionState
-from tests.harness import Chaos, Harness
+from tests.harness import SETTLE_OVERRUN_S, Chaos, Harness, SettleStuck
 
 CONFIGS = {"fake": {"fake": {"poll_interval": "30s"}}}
 
@@ -181,3 +181,23 @@ def test_settle_stops_at_its_end_while_polls_keep_coming(
     assert len(polls) >= 10 * 300 // 30 - 10  # each was polled through the 300 s
     assert all(hp.exec_state(a.execution(1)) == ExecutionState.RUNNING for a in aids)
     assert hp.clock() <= end + 30_000_000
+
+
+def test_settle_gives_up_on_follow_ups_that_never_go(
+    hp: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outbox record that no sweep clears: settle says so an hour past its end
+    (SettleStuck, which the simulation reports as a failed run) instead of
+    sweeping for ever."""
+    sweeps = [0]
+
+    def stuck_sweep() -> None:
+        sweeps[0] += 1  # re-sends nothing, as an engine that lost track of the record would
+        assert sweeps[0] < 10 * SETTLE_OVERRUN_S, "settle never gave up"
+
+    monkeypatch.setattr(hp.engine, "sweep", stuck_sweep)
+    hp.store.transaction(lambda tx: tx.set(docs.outbox_path("stuck"), {"steps": []}))
+    start = hp.clock()
+    with pytest.raises(SettleStuck, match="1 outbox records"):
+        hp.settle(max_seconds=60)
+    assert start + (60 + SETTLE_OVERRUN_S) * 1_000_000 < hp.clock()
