@@ -20,6 +20,8 @@ import dataclasses
 import hashlib
 import logging
 import pathlib
+import sqlite3
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -404,3 +406,32 @@ def test_another_call_of_the_declaring_execution_must_leave_its_claim_alone(
     simulate(OWN_CALL_SEED, tmp_path / "without", queue="chaos", plan=plan)
     with pytest.raises(AssertionError, match="first call's claim"):
         simulate(OWN_CALL_SEED, tmp_path / "with", queue="chaos")
+
+
+@pytest.mark.parametrize(
+    ("queue", "plan_seed"), [("local", 0), ("local", 3), ("chaos", 0), ("chaos", 1)]
+)
+def test_each_sqlite_connection_serves_one_thread(
+    queue: str, plan_seed: int, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs on three worker threads (the local queue's batches on a pool's threads,
+    the ChaosQueue's tasks on threads at once): every statement a SQLite connection
+    runs, it runs on the thread that opened it. The store and the local queue open
+    theirs with ``check_same_thread=False`` (so that ``close`` may close them from
+    any thread), so sqlite3 itself would not object to one shared between threads."""
+    opened: list[tuple[threading.Thread, set[threading.Thread]]] = []
+    real_connect = sqlite3.connect
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn: sqlite3.Connection = real_connect(*args, **kwargs)
+        used: set[threading.Thread] = set()
+        opened.append((threading.current_thread(), used))
+        # Runs on the thread that runs the statement.
+        conn.set_trace_callback(lambda _sql: used.add(threading.current_thread()))
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    simulate(plan_seed, tmp_path, queue=queue, workers=3)
+    assert len({t for t, _ in opened}) > 1  # the premise: several threads had their own
+    shared = [(t.name, sorted(u.name for u in used)) for t, used in opened if used - {t}]
+    assert not shared, f"connections used by other threads than their opener's: {shared}"
