@@ -12,6 +12,12 @@ regression test here.
 To drive a scenario of your own (another file may), build the harness with
 :func:`tests.sim.sim.new_harness` and run :class:`tests.sim.sim.Sim` on it, or
 call :func:`simulate`.
+
+A seed that does not finish: do not watch it with ``faulthandler.dump_traceback_later``.
+On CPython 3.11 its watchdog thread reads the running thread's frames unlocked and now
+and then crashes the process (SIGSEGV in ``dump_traceback``, within seconds at a 0.02 s
+interval; the report shows the main thread in ``dmcore/store/sqlite.py``, where a run
+spends its time: not a store defect). gdb attached to the process is safe.
 """
 
 from __future__ import annotations
