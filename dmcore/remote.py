@@ -247,10 +247,11 @@ class HttpCaller:
         url: str,
         body: bytes | None,
         headers: Mapping[str, str],
-        again: Callable[[int, Mapping[str, str]], bool] | None = None,
+        again: Callable[[int, Mapping[str, str]], bool | None] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
-        """:meth:`request`, again on 5xx/429 answers, on answers ``again`` names, and on
-        no answer (backoff 0.5 s, 1 s, ... 8 s), within the tries or the budget."""
+        """:meth:`request`, again on no answer and on 5xx/429 answers (backoff 0.5 s,
+        1 s, ... 8 s), within the tries or the budget. ``again`` may decide for an
+        answer instead: True asks again, False takes it as it is, None keeps the rule."""
         start = self.clock()
         last = ""
         tries = 0
@@ -268,7 +269,10 @@ class HttpCaller:
             except OSError as e:
                 last = f"no answer from {url}: {e}"
                 continue
-            if status >= 500 or status == 429 or (again is not None and again(status, h)):
+            verdict = None if again is None else again(status, h)
+            if verdict is None:
+                verdict = status >= 500 or status == 429
+            if verdict:
                 last = f"{url} answered {status}: {data[:200].decode(errors='replace').strip()}"
                 continue
             return status, h, data
@@ -281,9 +285,13 @@ def _prpc_code(headers: Mapping[str, str]) -> int | None:
     return None if code is None else int(code)
 
 
-def _unavailable(status: int, headers: Mapping[str, str]) -> bool:
-    """dm answered UNAVAILABLE, whatever the HTTP status (pRPC's is 503)."""
-    return _prpc_code(headers) == int(Code.UNAVAILABLE)
+def _unavailable(status: int, headers: Mapping[str, str]) -> bool | None:
+    """Ask again when dm answered UNAVAILABLE, whatever the HTTP status (pRPC's is
+    503), and never on dm's other codes: UNIMPLEMENTED (a dm older than the job),
+    INTERNAL or RESOURCE_EXHAUSTED would answer the same for the whole budget. An
+    answer without a pRPC code (a front end's 502, 429) keeps the 5xx/429 rule."""
+    code = _prpc_code(headers)
+    return None if code is None else code == int(Code.UNAVAILABLE)
 
 
 class RemoteClient:

@@ -11,7 +11,15 @@ import dataclasses
 import pytest
 
 from dmcore import remote
-from dmcore.errors import Code, InvalidArgument, PermissionDenied, Unavailable
+from dmcore.errors import (
+    Code,
+    DMError,
+    Internal,
+    InvalidArgument,
+    PermissionDenied,
+    Unavailable,
+    Unimplemented,
+)
 from dmcore.proto import dm_pb2
 from tests.http_sink import Answer, HttpSink, Seen
 
@@ -110,3 +118,34 @@ def test_other_dm_errors_are_not_retried() -> None:
     with HttpSink(lambda seen: refused) as server, pytest.raises(PermissionDenied, match="no"):
         _client(server, fake, budget_s=60.0).activate_execution(dm_pb2.ActivateExecutionReq())
     assert fake.slept == [] and len(server.seen) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "error"),
+    [
+        (501, Code.UNIMPLEMENTED, Unimplemented),
+        (500, Code.INTERNAL, Internal),
+        (413, Code.RESOURCE_EXHAUSTED, DMError),
+        (429, Code.RESOURCE_EXHAUSTED, DMError),
+    ],
+)
+def test_dms_own_5xx_and_429_codes_are_raised_at_once(
+    status: int, code: Code, error: type[DMError]
+) -> None:
+    """Only UNAVAILABLE is worth a retry when dm's pRPC code says what went wrong: a dm
+    older than the job answers UNIMPLEMENTED for the whole budget."""
+    fake = FakeClock()
+    answer: Answer = (status, {remote.GRPC_CODE_HEADER: str(int(code))}, b"why")
+    with HttpSink(lambda seen: answer) as server, pytest.raises(error, match="why") as raised:
+        _client(server, fake, budget_s=60.0).activate_execution(dm_pb2.ActivateExecutionReq())
+    assert raised.value.code == code
+    assert fake.slept == [] and len(server.seen) == 1
+
+
+def test_a_front_ends_5xx_without_a_prpc_code_is_retried() -> None:
+    """A 502 from a load balancer (no pRPC code) may pass: asked again, then dm answers."""
+    fake = FakeClock()
+    answers: list[Answer] = [(502, {}, b"bad gateway"), (429, {}, b"slow down"), OK]
+    with HttpSink(lambda seen: answers.pop(0)) as server:
+        _client(server, fake, budget_s=60.0).activate_execution(dm_pb2.ActivateExecutionReq())
+    assert fake.slept == [0.5, 1.0] and len(server.seen) == 3
