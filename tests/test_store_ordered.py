@@ -366,3 +366,38 @@ def test_a_sweep_passes_over_a_row_whose_columns_disagree_with_its_document(
         assert "has no expiry_due_us" in caplog.text
     finally:
         emb.close()
+
+
+def test_filling_the_columns_writes_only_the_rows_they_change(tmp_path: Path) -> None:
+    """A large home's first open must not rewrite every document (a WAL the size of the
+    file, the write lock held meanwhile): only rows whose columns differ are written."""
+    path = tmp_path / "dm.sqlite"
+    old = SqliteStore(path)
+    old.transaction(lambda tx: [tx.set(f"attempts/n{i}", {"state": 3}) for i in range(50)])
+    old.transaction(lambda tx: [tx.set(f"attempts/t{i}", {docs.TIMER_DUE: i}) for i in range(3)])
+    old.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        before = conn.total_changes
+        sqlite_store._add_ordered(conn, docs.TIMER_DUE)
+        assert conn.total_changes - before == 3  # the three with the field, not 53
+        before = conn.total_changes
+        sqlite_store._fill_ordered(conn, docs.TIMER_DUE)  # already right: nothing written
+        assert conn.total_changes - before == 0
+        conn.execute(
+            "UPDATE docs SET body = ? WHERE id = 't0'", (json.dumps({"state": 3}),)
+        )  # an older dm drops the field: the stale columns are cleared
+        before = conn.total_changes
+        sqlite_store._fill_ordered(conn, docs.TIMER_DUE)
+        assert conn.total_changes - before == 1
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    new = SqliteStore(path, ordered_fields=(docs.TIMER_DUE,))
+    try:
+        assert disagreements(new) == []
+        got = [p for p, _ in new.query("attempts", order_by=docs.TIMER_DUE)]
+        assert got == ["attempts/t1", "attempts/t2"]
+    finally:
+        new.close()

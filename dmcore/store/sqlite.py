@@ -256,14 +256,20 @@ def _schema_version(conn: sqlite3.Connection) -> int:
 
 
 def _fill_ordered(conn: sqlite3.Connection, field: str) -> None:
-    """Set the ordered columns of ``field`` from every document (NULL where it lacks it)."""
+    """Set the ordered columns of ``field`` from every document (NULL where it lacks it).
+
+    Only rows whose columns differ are written: at the first open of a large home
+    most documents lack the field, and rewriting them all would fill the WAL."""
     p = _json_path(field)
     r, v = _rank_col(field), _value_col(field)
-    conn.execute(
-        f"UPDATE docs SET {r} = CASE json_type(body, {p}) WHEN 'null' THEN 0"
+    rank = (
+        f"CASE json_type(body, {p}) WHEN 'null' THEN 0"
         " WHEN 'true' THEN 1 WHEN 'false' THEN 1 WHEN 'integer' THEN 2 WHEN 'real' THEN 2"
-        f" WHEN 'text' THEN 3 WHEN 'array' THEN 4 WHEN 'object' THEN 5 END,"
-        f" {v} = json_extract(body, {p})"
+        " WHEN 'text' THEN 3 WHEN 'array' THEN 4 WHEN 'object' THEN 5 END"
+    )
+    value = f"json_extract(body, {p})"
+    conn.execute(
+        f"UPDATE docs SET {r} = {rank}, {v} = {value} WHERE {r} IS NOT {rank} OR {v} IS NOT {value}"
     )
 
 
