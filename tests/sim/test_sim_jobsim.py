@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import pathlib
 import random
 from typing import Any
@@ -64,12 +65,15 @@ class JobsimPlan:
     p_busy: float
     p_duplicate_play: float = 0.0
     """How often a duplicate of a job's task plays inside its accepted FinishAttempt."""
+    carry_job: bool = False
+    """Whether a job that only finishes travels in its task body (``DM_JOBSIM_TASK_BODY=job``)
+    rather than as its task ID (the default, which an older dm reads)."""
 
     def summary(self) -> str:
         return (
             f"{len(self.roots)} roots; {self.chaos}; declare_chunk={self.declare_chunk} "
             f"between_parts={self.p_between_parts} busy={self.p_busy} "
-            f"duplicate_play={self.p_duplicate_play}"
+            f"duplicate_play={self.p_duplicate_play} carry_job={self.carry_job}"
         )
 
 
@@ -131,6 +135,7 @@ def make_jobsim_plan(seed: int) -> JobsimPlan:
         p_busy=rng.choice([0.0, 0.1, 0.3]),
         # Drawn apart, so that every seed keeps the plan it had before this knob.
         p_duplicate_play=random.Random(f"{seed}/duplicate_play").choice([0.0, 0.3, 0.7]),
+        carry_job=random.Random(f"{seed}/carry_job").random() < 0.5,
     )
 
 
@@ -236,6 +241,8 @@ def simulate_jobsim(seed: int, tmp_path: pathlib.Path, plan: JobsimPlan | None =
     plan = plan or make_jobsim_plan(seed)
     h = Harness(tmp_path, queue="chaos", seed=seed, chaos=plan.chaos)
     told: list[str] = []
+    body = os.environ.get(jobsim.BODY_ENV)
+    os.environ[jobsim.BODY_ENV] = jobsim.BODY_JOB if plan.carry_job else jobsim.BODY_ID
     try:
         jobsim.register(h.registry)
         h.registry.set_config(
@@ -300,6 +307,10 @@ def simulate_jobsim(seed: int, tmp_path: pathlib.Path, plan: JobsimPlan | None =
         return told
     finally:
         h.close()
+        if body is None:
+            del os.environ[jobsim.BODY_ENV]
+        else:
+            os.environ[jobsim.BODY_ENV] = body
 
 
 @pytest.fixture(autouse=True)
