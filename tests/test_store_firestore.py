@@ -70,6 +70,12 @@ def fs(firestore_store: FirestoreStore) -> FirestoreStore:
     return firestore_store
 
 
+def test_no_read_view(fs: FirestoreStore) -> None:
+    """Firestore has no read-only view cheaper than a transaction: callers (a memoised
+    EnsureGraphData) take their transactional path, whose reads the cost tests count."""
+    assert fs.read_view() is None
+
+
 def test_values_firestore_cannot_hold_round_trip(fs: FirestoreStore) -> None:
     """Arrays in arrays, empty/reserved/escape-looking keys are escaped and restored."""
     doc: dict[str, Any] = {

@@ -374,6 +374,55 @@ def _outside(path: Path) -> set[str]:
         conn.close()
 
 
+def test_read_view_is_one_snapshot_without_the_write_lock(sq: SqliteStore) -> None:
+    """Store.read_view on SQLite: its reads and the thread's store reads see one
+    snapshot while another store commits beside them (no write lock taken)."""
+    put(sq, "a/1", {"n": 1})
+    put(sq, "a/2", {"n": 1})
+    other = SqliteStore(sq.path, lock_wait=0.05, busy_timeout=0.01)
+    try:
+        view = sq.read_view()
+        assert view is not None
+        with view as tx:
+            assert tx.get("a/1") == {"n": 1}
+            other.transaction(lambda t: [t.set(p, {"n": 2}) for p in ("a/1", "a/2", "a/3")])
+            assert tx.get_many(["a/1", "a/2", "a/3"]) == {
+                "a/1": {"n": 1},
+                "a/2": {"n": 1},
+                "a/3": None,
+            }
+            assert tx.peek_many(["a/2"], ("n",)) == {"a/2": {"n": 1}}
+            assert sq.get("a/2") == {"n": 1} and [p for p, _ in sq.query("a")] == ["a/1", "a/2"]
+        assert sq.get("a/1") == {"n": 2} and sq.get("a/3") == {"n": 2}
+        # And while another holds the write lock.
+        with other.write_scope(), sq.read_view() as tx:
+            assert tx.get("a/3") == {"n": 2}
+    finally:
+        other.close()
+
+
+def test_read_view_writes_nothing(sq: SqliteStore) -> None:
+    """A write through the view, or a transaction or batch inside it, is refused;
+    the store writes as before once the block is over; in a batch, the view sees
+    the batch's writes."""
+    with sq.read_view() as tx:
+        with pytest.raises(StoreError, match="read-only"):
+            tx.set("a/1", {"n": 1})
+        with pytest.raises(StoreError, match="nested"):
+            sq.transaction(lambda t: t.set("a/1", {"n": 1}))
+        with pytest.raises(StoreError, match="batch"), sq.batch():
+            pass
+    with pytest.raises(StoreError, match="read_view"):
+        sq.transaction(lambda t: sq.read_view().__enter__())
+    assert _outside(sq.path) == set()
+    with sq.batch():
+        sq.transaction(lambda t: t.set("a/1", {"n": 1}))
+        with sq.read_view() as tx:
+            assert tx.get("a/1") == {"n": 1}
+        sq.transaction(lambda t: t.set("a/2", {"n": 2}))
+    assert _outside(sq.path) == {"a/1", "a/2"}
+
+
 def test_batch_commits_at_its_end(sq: SqliteStore) -> None:
     with sq.batch():
         sq.transaction(lambda tx: tx.set("a/1", {"n": 1}))

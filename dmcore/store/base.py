@@ -289,6 +289,22 @@ class Store(abc.ABC):
         """
         return contextlib.nullcontext()
 
+    def read_view(self) -> contextlib.AbstractContextManager[Transaction] | None:
+        """A read-only view of one snapshot that takes no write lock, or None.
+
+        Inside the block, the view's reads and this thread's reads of the store
+        (:meth:`get`, :meth:`query`, ...) see the same snapshot while others
+        commit beside them, and cost what reads outside a transaction cost; a
+        write through the view raises :class:`StoreError`. Not inside this
+        thread's transaction. For an answer that can be made without writing
+        (a memoised request): a writer must read again in its own transaction.
+
+        None (the default): the store has no such view cheaper than a
+        transaction (on Firestore a transaction's reads are billed alike and
+        its snapshot is as dear); callers take their transactional path.
+        """
+        return None
+
     @abc.abstractmethod
     def get(self, path: str) -> Doc | None:
         """Read one document outside any transaction (a consistent snapshot)."""

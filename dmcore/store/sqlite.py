@@ -983,6 +983,13 @@ class _SqliteTransaction(BufferedTransaction[_Row]):
             bodies.wrote_many(writes)
 
 
+class _SqliteReadView(_SqliteTransaction):
+    """:meth:`SqliteStore.read_view`'s: a transaction's reads, no writes."""
+
+    def _before_write(self, path: str) -> None:
+        raise StoreError(f"write of {path} through a read-only view")
+
+
 class _Local(threading.local):
     """Per-thread state; class attributes are the per-thread defaults."""
 
@@ -1258,6 +1265,32 @@ class SqliteStore(Store):
             local.kept = bodies
         finally:
             self._tx_lock.release()
+
+    def read_view(self) -> contextlib.AbstractContextManager[Transaction]:
+        return self._read_view()
+
+    @contextlib.contextmanager
+    def _read_view(self) -> Iterator[Transaction]:
+        # A deferred BEGIN: the connection reads one snapshot (from its first read
+        # to the end) and takes no lock that stops a writer; in WAL mode a writer
+        # holding the write lock does not stop it either.
+        local = self._local
+        if local.in_tx:
+            raise StoreError("read_view() inside a transaction")
+        conn = self._conn()
+        own = not local.in_batch  # in a batch: its snapshot, its writes seen
+        if own:
+            conn.execute("BEGIN")
+        local.in_tx = True  # no transaction or batch of this thread inside
+        view = _SqliteReadView(conn, self, local.bodies)
+        try:
+            yield view
+        finally:
+            view._live = False
+            local.in_tx = False
+            if own:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")  # it wrote nothing: ends the read
 
     @contextlib.contextmanager
     def write_scope(self) -> Iterator[sqlite3.Connection]:
