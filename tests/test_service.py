@@ -46,6 +46,7 @@ from dmcore.proto import dm_pb2
 from dmcore.service import Caller
 from dmcore.states import AbnormalStatus, AttemptState, ExecutionState
 from dmcore.store.base import Transaction
+from dmcore.store.sqlite import LockTimeout, SqliteStore
 from tests.harness import Harness, qid_of
 
 FORWARDS = dm_pb2.WalkGraphReq.Mode.FORWARDS
@@ -1535,6 +1536,87 @@ def test_memoised_answer_from_parts_is_the_answer_from_whole_documents(
         for a in aids.values():
             assert set(step.seen[docs.attempt_path(a)]) == set(steps.EnsureGraph.ANSWERED)
             assert step.seen[docs.quest_path(a.quest)] == h.store.get(docs.quest_path(a.quest))
+    finally:
+        h.close()
+
+
+def _impatient_store(tmp_path: pathlib.Path) -> SqliteStore:
+    """As the harness's store, but a write gives up on the write lock at once."""
+    return SqliteStore(
+        tmp_path / "dm.sqlite",
+        indexed_fields=docs.INDEXED_FIELDS,
+        ordered_fields=docs.SWEPT,
+        durable=False,
+        lock_wait=0.05,
+        busy_timeout=0.01,
+    )
+
+
+def test_memoised_ensure_takes_no_write_lock(tmp_path: pathlib.Path) -> None:
+    """A memoised EnsureGraphData (every quest and asked attempt there) answers from
+    a read-only snapshot on SQLite: it answers while another connection holds the
+    write lock (the writing path would wait for it: LockTimeout here), with the
+    answer the writing path gave, and sees nothing that connection did not commit."""
+    h = Harness(tmp_path, store=_impatient_store(tmp_path))
+    try:
+        descs = [quest_desc(f"nolock-{i}") for i in range(3)]
+        start(h, *descs)
+        complete(h, aid_of(descs[0]), {"r": 1})
+        req = dm_pb2.EnsureGraphDataReq()
+        req.include.attempt.result = True
+        for d in descs:
+            req.quest.append(d)
+            req.quest_attempt.add(nums=[1])
+        whole = service_mod.Service(h.engine)._snapshot_graph(
+            [aid_of(d) for d in descs], True, service_mod.MAX_DATA_SIZE_DEFAULT
+        )
+        before = snapshot(h)
+        with contextlib.closing(sqlite3.connect(h.store.path, isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("DELETE FROM docs WHERE collection = ?", (docs.ATTEMPTS,))
+            got = h.service.ensure_graph_data(req, TRUSTED)
+            other.execute("ROLLBACK")
+        assert got.accepted and got.result == whole
+        assert [q.id for q in got.quest_ids] == [qid_of(d) for d in descs]
+        assert snapshot(h) == before
+        # The store's transactions are free again afterwards.
+        h.ensure(quest_desc("nolock-after"))
+    finally:
+        h.close()
+
+
+def test_ensure_with_one_absent_creates_it_and_answers_as_before(tmp_path: pathlib.Path) -> None:
+    """A request whose quests are there but for one (or but one asked attempt) is no
+    memoised request: it takes the writing path, which creates what is absent in its
+    transactions (it waits for the write lock: refused while another holds it, with
+    nothing written) and answers with the state before."""
+    h = Harness(tmp_path, store=_impatient_store(tmp_path))
+    try:
+        there = [quest_desc(f"some-{i}") for i in range(3)]
+        start(h, *there)
+        new = quest_desc("some-new")
+        for asked in ((new, 1), (there[1], 2)):
+            req = dm_pb2.EnsureGraphDataReq()
+            for d in there:
+                req.quest.append(d)
+                req.quest_attempt.add(nums=[1])
+            req.quest.append(asked[0])
+            req.quest_attempt.add(nums=[asked[1]])
+            aid = aid_of(*asked)
+            before = snapshot(h)
+            with contextlib.closing(sqlite3.connect(h.store.path, isolation_level=None)) as other:
+                other.execute("BEGIN IMMEDIATE")
+                with pytest.raises(LockTimeout):
+                    h.service.ensure_graph_data(req, TRUSTED)
+                other.execute("ROLLBACK")
+            assert snapshot(h) == before
+            got = h.service.ensure_graph_data(req, TRUSTED)
+            assert got.accepted
+            assert got.result.quests[aid.quest].attempts[aid.num].DNE
+            for d in there:
+                assert not attempt_msg(got.result, aid_of(d)).DNE
+            assert h.state(aid) in (AttemptState.SCHEDULING, AttemptState.EXECUTING)
+            h.settle()
     finally:
         h.close()
 
