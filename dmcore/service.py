@@ -282,8 +282,9 @@ class Service:
 
         Each part reads its quests and attempts in the transaction that creates the
         missing ones (:class:`~dmcore.engine.steps.EnsureGraph`), and the answer is
-        made of what it read: each document is read once. A memoised re-run (all
-        there) commits read-only transactions.
+        made of what it read: each document is read once. A memoised request (all
+        there) is answered without them where the store allows
+        (:meth:`_answer_memoised`); on other stores it commits read-only ones.
         """
         eng = self.engine
         if self._answer_memoised(req, rsp, supplied, aids, max_size):
