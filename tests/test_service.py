@@ -1585,11 +1585,17 @@ def test_memoised_ensure_takes_no_write_lock(tmp_path: pathlib.Path) -> None:
         h.close()
 
 
-def test_ensure_with_one_absent_creates_it_and_answers_as_before(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("chunk", [1, service_mod._ReadAhead.LOAD_CHUNK])
+def test_ensure_with_one_absent_creates_it_and_answers_as_before(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
     """A request whose quests are there but for one (or but one asked attempt) is no
     memoised request: it takes the writing path, which creates what is absent in its
     transactions (it waits for the write lock: refused while another holds it, with
-    nothing written) and answers with the state before."""
+    nothing written) and answers with the state before. With chunks of one attempt
+    the read-only try has answered for others before it finds the absent one: the
+    answer is still the writing path's, every quest and attempt once."""
+    monkeypatch.setattr(service_mod._ReadAhead, "LOAD_CHUNK", chunk)
     h = Harness(tmp_path, store=_impatient_store(tmp_path))
     try:
         there = [quest_desc(f"some-{i}") for i in range(3)]
@@ -1613,6 +1619,9 @@ def test_ensure_with_one_absent_creates_it_and_answers_as_before(tmp_path: pathl
             got = h.service.ensure_graph_data(req, TRUSTED)
             assert got.accepted
             assert got.result.quests[aid.quest].attempts[aid.num].DNE
+            assert sorted(got.result.quests) == sorted({qid_of(d) for d in [*there, asked[0]]})
+            assert all(len(q.attempts) == 1 + (k == aid.quest and aid.num == 2)
+                       for k, q in got.result.quests.items()), got.result  # fmt: skip
             for d in there:
                 assert not attempt_msg(got.result, aid_of(d)).DNE
             assert h.state(aid) in (AttemptState.SCHEDULING, AttemptState.EXECUTING)
