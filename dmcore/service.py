@@ -298,14 +298,12 @@ class Service:
             for q in raw_only:
                 if got[docs.quest_path(q)] is None:
                     raise InvalidArgument(f'cannot create attempts for absent quest "{q}"')
+
         # Each chunk of the answer's attempts is ensured (read, and created where
         # missing) just before the walk answers for it, from what the ensure read:
         # each document is read once, and held only until the answer has it (a
         # request may name 100,000 attempts).
-        ensured: list[Sequence[AttemptID]] = []  # the chunks, as the walk reached them
-
         def ensure(chunk: Sequence[AttemptID]) -> dict[str, docs.Doc | None]:
-            ensured.append(chunk)
             seen: dict[str, docs.Doc | None] = {}
             for start in range(0, len(chunk), ENSURE_CHUNK):
                 part = chunk[start : start + ENSURE_CHUNK]
@@ -319,21 +317,7 @@ class Service:
 
         # One commit for the whole request where the backend allows (embedded).
         with eng.batch():
-            self._snapshot_graph(
-                aids,
-                req.include.attempt.result,
-                max_size,
-                load=ensure,
-                out=rsp.result,
-                descs=supplied,
-            )
-            # The walk reads every chunk of its attempts unless it ran out of time:
-            # those it did not reach are created all the same.
-            if rsp.result.had_more:
-                done = {a.encoded for chunk in ensured for a in chunk}
-                rest = [a for a in aids if a.encoded not in done]
-                for start in range(0, len(rest), _ReadAhead.CHUNK):
-                    ensure(rest[start : start + _ReadAhead.CHUNK])
+            self._answer_loading_all(req, rsp, supplied, aids, max_size, ensure)
         rsp.accepted = True
         return rsp
 
@@ -358,10 +342,8 @@ class Service:
         if view is None:
             return False
         fields = steps.EnsureGraph.ANSWERED
-        reached: list[Sequence[AttemptID]] = []
 
         def load(chunk: Sequence[AttemptID]) -> dict[str, Any]:
-            reached.append(chunk)
             # (the parts are Mappings, read only: the walk never writes a document)
             got: dict[str, Any] = reader.get_many(
                 list(dict.fromkeys(docs.quest_path(a.quest) for a in chunk))
@@ -374,23 +356,38 @@ class Service:
 
         try:
             with view as reader:
-                self._snapshot_graph(
-                    aids,
-                    req.include.attempt.result,
-                    max_size,
-                    load=load,
-                    out=rsp.result,
-                    descs=supplied,
-                )
-                if rsp.result.had_more:  # out of time: those not reached must exist too
-                    done = {a.encoded for chunk in reached for a in chunk}
-                    rest = [a for a in aids if a.encoded not in done]
-                    for start in range(0, len(rest), _ReadAhead.CHUNK):
-                        load(rest[start : start + _ReadAhead.CHUNK])
+                self._answer_loading_all(req, rsp, supplied, aids, max_size, load)
         except _NotMemoised:
             rsp.result.Clear()
             return False
         return True
+
+    def _answer_loading_all(  # noqa: PLR0917 - internal
+        self,
+        req: dm_pb2.EnsureGraphDataReq,
+        rsp: dm_pb2.EnsureGraphDataRsp,
+        supplied: Mapping[str, bytes],
+        aids: list[AttemptID],
+        max_size: int,
+        load: Loader,
+    ) -> None:
+        """EnsureGraphData's answer, each chunk of its attempts read by ``load`` (which
+        creates, or checks, what it reads); the chunks the walk did not reach (it ran
+        out of time) are loaded all the same."""
+        reached: list[Sequence[AttemptID]] = []
+
+        def tracked(chunk: Sequence[AttemptID]) -> Mapping[str, docs.Doc | None]:
+            reached.append(chunk)
+            return load(chunk)
+
+        self._snapshot_graph(
+            aids, req.include.attempt.result, max_size, load=tracked, out=rsp.result, descs=supplied
+        )
+        if rsp.result.had_more:
+            done = {a.encoded for chunk in reached for a in chunk}
+            rest = [a for a in aids if a.encoded not in done]
+            for start in range(0, len(rest), _ReadAhead.CHUNK):
+                load(rest[start : start + _ReadAhead.CHUNK])
 
     def _check_execution_token(
         self, eid: ExecutionID, token: bytes, *, retry_ok: bool
