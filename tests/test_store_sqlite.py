@@ -421,6 +421,11 @@ def test_read_view_writes_nothing(sq: SqliteStore) -> None:
             assert tx.get("a/1") == {"n": 1}
         sq.transaction(lambda t: t.set("a/2", {"n": 2}))
     assert _outside(sq.path) == {"a/1", "a/2"}
+    with sq.write_scope() as conn:
+        conn.execute("INSERT INTO docs (collection, id, body) VALUES ('a', '3', '{}')")
+        with sq.read_view() as tx:
+            assert tx.get("a/3") == {}
+    assert sq.get("a/3") == {}
 
 
 def test_batch_commits_at_its_end(sq: SqliteStore) -> None:

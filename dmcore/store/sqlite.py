@@ -1278,7 +1278,8 @@ class SqliteStore(Store):
         if local.in_tx:
             raise StoreError("read_view() inside a transaction")
         conn = self._conn()
-        own = not local.in_batch  # in a batch: its snapshot, its writes seen
+        # In a batch or a write scope: the open transaction's snapshot, its writes seen.
+        own = not conn.in_transaction
         if own:
             conn.execute("BEGIN")
         local.in_tx = True  # no transaction or batch of this thread inside
