@@ -227,6 +227,9 @@ class Processes(SqliteStore):
         with self.now.write_scope() as conn:
             yield conn
 
+    def read_view(self) -> contextlib.AbstractContextManager[Transaction]:
+        return self.now.read_view()
+
     def connection(self) -> sqlite3.Connection:
         return self.now.connection()
 
