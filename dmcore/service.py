@@ -903,8 +903,6 @@ class Service:
                     if res is not None:
                         obj = res["object"]
                         budget -= len(obj) if obj.isascii() else len(obj.encode())
-                        if data is None:
-                            data = att_msg.data.finished.data
                         data.object = obj
             if n_executions:
                 self._fill_executions(att_msg, aid, inc, infos, att=doc, now=now)
