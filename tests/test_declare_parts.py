@@ -22,10 +22,11 @@ from dmcore.engine.base import Mutation
 from dmcore.errors import DMError, InvalidArgument, Unauthenticated, Unavailable
 from dmcore.ids import AttemptID, ExecutionID
 from dmcore.proto import dm_pb2
+from dmcore.service import Caller
 from dmcore.states import AttemptState, ExecutionState
 from dmcore.store.base import Store
 from tests.harness import Chaos, Harness
-from tests.test_service import activate, aid_of, complete, declare, end, finish, start
+from tests.test_service import activate, aid_of, complete, declare, end, fail, finish, start
 
 
 @pytest.fixture(params=["sqlite", pytest.param("firestore", marks=pytest.mark.emulator)])
@@ -269,3 +270,46 @@ def test_a_forged_token_learns_nothing_of_absent_quests(h: Harness, parts: bool)
         declare(h, a1.execution(1), b"forged" * 4, *absent[: 3 if parts else 1])
     assert docs.DECLARING not in h.attempt(a1)
     assert _edges(h, a1) == {}
+
+
+@pytest.mark.parametrize("b_first", [True, False])
+def test_a_halting_declaration_retried_after_a_dependee_was_reopened_between_parts(
+    h: Harness, b_first: bool
+) -> None:
+    """W-6 and ``dm retry``: A's second execution declares B (failed: its edge, left
+    by A's first execution, acked) and new Xs, in parts. Between the parts a user
+    re-opens B, which opens A's edge to B again (its first execution's), after B's
+    part (the edge stays A's first execution's) or before it (written for the
+    second). The declaration halts; its retry, the same call with the same token
+    (its answer lost), is answered "halted" again, not refused as a bad token."""
+    b, xs, a1, b1 = _graph(h)
+    ta = activate(h, a1.execution(1))
+    assert declare(h, a1.execution(1), ta, b1, quests=(b,)).should_halt
+    fail(h, b1.execution(1))
+    assert h.state(b1) == AttemptState.ABNORMAL_FINISHED
+    end(h, a1.execution(1))
+    assert h.state(a1) == AttemptState.EXECUTING
+    a2 = a1.execution(2)
+    ta2 = activate(h, a2)
+
+    def reopen(eid: ExecutionID, part: int) -> None:
+        h.service.between_parts = None
+        h.service.retry_attempt(b1, Caller.trusted())
+        h.settle()
+        # Another client's EnsureGraphData naming B, as where this was seen (not needed).
+        h.ensure(b)
+        h.settle()
+
+    h.service.between_parts = reopen
+    named = (b, *xs) if b_first else (*xs, b)  # in this order, in parts of two
+    deps_of_a = tuple(aid_of(q) for q in named)
+    assert declare(h, a2, ta2, *deps_of_a, quests=named).should_halt
+    assert h.service.between_parts is None  # the declaration was in parts
+    assert h.state(b1) != AttemptState.ABNORMAL_FINISHED  # re-opened
+    assert h.exec_state(a2) == ExecutionState.STOPPING
+    # The client retries the halting call: the same answer.
+    assert declare(h, a2, ta2, *deps_of_a, quests=named).should_halt
+    assert h.exec_state(a2) == ExecutionState.STOPPING
+    # Another declaration of the halted execution is still refused.
+    with pytest.raises(Unauthenticated):
+        declare(h, a2, ta2, aid_of(quest_desc("Other")), quests=(quest_desc("Other"),))

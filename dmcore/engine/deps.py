@@ -124,11 +124,23 @@ def reject_cycles(
             todo.append(nxt)
 
 
+def _reopened_since(att: docs.Doc | None, at_us: int) -> bool:
+    """Whether attempt ``att`` was re-opened (:mod:`dmcore.engine.reopen`) at ``at_us`` or later."""
+    reopens = (att or {}).get("reopened") or []
+    return bool(reopens) and int(reopens[-1]["at_us"]) >= at_us
+
+
 def _declared_before(
     ctx: Ctx, eid: ExecutionID, dependees: list[AttemptID], paths: list[str], token: bytes
 ) -> bool:
     """Whether this declaration repeats one that halted execution ``eid`` already, its
-    answer lost (W-6): every edge recorded then (or its dependee over since)."""
+    answer lost (W-6): every edge recorded then (or its dependee over since).
+
+    An edge an earlier execution left satisfied, its dependee over, is not written
+    again when this one names it; if the dependee was re-opened (``dm retry``)
+    since this execution began, the re-open opened that edge again (still the
+    earlier execution's): it counts as named. (So does such an edge a different
+    declaration names: the execution halted all the same.)"""
     att, ex = load_current(ctx, eid)
     if not (
         att is not None
@@ -141,9 +153,15 @@ def _declared_before(
         return False
     edges = ctx.uow.get_many(paths)
     now = ctx.uow.get_many([docs.attempt_path(d) for d in dependees])
+    began = int(ex["created"])
     return all(
         e is not None
-        and (e["satisfied"] or e["for_execution"] == eid.num or attempt_is_terminal(a))
+        and (
+            e["satisfied"]
+            or e["for_execution"] == eid.num
+            or attempt_is_terminal(a)
+            or _reopened_since(a, began)
+        )
         for e, a in zip(
             (edges[p] for p in paths),
             (now[docs.attempt_path(d)] for d in dependees),
