@@ -272,15 +272,13 @@ def test_a_forged_token_learns_nothing_of_absent_quests(h: Harness, parts: bool)
     assert _edges(h, a1) == {}
 
 
-@pytest.mark.parametrize("b_first", [True, False])
-def test_a_halting_declaration_retried_after_a_dependee_was_reopened_between_parts(
-    h: Harness, b_first: bool
-) -> None:
+@pytest.mark.parametrize("when", ["after B's part", "before B's part", "after the halt"])
+def test_a_halting_declaration_retried_after_a_dependee_was_reopened(h: Harness, when: str) -> None:
     """W-6 and ``dm retry``: A's second execution declares B (failed: its edge, left
-    by A's first execution, acked) and new Xs, in parts. Between the parts a user
-    re-opens B, which opens A's edge to B again (its first execution's), after B's
-    part (the edge stays A's first execution's) or before it (written for the
-    second). The declaration halts; its retry, the same call with the same token
+    by A's first execution, acked) and new Xs. A user re-opens B, which opens A's
+    edge to B again: between the declaration's parts, after B's part (the edge stays
+    A's first execution's) or before it (written for the second), or after the
+    declaration (in one part) halted. Its retry, the same call with the same token
     (its answer lost), is answered "halted" again, not refused as a bad token."""
     b, xs, a1, b1 = _graph(h)
     ta = activate(h, a1.execution(1))
@@ -291,6 +289,7 @@ def test_a_halting_declaration_retried_after_a_dependee_was_reopened_between_par
     assert h.state(a1) == AttemptState.EXECUTING
     a2 = a1.execution(2)
     ta2 = activate(h, a2)
+    reopened: list[int] = []
 
     def reopen(eid: ExecutionID, part: int) -> None:
         h.service.between_parts = None
@@ -299,13 +298,19 @@ def test_a_halting_declaration_retried_after_a_dependee_was_reopened_between_par
         # Another client's EnsureGraphData naming B, as where this was seen (not needed).
         h.ensure(b)
         h.settle()
+        reopened.append(part)
 
     h.service.between_parts = reopen
-    named = (b, *xs) if b_first else (*xs, b)  # in this order, in parts of two
+    if when == "after the halt":
+        h.service.declare_chunk = 32
+    named = (*xs, b) if when == "before B's part" else (b, *xs)  # in parts of two
     deps_of_a = tuple(aid_of(q) for q in named)
     assert declare(h, a2, ta2, *deps_of_a, quests=named).should_halt
-    assert h.service.between_parts is None  # the declaration was in parts
-    assert h.state(b1) != AttemptState.ABNORMAL_FINISHED  # re-opened
+    if when == "after the halt":
+        assert not reopened  # one part
+        reopen(a2, 0)
+    assert reopened
+    assert h.state(b1) != AttemptState.ABNORMAL_FINISHED
     assert h.exec_state(a2) == ExecutionState.STOPPING
     # The client retries the halting call: the same answer.
     assert declare(h, a2, ta2, *deps_of_a, quests=named).should_halt
