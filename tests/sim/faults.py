@@ -40,6 +40,12 @@ class Faults:
     run_transient: float = 0.0
     run_timeout: float = 0.0
     """A run that starts the task, then fails transiently (a deadline exceeded)."""
+    slow_record: float = 0.0
+    """How often a run that timed out is followed by a busy distributor: every try to
+    run fails transiently until the quest's stop timeout (plus a second) has passed,
+    while the task's job runs at once (:attr:`FaultyWorld.after_slow_start`). A job
+    that stops then is still unknown to dm by token: its stop timer falls due with
+    nothing to ask, and dm records the run a few seconds later."""
     run_reject: float = 0.0
     """A final run error (dm must REJECT the execution)."""
     outage: float = 0.0
@@ -66,6 +72,7 @@ class TaskLog:
     outage: bool = False
     first_try_us: int | None = None
     last_try_us: int | None = None
+    busy_until_us: int = 0  # tries to run fail transiently until then (slow_record)
     status_errors: int = 0
     status_calls: list[int] = dataclasses.field(default_factory=list)  # when get_status was called
     told_us: list[int] = dataclasses.field(default_factory=list)
@@ -84,6 +91,8 @@ class FaultyWorld(FakeWorld):
         """The harness's clock (set once the harness is built)."""
         self.faults = faults
         self.rng = random.Random(seed)
+        # Its own stream: a plan without slow_record keeps its run.
+        self.slow_rng = random.Random(f"{seed}/slow_record")
         self.logs: dict[ExecutionID, TaskLog] = {}
         self.lock = threading.RLock()
         self.before_run: Callable[[ExecutionID], None] | None = None
@@ -91,6 +100,9 @@ class FaultyWorld(FakeWorld):
         self.after_start: Callable[[ExecutionID], None] | None = None
         """Called once run has started the task, before it returns (a fast job may
         run to its end right there, before dm has recorded the run)."""
+        self.after_slow_start: Callable[[ExecutionID], None] | None = None
+        """Called once a run that timed out has started the task, before the distributor
+        stays busy (``Faults.slow_record``): the job runs while dm has no token."""
         self.configs: dict[ExecutionID, dist.Config] = {}
         """The config each task was started with (to queue its report with)."""
         self.config_drift: list[str] = []
@@ -171,6 +183,8 @@ class FaultyDistributor(FakeDistributor):
             if log.outage:
                 log.runs_transient += 1
                 raise dist.TransientError("sim: distributor outage")
+            if now < log.busy_until_us:
+                raise dist.TransientError("sim: distributor busy (slow_record)")
             if first and not log.runs_ok and w.roll(f.run_reject):
                 log.rejected = True
                 raise ValueError("sim: the distributor refuses this task")
@@ -179,10 +193,20 @@ class FaultyDistributor(FakeDistributor):
                 raise dist.TransientError("sim: distributor busy")
             started = super().run(desc, auth, prev_result)
             w.configs[eid] = self.cfg
+            slow = False
             if not log.runs_timed_out and w.roll(f.run_timeout):
                 log.runs_timed_out += 1
-                raise dist.TransientError("sim: deadline exceeded (the task was started)")
-            log.runs_ok += 1
+                slow = bool(f.slow_record) and w.slow_rng.random() < f.slow_record
+                if not slow:
+                    raise dist.TransientError("sim: deadline exceeded (the task was started)")
+                stop_s = desc.meta.timeouts.stop.seconds
+                log.busy_until_us = now + (stop_s + 1) * 1_000_000
+            else:
+                log.runs_ok += 1
+        if slow:
+            if w.after_slow_start is not None:
+                w.after_slow_start(eid)  # outside the lock: the job's calls reach dm
+            raise dist.TransientError("sim: deadline exceeded (the task was started)")
         if w.after_start is not None:
             w.after_start(eid)
         return started

@@ -359,6 +359,8 @@ def make_plan(seed: int, *, min_nodes: int = 5, max_nodes: int = 40, workers: in
         faults = Faults(
             run_transient=rng.choice([0.0, 0.1, 0.3]),
             run_timeout=rng.choice([0.0, 0.05, 0.2]),
+            # Drawn apart, so that every seed keeps the plan it had before this knob.
+            slow_record=random.Random(f"{seed}/slow_record").choice([0.0, 0.5, 1.0]),
             run_reject=rng.choice([0.0, 0.0, 0.03]),
             outage=rng.choice([0.0, 0.0, 0.0, 0.02]),
             status_transient=rng.choice([0.0, 0.2, 0.5]),
@@ -580,6 +582,7 @@ class Sim:
         self.world: FaultyWorld = h.world
         self.world.before_run = self._in_run
         self.world.after_start = self._fast
+        self.world.after_slow_start = self._slow_start
         self.jumps: list[tuple[int, int]] = []  # the driver's blind clock jumps: (from, to)
         self.config_version = 1
         self.internals = Internals(h.store)
@@ -806,6 +809,15 @@ class Sim:
                 return  # between a declaration's parts, only _between_parts plays
             self._play(eid, fast=True)
 
+    def _slow_start(self, eid: ExecutionID) -> None:
+        """Inside a D.run that started the task and will time out, the distributor busy
+        after it (``Faults.slow_record``): the job runs to its end now, quietly, so that
+        its stop timer falls due before dm records the run."""
+        with self.lock:
+            if eid not in self._playable() or self.in_parts:
+                return
+            self._play(eid, fast=True, quiet=True)
+
     def _playable(self) -> list[ExecutionID]:
         """Tasks the fake holds unplayed, except those dm cancelled (a cancelled task
         does not run; if dm failed to cancel it, it runs and is refused by dm)."""
@@ -856,9 +868,10 @@ class Sim:
             self.trace.append(f"late notify {self.ename(eid)}")
         self.h.drain()
 
-    def _play(self, eid: ExecutionID, *, fast: bool = False) -> None:
+    def _play(self, eid: ExecutionID, *, fast: bool = False, quiet: bool = False) -> None:
         """Play the job of ``eid``; ``fast``: inside D.run (dm has not recorded the run;
-        nothing else of dm's happens meanwhile, the engine is inside a step)."""
+        nothing else of dm's happens meanwhile, the engine is inside a step); ``quiet``:
+        the distributor tells nothing of its end (dm learns it by polling)."""
         p = self.plan
         r = self.rng.random()
         outcome = FAIL if r < p.p_fail else CRASH if r < p.p_fail + p.p_crash else OK
@@ -874,7 +887,7 @@ class Sim:
             eid,
             outcome,
             stop,
-            silent=self.rng.random() < p.p_silent,
+            silent=self.rng.random() < p.p_silent or quiet,
             retry_calls=self.rng.random() < p.p_retry_call,
             batches=self.rng.choice([1, 1, 2, 3]),
             expires_in_s=expires,
