@@ -1506,12 +1506,23 @@ class Sim:
 
     def _timed_out_first(self, eid: ExecutionID, ex: ExecutionView) -> bool:
         """dm timed ``eid`` out (as its quest allows) before the distributor told it how
-        the job ended: a report still on its way (a queued one, delayed) loses."""
+        the job ended: a report still on its way (a queued one, delayed) loses.
+
+        "Told" is the distributor's answer (handle_notification, get_status), given
+        outside any transaction: dm records the result in a transaction after it. With
+        several workers, the timer's task delivered at the same instant on another
+        thread may commit in between, and the result is then dropped (both orders
+        are valid). The clock stands still while tasks are delivered, so only a told
+        at the very instant of the timeout can have raced it; with one worker the
+        told's own delivery records the result before any other task runs."""
         if ex.status != AbnormalStatus.TIMED_OUT or not self._justified(
             eid, ex.status, ex.reason, ex.modified_us
         ):
             return False
-        return not any(t <= ex.modified_us for t in self.world.log(eid).told_us)
+        told = self.world.log(eid).told_us
+        if self.plan.workers > 1:
+            return not any(t < ex.modified_us for t in told)
+        return not any(t <= ex.modified_us for t in told)
 
     def _check_timing(self, atts: dict[AttemptID, AttemptView]) -> list[str]:
         """The stop phase of an execution that stopped quietly lasts its poll timeout

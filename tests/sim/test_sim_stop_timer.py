@@ -1,4 +1,5 @@
-"""What the simulation catches of a stop timer due before dm records the run.
+"""What the simulation catches of a stop timer due before dm records the run, and how
+it judges a timeout racing the job's reported end.
 
 A run that times out after starting the task (``Faults.run_timeout``) may be
 followed by a busy distributor (``Faults.slow_record``): the job runs at once and
@@ -16,8 +17,11 @@ import pathlib
 import pytest
 
 from dmcore.engine import lifecycle, records
+from dmcore.ids import AttemptID
+from dmcore.states import AbnormalStatus, ExecutionState
+from tests.sim.observe import ExecutionView
 from tests.sim.planted import replanted
-from tests.sim.sim import make_plan
+from tests.sim.sim import US, Sim, make_plan, new_harness
 from tests.sim.test_sim import simulate
 
 SEED = 5
@@ -48,3 +52,39 @@ def test_a_stop_timer_due_before_the_run_is_recorded_must_be_set_again(
     simulate(SEED, tmp_path / "without", queue="local", plan=never_busy)
     with pytest.raises(AssertionError, match=rf"seed {SEED} \(local\).*\n(.*\n)*.*first stop poll"):
         simulate(SEED, tmp_path / "with", queue="local")
+
+
+@pytest.mark.parametrize(("workers", "told_before", "timed_out_first"), [
+    (1, 0, False),  # told, then timed out at the same instant: the result came first
+    (3, 0, True),  # told on one worker while the timer's commit landed on another
+    (3, 1, False),  # told a second before: recorded before the timer's task ran
+])  # fmt: skip
+def test_a_timeout_may_beat_a_result_told_at_the_same_instant_only_on_other_workers(
+    tmp_path: pathlib.Path, workers: int, told_before: int, timed_out_first: bool
+) -> None:
+    """The distributor's answer (handle_notification, get_status) comes outside any
+    transaction, and dm records the result after it: with several workers, the start
+    timer delivered in the same drain may commit in between, and the execution ends
+    TIMED_OUT (threaded seed 79, 1 run in about 230). With one worker, or a told
+    before that instant (the clock stands still while tasks are delivered), the
+    result was recorded first and TIMED_OUT is a defect."""
+    plan = make_plan(4, workers=workers)
+    h = new_harness(plan, tmp_path)
+    try:
+        sim = Sim(plan, h)
+        node = next(n for n in plan.nodes if n.start_s)
+        eid = AttemptID(node.qid, 1).execution(1)
+        at = 1000 * US
+        sim.world.log(eid).told_us.append(at - told_before * US)
+        ex = ExecutionView(
+            1,
+            ExecutionState.ABNORMAL_FINISHED,
+            AbnormalStatus.TIMED_OUT,
+            "timed out in SCHEDULING",
+            "",
+            "",
+            at,
+        )
+        assert sim._timed_out_first(eid, ex) is timed_out_first
+    finally:
+        h.close()
