@@ -1,6 +1,8 @@
 """The fake distributor with faults, for the simulation: errors on run, get_status
-and cancel (transient and final), runs that time out after starting the task,
-tasks the distributor loses, and a record of everything dm asked of it.
+and cancel (transient and final), runs that time out after starting the task
+(maybe the distributor busy after, while the job runs: dm records the run only once
+its stop timer fell due), tasks the distributor loses, and a record of everything
+dm asked of it.
 
 Configs whose name starts with ``fake_tq`` report an execution's end through a
 task on dm's queue (``Config.enqueue_task``, as jobsim does) instead of a
