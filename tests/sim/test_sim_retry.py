@@ -95,13 +95,13 @@ class RetrySim(Sim):
         self.late.append(steps.ReopenAttempt(aid=aid.encoded, after_execution=abnormal[aid]))
         self.trace.append(f"round {self.round}: retry {self.name(aid)}")
 
-    def _play(self, eid: ExecutionID, *, fast: bool = False) -> None:
+    def _play(self, eid: ExecutionID, *, fast: bool = False, quiet: bool = False) -> None:
         if not fast and self.midrun_left and self.midrun_rng.random() < P_MIDRUN:
             failed = sorted(_abnormal(self.h), key=lambda a: a.encoded)
             if failed:
                 self.midrun_left -= 1
                 self.retry(self.midrun_rng.choice(failed))  # no drain: it races the world
-        super()._play(eid, fast=fast)
+        super()._play(eid, fast=fast, quiet=quiet)
 
     def check_cascades(self) -> list[str]:
         """Each retry re-opened every attempt that had ended abnormally because of it.
