@@ -22,7 +22,7 @@ engine defect, run by default too (none today). History: 111, the only one of 0.
 to catch a stop timer due before the run is recorded left put off 30 s
 (records.rearm_stop_at_run) while the local queue leased tasks by name, and none of
 0..327 once it leased them in the order queued; ``Faults.slow_record`` now makes that
-situation common, and default local seeds 5, 12 and 20 catch it
+situation common, and default local seeds 5, 12, 20 and 39 catch it
 (tests/sim/test_sim_stop_timer.py)."""
 THREADED_SEEDS = 50
 """Seeds also run with three worker threads delivering tasks at once (SQLite)."""
