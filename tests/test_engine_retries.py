@@ -22,7 +22,7 @@ import pytest
 from distributors.fake import Crash, FakeDistributor, Job, quest_desc
 from dmcore import distributor as dist
 from dmcore import jsonnorm
-from dmcore.engine import docs
+from dmcore.engine import docs, steps
 from dmcore.engine.core import OUTBOX_STALE_US
 from dmcore.engine.records import TIMER_QUEUE_HORIZON_US, b64
 from dmcore.engine.steps import RunExecution
@@ -1043,6 +1043,50 @@ def test_stop_timer_due_before_the_run_is_recorded_polls_once_it_is(
     assert recorded > stopped + 5 * S  # the stop timer fell due first, with nothing to ask
     # Right after the run is recorded; late only by a delayed or re-sent delivery.
     assert len(spy.polls) == 1 and recorded <= spy.polls[0] <= recorded + 10 * S
+    assert h.exec_state(eid) == ExecutionState.FINISHED
+
+
+def test_a_run_recorded_between_a_stop_timers_read_and_its_commit_is_polled_at_once(
+    h: Harness, spy: Spy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the simulation (Faults.slow_record with several workers): the stop
+    timer's delivery finds no token (read outside any transaction) and another
+    worker records the run before its TimerFired commits. RecordRun leaves a timer
+    not yet fired as it is, so TimerFired must see the token itself and ask now,
+    not put the timer off a re-poll interval (30 s)."""
+    started: list[dist.Started] = []
+    counted_run = FakeDistributor.run
+
+    def keeping(self: FakeDistributor, *args: Any) -> dist.Started:
+        got = counted_run(self, *args)
+        started.append(got)
+        return got
+
+    monkeypatch.setattr(FakeDistributor, "run", keeping)
+    tries = run_times_out_first(h, monkeypatch, ok_at=1_000)  # dm never records it itself
+    (qid,) = h.ensure(desc("recorded-in-between", stop=5))
+    eid = AttemptID(qid, 1).execution(1)
+    while not tries:
+        wait(h, 1)
+    quiet(h, eid, finishing({"r": 1}))  # the job runs and stops, dm has no token yet
+    stopped = h.clock()
+    (token,) = [s.token for s in started]
+    engine_run = type(h.engine).run
+
+    def recorded_in_between(engine: Any, step: Any, *args: Any, **kw: Any) -> Any:
+        if isinstance(step, steps.TimerFired) and not step.polled and not engine_run_seen:
+            engine_run_seen.append(step)
+            # Another worker's RecordRun commits between the read and this commit.
+            engine_run(engine, steps.RecordRun(eid=str(eid), dist_token=token, poll_timeout_us=0))
+        return engine_run(engine, step, *args, **kw)
+
+    engine_run_seen: list[Any] = []
+    monkeypatch.setattr(type(h.engine), "run", recorded_in_between)
+    run_until(h, stopped + 15 * S)
+    assert engine_run_seen, "the stop timer never fell due without a token"
+    assert h.execution(eid)["dist_token"] == token
+    # The stop phase (5 s) is over: asked at once, not 30 s after the timer.
+    assert len(spy.polls) == 1 and spy.polls[0] <= stopped + 10 * S
     assert h.exec_state(eid) == ExecutionState.FINISHED
 
 

@@ -48,6 +48,10 @@ def timer_fired(step: steps.TimerFired, ctx: Ctx) -> list[Step | Later]:
     if step.result is not None:
         return [steps.FinishExecution(eid=step.eid, result=step.result)]
     interval = int(dist.STOPPING_REPOLL_INTERVAL.total_seconds() * US)
+    if not step.polled and _recorded_since(ctx, eid, att):
+        # Nothing was asked for want of a token, and another delivery recorded the
+        # run since (its RecordRun left this timer, not yet fired, as it was): ask now.
+        interval = 1
     nxt = {
         **timer,
         # From now, not from the old deadline: a timer that fired late would
@@ -58,6 +62,12 @@ def timer_fired(step: steps.TimerFired, ctx: Ctx) -> list[Step | Later]:
     set_timer(att, nxt)
     ctx.uow.put(apath, att)
     return [steps.timer_later(nxt)]
+
+
+def _recorded_since(ctx: Ctx, eid: ExecutionID, att: docs.Doc) -> bool:
+    """Whether execution ``eid`` has its distributor token by now (its run recorded)."""
+    ex = docs.read_execution(ctx.uow, eid, att)
+    return ex is not None and bool(ex.get("dist_token"))
 
 
 @executes(steps.TimeoutExecution)

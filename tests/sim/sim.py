@@ -360,15 +360,9 @@ def make_plan(seed: int, *, min_nodes: int = 5, max_nodes: int = 40, workers: in
             run_transient=rng.choice([0.0, 0.1, 0.3]),
             run_timeout=rng.choice([0.0, 0.05, 0.2]),
             # Drawn apart, so that every seed keeps the plan it had before this knob.
-            # One worker only until the engine defect it shows with several is fixed:
-            # a stop timer delivered with no token while another worker records the
-            # run is still put off 30 s (TimerFired does not see the token; the
-            # RecordRun, seeing the timer not fired yet, left it as it was).
-            slow_record=(
-                random.Random(f"{seed}/slow_record").choice([0.0, 0.5, 1.0])
-                if workers == 1
-                else 0.0
-            ),
+            # With several workers it also shows a stop timer delivered with no token
+            # while another worker records the run (timers._recorded_since).
+            slow_record=random.Random(f"{seed}/slow_record").choice([0.0, 0.5, 1.0]),
             run_reject=rng.choice([0.0, 0.0, 0.03]),
             outage=rng.choice([0.0, 0.0, 0.0, 0.02]),
             status_transient=rng.choice([0.0, 0.2, 0.5]),
