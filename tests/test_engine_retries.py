@@ -999,6 +999,19 @@ def run_times_out_first(h: Harness, monkeypatch: pytest.MonkeyPatch, ok_at: int)
     return tries
 
 
+def stopped_before_recorded(
+    h: Harness, tries: list[int], d: dm_pb2.Quest.Desc
+) -> tuple[ExecutionID, int]:
+    """Ensure ``d``; once its run was first tried, the job runs and stops without dm
+    having its token: (its execution, when it stopped)."""
+    (qid,) = h.ensure(d)
+    eid = AttemptID(qid, 1).execution(1)
+    while not tries:
+        wait(h, 1)
+    quiet(h, eid, finishing({"r": 1}))  # the job runs and stops, dm has no token yet
+    return eid, h.clock()
+
+
 def test_stop_timer_due_before_the_run_is_recorded_waits_for_its_poll_timeout(
     h: Harness, spy: Spy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1008,12 +1021,7 @@ def test_stop_timer_due_before_the_run_is_recorded_waits_for_its_poll_timeout(
     there is nothing to poll: that is no poll, and the poll timeout run then
     returns still sets the stop phase."""
     tries = run_times_out_first(h, monkeypatch, ok_at=5)
-    (qid,) = h.ensure(desc("slow-to-record", "fake_poll", stop=5))
-    eid = AttemptID(qid, 1).execution(1)
-    while not tries:
-        wait(h, 1)
-    quiet(h, eid, finishing({"r": 1}))  # the job runs and stops, dm has no token yet
-    stopped = h.clock()
+    eid, stopped = stopped_before_recorded(h, tries, desc("slow-to-record", "fake_poll", stop=5))
     assert not h.execution(eid)["dist_token"]
     run_until(h, stopped + 30 * S)
     assert len(tries) == 5 and h.execution(eid)["dist_token"]
@@ -1031,12 +1039,7 @@ def test_stop_timer_due_before_the_run_is_recorded_polls_once_it_is(
     and is put off a re-poll interval (30 s). The stop phase is over once the run
     is recorded: the first poll comes then, not at the put-off timer."""
     tries = run_times_out_first(h, monkeypatch, ok_at=4)
-    (qid,) = h.ensure(desc("stopped-before-recorded", stop=5))
-    eid = AttemptID(qid, 1).execution(1)
-    while not tries:
-        wait(h, 1)
-    quiet(h, eid, finishing({"r": 1}))  # the job runs and stops, dm has no token yet
-    stopped = h.clock()
+    eid, stopped = stopped_before_recorded(h, tries, desc("stopped-before-recorded", stop=5))
     run_until(h, stopped + 20 * S)
     assert len(tries) == 4 and h.execution(eid)["dist_token"]
     recorded = tries[-1]
@@ -1064,12 +1067,7 @@ def test_a_run_recorded_between_a_stop_timers_read_and_its_commit_is_polled_at_o
 
     monkeypatch.setattr(FakeDistributor, "run", keeping)
     tries = run_times_out_first(h, monkeypatch, ok_at=1_000)  # dm never records it itself
-    (qid,) = h.ensure(desc("recorded-in-between", stop=5))
-    eid = AttemptID(qid, 1).execution(1)
-    while not tries:
-        wait(h, 1)
-    quiet(h, eid, finishing({"r": 1}))  # the job runs and stops, dm has no token yet
-    stopped = h.clock()
+    eid, stopped = stopped_before_recorded(h, tries, desc("recorded-in-between", stop=5))
     (token,) = [s.token for s in started]
     engine_run = type(h.engine).run
 
