@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
+from dmcore import remote
 from dmcore.errors import Unavailable
 from dmcore.proto import dm_pb2
 from dmcore.service import Caller, Service
@@ -52,28 +53,45 @@ class LocalClient:
 
 
 class RetryingClient:
-    """``inner``, each call asked again when dm answers UNAVAILABLE (``tries`` in
-    all, waiting 0.5 s, 1 s, 2 s, ... at most 8 s in between; ``sleep`` injected).
+    """``inner``, each call asked again when dm answers UNAVAILABLE, with the backoff
+    and within the time budget a remote job's calls have (``budget_s``, default
+    ``DM_API_RETRY_BUDGET_S`` or 60 s, counted from the call's first try; no try
+    starts past it: :func:`dmcore.remote.pause_before_retry`), then the last
+    Unavailable is raised. ``sleep`` and ``clock`` are injected.
 
     Safe because dm answers so only when nothing of the call was written (e.g.
     an attempt on the way is recording a declaration in parts), and every call
-    a job makes is idempotent.
+    a job makes is idempotent. The same budget as a remote job's, because it
+    is the same wait: a crashed declaration's claim holds for up to 2 minutes.
     """
 
     def __init__(
-        self, inner: Client, tries: int = 5, sleep: Callable[[float], None] = time.sleep
+        self,
+        inner: Client,
+        *,
+        budget_s: float | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.inner = inner
-        self.tries = max(1, tries)
+        self.budget_s = remote.retry_budget_from_env() if budget_s is None else budget_s
         self.sleep = sleep
+        self.clock = clock
 
     def _call(self, fn: Callable[[], T]) -> T:
-        for attempt in range(self.tries - 1):
+        start = self.clock()
+        tries = 0
+        while True:
+            tries += 1
             try:
                 return fn()
             except Unavailable:
-                self.sleep(min(8.0, 0.5 * 2**attempt))
-        return fn()
+                pause = remote.pause_before_retry(
+                    tries, self.clock() - start, budget_s=self.budget_s
+                )
+                if pause is None:
+                    raise
+                self.sleep(pause)
 
     def ensure_graph_data(self, req: dm_pb2.EnsureGraphDataReq) -> dm_pb2.EnsureGraphDataRsp:
         return self._call(lambda: self.inner.ensure_graph_data(req))

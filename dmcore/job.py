@@ -22,7 +22,8 @@ A job that runs away from dm (started by a remote distributor: ``http``,
 ``DM_API_AUDIENCE``    the ID token's audience, if not the URL's origin (a Cloud
                        Function's ``cloudfunctions.net`` URL: the function's URL)
 ``DM_API_RETRY_BUDGET_S`` how long a call to dm answered UNAVAILABLE is retried
-                       (seconds, default 60; set by whoever runs the worker, if at all)
+                       (seconds, default 60; set by whoever runs the worker, if at all;
+                       a job of an embedded dm reads it too)
 ``DM_QUEST_PARAMETERS`` / ``DM_QUEST_PARAMETERS_FILE`` as above; with neither, the job
                        reads the parameters through the API
 ``DM_PREVIOUS_STATE``  the previous execution's state (JSON); absent: read through the API
@@ -86,11 +87,11 @@ class JobError(Exception):
 def client_from_env(env: Mapping[str, str]) -> Client:
     """A client for the dm that started this job: remote with ``DM_API_URL``, else embedded."""
     url = env.get(ENV_API_URL, "").strip()
+    budget_s = remote.retry_budget_from_env(env)
     if url:
         audience = env.get(ENV_API_AUDIENCE, "").strip()
-        return remote.RemoteClient(
-            url, remote.HttpCaller(remote.default_token_source(url, audience))
-        )
+        token = remote.default_token_source(url, audience)
+        return remote.RemoteClient(url, remote.HttpCaller(token, budget_s=budget_s))
     home = env.get(ENV_HOME)
     if home:
         # Only here: a job of an embedded dm runs dm's engine itself, on the
@@ -100,7 +101,7 @@ def client_from_env(env: Mapping[str, str]) -> Client:
         from dmcore.runtime.embedded import Embedded, home_registry
 
         emb = Embedded(home, home_registry(home), store=store_from_env(env))
-        return RetryingClient(LocalClient(emb.service))  # as a remote client retries
+        return RetryingClient(LocalClient(emb.service), budget_s=budget_s)  # as a remote one
     raise JobError(f"neither {ENV_API_URL} nor {ENV_HOME} is set: not started by dm?")
 
 

@@ -179,6 +179,22 @@ def default_token_source(url: str, audience: str = "") -> TokenSource | None:
     return id_token_source(audience or default_audience(url))
 
 
+def pause_before_retry(
+    tries: int, spent_s: float, *, budget_s: float | None, retries: int | None = None
+) -> float | None:
+    """How long to wait before asking again after ``tries`` failed tries, the first
+    started ``spent_s`` seconds ago (backoff :data:`BACKOFF_S`); None: give up, the
+    ``retries`` are used up or the next try would start past ``budget_s``. One rule
+    for every caller of dm (:class:`HttpCaller`, ``dmcore.client.RetryingClient``):
+    one notion of how long a job waits for a busy dm."""
+    if retries is not None and tries >= retries:
+        return None
+    pause: float = min(BACKOFF_S[1], BACKOFF_S[0] * 2.0 ** (tries - 1))
+    if budget_s is not None and spent_s + pause > budget_s:
+        return None
+    return pause
+
+
 def retry_budget_from_env(env: Mapping[str, str] = os.environ) -> float:
     """The retry budget ``DM_API_RETRY_BUDGET_S`` sets (seconds, a number > 0), or
     :data:`DEFAULT_RETRY_BUDGET_S`; InvalidArgument names the variable."""
@@ -257,10 +273,10 @@ class HttpCaller:
         tries = 0
         while True:
             if tries:
-                pause = min(BACKOFF_S[1], BACKOFF_S[0] * 2 ** (tries - 1))
-                if self.retries is not None and tries >= self.retries:
-                    break
-                if self.budget_s is not None and self.clock() - start + pause > self.budget_s:
+                pause = pause_before_retry(
+                    tries, self.clock() - start, budget_s=self.budget_s, retries=self.retries
+                )
+                if pause is None:
                     break
                 self.sleep(pause)
             tries += 1
