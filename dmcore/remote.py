@@ -56,6 +56,7 @@ from dmcore.errors import (
     Unavailable,
     Unimplemented,
 )
+from dmcore.ids import ExecutionID
 from dmcore.proto import dm_pb2
 
 PRPC_CONTENT_TYPE = "application/prpc; encoding=binary"
@@ -518,6 +519,10 @@ class WorkOrder:
             raise ValueError(f"work order auth: {e}") from None
         if not auth.id.quest or not auth.token:
             raise ValueError("work order auth: needs the execution id and token")
+        try:
+            ExecutionID.from_proto(auth.id)
+        except InvalidArgument as e:
+            raise ValueError(f"work order auth: {e.message}") from None
         for key in ("dm_api_url", "quest_id"):
             if not isinstance(doc.get(key), str) or not doc[key]:
                 raise ValueError(f"work order {key}: required")

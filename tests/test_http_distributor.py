@@ -374,6 +374,11 @@ def test_a_bad_work_order_is_refused_by_the_worker(tmp_path: pathlib.Path) -> No
     body = json_format.MessageToDict(rs.auth())
     rsp = client.post("/", data=json.dumps({"auth": body}).encode())
     assert rsp.status_code == 400 and b"dm_api_url: required" in rsp.data
+    body["id"]["quest"] = "not-a-quest-id"
+    order = {"auth": body, "dm_api_url": "http://127.0.0.1:9", "quest_id": "q"}
+    rsp = client.post("/", data=json.dumps(order).encode())
+    assert rsp.status_code == 400
+    assert rsp.text.startswith("bad work order: work order auth: execution.quest: not a quest ID")
 
 
 # -- end to end: dm serve + a functions-framework worker + the fake dispatching ---------------
