@@ -427,30 +427,42 @@ def run_order(
 ) -> tuple[int, str]:
     """Run ``fn`` on the job of ``order``; the HTTP answer the worker gives: (status, text).
 
+    ``delivery``: which delivery of the task this is (1 the first; Cloud Tasks'
+    X-CloudTasks-TaskRetryCount + 1, which counts every earlier attempt, 5xx
+    answers included, as the queue's ``max_attempts`` does). The last one is
+    ``order.max_attempts`` (0: unknown, none is the last).
+
     * the job stopped (finished, or halted for dependencies): 200; the job
       reported its state itself when it stopped.
     * ``fn`` returned without stopping: FAILED "worker returned without
       finishing" is reported; 200 (a retry would not do better).
-    * ``fn`` raised Unavailable (dm answered UNAVAILABLE past the client's
-      retries): 503, delivered again, whatever the delivery (not a crash).
+    * dm stayed unavailable past the client's retries (``DM_API_RETRY_BUDGET_S``),
+      at the activation or in ``fn`` (Unavailable raised): 503, delivered again,
+      not counted as the worker's crash; on the last delivery, CRASHED "dm
+      unavailable" is reported and the answer is 200. dm's trouble is no
+      failure of the job's: CRASHED is retried under ``meta.retry.crashed``,
+      where the task gone without a report would end the execution FAILED.
     * ``fn`` raised otherwise: 500, so Cloud Tasks delivers the task again; on the last
-      delivery the order allows (``max_attempts``) CRASHED is reported and the
-      answer is 200, so no queue setting can make it go on.
+      delivery CRASHED is reported and the answer is 200, so no queue setting
+      can make it go on.
     * dm refused the activation: another delivery activated this execution
       with another token, or it has stopped already: 200, nothing to do (also
       when ``fn`` activated lazily and was refused at its first call).
-    * dm or the report could not be reached: 503 (delivered again).
+    * the report could not be delivered: 503 (delivered again; after the last
+      delivery dm finds the task gone without a report: FAILED).
     """
     job = Job.from_order(order, client)
     eid = job.execution_id
+    last = order.max_attempts > 0 and delivery >= order.max_attempts
+    of = f"delivery {delivery} of {order.max_attempts}"
     try:
-        job.activate(worker_token(order.auth.token))
-    except (PermissionDenied, Unauthenticated) as e:
-        log.warning("execution %s: activation refused (%s): nothing to do", eid, e.message)
-        return 200, f"execution {eid} is not ours to run: {e.message}"
-    except Unavailable as e:
-        return 503, f"dm is unavailable: {e.message}"
-    try:
+        try:
+            job.activate(worker_token(order.auth.token))
+        except (PermissionDenied, Unauthenticated) as e:
+            log.warning("execution %s: activation refused (%s): nothing to do", eid, e.message)
+            return 200, f"execution {eid} is not ours to run: {e.message}"
+        except Unavailable as e:
+            return _dm_unavailable(job, e, last, of)
         try:
             fn(job)
         except Exception as e:
@@ -462,29 +474,39 @@ def run_order(
                 log.exception("execution %s: the worker raised after the execution stopped", eid)
                 return 200, "stopped (the worker raised afterwards; see its log)"
             if isinstance(e, Unavailable):
-                # dm was busy past the client's retries (a long declaration's claim):
-                # not the worker's fault, so not counted towards a crash.
-                log.warning("execution %s: dm is unavailable (%s): to be redelivered", eid, e)
-                return 503, f"dm is unavailable: {e.message}"
-            last = order.max_attempts > 0 and delivery >= order.max_attempts
-            log.exception("execution %s: the worker raised (delivery %d)", eid, delivery)
+                return _dm_unavailable(job, e, last, of)
+            log.exception("execution %s: the worker raised (%s)", eid, of)
             if not last:
                 return 500, f"the worker raised {type(e).__name__}; to be retried"
             job.report(
                 remote.REPORT_CRASHED,
-                f"worker raised on delivery {delivery} of {order.max_attempts}: "
-                f"{type(e).__name__}: {e}",
+                f"worker raised on {of}: {type(e).__name__}: {e}",
             )
             return 200, "crashed (reported)"
         if not job.stopped:
             job.report(remote.REPORT_FAILED, "worker returned without finishing")
             return 200, "returned without finishing (reported as FAILED)"
     except Unavailable as e:
-        return 503, f"cannot reach dm: {e.message}"
+        return 503, f"cannot deliver the report: {e.message}"
     except DMError as e:
         log.error("execution %s: dm refused a call: %s", eid, e.message)
         return 500, f"dm refused a call: {e.message}"
     return 200, "ok"
+
+
+def _dm_unavailable(job: Job, e: Unavailable, last: bool, of: str) -> tuple[int, str]:
+    """dm stayed unavailable past the client's retries (a long declaration's claim, an
+    overloaded front end): not the worker's fault, so no crash of the worker's is
+    counted; 503 and delivered again, but on the last delivery the execution is
+    reported CRASHED (dm retries it under meta.retry.crashed), not left to end FAILED
+    when dm finds the task gone. Raises Unavailable if the report cannot go."""
+    eid = job.execution_id
+    if not last or job.reporter is None:
+        log.warning("execution %s: dm is unavailable (%s): to be redelivered", eid, e)
+        return 503, f"dm is unavailable: {e.message}"
+    log.warning("execution %s: dm is unavailable on the last %s (%s): crashed", eid, of, e)
+    job.report(remote.REPORT_CRASHED, f"dm unavailable on {of}: {e.message}")
+    return 200, "dm unavailable on the last delivery (reported as CRASHED)"
 
 
 def worker(fn: JobFunction) -> Callable[[Any], Any]:

@@ -1,8 +1,13 @@
-"""The http worker (dmcore.job.run_order) when dm is busy: a job function that met
-UNAVAILABLE past its client's retries is answered 503, so the queue delivers the
-task again, and it is not counted as the worker raising, even on the last delivery
-its order allows (no CRASHED report). Run against an embedded dm (a Harness) whose
-execution C holds a declaration claim, and a local HTTP endpoint taking the reports.
+"""The http worker (dmcore.job.run_order, dmcore.job.worker) when dm is busy: a call
+that met UNAVAILABLE past its client's retries is answered 503, so the queue delivers
+the task again, and it is not counted as the worker raising; on the last delivery
+its order allows, the worker reports the execution CRASHED (dm retries it under
+meta.retry.crashed) rather than leave dm to find the task gone and end it FAILED.
+
+Run against an embedded dm (a Harness) whose execution C holds a declaration claim
+(dm's own UNAVAILABLE), and through functions-framework's test client against a
+front answering UNAVAILABLE; reports go to a local HTTP endpoint. The end to end
+(dm's side: the execution CRASHED, retried) is in test_http_distributor.py.
 """
 
 from __future__ import annotations
@@ -15,16 +20,21 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import flask.testing
 import pytest
+from functions_framework import create_app
 from google.protobuf import json_format
 
 from distributors.fake import quest_desc
 from dmcore import remote
 from dmcore.client import LocalClient
+from dmcore.errors import Code
 from dmcore.ids import ExecutionID
-from dmcore.job import Job, run_order
+from dmcore.job import RETRY_COUNT_HEADER, Job, run_order
 from dmcore.states import ExecutionState
+from tests import remote_support as rs
 from tests.harness import Harness
+from tests.http_sink import Answer, HttpSink
 from tests.test_service import activate, aid_of, declare, start
 
 
@@ -53,18 +63,18 @@ def reports() -> Iterator[tuple[str, list[remote.Report]]]:
         srv.server_close()
 
 
-def test_unavailable_past_the_client_retries_is_redelivered_not_crashed(
+def test_dm_unavailable_is_redelivered_then_crashed_on_the_last_delivery(
     tmp_path: pathlib.Path, reports: tuple[str, list[remote.Report]]
 ) -> None:
     url, got = reports
     h = Harness(tmp_path)
     try:
-        _redelivered_not_crashed(h, url, got)
+        _redelivered_then_crashed(h, url, got)
     finally:
         h.close()
 
 
-def _redelivered_not_crashed(h: Harness, url: str, got: list[remote.Report]) -> None:
+def _redelivered_then_crashed(h: Harness, url: str, got: list[remote.Report]) -> None:
     h.service.declare_chunk = 2
     a, c = quest_desc("A"), quest_desc("C")
     xs = [quest_desc(f"X{i}") for i in range(3)]
@@ -76,29 +86,106 @@ def _redelivered_not_crashed(h: Harness, url: str, got: list[remote.Report]) -> 
         dm_api_url="http://127.0.0.1:9/not-used",  # the job talks to the harness's dm
         quest_id=a1.quest,
         notify=remote.Notify(auth_token="report-token", url=url),
-        max_attempts=2,
+        max_attempts=3,
     )
+    endless = remote.WorkOrder(**{**vars(order), "max_attempts": 0})  # an order of old
 
     def job_fn(job: Job) -> None:
         if job.depend([json_format.MessageToDict(c)]).should_halt:
             return
         job.finish({"done": True})
 
-    answers: list[tuple[int, str]] = []
+    answers: list[tuple[int, str, int]] = []
 
     def deliveries(eid: ExecutionID, part: int) -> None:
         # C's declaration in parts holds its claim: A's walk through C is told to wait.
         h.service.between_parts = None
-        for delivery in (1, 2):
-            answers.append(run_order(order, job_fn, delivery, LocalClient(h.service)))
+        for o, delivery in ((order, 1), (order, 2), (endless, 9), (order, 3)):
+            status, text = run_order(o, job_fn, delivery, LocalClient(h.service))
+            answers.append((status, text, len(got)))
 
     h.service.between_parts = deliveries
     assert declare(h, c1.execution(1), tc, *(aid_of(x) for x in xs), quests=tuple(xs)).should_halt
-    assert [status for status, _ in answers] == [503, 503]
-    assert all("recording a declaration in parts" in text for _, text in answers)
-    assert got == []  # nothing reported: not a crash
+    # Before the last delivery: 503 and nothing reported (not the worker's crash);
+    # an order naming no max_attempts has no last delivery.
+    assert [(status, n) for status, _, n in answers] == [(503, 0), (503, 0), (503, 0), (200, 1)]
+    assert all("recording a declaration in parts" in text for _, text, _ in answers[:3])
+    assert [r.kind for r in got] == [remote.REPORT_CRASHED]
+    assert got[0].reason.startswith("dm unavailable on delivery 3 of 3: ")
+    assert "recording a declaration in parts" in got[0].reason
+    # The report goes to the distributor (here a sink); dm's record is untouched.
     assert h.exec_state(a1.execution(1)) == ExecutionState.RUNNING
-    # The queue's next delivery (past max_attempts: the queue decides) goes through.
-    status, _ = run_order(order, job_fn, 3, LocalClient(h.service))
-    assert status == 200
-    assert [r.kind for r in got] == [remote.REPORT_STOPPED]
+
+
+# -- through functions-framework, a front that answers UNAVAILABLE ---------------------------
+
+WORKER = """
+from dmcore.job import Job, worker
+
+
+@worker
+def main(job: Job) -> None:
+    job.finish({"ran": True})
+"""
+
+UNAVAILABLE: Answer = (503, {remote.GRPC_CODE_HEADER: str(int(Code.UNAVAILABLE))}, b"busy")
+
+
+@pytest.fixture
+def busy_worker(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[flask.testing.FlaskClient, HttpSink]]:
+    """The worker as functions-framework serves it, and a dm_api that is always busy.
+
+    The budget is shorter than the first pause (0.5 s): one try per call, no wait."""
+    monkeypatch.setenv(remote.RETRY_BUDGET_ENV, "0.1")
+    source = tmp_path / "busy_worker.py"
+    source.write_text(WORKER)
+    with HttpSink(lambda seen: UNAVAILABLE) as dm_api:
+        app = create_app("main", str(source))  # type: ignore[no-untyped-call]
+        yield app.test_client(), dm_api
+
+
+def _order(dm_api: str, report_url: str, max_attempts: int) -> bytes:
+    return remote.WorkOrder(
+        auth=rs.auth(),
+        dm_api_url=dm_api,
+        quest_id="q" * 43,
+        parameters="{}",
+        notify=remote.Notify(auth_token="report-token", url=report_url),
+        max_attempts=max_attempts,
+    ).to_bytes()
+
+
+def test_the_worker_counts_deliveries_from_cloud_tasks_retry_count_header(
+    busy_worker: tuple[flask.testing.FlaskClient, HttpSink],
+    reports: tuple[str, list[remote.Report]],
+) -> None:
+    client, dm_api = busy_worker
+    url, got = reports
+    body = _order(dm_api.url, url, max_attempts=2)
+    rsp = client.post("/", data=body, headers={RETRY_COUNT_HEADER: "0"})
+    assert rsp.status_code == 503 and "dm is unavailable" in rsp.text
+    assert got == []
+    rsp = client.post("/", data=body, headers={RETRY_COUNT_HEADER: "1"})  # delivery 2 of 2
+    assert rsp.status_code == 200, rsp.text
+    assert [r.kind for r in got] == [remote.REPORT_CRASHED]
+    assert got[0].reason.startswith(
+        f"dm unavailable on delivery 2 of 2: {dm_api.url}/prpc/dm.Deps/ActivateExecution "
+        "answered 503: busy (after 1 attempts in "
+    )
+    # Both deliveries stopped at the activation: the job function never ran.
+    assert [s.path for s in dm_api.seen] == ["/prpc/dm.Deps/ActivateExecution"] * 2
+
+
+def test_a_report_that_cannot_go_on_the_last_delivery_is_redelivered(
+    busy_worker: tuple[flask.testing.FlaskClient, HttpSink],
+) -> None:
+    """Then dm finds the task gone without a report (FAILED): nothing better is left."""
+    client, dm_api = busy_worker
+    with HttpSink(lambda seen: (500, {}, b"down")) as notify:
+        body = _order(dm_api.url, notify.url + "/dm_notify/", max_attempts=1)
+        rsp = client.post("/", data=body, headers={RETRY_COUNT_HEADER: "0"})
+    assert rsp.status_code == 503
+    assert rsp.text.startswith("cannot deliver the report: ")
+    assert len(notify.seen) == 1
