@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pathlib
 import socket
 import sqlite3
@@ -132,8 +133,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_worker(source: pathlib.Path, target: str, log: pathlib.Path) -> tuple[Any, str]:
-    """A real functions-framework process serving ``target`` of ``source``; (process, URL)."""
+def start_worker(
+    source: pathlib.Path, target: str, log: pathlib.Path, env: Mapping[str, str] | None = None
+) -> tuple[Any, str]:
+    """A real functions-framework process serving ``target`` of ``source`` (``env``
+    added to this process's environment); (process, URL)."""
     port = free_port()
     out = log.open("wb")
     argv = [sys.executable, "-m", "functions_framework", "--source", str(source)]
@@ -142,6 +146,7 @@ def start_worker(source: pathlib.Path, target: str, log: pathlib.Path) -> tuple[
         stdout=out,
         stderr=subprocess.STDOUT,
         cwd=REPO,
+        env=None if env is None else {**os.environ, **env},
     )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 60

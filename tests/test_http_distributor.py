@@ -20,7 +20,7 @@ from distributors import gapi
 from distributors.http import distributor as httpd
 from dmcore import distributor as dist
 from dmcore import remote
-from dmcore.errors import InvalidArgument
+from dmcore.errors import Code, InvalidArgument
 from dmcore.ids import ExecutionID
 from dmcore.proto import dm_pb2
 from tests import remote_support as rs
@@ -430,8 +430,22 @@ def main(request):
 
 
 @pytest.fixture
+def busy_dm_api() -> bool:
+    """Whether :func:`stack` has a config ``busy``: a worker whose dm_api_url is a front
+    that answers every call UNAVAILABLE, and whose retry budget (0.1 s, shorter than
+    the first pause) gives up at once. A test parametrizes it to True."""
+    return False
+
+
+UNAVAILABLE = (503, {remote.GRPC_CODE_HEADER: str(int(Code.UNAVAILABLE))}, b"dm is busy")
+
+
+@pytest.fixture
 def stack(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, tasks: FakeCloudTasksServer
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tasks: FakeCloudTasksServer,
+    busy_dm_api: bool,
 ) -> Iterator[dict[str, Any]]:
     from dmcore.runtime import backend as backends
     from dmcore.runtime.serve import LocalServer
@@ -445,6 +459,7 @@ def stack(
     plain.write_text(PLAIN)
     example = rs.REPO / "examples" / "http" / "worker.py"
     procs = []
+    busy_front = HttpSink(lambda seen: UNAVAILABLE)
     try:
         p1, sums = rs.start_worker(example, "main", tmp_path / "sums.log")
         procs.append(p1)
@@ -461,13 +476,20 @@ def stack(
             "dm_api_url": base,
             "report_url": base + "/dm_notify/",
         }
-        configs = {
+        configs: dict[str, Any] = {
             "distributor_configs": {
                 "http": {"http": {"url": sums, **common}},
                 "modes": {"http": {"url": other, **common}},
                 "plain": {"http": {"url": plain_url, **common}},
             }
         }
+        if busy_dm_api:
+            budget = {remote.RETRY_BUDGET_ENV: "0.1"}
+            p4, busy = rs.start_worker(modes, "main", tmp_path / "busy.log", env=budget)
+            procs.append(p4)
+            configs["distributor_configs"]["busy"] = {
+                "http": {"url": busy, **common, "dm_api_url": busy_front.url}
+            }
         srv = LocalServer(
             port, tmp_path / "home", config=configs, sweep_every_s=0.5, out=lambda s: None
         ).start()
@@ -483,6 +505,7 @@ def stack(
     finally:
         for p in procs:
             rs.stop(p)
+        busy_front.close()
 
 
 def dispatched(tasks: FakeCloudTasksServer, n: int) -> list[Any]:
@@ -568,6 +591,33 @@ def test_end_to_end_a_worker_that_keeps_raising_is_retried_then_crashed(
     dispatches = dispatched(tasks, 2)
     assert [d.status for d in dispatches] == [500, 200]
     assert [d.headers["X-CloudTasks-TaskRetryCount"] for d in dispatches] == ["0", "1"]
+
+
+@pytest.mark.parametrize("busy_dm_api", [True])
+def test_end_to_end_dm_unavailable_on_the_last_delivery_crashes_and_is_retried(
+    stack: dict[str, Any], tasks: FakeCloudTasksServer
+) -> None:
+    """dm stays unavailable for every delivery: not the job's failure. The last
+    delivery reports CRASHED, and dm retries the attempt under meta.retry.crashed
+    (once here), where the task gone without a report used to end it FAILED."""
+    q = {
+        "distributor_config_name": "busy",
+        "parameters": {"mode": "finish"},
+        "distributor_parameters": {},
+        "meta": {"retry": {"crashed": 1}},
+    }
+    att = submit_and_wait(stack, q)
+    assert att.data.abnormal_finish.status == Abnormal.CRASHED
+    assert sorted(att.executions) == [1, 2]  # retried once, as meta.retry.crashed allows
+    for num in (1, 2):
+        ex = att.executions[num].data.abnormal_finish
+        assert ex.status == Abnormal.CRASHED
+        assert ex.reason.startswith("dm unavailable on delivery 2 of 2: ")
+        assert "/prpc/dm.Deps/ActivateExecution answered 503: dm is busy" in ex.reason
+    # Per execution: delivery 1 answered 503 (Cloud Tasks retried), delivery 2 reported.
+    dispatches = dispatched(tasks, 4)
+    assert [d.status for d in dispatches] == [503, 200, 503, 200]
+    assert [d.headers["X-CloudTasks-TaskRetryCount"] for d in dispatches] == ["0", "1", "0", "1"]
 
 
 @pytest.fixture
