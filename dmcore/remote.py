@@ -70,16 +70,18 @@ connection): how often, where dm's calls have a time budget."""
 
 RETRY_BUDGET_ENV = "DM_API_RETRY_BUDGET_S"
 DEFAULT_RETRY_BUDGET_S = 60.0
-"""How long a call to dm (a job's, a report pushed to dm_notify) goes on retrying
-UNAVAILABLE, 5xx and 429 answers and broken connections, counted from its first try:
-no try starts past it (one started before may run its own timeout). dm answers
-UNAVAILABLE while another call holds the declaration it needs (a crashed call's
-claim: up to 2 min), and giving up costs the http worker one of its deliveries
-(``http_max_attempts``, 3 by default, 10 s and 20 s apart), after which the execution
-ends FAILED: 7.5 s (the budget of old) let a dm busy for about a minute fail the
-execution; 60 s rides out a claim of 2 min within two deliveries and stays well
-under the http distributor's default dispatch deadline (10 min). A worker whose
-config sets a short ``deadline`` wants a budget well under it."""
+"""How long a call to dm (a job's, remote or of an embedded dm, a report pushed to
+dm_notify) goes on retrying UNAVAILABLE, 5xx and 429 answers and broken
+connections, counted from its first try: no try starts past it (one started before
+may run its own timeout). dm answers UNAVAILABLE while another call holds the
+declaration it needs (a crashed call's claim: up to 2 min), and giving up costs the
+http worker one of its deliveries (``http_max_attempts``, 3 by default, 10 s and
+20 s apart); on the last one the worker reports the execution CRASHED (retried by
+dm under ``meta.retry.crashed``). 7.5 s (the budget of old) let a dm busy for about
+a minute use up every delivery; 60 s rides out a claim of 2 min within two
+deliveries and stays well under the http distributor's default dispatch deadline
+(10 min). A worker whose config sets a short ``deadline`` wants a budget well
+under it."""
 BACKOFF_S = (0.5, 8.0)
 """The first pause between tries and the longest (doubled in between)."""
 

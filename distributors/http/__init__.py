@@ -23,7 +23,15 @@ How an execution runs:
   "worker returned without finishing" when the function returned without
   stopping, CRASHED when it raised on the last allowed delivery. A raise
   before that answers 500, and Cloud Tasks delivers the task again; the next
-  delivery activates with the same (derived) token and carries on.
+  delivery activates with the same (derived) token and carries on. dm staying
+  unavailable past the job's retries (``DM_API_RETRY_BUDGET_S``) answers 503,
+  delivered again and not counted as the worker's crash; on the last allowed
+  delivery the worker reports CRASHED "dm unavailable ..." instead: dm's
+  trouble is no failure of the job's, and CRASHED is retried under
+  ``meta.retry.crashed``. The worker counts deliveries by Cloud Tasks'
+  ``X-CloudTasks-TaskRetryCount`` (every earlier attempt, 5xx answers
+  included, as the queue's ``max_attempts`` counts them; not
+  ``-TaskExecutionCount``, which leaves out 5xx answers).
 
 Why the worker reports (and dm does not read the worker's answer): Cloud
 Tasks keeps the answer to itself (a task that got a 2xx is simply gone, as is
@@ -36,7 +44,8 @@ finds by polling ``get_status``: the task still exists -> still running;
 gone with no report for :data:`REPORT_GRACE` -> a normal end without state,
 which dm makes FINISHED if the job stopped (FinishAttempt, or a halt) and
 FAILED ("distributor finished execution while it was in the RUNNING state.")
-if it had not: a 2xx without FinishAttempt fails, whatever the worker. Before
+if it had not: a 2xx without FinishAttempt fails, whatever the worker (and so
+does a last delivery whose report could not be delivered). Before
 that, an optional ``status_url`` is asked (a worker that keeps its own
 records).
 
