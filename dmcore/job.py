@@ -42,12 +42,13 @@ HTTP target for functions-framework (the ``http`` distributor's worker).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import pathlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format
@@ -194,6 +195,9 @@ class Job:
         self.reporter = reporter
         self.stopped = False
         """True once the execution stopped (finished, or halted for dependencies)."""
+        self.maybe_stopped = False
+        """A call that may stop the execution (``finish``, ``depend``) got no word from
+        dm (:class:`remote.Unanswered`): dm may have done it."""
         self._parameters_text = parameters
         self._parameters_file = parameters_file
         self._state = state
@@ -379,7 +383,8 @@ class Job:
             wanted += [(qid, n) for n in attempts]
         req.for_execution.CopyFrom(self._auth())
         self._keep_state()
-        deps = Dependencies(self.client.ensure_graph_data(req), wanted)
+        with self._stopping_call():
+            deps = Dependencies(self.client.ensure_graph_data(req), wanted)
         if deps.should_halt:
             self._stopped()
         return deps
@@ -390,11 +395,24 @@ class Job:
         self._keep_state()
         data = dm_pb2.JsonResult(object=text)
         if self.token or not self._wanted_token:
-            self.client.finish_attempt(dm_pb2.FinishAttemptReq(auth=self._auth(), data=data))
+            req = dm_pb2.FinishAttemptReq(auth=self._auth(), data=data)
+            with self._stopping_call():
+                self.client.finish_attempt(req)
         else:  # not activated yet: the activation token activates and finishes at once
             req = dm_pb2.FinishAttemptReq(auth=self.auth, data=data)
-            self._refusable(lambda: self.client.finish_attempt(req))
+            with self._stopping_call():
+                self._refusable(lambda: self.client.finish_attempt(req))
         self._stopped()
+
+    @contextlib.contextmanager
+    def _stopping_call(self) -> Iterator[None]:
+        """Around a call that may stop the execution: notes in :attr:`maybe_stopped`
+        when it ended without dm's word on whether it was done."""
+        try:
+            yield
+        except remote.Unanswered:
+            self.maybe_stopped = True
+            raise
 
     def _keep_state(self) -> None:
         """Load the previous state while the token still reads it: stopping revokes it,
@@ -442,6 +460,9 @@ def run_order(
       unavailable" is reported and the answer is 200. dm's trouble is no
       failure of the job's: CRASHED is retried under ``meta.retry.crashed``,
       where the task gone without a report would end the execution FAILED.
+      But when ``finish`` or ``depend`` got no word from dm at all (it may have
+      stopped the execution), the last delivery reports "stopped" with the
+      state instead: FINISHED if dm did stop it, else FAILED.
     * ``fn`` raised otherwise: 500, so Cloud Tasks delivers the task again; on the last
       delivery CRASHED is reported and the answer is 200, so no queue setting
       can make it go on.
@@ -499,11 +520,21 @@ def _dm_unavailable(job: Job, e: Unavailable, last: bool, of: str) -> tuple[int,
     overloaded front end): not the worker's fault, so no crash of the worker's is
     counted; 503 and delivered again, but on the last delivery the execution is
     reported CRASHED (dm retries it under meta.retry.crashed), not left to end FAILED
-    when dm finds the task gone. Raises Unavailable if the report cannot go."""
+    when dm finds the task gone. Raises Unavailable if the report cannot go.
+
+    Unless the job's ``finish`` or ``depend`` got no word from dm
+    (:attr:`Job.maybe_stopped`): dm may have stopped the execution, and a CRASHED
+    report would throw its result away. The report is then "stopped", with the
+    state: dm ends the execution FINISHED if it did stop, FAILED if not (as it would
+    finding the task gone, but with the state, and without waiting)."""
     eid = job.execution_id
     if not last or job.reporter is None:
         log.warning("execution %s: dm is unavailable (%s): to be redelivered", eid, e)
         return 503, f"dm is unavailable: {e.message}"
+    if job.maybe_stopped:
+        log.warning("execution %s: no answer to a stopping call on the last %s (%s)", eid, of, e)
+        job.reporter.send(remote.Report(remote.REPORT_STOPPED, state=job.state))
+        return 200, "no answer to a stopping call on the last delivery (reported as stopped)"
     log.warning("execution %s: dm is unavailable on the last %s (%s): crashed", eid, of, e)
     job.report(remote.REPORT_CRASHED, f"dm unavailable on {of}: {e.message}")
     return 200, "dm unavailable on the last delivery (reported as CRASHED)"

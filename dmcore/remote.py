@@ -11,7 +11,8 @@ side of the wire, used by :mod:`dmcore.job`:
   retried with backoff (every call a job makes is idempotent: activation with
   the same token, identical FinishAttempt, EnsureGraphData) for up to
   ``DM_API_RETRY_BUDGET_S`` seconds (:data:`DEFAULT_RETRY_BUDGET_S`), then
-  raise :class:`~dmcore.errors.Unavailable`.
+  raise :class:`~dmcore.errors.Unavailable` (:class:`Unanswered` when dm never
+  said the call did nothing: it may have been done).
 * :func:`id_token_source`: a Google ID token for a private ``dm_api`` (or a
   private worker), from the metadata server on Google Cloud or from the
   service account file named by ``GOOGLE_APPLICATION_CREDENTIALS``, through
@@ -213,6 +214,14 @@ def retry_budget_from_env(env: Mapping[str, str] = os.environ) -> float:
     return value
 
 
+class Unanswered(Unavailable):
+    """Unavailable without dm's word that the call did nothing: no answer came, or
+    only 5xx/429 answers from something in front of dm (a timeout there may come
+    after dm did the call). dm's own UNAVAILABLE (nothing written) raises plain
+    :class:`~dmcore.errors.Unavailable`; a call that stops an execution and ends
+    so may have stopped it."""
+
+
 class HttpCaller:
     """POSTs with an optional bearer token, retrying what may pass.
 
@@ -270,9 +279,13 @@ class HttpCaller:
     ) -> tuple[int, dict[str, str], bytes]:
         """:meth:`request`, again on no answer and on 5xx/429 answers (backoff 0.5 s,
         1 s, ... 8 s), within the tries or the budget. ``again`` may decide for an
-        answer instead: True asks again, False takes it as it is, None keeps the rule."""
+        answer instead: True asks again (the server's own word that the request did
+        nothing), False takes it as it is, None keeps the rule. Then raises
+        :class:`Unavailable` if the last failure was such a True, else
+        :class:`Unanswered`."""
         start = self.clock()
         last = ""
+        said = False  # the last failure was the server's word that nothing was done
         tries = 0
         while True:
             if tries:
@@ -286,9 +299,10 @@ class HttpCaller:
             try:
                 status, h, data = self.request(method, url, body, headers)
             except OSError as e:
-                last = f"no answer from {url}: {e}"
+                last, said = f"no answer from {url}: {e}", False
                 continue
             verdict = None if again is None else again(status, h)
+            said = verdict is True
             if verdict is None:
                 verdict = status >= 500 or status == 429
             if verdict:
@@ -296,7 +310,9 @@ class HttpCaller:
                 continue
             return status, h, data
         spent = self.clock() - start
-        raise Unavailable(f"{last} (after {tries} attempts in {spent:.1f} s)")
+        raise (Unavailable if said else Unanswered)(
+            f"{last} (after {tries} attempts in {spent:.1f} s)"
+        )
 
 
 def _prpc_code(headers: Mapping[str, str]) -> int | None:
@@ -324,7 +340,8 @@ class RemoteClient:
 
     def call(self, method: str, req: message.Message, out: M) -> M:
         """Call ``method``; parse the answer into ``out`` (DMError on a pRPC error;
-        Unavailable once the caller's tries or budget are spent)."""
+        Unavailable once the caller's tries or budget are spent: :class:`Unanswered`
+        unless the last answer was dm's own UNAVAILABLE)."""
         headers = {"Content-Type": PRPC_CONTENT_TYPE, "Accept": PRPC_CONTENT_TYPE}
         url = self.url + SERVICE_PATH + method
         status, h, body = self.caller.retrying(

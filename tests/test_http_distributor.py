@@ -10,6 +10,8 @@ import datetime
 import json
 import pathlib
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,7 +27,7 @@ from dmcore.ids import ExecutionID
 from dmcore.proto import dm_pb2
 from tests import remote_support as rs
 from tests.fake_cloudtasks import FakeCloudTasksServer
-from tests.http_sink import HttpSink, Seen
+from tests.http_sink import Answer, HttpSink, Seen
 
 QUEUE = "projects/demo/locations/us-central1/queues/dm-http"
 WORKER = "https://worker-abc.a.run.app/"
@@ -430,14 +432,37 @@ def main(request):
 
 
 @pytest.fixture
-def busy_dm_api() -> bool:
-    """Whether :func:`stack` has a config ``busy``: a worker whose dm_api_url is a front
-    that answers every call UNAVAILABLE, and whose retry budget (0.1 s, shorter than
-    the first pause) gives up at once. A test parametrizes it to True."""
-    return False
+def dm_api_front() -> str:
+    """What :func:`stack`'s config ``front`` puts between its worker and dm: a test
+    parametrizes it. "busy": a front answering every call UNAVAILABLE; "lossy": one
+    that passes each call on to dm and loses the answers to FinishAttempt (a 502, as
+    from a front end that timed out after dm did the call). The worker's retry
+    budget (0.1 s, shorter than the first pause) gives up at once."""
+    return ""
 
 
 UNAVAILABLE = (503, {remote.GRPC_CODE_HEADER: str(int(Code.UNAVAILABLE))}, b"dm is busy")
+
+
+def lossy(base: str) -> Callable[[Seen], Answer]:
+    """The "lossy" front for the dm_api at ``base`` (see :func:`dm_api_front`)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def answer(seen: Seen) -> Answer:
+        keep = ("Content-Type", "Accept")
+        headers = {k: v for k, v in seen.headers.items() if k in keep}
+        req = urllib.request.Request(base + seen.path, seen.body, headers, method=seen.method)
+        try:
+            with opener.open(req, timeout=30) as rsp:
+                status, got, body = rsp.status, dict(rsp.headers.items()), rsp.read()
+        except urllib.error.HTTPError as e:
+            status, got, body = e.code, dict(e.headers.items()), e.read()
+        if seen.path.endswith("/FinishAttempt"):
+            return 502, {}, b"bad gateway"  # dm did it; its answer is lost
+        keep = ("Content-Type", remote.GRPC_CODE_HEADER)
+        return status, {k: v for k, v in got.items() if k in keep}, body
+
+    return answer
 
 
 @pytest.fixture
@@ -445,7 +470,7 @@ def stack(
     tmp_path: pathlib.Path,
     monkeypatch: pytest.MonkeyPatch,
     tasks: FakeCloudTasksServer,
-    busy_dm_api: bool,
+    dm_api_front: str,
 ) -> Iterator[dict[str, Any]]:
     from dmcore.runtime import backend as backends
     from dmcore.runtime.serve import LocalServer
@@ -459,7 +484,7 @@ def stack(
     plain.write_text(PLAIN)
     example = rs.REPO / "examples" / "http" / "worker.py"
     procs = []
-    busy_front = HttpSink(lambda seen: UNAVAILABLE)
+    front = HttpSink()
     try:
         p1, sums = rs.start_worker(example, "main", tmp_path / "sums.log")
         procs.append(p1)
@@ -483,12 +508,15 @@ def stack(
                 "plain": {"http": {"url": plain_url, **common}},
             }
         }
-        if busy_dm_api:
+        if dm_api_front:
+            front.answer = lossy(base) if dm_api_front == "lossy" else lambda seen: UNAVAILABLE
             budget = {remote.RETRY_BUDGET_ENV: "0.1"}
-            p4, busy = rs.start_worker(modes, "main", tmp_path / "busy.log", env=budget)
+            p4, url = rs.start_worker(modes, "main", tmp_path / "front.log", env=budget)
             procs.append(p4)
-            configs["distributor_configs"]["busy"] = {
-                "http": {"url": busy, **common, "dm_api_url": busy_front.url}
+            # lossy: the first delivery is the last, the one whose answer matters here.
+            last = 1 if dm_api_front == "lossy" else 2
+            configs["distributor_configs"]["front"] = {
+                "http": {**common, "url": url, "dm_api_url": front.url, "max_attempts": last}
             }
         srv = LocalServer(
             port, tmp_path / "home", config=configs, sweep_every_s=0.5, out=lambda s: None
@@ -505,7 +533,7 @@ def stack(
     finally:
         for p in procs:
             rs.stop(p)
-        busy_front.close()
+        front.close()
 
 
 def dispatched(tasks: FakeCloudTasksServer, n: int) -> list[Any]:
@@ -593,7 +621,7 @@ def test_end_to_end_a_worker_that_keeps_raising_is_retried_then_crashed(
     assert [d.headers["X-CloudTasks-TaskRetryCount"] for d in dispatches] == ["0", "1"]
 
 
-@pytest.mark.parametrize("busy_dm_api", [True])
+@pytest.mark.parametrize("dm_api_front", ["busy"])
 def test_end_to_end_dm_unavailable_on_the_last_delivery_crashes_and_is_retried(
     stack: dict[str, Any], tasks: FakeCloudTasksServer
 ) -> None:
@@ -601,7 +629,7 @@ def test_end_to_end_dm_unavailable_on_the_last_delivery_crashes_and_is_retried(
     delivery reports CRASHED, and dm retries the attempt under meta.retry.crashed
     (once here), where the task gone without a report used to end it FAILED."""
     q = {
-        "distributor_config_name": "busy",
+        "distributor_config_name": "front",
         "parameters": {"mode": "finish"},
         "distributor_parameters": {},
         "meta": {"retry": {"crashed": 1}},
@@ -618,6 +646,30 @@ def test_end_to_end_dm_unavailable_on_the_last_delivery_crashes_and_is_retried(
     dispatches = dispatched(tasks, 4)
     assert [d.status for d in dispatches] == [503, 200, 503, 200]
     assert [d.headers["X-CloudTasks-TaskRetryCount"] for d in dispatches] == ["0", "1", "0", "1"]
+
+
+@pytest.mark.parametrize("dm_api_front", ["lossy"])
+def test_end_to_end_a_finish_whose_answer_is_lost_on_the_last_delivery_finishes(
+    stack: dict[str, Any], tasks: FakeCloudTasksServer
+) -> None:
+    """The last delivery's FinishAttempt was done, but no word of it came back: the
+    worker must not report CRASHED (dm would throw the result away and run the
+    attempt again); it reports "stopped" with the state, and dm ends it FINISHED."""
+    q = {
+        "distributor_config_name": "front",
+        "parameters": {"mode": "finish"},
+        "distributor_parameters": {},
+        "meta": {"retry": {"crashed": 1}},
+    }
+    att = submit_and_wait(stack, q)
+    assert not att.data.HasField("abnormal_finish"), att.data.abnormal_finish
+    assert json.loads(att.data.finished.data.object) == {"mode": "finish"}
+    assert sorted(att.executions) == [1]
+    assert json.loads(att.executions[1].data.finished.data.object) == {"state": {}}
+    # Delivery 1 of 1 reported and answered 200 (where a 503 had the queue deliver
+    # again, to meet a revoked token, and dm find the end by polling a minute later).
+    assert [d.status for d in dispatched(tasks, 1)] == [200]
+    assert len(tasks.dispatches) == 1
 
 
 @pytest.fixture

@@ -125,6 +125,12 @@ from dmcore.job import Job, worker
 
 @worker
 def main(job: Job) -> None:
+    if job.parameters.get("depend"):
+        job.state = {"step": "depending"}
+        other = {"distributor_config_name": "x", "parameters": {}, "distributor_parameters": {}}
+        if job.depend([other]).should_halt:
+            return
+    job.state = {"step": "finishing"}
     job.finish({"ran": True})
 """
 
@@ -146,12 +152,13 @@ def busy_worker(
         yield app.test_client(), dm_api
 
 
-def _order(dm_api: str, report_url: str, max_attempts: int) -> bytes:
+def _order(dm_api: str, report_url: str, max_attempts: int, parameters: str = "{}") -> bytes:
     return remote.WorkOrder(
         auth=rs.auth(),
         dm_api_url=dm_api,
         quest_id="q" * 43,
-        parameters="{}",
+        parameters=parameters,
+        state={},
         notify=remote.Notify(auth_token="report-token", url=report_url),
         max_attempts=max_attempts,
     ).to_bytes()
@@ -189,3 +196,58 @@ def test_a_report_that_cannot_go_on_the_last_delivery_is_redelivered(
     assert rsp.status_code == 503
     assert rsp.text.startswith("cannot deliver the report: ")
     assert len(notify.seen) == 1
+
+
+OK: Answer = (200, {remote.GRPC_CODE_HEADER: "0"}, b"")
+FRONT_502: Answer = (502, {}, b"bad gateway")  # no pRPC code: not dm's word
+
+
+@pytest.mark.parametrize(
+    ("finish_answer", "reported"),
+    [
+        (FRONT_502, (remote.REPORT_STOPPED, {"step": "finishing"}, "")),
+        (UNAVAILABLE, (remote.REPORT_CRASHED, None, "dm unavailable on delivery 1 of 1: ")),
+    ],
+    ids=["no-word-from-dm", "dm-said-unavailable"],
+)
+def test_a_finish_without_dms_word_on_the_last_delivery_is_reported_stopped_not_crashed(
+    busy_worker: tuple[flask.testing.FlaskClient, HttpSink],
+    reports: tuple[str, list[remote.Report]],
+    finish_answer: Answer,
+    reported: tuple[str, Any, str],
+) -> None:
+    """FinishAttempt may have been done when no word of it came back: a CRASHED report
+    would throw the result away, so the worker reports "stopped" with the state (dm
+    ends it FINISHED if it did stop, else FAILED). dm's own UNAVAILABLE says nothing
+    was done: CRASHED."""
+    client, dm_api = busy_worker
+    url, got = reports
+    dm_api.answer = lambda seen: OK if seen.path.endswith("/ActivateExecution") else finish_answer
+    body = _order(dm_api.url, url, max_attempts=1)
+    rsp = client.post("/", data=body, headers={RETRY_COUNT_HEADER: "0"})
+    assert rsp.status_code == 200, rsp.text
+    assert [s.path.rsplit("/", 1)[-1] for s in dm_api.seen] == [
+        "ActivateExecution",
+        "FinishAttempt",
+    ]
+    kind, state, reason = reported
+    assert [(r.kind, r.state) for r in got] == [(kind, state)]
+    assert got[0].reason.startswith(reason)
+
+
+def test_a_declaration_without_dms_word_on_the_last_delivery_is_reported_stopped(
+    busy_worker: tuple[flask.testing.FlaskClient, HttpSink],
+    reports: tuple[str, list[remote.Report]],
+) -> None:
+    """A declaration may halt the execution: no word of it, no CRASHED either."""
+    client, dm_api = busy_worker
+    url, got = reports
+    dm_api.answer = lambda seen: OK if seen.path.endswith("/ActivateExecution") else FRONT_502
+    body = _order(dm_api.url, url, max_attempts=3, parameters='{"depend": true}')
+    rsp = client.post("/", data=body, headers={RETRY_COUNT_HEADER: "2"})
+    assert rsp.status_code == 200, rsp.text
+    assert [s.path.rsplit("/", 1)[-1] for s in dm_api.seen] == [
+        "ActivateExecution",
+        "EnsureGraphData",
+    ]
+    assert [(r.kind, r.state) for r in got] == [(remote.REPORT_STOPPED, {"step": "depending"})]

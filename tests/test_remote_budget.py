@@ -149,3 +149,27 @@ def test_a_front_ends_5xx_without_a_prpc_code_is_retried() -> None:
     with HttpSink(lambda seen: answers.pop(0)) as server:
         _client(server, fake, budget_s=60.0).activate_execution(dm_pb2.ActivateExecutionReq())
     assert fake.slept == [0.5, 1.0] and len(server.seen) == 3
+
+
+@pytest.mark.parametrize(
+    ("answer", "unanswered"),
+    [
+        (UNAVAILABLE, False),  # dm's own word: nothing was done
+        ((502, {}, b"bad gateway"), True),  # a front end's: dm may have done it
+        ((429, {}, b"slow down"), True),
+    ],
+)
+def test_only_dms_own_unavailable_says_nothing_was_done(answer: Answer, unanswered: bool) -> None:
+    fake = FakeClock()
+    with HttpSink(lambda seen: answer) as server, pytest.raises(Unavailable) as raised:
+        _client(server, fake, budget_s=1.0).finish_attempt(dm_pb2.FinishAttemptReq())
+    assert isinstance(raised.value, remote.Unanswered) == unanswered
+
+
+def test_no_answer_at_all_is_unanswered() -> None:
+    fake = FakeClock()
+    with HttpSink() as server:
+        url = server.url
+    caller = remote.HttpCaller(None, budget_s=1.0, sleep=fake.sleep, clock=fake.clock)
+    with pytest.raises(remote.Unanswered, match="no answer from"):
+        remote.RemoteClient(url, caller).finish_attempt(dm_pb2.FinishAttemptReq())

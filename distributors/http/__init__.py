@@ -28,7 +28,9 @@ How an execution runs:
   delivered again and not counted as the worker's crash; on the last allowed
   delivery the worker reports CRASHED "dm unavailable ..." instead: dm's
   trouble is no failure of the job's, and CRASHED is retried under
-  ``meta.retry.crashed``. The worker counts deliveries by Cloud Tasks'
+  ``meta.retry.crashed`` (but "stopped", with the state, when a ``finish`` or
+  ``depend`` got no word from dm at all: dm may have stopped the execution, and
+  CRASHED would throw its result away). The worker counts deliveries by Cloud Tasks'
   ``X-CloudTasks-TaskRetryCount`` (every earlier attempt, 5xx answers
   included, as the queue's ``max_attempts`` counts them; not
   ``-TaskExecutionCount``, which leaves out 5xx answers).
