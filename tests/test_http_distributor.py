@@ -621,6 +621,15 @@ def test_end_to_end_a_worker_that_keeps_raising_is_retried_then_crashed(
     assert [d.headers["X-CloudTasks-TaskRetryCount"] for d in dispatches] == ["0", "1"]
 
 
+FRONT_QUEST = {
+    "distributor_config_name": "front",
+    "parameters": {"mode": "finish"},
+    "distributor_parameters": {},
+    "meta": {"retry": {"crashed": 1}},
+}
+"""A quest of the worker behind :func:`dm_api_front`; a crash is retried once."""
+
+
 @pytest.mark.parametrize("dm_api_front", ["busy"])
 def test_end_to_end_dm_unavailable_on_the_last_delivery_crashes_and_is_retried(
     stack: dict[str, Any], tasks: FakeCloudTasksServer
@@ -628,13 +637,7 @@ def test_end_to_end_dm_unavailable_on_the_last_delivery_crashes_and_is_retried(
     """dm stays unavailable for every delivery: not the job's failure. The last
     delivery reports CRASHED, and dm retries the attempt under meta.retry.crashed
     (once here), where the task gone without a report used to end it FAILED."""
-    q = {
-        "distributor_config_name": "front",
-        "parameters": {"mode": "finish"},
-        "distributor_parameters": {},
-        "meta": {"retry": {"crashed": 1}},
-    }
-    att = submit_and_wait(stack, q)
+    att = submit_and_wait(stack, FRONT_QUEST)
     assert att.data.abnormal_finish.status == Abnormal.CRASHED
     assert sorted(att.executions) == [1, 2]  # retried once, as meta.retry.crashed allows
     for num in (1, 2):
@@ -655,13 +658,7 @@ def test_end_to_end_a_finish_whose_answer_is_lost_on_the_last_delivery_finishes(
     """The last delivery's FinishAttempt was done, but no word of it came back: the
     worker must not report CRASHED (dm would throw the result away and run the
     attempt again); it reports "stopped" with the state, and dm ends it FINISHED."""
-    q = {
-        "distributor_config_name": "front",
-        "parameters": {"mode": "finish"},
-        "distributor_parameters": {},
-        "meta": {"retry": {"crashed": 1}},
-    }
-    att = submit_and_wait(stack, q)
+    att = submit_and_wait(stack, FRONT_QUEST)
     assert not att.data.HasField("abnormal_finish"), att.data.abnormal_finish
     assert json.loads(att.data.finished.data.object) == {"mode": "finish"}
     assert sorted(att.executions) == [1]
