@@ -475,7 +475,7 @@ def run_order(
     job = Job.from_order(order, client)
     eid = job.execution_id
     last = order.max_attempts > 0 and delivery >= order.max_attempts
-    of = f"delivery {delivery} of {order.max_attempts}"
+    of = f"delivery {delivery}" + (f" of {order.max_attempts}" if order.max_attempts else "")
     try:
         try:
             job.activate(worker_token(order.auth.token))
