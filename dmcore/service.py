@@ -99,6 +99,11 @@ def _set_us(ts: Any, us: int) -> None:
     ts.nanos = micros * 1000
 
 
+def _as_stored(descs: Mapping[str, bytes]) -> dict[str, str]:
+    """Quest descriptions (ID -> wire bytes) as a quest document holds them (base64)."""
+    return {q: binascii.b2a_base64(w, newline=False).decode() for q, w in descs.items()}
+
+
 def _auth_eid(auth: dm_pb2.Execution.Auth, field: str) -> ExecutionID:
     if not auth.HasField("id"):
         raise InvalidArgument(f"{field}.id: required")
@@ -235,7 +240,6 @@ class Service:
         # leave no 10,000 objects for the garbage collector to trace (a full collection
         # traced them in a memoised re-run: 15% of it).
         supplied: dict[str, bytes] = {}
-        stored: dict[str, str] = {}  # quest ID -> its description as stored (base64)
         wanted: dict[AttemptID, None] = {}
         built: dict[str, dist.D] = {}  # per config name: a request names few, for many quests
         valid: set[tuple[str, str]] = set()
@@ -249,7 +253,6 @@ class Service:
             if (norm.distributor_config_name, norm.distributor_parameters) not in valid:
                 self._validate_distributor(norm, f"quest[{i}]", built, valid)
             supplied[qid] = wire
-            stored[qid] = binascii.b2a_base64(wire, newline=False).decode()
             add_quest_id(id=qid)
             listed = nums.nums
             if len(listed) == 1 and listed[0] > 0:  # the common case: no field name made
@@ -264,21 +267,19 @@ class Service:
 
         aids = list(wanted)
         if eid is None:
-            return self._ensure_graph(req, rsp, supplied, stored, aids, max_size)
+            return self._ensure_graph(req, rsp, supplied, aids, max_size)
 
-        return self._declare_deps(req, rsp, eid, aids, supplied, stored, max_size)
+        return self._declare_deps(req, rsp, eid, aids, supplied, _as_stored(supplied), max_size)
 
-    def _ensure_graph(  # noqa: PLR0917 - internal, called once
+    def _ensure_graph(
         self,
         req: dm_pb2.EnsureGraphDataReq,
         rsp: dm_pb2.EnsureGraphDataRsp,
         supplied: Mapping[str, bytes],
-        stored: Mapping[str, str],
         aids: list[AttemptID],
         max_size: int,
     ) -> dm_pb2.EnsureGraphDataRsp:
         """Without an execution: create what is missing, answer with the state before.
-        ``stored``: the supplied descriptions as a quest document holds them.
 
         Each part reads its quests and attempts in the transaction that creates the
         missing ones (:class:`~dmcore.engine.steps.EnsureGraph`), and the answer is
@@ -290,6 +291,7 @@ class Service:
         if self._answer_memoised(req, rsp, supplied, aids, max_size):
             rsp.accepted = True
             return rsp
+        stored = _as_stored(supplied)  # (a memoised answer writes none)
         # A quest named only by raw_attempts must exist: checked before anything is
         # written (a part created already would stay, the request half done).
         raw_only = sorted({a.quest for a in aids} - set(supplied))
@@ -341,16 +343,30 @@ class Service:
         view = self.engine.store.read_view()
         if view is None:
             return False
-        fields = steps.EnsureGraph.ANSWERED
+        fields = (*steps.EnsureGraph.ANSWERED, docs.QUEST_CREATED)
 
         def load(chunk: Sequence[AttemptID]) -> dict[str, Any]:
             # (the parts are Mappings, read only: the walk never writes a document)
-            got: dict[str, Any] = reader.get_many(
-                list(dict.fromkeys(docs.quest_path(a.quest) for a in chunk))
-            )
-            parts = reader.peek_many([docs.attempt_path(a) for a in chunk], fields)
-            if None in got.values() or None in parts.values():
-                raise _NotMemoised
+            paths = [docs.attempt_path(a) for a in chunk]
+            parts = reader.peek_many(paths, fields)
+            got: dict[str, Any] = {}
+            unread: list[str] = []
+            for a, p in zip(chunk, paths, strict=True):
+                part = parts[p]
+                if part is None:
+                    raise _NotMemoised
+                created = part[docs.QUEST_CREATED]
+                if created is not None and a.quest in supplied:
+                    # The quest exists (its attempt does), and all the answer shows of
+                    # it is its supplied description and when it was created.
+                    got[docs.quest_path(a.quest)] = {"created": created}
+                else:
+                    unread.append(docs.quest_path(a.quest))
+            if unread:
+                quests = reader.get_many(list(dict.fromkeys(unread)))
+                if None in quests.values():
+                    raise _NotMemoised
+                got.update(quests)
             got.update(parts)
             return got
 
@@ -805,7 +821,7 @@ class Service:
                 query.append((q, listed))
             else:
                 if q not in made:
-                    self._quest_entry(entries, q, quest_shown, ahead.get, descs=descs)
+                    self._quest_entry(entries, q, quest_shown, ahead.get, descs)
                     made.add(q)
                 # Attempt ids are "<quest>|<number>": the quest's attempts are an id range.
                 rows = store.query_id_prefix(docs.ATTEMPTS, q + "|")
@@ -850,6 +866,13 @@ class Service:
         todo: collections.deque[tuple[AttemptID, int, bool]] = collections.deque()
         seen: set[str] = set()  # encoded: a str keeps its hash, an ID computes it
         infos: dict[tuple[str, str], dist.D | None] = {}
+        # (Bound once: the loop runs once per attempt, 100,000 times for a large answer.)
+        ahead_get, attempt_path, attempt_expired = (
+            ahead.get,
+            docs.attempt_path,
+            records.attempt_expired,
+        )
+        quest_entry, fill_attempt = self._quest_entry, self._fill_attempt
         while True:
             if dfs and todo:
                 item = todo.pop()
@@ -870,20 +893,20 @@ class Service:
             if qid in made:
                 quest = entries[qid]
             else:
-                quest = self._quest_entry(entries, qid, quest_shown, ahead.get, descs=descs)
+                quest = quest_entry(entries, qid, quest_shown, ahead_get, descs)
                 made.add(qid)
             att_msg = quest.attempts[aid.num]
-            got = ahead.get(docs.attempt_path(aid))
+            got = ahead_get(attempt_path(aid))
             if got is None:
                 att_msg.DNE = True
                 continue
             doc = got
-            expired = records.attempt_expired(doc, now)
+            expired = attempt_expired(doc, now)
             if not (show_all or shown(doc, expired)):
                 continue  # a placeholder, not walked through
             if show_ids:
                 att_msg.id.CopyFrom(aid.to_proto())
-            data = self._fill_attempt(att_msg, aid, doc, expired) if want_data else None
+            data = fill_attempt(att_msg, aid, doc, expired) if want_data else None
             authorized: bool | None = None  # may the caller see this attempt's results?
             if authorized_all or forward_of_me or aid == me:
                 authorized = True
@@ -891,7 +914,8 @@ class Service:
             if show_result and data is not None:
                 if authorized is None:
                     authorized = self._depends_on(me, aid)
-                size = int((doc.get("result") or {}).get("size", 0))
+                summary = doc.get("result") or {}
+                size = int(summary.get("size", 0))
                 if expired:
                     att_msg.partial.result = dm_pb2.Attempt.Partial.EXPIRED  # never served
                 elif not authorized:
@@ -899,7 +923,8 @@ class Service:
                 elif size > budget:
                     att_msg.partial.result = dm_pb2.Attempt.Partial.DATA_SIZE_LIMIT
                 else:
-                    res = docs.read_result(store, aid, doc)
+                    # (Inline on the attempt, as most are: no call to read_result.)
+                    res = summary if "object" in summary else docs.read_result(store, aid, doc)
                     if res is not None:
                         obj = res["object"]
                         budget -= len(obj) if obj.isascii() else len(obj.encode())
@@ -955,7 +980,6 @@ class Service:
         qid: str,
         shown: tuple[bool, bool, set[str]],
         read: Callable[[str], docs.Doc | None],
-        *,
         descs: Mapping[str, bytes] | None = None,
     ) -> dm_pb2.Quest:
         """The new entry of quest ``qid`` in an answer's ``entries`` (its ``quests``),

@@ -122,6 +122,12 @@ set by the last part of its first declaration (a write of the attempt it makes
 anyway when it halts); a walk queries the forward edges of an attempt only when it
 is not False, so a leaf's place in an answer costs its attempt document alone."""
 
+QUEST_CREATED = "quest_created"
+"""The attempt's copy of its quest's creation time (immutable), set when the attempt
+is created in the commit that read or created its quest (``MergeQuest``): a memoised
+answer shows each quest's ``created`` from its attempt and reads no quest document.
+Absent on attempts created before it was kept: their quest is read."""
+
 DECLARING = "declaring"
 """The attempt's claim while its execution records a declaration in parts (W-14):
 ``{"execution": n, "call": nonce, "until_us": t}``. Taken before the first part and

@@ -127,6 +127,9 @@ def ensure_attempt(step: steps.EnsureAttempt, ctx: Ctx) -> list[Step | Later]:
             att[docs.DEPENDED] = True
             ctx.uow.put(path, att)
         return back
+    # The quest's document, as MergeQuest read or created it in this commit (no read
+    # here: absent from the cache, nothing is copied).
+    quest = ctx.uow.cached(docs.quest_path(aid.quest))
     ctx.uow.create(
         path,
         {
@@ -145,6 +148,7 @@ def ensure_attempt(step: steps.EnsureAttempt, ctx: Ctx) -> list[Step | Later]:
             "abnormal": None,
             docs.DEPENDED: step.depended,
             docs.DECLARED: False,
+            **({} if quest is None else {docs.QUEST_CREATED: quest["created"]}),
         },
     )
     return [steps.ScheduleExecution(aid=step.aid), *back]
