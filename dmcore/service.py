@@ -13,6 +13,7 @@ import base64
 import binascii
 import collections
 import dataclasses
+import hashlib
 import itertools
 import logging
 import operator
@@ -201,6 +202,23 @@ class _ReadAhead:
                 if colls:
                     self.edges.update(self.store.query_collections(colls))
             yield from chunk
+
+
+def _declaration_call(
+    eid: ExecutionID, token: bytes, aids: Iterable[AttemptID], quests: Iterable[str]
+) -> str:
+    """The name of a declaration in parts in its claim (docs.DECLARING): made of
+    what it declares (the execution, its token, the dependees and the quests it
+    describes, in any order), so that the same declaration made again (a client's
+    retry after a dropped connection, a job's next delivery) is the same call: it
+    takes over the claim of a call that died between its parts instead of waiting
+    for its lease. A different declaration of the execution is another call, and
+    waits."""
+    h = hashlib.sha256(f"{eid}\n".encode())
+    h.update(token)
+    for name in (*sorted(a.encoded for a in aids), "", *sorted(quests)):
+        h.update(b"\n" + name.encode())
+    return base64.urlsafe_b64encode(h.digest()[:18]).decode()
 
 
 class Service:
@@ -473,9 +491,9 @@ class Service:
         chunk_size = self.declare_chunk
         chunks = [aids[i : i + chunk_size] for i in range(0, len(aids), chunk_size)] or [[]]
         token_b64 = base64.b64encode(req.for_execution.token).decode()
-        # Names this call in its claim: another call of the execution cannot drop it.
-        call = base64.urlsafe_b64encode(self.engine.rand(12)).decode() if len(chunks) > 1 else ""
+        call = ""
         if len(chunks) > 1:
+            call = _declaration_call(eid, req.for_execution.token, aids, quests)
             # Parts commit one by one: what one declaration refuses in its transaction
             # (a forged token, an absent quest named by raw_attempts, a cycle) is
             # refused before the first (and each part checks its own again).
@@ -484,7 +502,10 @@ class Service:
         unnamed = {q: d for q, d in quests.items() if q not in named}
         seen: dict[str, docs.Doc | None] = {}
         halts = False
-        for n, chunk in enumerate(chunks):
+        lost = False
+        n = 0
+        while n < len(chunks):
+            chunk = chunks[n]
             last = n == len(chunks) - 1
             if n and self.between_parts is not None:
                 self.between_parts(eid, n)
@@ -508,12 +529,24 @@ class Service:
             try:
                 self.engine.run(step)
             except deps.ClaimLost:
-                # Its lease ran out between parts (nothing of this part written):
-                # the whole declaration checked again under a new claim, once.
+                if lost:
+                    raise
+                # Nothing of this part written. Its lease ran out between parts, or
+                # the same call made again at once (a client's retry) recorded the
+                # whole declaration and dropped the claim: checked again under a new
+                # claim and recorded again from its first part (each part is
+                # idempotent), once. Not from here on: what the earlier parts read
+                # (a dependee running then, over now) must not halt an execution
+                # that the other call's answer let go on.
+                lost = True
                 self._check_cycles_of_parts(eid, token_b64, aids, supplied, call)
-                self.engine.run(step)
+                seen.clear()
+                halts = False
+                n = 0
+                continue
             halts = halts or step.halted
             seen.update(step.seen)
+            n += 1
         rsp.accepted = True
         if halts:
             rsp.should_halt = True

@@ -5,14 +5,17 @@ A declaration of more than ``declare_chunk`` dependencies commits in parts. Befo
 the first, it takes its attempt's claim (docs.DECLARING) and checks the whole
 declaration for cycles; another declaration whose cycle walk reaches the claimed
 attempt meanwhile is told to try again (Unavailable), as its edge could close a
-cycle with a part not recorded yet. The interleavings are set by the service's
-``between_parts`` hook, on SQLite and on the Firestore emulator.
+cycle with a part not recorded yet. The claim names the declaration, so the same
+declaration made again (a retry of a call that died between its parts, or one made
+while the first still runs) takes it over and goes on. The interleavings are set
+by the service's ``between_parts`` hook, on SQLite and on the Firestore emulator.
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -26,7 +29,17 @@ from dmcore.service import Caller
 from dmcore.states import AttemptState, ExecutionState
 from dmcore.store.base import Store
 from tests.harness import Chaos, Harness
-from tests.test_service import activate, aid_of, complete, declare, end, fail, finish, start
+from tests.test_service import (
+    activate,
+    aid_of,
+    attempt_msg,
+    complete,
+    declare,
+    end,
+    fail,
+    finish,
+    start,
+)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("firestore", marks=pytest.mark.emulator)])
@@ -51,6 +64,35 @@ def _graph(h: Harness) -> tuple[dm_pb2.Quest.Desc, list[dm_pb2.Quest.Desc], Atte
     xs = [quest_desc(f"X{i}") for i in range(2)]
     start(h, a, b)
     return b, xs, aid_of(a), aid_of(b)
+
+
+class Died(Exception):
+    """The call's process stopped, or its connection dropped, between two parts."""
+
+
+def _die(eid: ExecutionID, part: int) -> None:
+    raise Died
+
+
+Hook = Callable[[ExecutionID, int], None]
+
+
+def _once(h: Harness, hook: Hook) -> Hook:
+    """``hook`` between the first call's parts only (not in the calls it makes)."""
+
+    def between(eid: ExecutionID, part: int) -> None:
+        h.service.between_parts = None
+        hook(eid, part)
+
+    return between
+
+
+def _listed_once(h: Harness, depender: AttemptID, *dependees: AttemptID) -> None:
+    """Each dependee lists ``depender`` once (inline or as a back edge), not twice."""
+    for d in dependees:
+        inline = h.attempt(d).get(docs.DEPENDERS, []).count(depender.encoded)
+        back = h.store.get(docs.back_dep_path(d, depender)) is not None
+        assert inline + back == 1, (d, inline, back)
 
 
 def test_a_cycle_closed_between_parts_is_refused_to_its_closer(h: Harness) -> None:
@@ -126,14 +168,8 @@ def test_a_claim_left_by_a_dead_call_lapses(h: Harness) -> None:
     c1 = aid_of(c)
     ta, tc = activate(h, a1.execution(1)), activate(h, c1.execution(1))
 
-    class Died(Exception):
-        pass
-
-    def die(eid: ExecutionID, part: int) -> None:
-        raise Died
-
     deps_of_a = (*(aid_of(x) for x in xs), b1)
-    h.service.between_parts = die
+    h.service.between_parts = _die
     with pytest.raises(Died):
         declare(h, a1.execution(1), ta, *deps_of_a, quests=(*xs, b))
     h.service.between_parts = None
@@ -151,9 +187,11 @@ def test_a_declaration_refused_for_a_cycle_drops_its_claim_even_after_a_failure(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A declaration in parts that closes a cycle is refused before any part; its
-    claim is dropped. If dropping it fails, the call fails (the claim lapses); the
-    client's retry, another call, is told to try again while that claim holds, then
-    is refused the same way and drops its own: nothing refused stays."""
+    claim is dropped. If dropping it fails, the call fails (the claim stays, until
+    its lease runs out); another declaration of A is told to try again while that
+    claim holds; the client's retry of the same declaration is the same call: it
+    takes the claim over at once, is refused the same way and drops it: nothing
+    refused stays."""
     b, xs, a1, b1 = _graph(h)
     ta, tb = activate(h, a1.execution(1)), activate(h, b1.execution(1))
     assert declare(h, b1.execution(1), tb, a1).should_halt  # B -> A
@@ -176,8 +214,7 @@ def test_a_declaration_refused_for_a_cycle_drops_its_claim_even_after_a_failure(
         declare(h, a1.execution(1), ta, *(aid_of(x) for x in xs), b1, quests=(*xs, b))
     assert docs.DECLARING in h.attempt(a1)
     with pytest.raises(Unavailable, match="another call"):
-        declare(h, a1.execution(1), ta, *(aid_of(x) for x in xs), b1, quests=(*xs, b))
-    h.clock.advance(121)
+        declare(h, a1.execution(1), ta, *(aid_of(x) for x in xs), b1, quests=(b,))
     with pytest.raises(InvalidArgument, match="cycle"):
         declare(h, a1.execution(1), ta, *(aid_of(x) for x in xs), b1, quests=(*xs, b))
     monkeypatch.undo()
@@ -250,8 +287,9 @@ def test_a_part_whose_claim_lapsed_checks_the_whole_declaration_again(h: Harness
     assert docs.DECLARING not in h.attempt(a1)
     assert h.exec_state(a1.execution(1)) == ExecutionState.RUNNING
 
-    # Without another declaration meanwhile, the new check passes and the call is whole.
-    h.service.between_parts = lambda eid, part: h.clock.advance(121)
+    # Without another declaration meanwhile, the new check passes and the call is whole
+    # (recorded again from its first part, whose edges it finds recorded).
+    h.service.between_parts = _once(h, lambda eid, part: h.clock.advance(121))
     ys = (*xs, quest_desc("Y"))
     assert declare(h, a1.execution(1), ta, *(aid_of(y) for y in ys), quests=ys).should_halt
     h.service.between_parts = None
@@ -318,3 +356,139 @@ def test_a_halting_declaration_retried_after_a_dependee_was_reopened(h: Harness,
     # Another declaration of the halted execution is still refused.
     with pytest.raises(Unauthenticated):
         declare(h, a2, ta2, aid_of(quest_desc("Other")), quests=(quest_desc("Other"),))
+
+
+@pytest.mark.parametrize("order", ["same", "reversed"])
+def test_an_identical_retry_of_a_call_that_died_between_parts_goes_on_at_once(
+    h: Harness, order: str
+) -> None:
+    """A's call dies after its first part, its claim left held. The job's retry of
+    the same declaration (a new delivery, a client's retry; its dependees in the
+    same order or not) is the same call: it takes the claim over and goes on at
+    once, not after the claim's lease (2 minutes), and ends as one uninterrupted
+    call would: every edge once, the claim dropped, "halted". A different
+    declaration of A still waits for the claim."""
+    b, xs, a1, b1 = _graph(h)
+    ta = activate(h, a1.execution(1))
+    deps_of_a = (*(aid_of(x) for x in xs), b1)
+    h.service.between_parts = _die
+    with pytest.raises(Died):
+        declare(h, a1.execution(1), ta, *deps_of_a, quests=(*xs, b))
+    h.service.between_parts = None
+    claim = h.attempt(a1)[docs.DECLARING]
+    assert set(_edges(h, a1)) == {aid_of(x).encoded for x in xs}  # the first part
+    with pytest.raises(Unavailable, match="another call"):
+        declare(h, a1.execution(1), ta, *deps_of_a[:2], quests=tuple(xs))  # not the same
+    assert h.attempt(a1)[docs.DECLARING] == claim
+
+    again = deps_of_a if order == "same" else deps_of_a[::-1]
+    assert declare(h, a1.execution(1), ta, *again, quests=(*xs, b)).should_halt
+    assert set(_edges(h, a1)) == {d.encoded for d in deps_of_a}
+    assert docs.DECLARING not in h.attempt(a1)
+    assert h.exec_state(a1.execution(1)) == ExecutionState.STOPPING
+    h.settle()
+    _listed_once(h, a1, *deps_of_a)
+    # And it unwinds as any halted declaration: the dependees end, A resumes.
+    for x in xs:
+        complete(h, aid_of(x), {"x": 1})
+    complete(h, b1, {"b": 1})
+    end(h, a1.execution(1))
+    assert h.state(a1) == AttemptState.EXECUTING
+
+
+def test_an_identical_retry_answers_as_the_uninterrupted_call(h: Harness) -> None:
+    """Every dependee over: A's call dies after its first part; the retry is accepted
+    at once with the results, the same answer (and edges) as the same call made
+    again uninterrupted."""
+    cs = [quest_desc(f"C{i}") for i in range(3)]
+    a = quest_desc("A")
+    start(h, a, *cs)
+    a1 = aid_of(a)
+    for i, c in enumerate(cs):
+        complete(h, aid_of(c), {"c": i})
+    ta = activate(h, a1.execution(1))
+    deps_of_a = tuple(aid_of(c) for c in cs)
+    h.service.between_parts = _die
+    with pytest.raises(Died):
+        declare(h, a1.execution(1), ta, *deps_of_a, quests=tuple(cs))
+    h.service.between_parts = None
+    assert docs.DECLARING in h.attempt(a1)
+
+    rsp = declare(h, a1.execution(1), ta, *deps_of_a, quests=tuple(cs))
+    assert not rsp.should_halt
+    assert docs.DECLARING not in h.attempt(a1)
+    assert declare(h, a1.execution(1), ta, *deps_of_a, quests=tuple(cs)) == rsp
+    assert set(_edges(h, a1)) == {d.encoded for d in deps_of_a}
+    assert all(e["satisfied"] for e in _edges(h, a1).values())
+    for i, d in enumerate(deps_of_a):
+        assert json.loads(attempt_msg(rsp.result, d).data.finished.data.object) == {"c": i}
+    h.settle()
+    _listed_once(h, a1, *deps_of_a)
+    assert h.exec_state(a1.execution(1)) == ExecutionState.RUNNING
+
+
+def test_two_identical_calls_at_once_halt_alike(h: Harness) -> None:
+    """The client retries while its first call still runs: between the first call's
+    parts, the identical second call takes the claim over and records every part
+    (each part is idempotent: an edge recorded by the other call is left as it
+    is), and its last part halts the execution and drops the claim. The first
+    call's next part finds the declaration halted: "halted" too, no edge lost
+    or listed twice."""
+    b, xs, a1, b1 = _graph(h)
+    ta = activate(h, a1.execution(1))
+    deps_of_a = (*(aid_of(x) for x in xs), b1)
+    second: list[dm_pb2.EnsureGraphDataRsp] = []
+
+    def retry(eid: ExecutionID, part: int) -> None:
+        second.append(declare(h, a1.execution(1), ta, *deps_of_a, quests=(*xs, b)))
+        assert docs.DECLARING not in h.attempt(a1)
+
+    h.service.between_parts = _once(h, retry)
+    first = declare(h, a1.execution(1), ta, *deps_of_a, quests=(*xs, b))
+    assert second and second[0].should_halt
+    assert first.should_halt
+    assert set(_edges(h, a1)) == {d.encoded for d in deps_of_a}
+    assert docs.DECLARING not in h.attempt(a1)
+    assert h.exec_state(a1.execution(1)) == ExecutionState.STOPPING
+    h.settle()
+    _listed_once(h, a1, *deps_of_a)
+
+
+def test_two_identical_calls_at_once_answer_alike_when_a_dependee_ends_between(
+    h: Harness,
+) -> None:
+    """The first call's first part finds C0 running (that part would halt); C0 then
+    finishes, and the identical second call, every dependee over now, is answered
+    with the results: the job goes on. The first call's next part finds the claim
+    gone (the second call's last part dropped it) and records the declaration
+    again from its first part: it too is answered with the results, and must not
+    halt the execution (which the second answer let go on) for what its first
+    part read before."""
+    cs = [quest_desc(f"C{i}") for i in range(3)]
+    a = quest_desc("A")
+    start(h, a, *cs)
+    a1, c0 = aid_of(a), aid_of(cs[0])
+    for i, c in enumerate(cs[1:], 1):
+        complete(h, aid_of(c), {"c": i})
+    ta = activate(h, a1.execution(1))
+    deps_of_a = tuple(aid_of(c) for c in cs)
+    second: list[dm_pb2.EnsureGraphDataRsp] = []
+
+    def c0_ends_then_retry(eid: ExecutionID, part: int) -> None:
+        complete(h, c0, {"c": 0})
+        second.append(declare(h, a1.execution(1), ta, *deps_of_a, quests=tuple(cs)))
+
+    h.service.between_parts = _once(h, c0_ends_then_retry)
+    first = declare(h, a1.execution(1), ta, *deps_of_a, quests=tuple(cs))
+    assert second and not second[0].should_halt
+    assert not first.should_halt
+    assert first == second[0]
+    assert h.exec_state(a1.execution(1)) == ExecutionState.RUNNING
+    assert docs.DECLARING not in h.attempt(a1)
+    assert set(_edges(h, a1)) == {d.encoded for d in deps_of_a}
+    assert all(e["satisfied"] for e in _edges(h, a1).values())
+    h.settle()
+    _listed_once(h, a1, *deps_of_a)
+    finish(h, a1.execution(1), ta, {"a": 1})  # the job goes on with what it was told
+    end(h, a1.execution(1))
+    assert h.state(a1) == AttemptState.FINISHED

@@ -62,8 +62,10 @@ def declaring(att: docs.Doc | None, now_us: int) -> bool:
 
 class ClaimLost(Unavailable):
     """A part of a declaration in parts found its claim gone: its lease ran out
-    between parts (another call of the execution may have claimed since). The
-    caller checks the whole declaration again under a new claim, or gives up."""
+    between parts (another declaration of the execution may have claimed since),
+    or the same declaration made again meanwhile (a client's retry while this call
+    still ran) recorded it whole and dropped the claim. The caller checks the whole
+    declaration again under a new claim and records it again, or gives up."""
 
 
 def _claim_holds(att: docs.Doc, eid: ExecutionID, call: str, now_us: int) -> bool:
@@ -201,7 +203,8 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
             )
         # Before the whole declaration's cycle check: any edge recorded after this
         # commit by a walk through this attempt meets the claim (reject_cycles). The
-        # call is named, so that only it drops or renews the claim.
+        # call is named by what it declares, so that only it drops or renews the
+        # claim, and the same declaration made again (its retry) takes it over.
         att[docs.DECLARING] = {
             "execution": eid.num,
             "call": step.call,

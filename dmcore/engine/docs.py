@@ -130,12 +130,14 @@ Absent on attempts created before it was kept: their quest is read."""
 
 DECLARING = "declaring"
 """The attempt's claim while its execution records a declaration in parts (W-14):
-``{"execution": n, "call": nonce, "until_us": t}``. Taken before the first part and
+``{"execution": n, "call": name, "until_us": t}``. Taken before the first part and
 before the declaration's cycle check (:func:`~dmcore.engine.deps.declaring`), dropped
 by the last part; while it holds, another declaration whose cycle walk reaches this
 attempt is told to try again (its future edges are not recorded yet), and so is
-another call of the same execution. ``call`` names the call that took it: only it
-renews or drops it, and each of its parts writes only while it holds."""
+another declaration of the same execution. ``call`` names the declaration that took
+it (a hash of what it declares, ``Service._declare_deps``): only it renews or drops
+it, each of its parts writes only while it holds, and the same declaration made
+again (a retry of a call that died between its parts) takes it over."""
 
 CURRENT = "ex"
 """The attempt's field holding its current execution: the steps of an execution

@@ -256,9 +256,11 @@ class DeclareDeps(Mutation):
     then checks the whole declaration for cycles, then runs its parts
     (``claimed``: they ignore others' claims, and the last one drops its own);
     ``unclaim`` drops the claim of a declaration refused before its first part.
-    ``call``: the nonce naming the call that claims: only it renews or drops its
-    claim, and each of its parts refuses to write once the claim is not its own
-    or has lapsed (another call of the same execution is told to try again).
+    ``call``: names the declaration that claims (a hash of the execution, its token,
+    the dependees and the described quests: the same declaration made again is the
+    same call and takes the claim over): only it renews or drops its claim, and
+    each of its parts refuses to write once the claim is not its own or has lapsed
+    (another declaration of the same execution is told to try again).
     Run by the API only, never queued.
     """
 
