@@ -35,9 +35,12 @@ Everything random comes from the seed:
   (often a dependency of a part still to come, which another client has just
   asked for: only the declaration's claim stops it; declarations then sometimes
   in parts of one dependency, so that one of two has parts);
-  and another call of the declaring execution itself (the same declaration, or
-  one of its dependencies), which must be told to try again and leave the first
-  call's claim as it was;
+  and another call of the declaring execution itself: the same declaration (a
+  client retrying while the first call still runs), which takes the claim over
+  and must get the answer the first call gets, or one of its dependencies, which
+  must be told to try again and leave the first call's claim as it was; or the
+  call dies there (its connection dropped, its dm process stopped) and the job
+  retries it, which must go on at once (not wait for the dead call's claim);
 * an operator changing ``sweep_shards`` mid-run (checked as a server's next
   request does: ``layout.check_settings``), so the sweep must still find what
   was stamped for another count;
@@ -224,6 +227,9 @@ class Plan:
     p_own_call: float = 0.0
     """Between two parts of a declaration, the declaring execution calls again
     (:meth:`Sim._own_call`)."""
+    p_dropped_call: float = 0.0
+    """Between two parts of a declaration, the call dies (:class:`DroppedCall`) and
+    the job makes it again (:meth:`Sim._declare`)."""
     parts_docs: int = 0
     """SQLite's own sizes (:class:`tests.sim.stores.SmallPartsStore`): no write limit,
     declarations in parts of this many documents and their large inline limits,
@@ -255,7 +261,7 @@ class Plan:
             f"tiny_batches={self.tiny_batches} workers={self.workers} "
             f"out_of_process={self.out_of_process} second_client={self.p_second_client} "
             f"between_parts={self.p_between_parts}/{self.p_later_closer} "
-            f"own_call={self.p_own_call} "
+            f"own_call={self.p_own_call} dropped_call={self.p_dropped_call} "
             f"reshard={self.reshard} parts_docs={self.parts_docs} "
             f"upgrade_at={self.upgrade_at} upgrade_crash={self.upgrade_crash} "
             f"processes={self.processes}/{self.p_other_commits}"
@@ -404,6 +410,7 @@ def make_plan(seed: int, *, min_nodes: int = 5, max_nodes: int = 40, workers: in
         p_later_closer=random.Random(f"{seed}/later_closer").choice([0.0, 0.5, 1.0]),
         reshard=random.Random(f"{seed}/reshard").random() < 0.3,
         p_own_call=random.Random(f"{seed}/own_call").choice([0.0, 0.5, 1.0]),
+        p_dropped_call=random.Random(f"{seed}/dropped_call").choice([0.0, 0.0, 0.3, 0.6]),
         parts_docs=sizes.choice([6, 9, 12]) if sizes.random() < P_SQLITE_SIZES else 0,
         upgrade_at=upgrade.randint(1, 6) if upgrade.random() < P_UPGRADE else 0,
         upgrade_crash=upgrade.random() < 0.5,
@@ -499,6 +506,39 @@ class Declaring:
     aids: list[AttemptID]
     job: Job
     quests: list[dm_pb2.Quest.Desc]
+
+
+def _answer(rsp: dm_pb2.EnsureGraphDataRsp, aids: list[AttemptID]) -> str:
+    """A declaration's answer, briefly (for a violation's message)."""
+    if rsp.should_halt:
+        return "halted"
+    got = []
+    for a in aids:
+        quest = rsp.result.quests.get(a.quest)
+        att = None if quest is None else quest.attempts.get(a.num)
+        got.append("absent" if att is None else att.data.WhichOneof("attempt_type") or "no data")
+    return f"with {', '.join(got)}"
+
+
+def _answered_alike(
+    one: dm_pb2.EnsureGraphDataRsp, other: dm_pb2.EnsureGraphDataRsp, aids: list[AttemptID]
+) -> bool:
+    """Whether two answers to the same declaration agree: both halted, or neither,
+    with the same data for each dependee."""
+    if one.should_halt or other.should_halt:
+        return one.should_halt == other.should_halt
+
+    def data(rsp: dm_pb2.EnsureGraphDataRsp, a: AttemptID) -> bytes | None:
+        quest = rsp.result.quests.get(a.quest)
+        att = None if quest is None else quest.attempts.get(a.num)
+        return None if att is None else att.data.SerializeToString(deterministic=True)
+
+    return all(data(one, a) == data(other, a) for a in aids)
+
+
+class DroppedCall(Exception):
+    """A declaration's call died between its parts (its connection dropped, or the dm
+    process serving it stopped): its claim stays, what its parts recorded stays."""
 
 
 class JobCallError(Exception):
@@ -600,6 +640,12 @@ class Sim:
         self.declaring: Declaring | None = None
         """The declaration a job's call is recording (its hook's other callers' work)."""
         self.own_rng = random.Random(f"dm-sim-own-call/{plan.seed}")
+        self.drop_rng = random.Random(f"dm-sim-dropped-call/{plan.seed}")
+        self.own_called = False
+        """The declaration under way was made again already, by another call of its
+        job or its retry after a dropped call: once per declaration."""
+        self.same_answer: dict[ExecutionID, dm_pb2.EnsureGraphDataRsp] = {}
+        """The answer another call of the same declaration got between its parts."""
         self.closer_of: dict[ExecutionID, AttemptID] = {}
         """Executions played between another's parts: the attempt to try to depend on."""
         self.in_parts = False
@@ -1083,11 +1129,19 @@ class Sim:
             chunk = self.h.service.declare_chunk
             if self.plan.p_between_parts and self.chunk_rng.random() < self.plan.p_later_closer:
                 self.h.service.declare_chunk = 1  # a part per dependency: parts even of two
+            # (A job played inside this call, in D.run, declares too: its own flag.)
+            outer_called, self.own_called = self.own_called, False
             try:
-                rsp = self._call(rec, "EnsureGraphData", declare)
+                rsp = self._call(rec, "EnsureGraphData", functools.partial(self._declare, rec))
             finally:
-                self.declaring = outer
+                self.declaring, self.own_called = outer, outer_called
                 self.h.service.declare_chunk = chunk
+            same = self.same_answer.pop(eid, None)
+            if same is not None and not _answered_alike(rsp, same, aids):
+                self.violation(
+                    f"{self.ename(eid)}: its declaration was answered {_answer(rsp, aids)}, the"
+                    f" same declaration made meanwhile {_answer(same, aids)}"
+                )
             self.declared.setdefault(aid, {}).update(dict.fromkeys(aids))
             if rsp.should_halt:
                 rec.halted = True
@@ -1110,6 +1164,30 @@ class Sim:
         if rec.stop == DEPS:
             return self._end(rec, job)
         return self._finish(rec, job, value, own)
+
+    def _declare(self, rec: ExecRecord) -> dm_pb2.EnsureGraphDataRsp:
+        """The job's declaration (``self.declaring``); if the call dies between its
+        parts (:meth:`_between_parts`), a few tasks are delivered (the parts'
+        follow-ups) and the job makes the same declaration again, its dependees
+        maybe in another order: it must go on at once (the dead call's claim is
+        its own), ending as one uninterrupted call would."""
+        d = self.declaring
+        assert d is not None
+        try:
+            return d.job.dep_on(*d.aids, quests=d.quests)
+        except DroppedCall:
+            pass
+        for _ in range(self.drop_rng.randint(0, 3)):
+            if not self.h.deliver_one():
+                break
+        turned = self.drop_rng.random() < 0.5
+        self.trace.append(
+            f"{self.ename(rec.eid)} makes its dropped declaration again"
+            f"{' (its dependees in reverse)' if turned else ''}"
+        )
+        if turned:
+            return d.job.dep_on(*d.aids[::-1], quests=d.quests[::-1])
+        return d.job.dep_on(*d.aids, quests=d.quests)
 
     def _finish(self, rec: ExecRecord, job: Job, value: int, own: random.Random) -> None:
         exp = None
@@ -1205,6 +1283,17 @@ class Sim:
         Nothing else runs meanwhile (no clock move, cancel or second client), and no
         other declaration's parts nest in here.
         """
+        if (
+            self.plan.p_dropped_call
+            and not self.in_parts
+            and not self.own_called
+            and self.declaring is not None
+            and self.declaring.eid == eid
+            and self.drop_rng.random() < self.plan.p_dropped_call
+        ):
+            self.own_called = True
+            self.trace.append(f"between parts {part} of {self.ename(eid)}: the call dies")
+            raise DroppedCall(f"{eid}: between parts {part}")
         prng = self.parts_rng
         if self.in_parts or self.declaring is None or prng.random() >= self.plan.p_between_parts:
             return
@@ -1217,7 +1306,8 @@ class Sim:
             for _ in range(prng.randint(0, 6)):
                 if not self.h.deliver_one():
                     break
-            if self.own_rng.random() < self.plan.p_own_call:
+            if not self.own_called and self.own_rng.random() < self.plan.p_own_call:
+                self.own_called = True  # (a third would find the claim lost twice: Unavailable)
                 self._own_call(self.declaring, part)
             wanted = set(dependees)
             for _ in range(50):
@@ -1265,23 +1355,36 @@ class Sim:
         return self._asked_from_outside(lrng.choice(later), f"between parts {part}: another client")
 
     def _own_call(self, d: Declaring, part: int) -> None:
-        """Between its parts, another call of the declaring execution itself (another
-        thread of its job, or its client retrying while the first call still runs):
-        the same declaration (in parts too), or one of its dependencies alone. While
-        the first call's claim holds it is told to try again (Unavailable), and the
-        first call's claim stays: were it taken or dropped by this call, a cycle could
-        be closed under the first call's later parts (a partial write)."""
+        """Between its parts, another call of the declaring execution itself: the same
+        declaration (its client retrying while the first call still runs), or another
+        (another thread of its job): some of its dependencies (in parts too, its own
+        claim to take), or one alone.
+
+        The same declaration is the same call (the claim names what it declares): it
+        takes the claim over and is accepted, and the first call must get the same
+        answer (halted, or the same results; checked in :meth:`_job`). Another one
+        is told to try again (Unavailable) while the first call's claim holds, and
+        the first call's claim stays: were it taken or dropped by this call, a cycle
+        could be closed under the first call's later parts (a partial write)."""
         claim = self.internals.claim(d.eid.attempt_id)
         if claim is None or claim.get("execution") != d.eid.num:
             return  # no claim (a retry of a declaration that halted): nothing to wait for
-        whole = self.own_rng.random() < 0.7
-        aids = d.aids if whole else [self.own_rng.choice(d.aids)]
+        r = self.own_rng.random()
+        whole = r < 0.6
+        if whole:
+            aids, kind = d.aids, "the same declaration"
+        elif r < 0.8 and len(d.aids) > self.h.service.declare_chunk + 1:
+            aids, kind = d.aids[:-1], "all but one of its dependencies (in parts)"
+        else:
+            aids, kind = [self.own_rng.choice(d.aids)], "one of its dependencies"
         quests = [q for q in d.quests if qid_of(q) in {a.quest for a in aids}]
-        what = f"another call of {self.ename(d.eid)} between its parts {part}"
+        what = f"another call of {self.ename(d.eid)} between its parts {part}: {kind}"
         try:
-            d.job.dep_on(*aids, quests=quests)
+            rsp = d.job.dep_on(*aids, quests=quests)
         except Unavailable as e:
-            self.trace.append(f"{what}: {'whole' if whole else 'one'}: {e!r}")
+            if whole and "another call" in e.message:
+                self.violation(f"{what} waited for the first call's claim: {e!r}")
+            self.trace.append(f"{what}: {e!r}")
         except (PermissionDenied, Unauthenticated) as e:
             now = look(self.h.service, d.eid)
             if now is None or now.state != ExecutionState.ABNORMAL_FINISHED:
@@ -1289,8 +1392,12 @@ class Sim:
         except Exception as e:
             self.violation(f"{what} raised {e!r}, not Unavailable")
         else:
+            if whole:
+                self.trace.append(f"{what}: accepted, {_answer(rsp, aids)}")
+                self.same_answer[d.eid] = rsp
+                return
             self.violation(f"{what} was accepted while the first call's claim holds")
-        if self.internals.claim(d.eid.attempt_id) != claim:
+        if not whole and self.internals.claim(d.eid.attempt_id) != claim:
             self.violation(f"{what}: the first call's claim {claim} changed")
 
     def _close_a_cycle(self, rec: ExecRecord, job: Job, onto: AttemptID) -> None:
