@@ -160,8 +160,9 @@ def test_a_walk_through_a_claimed_attempt_waits_only_while_it_declares(h: Harnes
 
 
 def test_a_claim_left_by_a_dead_call_lapses(h: Harness) -> None:
-    """A's call dies after its first part (the process stopped): its claim holds for
-    the lease only; A's own repeated call completes the declaration."""
+    """A's call dies after its first part (the process stopped): its claim keeps
+    others' declarations through A waiting for the lease only; A's own repeated
+    call completes the declaration (at once, too: see the identical-retry tests)."""
     b, xs, a1, b1 = _graph(h)
     c = quest_desc("C")
     start(h, c)
