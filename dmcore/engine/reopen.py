@@ -15,7 +15,9 @@ engine's usual handshake (spec §2.2) resumes its dependers when it ends again:
 2. :func:`reopen_dependers` walks its back edges, 64 per step: each goes back
    to unpropagated (the next completion acks it again; a depender whose edge
    is still satisfied ignores that ack) and :func:`unack_fwd_dep` opens the
-   depender's edge again, unless the depender is FINISHED (its result stands).
+   depender's edge again, for the depender's current execution (a halt of it
+   waits for the re-run, whichever execution declared the dependee), unless
+   the depender is FINISHED (its result stands).
    A depender that ended abnormally after being told of the end (a satisfied
    edge), and was not cancelled, is re-opened in turn: the same steps, down
    the graph. Only after the last back edge does the attempt get its new
@@ -137,8 +139,12 @@ def unack_fwd_dep(step: steps.UnackFwdDep, ctx: Ctx) -> list[Step | Later]:
         # (or has). Re-open the depender only if that end was a success.
         if dee["state"] != AttemptState.FINISHED:
             return []
-    elif told and der["state"] != AttemptState.FINISHED:
-        ctx.uow.put(step.root(), {**edge, "satisfied": False})
+    elif der["state"] != AttemptState.FINISHED:
+        # Open for the depender's current execution, whichever one declared it: a
+        # halt of that execution (made, or to come) waits for the re-run (W-2).
+        opened = {**edge, "satisfied": False, "for_execution": int(der["cur_execution"])}
+        if opened != edge:
+            ctx.uow.put(step.root(), opened)
     if (
         told
         and der["state"] == AttemptState.ABNORMAL_FINISHED

@@ -496,8 +496,9 @@ class ReopenDependers(Mutation):
 
 @dataclasses.dataclass
 class UnackFwdDep(Mutation):
-    """Open the edge again on a re-opened dependee; re-open a depender that ended
-    abnormally after being told of the dependee's end."""
+    """Open the edge again, for the depender's current execution, on a re-opened
+    dependee; re-open a depender that ended abnormally after being told of the
+    dependee's end."""
 
     KIND = "UnackFwdDep"
     depender: str
