@@ -45,30 +45,34 @@ class Graph:
         """What each of X's executions read, in play order (a halted one: nothing)."""
         h.ensure(self.desc["x"])
 
-    def x_job(self, *names: str, before: Callable[[], None] | None = None) -> Callable[[Job], None]:
-        """X's job: declares ``names`` (after ``before``, if given); if not halted,
-        finishes with 1 + the values of those that finished (one that ended
-        abnormally counts 0: X reads failures and goes on)."""
+    def x_job(
+        self, *calls: tuple[str, ...], before_last: Callable[[], None] | None = None
+    ) -> Callable[[Job], None]:
+        """X's job: one declaration per entry of ``calls`` (``before_last`` run before
+        the last), stopping at the first that halts; else finishes with 1 + the values
+        of those that finished (one that ended abnormally counts 0: X reads failures
+        and goes on)."""
 
         def job(j: Job) -> None:
             j.activate()
-            if before is not None:
-                before()
-            rsp = j.dep_on(*(self.aid[n] for n in names), quests=[self.desc[n] for n in names])
-            if rsp.should_halt:
-                return
             read: Read = {}
             total = 1
-            for n in names:
-                a = self.aid[n]
-                data = rsp.result.quests[a.quest].attempts[a.num].data
-                kind = data.WhichOneof("attempt_type")
-                if kind == "finished":
-                    v = json.loads(data.finished.data.object)["v"]
-                    total += v
-                    read[n] = str(v)
-                else:
-                    read[n] = str(kind)
+            for i, names in enumerate(calls):
+                if i == len(calls) - 1 and before_last is not None:
+                    before_last()
+                aids = [self.aid[n] for n in names]
+                rsp = j.dep_on(*aids, quests=[self.desc[n] for n in names])
+                if rsp.should_halt:
+                    return
+                for n, a in zip(names, aids, strict=True):
+                    data = rsp.result.quests[a.quest].attempts[a.num].data
+                    kind = data.WhichOneof("attempt_type")
+                    if kind == "finished":
+                        v = json.loads(data.finished.data.object)["v"]
+                        total += v
+                        read[n] = str(v)
+                    else:
+                        read[n] = str(kind)
             self.reads.append(read)
             j.finish({"v": total})
 
@@ -86,8 +90,15 @@ class Graph:
         self.h.play(self.aid[name].execution(execution), job)
         self.h.settle()
 
-    def x(self, execution: int, *names: str, before: Callable[[], None] | None = None) -> None:
-        self.h.play(self.aid["x"].execution(execution), self.x_job(*names, before=before))
+    def x(
+        self,
+        execution: int,
+        *calls: tuple[str, ...],
+        before_last: Callable[[], None] | None = None,
+    ) -> None:
+        """Play X's execution ``execution`` (its job: :meth:`x_job`)."""
+        job = self.x_job(*calls, before_last=before_last)
+        self.h.play(self.aid["x"].execution(execution), job)
         self.h.settle()
 
     def retry(self, name: str) -> None:
@@ -104,12 +115,21 @@ class Graph:
 
     def x_after_a_failed_and_c_finished(self) -> None:
         """X's first execution declared A and C; A failed, C finished: X resumed."""
-        self.x(1, "a", "c")
+        self.x(1, ("a", "c"))
         self.leaf("a", 1, fail=True)
         self.leaf("c", 1)
         assert self.h.state(self.aid["a"]) == AttemptState.ABNORMAL_FINISHED
         assert self.edge("a") == {**self.edge("a"), "satisfied": True, "for_execution": 1}
         assert not self.waiting(1)
+
+    def waits_for_a_then_reads_it(self, execution: int) -> None:
+        """X, halted in ``execution``: B's end does not resume it, A's next end does,
+        and its next execution reads both as finished."""
+        self.leaf("b", 1)
+        assert self.waiting(execution)
+        self.leaf("a", 2)
+        self.x(execution + 1, ("a", "b"))
+        assert self.reads[-1] == {"a": "1", "b": "1"}
 
 
 @pytest.fixture
@@ -125,16 +145,13 @@ def g(tmp_path: pathlib.Path) -> Iterator[Graph]:
 def test_a_halted_depender_waits_for_a_dependee_of_its_halt_reopened(g: Graph) -> None:
     """(a) X halted on A and B; A failed (its edge satisfied, for this execution);
     A re-opened: when B ends, X waits for A's re-run and reads its result."""
-    g.x(1, "a", "b")
+    g.x(1, ("a", "b"))
     g.leaf("a", 1, fail=True)
     assert g.waiting(1) and g.edge("a")["satisfied"]
     g.retry("a")
     g.h.settle()
-    g.leaf("b", 1)
-    assert g.waiting(1)
-    g.leaf("a", 2)
-    g.x(2, "a", "b")
-    assert g.reads == [{"a": "1", "b": "1"}]
+    g.waits_for_a_then_reads_it(1)
+    assert len(g.reads) == 1
 
 
 def test_a_dependee_redeclared_by_the_halted_execution_keeps_it_waiting(g: Graph) -> None:
@@ -143,16 +160,12 @@ def test_a_dependee_redeclared_by_the_halted_execution_keeps_it_waiting(g: Graph
     re-opened: X's halt named A, so X must not resume before A's re-run ends
     (it would otherwise start an execution only to halt on A again)."""
     g.x_after_a_failed_and_c_finished()
-    g.x(2, "a", "b")
+    g.x(2, ("a", "b"))
     assert g.waiting(2) and g.edge("a")["for_execution"] == 1
     g.retry("a")
     g.h.settle()
-    g.leaf("b", 1)
-    assert g.waiting(2)
-    g.leaf("a", 2)
-    g.x(3, "a", "b")
-    assert g.reads == [{"a": "1", "b": "1"}]
-    assert g.h.attempt(g.aid["x"])["cur_execution"] == 3  # no execution spent on A's re-run
+    g.waits_for_a_then_reads_it(2)
+    assert len(g.reads) == 1  # no execution spent on halting for A's re-run
 
 
 def test_a_halted_depender_waits_for_a_reopened_dependee_of_an_earlier_execution(
@@ -162,38 +175,35 @@ def test_a_halted_depender_waits_for_a_reopened_dependee_of_an_earlier_execution
     A re-opened: X waits for A's re-run too (the edge opens for X's current
     execution): its next execution reads A's new result, not A running."""
     g.x_after_a_failed_and_c_finished()
-    g.x(2, "b")
+    g.x(2, ("b",))
     assert g.waiting(2)
     g.retry("a")
     g.h.settle()
-    g.leaf("b", 1)
-    assert g.waiting(2)
-    g.leaf("a", 2)
-    g.x(3, "a", "b")
-    assert g.reads == [{"a": "1", "b": "1"}]
+    g.waits_for_a_then_reads_it(2)
 
 
-@pytest.mark.parametrize("names", [("b",), ("a", "b")], ids=["halts-on-b", "names-a-again"])
+@pytest.mark.parametrize(
+    "calls",
+    [(("b",),), (("a", "b"),), (("a",), ("b",))],
+    ids=["halts-on-b", "names-a-again", "told-a-failed-then-halts-on-b"],
+)
 def test_a_running_depender_halting_later_waits_for_the_reopened_dependee(
-    g: Graph, names: tuple[str, ...]
+    g: Graph, calls: tuple[tuple[str, ...], ...]
 ) -> None:
-    """(c) A re-opened while X's second execution runs (it read A failed in its
-    first); it then halts on B, naming A again or not: X resumes only once A's
-    re-run has ended, and reads its result."""
+    """(c) A, a failed dependency of X's first execution, re-opened while X's second
+    runs, before its last declaration (after a first one that told it A had
+    failed, in the last case); that declaration halts on B, naming A again or not:
+    X resumes only once A's re-run has ended, and reads its result."""
     g.x_after_a_failed_and_c_finished()
 
     def reopen_a() -> None:
         g.retry("a")
         g.h.drain()  # the re-open's walk reaches X's edge before X declares
 
-    g.x(2, *names, before=reopen_a)
+    g.x(2, *calls, before_last=reopen_a)
     assert g.waiting(2)
     assert g.edge("a") == {**g.edge("a"), "satisfied": False, "for_execution": 2}
-    g.leaf("b", 1)
-    assert g.waiting(2)
-    g.leaf("a", 2)
-    g.x(3, "a", "b")
-    assert g.reads == [{"a": "1", "b": "1"}]
+    g.waits_for_a_then_reads_it(2)
 
 
 def test_a_depender_resumed_before_the_reopen_reached_it_halts_on_its_next_declaration(
@@ -205,7 +215,7 @@ def test_a_depender_resumed_before_the_reopen_reached_it_halts_on_its_next_decla
     h = Harness(tmp_path, queue="chaos", chaos=Chaos(reorder=False))
     try:
         g = Graph(h)
-        g.x(1, "a", "b")
+        g.x(1, ("a", "b"))
         g.leaf("a", 1, fail=True)
         assert g.waiting(1)
         g.retry("a")
@@ -218,10 +228,10 @@ def test_a_depender_resumed_before_the_reopen_reached_it_halts_on_its_next_decla
         assert h.state(g.aid["a"]) == AttemptState.SCHEDULING
         h.chaos.pending += held
         h.settle()
-        g.x(2, "a", "b")
+        g.x(2, ("a", "b"))
         assert g.waiting(2) and g.reads == []
         g.leaf("a", 2)
-        g.x(3, "a", "b")
+        g.x(3, ("a", "b"))
         assert g.reads == [{"a": "1", "b": "1"}]
         assert h.failures == []
     finally:
@@ -230,9 +240,9 @@ def test_a_depender_resumed_before_the_reopen_reached_it_halts_on_its_next_decla
 
 def test_a_dependee_reopened_after_the_depender_finished_leaves_it_finished(g: Graph) -> None:
     """A FINISHED depender keeps its result and its edge: the re-open does not reach it."""
-    g.x(1, "a")
+    g.x(1, ("a",))
     g.leaf("a", 1, fail=True)
-    g.x(2, "a")
+    g.x(2, ("a",))
     assert g.reads == [{"a": "abnormal_finish"}]
     before = (g.h.attempt(g.aid["x"]), g.edge("a"))
     g.retry("a")
