@@ -25,6 +25,7 @@ import pytest
 
 from distributors.fake import Job, quest_desc
 from dmcore.engine import docs
+from dmcore.errors import InvalidArgument
 from dmcore.ids import AttemptID
 from dmcore.service import Caller
 from dmcore.states import AttemptState
@@ -248,3 +249,28 @@ def test_a_dependee_reopened_after_the_depender_finished_leaves_it_finished(g: G
     g.retry("a")
     g.h.settle()
     assert (g.h.attempt(g.aid["x"]), g.edge("a")) == before
+
+
+def test_a_reopened_dependee_cannot_depend_on_a_depender_waiting_for_it(g: Graph) -> None:
+    """X waits for A's re-run (its edge opened for X's halted execution): A's new
+    execution declaring X would close a cycle, and is refused."""
+    g.x_after_a_failed_and_c_finished()
+    g.x(2, ("b",))
+    g.retry("a")
+    g.h.settle()
+    refused: list[str] = []
+
+    def a_job(j: Job) -> None:
+        j.activate()
+        with pytest.raises(InvalidArgument, match="cycle") as e:
+            j.dep_on(g.aid["x"], quests=[g.desc["x"]])
+        refused.append(str(e.value))
+        j.finish({"v": 1})
+
+    g.h.play(g.aid["a"].execution(2), a_job)
+    g.h.settle()
+    assert len(refused) == 1
+    assert g.h.state(g.aid["a"]) == AttemptState.FINISHED
+    g.leaf("b", 1)
+    g.x(3, ("a", "b"))
+    assert g.reads == [{"a": "1", "b": "1"}]
