@@ -57,7 +57,8 @@ own mid-run retries)."""
 
 PLANTED_SEED = 2
 """A default seed that fails with the planted mistake below (re-find one when the
-plan's draws change)."""
+plan's draws change). With it, 7 of ChaosQueue seeds 0..59 fail: 2, 25, 29, 30, 35,
+52 and 54; with the fix seeds 0..149 pass."""
 
 KEPT_TAG = (
     r'opened = \{\*\*edge, "satisfied": False, "for_execution": int\(der\["cur_execution"\]\)\}',
