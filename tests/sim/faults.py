@@ -48,6 +48,10 @@ class Faults:
     while the task's job runs at once (:attr:`FaultyWorld.after_slow_start`). A job
     that stops then is still unknown to dm by token: its stop timer falls due with
     nothing to ask, and dm records the run a few seconds later."""
+    record_between: float = 0.0
+    """How often, on the ChaosQueue, such a stop timer's step that found no token has
+    the run recorded by another delivery between its read and its commit, the
+    distributor getting free right then (:mod:`tests.sim.recorded_between`)."""
     run_reject: float = 0.0
     """A final run error (dm must REJECT the execution)."""
     outage: float = 0.0
@@ -75,6 +79,9 @@ class TaskLog:
     first_try_us: int | None = None
     last_try_us: int | None = None
     busy_until_us: int = 0  # tries to run fail transiently until then (slow_record)
+    started: dist.Started | None = None
+    """What D.run would have answered for the task a run that timed out started
+    before the distributor got busy (slow_record)."""
     status_errors: int = 0
     status_calls: list[int] = dataclasses.field(default_factory=list)  # when get_status was called
     told_us: list[int] = dataclasses.field(default_factory=list)
@@ -202,6 +209,7 @@ class FaultyDistributor(FakeDistributor):
                 if not slow:
                     raise dist.TransientError("sim: deadline exceeded (the task was started)")
                 stop_s = desc.meta.timeouts.stop.seconds
+                log.started = started
                 log.busy_until_us = now + (stop_s + 1) * 1_000_000
             else:
                 log.runs_ok += 1

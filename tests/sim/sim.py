@@ -20,7 +20,11 @@ Everything random comes from the seed:
   to the sweep: none, or only some, were queued); duplicated and hours-late notifications;
 * the distributor's faults (:mod:`tests.sim.faults`): transient and final
   errors of run, get_status and cancel, runs that time out having started the
-  task, outages longer than dm's retry window, tasks the distributor loses;
+  task (the distributor then busy while the job runs and stops, its stop timer
+  falling due before dm records the run; on the ChaosQueue, sometimes recorded
+  by another delivery between that timer's read and its commit,
+  :mod:`tests.sim.recorded_between`), outages longer than dm's retry window,
+  tasks the distributor loses;
 * a second client: right after a job declares its dependencies, another
   caller (a user's ``dm ensure``) asks for one of them without an execution,
   between two deliveries of the declaration's follow-ups, and the distributor
@@ -103,6 +107,7 @@ from dmcore.store.sqlite import SqliteStore
 from tests.harness import Chaos, Harness, qid_of
 from tests.sim.faults import Faults, FaultyWorld
 from tests.sim.observe import AttemptView, ExecutionView, Internals, Observed, attempt_now, look
+from tests.sim.recorded_between import RecordedBetween
 from tests.sim.stores import OlderDmStore, Processes, SmallPartsStore
 from tests.test_store_ordered import disagreements
 
@@ -369,6 +374,9 @@ def make_plan(seed: int, *, min_nodes: int = 5, max_nodes: int = 40, workers: in
             # With several workers it also shows a stop timer delivered with no token
             # while another worker records the run (timers._recorded_since).
             slow_record=random.Random(f"{seed}/slow_record").choice([0.0, 0.5, 1.0]),
+            # Drawn apart too: the stop timer's commit preceded by another delivery's
+            # RecordRun, on one worker (timers._recorded_since).
+            record_between=random.Random(f"{seed}/record_between").choice([0.0, 0.5, 1.0]),
             run_reject=rng.choice([0.0, 0.0, 0.03]),
             outage=rng.choice([0.0, 0.0, 0.0, 0.02]),
             status_transient=rng.choice([0.0, 0.2, 0.5]),
@@ -625,6 +633,10 @@ class Sim:
         self.world.before_run = self._in_run
         self.world.after_start = self._fast
         self.world.after_slow_start = self._slow_start
+        between = plan.faults.record_between
+        self.recorded_between = RecordedBetween(h, self.world, between, plan.seed)
+        if between and h.chaos is not None:
+            self.recorded_between.install()
         self.jumps: list[tuple[int, int]] = []  # the driver's blind clock jumps: (from, to)
         self.config_version = 1
         self.internals = Internals(h.store)

@@ -16,7 +16,7 @@ import pathlib
 
 import pytest
 
-from dmcore.engine import lifecycle, records
+from dmcore.engine import lifecycle, records, timers
 from dmcore.ids import AttemptID
 from dmcore.states import AbnormalStatus, ExecutionState
 from tests.sim.observe import ExecutionView
@@ -60,6 +60,42 @@ def test_a_stop_timer_due_before_the_run_is_recorded_must_be_set_again(
         AssertionError, match=rf"seed {SEED} \({queue}\).*\n(.*\n)*.*first stop poll"
     ):
         simulate(SEED, tmp_path / "with", queue=queue)
+
+
+RECORDED_BETWEEN_SEED = 29
+"""A default seed (one worker, the ChaosQueue) whose run is recorded between a stop timer's
+read and its commit (``Faults.record_between``): with timers._recorded_since planted out,
+of seeds 0..399 29, 68, 93, 98, 111, 116, 119, 129, 136, 166, 170, 221, 247, 262, 263,
+314 and 382 fail, each on every run (re-find one when the plan's draws change)."""
+
+NOT_RECORDED_SINCE = (
+    r'return ex is not None and bool\(ex.get\("dist_token"\)\)',
+    "return False",
+)
+"""The behaviour before 6d2cee1: TimerFired that asked nothing for want of a token put the
+timer off a re-poll interval without looking again for the token."""
+
+
+def test_a_run_recorded_between_a_stop_timers_read_and_its_commit_on_one_worker(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With TimerFired blind to a run recorded since its step read the execution, a
+    default seed on one worker reports a first stop poll 30 s late, every run: another
+    delivery's RecordRun commits between the read and the commit
+    (tests/sim/recorded_between.py), as only threads made happen before. The same seed
+    passes when nothing is recorded in between."""
+    planted = replanted(timers._recorded_since, *NOT_RECORDED_SINCE)
+    monkeypatch.setattr(timers, "_recorded_since", planted)
+    seed = RECORDED_BETWEEN_SEED
+    plan = make_plan(seed)
+    assert plan.workers == 1 and plan.faults.slow_record and plan.faults.record_between
+    never = dataclasses.replace(plan, faults=dataclasses.replace(plan.faults, record_between=0))
+    simulate(seed, tmp_path / "without", queue="chaos", plan=never)
+    for run in ("first", "second"):  # one worker: the same run each time
+        with pytest.raises(
+            AssertionError, match=rf"seed {seed} \(chaos\).*\n(.*\n)*.*first stop poll"
+        ):
+            simulate(seed, tmp_path / run, queue="chaos")
 
 
 @pytest.mark.parametrize(("workers", "told_before", "timed_out_first"), [
