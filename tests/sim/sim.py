@@ -1161,7 +1161,7 @@ class Sim:
                 self._second_client(rec, fresh or aids)
                 job.state["halts"] = int(job.state.get("halts", 0)) + 1
                 job.state["last"] = eid.num
-                if rec.retry_calls:
+                if self._after_halt(rec, aids) or rec.retry_calls:
                     again = self._call(rec, "EnsureGraphData (retry)", declare)
                     if not again.should_halt:
                         self.violation(
@@ -1240,6 +1240,13 @@ class Sim:
             self.trace.append(f"duplicate of {self.ename(rec.eid)}: {what} refused")
             return
         self.violation(f"{self.ename(rec.eid)}: a duplicate job instance's {what} was accepted")
+
+    def _after_halt(self, rec: ExecRecord, declared: list[AttemptID]) -> bool:
+        """Right after a declaration of ``declared`` halted the job, before the job may
+        call again: what others do there (none here; the retry simulation's user
+        re-opens a dependee). Whether the job then calls again, its answer lost,
+        whatever its plan (``ExecRecord.retry_calls``)."""
+        return False
 
     def _second_client(self, rec: ExecRecord, declared: list[AttemptID]) -> None:
         """Maybe another client asks for one of the attempts a job just declared

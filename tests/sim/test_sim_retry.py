@@ -8,7 +8,9 @@ requests made twice, as an impatient user would) and the world runs on; the
 last round retries every one of them and no job fails any more. Before the
 fail-free rounds, a user also retries a few failed attempts while the world
 runs (between two plays, with steps still queued or delayed), so re-opens
-race the engine's own steps. On top of the base invariants (:meth:`Sim.check`,
+race the engine's own steps, and right after a declaration naming a failed
+dependee halted its job, which then calls again as if its answer was lost
+(:meth:`RetrySim._after_halt`: answered "halted" again, W-6). On top of the base invariants (:meth:`Sim.check`,
 whose retry-policy replay starts afresh at each re-open), it checks:
 
 * each retry re-opened every attempt then ended abnormally because of it,
@@ -40,6 +42,7 @@ import pytest
 
 from distributors.fake import Job, quest_desc
 from dmcore.engine import core, docs, steps
+from dmcore.engine import deps as engine_deps
 from dmcore.engine.base import Mutation
 from dmcore.errors import FailedPrecondition
 from dmcore.ids import AttemptID, ExecutionID
@@ -49,6 +52,7 @@ from dmcore.states import AttemptState, ExecutionState
 from tests.harness import Chaos, Harness, qid_of
 from tests.sim.faults import Faults
 from tests.sim.observe import AttemptView
+from tests.sim.planted import replanted
 from tests.sim.sim import FAIL, ExecRecord, NotConverged, Sim, make_plan, new_harness, replay_hint
 from tests.sim.test_sim import EXPECTED_FAILURES
 
@@ -64,6 +68,10 @@ MIDRUN_RETRIES = 3
 """Retries a user makes while the graph runs, at most, per run of the world before the
 fail-free rounds (each before a random play, so re-opens race the world's own steps)."""
 P_MIDRUN = 0.1
+P_REOPEN_AFTER_HALT = 0.5
+"""How often, before the fail-free rounds, a user retries a dependee that had ended
+abnormally right after a declaration naming it halted its depender, and the job then
+calls again, its answer lost (W-6: answered "halted" again, deps._reopened_since)."""
 
 
 class RetrySim(Sim):
@@ -82,6 +90,9 @@ class RetrySim(Sim):
         self.retries: list[tuple[AttemptID, dict[AttemptID, int]]] = []
         """Each retry, with the attempts then ended abnormally and their last execution."""
         self.late: list[steps.ReopenAttempt] = []
+        self.halt_rng = random.Random(f"dm-sim-reopen-after-halt/{self.plan.seed}")
+        self.reopened_after_halt: list[tuple[ExecutionID, AttemptID]] = []
+        """(the halted execution, the dependee re-opened before its call came again)."""
 
     def retry(self, aid: AttemptID) -> None:
         """A user's ``dm retry`` of ``aid``, remembered for :meth:`check_cascades`."""
@@ -102,6 +113,24 @@ class RetrySim(Sim):
                 self.midrun_left -= 1
                 self.retry(self.midrun_rng.choice(failed))  # no drain: it races the world
         super()._play(eid, fast=fast, quiet=quiet)
+
+    def _after_halt(self, rec: ExecRecord, declared: list[AttemptID]) -> bool:
+        """Maybe a user retries (``dm retry``) a dependee the halting declaration found
+        over, abnormally, and the re-open runs (it opens the halted depender's edge to
+        it again, an edge an earlier execution may have left) before the job calls
+        again, as a client does whose answer was lost."""
+        if rec.fast or self.in_parts or self.in_other or self.round >= ROUNDS:
+            return False
+        abnormal = set(_abnormal(self.h))
+        over = sorted((a for a in set(declared) if a in abnormal), key=lambda a: a.encoded)
+        if not over or self.halt_rng.random() >= P_REOPEN_AFTER_HALT:
+            return False
+        aid = self.halt_rng.choice(over)
+        self.retry(aid)
+        self.reopened_after_halt.append((rec.eid, aid))
+        self.trace.append(f"after {self.ename(rec.eid)} halted: retry {self.name(aid)}")
+        self.h.drain()
+        return True
 
     def check_cascades(self) -> list[str]:
         """Each retry re-opened every attempt that had ended abnormally because of it.
@@ -355,6 +384,40 @@ def test_simulation_with_retries(retry_seed: int, tmp_path: pathlib.Path) -> Non
 @pytest.mark.parametrize("retry_seed", range(5), ids=lambda s: f"seed-{s}")
 def test_simulation_with_retries_local(retry_seed: int, tmp_path: pathlib.Path) -> None:
     simulate_retries(retry_seed, tmp_path, queue="local")
+
+
+REOPEN_AFTER_HALT_SEED = 6
+"""A retry seed whose user re-opens a dependee right after a declaration naming it halted
+(``P_REOPEN_AFTER_HALT``) where the depender's edge to it was left by an earlier
+execution: with deps._reopened_since planted out, of seeds 0..39 2, 6, 10, 12, 16, 24,
+26 and 28 fail (re-find one when the draws change)."""
+
+NOT_REOPENED_SINCE = (
+    r'return bool\(reopens\) and int\(reopens\[-1\]\["at_us"\]\) >= at_us',
+    "return False",
+)
+"""The behaviour before 1417ac9 (W-6): a halting declaration's retry counted an edge an
+earlier execution left, opened again by a re-open since, as not named."""
+
+
+def test_a_halting_declarations_retry_after_a_dependee_is_reopened_is_answered_halted(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the re-opened edge not counted as named, a retry seed's halted job, calling
+    again after a user re-opened a dependee it found ended, is refused as a bad token
+    (Unauthenticated) instead of being told to halt again; the same seed passes when
+    no user re-opens a dependee there."""
+    planted = replanted(engine_deps._reopened_since, *NOT_REOPENED_SINCE)
+    monkeypatch.setattr(engine_deps, "_reopened_since", planted)
+    seed = REOPEN_AFTER_HALT_SEED
+    with pytest.raises(
+        AssertionError,
+        match=rf"seed {seed} \(chaos\).*\n(.*\n)*.*EnsureGraphData \(retry\) raised "
+        r"Unauthenticated",
+    ):
+        simulate_retries(seed, tmp_path / "with", queue="chaos")
+    monkeypatch.setattr(f"{__name__}.P_REOPEN_AFTER_HALT", 0.0)
+    simulate_retries(seed, tmp_path / "without", queue="chaos")
 
 
 # -- scripted -------------------------------------------------------------------------
