@@ -1630,6 +1630,57 @@ def test_ensure_with_one_absent_creates_it_and_answers_as_before(
         h.close()
 
 
+def test_a_memoised_try_given_up_leaves_nothing_in_the_answer(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read-only try answers for W (running) and X (finished, its result within
+    the size limit), then finds Z absent and gives up; before the writing path reads
+    again, another caller finishes W. The writing path's answer spends the size limit
+    on W's result, so X's is left out (DATA_SIZE_LIMIT): nothing of the try's answer
+    may stay, or X would show its result too, over the limit."""
+    monkeypatch.setattr(service_mod._ReadAhead, "LOAD_CHUNK", 1)  # W, X answered before Z
+    h = Harness(tmp_path)
+    try:
+        w, x, z = sorted((quest_desc(f"given-up-{i}") for i in range(3)), key=qid_of)
+        start(h, w, x)
+        w1, x1, z1 = aid_of(w), aid_of(x), aid_of(z)
+        complete(h, x1, {"x": "x" * 40})
+        limit = 80  # W's result, or X's, not both
+        real_view = h.store.read_view
+        tries: list[str] = []
+
+        @contextlib.contextmanager
+        def view_then_w_finishes() -> Iterator[Transaction]:
+            view = real_view()
+            assert view is not None
+            try:
+                with view as reader:
+                    yield reader
+            finally:
+                tries.append("read-only")
+                complete(h, w1, {"w": "w" * 40})  # committed between the two paths
+
+        monkeypatch.setattr(h.store, "read_view", view_then_w_finishes)
+        req = dm_pb2.EnsureGraphDataReq()
+        req.include.attempt.result = True
+        req.limit.max_data_size = limit
+        for d in (w, x, z):
+            req.quest.append(d)
+            req.quest_attempt.add(nums=[1])
+        got = h.service.ensure_graph_data(req, TRUSTED).result
+        assert tries == ["read-only"]
+        assert attempt_msg(got, z1).DNE  # the writing path's answer: the state before
+        assert json.loads(attempt_msg(got, w1).data.finished.data.object) == {"w": "w" * 40}
+        xm = attempt_msg(got, x1)
+        assert xm.partial.result == DATA_SIZE_LIMIT
+        assert xm.data.finished.data.object == ""
+        shown = sum(len(a.data.finished.data.object) for q in got.quests.values()
+                    for a in q.attempts.values())  # fmt: skip
+        assert shown <= limit
+    finally:
+        h.close()
+
+
 def test_a_step_reads_whole_what_it_peeked(h: Harness) -> None:
     """Uow.peek_many keeps parts out of the step's cache: a step that then reads a
     document (to write it) gets it whole; an absence is kept."""
