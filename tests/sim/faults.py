@@ -49,9 +49,9 @@ class Faults:
     that stops then is still unknown to dm by token: its stop timer falls due with
     nothing to ask, and dm records the run a few seconds later."""
     record_between: float = 0.0
-    """How often, on the ChaosQueue, such a stop timer's step that found no token has
-    the run recorded by another delivery between its read and its commit, the
-    distributor getting free right then (:mod:`tests.sim.recorded_between`)."""
+    """How often, on the ChaosQueue with one worker, such a stop timer's step that found
+    no token has the run recorded by another delivery between its read and its
+    commit, the distributor free by then (:mod:`tests.sim.recorded_between`)."""
     run_reject: float = 0.0
     """A final run error (dm must REJECT the execution)."""
     outage: float = 0.0

@@ -12,8 +12,10 @@ and then; :class:`RecordedBetween` makes it happen on one worker, replayably: it
 wraps the engine's ``run`` and, as such a TimerFired is about to commit, the busy
 distributor gets free and the other delivery's RecordRun commits first.
 
-Only on the ChaosQueue: on the local queue a worker's batch reads and commits in one
-write transaction, so nothing can commit between a step's read and its commit.
+Only on the ChaosQueue (on the local queue a worker's batch reads and commits in one
+write transaction, so nothing can commit between a step's read and its commit) and
+with one worker: the other delivery's run is not claimed (ClaimRun), so with threads
+a worker's own retried run could get the token too, which no claimed run does.
 """
 
 from __future__ import annotations

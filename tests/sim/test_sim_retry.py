@@ -10,8 +10,9 @@ fail-free rounds, a user also retries a few failed attempts while the world
 runs (between two plays, with steps still queued or delayed), so re-opens
 race the engine's own steps, and right after a declaration naming a failed
 dependee halted its job, which then calls again as if its answer was lost
-(:meth:`RetrySim._after_halt`: answered "halted" again, W-6). On top of the base invariants (:meth:`Sim.check`,
-whose retry-policy replay starts afresh at each re-open), it checks:
+(:meth:`RetrySim._after_halt`: answered "halted" again, W-6). On top of the
+base invariants (:meth:`Sim.check`, whose retry-policy replay starts afresh at
+each re-open), it checks:
 
 * each retry re-opened every attempt then ended abnormally because of it,
   transitively (:meth:`RetrySim.check_cascades`);
