@@ -169,6 +169,43 @@ def test_lease_uses_an_index_for_its_order(q: LocalQueue, prefix: str | None) ->
     assert not any("TEMP B-TREE" in d for d in details), details
 
 
+def _lease_steps(q: LocalQueue) -> tuple[list[str], int]:
+    """Lease what is due; the names leased, and the SQLite VM steps that took."""
+    conn = q._conn()
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0  # go on
+
+    conn.set_progress_handler(count, 1)
+    try:
+        leased = q.lease(limit=10)
+    finally:
+        conn.set_progress_handler(None, 1)
+    return names(leased), steps[0]
+
+
+def test_lease_steps_over_no_tombstone(q: LocalQueue) -> None:
+    """A done task (a tombstone, kept for the dedupe window) leaves the index lease()
+    scans: the lease of one due task costs as much among 10 tombstones as among 1,000
+    (SQLite VM steps: a count, not a timing). With done tasks in that index, every
+    lease would step over each tombstone due before now."""
+
+    def lease_among(tombstones: int) -> int:
+        q.enqueue_many([task(f"t{tombstones}-{i}") for i in range(tombstones)])
+        q.ack(q.lease(limit=tombstones))
+        q.enqueue(task(f"due-{tombstones}"))
+        leased, steps = _lease_steps(q)
+        assert leased == [f"due-{tombstones}"]
+        q.ack(leased)
+        return steps
+
+    few = lease_among(10)
+    many = lease_among(990)  # 1,000 tombstones, 11 of them from before
+    assert many <= few * 1.2, (few, many)
+
+
 def test_open_drops_an_older_queues_pending_index(db_path: Path, clock: FakeClock) -> None:
     LocalQueue(db_path, clock=clock).close()
     conn = sqlite3.connect(db_path)
