@@ -946,6 +946,21 @@ def test_bodies_an_older_dm_queued_are_read_by_this_dm(lh: Harness) -> None:
     assert lh.failures == []
 
 
+def test_a_later_body_is_read_by_its_task_id_whatever_it_carries() -> None:
+    """A body of a later version is read from the record by its task ID even when it
+    carries a job in this version's shape (a later dm may mean more by it), and a
+    wake-up that is no count (negative, a boolean) is no wake-up: such a body names
+    no task this dm knows (it is dropped), as any body this dm cannot read."""
+    play = {k: f"{k}-value" for k in PLAYED}
+    mine = {"v": jobsim.BODY_VERSION, "task": "p|q|1|1", "play": play}
+    assert jobsim._parse_body(json.dumps(mine).encode())[2] is not None  # played as carried
+    later = {**mine, "v": jobsim.BODY_VERSION + 1}
+    assert jobsim._parse_body(json.dumps(later).encode()) == ("p|q|1|1", 0, None)
+    for wake in (-1, True):
+        body = json.dumps({"v": jobsim.BODY_VERSION + 1, "task": "p|q|1|1", "wake": wake})
+        assert jobsim._parse_body(body.encode()) == (body, 0, None)
+
+
 def test_a_bad_task_body_setting_is_refused_at_start(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
