@@ -23,7 +23,7 @@ import re
 import sqlite3
 import tracemalloc
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from google.protobuf import unknown_fields
@@ -1630,6 +1630,58 @@ def test_ensure_with_one_absent_creates_it_and_answers_as_before(
         h.close()
 
 
+class _SlowReader:
+    """A read-only view whose reads of several documents take ``seconds`` of the clock."""
+
+    def __init__(self, view: Transaction, clock: Callable[[float], None], seconds: float) -> None:
+        self._view, self._advance, self._seconds = view, clock, seconds
+
+    def get_many(self, paths: Any) -> Any:
+        self._advance(self._seconds)
+        return self._view.get_many(paths)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._view, name)
+
+
+def _read_only_try_then(
+    h: Harness,
+    monkeypatch: pytest.MonkeyPatch,
+    then: Callable[[], None] = lambda: None,
+    *,
+    slow_s: float = 0,
+) -> list[str]:
+    """EnsureGraphData's read-only try (Store.read_view), its reads taking ``slow_s``
+    each, and ``then`` (another caller's work) once it is over, before the writing
+    path reads again. Returns the tries made (the caller asserts there was one)."""
+    real_view = h.store.read_view
+    tries: list[str] = []
+
+    @contextlib.contextmanager
+    def view() -> Iterator[Transaction]:
+        opened = real_view()
+        assert opened is not None
+        try:
+            with opened as reader:
+                yield cast(Transaction, _SlowReader(reader, h.clock.advance, slow_s))
+        finally:
+            tries.append("read-only")
+            then()
+
+    monkeypatch.setattr(h.store, "read_view", view)
+    return tries
+
+
+def _ensure_req(*descs: dm_pb2.Quest.Desc, max_size: int = 0) -> dm_pb2.EnsureGraphDataReq:
+    req = dm_pb2.EnsureGraphDataReq()
+    req.include.attempt.result = True
+    req.limit.max_data_size = max_size
+    for d in descs:
+        req.quest.append(d)
+        req.quest_attempt.add(nums=[1])
+    return req
+
+
 def test_a_memoised_try_given_up_leaves_nothing_in_the_answer(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1646,28 +1698,8 @@ def test_a_memoised_try_given_up_leaves_nothing_in_the_answer(
         w1, x1, z1 = aid_of(w), aid_of(x), aid_of(z)
         complete(h, x1, {"x": "x" * 40})
         limit = 80  # W's result, or X's, not both
-        real_view = h.store.read_view
-        tries: list[str] = []
-
-        @contextlib.contextmanager
-        def view_then_w_finishes() -> Iterator[Transaction]:
-            view = real_view()
-            assert view is not None
-            try:
-                with view as reader:
-                    yield reader
-            finally:
-                tries.append("read-only")
-                complete(h, w1, {"w": "w" * 40})  # committed between the two paths
-
-        monkeypatch.setattr(h.store, "read_view", view_then_w_finishes)
-        req = dm_pb2.EnsureGraphDataReq()
-        req.include.attempt.result = True
-        req.limit.max_data_size = limit
-        for d in (w, x, z):
-            req.quest.append(d)
-            req.quest_attempt.add(nums=[1])
-        got = h.service.ensure_graph_data(req, TRUSTED).result
+        tries = _read_only_try_then(h, monkeypatch, lambda: complete(h, w1, {"w": "w" * 40}))
+        got = h.service.ensure_graph_data(_ensure_req(w, x, z, max_size=limit), TRUSTED).result
         assert tries == ["read-only"]
         assert attempt_msg(got, z1).DNE  # the writing path's answer: the state before
         assert json.loads(attempt_msg(got, w1).data.finished.data.object) == {"w": "w" * 40}
@@ -1677,6 +1709,27 @@ def test_a_memoised_try_given_up_leaves_nothing_in_the_answer(
         shown = sum(len(a.data.finished.data.object) for q in got.quests.values()
                     for a in q.attempts.values())  # fmt: skip
         assert shown <= limit
+    finally:
+        h.close()
+
+
+def test_a_memoised_try_out_of_time_then_given_up_leaves_no_had_more(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read-only try runs out of time (its reads are slow) after its first chunk,
+    says so (had_more), reads the rest all the same and finds Z absent: the writing
+    path answers in time, so the answer is whole and says nothing of more."""
+    monkeypatch.setattr(service_mod._ReadAhead, "LOAD_CHUNK", 1)
+    h = Harness(tmp_path)
+    try:
+        descs = sorted((quest_desc(f"slow-{i}") for i in range(3)), key=qid_of)
+        start(h, *descs[:2])
+        slow = service_mod.MAX_WALK_TIME_US / 1e6 + 1
+        tries = _read_only_try_then(h, monkeypatch, slow_s=slow)
+        got = h.service.ensure_graph_data(_ensure_req(*descs), TRUSTED).result
+        assert tries == ["read-only"]
+        assert not got.had_more
+        assert [attempt_msg(got, aid_of(d)).DNE for d in descs] == [False, False, True]
     finally:
         h.close()
 
