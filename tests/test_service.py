@@ -1640,6 +1640,10 @@ class _SlowReader:
         self._advance(self._seconds)
         return self._view.get_many(paths)
 
+    def peek_many(self, paths: Any, fields: Any) -> Any:
+        self._advance(self._seconds)
+        return self._view.peek_many(paths, fields)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._view, name)
 
