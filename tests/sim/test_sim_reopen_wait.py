@@ -55,10 +55,11 @@ WAITER_RETRIES = 4
 """Such retries per round at most, before the fail-free rounds (apart from RetrySim's
 own mid-run retries)."""
 
-PLANTED_SEED = 2
+PLANTED_SEED = 25
 """A default seed that fails with the planted mistake below (re-find one when the
-plan's draws change). With it, 7 of ChaosQueue seeds 0..59 fail: 2, 25, 29, 30, 35,
-52 and 54; with the fix seeds 0..149 pass."""
+plan's draws change). With it, 4 of ChaosQueue seeds 0..59 fail: 25, 35, 52 and 54
+(2, 29 and 30 did before RetrySim's users also re-open a dependee right after a halt,
+RetrySim._after_halt); with the fix seeds 0..149 passed."""
 
 KEPT_TAG = (
     r'opened = \{\*\*edge, "satisfied": False, "for_execution": int\(der\["cur_execution"\]\)\}',

@@ -43,7 +43,6 @@ import pytest
 
 from distributors.fake import Job, quest_desc
 from dmcore.engine import core, docs, steps
-from dmcore.engine import deps as engine_deps
 from dmcore.engine.base import Mutation
 from dmcore.errors import FailedPrecondition
 from dmcore.ids import AttemptID, ExecutionID
@@ -53,7 +52,6 @@ from dmcore.states import AttemptState, ExecutionState
 from tests.harness import Chaos, Harness, qid_of
 from tests.sim.faults import Faults
 from tests.sim.observe import AttemptView
-from tests.sim.planted import replanted
 from tests.sim.sim import FAIL, ExecRecord, NotConverged, Sim, make_plan, new_harness, replay_hint
 from tests.sim.test_sim import EXPECTED_FAILURES
 
@@ -385,40 +383,6 @@ def test_simulation_with_retries(retry_seed: int, tmp_path: pathlib.Path) -> Non
 @pytest.mark.parametrize("retry_seed", range(5), ids=lambda s: f"seed-{s}")
 def test_simulation_with_retries_local(retry_seed: int, tmp_path: pathlib.Path) -> None:
     simulate_retries(retry_seed, tmp_path, queue="local")
-
-
-REOPEN_AFTER_HALT_SEED = 6
-"""A retry seed whose user re-opens a dependee right after a declaration naming it halted
-(``P_REOPEN_AFTER_HALT``) where the depender's edge to it was left by an earlier
-execution: with deps._reopened_since planted out, of seeds 0..39 2, 6, 9, 10, 12, 16,
-20, 24 and 28 fail (re-find one when the draws change)."""
-
-NOT_REOPENED_SINCE = (
-    r'return bool\(reopens\) and int\(reopens\[-1\]\["at_us"\]\) >= at_us',
-    "return False",
-)
-"""The behaviour before 1417ac9 (W-6): a halting declaration's retry counted an edge an
-earlier execution left, opened again by a re-open since, as not named."""
-
-
-def test_a_halting_declarations_retry_after_a_dependee_is_reopened_is_answered_halted(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With the re-opened edge not counted as named, a retry seed's halted job, calling
-    again after a user re-opened a dependee it found ended, is refused as a bad token
-    (Unauthenticated) instead of being told to halt again; the same seed passes when
-    no user re-opens a dependee there."""
-    planted = replanted(engine_deps._reopened_since, *NOT_REOPENED_SINCE)
-    monkeypatch.setattr(engine_deps, "_reopened_since", planted)
-    seed = REOPEN_AFTER_HALT_SEED
-    with pytest.raises(
-        AssertionError,
-        match=rf"seed {seed} \(chaos\).*\n(.*\n)*.*EnsureGraphData \(retry\) raised "
-        r"Unauthenticated",
-    ):
-        simulate_retries(seed, tmp_path / "with", queue="chaos")
-    monkeypatch.setattr(f"{__name__}.P_REOPEN_AFTER_HALT", 0.0)
-    simulate_retries(seed, tmp_path / "without", queue="chaos")
 
 
 # -- scripted -------------------------------------------------------------------------
