@@ -611,12 +611,25 @@ class Service:
                 live,
                 claims_at_us=self.engine.clock(),
             )
-        except (InvalidArgument, Unavailable):
-            drop = steps.DeclareDeps(
-                eid=str(eid), token_b64=token_b64, deps=[], unclaim=True, call=call
-            )
-            self.engine.run(drop)
+        except Unavailable:
+            if claim.took_over:
+                # The claim may be another call's of this same declaration, still
+                # recording its parts: dropping it would let a cycle close through
+                # edges that call has yet to write. It lapses if that call died.
+                raise
+            self._drop_claim(eid, token_b64, call)
             raise
+        except InvalidArgument:
+            self._drop_claim(eid, token_b64, call)
+            raise
+
+    def _drop_claim(self, eid: ExecutionID, token_b64: str, call: str) -> None:
+        """Drop call ``call``'s claim on ``eid``'s attempt (a declaration refused
+        before its first part)."""
+        drop = steps.DeclareDeps(
+            eid=str(eid), token_b64=token_b64, deps=[], unclaim=True, call=call
+        )
+        self.engine.run(drop)
 
     def _snapshot_graph(
         self,

@@ -493,3 +493,40 @@ def test_two_identical_calls_at_once_answer_alike_when_a_dependee_ends_between(
     finish(h, a1.execution(1), ta, {"a": 1})  # the job goes on with what it was told
     end(h, a1.execution(1))
     assert h.state(a1) == AttemptState.FINISHED
+
+
+def test_an_identical_call_refused_before_its_first_part_keeps_the_live_calls_claim(
+    h: Harness,
+) -> None:
+    """A's call is between its parts; the client's identical retry takes A's claim
+    over (the same declaration), then its whole-declaration check meets B's claim
+    (B records a declaration in parts) and is told to try again. It must leave the
+    claim to A's call, which goes on and halts: dropping it would let another
+    declaration close a cycle through A's edges not recorded yet, and A's next part
+    would find its claim gone."""
+    b, xs, a1, b1 = _graph(h)
+    c = quest_desc("C")
+    start(h, c)
+    c1 = aid_of(c)
+    ta, tb, tc = (activate(h, x.execution(1)) for x in (a1, b1, c1))
+    assert declare(h, c1.execution(1), tc, a1).should_halt  # A is depended on
+    deps_of_a = (*(aid_of(x) for x in xs), b1)
+    ys = [quest_desc(f"Y{i}") for i in range(3)]
+    seen: list[str] = []
+
+    def b_declares_then_retry(eid: ExecutionID, part: int) -> None:
+        h.service.between_parts = _die
+        with pytest.raises(Died):  # B's declaration in parts, its claim left held
+            declare(h, b1.execution(1), tb, *(aid_of(y) for y in ys), quests=tuple(ys))
+        h.service.between_parts = None
+        with pytest.raises(Unavailable):  # the identical retry meets B's claim
+            declare(h, a1.execution(1), ta, *deps_of_a, quests=(*xs, b))
+        seen.append("claim kept" if docs.DECLARING in h.attempt(a1) else "claim dropped")
+
+    h.service.between_parts = _once(h, b_declares_then_retry)
+    try:
+        rsp = declare(h, a1.execution(1), ta, *deps_of_a, quests=(*xs, b))
+        first = "halted" if rsp.should_halt else "on"
+    except Unavailable as e:
+        first = f"Unavailable: {e.message}"
+    assert (seen, first) == (["claim kept"], "halted")

@@ -205,6 +205,7 @@ def declare_deps(step: steps.DeclareDeps, ctx: Ctx) -> list[Step | Later]:
         # commit by a walk through this attempt meets the claim (reject_cycles). The
         # call is named by what it declares, so that only it drops or renews the
         # claim, and the same declaration made again (its retry) takes it over.
+        step.took_over = declaring(att, ctx.now_us)
         att[docs.DECLARING] = {
             "execution": eid.num,
             "call": step.call,

@@ -277,6 +277,9 @@ class DeclareDeps(Mutation):
     unclaim: bool = False
     claimed: bool = False
     call: str = ""
+    took_over: bool = False
+    """Set by a ``claim``: the claim held was this call's own, live (the same
+    declaration made again while another call of it runs, or after it died)."""
 
     def root(self) -> str:
         return docs.attempt_path(ExecutionID.parse(self.eid).attempt_id)
