@@ -281,11 +281,12 @@ class HttpCaller:
         1 s, ... 8 s), within the tries or the budget. ``again`` may decide for an
         answer instead: True asks again (the server's own word that the request did
         nothing), False takes it as it is, None keeps the rule. Then raises
-        :class:`Unavailable` if the last failure was such a True, else
-        :class:`Unanswered`."""
+        :class:`Unavailable` if every failure was such a True, else
+        :class:`Unanswered`: one try without the server's word may have been done
+        (an answer lost on the way), whatever the later tries were told."""
         start = self.clock()
         last = ""
-        said = False  # the last failure was the server's word that nothing was done
+        doubt = False  # a failure without the server's word that nothing was done
         tries = 0
         while True:
             if tries:
@@ -299,18 +300,19 @@ class HttpCaller:
             try:
                 status, h, data = self.request(method, url, body, headers)
             except OSError as e:
-                last, said = f"no answer from {url}: {e}", False
+                last, doubt = f"no answer from {url}: {e}", True
                 continue
             verdict = None if again is None else again(status, h)
             said = verdict is True
             if verdict is None:
                 verdict = status >= 500 or status == 429
             if verdict:
+                doubt = doubt or not said
                 last = f"{url} answered {status}: {data[:200].decode(errors='replace').strip()}"
                 continue
             return status, h, data
         spent = self.clock() - start
-        raise (Unavailable if said else Unanswered)(
+        raise (Unanswered if doubt else Unavailable)(
             f"{last} (after {tries} attempts in {spent:.1f} s)"
         )
 

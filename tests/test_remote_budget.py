@@ -173,3 +173,18 @@ def test_no_answer_at_all_is_unanswered() -> None:
     caller = remote.HttpCaller(None, budget_s=1.0, sleep=fake.sleep, clock=fake.clock)
     with pytest.raises(remote.Unanswered, match="no answer from"):
         remote.RemoteClient(url, caller).finish_attempt(dm_pb2.FinishAttemptReq())
+
+
+@pytest.mark.parametrize("first", [(504, {}, b"gateway timeout"), (429, {}, b"slow down")])
+def test_a_try_unanswered_before_dms_own_unavailable_stays_unanswered(first: Answer) -> None:
+    """A first try lost on the way (a front end's 504: dm may have done the call),
+    the later ones told UNAVAILABLE by dm itself until the budget runs out: the
+    call is still in doubt (Unanswered), not "nothing was done" — a job's last
+    delivery must not report CRASHED over a finish dm may have recorded."""
+    fake = FakeClock()
+    answers: list[Answer] = [first]
+    with HttpSink(lambda seen: answers.pop(0) if answers else UNAVAILABLE) as server:
+        with pytest.raises(Unavailable) as raised:
+            _client(server, fake, budget_s=4.0).finish_attempt(dm_pb2.FinishAttemptReq())
+        assert len(server.seen) > 1
+    assert isinstance(raised.value, remote.Unanswered)
