@@ -55,7 +55,7 @@ from dmcore.proto import dm_pb2
 from dmcore.service import Caller
 from dmcore.store import firestore as fs
 from dmcore.store.firestore import ASCENDING, NAME_FIELD, FirestoreStore, QueryShape
-from tests.harness import Harness, qid_of
+from tests.harness import START_US, Harness, qid_of
 from tests.tfmodel import MODULE, Model
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -88,6 +88,9 @@ class Recorded:
     """(collection id, top-level field) -> largest JSON size written."""
     sites: set[Site] = dataclasses.field(default_factory=set)
     failed: list[str] = dataclasses.field(default_factory=list)
+    times: set[tuple[str, str]] = dataclasses.field(default_factory=set)
+    """(collection id, top-level field) written with a time (an int in microseconds
+    since 1970, from the test clock's start on)."""
 
 
 def _site_of_caller() -> Site | None:
@@ -139,6 +142,8 @@ def spies(rec: Recorded, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
                 size = len(json.dumps(value, separators=(",", ":")))
                 key = (collection, field)
                 rec.sizes[key] = max(rec.sizes.get(key, 0), size)
+                if type(value) is int and START_US <= value < 2 * START_US:
+                    rec.times.add(key)
             real(self, path, doc)
 
         monkeypatch.setattr(fs._FirestoreTransaction, name, spy)
@@ -511,6 +516,22 @@ def test_large_fields_are_exempt_and_exemptions_are_real(
     )
     unknown = sorted(exempt - set(recorded.sizes))
     assert not unknown, f"exemptions of fields dm never writes (stale?): {unknown}"
+
+
+@pytest.mark.emulator
+def test_times_written_on_attempts_and_quests_are_exempt_unless_queried(
+    recorded: Recorded, declared: Declared
+) -> None:
+    """A time written on every attempt or quest (created, modified, a copy of the
+    quest's created on each attempt) only grows: indexed, it would cap the collection
+    near 500 writes/s (README, Scale). Each is exempted from indexing, unless a query
+    reads it (then it is a sweep key, led by the shard: the test below)."""
+    queried = {(s.collection, f) for s in recorded.shapes for f, _ in s.order}
+    queried |= {(s.collection, f) for s in recorded.shapes for f in (*s.equals, *s.ranges)}
+    times = {k for k in recorded.times if k[0] in (docs.ATTEMPTS, docs.QUESTS)}
+    assert (docs.ATTEMPTS, "created") in times, "the workload wrote no attempt's time"
+    indexed = sorted(k for k in times - queried if declared.overrides.get(k) != [])
+    assert not indexed, f"times written on every attempt or quest, still indexed: {indexed}"
 
 
 @pytest.mark.emulator

@@ -46,6 +46,8 @@ locals {
     "quests/created"    = { collection = "quests", field = "created" }
     "attempts/created"  = { collection = "attempts", field = "created" }
     "attempts/modified" = { collection = "attempts", field = "modified" }
+    # (a copy of its quest's created, on every attempt: grows as quests are made)
+    "attempts/quest_created" = { collection = "attempts", field = "quest_created" }
   }
 }
 
