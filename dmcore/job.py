@@ -453,7 +453,10 @@ def run_order(
     * the job stopped (finished, or halted for dependencies): 200; the job
       reported its state itself when it stopped.
     * ``fn`` returned without stopping: FAILED "worker returned without
-      finishing" is reported; 200 (a retry would not do better).
+      finishing" is reported; 200 (a retry would not do better). But if its
+      ``finish`` or ``depend`` got no word from dm (:attr:`Job.maybe_stopped`),
+      "stopped" with the state, here and where it raises on the last delivery:
+      dm may have stopped the execution.
     * dm stayed unavailable past the client's retries (``DM_API_RETRY_BUDGET_S``),
       at the activation or in ``fn`` (Unavailable raised): 503, delivered again,
       not counted as the worker's crash; on the last delivery, CRASHED "dm
@@ -499,12 +502,16 @@ def run_order(
             log.exception("execution %s: the worker raised (%s)", eid, of)
             if not last:
                 return 500, f"the worker raised {type(e).__name__}; to be retried"
+            if job.maybe_stopped and job.reporter is not None:
+                return _report_maybe_stopped(job, of)
             job.report(
                 remote.REPORT_CRASHED,
                 f"worker raised on {of}: {type(e).__name__}: {e}",
             )
             return 200, "crashed (reported)"
         if not job.stopped:
+            if job.maybe_stopped and job.reporter is not None:
+                return _report_maybe_stopped(job, of)
             job.report(remote.REPORT_FAILED, "worker returned without finishing")
             return 200, "returned without finishing (reported as FAILED)"
     except Unavailable as e:
@@ -513,6 +520,18 @@ def run_order(
         log.error("execution %s: dm refused a call: %s", eid, e.message)
         return 500, f"dm refused a call: {e.message}"
     return 200, "ok"
+
+
+def _report_maybe_stopped(job: Job, of: str) -> tuple[int, str]:
+    """The job's ``finish`` or ``depend`` got no word from dm (:attr:`Job.maybe_stopped`)
+    and the job did not get to stop otherwise: dm may have stopped the execution,
+    and a CRASHED or FAILED report would throw its result away. Reports "stopped",
+    with the state: dm ends the execution FINISHED if it did stop, FAILED if not."""
+    assert job.reporter is not None
+    log.warning("execution %s: no answer to a stopping call (%s): reported as stopped",
+                job.execution_id, of)  # fmt: skip
+    job.reporter.send(remote.Report(remote.REPORT_STOPPED, state=job.state))
+    return 200, "no answer to a stopping call (reported as stopped)"
 
 
 def _dm_unavailable(job: Job, e: Unavailable, last: bool, of: str) -> tuple[int, str]:
@@ -532,9 +551,8 @@ def _dm_unavailable(job: Job, e: Unavailable, last: bool, of: str) -> tuple[int,
         log.warning("execution %s: dm is unavailable (%s): to be redelivered", eid, e)
         return 503, f"dm is unavailable: {e.message}"
     if job.maybe_stopped:
-        log.warning("execution %s: no answer to a stopping call on the last %s (%s)", eid, of, e)
-        job.reporter.send(remote.Report(remote.REPORT_STOPPED, state=job.state))
-        return 200, "no answer to a stopping call on the last delivery (reported as stopped)"
+        log.warning("execution %s: dm unavailable on the last %s (%s)", eid, of, e)
+        return _report_maybe_stopped(job, of)
     log.warning("execution %s: dm is unavailable on the last %s (%s): crashed", eid, of, e)
     job.report(remote.REPORT_CRASHED, f"dm unavailable on {of}: {e.message}")
     return 200, "dm unavailable on the last delivery (reported as CRASHED)"

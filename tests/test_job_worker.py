@@ -120,6 +120,7 @@ def _redelivered_then_crashed(h: Harness, url: str, got: list[remote.Report]) ->
 # -- through functions-framework, a front that answers UNAVAILABLE ---------------------------
 
 WORKER = """
+from dmcore.errors import Unavailable
 from dmcore.job import Job, worker
 
 
@@ -131,7 +132,15 @@ def main(job: Job) -> None:
         if job.depend([other]).should_halt:
             return
     job.state = {"step": "finishing"}
-    job.finish({"ran": True})
+    try:
+        job.finish({"ran": True})
+    except Unavailable:
+        # A job that handles the failure itself: gives up quietly, or raises its own.
+        if job.parameters.get("on_unavailable") == "return":
+            return
+        if job.parameters.get("on_unavailable") == "raise":
+            raise RuntimeError("could not finish") from None
+        raise
 """
 
 UNAVAILABLE: Answer = (503, {remote.GRPC_CODE_HEADER: str(int(Code.UNAVAILABLE))}, b"busy")
@@ -251,3 +260,23 @@ def test_a_declaration_without_dms_word_on_the_last_delivery_is_reported_stopped
         "EnsureGraphData",
     ]
     assert [(r.kind, r.state) for r in got] == [(remote.REPORT_STOPPED, {"step": "depending"})]
+
+
+@pytest.mark.parametrize("handled", ["return", "raise"])
+def test_a_job_that_handles_a_finish_without_dms_word_is_still_reported_stopped(
+    busy_worker: tuple[flask.testing.FlaskClient, HttpSink],
+    reports: tuple[str, list[remote.Report]],
+    handled: str,
+) -> None:
+    """The job catches the failure of its finish (no word from dm: dm may have
+    recorded it) and returns, or raises its own error on the last delivery: the
+    report is "stopped" with the state, not FAILED "returned without finishing" or
+    CRASHED, either of which would throw a recorded result away."""
+    client, dm_api = busy_worker
+    url, got = reports
+    dm_api.answer = lambda seen: OK if seen.path.endswith("/ActivateExecution") else FRONT_502
+    params = json.dumps({"on_unavailable": handled})
+    body = _order(dm_api.url, url, max_attempts=2, parameters=params)
+    rsp = client.post("/", data=body, headers={RETRY_COUNT_HEADER: "1"})
+    assert rsp.status_code == 200, rsp.text
+    assert [(r.kind, r.state) for r in got] == [(remote.REPORT_STOPPED, {"step": "finishing"})]
