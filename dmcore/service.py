@@ -215,7 +215,8 @@ def _declaration_call(
     for its lease. A different declaration of the execution is another call, and
     waits."""
     h = hashlib.sha256(f"{eid}\n".encode())
-    h.update(token)
+    # (The token's hash, which the execution stores already: no new value made of it.)
+    h.update(records.token_hash(token).encode())
     for name in (*sorted(a.encoded for a in aids), "", *sorted(quests)):
         h.update(b"\n" + name.encode())
     return base64.urlsafe_b64encode(h.digest()[:18]).decode()
