@@ -11,8 +11,8 @@ side of the wire, used by :mod:`dmcore.job`:
   retried with backoff (every call a job makes is idempotent: activation with
   the same token, identical FinishAttempt, EnsureGraphData) for up to
   ``DM_API_RETRY_BUDGET_S`` seconds (:data:`DEFAULT_RETRY_BUDGET_S`), then
-  raise :class:`~dmcore.errors.Unavailable` (:class:`Unanswered` when dm never
-  said the call did nothing: it may have been done).
+  raise :class:`~dmcore.errors.Unavailable` (:class:`Unanswered` when a try got
+  no word from dm that it did nothing: it may have been done).
 * :func:`id_token_source`: a Google ID token for a private ``dm_api`` (or a
   private worker), from the metadata server on Google Cloud or from the
   service account file named by ``GOOGLE_APPLICATION_CREDENTIALS``, through
@@ -215,9 +215,10 @@ def retry_budget_from_env(env: Mapping[str, str] = os.environ) -> float:
 
 
 class Unanswered(Unavailable):
-    """Unavailable without dm's word that the call did nothing: no answer came, or
-    only 5xx/429 answers from something in front of dm (a timeout there may come
-    after dm did the call). dm's own UNAVAILABLE (nothing written) raises plain
+    """Unavailable where a try got no word from dm that the call did nothing: no
+    answer came, or a 5xx/429 answer from something in front of dm (a timeout there
+    may come after dm did the call), whatever later tries were told. A call whose
+    every try dm itself answered UNAVAILABLE (nothing written) raises plain
     :class:`~dmcore.errors.Unavailable`; a call that stops an execution and ends
     so may have stopped it."""
 
@@ -343,7 +344,7 @@ class RemoteClient:
     def call(self, method: str, req: message.Message, out: M) -> M:
         """Call ``method``; parse the answer into ``out`` (DMError on a pRPC error;
         Unavailable once the caller's tries or budget are spent: :class:`Unanswered`
-        unless the last answer was dm's own UNAVAILABLE)."""
+        unless every failed try was answered dm's own UNAVAILABLE)."""
         headers = {"Content-Type": PRPC_CONTENT_TYPE, "Accept": PRPC_CONTENT_TYPE}
         url = self.url + SERVICE_PATH + method
         status, h, body = self.caller.retrying(
