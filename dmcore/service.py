@@ -116,6 +116,22 @@ Loader = Callable[[Sequence[AttemptID]], Mapping[str, "docs.Doc | None"]]
 by path (absent: None)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class _Ensure:
+    """An EnsureGraphData request without an execution, checked: what its answer
+    paths (memoised, writing) share."""
+
+    req: dm_pb2.EnsureGraphDataReq
+    rsp: dm_pb2.EnsureGraphDataRsp
+    """The answer, filled in place."""
+    supplied: Mapping[str, bytes]
+    """Quest ID -> its normalised description's wire bytes (what the ID hashes)."""
+    aids: list[AttemptID]
+    """The attempts asked for, each once."""
+    max_size: int
+    """The answer's data budget (``limit.max_data_size``, checked)."""
+
+
 class _NotMemoised(Exception):
     """A memoised answer's read found a quest or an attempt absent: the request writes."""
 
@@ -288,18 +304,11 @@ class Service:
 
         aids = list(wanted)
         if eid is None:
-            return self._ensure_graph(req, rsp, supplied, aids, max_size)
+            return self._ensure_graph(_Ensure(req, rsp, supplied, aids, max_size))
 
         return self._declare_deps(req, rsp, eid, aids, supplied, _as_stored(supplied), max_size)
 
-    def _ensure_graph(
-        self,
-        req: dm_pb2.EnsureGraphDataReq,
-        rsp: dm_pb2.EnsureGraphDataRsp,
-        supplied: Mapping[str, bytes],
-        aids: list[AttemptID],
-        max_size: int,
-    ) -> dm_pb2.EnsureGraphDataRsp:
+    def _ensure_graph(self, call: _Ensure) -> dm_pb2.EnsureGraphDataRsp:
         """Without an execution: create what is missing, answer with the state before.
 
         Each part reads its quests and attempts in the transaction that creates the
@@ -308,14 +317,14 @@ class Service:
         there) is answered without them where the store allows
         (:meth:`_answer_memoised`); on other stores it commits read-only ones.
         """
-        eng = self.engine
-        if self._answer_memoised(req, rsp, supplied, aids, max_size):
+        eng, rsp, aids = self.engine, call.rsp, call.aids
+        if self._answer_memoised(call):
             rsp.accepted = True
             return rsp
-        stored = _as_stored(supplied)  # (a memoised answer writes none)
+        stored = _as_stored(call.supplied)  # (a memoised answer writes none)
         # A quest named only by raw_attempts must exist: checked before anything is
         # written (a part created already would stay, the request half done).
-        raw_only = sorted({a.quest for a in aids} - set(supplied))
+        raw_only = sorted({a.quest for a in aids} - set(call.supplied))
         if raw_only:
             got = eng.store.get_many([docs.quest_path(q) for q in raw_only])
             for q in raw_only:
@@ -340,23 +349,16 @@ class Service:
 
         # One commit for the whole request where the backend allows (embedded).
         with eng.batch():
-            self._answer_loading_all(req, rsp, supplied, aids, max_size, ensure)
+            self._answer_loading_all(call, ensure)
         rsp.accepted = True
         return rsp
 
-    def _answer_memoised(
-        self,
-        req: dm_pb2.EnsureGraphDataReq,
-        rsp: dm_pb2.EnsureGraphDataRsp,
-        supplied: Mapping[str, bytes],
-        aids: list[AttemptID],
-        max_size: int,
-    ) -> bool:
+    def _answer_memoised(self, call: _Ensure) -> bool:
         """A memoised request (every quest and every asked attempt exists: nothing to
         write) answered from one read-only snapshot, without the write lock, where the
         store has a cheap one (:meth:`~dmcore.store.base.Store.read_view`: SQLite).
 
-        False, ``rsp`` as it was: the store has no such view, or something is absent;
+        False, ``call.rsp`` as it was: the store has no such view, or something is absent;
         then the request takes its writing path, which reads again in its own
         transactions (check-then-write stays atomic). The reads are those the
         writing path's parts make, so the answer is the same.
@@ -364,6 +366,7 @@ class Service:
         view = self.engine.store.read_view()
         if view is None:
             return False
+        supplied = call.supplied
         fields = (*steps.EnsureGraph.ANSWERED, docs.QUEST_CREATED)
 
         def load(chunk: Sequence[AttemptID]) -> dict[str, Any]:
@@ -393,21 +396,13 @@ class Service:
 
         try:
             with view as reader:
-                self._answer_loading_all(req, rsp, supplied, aids, max_size, load)
+                self._answer_loading_all(call, load)
         except _NotMemoised:
-            rsp.result.Clear()
+            call.rsp.result.Clear()
             return False
         return True
 
-    def _answer_loading_all(  # noqa: PLR0917 - internal
-        self,
-        req: dm_pb2.EnsureGraphDataReq,
-        rsp: dm_pb2.EnsureGraphDataRsp,
-        supplied: Mapping[str, bytes],
-        aids: list[AttemptID],
-        max_size: int,
-        load: Loader,
-    ) -> None:
+    def _answer_loading_all(self, call: _Ensure, load: Loader) -> None:
         """EnsureGraphData's answer, each chunk of its attempts read by ``load`` (which
         creates, or checks, what it reads); the chunks the walk did not reach (it ran
         out of time) are loaded all the same."""
@@ -417,10 +412,16 @@ class Service:
             reached.append(chunk)
             return load(chunk)
 
+        aids, out = call.aids, call.rsp.result
         self._snapshot_graph(
-            aids, req.include.attempt.result, max_size, load=tracked, out=rsp.result, descs=supplied
+            aids,
+            call.req.include.attempt.result,
+            call.max_size,
+            load=tracked,
+            out=out,
+            descs=call.supplied,
         )
-        if rsp.result.had_more:
+        if out.had_more:
             done = {a.encoded for chunk in reached for a in chunk}
             rest = [a for a in aids if a.encoded not in done]
             for start in range(0, len(rest), _ReadAhead.CHUNK):
